@@ -1,0 +1,1 @@
+"""Built-in examples: small, real models and data that run offline."""

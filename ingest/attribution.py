@@ -1,0 +1,115 @@
+"""Channel attribution (METHOD.md section 1) and input window sums (section 3), batched.
+
+One forward pass per batch gives both: a forward hook on the layer of interest
+keeps its input f_{l-1} and turns its output f_l into a fresh leaf, so the one
+backward pass of the target logits runs only through the layers after l.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BatchAttribution:
+    """Per-image results for a batch of N images.
+
+    attribution: N x C_l   sum over positions of f_l * d y_t / d f_l
+    input_sum:   N x (C_{l-1} * kh * kw)   window sums S(x), flattened like the weight
+    logits:      N x K
+    positions:   number of output positions of layer l (H_l * W_l)
+    """
+
+    attribution: torch.Tensor
+    input_sum: torch.Tensor
+    logits: torch.Tensor
+    positions: int
+
+
+@contextmanager
+def layer_probe(layer: nn.Module, *, detach_output: bool = True) -> Iterator[dict]:
+    """Record the layer's input and output while the block runs.
+
+    With detach_output, the output is replaced by a leaf tensor that requires
+    grad: gradients then stop there instead of flowing into earlier layers.
+    The hook is removed on exit, also when the block raises.
+    """
+    seen: dict = {}
+
+    def hook(module, inputs, output):
+        seen["input"] = inputs[0].detach()
+        if not detach_output:
+            seen["output"] = output
+            return output
+        leaf = output.detach().requires_grad_(True)
+        seen["output"] = leaf
+        # A clone, so that an in-place op after the layer cannot change the recorded leaf.
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding the conv applies, also for padding='same'/'valid'."""
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return (0, 0, 0, 0)
+        pads = []
+        for k, d in zip(reversed(layer.kernel_size), reversed(layer.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = layer.padding
+    return (pw, pw, ph, ph)
+
+
+def input_window_sums(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
+    """S(x): for each input channel i and kernel offset (u, v), the sum of the input
+    values that offset multiplies over all output positions.
+
+    x: N x C_{l-1} x H x W  ->  N x (C_{l-1} * kh * kw), ordered like weight.flatten(1).
+    For a 1x1 conv with stride 1 this is the plain spatial sum.
+    """
+    kh, kw = layer.kernel_size
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    padded = F.pad(x, conv_padding(layer, x.shape[2], x.shape[3]))
+    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    sums = x.new_empty(x.shape[0], x.shape[1], kh, kw)
+    for u in range(kh):
+        for v in range(kw):
+            window = padded[:, :, u * dh : u * dh + sh * (out_h - 1) + 1 : sh, v * dw : v * dw + sw * (out_w - 1) + 1 : sw]
+            sums[:, :, u, v] = window.sum(dim=(2, 3))
+    return sums.flatten(1)
+
+
+def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, targets: torch.Tensor) -> BatchAttribution:
+    """Gradient x activation of each image's target logit at `layer`, summed over space.
+
+    images: N x C x H x W on the model's device; targets: N class indices.
+    The model's parameters may be frozen: gradients are taken w.r.t. f_l only.
+    Images do not interact (eval mode), so the gradient of the summed target
+    logits gives every image's own gradient in one backward pass.
+    """
+    with torch.enable_grad(), layer_probe(layer) as seen:
+        logits = model(images)
+        if "output" not in seen:
+            raise RuntimeError("the layer of interest did not run in the model's forward pass")
+        activation = seen["output"]
+        target_logits = logits.gather(1, targets.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(target_logits, activation)
+    attribution = (activation.detach() * grad).sum(dim=(2, 3))
+    input_sum = input_window_sums(seen["input"], layer)
+    positions = activation.shape[2] * activation.shape[3]
+    return BatchAttribution(attribution, input_sum, logits.detach(), positions)

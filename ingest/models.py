@@ -1,0 +1,239 @@
+"""Resolving what the user names into objects: the model, its weights, the layer, the transform.
+
+Each resolved thing carries a string `spec` that the store records, so a later
+ingest can be checked against it and a later session can rebuild the same model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+from polysem.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_TRANSFORM = "imagenet"  # resize 256, center crop 224, ImageNet normalisation
+OFFLINE_ENV = "POLYSEM_OFFLINE"
+
+
+@dataclass
+class ResolvedModel:
+    model: nn.Module
+    model_spec: str
+    weights_spec: str
+    weights_sha256: str
+
+
+def resolve_model(model_spec: str, weights_spec: str | None) -> ResolvedModel:
+    """Build the model in eval mode with frozen parameters.
+
+    model_spec: a torchvision classification model name (`resnet50`) or
+    `package.module:callable` returning an `nn.Module`.
+    weights_spec: `imagenet`, `random` / `random:SEED`, a state_dict path, or
+    None (torchvision: imagenet; callable: its own weights).
+    """
+    if ":" in model_spec:
+        model = _load_callable(model_spec, "model")()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
+        weights_spec = weights_spec or "own"
+        if weights_spec.startswith("random"):
+            raise ModelError("--weights random is for torchvision models; a callable model builds its own weights")
+        if weights_spec not in ("own", "imagenet"):
+            _load_state_dict_file(model, weights_spec, model_spec)
+        elif weights_spec == "imagenet":
+            raise ModelError("--weights imagenet is for torchvision models; pass a state_dict path for a callable model")
+    else:
+        model, weights_spec = _torchvision_model(model_spec, weights_spec or "imagenet")
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return ResolvedModel(model, model_spec, _normalise_weights_spec(weights_spec), state_dict_sha256(model))
+
+
+def _normalise_weights_spec(spec: str) -> str:
+    if spec in ("own", "imagenet") or spec.startswith("random"):
+        return spec
+    return str(Path(spec).expanduser().absolute())
+
+
+def _torchvision_model(name: str, weights_spec: str) -> tuple[nn.Module, str]:
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelError(
+            f"unknown model '{name}'{hint}; give a torchvision classification model name or package.module:callable"
+        )
+    if weights_spec.startswith("random"):
+        seed = _random_seed(weights_spec)
+        torch.manual_seed(seed)
+        return torchvision.models.get_model(name, weights=None), f"random:{seed}"
+    model = torchvision.models.get_model(name, weights=None)
+    if weights_spec == "imagenet":
+        model.load_state_dict(_imagenet_state_dict(name))
+        return model, "imagenet"
+    _load_state_dict_file(model, weights_spec, name)
+    return model, weights_spec
+
+
+def _random_seed(spec: str) -> int:
+    _, _, seed = spec.partition(":")
+    try:
+        return int(seed or 0)
+    except ValueError:
+        raise ModelError(f"bad --weights '{spec}': use random or random:SEED with an integer seed") from None
+
+
+def imagenet_weights(name: str):
+    """The torchvision weights enum member polysem uses for `--weights imagenet`.
+
+    ResNet-50 gets IMAGENET1K_V1, the weights of the paper (what `pretrained=True` loaded).
+    """
+    enum = torchvision.models.get_model_weights(name)
+    return getattr(enum, "IMAGENET1K_V1", None) or enum.DEFAULT
+
+
+def _imagenet_state_dict(name: str) -> dict:
+    weights = imagenet_weights(name)
+    filename = os.path.basename(weights.url)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not cached.is_file():
+        if os.environ.get(OFFLINE_ENV):
+            raise ModelError(
+                f"ImageNet weights for {name} are not in the torch cache: place {filename} "
+                f"(from {weights.url}) at {cached}, or pass --weights PATH"
+            )
+        try:
+            return weights.get_state_dict(progress=True)
+        except Exception as error:  # any network failure means the same thing to the user
+            raise ModelError(
+                f"could not download {weights.url} ({type(error).__name__}); place {filename} at {cached} "
+                "or pass --weights PATH"
+            ) from error
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def _load_state_dict_file(model: nn.Module, path: str, model_spec: str) -> None:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelError(f"weights file {file} not found; pass an existing state_dict path")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"cannot read weights file {file}: {type(error).__name__}; save it with torch.save(model.state_dict())") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file {file} holds a {type(state).__name__}, not a state_dict")
+    expected, given = set(model.state_dict()), set(state)
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        raise ModelError(f"weights file {file} does not match model {model_spec}: {'; '.join(parts)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
+        raise ModelError(f"weights file {file} does not match model {model_spec}: {detail}") from error
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A hash of every parameter and buffer: the weights' identity, whatever their source."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:
+    """The conv layer of interest by dotted name; clear errors for anything else."""
+    modules = dict(model.named_modules())
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    if name not in modules:
+        close = difflib.get_close_matches(name, convs, n=5, cutoff=0.3)
+        hint = f"; closest conv layers: {', '.join(close)}" if close else ""
+        raise ModelError(f"layer '{name}' not found in the model{hint}")
+    layer = modules[name]
+    if not isinstance(layer, nn.Conv2d):
+        raise ModelError(f"layer '{name}' is a {type(layer).__name__}, not a Conv2d; choose a conv layer")
+    if layer.groups != 1:
+        raise ModelError(f"layer '{name}' is a grouped conv (groups={layer.groups}); only groups=1 is supported")
+    if layer.padding_mode != "zeros":
+        raise ModelError(f"layer '{name}' pads with '{layer.padding_mode}'; only zero padding is supported")
+    return layer
+
+
+def layer_shape(layer: nn.Conv2d) -> dict:
+    return {
+        "out_channels": layer.out_channels,
+        "in_channels": layer.in_channels,
+        "kernel_size": list(layer.kernel_size),
+        "stride": list(layer.stride),
+        "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding),
+        "dilation": list(layer.dilation),
+        "bias": layer.bias is not None,
+    }
+
+
+def resolve_transform(spec: str | None) -> tuple[Callable, str]:
+    """The image transform and its recorded spec (`imagenet` or `module:name`)."""
+    if spec is None or spec == DEFAULT_TRANSFORM:
+        return imagenet_transform(), DEFAULT_TRANSFORM
+    return _load_callable(spec, "transform"), spec
+
+
+def imagenet_transform() -> Callable:
+    """METHOD.md's preprocessing: resize 256, center crop 224, ImageNet mean/std."""
+    return transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _load_callable(spec: str, what: str):
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"bad {what} '{spec}': write it as package.module:name")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ModelError(
+            f"cannot import {module_name} for {what} '{spec}': {type(error).__name__}: {error}; "
+            "run from the folder that holds it or add it to PYTHONPATH"
+        ) from error
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ModelError(f"module {module_name} has no '{attr}' (from {what} '{spec}')") from None
+    if not callable(target):
+        raise ModelError(f"{what} '{spec}' is a {type(target).__name__}, not callable")
+    return target

@@ -1,0 +1,188 @@
+"""The `polysem` command line: parses options, calls the library, prints results.
+
+Every command is thin: the work lives in `ingest`, `query` and `polysem.*`
+functions that a notebook can call the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from polysem.errors import PolysemError
+from polysem.output import render
+
+app = typer.Typer(
+    name="polysem",
+    help="Find and disentangle polysemantic CNN channels from attributions kept in a DuckDB store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plot_app = typer.Typer(help="Figures from the store.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+StoreOption = Annotated[
+    Path,
+    typer.Option("--store", envvar="POLYSEM_STORE", help="Store directory (or set POLYSEM_STORE).", show_default=True),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+DEFAULT_STORE = Path("polysem-store")
+
+
+def command(group: typer.Typer = app, name: str | None = None):
+    """Register a command whose library errors become one `Error: ...` line and exit code 2."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except PolysemError as error:
+                typer.echo(f"Error: {error}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                typer.echo("Interrupted: what was complete is stored; run the same command again to resume.", err=True)
+                raise typer.Exit(130) from None
+
+        return group.command(name=name)(wrapper)
+
+    return decorate
+
+
+def _store(path: Path):
+    from query import Store
+
+    return Store(path)
+
+
+def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:
+    if fmt not in allowed:
+        raise PolysemError(f"unknown --format '{fmt}'; use one of {', '.join(allowed)}")
+
+
+def _class_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PolysemError(f"bad --classes '{text}': give class ids separated by commas, e.g. 0,5,17") from None
+
+
+@command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
+    split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
+    model: Annotated[Optional[str], typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
+    transform: Annotated[Optional[str], typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    limit: Annotated[Optional[int], typer.Option(help="At most N images per class (a quick subset).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
+    rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
+
+    Re-running resumes: images already stored are skipped. Under torchrun, ranks share the work.
+    """
+    from ingest import ingest as run_ingest
+
+    summary = run_ingest(
+        data_dir, split, store=_store(store), model=model, weights=weights, layer=layer, transform=transform,
+        batch_size=batch_size, num_workers=num_workers, device=device, limit=limit,
+        classes=_class_list(classes), rows_per_part=rows_per_part,
+    )
+    if summary.rank == 0:
+        typer.echo(
+            f"{summary.split}: {summary.n_written} images stored, {summary.n_already} already there, {summary.n_errors} unreadable"
+            f" -> {summary.store}"
+        )
+        for line in summary.errors:
+            typer.echo(f"  unreadable: {line}", err=True)
+
+
+@command()
+def info(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
+    """What the store holds: model, layer, splits and image counts, classes, runs, size on disk."""
+    _check_format(fmt, ("table", "json"))
+    details = _store(store).info()
+    if fmt == "json":
+        typer.echo(json.dumps(details, default=str))
+        return
+    shape = details["layer_shape"]
+    lines = [
+        f"store      {details['store']}",
+        f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
+        f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
+        f"stride {shape['stride']}, padding {shape['padding']}",
+        f"transform  {details['transform']}",
+        f"classes    {details['classes']}",
+    ]
+    for split, counts in details["splits"].items():
+        root = details["dataset_roots"].get(split, "?")
+        lines.append(f"split      {split}: {counts['images']} images in {counts['classes']} classes, "
+                     f"{counts['unreadable']} unreadable  ({root})")
+    lines += [f"runs       {details['runs']}", f"size       {details['size_bytes'] / 1e6:.1f} MB on disk",
+              f"created    {details['created_at']} by polysem {details['polysem_version']}"]
+    typer.echo("\n".join(lines))
+
+
+@command()
+def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
+    """The store's classes with their image counts per split."""
+    _check_format(fmt)
+    result = _store(store).query(
+        "SELECT c.class_id, c.folder, c.name, c.wnid, "
+        "count(s.image_id) FILTER (s.split = 'train') AS n_train, count(s.image_id) FILTER (s.split = 'val') AS n_val "
+        "FROM classes c LEFT JOIN samples s ON s.target = c.class_id GROUP BY ALL ORDER BY c.class_id"
+    )
+    render(result, fmt)
+
+
+@command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --out).")] = "table",
+    out: Annotated[Optional[Path], typer.Option(help="Write the result to this file instead of printing it.")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Run a read-only SQL query against the store."""
+    _check_format(fmt, ("table", "csv", "json", "parquet"))
+    from query.store import write_result
+
+    if fmt == "parquet" and out is None:
+        raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
+    result = _store(store).query(query)
+    if out is not None:
+        write_result(result, out, "csv" if fmt == "table" else fmt)
+        typer.echo(f"{result.num_rows} rows -> {out}")
+    else:
+        render(result, fmt)
+
+
+@command()
+def export(
+    name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
+    out: Annotated[Path, typer.Option(help="Output file; .parquet, .csv or .json.")],
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Write a table, view, macro result or query to Parquet, CSV or JSON."""
+    rows = _store(store).export(name_or_query, out)
+    typer.echo(f"{rows} rows -> {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

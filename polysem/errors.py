@@ -1,0 +1,33 @@
+"""Typed errors of polysem. The CLI turns each into one `Error: ...` line and exit code 2."""
+
+
+class PolysemError(Exception):
+    """Bad input or a state the user can fix; the message names the problem and the fix."""
+
+
+class StoreError(PolysemError):
+    """The store is missing, locked, or holds something other than what was asked for."""
+
+
+class StoreMismatch(StoreError):
+    """An ingest asked for another model, weights, layer or transform than the store holds."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store's catalog for writing."""
+
+
+class ModelError(PolysemError):
+    """The model, its weights, the layer or the transform cannot be resolved."""
+
+
+class DataError(PolysemError):
+    """The image folder, a split or a class is missing or malformed."""
+
+
+class QueryError(PolysemError):
+    """A query is refused or fails."""
+
+
+class RunError(PolysemError):
+    """A disentanglement run or its evaluation cannot proceed."""

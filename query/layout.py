@@ -1,0 +1,97 @@
+"""Where things live inside a store directory, and the Parquet schemas of its tables.
+
+This module is the one place that decides the store's on-disk layout:
+
+    STORE/catalog.duckdb                    DuckDB catalog: views, macros, small tables
+    STORE/samples/<split>/part-*.parquet    one row per image (ingest)
+    STORE/ingest_errors/<split>/part-*.parquet
+    STORE/classes.parquet, STORE/layer_weights.parquet
+    STORE/artifacts/                        disentangled layers, plots
+    STORE/cache/                            l-1 feature maps for the rho search
+
+Each Parquet table also holds `_schema/empty.parquet`, a zero-row file with the
+table's schema, so its view is valid (and typed) before the first part exists.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CATALOG = "catalog.duckdb"
+SCHEMA_DIR = "_schema"
+
+SAMPLES = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("split", pa.string()),
+        ("path", pa.string()),
+        ("target", pa.int32()),
+        ("prediction", pa.int32()),
+        ("target_logit", pa.float32()),
+        ("attribution", pa.list_(pa.float32())),
+        ("input_sum", pa.list_(pa.float32())),
+        ("positions", pa.int32()),
+    ]
+)
+
+INGEST_ERRORS = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("split", pa.string()),
+        ("path", pa.string()),
+        ("target", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
+
+CLASSES = pa.schema(
+    [("class_id", pa.int32()), ("folder", pa.string()), ("name", pa.string()), ("wnid", pa.string())]
+)
+
+LAYER_WEIGHTS = pa.schema(
+    [("channel", pa.int32()), ("weight", pa.list_(pa.float32())), ("bias", pa.float32())]
+)
+
+PART_TABLES = {"samples": SAMPLES, "ingest_errors": INGEST_ERRORS}
+
+
+def part_dir(store: Path, table: str, split: str) -> Path:
+    return store / table / split
+
+
+def part_glob(store: Path, table: str, split: str | None = None) -> str:
+    return str(store / table / (split or "*") / "*.parquet")
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that it appears complete or not at all.
+
+    The data goes to a hidden temporary name in the same folder (which no
+    `*.parquet` glob matches), is flushed to disk, then renamed into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def new_part_path(store: Path, table: str, split: str, rank: int) -> Path:
+    """A fresh part name; the rank keeps torchrun ranks out of each other's files."""
+    return part_dir(store, table, split) / f"part-r{rank:03d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def write_schema_files(store: Path) -> None:
+    for table, schema in PART_TABLES.items():
+        path = store / table / SCHEMA_DIR / "empty.parquet"
+        if not path.exists():
+            write_atomic(schema.empty_table(), path)

@@ -1,0 +1,1 @@
+-- Evaluation of disentanglement runs (METHOD.md section 7).

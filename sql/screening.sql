@@ -1,0 +1,1 @@
+-- Screening: relevance, ARV, cosine, polysemantic pairs (METHOD.md sections 2-4).

@@ -1,0 +1,43 @@
+-- name: samples
+-- One row per ingested image: image_id, split, path, target, prediction, target_logit, attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l).
+CREATE OR REPLACE VIEW samples AS
+SELECT * FROM read_parquet('samples/*/*.parquet');
+
+-- name: ingest_errors
+-- Images that could not be read or transformed, with the reason; they are not in `samples`.
+CREATE OR REPLACE VIEW ingest_errors AS
+SELECT * FROM read_parquet('ingest_errors/*/*.parquet');
+
+-- name: classes
+-- One row per class: class_id (ImageFolder index), folder, name, wnid (WordNet noun id or NULL).
+CREATE OR REPLACE VIEW classes AS
+SELECT * FROM read_parquet('classes.parquet');
+
+-- name: layer_weights
+-- The layer's conv weight, one row per output channel, flattened in the order of input_sum (in, kh, kw); bias or NULL.
+CREATE OR REPLACE VIEW layer_weights AS
+SELECT * FROM read_parquet('layer_weights.parquet');
+
+-- name: layer_info
+-- The layer of interest in one row: name, out_channels, in_channels, kernel_h, kernel_w and window (= kernel_h * kernel_w).
+CREATE OR REPLACE VIEW layer_info AS
+WITH shape AS (SELECT value AS s FROM store_meta WHERE key = 'layer_shape')
+SELECT
+    (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') AS name,
+    (s ->> 'out_channels')::INTEGER AS out_channels,
+    (s ->> 'in_channels')::INTEGER AS in_channels,
+    (s -> 'kernel_size' ->> 0)::INTEGER AS kernel_h,
+    (s -> 'kernel_size' ->> 1)::INTEGER AS kernel_w,
+    kernel_h * kernel_w AS window
+FROM shape;
+
+-- name: split_counts
+-- Images per split: stored, unreadable, classes present.
+CREATE OR REPLACE VIEW split_counts AS
+SELECT split,
+       count(*) AS n_images,
+       (SELECT count(*) FROM ingest_errors e WHERE e.split = s.split) AS n_errors,
+       count(DISTINCT target) AS n_classes
+FROM samples s
+GROUP BY split
+ORDER BY split;

@@ -1,0 +1,219 @@
+"""Ingest through the CLI: what lands in the store, resume, and every bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from query import Store
+from tests.conftest import TINY
+
+
+def ingest(cli, data_dir, store_path, *extra, split="train"):
+    return cli("ingest", data_dir, "--split", split, "--store", store_path, "--batch-size", 3, *extra)
+
+
+def test_ingest_writes_samples_classes_weights_and_metadata(cli, data_dir, store_path):
+    result = ingest(cli, data_dir, store_path, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "10 images stored" in result.output
+    store = Store(store_path)
+    rows = store.query("SELECT * FROM samples ORDER BY path").to_pylist()
+    assert len(rows) == 10
+    assert {r["split"] for r in rows} == {"train"}
+    assert [r["target"] for r in rows] == [0] * 4 + [1] * 3 + [2] * 3
+    assert all(len(r["attribution"]) == 5 and len(r["input_sum"]) == 6 * 9 for r in rows)
+    assert all(r["positions"] == 8 * 8 for r in rows)
+    assert len({r["image_id"] for r in rows}) == 10
+    classes = store.query("SELECT * FROM classes ORDER BY class_id").to_pylist()
+    assert [c["folder"] for c in classes] == ["cat", "dog", "emu"]
+    assert all(c["wnid"] is None for c in classes)
+    weights = store.query("SELECT * FROM layer_weights ORDER BY channel").to_pylist()
+    assert len(weights) == 5 and len(weights[0]["weight"]) == 54 and weights[0]["bias"] is not None
+    meta = store.meta()
+    assert meta["model"] == "tests.models:tiny_net" and meta["layer"] == "probe"
+    assert meta["layer_shape"] == {"out_channels": 5, "in_channels": 6, "kernel_size": [3, 3], "stride": [2, 2],
+                                   "padding": [1, 1], "dilation": [1, 1], "bias": True}
+    assert meta["dataset_roots"] == {"train": str(data_dir / "train")}
+    assert len(meta["weights_sha256"]) == 64
+    # the Parquet is readable without polysem
+    parts = list((store_path / "samples" / "train").glob("*.parquet"))
+    import pyarrow.parquet as pq
+    assert sum(pq.read_table(p).num_rows for p in parts) == 10
+
+
+def test_rerun_resumes_and_never_duplicates(cli, data_dir, store_path):
+    assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
+    again = ingest(cli, data_dir, store_path)  # options come from the store
+    assert again.exit_code == 0, again.output
+    assert "0 images stored, 10 already there" in again.output
+    n, distinct = Store(store_path).query("SELECT count(*), count(DISTINCT image_id) FROM samples").to_pylist()[0].values()
+    assert n == distinct == 10
+
+
+def test_second_split_and_limit_and_classes(cli, data_dir, store_path):
+    assert ingest(cli, data_dir, store_path, *TINY, "--limit", 2).exit_code == 0
+    assert ingest(cli, data_dir, store_path, "--classes", "0,2", split="val").exit_code == 0
+    counts = Store(store_path).query("SELECT split, target, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert counts == [
+        {"split": "train", "target": 0, "n": 2}, {"split": "train", "target": 1, "n": 2}, {"split": "train", "target": 2, "n": 2},
+        {"split": "val", "target": 0, "n": 2}, {"split": "val", "target": 2, "n": 2},
+    ]
+
+
+def test_corrupt_image_is_recorded_not_fatal(cli, data_dir, store_path):
+    bad = data_dir / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    result = ingest(cli, data_dir, store_path, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable" in result.output
+    errors = Store(store_path).query("SELECT path, error FROM ingest_errors").to_pylist()
+    assert len(errors) == 1 and errors[0]["path"] == str(bad) and "UnidentifiedImageError" in errors[0]["error"]
+    assert Store(store_path).query("SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 10}]
+    # a rerun does not retry or duplicate it
+    assert ingest(cli, data_dir, store_path).exit_code == 0
+    assert Store(store_path).query("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]
+
+
+def test_empty_class_folder_is_kept(cli, data_dir, store_path):
+    (data_dir / "train" / "fox").mkdir()
+    assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
+    classes = Store(store_path).query("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
+    assert classes == ["cat", "dog", "emu", "fox"]
+
+
+def test_classes_json_and_imagenet_names(cli, tmp_path, store_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "imnet", "train", {"n01440764": 1, "tabby": 1})
+    (root / "classes.json").write_text(json.dumps({"tabby": {"name": "tabby cat", "wnid": "n02123045"}}))
+    assert ingest(cli, root, store_path, *TINY).exit_code == 0
+    rows = Store(store_path).query("SELECT folder, name, wnid FROM classes ORDER BY class_id").to_pylist()
+    assert rows == [{"folder": "n01440764", "name": "tench", "wnid": "n01440764"},
+                    {"folder": "tabby", "name": "tabby cat", "wnid": "n02123045"}]
+
+
+def test_info_and_classes_commands(cli, data_dir, store_path):
+    ingest(cli, data_dir, store_path, *TINY)
+    info = cli("info", "--store", store_path, "--format", "json")
+    assert info.exit_code == 0
+    details = json.loads(info.output)
+    assert details["splits"] == {"train": {"images": 10, "unreadable": 0, "classes": 3}}
+    assert details["classes"] == 3 and details["size_bytes"] > 0
+    text = cli("info", "--store", store_path)
+    assert "probe" in text.output and "train: 10 images in 3 classes" in text.output
+    classes = cli("classes", "--store", store_path, "--format", "csv")
+    assert classes.output.splitlines() == ["class_id,folder,name,wnid,n_train,n_val", "0,cat,cat,,4,0",
+                                           "1,dog,dog,,3,0", "2,emu,emu,,3,0"]
+
+
+# -- bad input: one line, exit code 2, nothing written -------------------------------------------
+
+def assert_refused(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_data_dir(cli, tmp_path, store_path):
+    assert_refused(ingest(cli, tmp_path / "nope", store_path, *TINY), "does not exist")
+    assert not store_path.exists()
+
+
+def test_missing_split(cli, data_dir, store_path):
+    assert_refused(ingest(cli, data_dir, store_path, *TINY, split="test"), "split folder", "test", "train, val")
+    assert not store_path.exists()
+
+
+def test_split_without_images(cli, tmp_path, store_path):
+    (tmp_path / "d" / "train" / "cat").mkdir(parents=True)
+    assert_refused(ingest(cli, tmp_path / "d", store_path, *TINY), "holds no images")
+    assert not store_path.exists()
+
+
+def test_unknown_model(cli, data_dir, store_path):
+    assert_refused(ingest(cli, data_dir, store_path, "--model", "resnet5O"), "unknown model 'resnet5O'", "resnet50")
+    assert not store_path.exists()
+
+
+def test_model_import_fails(cli, data_dir, store_path):
+    assert_refused(ingest(cli, data_dir, store_path, "--model", "nowhere.models:net"), "cannot import nowhere.models")
+    assert_refused(ingest(cli, data_dir, store_path, "--model", "tests.models:not_a_module"), "not a torch.nn.Module")
+    assert not store_path.exists()
+
+
+def test_weights_file_missing(cli, data_dir, store_path, tmp_path):
+    args = ["--model", "tests.models:tiny_net", "--layer", "probe", "--weights", tmp_path / "w.pt"]
+    assert_refused(ingest(cli, data_dir, store_path, *args), "w.pt not found")
+    assert not store_path.exists()
+
+
+def test_weights_not_matching_model(cli, data_dir, store_path, tmp_path):
+    import torch
+    from tests.models import tiny_net
+
+    state = tiny_net().state_dict()
+    state["extra.weight"] = state.pop("probe.weight")
+    torch.save(state, tmp_path / "w.pt")
+    args = ["--model", "tests.models:tiny_net", "--layer", "probe", "--weights", tmp_path / "w.pt"]
+    assert_refused(ingest(cli, data_dir, store_path, *args), "does not match", "missing keys probe.weight",
+                   "unexpected keys extra.weight")
+    assert not store_path.exists()
+
+
+def test_imagenet_weights_absent_offline(cli, data_dir, store_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert_refused(ingest(cli, data_dir, store_path, "--model", "resnet18", "--weights", "imagenet"),
+                   "resnet18-f37072fd.pth", str(tmp_path / "torch" / "hub" / "checkpoints"), "--weights PATH")
+
+
+def test_layer_not_found_lists_close_conv_layers(cli, data_dir, store_path):
+    result = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "prob")
+    assert_refused(result, "layer 'prob' not found", "probe")
+
+
+def test_layer_not_a_conv(cli, data_dir, store_path):
+    result = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "head.3")
+    assert_refused(result, "'head.3' is a Linear, not a Conv2d")
+    assert not store_path.exists()
+
+
+def test_store_of_another_model_or_layer(cli, data_dir, store_path):
+    assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
+    before = sorted(p.stat().st_mtime_ns for p in store_path.rglob("*") if p.is_file())
+    assert_refused(ingest(cli, data_dir, store_path, "--layer", "stem.0"), "holds --layer probe")
+    assert_refused(ingest(cli, data_dir, store_path, "--model", "resnet18", "--weights", "random"), "holds --model")
+    after = sorted(p.stat().st_mtime_ns for p in store_path.rglob("*") if p.is_file())
+    assert before == after
+
+
+def test_store_of_other_weights(cli, data_dir, store_path, tmp_path):
+    import torch
+    from tests.models import tiny_net
+
+    assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
+    net = tiny_net()
+    with torch.no_grad():
+        net.probe.weight.add_(1.0)
+    torch.save(net.state_dict(), tmp_path / "other.pt")
+    assert_refused(ingest(cli, data_dir, store_path, "--weights", tmp_path / "other.pt", split="val"), "other weights")
+
+
+def test_split_with_other_class_folders(cli, data_dir, store_path):
+    assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
+    (data_dir / "val" / "emu").rename(data_dir / "val" / "eel")
+    assert_refused(ingest(cli, data_dir, store_path, split="val"), "differ from the store", "'emu'", "'eel'")
+
+
+def test_store_directory_not_writable(cli, data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_refused(ingest(cli, data_dir, blocker / "store", *TINY), "not writable")
+
+
+def test_bad_classes_option(cli, data_dir, store_path):
+    assert_refused(ingest(cli, data_dir, store_path, *TINY, "--classes", "0,x"), "bad --classes")
+    assert_refused(ingest(cli, data_dir, store_path, *TINY, "--classes", "7"), "out of range")

@@ -1,0 +1,76 @@
+"""Interrupted ingests resume to the same rows; torchrun ranks split the work into the same rows."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from query import Store
+from tests.conftest import ROOT, TINY, make_image_folder
+
+SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
+
+
+def polysem(*args, **kwargs):
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def rows(store_path):
+    return Store(store_path).query("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
+
+
+def assert_same_rows(a, b):
+    assert [r["image_id"] for r in a] == [r["image_id"] for r in b]
+    for x, y in zip(a, b):
+        assert (x["path"], x["target"], x["prediction"], x["positions"]) == (y["path"], y["target"], y["prediction"], y["positions"])
+        np.testing.assert_allclose(x["attribution"], y["attribution"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(x["input_sum"], y["input_sum"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(x["target_logit"], y["target_logit"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def many_images(tmp_path):
+    return make_image_folder(tmp_path / "data", "train", {"a": 12, "b": 12, "c": 12})
+
+
+def test_kill_and_resume_gives_identical_rows(many_images, tmp_path):
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    args = ["ingest", many_images, *SLOW, "--batch-size", 2, "--rows-per-part", 4]
+    run = polysem(*args, "--store", killed)
+    parts_dir = killed / "samples" / "train"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(parts_dir.glob("*.parquet"))) < 2:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    stored = len(rows(killed))
+    assert 8 <= stored < 36, "the run must be killed mid-way"
+    resumed = polysem(*args, "--store", killed)
+    output = resumed.communicate(timeout=120)[0].decode()
+    assert resumed.returncode == 0, output
+    assert f"{36 - stored} images stored, {stored} already there" in output
+    full = polysem(*args, "--store", reference)
+    assert full.wait(timeout=120) == 0
+    assert_same_rows(rows(killed), rows(reference))
+
+
+def test_torchrun_two_processes_gives_identical_rows(many_images, tmp_path):
+    single, ranked = tmp_path / "single", tmp_path / "ranked"
+    args = ["ingest", many_images, *TINY, "--batch-size", 5, "--device", "cpu"]
+    assert polysem(*args, "--store", single).wait(timeout=120) == 0
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "polysem.cli", *map(str, args), "--store", str(ranked)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert launch.returncode == 0, launch.stdout + launch.stderr
+    parts = sorted(p.name[:9] for p in (ranked / "samples" / "train").glob("*.parquet"))
+    assert set(parts) == {"part-r000", "part-r001"}  # each rank wrote its own files
+    assert_same_rows(rows(ranked), rows(single))
