@@ -8,7 +8,10 @@ to tensor (`--transform examples.fashion_mnist:transform`) and a state_dict file
     python -m examples.fashion_mnist DIR   # writes DIR/data/{train,val}, trains DIR/fashion_cnn.pt
 
 The layer of interest, `narrow`, has 8 channels for 10 classes, so channels
-must serve several classes: polysemantic by construction.
+must serve several classes. Training adds an L1 penalty on narrow's input, so
+that input is sparse and class-specific like the late layers of an ImageNet
+CNN; a channel serving two classes then does so through different inputs,
+which is what the screening looks for.
 """
 
 from __future__ import annotations
@@ -46,15 +49,16 @@ FOLDERS = list(CLASSES)  # in Fashion-MNIST label order
 
 
 class FashionCNN(nn.Module):
-    """28x28 grayscale -> 10 logits. `narrow` is the 1x1 conv of interest (32 -> 8)."""
+    """28x28 grayscale -> 10 logits. `narrow` is the 1x1 conv of interest (64 -> 8)."""
 
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
         )
-        self.narrow = nn.Conv2d(32, 8, 1)
+        self.narrow = nn.Conv2d(64, 8, 1)
         self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
 
     def forward(self, x):
@@ -109,7 +113,7 @@ def write_image_folder(dataset, indices: list[int], out: Path) -> None:
             Image.fromarray(dataset.data[index].numpy(), mode="L").save(path)
 
 
-def train(dataset, indices: list[int], epochs: int = 10, seed: int = 0) -> nn.Module:
+def train(dataset, indices: list[int], epochs: int = 10, seed: int = 0, sparsity: float = 0.3) -> nn.Module:
     torch.manual_seed(seed)
     net = FashionCNN()
     images = ((dataset.data[indices].float() / 255 - MEAN) / STD).unsqueeze(1)
@@ -120,7 +124,9 @@ def train(dataset, indices: list[int], epochs: int = 10, seed: int = 0) -> nn.Mo
         for start in range(0, len(order), 128):
             batch = order[start : start + 128]
             optimiser.zero_grad()
-            nn.functional.cross_entropy(net(images[batch]), labels[batch]).backward()
+            features = net.features(images[batch])
+            logits = net.head(net.narrow(features))
+            (nn.functional.cross_entropy(logits, labels[batch]) + sparsity * features.mean()).backward()
             optimiser.step()
     return net.eval()
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
 from polysem.output import render
 
@@ -178,6 +179,58 @@ def export(
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
     rows = _store(store).export(name_or_query, out)
     typer.echo(f"{rows} rows -> {out}")
+
+
+TauOption = Annotated[float, typer.Option(help="Ineq. 2: relevance threshold relative to the positive attribution sum.")]
+POption = Annotated[float, typer.Option("--p", help="Ineq. 2: fraction of a class's images for which the channel must be relevant.")]
+
+
+@command()
+def screen(
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="Theorem 3.1: report pairs whose ARV cosine is below gamma.")] = GAMMA,
+    fmt: FormatOption = "table",
+    limit: Annotated[Optional[int], typer.Option(help="Show at most N pairs (lowest cosine first).")] = None,
+    correct_only: Annotated[bool, typer.Option(help="Use only correctly classified train images.")] = False,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs."""
+    _check_format(fmt)
+    from query.screening import polysemantic_pairs
+
+    result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+    render(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
+
+
+@command()
+def wordnet(
+    tau: TauOption = TAU,
+    p: POption = P,
+    wordnet_dir: Annotated[Optional[Path], typer.Option(help="A WordNet 3.0 dict folder to use instead of nltk's data.")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """WordNet path similarity of every class pair sharing a relevant channel, into class_similarity."""
+    from polysem.wordnet import compute_class_similarity
+
+    counts = compute_class_similarity(_store(store), tau, p, wordnet_dir)
+    typer.echo(f"{counts['pairs']} class pairs scored into class_similarity"
+               + (f"; {counts['skipped_without_wnid']} skipped (class without wnid)" if counts["skipped_without_wnid"] else ""))
+
+
+@command(plot_app, name="wordnet")
+def plot_wordnet(
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("wordnet.png"),
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="Draw the gamma line here.")] = GAMMA,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Scatter of WordNet similarity over ARV cosine for all class pairs sharing a channel (supplement Fig. 4)."""
+    from polysem.plots import wordnet_scatter
+
+    n = wordnet_scatter(_store(store), out, tau, p, gamma)
+    typer.echo(f"{n} points -> {out}")
 
 
 def main() -> None:

@@ -48,9 +48,11 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
     else:
         table = Table(title=title)
         for name in result.column_names:
-            table.add_column(name, overflow="fold")
+            table.add_column(name, no_wrap=True)
         for row in result.to_pylist():
             table.add_row(*(_cell(row[name]) for name in result.column_names))
         console = Console()
+        if not console.is_terminal:  # piped or captured: no terminal width to respect
+            console = Console(width=240)
         console.print(table)
         console.print(f"{result.num_rows} row{'s' if result.num_rows != 1 else ''}", style="dim")

@@ -1,1 +1,98 @@
--- Screening: relevance, ARV, cosine, polysemantic pairs (METHOD.md sections 2-4).
+-- name: class_channel_relevance
+-- Ineq. 2 counted per (class, channel) over one split: class_id, channel, n_images (of the class), n_relevant, fraction = n_relevant / n_images. Pairs without any relevant image are left out (their fraction is 0).
+CREATE OR REPLACE MACRO class_channel_relevance(tau := 0.03, split_name := 'train', correct_only := false) AS TABLE
+WITH images AS (
+    SELECT target AS class_id, attribution,
+           tau * list_sum(list_transform(attribution, lambda a: greatest(a, 0))) AS threshold
+    FROM samples
+    WHERE split = split_name AND (NOT correct_only OR prediction = target)
+),
+class_sizes AS (
+    SELECT class_id, count(*) AS n_images FROM images GROUP BY class_id
+),
+hits AS (
+    SELECT class_id,
+           unnest(list_filter(list_transform(attribution, lambda a, i: CASE WHEN a >= threshold THEN i - 1 END),
+                              lambda c: c IS NOT NULL)) AS channel
+    FROM images
+)
+SELECT h.class_id, h.channel::INTEGER AS channel, s.n_images, count(*) AS n_relevant, count(*) / s.n_images AS fraction
+FROM hits h JOIN class_sizes s USING (class_id)
+GROUP BY h.class_id, h.channel, s.n_images;
+
+-- name: relevant_pairs
+-- (channel, class) pairs where the channel is relevant for the class (Ineq. 2 with fraction >= p): channel, class_id, fraction.
+CREATE OR REPLACE MACRO relevant_pairs(tau := 0.03, p := 0.75, split_name := 'train', correct_only := false) AS TABLE
+SELECT channel, class_id, fraction
+FROM class_channel_relevance(tau := tau, split_name := split_name, correct_only := correct_only)
+WHERE fraction >= p;
+
+-- name: class_means_of
+-- Per class of one split: class_id, n_images and mean_input_sum, the element-wise mean of input_sum (DOUBLE list).
+CREATE OR REPLACE MACRO class_means_of(split_name := 'train', correct_only := false) AS TABLE
+WITH elements AS (
+    SELECT target, generate_subscripts(input_sum, 1) AS i, unnest(input_sum) AS v
+    FROM samples
+    WHERE split = split_name AND (NOT correct_only OR prediction = target)
+),
+means AS (
+    -- every image has one value per i, so count(*) is the class's image count
+    SELECT target, i, avg(v) AS m, count(*) AS n FROM elements GROUP BY target, i
+)
+SELECT target::INTEGER AS class_id, any_value(n) AS n_images, list(m ORDER BY i) AS mean_input_sum
+FROM means
+GROUP BY target;
+
+-- name: class_means
+-- class_means_of() on the train split with all images: class_id, n_images, mean_input_sum.
+CREATE OR REPLACE VIEW class_means AS
+SELECT * FROM class_means_of();
+
+-- name: arv_of
+-- Scalar: the ARV (METHOD.md section 3) from a weight row and a mean input_sum, summing each input channel's `kernel_window` offsets.
+CREATE OR REPLACE MACRO arv_of(weight, mean_input_sum, kernel_window) AS
+CASE WHEN kernel_window = 1
+     THEN list_transform(weight, lambda w, i: w * mean_input_sum[i])
+     ELSE list_transform(range(len(weight) // kernel_window),
+                         lambda c: list_sum(list_transform(weight[c * kernel_window + 1 : (c + 1) * kernel_window],
+                                                           lambda w, j: w * mean_input_sum[c * kernel_window + j])))
+END;
+
+-- name: arv
+-- The average relevance vector of every channel for every class of the train split: channel, class_id, arv (DOUBLE list, length C_{l-1}). Lazy: a filter on channel and class_id reads one weight row and one class's images.
+CREATE OR REPLACE VIEW arv AS
+SELECT w.channel, m.class_id, arv_of(w.weight, m.mean_input_sum, li."window") AS arv
+FROM layer_weights w CROSS JOIN class_means m CROSS JOIN layer_info li;
+
+-- name: arv_cosine
+-- For every pair of classes relevant for the same channel (class1 < class2): channel, class1, class2, cosine of their ARVs, fraction1, fraction2.
+CREATE OR REPLACE MACRO arv_cosine(tau := 0.03, p := 0.75, split_name := 'train', correct_only := false) AS TABLE
+WITH rel AS MATERIALIZED (
+    SELECT * FROM relevant_pairs(tau := tau, p := p, split_name := split_name, correct_only := correct_only)
+),
+means AS MATERIALIZED (
+    SELECT * FROM class_means_of(split_name := split_name, correct_only := correct_only)
+    WHERE class_id IN (SELECT class_id FROM rel)
+),
+arvs AS MATERIALIZED (
+    SELECT r.channel, r.class_id, r.fraction, arv_of(w.weight, m.mean_input_sum, li."window") AS arv
+    FROM rel r
+    JOIN means m USING (class_id)
+    JOIN layer_weights w ON w.channel = r.channel
+    CROSS JOIN layer_info li
+)
+SELECT a.channel, a.class_id AS class1, b.class_id AS class2, list_cosine_similarity(a.arv, b.arv) AS cosine,
+       a.fraction AS fraction1, b.fraction AS fraction2
+FROM arvs a JOIN arvs b ON a.channel = b.channel AND a.class_id < b.class_id;
+
+-- name: polysemantic_pairs
+-- Candidates of Theorem 3.1, lowest cosine first: channel, class1, class2, cosine (< gamma), fraction1, fraction2, name1, name2, wordnet_similarity (NULL until `polysem wordnet` ran).
+CREATE OR REPLACE MACRO polysemantic_pairs(tau := 0.03, p := 0.75, gamma := 0.5, split_name := 'train', correct_only := false) AS TABLE
+SELECT c.channel, c.class1, c.class2, c.cosine, c.fraction1, c.fraction2,
+       k1.name AS name1, k2.name AS name2, s.path_similarity AS wordnet_similarity
+FROM arv_cosine(tau := tau, p := p, split_name := split_name, correct_only := correct_only) c
+JOIN classes k1 ON k1.class_id = c.class1
+JOIN classes k2 ON k2.class_id = c.class2
+LEFT JOIN class_similarity s ON s.class1 = c.class1 AND s.class2 = c.class2
+WHERE c.cosine < gamma
+ORDER BY c.cosine, c.channel, c.class1, c.class2;

@@ -49,3 +49,37 @@ def cli(monkeypatch):
 
 
 TINY = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:small"]
+
+
+COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+COLOUR = ["--model", "tests.models:colour_net", "--layer", "probe", "--transform", "tests.models:to_tensor"]
+# Any real WordNet nouns will do; the test compares against nltk directly.
+COLOUR_WNIDS = {"blue": "n01440764", "green": "n04254680", "red": "n02123045"}  # tench, soccer ball, tabby
+
+
+def make_colour_images(root: Path, split: str, per_class: int, seed=0, size=8, noise=12) -> Path:
+    """Solid-colour PNGs with a little noise, one class folder per colour, plus classes.json with wnids."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.integers(0, noise, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / split / name / f"{i:03d}.png")
+    (root / "classes.json").write_text(json.dumps({k: {"wnid": v} for k, v in COLOUR_WNIDS.items()}))
+    return root
+
+
+@pytest.fixture
+def colour_store(tmp_path):
+    """A store of the known-answer ColourNet: train and val splits ingested."""
+    from ingest import ingest
+
+    root = make_colour_images(tmp_path / "colours", "train", 6)
+    make_colour_images(root, "val", 4, seed=1)
+    store = tmp_path / "colour-store"
+    model, layer, transform = COLOUR[1], COLOUR[3], COLOUR[5]
+    for split in ("train", "val"):
+        ingest(root, split, store=store, model=model, layer=layer, transform=transform, progress=False)
+    return store

@@ -37,3 +37,35 @@ def slow(image):
     """The small transform, slowed down so a test can kill an ingest mid-way."""
     time.sleep(0.05)
     return small(image)
+
+
+class ColourNet(nn.Module):
+    """A hand-built known-answer model for 3 classes of solid-colour images (blue, green, red).
+
+    stem (1x1, 3 -> 3, ReLU): detectors of the R, G and B inputs (l-1 channels 0, 1, 2).
+    probe (1x1, 3 -> 3), the layer of interest:
+      channel 0 = R + G   polysemantic: serves red and green through different inputs
+      channel 1 = B       monosemantic (blue)
+      channel 2 = R       monosemantic (red)
+    head: ReLU, mean over space, logits blue = ch1, green = 2 ch0 - 3 ch2, red = ch0 + ch2.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
+        self.probe = nn.Conv2d(3, 3, 1, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3, bias=False))
+        with torch.no_grad():
+            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.probe.weight.copy_(torch.tensor([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]]).view(3, 3, 1, 1))
+            self.head[3].weight.copy_(torch.tensor([[0.0, 1, 0], [2, 0, -3], [1, 0, 1]]))
+
+    def forward(self, x):
+        return self.head(self.probe(self.stem(x)))
+
+
+def colour_net() -> nn.Module:
+    return ColourNet()
+
+
+to_tensor = transforms.ToTensor()

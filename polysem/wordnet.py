@@ -1,0 +1,101 @@
+"""WordNet path similarity of class pairs (METHOD.md section 4, the supplement's Fig. 4).
+
+Uses nltk's WordNet when installed (`nltk.download('wordnet')`). Otherwise it
+builds nltk's layout, once, from a WordNet 3.0 dictionary folder (Debian's
+`/usr/share/wordnet`) plus the `lexnames` file shipped with polysem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from importlib import resources
+from pathlib import Path
+
+from polysem.constants import P, TAU
+from polysem.errors import PolysemError
+from query.screening import class_pairs_sharing_a_channel
+from query.store import Store
+
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [
+    f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")
+] + ["index.sense"]  # index.sense: Debian's wordnet-sense-index
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("POLYSEM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "polysem")
+    return Path(base).expanduser()
+
+
+def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
+    """An nltk WordNet reader: from `wordnet_dir` when given, else nltk's own, else Debian's files."""
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    if wordnet_dir is None:
+        try:
+            from nltk.corpus import wordnet
+
+            wordnet.ensure_loaded()
+            return wordnet
+        except LookupError:
+            wordnet_dir = DEBIAN_WORDNET
+    source = Path(wordnet_dir).expanduser()
+    missing = [name for name in DICT_FILES if not (source / name).is_file()]
+    if missing:
+        raise PolysemError(
+            f"WordNet not found: nltk has no wordnet and {source} lacks {', '.join(missing[:3])}; "
+            "run python -c \"import nltk; nltk.download('wordnet')\" or install Debian's wordnet-base "
+            "(or pass --wordnet-dir with a WordNet 3.0 dict folder)"
+        )
+    target = cache_dir() / "nltk_data" / "corpora" / "wordnet"
+    if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]):
+        staging = target.with_name("wordnet.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in DICT_FILES:  # nltk refuses symlinks that leave its corpus root, so copy
+            shutil.copyfile(source / name, staging / name)
+        (staging / "lexnames").write_text(resources.files("polysem").joinpath("data/wordnet-lexnames").read_text())
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    import nltk
+
+    if str(target.parents[1]) not in nltk.data.path:  # nltk only reads corpora under its data path
+        nltk.data.path.insert(0, str(target.parents[1]))
+    with warnings.catch_warnings():  # nltk warns that the Open Multilingual Wordnet is absent: not used here
+        warnings.simplefilter("ignore", UserWarning)
+        return WordNetCorpusReader(str(target), None)
+
+
+def synset(wordnet, wnid: str):
+    """The noun synset of a WordNet id like n01440764 (`n` + the 8-digit noun offset)."""
+    return wordnet.synset_from_pos_and_offset("n", int(wnid[1:]))
+
+
+def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
+                             wordnet_dir: str | os.PathLike | None = None) -> dict:
+    """Fill `class_similarity` for every class pair sharing a relevant channel.
+
+    Returns counts: pairs scored and pairs skipped for a missing wnid.
+    """
+    pairs = class_pairs_sharing_a_channel(store, tau, p).to_pylist()
+    with_ids = [row for row in pairs if row["wnid1"] and row["wnid2"]]
+    if pairs and not with_ids:
+        raise PolysemError(
+            "the store's classes have no WordNet ids; name the class folders by wnid (n01440764) or give "
+            "each folder a wnid in DATA_DIR/classes.json before ingesting"
+        )
+    wordnet = load_wordnet(wordnet_dir)
+    rows = []
+    for row in with_ids:
+        try:
+            similarity = synset(wordnet, row["wnid1"]).path_similarity(synset(wordnet, row["wnid2"]))
+        except Exception as error:  # nltk raises WordNetError or ValueError for unknown offsets
+            raise PolysemError(f"WordNet has no noun {row['wnid1']} or {row['wnid2']} ({error}); check the classes' wnids") from error
+        rows.append((row["class1"], row["class2"], similarity))
+    with store.connect(write=True) as conn:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR REPLACE INTO class_similarity VALUES (?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    return {"pairs": len(rows), "skipped_without_wnid": len(pairs) - len(with_ids)}

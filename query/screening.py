@@ -1,0 +1,66 @@
+"""Screening for polysemantic channels (METHOD.md sections 2-4) as calls of the `sql/` macros.
+
+The maths is in `sql/screening.sql`; these functions bind the parameters and
+return Arrow tables, so a notebook gets exactly what `polysem screen` prints.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
+from polysem.errors import QueryError
+from query.store import Store
+
+
+def _check(tau: float, p: float, gamma: float | None = None) -> None:
+    if not 0 <= tau <= 1:
+        raise QueryError(f"tau must be in [0, 1], got {tau}")
+    if not 0 < p <= 1:
+        raise QueryError(f"p must be in (0, 1], got {p}")
+    if gamma is not None and not -1 <= gamma <= 1:
+        raise QueryError(f"gamma is a cosine threshold in [-1, 1], got {gamma}")
+
+
+def _require_split(store: Store, split: str) -> None:
+    n = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [split]).column("n")[0].as_py()
+    if n == 0:
+        raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
+
+
+def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: float = GAMMA,
+                       limit: int | None = None, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
+    """Candidate (channel, class1, class2) triples with ARV cosine below gamma, lowest first."""
+    _check(tau, p, gamma)
+    _require_split(store, split)
+    sql = ("SELECT * FROM polysemantic_pairs(tau := $tau, p := $p, gamma := $gamma, split_name := $split, "
+           "correct_only := $correct_only) LIMIT $limit")
+    return store.query(sql, {"tau": tau, "p": p, "gamma": gamma, "split": split, "correct_only": correct_only,
+                             "limit": limit if limit is not None else 2**62})
+
+
+def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool = False,
+                split: str = SCREEN_SPLIT) -> pa.Table:
+    """Every pair of classes relevant for the same channel, with the cosine of their ARVs."""
+    _check(tau, p)
+    _require_split(store, split)
+    return store.query(
+        "SELECT * FROM arv_cosine(tau := $tau, p := $p, split_name := $split, correct_only := $correct_only)",
+        {"tau": tau, "p": p, "split": split, "correct_only": correct_only},
+    )
+
+
+def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, split: str = SCREEN_SPLIT) -> pa.Table:
+    """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
+    _check(tau, p)
+    return store.query(
+        """
+        WITH rel AS (SELECT * FROM relevant_pairs(tau := $tau, p := $p, split_name := $split))
+        SELECT DISTINCT a.class_id AS class1, b.class_id AS class2, c1.wnid AS wnid1, c2.wnid AS wnid2
+        FROM rel a JOIN rel b ON a.channel = b.channel AND a.class_id < b.class_id
+        JOIN classes c1 ON c1.class_id = a.class_id
+        JOIN classes c2 ON c2.class_id = b.class_id
+        ORDER BY class1, class2
+        """,
+        {"tau": tau, "p": p, "split": split},
+    )

@@ -1,0 +1,147 @@
+"""`polysem sql`, `export`, `screen`, `wordnet`, `plot wordnet`: outputs, read-only guard, errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from query import Store
+from tests.conftest import ROOT, TINY, make_image_folder
+from tests.test_cli_ingest import assert_refused
+
+
+def test_sql_formats(cli, colour_store):
+    query = "SELECT class_id, name FROM classes ORDER BY class_id"
+    table = cli("sql", query, "--store", colour_store)
+    assert table.exit_code == 0 and "green" in table.output and "3 rows" in table.output
+    as_json = cli("sql", query, "--store", colour_store, "--format", "json")
+    assert json.loads(as_json.output) == [{"class_id": 0, "name": "blue"}, {"class_id": 1, "name": "green"},
+                                          {"class_id": 2, "name": "red"}]
+    as_csv = cli("sql", query, "--store", colour_store, "--format", "csv")
+    assert as_csv.output == "class_id,name\n0,blue\n1,green\n2,red\n"
+
+
+def test_sql_to_parquet_file(cli, colour_store, tmp_path):
+    out = tmp_path / "pairs.parquet"
+    result = cli("sql", "SELECT * FROM relevant_pairs(p := 0.9)", "--format", "parquet", "--out", out, "--store", colour_store)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).num_rows == 4
+    assert_refused(cli("sql", "SELECT 1", "--format", "parquet", "--store", colour_store), "--out")
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM runs", "DROP VIEW samples", "CREATE TABLE t AS SELECT 1",
+                                       "COPY classes TO 'x.csv'", "INSERT INTO runs SELECT * FROM runs",
+                                       "SELECT 1; SELECT 2"])
+def test_sql_is_read_only(cli, colour_store, statement):
+    before = Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist()
+    result = cli("sql", statement, "--store", colour_store)
+    assert result.exit_code == 2 and "Error:" in result.output
+    assert Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist() == before
+
+
+def test_sql_error_is_one_line(cli, colour_store):
+    assert_refused(cli("sql", "SELECT nope FROM classes", "--store", colour_store), "nope")
+
+
+def test_no_store(cli, tmp_path):
+    assert_refused(cli("sql", "SELECT 1", "--store", tmp_path / "none"), "no polysem store", "polysem ingest")
+    assert_refused(cli("screen", "--store", tmp_path / "none"), "no polysem store")
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
+def test_export_table_view_macro_and_query(cli, colour_store, tmp_path, suffix):
+    for name in ["classes", "polysemantic_pairs(gamma := 0.9)", "SELECT channel FROM layer_weights WHERE channel > 0"]:
+        out = tmp_path / f"out.{suffix}"
+        result = cli("export", name, "--out", out, "--store", colour_store)
+        assert result.exit_code == 0, result.output
+        expected = Store(colour_store).table(name).to_pylist()
+        if suffix == "parquet":
+            assert pq.read_table(out).to_pylist() == expected
+        elif suffix == "json":
+            assert json.loads(out.read_text()) == json.loads(json.dumps(expected, default=str))
+        else:
+            assert len(out.read_text().splitlines()) == len(expected) + 1
+    assert_refused(cli("export", "classes", "--out", tmp_path / "x.xlsx", "--store", colour_store), ".parquet, .csv or .json")
+
+
+def test_screen_bad_parameters_and_missing_train(cli, colour_store, tmp_path):
+    assert_refused(cli("screen", "--p", "1.5", "--store", colour_store), "p must be in (0, 1]")
+    assert_refused(cli("screen", "--format", "xml", "--store", colour_store), "unknown --format")
+    root = make_image_folder(tmp_path / "d", "val", {"a": 2})
+    assert cli("ingest", root, "--split", "val", "--store", tmp_path / "s", *TINY).exit_code == 0
+    assert_refused(cli("screen", "--store", tmp_path / "s"), "no train images", "--split train")
+
+
+def test_screen_limit_and_table(cli, colour_store):
+    result = cli("screen", "--store", colour_store, "--limit", "1")
+    assert result.exit_code == 0 and "green" in result.output and "red" in result.output and "1 row" in result.output
+
+
+def test_wordnet_similarity_and_plot(cli, colour_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYSEM_CACHE", str(tmp_path / "cache"))
+    result = cli("wordnet", "--store", colour_store, "--wordnet-dir", "/usr/share/wordnet")
+    assert result.exit_code == 0, result.output
+    assert "1 class pairs scored" in result.output
+    assert (tmp_path / "cache" / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
+
+    from polysem.wordnet import load_wordnet
+
+    wordnet = load_wordnet("/usr/share/wordnet")
+    expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))
+    rows = Store(colour_store).query("SELECT * FROM class_similarity").to_pylist()
+    assert rows == [{"class1": 1, "class2": 2, "path_similarity": pytest.approx(expected)}]
+    pairs = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)
+    assert pairs[0]["wordnet_similarity"] == pytest.approx(expected)
+
+    out = tmp_path / "fig.png"
+    plotted = cli("plot", "wordnet", "--out", out, "--store", colour_store)
+    assert plotted.exit_code == 0, plotted.output
+    assert "1 points" in plotted.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_wordnet_errors(cli, colour_store, tiny_store_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYSEM_CACHE", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_refused(cli("wordnet", "--store", colour_store, "--wordnet-dir", empty), "WordNet not found",
+                   "nltk.download('wordnet')", "wordnet-base")
+    assert_refused(cli("wordnet", "--store", tiny_store_path), "no WordNet ids", "classes.json")
+    assert_refused(cli("plot", "wordnet", "--store", tiny_store_path, "--out", tmp_path / "x.png", "--p", "0.1"),
+                   "run `polysem wordnet` first")
+
+
+@pytest.fixture
+def tiny_store_path(cli, tmp_path):
+    root = make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4})
+    assert cli("ingest", root, "--store", tmp_path / "tiny", *TINY).exit_code == 0
+    return tmp_path / "tiny"
+
+
+def test_queries_during_an_ingest_see_complete_parts(tmp_path):
+    root = make_image_folder(tmp_path / "d", "train", {"a": 15, "b": 15})
+    store = tmp_path / "s"
+    args = ["ingest", root, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
+            "--transform", "tests.models:slow", "--batch-size", 2, "--rows-per-part", 4]
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = []
+    try:
+        while run.poll() is None:
+            if (store / "catalog.duckdb").exists():
+                try:
+                    seen.append(Store(store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"])
+                except Exception as error:  # only a clear "busy" refusal is acceptable
+                    assert "another process holds its catalog" in str(error)
+            time.sleep(0.1)
+    finally:
+        run.wait(timeout=60)
+    assert run.returncode == 0
+    assert seen == sorted(seen) and all(n % 4 == 0 or n == 30 for n in seen)  # whole parts only
+    assert len(set(seen)) >= 3  # it really ran alongside the ingest
+    assert Store(store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] == 30
