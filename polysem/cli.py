@@ -233,6 +233,105 @@ def plot_wordnet(
     typer.echo(f"{n} points -> {out}")
 
 
+def _split_values(values: list[str] | None) -> list[str]:
+    """`--concept1 530 --concept1 531` and `--concept1 530,531` mean the same."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+@command()
+def disentangle(
+    channel: Annotated[Optional[int], typer.Option(help="Channel of the layer of interest to split.")] = None,
+    concept1: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
+    concept2: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
+    rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
+    objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
+    from_screen: Annotated[bool, typer.Option(help="Take the lowest-cosine pair of each of the first --limit channels of `polysem screen`.")] = False,
+    limit: Annotated[int, typer.Option(help="With --from-screen: how many channels to disentangle into one model.")] = 1,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
+    fmt: FormatOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Split a channel into one channel per concept plus a residual; the model's outputs stay the same.
+
+    The run (split, rho, check) is recorded in the store's `runs` table and the model in its artifacts.
+    """
+    _check_format(fmt, ("table", "json"))
+    import warnings
+
+    from polysem.disentangle import ChannelRequest, disentangle_channels
+
+    target = _store(store)
+    if from_screen:
+        if channel is not None or concept1 or concept2:
+            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel/--concept1/--concept2")
+        from query.screening import polysemantic_pairs
+
+        requests, seen = [], set()
+        for pair in polysemantic_pairs(target).to_pylist():
+            if pair["channel"] not in seen and len(requests) < limit:
+                seen.add(pair["channel"])
+                requests.append(ChannelRequest(pair["channel"], [pair["class1"]], [pair["class2"]]))
+        if not requests:
+            raise PolysemError("`polysem screen` finds no polysemantic pair to disentangle; try a larger --gamma there")
+    else:
+        if channel is None or not concept1 or not concept2:
+            raise PolysemError("give --channel, --concept1 and --concept2 (or --from-screen)")
+        requests = [ChannelRequest(channel, _split_values(concept1), _split_values(concept2))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
+                                    device=device, batch_size=batch_size)
+    for warning in caught:
+        typer.echo(f"Warning: {warning.message}", err=True)
+    if fmt == "json":
+        rows = [json.loads(json.dumps(run, default=str)) for run in runs]
+        typer.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+    for run in runs:
+        typer.echo(
+            f"run {run['run_id']}: channel {run['channel']}, concepts {run['concept1']} / {run['concept2']}, "
+            f"rho {run['rho']} ({run['objective']}), sources {len(run['sources1'])} / {len(run['sources2'])} / "
+            f"{len(run['shared'])} shared, max |logit change| {run['max_logit_diff']:.2g} "
+            f"on {run['parameters']['check_images']} images -> {target.path / run['artifact']}"
+        )
+
+
+@command()
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    tau: TauOption = TAU,
+    plots: Annotated[Optional[Path], typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
+    fmt: FormatOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
+    _check_format(fmt, ("table", "json"))
+    from polysem.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device)
+    if fmt == "json":
+        typer.echo(json.dumps(result))
+        return
+    import pyarrow as pa
+
+    rows = [{"concept": k, **result[k]} for k in ("concept1", "concept2")]
+    render(pa.Table.from_pylist(rows), "table", title=f"run {run_id}: fraction of the original activation (val, tau={tau})")
+    for path in result.get("plots", []):
+        typer.echo(f"plot -> {path}")
+
+
+@command()
+def runs(fmt: FormatOption = "table", store: StoreOption = DEFAULT_STORE):
+    """Every disentanglement run with its evaluation (the paper's quantitative table)."""
+    _check_format(fmt)
+    render(_store(store).query("SELECT * FROM run_summary"), fmt, title="disentanglement runs")
+
+
 def main() -> None:
     app()
 

@@ -42,3 +42,116 @@ def save(figure, out: str | Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
     plt.close(figure)
+
+
+def _class_names(store: Store) -> dict[int, str]:
+    return {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+
+
+def _concept_label(names: dict[int, str], classes: list[int]) -> str:
+    return " + ".join(names[c] for c in classes)
+
+
+def activation_density(store: Store, run: dict, activations: list[dict], tau: float, out_dir: Path) -> Path:
+    """KDE of the original channel's and of c'1's and c'2's activations, one panel per concept."""
+    from matplotlib.mlab import GaussianKDE
+    import numpy as np
+
+    names = _class_names(store)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k, ax in zip((1, 2), axes):
+        rows = [r for r in activations if r["concept"] == k and r["relative_attribution"] is not None
+                and r["relative_attribution"] >= tau]
+        label = _concept_label(names, run[f"concept{k}"])
+        for key, unit, colour in (("activation", f"original {run['channel']}", "black"),
+                                  ("activation1", "c'1", "tab:blue"), ("activation2", "c'2", "tab:orange")):
+            values = np.array([r[key] for r in rows], dtype=float)
+            if len(values) > 1 and values.std() > 0:
+                grid = np.linspace(values.min() - values.std(), values.max() + values.std(), 200)
+                ax.plot(grid, GaussianKDE(values)(grid), color=colour, label=unit)
+            elif len(values):
+                ax.axvline(values[0], color=colour, label=unit)
+        ax.set_title(f"concept {k}: {label} ({len(rows)} val images)")
+        ax.set_xlabel("spatially summed activation")
+        ax.set_ylabel("density")
+        ax.legend()
+    figure.suptitle(f"run {run['run_id']}: channel {run['channel']} before and after disentanglement")
+    figure.tight_layout()
+    out = out_dir / f"run-{run['run_id']}-density.png"
+    save(figure, out)
+    return out
+
+
+def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Path, data_dir=None,
+                   device: str = "auto", top: int = 16, shown: int = 6) -> list[Path]:
+    """For the original channel, c'1 and c'2: the most activating of the top-16 images of the two concepts,
+    6 shown (balanced between the concepts when both appear), the most activating patch boxed."""
+    import numpy as np
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from ingest.dataset import ImageRecord, ImageRecords
+    from ingest.models import resolve_transform
+    from polysem.constants import EVAL_SPLIT
+    from polysem.disentangle import load_model
+    from polysem.features import remap_paths
+
+    names = _class_names(store)
+    model = load_model(store, run["run_id"])
+    meta = store.meta()
+    layer = model.get_submodule(meta["layer"])
+    transform, _ = resolve_transform(meta["transform"])
+    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                ("cpu" if device == "auto" else device))
+    model.to(torch_device)
+    outputs = []
+    for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
+        ranked = sorted(activations, key=lambda r: r[key], reverse=True)[:top]
+        chosen = _balanced(ranked, shown)
+        rows = remap_paths(store, chosen, EVAL_SPLIT, data_dir)
+        dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
+        figure, axes = plt.subplots(1, max(len(rows), 1), figsize=(2.6 * max(len(rows), 1), 3.2), squeeze=False)
+        for ax, row, index in zip(axes[0], rows, range(len(rows))):
+            _, image, error = dataset[index]
+            if error:
+                raise PolysemError(f"cannot read {row['path']}: {error}")
+            seen = {}
+            handle = layer.expanded.register_forward_hook(lambda m, i, o: seen.update(out=o))
+            try:
+                with torch.no_grad():
+                    model(image.unsqueeze(0).to(torch_device))
+            finally:
+                handle.remove()
+            index_in_layer = run["channel"] if unit == "original" else layer.unit_index(run["channel"], unit)
+            if unit == "original":  # the original channel is what merge computes: c'1 + c'2 - r
+                fmap = layer.merge(seen["out"])[0, run["channel"]]
+            else:
+                fmap = seen["out"][0, index_in_layer]
+            h, w = np.unravel_index(int(fmap.argmax()), tuple(fmap.shape))
+            picture = image.cpu().float()
+            picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
+            ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if picture.shape[0] == 1 else None)
+            cell_h, cell_w = picture.shape[1] / fmap.shape[0], picture.shape[2] / fmap.shape[1]
+            ax.add_patch(Rectangle(((w - 0.5) * cell_w, (h - 0.5) * cell_h), 2 * cell_w, 2 * cell_h,
+                                   fill=False, edgecolor="red", linewidth=2))
+            ax.set_title(f"{names[row['target']]}\n{row[key]:.3g}", fontsize=9)
+            ax.axis("off")
+        label = {"original": f"original channel {run['channel']}", "c1": "c'1 (concept 1)", "c2": "c'2 (concept 2)"}[unit]
+        figure.suptitle(f"run {run['run_id']}: most activating val images of {label}")
+        figure.tight_layout(rect=(0, 0, 1, 0.9))
+        out = out_dir / f"run-{run['run_id']}-top-{unit}.png"
+        save(figure, out)
+        outputs.append(out)
+    return outputs
+
+
+def _balanced(ranked: list[dict], shown: int) -> list[dict]:
+    """Up to `shown` rows, half from each concept when both appear, in activation order."""
+    by_concept = {1: [r for r in ranked if r["concept"] == 1], 2: [r for r in ranked if r["concept"] == 2]}
+    if not by_concept[1] or not by_concept[2]:
+        return ranked[:shown]
+    half = shown // 2
+    first = by_concept[1][: max(half, shown - len(by_concept[2]))]
+    second = by_concept[2][: shown - len(first)]
+    chosen = {id(r) for r in first + second}
+    return [r for r in ranked if id(r) in chosen]

@@ -23,7 +23,7 @@ from pathlib import Path
 from polysem.errors import PolysemError
 
 # Order matters: later files use objects of earlier ones.
-SQL_FILES = ("schema.sql", "store.sql", "screening.sql", "evaluation.sql")
+SQL_FILES = ("schema.sql", "store.sql", "screening.sql", "disentangle.sql", "evaluation.sql")
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 _CREATE = re.compile(

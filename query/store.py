@@ -83,6 +83,8 @@ class Store:
         try:
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
+            # DuckDB's own progress bar would print into results piped from stdout
+            conn.execute("SET enable_progress_bar = false")
             apply_blocks(conn, persistent=write)
             if write:
                 conn.execute(

@@ -2,23 +2,28 @@
 -- Ineq. 2 counted per (class, channel) over one split: class_id, channel, n_images (of the class), n_relevant, fraction = n_relevant / n_images. Pairs without any relevant image are left out (their fraction is 0).
 CREATE OR REPLACE MACRO class_channel_relevance(tau := 0.03, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
+    -- list_filter + list_sum is several times faster than a greatest(a, 0) lambda
     SELECT target AS class_id, attribution,
-           tau * list_sum(list_transform(attribution, lambda a: greatest(a, 0))) AS threshold
+           tau * coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0) AS threshold
     FROM samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
-class_sizes AS (
-    SELECT class_id, count(*) AS n_images FROM images GROUP BY class_id
+attributions AS (
+    SELECT class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a, threshold
+    FROM images
 ),
 hits AS (
-    SELECT class_id,
-           unnest(list_filter(list_transform(attribution, lambda a, i: CASE WHEN a >= threshold THEN i - 1 END),
-                              lambda c: c IS NOT NULL)) AS channel
-    FROM images
+    SELECT class_id, channel, count(*) AS n_relevant FROM attributions WHERE a >= threshold GROUP BY class_id, channel
+),
+class_sizes AS (
+    -- a second scan of one column, cheaper than materialising `images`
+    SELECT target AS class_id, count(*) AS n_images FROM samples
+    WHERE split = split_name AND (NOT correct_only OR prediction = target)
+    GROUP BY target
 )
-SELECT h.class_id, h.channel::INTEGER AS channel, s.n_images, count(*) AS n_relevant, count(*) / s.n_images AS fraction
-FROM hits h JOIN class_sizes s USING (class_id)
-GROUP BY h.class_id, h.channel, s.n_images;
+SELECT h.class_id::INTEGER AS class_id, h.channel::INTEGER AS channel, s.n_images, h.n_relevant,
+       h.n_relevant / s.n_images AS fraction
+FROM hits h JOIN class_sizes s USING (class_id);
 
 -- name: relevant_pairs
 -- (channel, class) pairs where the channel is relevant for the class (Ineq. 2 with fraction >= p): channel, class_id, fraction.

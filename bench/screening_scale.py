@@ -1,0 +1,147 @@
+"""Screening cost at ImageNet shape: 2048 channels, 512 inputs, 1000 classes.
+
+For each size (default 10k, 30k, 100k images) a synthetic store is written
+straight in the store's Parquet format. Each image has a few channels far above
+tau (three per class, as the method expects of real data) and small noise
+elsewhere. In one run the script times, each query in a fresh process (so peak
+memory is per query):
+
+- the bare scan: `SELECT sum(list_sum(attribution)) FROM samples` (every value read once);
+- class_channel_relevance, arv_cosine and polysemantic_pairs (the whole screening);
+- one `arv` row, against a brute-force ARV by autograd over the same class's
+  images with ResNet-50 (the reference code's way; timed on a few images, scaled
+  to the class size).
+
+Usage: python bench/screening_scale.py [--sizes 10000,30000,100000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.writer import list_column
+from query import Store, layout
+from query.store import write_meta
+
+CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
+QUERIES = {
+    "bare_scan": "SELECT sum(list_sum(attribution)) FROM samples",
+    "class_channel_relevance": "SELECT count(*) FROM class_channel_relevance()",
+    "arv_cosine": "SELECT count(*) FROM arv_cosine()",
+    "polysemantic_pairs": "SELECT count(*) FROM polysemantic_pairs()",
+    "arv_one_row": "SELECT arv FROM arv WHERE channel = 1660 AND class_id = 530",
+}
+
+
+def build_store(path: Path, n_images: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    layout.write_schema_files(path)
+    layout.write_atomic(pa.table({"class_id": pa.array(range(CLASSES), pa.int32()),
+                                  "folder": [f"n{i:08d}" for i in range(CLASSES)],
+                                  "name": [f"class {i}" for i in range(CLASSES)],
+                                  "wnid": pa.nulls(CLASSES, pa.string())}, schema=layout.CLASSES), path / "classes.parquet")
+    weights = rng.normal(0, 0.02, size=(CHANNELS, INPUTS)).astype(np.float32)
+    layout.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
+                                              pa.nulls(CHANNELS, pa.float32())], schema=layout.LAYER_WEIGHTS),
+                        path / "layer_weights.parquet")
+    own_channels = rng.integers(0, CHANNELS, size=(CLASSES, 3))  # each class drives three channels
+    own_inputs = rng.integers(0, INPUTS, size=(CLASSES, 24))  # through a few l-1 channels
+    chunk = 10_000
+    for start in range(0, n_images, chunk):
+        n = min(chunk, n_images - start)
+        targets = np.sort(rng.integers(0, CLASSES, size=n)).astype(np.int32)  # ImageFolder order: sorted by class
+        attribution = rng.normal(0, 0.002, size=(n, CHANNELS)).astype(np.float32)
+        attribution[np.arange(n)[:, None], own_channels[targets]] += rng.uniform(0.5, 1.5, size=(n, 3)).astype(np.float32)
+        input_sum = rng.exponential(0.05, size=(n, INPUTS)).astype(np.float32)
+        input_sum[np.arange(n)[:, None], own_inputs[targets]] += rng.exponential(5.0, size=(n, 24)).astype(np.float32)
+        table = pa.Table.from_arrays([
+            pa.array(np.arange(start, start + n), pa.int64()), pa.array(["train"] * n), pa.array([f"img{i}.JPEG" for i in range(start, start + n)]),
+            pa.array(targets), pa.array(targets), pa.array(rng.normal(5, 1, n).astype(np.float32)),
+            list_column(attribution), list_column(input_sum), pa.array(np.full(n, 49, np.int32)),
+        ], schema=layout.SAMPLES)
+        layout.write_atomic(table, layout.new_part_path(path, "samples", "train", 0))
+    store = Store(path)
+    with store.connect(write=True) as conn:
+        write_meta(conn, {"model": "synthetic", "weights": "synthetic", "weights_sha256": "0" * 64, "layer": "synthetic",
+                          "layer_shape": {"out_channels": CHANNELS, "in_channels": INPUTS, "kernel_size": [1, 1],
+                                          "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "bias": False},
+                          "transform": "synthetic", "dataset_roots": {}, "polysem_version": "bench", "created_at": "now"})
+
+
+def time_query(store: Path, sql: str) -> dict:
+    """Run one query in a fresh process; wall seconds and that process's peak RSS."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+    code = (
+        "import sys, time; from query import Store\n"
+        "s = Store(sys.argv[1]); s.query('SELECT 1')\n"
+        "t = time.perf_counter(); rows = s.query(sys.argv[2]).num_rows; dt = time.perf_counter() - t\n"
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(dt, rows, hwm)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(store), sql], capture_output=True, text=True, check=True)
+    seconds, rows, peak_kb = out.stdout.split()[-3:]
+    return {"seconds": float(seconds), "peak_rss_mb": int(peak_kb) / 1024}
+
+
+def brute_force_arv_seconds_per_image(n: int = 4) -> float:
+    """Forward of ResNet-50 to layer4.2.conv3's input and autograd through it, per image (reference code's way)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    conv = model.layer4[2].conv3
+    images = torch.randn(n, 3, 224, 224)
+    seen = {}
+    handle = conv.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    start = time.perf_counter()
+    for k in range(n):
+        with torch.no_grad():
+            model(images[k : k + 1])
+        x = seen["x"].detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(conv(x)[0, 1660].sum(), x)
+        (x * grad).sum(dim=(2, 3))
+    handle.remove()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,30000,100000")
+    parser.add_argument("--keep", type=Path, help="keep the stores here instead of a temp folder")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="polysem-screen-"))
+    results = {}
+    try:
+        for size in map(int, args.sizes.split(",")):
+            path = root / f"store-{size}"
+            if not path.exists():
+                start = time.perf_counter()
+                build_store(path, size)
+                print(f"built {size} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            row = {name: time_query(path, sql) for name, sql in QUERIES.items()}
+            row["samples_bytes"] = sum(p.stat().st_size for p in (path / "samples" / "train").glob("*.parquet"))
+            row["class_size"] = size / CLASSES
+            results[size] = row
+            print(json.dumps({size: row}), file=sys.stderr)
+        per_image = brute_force_arv_seconds_per_image()
+        results["brute_force_arv_s_per_image"] = per_image
+        print(json.dumps(results, indent=1))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The l-1 feature maps (the input of the layer of interest) of stored images, cached in the store.
+
+The rho search (METHOD.md section 6) is non-linear per position, so it needs the
+maps themselves, not only their sums. They are computed once per class and kept
+in STORE/cache/features/<split>/class-<id>.npz; a later run on the same class
+loads them instead of running the model again.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ingest.attribution import layer_probe
+from ingest.dataset import ImageRecord, ImageRecords, collate
+from ingest.progress import progress_bar
+from polysem.errors import RunError
+from query.store import Store
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the layer's input is known: the rest of the network is not needed."""
+
+
+def class_records(store: Store, class_id: int, split: str, data_dir: str | os.PathLike | None = None) -> list[ImageRecord]:
+    """The stored images of one class, in image_id order, with paths checked (and remapped to data_dir)."""
+    rows = store.query(
+        "SELECT image_id, path, target FROM samples WHERE split = ? AND target = ? ORDER BY image_id", [split, class_id]
+    ).to_pylist()
+    return [ImageRecord(r["image_id"], r["path"], r["target"]) for r in remap_paths(store, rows, split, data_dir)]
+
+
+def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.PathLike | None) -> list[dict]:
+    """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image."""
+    if data_dir is not None:
+        old_root = Path(store.meta()["dataset_roots"][split])
+        new_root = Path(data_dir).expanduser().absolute() / split
+        rows = [{**r, "path": str(new_root / Path(r["path"]).relative_to(old_root))} for r in rows]
+    for row in rows:
+        if not Path(row["path"]).is_file():
+            raise RunError(
+                f"image {row['path']} is missing (moved since ingest?); pass --data with the folder that now holds "
+                f"the {split} split"
+            )
+    return rows
+
+
+def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, device: torch.device,
+                 batch_size: int = 64, progress: bool = True, label: str = "") -> np.ndarray:
+    """N x C_{l-1} x H x W float32: the layer's input for each record, in order."""
+    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
+    maps = []
+    with progress_bar(f"feature maps {label}", len(records), progress) as advance, torch.no_grad():
+        for indices, images, failures in loader:
+            if failures:
+                index, message = failures[0]
+                raise RunError(f"cannot read {records[index].path}: {message}")
+            with layer_probe(layer, detach_output=False) as seen:
+
+                def stop(module, inputs):
+                    raise _StopForward
+
+                handle = layer.register_forward_pre_hook(lambda m, i: seen.update(input=i[0]) or stop(m, i))
+                try:
+                    model(images.to(device))
+                except _StopForward:
+                    pass
+                finally:
+                    handle.remove()
+            maps.append(seen["input"].float().cpu().numpy())
+            advance(len(indices))
+    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
+
+
+def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transform, class_id: int, split: str,
+                      device: torch.device, data_dir=None, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Feature maps of all stored images of a class; computed once, then read from the store's cache."""
+    ids = store.query("SELECT image_id FROM samples WHERE split = ? AND target = ? ORDER BY image_id",
+                      [split, class_id]).column("image_id").to_numpy()
+    path = store.path / "cache" / "features" / split / f"class-{class_id}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            if np.array_equal(cached["image_id"], ids):
+                return cached["maps"]
+    records = class_records(store, class_id, split, data_dir)
+    maps = compute_feature_maps(model, layer, records, transform, device, batch_size, progress, f"class {class_id}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
+    np.savez(tmp, image_id=ids, maps=maps)
+    os.replace(tmp, path)
+    return maps
+
+
+def compute_feature_maps(*args, **kwargs) -> np.ndarray:
+    """Indirection so tests can check that a cached class never reaches the model."""
+    return feature_maps(*args, **kwargs)

@@ -1,0 +1,18 @@
+-- name: concept_arv
+-- The ARV of one channel for a concept made of one or more classes: the mean over the union of their images (channel, n_images, arv).
+CREATE OR REPLACE MACRO concept_arv(channel_id, class_ids, split_name := 'train') AS TABLE
+WITH means AS (
+    SELECT class_id, n_images, generate_subscripts(mean_input_sum, 1) AS i, unnest(mean_input_sum) AS m
+    FROM class_means_of(split_name := split_name)
+    WHERE list_contains(class_ids, class_id)
+),
+pooled AS (
+    -- a class mean weighted by its image count: the mean over the union of the images
+    SELECT i, sum(m * n_images) / sum(n_images) AS m, sum(n_images) AS n FROM means GROUP BY i
+),
+pooled_list AS (
+    SELECT any_value(n)::BIGINT AS n_images, list(m ORDER BY i) AS mean_input_sum FROM pooled
+)
+SELECT w.channel, p.n_images, arv_of(w.weight, p.mean_input_sum, li."window") AS arv
+FROM layer_weights w CROSS JOIN layer_info li CROSS JOIN pooled_list p
+WHERE w.channel = channel_id;
