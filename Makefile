@@ -35,18 +35,18 @@ demo: $(STAMP) system-packages
 	  --transform examples.fashion_mnist:transform --layer narrow --batch-size 256
 	$(POLYSEM) ingest $(DEMO)/data --split val --store $(DEMO)/store --batch-size 256
 	$(POLYSEM) info --store $(DEMO)/store
-	$(POLYSEM) screen --store $(DEMO)/store --limit 8
 	$(POLYSEM) wordnet --store $(DEMO)/store
+	$(POLYSEM) screen --store $(DEMO)/store --limit 8
 	$(POLYSEM) plot wordnet --store $(DEMO)/store --out $(DEMO)/plots/wordnet.png
 	@run=$$($(POLYSEM) disentangle --from-screen --limit 1 --store $(DEMO)/store --format json \
 	        | $(PY) -c "import json, sys; print(json.load(sys.stdin)['run_id'])") && \
 	  echo "disentangled: run $$run" && \
-	  $(POLYSEM) evaluate $$run --store $(DEMO)/store --plots $(DEMO)/plots
-	$(POLYSEM) runs --store $(DEMO)/store
-	@echo
-	@echo "store:   $(DEMO)/store (catalog.duckdb + Parquet; try: $(POLYSEM) sql 'SELECT * FROM polysemantic_pairs()' --store $(DEMO)/store)"
-	@echo "plots:   $(DEMO)/plots/"
-	@echo "models:  $(DEMO)/store/artifacts/ (load one: python -c \"import polysem; print(polysem.load_model('$(DEMO)/store', 'RUN_ID'))\")"
+	  $(POLYSEM) evaluate $$run --store $(DEMO)/store --plots $(DEMO)/plots && \
+	  $(POLYSEM) runs --store $(DEMO)/store && \
+	  echo && \
+	  echo "store:  $(DEMO)/store (catalog.duckdb + Parquet); try: $(POLYSEM) sql 'SELECT * FROM polysemantic_pairs()' --store $(DEMO)/store" && \
+	  echo "plots:  $(DEMO)/plots/" && \
+	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q
