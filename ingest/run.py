@@ -129,10 +129,7 @@ def _settings(existing, model, weights, layer, transform):
             raise StoreMismatch(
                 f"the store holds {option} {recorded}, not {given}; omit {option} or use another --store"
             )
-    recorded_weights = existing["weights"]
-    if weights is None:
-        weights = recorded_weights
-    return existing["model"], weights, existing["layer"], existing["transform"]
+    return existing["model"], weights or existing["weights"], existing["layer"], existing["transform"]
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:

@@ -361,11 +361,12 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
             "shared": list(plan.split.shared), "max_logit_diff": max_diff, "artifact": str(artifact),
             "polysem_version": polysem.__version__, "parameters": parameters,
         })
+    columns = list(runs[0])
+    insert = f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     with store.connect(write=True) as conn:
         conn.execute("BEGIN")
         for run, plan in zip(runs, plans):
-            conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [*[run[k] for k in list(run)[:-1]], json.dumps(run["parameters"])])
+            conn.execute(insert, [json.dumps(run[c]) if c == "parameters" else run[c] for c in columns])
             conn.executemany("INSERT INTO rho_scores VALUES (?, ?, ?, ?, ?)",
                              [[run["run_id"], s["rho"], s["objective_value"], s["n_sources1"], s["n_sources2"]]
                               for s in plan.scores])

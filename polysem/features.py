@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ingest.attribution import layer_probe
 from ingest.dataset import ImageRecord, ImageRecords, collate
 from ingest.progress import progress_bar
 from polysem.errors import RunError
@@ -61,18 +60,19 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
             if failures:
                 index, message = failures[0]
                 raise RunError(f"cannot read {records[index].path}: {message}")
-            with layer_probe(layer, detach_output=False) as seen:
+            seen = {}
 
-                def stop(module, inputs):
-                    raise _StopForward
+            def keep_input_and_stop(module, inputs):
+                seen["input"] = inputs[0]
+                raise _StopForward
 
-                handle = layer.register_forward_pre_hook(lambda m, i: seen.update(input=i[0]) or stop(m, i))
-                try:
-                    model(images.to(device))
-                except _StopForward:
-                    pass
-                finally:
-                    handle.remove()
+            handle = layer.register_forward_pre_hook(keep_input_and_stop)
+            try:
+                model(images.to(device))
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
             maps.append(seen["input"].float().cpu().numpy())
             advance(len(indices))
     return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
