@@ -25,7 +25,7 @@ from ingest.dataset import ImageRecords, class_rows, collate, list_split
 from ingest.models import layer_shape, resolve_layer, resolve_model, resolve_transform
 from ingest.progress import progress_bar
 from ingest.writer import PartWriter, list_column
-from polysem.errors import DataError, StoreMismatch
+from polysem.errors import DataError, StoreBusy, StoreMismatch
 from query import Store, layout
 from query.store import read_meta, write_meta
 
@@ -98,9 +98,11 @@ def ingest(
 
     rank, world_size, own_group = _init_distributed()
     run_device = _device(device)
+    lock = None
     try:
         if rank == 0:
             _prepare_store(store, existing, resolved, layer, conv, transform_spec, data_dir, split, listing)
+            lock = _lock_split(store.path, split)
         _barrier(world_size)
         done = stored_ids(store.path, split)
         samples_before = len(stored_ids(store.path, split, ("samples",)))
@@ -116,6 +118,8 @@ def ingest(
             summary.n_written = len(stored_ids(store.path, split, ("samples",))) - samples_before
         return summary
     finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
         if own_group:
             dist.destroy_process_group()
 
@@ -176,6 +180,23 @@ def _prepare_store(store, existing, resolved, layer_name, conv, transform_spec, 
         roots = read_meta(conn).get("dataset_roots", {})
         roots[split] = str(listing.root)
         write_meta(conn, {"dataset_roots": roots})
+
+
+def _lock_split(store_path: Path, split: str):
+    """Hold an exclusive lock on the split for this ingest: two ingests of one split would both
+    see the same images as missing and store them twice."""
+    import fcntl
+
+    folder = layout.part_dir(store_path, "samples", split)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".ingest.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreBusy(f"another ingest of split '{split}' into {store_path} is running; wait for it, "
+                        "or stop it and run this again to resume") from None
+    return handle
 
 
 def stored_ids(store_path: Path, split: str, tables=("samples", "ingest_errors")) -> set[int]:

@@ -196,6 +196,8 @@ def check_read_only(sql: str) -> None:
     if len(statements) != 1:
         raise QueryError(f"expected one SQL statement, got {len(statements)}; run them one at a time")
     kind = statements[0].type.name
+    if kind == "MULTI" and statements[0].query.lstrip().upper().startswith(("PIVOT", "UNPIVOT")):
+        return  # DuckDB plans a PIVOT as several statements; all of them read
     if kind not in _READ_STATEMENTS:
         raise QueryError(
             f"{kind} statements are not allowed: queries on a store are read-only; "

@@ -217,3 +217,18 @@ def test_store_directory_not_writable(cli, data_dir, tmp_path):
 def test_bad_classes_option(cli, data_dir, store_path):
     assert_refused(ingest(cli, data_dir, store_path, *TINY, "--classes", "0,x"), "bad --classes")
     assert_refused(ingest(cli, data_dir, store_path, *TINY, "--classes", "7"), "out of range")
+
+
+def test_imagenet_defaults_with_resnet50(cli, tmp_path, store_path):
+    """The real-job path: default layer4.2.conv3 and resize-256/crop-224 preprocessing, wnid folders."""
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "imagenet", "train", {"n01440764": 2, "n01443537": 1}, size=(300, 260))
+    result = cli("ingest", root, "--model", "resnet50", "--weights", "random:3", "--store", store_path)
+    assert result.exit_code == 0, result.output
+    store = Store(store_path)
+    row = store.query("SELECT len(attribution) AS a, len(input_sum) AS s, positions FROM samples LIMIT 1").to_pylist()[0]
+    assert row == {"a": 2048, "s": 512, "positions": 49}
+    meta = store.meta()
+    assert (meta["layer"], meta["transform"], meta["weights"]) == ("layer4.2.conv3", "imagenet", "random:3")
+    assert store.query("SELECT name FROM classes ORDER BY class_id").column("name").to_pylist() == ["tench", "goldfish"]

@@ -33,7 +33,7 @@ def test_sql_to_parquet_file(cli, colour_store, tmp_path):
     assert_refused(cli("sql", "SELECT 1", "--format", "parquet", "--store", colour_store), "--out")
 
 
-@pytest.mark.parametrize("statement", ["DELETE FROM runs", "DROP VIEW samples", "CREATE TABLE t AS SELECT 1",
+@pytest.mark.parametrize("statement", ["DELETE FROM runs", "ATTACH 'x.db'", "DROP VIEW samples", "CREATE TABLE t AS SELECT 1",
                                        "COPY classes TO 'x.csv'", "INSERT INTO runs SELECT * FROM runs",
                                        "SELECT 1; SELECT 2"])
 def test_sql_is_read_only(cli, colour_store, statement):
@@ -145,3 +145,13 @@ def test_queries_during_an_ingest_see_complete_parts(tmp_path):
     assert seen == sorted(seen) and all(n % 4 == 0 or n == 30 for n in seen)  # whole parts only
     assert len(set(seen)) >= 3  # it really ran alongside the ingest
     assert Store(store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] == 30
+
+
+def test_sql_allows_reading_statements_of_every_shape(cli, colour_store):
+    for statement in ["DESCRIBE samples", "SUMMARIZE classes", "SHOW TABLES", "FROM classes",
+                      "PIVOT (SELECT split, target FROM samples) ON split USING count(*)", "EXPLAIN SELECT 1"]:
+        result = cli("sql", statement, "--store", colour_store, "--format", "csv")
+        assert result.exit_code == 0, (statement, result.output)
+    pivot = cli("sql", "PIVOT (SELECT split, target FROM samples) ON split USING count(*) ORDER BY target",
+                "--store", colour_store, "--format", "csv")
+    assert pivot.output.splitlines() == ["target,train,val", "0,6,4", "1,6,4", "2,6,4"]

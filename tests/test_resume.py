@@ -74,3 +74,33 @@ def test_torchrun_two_processes_gives_identical_rows(many_images, tmp_path):
     parts = sorted(p.name[:9] for p in (ranked / "samples" / "train").glob("*.parquet"))
     assert set(parts) == {"part-r000", "part-r001"}  # each rank wrote its own files
     assert_same_rows(rows(ranked), rows(single))
+
+
+def test_ctrl_c_keeps_finished_rows_and_says_how_to_resume(many_images, tmp_path):
+    store = tmp_path / "s"
+    args = ["ingest", many_images, *SLOW, "--batch-size", 2, "--rows-per-part", 100, "--store", store]
+    run = polysem(*args)
+    while not (store / "catalog.duckdb").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # some batches done, none flushed yet (a part holds 100 rows)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=60)[0].decode()
+    assert run.returncode == 130, output
+    assert "Interrupted" in output and "run the same command again to resume" in output
+    kept = len(rows(store))
+    assert 0 < kept < 36  # the rows in memory were flushed, not lost
+    resumed = polysem(*args)
+    out = resumed.communicate(timeout=120)[0].decode()
+    assert resumed.returncode == 0 and f"{36 - kept} images stored, {kept} already there" in out
+
+
+def test_two_ingests_of_one_split_are_refused(many_images, tmp_path, cli):
+    import fcntl
+
+    store = tmp_path / "s"
+    assert cli("ingest", many_images, "--store", store, *TINY, "--classes", "0").exit_code == 0
+    with open(store / "samples" / "train" / ".ingest.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = cli("ingest", many_images, "--store", store)
+    assert result.exit_code == 2 and "another ingest of split 'train'" in result.output
+    assert len(rows(store)) == 12
