@@ -25,6 +25,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 plot_app = typer.Typer(help="Figures from the store.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from polysem import __version__
+
+        typer.echo(f"polysem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+):
+    """Find and disentangle polysemantic CNN channels from attributions kept in a DuckDB store."""
 app.add_typer(plot_app, name="plot")
 
 StoreOption = Annotated[
@@ -46,6 +61,10 @@ def command(group: typer.Typer = app, name: str | None = None):
             except PolysemError as error:
                 typer.echo(f"Error: {error}", err=True)
                 raise typer.Exit(2) from None
+            except OSError as error:  # disk full, permissions: the environment, not a bug
+                where = f" ({error.filename})" if error.filename else ""
+                typer.echo(f"Error: {error.strerror or error}{where}", err=True)
+                raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 typer.echo("Interrupted: what was complete is stored; run the same command again to resume.", err=True)
                 raise typer.Exit(130) from None
