@@ -47,6 +47,7 @@ StoreOption = Annotated[
     typer.Option("--store", envvar="POLYSEM_STORE", help="Store directory (or set POLYSEM_STORE).", show_default=True),
 ]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
 DEFAULT_STORE = Path("polysem-store")
 
 
@@ -131,7 +132,7 @@ def ingest(
 
 
 @command()
-def info(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
+def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
     """What the store holds: model, layer, splits and image counts, classes, runs, size on disk."""
     _check_format(fmt, ("table", "json"))
     details = _store(store).info()
@@ -270,7 +271,7 @@ def disentangle(
     force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
-    fmt: FormatOption = "table",
+    fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
     """Split a channel into one channel per concept plus a residual; the model's outputs stay the same.
@@ -325,7 +326,7 @@ def evaluate(
     plots: Annotated[Optional[Path], typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
-    fmt: FormatOption = "table",
+    fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
     """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
