@@ -233,8 +233,10 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, force: b
         if not counts.get(class_id):
             raise RunError(f"class {class_id} has no {SCREEN_SPLIT} images in the store; ingest them first "
                            f"(polysem ingest DATA_DIR --split {SCREEN_SPLIT})")
-    relevant = set(store.query("SELECT class_id FROM relevant_pairs() WHERE channel = ?", [request.channel])
-                   .column("class_id").to_pylist())
+    # filtering on the classes lets DuckDB read only their images
+    relevant = set(store.query(
+        "SELECT class_id FROM relevant_pairs() WHERE channel = ? AND list_contains(?, class_id)",
+        [request.channel, concept1 + concept2]).column("class_id").to_pylist())
     missing = [c for c in concept1 + concept2 if c not in relevant]
     if missing:
         message = (f"channel {request.channel} is not relevant (tau {TAU}, p {P}) for class "
