@@ -25,7 +25,7 @@ from ingest.dataset import ImageRecords, class_rows, collate, list_split
 from ingest.models import layer_shape, resolve_layer, resolve_model, resolve_transform
 from ingest.progress import progress_bar
 from ingest.writer import PartWriter, list_column
-from polysem.errors import DataError, StoreBusy, StoreMismatch
+from polysem.errors import DataError, PolysemError, StoreBusy, StoreMismatch
 from query import Store, layout
 from query.store import read_meta, write_meta
 
@@ -100,12 +100,19 @@ def ingest(
     run_device = _device(device)
     lock = None
     try:
+        failure = None
         if rank == 0:
-            _prepare_store(store, existing, resolved, layer, conv, transform_spec, data_dir, split, listing)
-            lock = _lock_split(store.path, split)
-        _barrier(world_size)
-        done = stored_ids(store.path, split)
-        samples_before = len(stored_ids(store.path, split, ("samples",)))
+            try:
+                _prepare_store(store, existing, resolved, layer, conv, transform_spec, data_dir, split, listing)
+                lock = _lock_split(store.path, split)
+            except PolysemError as error:
+                failure = error
+        failure = _shared_from_rank0(failure, world_size)  # so no rank waits for a rank that gave up
+        if failure is not None:
+            raise failure
+        stored = stored_ids(store.path, split, ("samples",))
+        samples_before = len(stored)
+        done = stored | stored_ids(store.path, split, ("ingest_errors",))
         _barrier(world_size)  # every rank read the same `done` before any rank writes
         todo = [r for r in listing.records if r.image_id not in done]
         mine = todo[rank::world_size]
@@ -265,6 +272,15 @@ def _init_distributed() -> tuple[int, int, bool]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size(), True
+
+
+def _shared_from_rank0(value, world_size: int):
+    """Rank 0's value on every rank (a barrier as well)."""
+    if world_size <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _barrier(world_size: int) -> None:

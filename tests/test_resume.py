@@ -105,3 +105,21 @@ def test_two_ingests_of_one_split_are_refused(many_images, tmp_path, cli):
         result = cli("ingest", many_images, "--store", store)
     assert result.exit_code == 2 and "another ingest of split 'train'" in result.output
     assert len(rows(store)) == 12
+
+
+def test_torchrun_ranks_stop_together_when_rank0_refuses(many_images, tmp_path, cli):
+    import fcntl
+
+    store = tmp_path / "s"
+    assert cli("ingest", many_images, "--store", store, *TINY, "--classes", "0").exit_code == 0
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with open(store / "samples" / "train" / ".ingest.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        launch = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+             "-m", "polysem.cli", "ingest", str(many_images), "--store", str(store), "--device", "cpu"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+    assert launch.returncode != 0
+    assert (launch.stdout + launch.stderr).count("another ingest of split 'train'") == 2  # both ranks say why
+    assert len(rows(store)) == 12
