@@ -306,7 +306,8 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
                             "n_sources1": len(split.sources1), "n_sources2": len(split.sources2)}]
         plan.split = split_sources(plan.arv1, plan.arv2, plan.rho)
 
-    new_layer = DisentangledConv(layer.cpu(), [p.channel for p in plans], [p.split for p in plans])
+    # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
+    new_layer = DisentangledConv(copy.deepcopy(layer).cpu(), [p.channel for p in plans], [p.split for p in plans])
     disentangled = copy.deepcopy(model).cpu()
     replace_module(disentangled, layer_name, new_layer)
     max_diff, n_checked = check_equivalence(store, model, disentangled, plans, transform, run_device, data_dir, batch_size)
