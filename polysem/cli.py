@@ -152,7 +152,8 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
         root = details["dataset_roots"].get(split, "?")
         lines.append(f"split      {split}: {counts['images']} images in {counts['classes']} classes, "
                      f"{counts['unreadable']} unreadable  ({root})")
-    lines += [f"runs       {details['runs']}", f"size       {details['size_bytes'] / 1e6:.1f} MB on disk",
+    lines += [f"runs       {details['runs']}", f"size       {details['size_bytes'] / 1e6:.1f} MB on disk"
+              + (f", {details['bytes_per_image']:,} bytes per stored image" if details["bytes_per_image"] else ""),
               f"created    {details['created_at']} by polysem {details['polysem_version']}"]
     typer.echo("\n".join(lines))
 

@@ -172,6 +172,9 @@ class Store:
             info["runs"] = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
+        n_images = sum(split["images"] for split in info["splits"].values())
+        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/part-*.parquet"))
+        info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
 
     def size_bytes(self) -> int:

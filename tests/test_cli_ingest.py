@@ -232,3 +232,14 @@ def test_imagenet_defaults_with_resnet50(cli, tmp_path, store_path):
     meta = store.meta()
     assert (meta["layer"], meta["transform"], meta["weights"]) == ("layer4.2.conv3", "imagenet", "random:3")
     assert store.query("SELECT name FROM classes ORDER BY class_id").column("name").to_pylist() == ["tench", "goldfish"]
+
+
+def test_dataloader_workers_give_the_same_rows(cli, data_dir, tmp_path):
+    (data_dir / "train" / "dog" / "broken.png").write_bytes(b"junk")
+    for workers, store in ((0, tmp_path / "w0"), (2, tmp_path / "w2")):
+        result = ingest(cli, data_dir, store, *TINY, "--num-workers", workers)
+        assert result.exit_code == 0, result.output
+    one, two = (Store(tmp_path / name).query("SELECT * EXCLUDE (path) FROM samples ORDER BY image_id").to_pylist()
+                for name in ("w0", "w2"))
+    assert one == two and len(one) == 10
+    assert Store(tmp_path / "w2").query("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]
