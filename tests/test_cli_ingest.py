@@ -1,10 +1,7 @@
 """Ingest through the CLI: what lands in the store, resume, and every bad input."""
 
 import json
-import os
 
-import numpy as np
-import pytest
 
 from query import Store
 from tests.conftest import TINY

@@ -6,11 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from polysem.constants import RHO_GRID
 from polysem.disentangle import DisentangledConv, SourceSplit, disentangle, disentangle_channels, ChannelRequest, load_model, split_sources
-from polysem.errors import RunError
 from query import Store
 from tests.conftest import TINY, make_image_folder
 from tests.test_cli_ingest import assert_refused

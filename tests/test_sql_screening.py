@@ -49,9 +49,13 @@ def test_every_view_and_macro_runs(colour_store):
 
 
 def test_sql_defaults_are_the_method_constants():
+    checked = set()
     for block in load_blocks():
         for name, value in re.findall(r"\b(tau|p|gamma) := ([0-9.]+)", block.sql.split(" AS ")[0]):
             assert float(value) == getattr(constants, name.upper()), f"{block.name}: {name} := {value}"
+            checked.add((block.name, name))
+    assert {("polysemantic_pairs", "gamma"), ("relevant_pairs", "p"), ("class_channel_relevance", "tau"),
+            ("evaluation_summary", "tau")} <= checked
 
 
 def test_known_answer_model_reports_exactly_the_planted_channel(cli, colour_store):
