@@ -183,7 +183,10 @@ def sql(
 
     if fmt == "parquet" and out is None:
         raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
-    result = _store(store).query(query)
+    target = _store(store)
+    if out is not None:
+        target.check_outside(out)
+    result = target.query(query)
     if out is not None:
         write_result(result, out, "csv" if fmt == "table" else fmt)
         typer.echo(f"{result.num_rows} rows -> {out}")

@@ -156,6 +156,7 @@ class Store:
         """
         out = Path(out)
         fmt = export_format(out)
+        self.check_outside(out)
         result = self.table(name_or_query, params)
         write_result(result, out, fmt)
         return result.num_rows
@@ -176,6 +177,11 @@ class Store:
         sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/part-*.parquet"))
         info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
+
+    def check_outside(self, out: str | os.PathLike) -> None:
+        """Refuse an output file inside the store: it could replace a file the store reads."""
+        if Path(out).expanduser().absolute().resolve().is_relative_to(self.path.resolve()):
+            raise QueryError(f"{out} is inside the store {self.path}; write results somewhere else")
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

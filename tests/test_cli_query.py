@@ -155,3 +155,13 @@ def test_sql_allows_reading_statements_of_every_shape(cli, colour_store):
     pivot = cli("sql", "PIVOT (SELECT split, target FROM samples) ON split USING count(*) ORDER BY target",
                 "--store", colour_store, "--format", "csv")
     assert pivot.output.splitlines() == ["target,train,val", "0,6,4", "1,6,4", "2,6,4"]
+
+
+def test_outputs_inside_the_store_are_refused(cli, colour_store):
+    before = (colour_store / "classes.parquet").read_bytes()
+    assert_refused(cli("export", "runs", "--out", colour_store / "classes.parquet", "--store", colour_store),
+                   "inside the store")
+    assert_refused(cli("sql", "SELECT 1", "--format", "parquet", "--out", colour_store / "samples" / "x.parquet",
+                       "--store", colour_store), "inside the store")
+    assert (colour_store / "classes.parquet").read_bytes() == before
+    assert not (colour_store / "samples" / "x.parquet").exists()
