@@ -1,0 +1,34 @@
+"""Where WordNet comes from: nltk's own data when installed, else Debian's dictionary files."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+PROBE = (
+    "from polysem.wordnet import load_wordnet, synset\n"
+    "wn = load_wordnet()\n"
+    "print(type(wn).__module__, synset(wn, 'n02123045').name(), sorted(synset(wn, 'n02123045').lemma_names())[0])"
+)
+
+
+def probe(nltk_data, cache):
+    env = {**os.environ, "NLTK_DATA": str(nltk_data), "POLYSEM_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_without_nltk_data_builds_from_debian_then_nltk_data_is_used(tmp_path):
+    empty = tmp_path / "no-nltk-data"
+    empty.mkdir()
+    built = tmp_path / "cache"
+    module, name, lemma = probe(empty, built)
+    assert (name, lemma) == ("tabby.n.01", "tabby")  # WordNet 3.0 noun 02123045: tabby, tabby cat
+    assert (built / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
+    # a user who ran nltk.download('wordnet') has this layout under NLTK_DATA: nltk's loader is used, no cache built
+    unused = tmp_path / "unused-cache"
+    module, name, _ = probe(built / "nltk_data", unused)
+    assert module.startswith("nltk.corpus") and name == "tabby.n.01"
+    assert not unused.exists()
