@@ -286,3 +286,11 @@ def test_moved_images(cli, tmp_path):
     assert runs_count(store) == 0
     ok = cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--store", store, "--data", moved)
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_model_failing_the_logit_check_is_not_recorded(cli, colour_store, monkeypatch):
+    monkeypatch.setattr("polysem.disentangle.LOGIT_TOLERANCE", -1.0)  # no model can pass now
+    result = cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--store", colour_store)
+    assert result.exit_code == 2
+    assert "changes the logits by" in result.output and "nothing recorded" in result.output
+    assert runs_count(colour_store) == 0 and not (colour_store / "artifacts").exists()
