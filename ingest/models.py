@@ -168,6 +168,23 @@ def state_dict_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def resolve_device(spec: str) -> torch.device:
+    """`auto`: CUDA when present; `cuda`: this process's GPU (LOCAL_RANK under torchrun); `cpu`; `cuda:N`."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        if spec == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif spec != "cpu":
+        raise ModelError(f"unknown --device '{spec}'; use auto, cpu or cuda")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ModelError(f"unknown --device '{spec}'; use auto, cpu or cuda") from None
+
+
 def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:
     """The conv layer of interest by dotted name; clear errors for anything else."""
     modules = dict(model.named_modules())

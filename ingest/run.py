@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import polysem
 from ingest.attribution import attribute_batch
 from ingest.dataset import ImageRecords, class_rows, collate, list_split
-from ingest.models import layer_shape, resolve_layer, resolve_model, resolve_transform
+from ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
 from ingest.progress import progress_bar
 from ingest.writer import PartWriter, list_column
 from polysem.errors import DataError, PolysemError, StoreBusy, StoreMismatch
@@ -97,7 +97,7 @@ def ingest(
         )
 
     rank, world_size, own_group = _init_distributed()
-    run_device = _device(device)
+    run_device = resolve_device(device)
     lock = None
     try:
         failure = None
@@ -286,15 +286,3 @@ def _shared_from_rank0(value, world_size: int):
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
-
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise DataError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if spec != "cpu":
-        raise DataError(f"unknown --device '{spec}'; use auto, cpu or cuda")
-    return torch.device("cpu")

@@ -25,7 +25,7 @@ from torch import nn
 
 import polysem
 from ingest.dataset import ImageRecord, ImageRecords, collate
-from ingest.models import resolve_layer, resolve_model, resolve_transform
+from ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.constants import P, RHO_GRID, SCREEN_SPLIT, TAU
 from polysem.errors import RunError
 from polysem.features import cached_class_maps, remap_paths
@@ -252,14 +252,6 @@ def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
     return np.array(row["arv"], dtype=np.float64)
 
 
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(spec)
-
-
 def disentangle(store: Store | str | os.PathLike, channel: int, concept1: list, concept2: list, **options) -> dict:
     """Disentangle one channel into concept 1 and concept 2; returns the recorded run row."""
     return disentangle_channels(store, [ChannelRequest(channel, list(concept1), list(concept2))], **options)[0]
@@ -288,7 +280,7 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
     plans = [_validate(store, request, out_channels, force) for request in requests]
 
     model, layer_name, layer, transform = base_model(store)
-    run_device = _device(device)
+    run_device = resolve_device(device)
     model.to(run_device)
     for plan in plans:
         plan.arv1 = _concept_arv(store, plan.channel, plan.concept1)

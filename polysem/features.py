@@ -27,11 +27,16 @@ class _StopForward(Exception):
     """Raised by the hook once the layer's input is known: the rest of the network is not needed."""
 
 
-def class_records(store: Store, class_id: int, split: str, data_dir: str | os.PathLike | None = None) -> list[ImageRecord]:
-    """The stored images of one class, in image_id order, with paths checked (and remapped to data_dir)."""
-    rows = store.query(
+def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
+    return store.query(
         "SELECT image_id, path, target FROM samples WHERE split = ? AND target = ? ORDER BY image_id", [split, class_id]
     ).to_pylist()
+
+
+def class_records(store: Store, class_id: int, split: str, data_dir: str | os.PathLike | None = None,
+                  rows: list[dict] | None = None) -> list[ImageRecord]:
+    """The stored images of one class, in image_id order, with paths checked (and remapped to data_dir)."""
+    rows = rows if rows is not None else _class_rows(store, class_id, split)
     return [ImageRecord(r["image_id"], r["path"], r["target"]) for r in remap_paths(store, rows, split, data_dir)]
 
 
@@ -81,14 +86,14 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
 def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transform, class_id: int, split: str,
                       device: torch.device, data_dir=None, batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """Feature maps of all stored images of a class; computed once, then read from the store's cache."""
-    ids = store.query("SELECT image_id FROM samples WHERE split = ? AND target = ? ORDER BY image_id",
-                      [split, class_id]).column("image_id").to_numpy()
+    rows = _class_rows(store, class_id, split)
+    ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
     path = store.path / "cache" / "features" / split / f"class-{class_id}.npz"
     if path.is_file():
         with np.load(path) as cached:
             if np.array_equal(cached["image_id"], ids):
                 return cached["maps"]
-    records = class_records(store, class_id, split, data_dir)
+    records = class_records(store, class_id, split, data_dir, rows)
     maps = compute_feature_maps(model, layer, records, transform, device, batch_size, progress, f"class {class_id}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")

@@ -91,7 +91,7 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
     from matplotlib.patches import Rectangle
 
     from ingest.dataset import ImageRecord, ImageRecords
-    from ingest.models import resolve_transform
+    from ingest.models import resolve_device, resolve_transform
     from polysem.constants import EVAL_SPLIT
     from polysem.disentangle import load_model
     from polysem.features import remap_paths
@@ -101,8 +101,7 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
     meta = store.meta()
     layer = model.get_submodule(meta["layer"])
     transform, _ = resolve_transform(meta["transform"])
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                ("cpu" if device == "auto" else device))
+    torch_device = resolve_device(device)
     model.to(torch_device)
     outputs = []
     for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
@@ -122,11 +121,10 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
                     model(image.unsqueeze(0).to(torch_device))
             finally:
                 handle.remove()
-            index_in_layer = run["channel"] if unit == "original" else layer.unit_index(run["channel"], unit)
             if unit == "original":  # the original channel is what merge computes: c'1 + c'2 - r
                 fmap = layer.merge(seen["out"])[0, run["channel"]]
             else:
-                fmap = seen["out"][0, index_in_layer]
+                fmap = seen["out"][0, layer.unit_index(run["channel"], unit)]
             h, w = np.unravel_index(int(fmap.argmax()), tuple(fmap.shape))
             picture = image.cpu().float()
             picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)

@@ -76,7 +76,7 @@ class Store:
         waits (up to 30 s) for readers and other writers to finish.
         """
         if write:
-            self._check_writable()
+            self._create_directory()
         else:
             self.require()
         conn = self._open(write)
@@ -118,7 +118,7 @@ class Store:
         if not target.is_dir() or not os.access(target, os.W_OK):
             raise StoreError(f"store directory {self.path} is not writable; fix its permissions or choose another --store")
 
-    def _check_writable(self) -> None:
+    def _create_directory(self) -> None:
         self.check_writable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
