@@ -28,10 +28,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from ingest import ingest
-from ingest.dataset import ImageRecords, list_split
-from ingest.models import imagenet_transform
-from query import Store
+from polysem.ingest import ingest
+from polysem.ingest.dataset import ImageRecords, list_split
+from polysem.ingest.models import imagenet_transform
+from polysem.query import Store
 
 
 def write_images(root: Path, n: int) -> None:
@@ -77,10 +77,10 @@ def main() -> None:
     try:
         write_images(work / "data", args.images)
         # warm-up (thread pools, allocator) outside the timings
-        ingest(work / "data", store=work / "warm", model="resnet50", weights="random", batch_size=args.batch_size,
+        ingest(work / "warm", work / "data", model="resnet50", weights="random", batch_size=args.batch_size,
                limit=2, progress=False, device=str(device.type))
         start = time.perf_counter()
-        ingest(work / "data", store=work / "store", model="resnet50", weights="random",
+        ingest(work / "store", work / "data", model="resnet50", weights="random",
                batch_size=args.batch_size, num_workers=args.workers, progress=False, device=str(device.type))
         ingest_s = time.perf_counter() - start
 

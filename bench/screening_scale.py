@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ingest.writer import list_column
-from query import Store, layout
-from query.store import write_meta
+from polysem.ingest.writer import list_column
+from polysem.query import Store, layout
+from polysem.query.store import write_meta
 
 CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
 QUERIES = {
@@ -83,7 +83,7 @@ def time_query(store: Path, sql: str) -> dict:
     """Run one query in a fresh process; wall seconds and that process's peak RSS."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
     code = (
-        "import sys, time; from query import Store\n"
+        "import sys, time; from polysem.query import Store\n"
         "s = Store(sys.argv[1]); s.query('SELECT 1')\n"
         "t = time.perf_counter(); rows = s.query(sys.argv[2]).num_rows; dt = time.perf_counter() - t\n"
         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"

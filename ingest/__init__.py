@@ -1,5 +1,20 @@
-"""Images become numbers: run a CNN over an image folder and write attributions as Parquet."""
+"""Images become numbers: run a CNN over an image folder and write attributions as Parquet.
 
-from ingest.run import IngestSummary, ingest
+This package is also the function `polysem.ingest(store, data_dir, split, ...)`: calling the
+module runs `polysem.ingest.run.ingest`, so the name means one thing however it was imported.
+"""
 
+import sys
+import types
+
+from polysem.ingest.run import IngestSummary, ingest as _ingest
+
+
+class _IngestModule(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> IngestSummary:
+        return _ingest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _IngestModule
+ingest = _ingest
 __all__ = ["ingest", "IngestSummary"]

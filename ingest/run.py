@@ -20,14 +20,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import polysem
-from ingest.attribution import attribute_batch
-from ingest.dataset import ImageRecords, class_rows, collate, list_split
-from ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
-from ingest.progress import progress_bar
-from ingest.writer import PartWriter, list_column
+from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
+from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
+from polysem.ingest.progress import progress_bar
+from polysem.ingest.writer import PartWriter, list_column
 from polysem.errors import DataError, PolysemError, StoreBusy, StoreMismatch
-from query import Store, layout
-from query.store import read_meta, write_meta
+from polysem.query import Store, layout
+from polysem.query.store import read_meta, write_meta
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -49,10 +49,10 @@ class IngestSummary:
 
 
 def ingest(
+    store: Store | str | os.PathLike | None,
     data_dir: str | os.PathLike,
     split: str = "train",
     *,
-    store: Store | str | os.PathLike | None = None,
     model: str | None = None,
     weights: str | None = None,
     layer: str | None = None,

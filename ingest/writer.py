@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from query import layout
+from polysem.query import layout
 
 
 def list_column(matrix: np.ndarray) -> pa.Array:

@@ -1,26 +1,46 @@
 """polysem: find and disentangle polysemantic CNN channels.
 
-The notebook API lives in the submodules, imported on first use so that
-`import polysem` stays cheap:
+The notebook API (each name is one function or class, never a module):
 
-    from polysem import disentangle, evaluate, load_model
-    from query import Store
-    from ingest import ingest
+    import polysem
+    store = polysem.Store("polysem-store")
+    polysem.ingest(store, "DATA_DIR", split="train", model="resnet50", weights="imagenet")
+    polysem.screen(store)                                   # -> pyarrow.Table
+    run = polysem.disentangle(store, channel=1660, concept1=[530], concept2=[938])
+    polysem.evaluate(store, run.run_id)
+    model = polysem.load_model(store, run.run_id)
+
+Names are resolved on first use so that `import polysem` stays cheap (no torch).
 """
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "disentangle": ("polysem.disentangle", "disentangle"),
-    "load_model": ("polysem.disentangle", "load_model"),
-    "evaluate": ("polysem.evaluate", "evaluate"),
+# public name -> (module, attribute); no module of polysem has one of these names
+_API = {
+    "Store": ("polysem.query.store", "Store"),
+    "screen": ("polysem.query.screening", "polysemantic_pairs"),
+    "disentangle": ("polysem.disentangling", "disentangle"),
+    "load_model": ("polysem.disentangling", "load_model"),
+    "evaluate": ("polysem.evaluation", "evaluate"),
 }
+
+__all__ = ["__version__", "ingest", *_API]
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name in _API:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name == "ingest":  # the ingest package, which is callable: polysem.ingest(store, DATA_DIR, ...)
+        import importlib
+
+        return importlib.import_module("polysem.ingest")
     raise AttributeError(f"module 'polysem' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

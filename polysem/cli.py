@@ -76,7 +76,7 @@ def command(group: typer.Typer = app, name: str | None = None):
 
 
 def _store(path: Path):
-    from query import Store
+    from polysem.query import Store
 
     return Store(path)
 
@@ -115,10 +115,10 @@ def ingest(
 
     Re-running resumes: images already stored are skipped. Under torchrun, ranks share the work.
     """
-    from ingest import ingest as run_ingest
+    from polysem.ingest import ingest as run_ingest
 
     summary = run_ingest(
-        data_dir, split, store=_store(store), model=model, weights=weights, layer=layer, transform=transform,
+        _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, device=device, limit=limit,
         classes=_class_list(classes), rows_per_part=rows_per_part,
     )
@@ -179,7 +179,7 @@ def sql(
 ):
     """Run a read-only SQL query against the store."""
     _check_format(fmt, ("table", "csv", "json", "parquet"))
-    from query.store import write_result
+    from polysem.query.store import write_result
 
     if fmt == "parquet" and out is None:
         raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
@@ -221,7 +221,7 @@ def screen(
 ):
     """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs."""
     _check_format(fmt)
-    from query.screening import polysemantic_pairs
+    from polysem.query.screening import polysemantic_pairs
 
     result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
     render(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
@@ -285,13 +285,13 @@ def disentangle(
     _check_format(fmt, ("table", "json"))
     import warnings
 
-    from polysem.disentangle import ChannelRequest, disentangle_channels
+    from polysem.disentangling import ChannelRequest, disentangle_channels
 
     target = _store(store)
     if from_screen:
         if channel is not None or concept1 or concept2:
             raise PolysemError("--from-screen picks channels and concepts itself; drop --channel/--concept1/--concept2")
-        from query.screening import polysemantic_pairs
+        from polysem.query.screening import polysemantic_pairs
 
         requests, seen = [], set()
         for pair in polysemantic_pairs(target).to_pylist():
@@ -335,7 +335,7 @@ def evaluate(
 ):
     """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
     _check_format(fmt, ("table", "json"))
-    from polysem.evaluate import evaluate as run_evaluate
+    from polysem.evaluation import evaluate as run_evaluate
 
     result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device)
     if fmt == "json":

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ingest.dataset import ImageRecord, ImageRecords, collate
-from ingest.progress import progress_bar
+from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
-from query.store import Store
+from polysem.query.store import Store
 
 
 class _StopForward(Exception):

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 
 from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
-from query.screening import arv_cosines
-from query.store import Store
+from polysem.query.screening import arv_cosines
+from polysem.query.store import Store
 
 
 def wordnet_scatter(store: Store, out: str | Path, tau: float = TAU, p: float = P, gamma: float = GAMMA) -> int:
@@ -90,10 +90,10 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
     import torch
     from matplotlib.patches import Rectangle
 
-    from ingest.dataset import ImageRecord, ImageRecords
-    from ingest.models import resolve_device, resolve_transform
+    from polysem.ingest.dataset import ImageRecord, ImageRecords
+    from polysem.ingest.models import resolve_device, resolve_transform
     from polysem.constants import EVAL_SPLIT
-    from polysem.disentangle import load_model
+    from polysem.disentangling import load_model
     from polysem.features import remap_paths
 
     names = _class_names(store)

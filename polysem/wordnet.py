@@ -15,8 +15,8 @@ from pathlib import Path
 
 from polysem.constants import P, TAU
 from polysem.errors import PolysemError
-from query.screening import class_pairs_sharing_a_channel
-from query.store import Store
+from polysem.query.screening import class_pairs_sharing_a_channel
+from polysem.query.store import Store
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
 from polysem.errors import QueryError
-from query.store import Store
+from polysem.query.store import Store
 
 
 def _check(tau: float, p: float, gamma: float | None = None) -> None:

@@ -90,7 +90,7 @@ def parse_sql(text: str, file: str) -> list[SqlBlock]:
 @lru_cache(maxsize=1)
 def load_blocks() -> tuple[SqlBlock, ...]:
     """All blocks of the packaged `sql/` files, in dependency order."""
-    root = resources.files("sql")
+    root = resources.files("polysem.sql")
     blocks: list[SqlBlock] = []
     for name in SQL_FILES:
         blocks.extend(parse_sql(root.joinpath(name).read_text(), name))
@@ -124,4 +124,4 @@ def apply_blocks(conn, *, persistent: bool) -> None:
 
 
 def sql_dir() -> Path:
-    return Path(str(resources.files("sql")))
+    return Path(str(resources.files("polysem.sql")))

@@ -21,8 +21,8 @@ import duckdb
 import pyarrow as pa
 
 from polysem.errors import QueryError, StoreBusy, StoreError
-from query import layout
-from query.sqlfiles import apply_blocks, sql_digest
+from polysem.query import layout
+from polysem.query.sqlfiles import apply_blocks, sql_digest
 
 STORE_ENV = "POLYSEM_STORE"
 DEFAULT_STORE = "polysem-store"

@@ -74,12 +74,12 @@ def make_colour_images(root: Path, split: str, per_class: int, seed=0, size=8, n
 @pytest.fixture
 def colour_store(tmp_path):
     """A store of the known-answer ColourNet: train and val splits ingested."""
-    from ingest import ingest
+    from polysem.ingest import ingest
 
     root = make_colour_images(tmp_path / "colours", "train", 6)
     make_colour_images(root, "val", 4, seed=1)
     store = tmp_path / "colour-store"
     model, layer, transform = COLOUR[1], COLOUR[3], COLOUR[5]
     for split in ("train", "val"):
-        ingest(root, split, store=store, model=model, layer=layer, transform=transform, progress=False)
+        ingest(store, root, split, model=model, layer=layer, transform=transform, progress=False)
     return store

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ingest.attribution import attribute_batch, input_window_sums, layer_probe
-from query import Store
+from polysem.ingest.attribution import attribute_batch, input_window_sums, layer_probe
+from polysem.query import Store
 from tests.conftest import TINY
 
 
@@ -71,7 +71,7 @@ def test_window_sums_give_exact_arv_for_any_kernel(conv):
 
 def test_stored_sums_give_brute_force_arv_for_3x3_strided_conv(cli, data_dir, store_path):
     """ARV from the store's input_sum and layer_weights equals per-image autograd through the layer."""
-    from ingest.dataset import ImageRecords, list_split
+    from polysem.ingest.dataset import ImageRecords, list_split
     from tests.models import small, tiny_net
 
     result = cli("ingest", data_dir, "--store", store_path, *TINY)

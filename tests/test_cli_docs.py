@@ -4,7 +4,7 @@ import click
 import typer
 
 from polysem.cli import app
-from query.sqlfiles import load_blocks
+from polysem.query.sqlfiles import load_blocks
 from tests.conftest import ROOT
 
 

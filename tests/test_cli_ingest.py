@@ -3,7 +3,7 @@
 import json
 
 
-from query import Store
+from polysem.query import Store
 from tests.conftest import TINY
 
 

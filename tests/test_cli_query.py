@@ -9,7 +9,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from query import Store
+from polysem.query import Store
 from tests.conftest import ROOT, TINY, make_image_folder
 from tests.test_cli_ingest import assert_refused
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from polysem.constants import RHO_GRID
-from polysem.disentangle import DisentangledConv, SourceSplit, disentangle, disentangle_channels, ChannelRequest, load_model, split_sources
-from query import Store
+from polysem.disentangling import DisentangledConv, SourceSplit, disentangle, disentangle_channels, ChannelRequest, load_model, split_sources
+from polysem.query import Store
 from tests.conftest import TINY, make_image_folder
 from tests.test_cli_ingest import assert_refused
 
@@ -56,17 +56,17 @@ def test_known_answer_split_and_evaluation(cli, colour_store):
 
 @pytest.fixture
 def resnet_store(tmp_path):
-    from ingest import ingest
+    from polysem.ingest import ingest
 
     root = make_image_folder(tmp_path / "rn", "train", {"a": 3, "b": 3, "c": 2}, size=(64, 64))
     store = tmp_path / "rn-store"
-    ingest(root, store=store, model="resnet50", weights="random", transform="tests.models:resnet_small",
+    ingest(store, root, model="resnet50", weights="random", transform="tests.models:resnet_small",
            batch_size=8, progress=False)
     return store
 
 
 def original_and_new_logits(store, run_id, images):
-    from polysem.disentangle import base_model
+    from polysem.disentangling import base_model
 
     original = base_model(Store(store))[0]
     with torch.no_grad():
@@ -150,7 +150,7 @@ def brute_force_eq6(maps1, maps2, conv, channel, arv1, arv2, objective):
 @pytest.mark.parametrize("objective", ["abs", "positive"])
 def test_rho_search_equals_brute_force(tiny_store, objective):
     from polysem.features import class_records
-    from ingest.dataset import ImageRecords
+    from polysem.ingest.dataset import ImageRecords
     from tests.models import small, tiny_net
 
     run = disentangle(tiny_store, 1, [0], [2], objective=objective, force=True, progress=False)
@@ -289,7 +289,7 @@ def test_moved_images(cli, tmp_path):
 
 
 def test_a_model_failing_the_logit_check_is_not_recorded(cli, colour_store, monkeypatch):
-    monkeypatch.setattr("polysem.disentangle.LOGIT_TOLERANCE", -1.0)  # no model can pass now
+    monkeypatch.setattr("polysem.disentangling.LOGIT_TOLERANCE", -1.0)  # no model can pass now
     result = cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--store", colour_store)
     assert result.exit_code == 2
     assert "changes the logits by" in result.output and "nothing recorded" in result.output

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from query import Store
+from polysem.query import Store
 from tests.conftest import ROOT, TINY, make_image_folder
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import polysem
-from ingest.dataset import ImageRecord, ImageRecords, collate
-from ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
+from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.constants import P, RHO_GRID, SCREEN_SPLIT, TAU
 from polysem.errors import RunError
 from polysem.features import cached_class_maps, remap_paths
-from query.store import Store
+from polysem.query.store import Store
 
 OBJECTIVES = ("abs", "positive")
 POSITIVE_EPS = 1e-5  # the reference code's denominator guard for the `positive` objective

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT, TAU
-from polysem.disentangle import run_row
+from polysem.disentangling import run_row
 from polysem.errors import RunError
-from query.store import Store
+from polysem.query.store import Store
 
 FIELDS = ("n_images", "frac1", "frac2", "frac_residual")
 
