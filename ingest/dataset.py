@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,7 @@ from torchvision.datasets.folder import default_loader
 from polysem.errors import DataError
 
 WNID = re.compile(r"^n\d{8}$")
-CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "wnid": ...}}
+CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "wnid": ..., "logit": ...}}
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,15 @@ def image_id(split: str, relative_path: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+def check_split_name(split: str) -> None:
+    """A split is one folder name under DATA_DIR; anything else could write outside the store."""
+    if not split or split in (".", "..") or "/" in split or "\\" in split or "\0" in split or Path(split).is_absolute():
+        raise DataError(f"bad --split '{split}': give the name of one folder under DATA_DIR, e.g. train or val")
+
+
 def list_split(data_dir: str | Path, split: str, classes: list[int] | None = None, limit: int | None = None) -> SplitListing:
     """The images of DATA_DIR/SPLIT as an ImageFolder sees them (sorted class folders)."""
+    check_split_name(split)
     data_dir = Path(data_dir).expanduser().absolute()
     if not data_dir.is_dir():
         raise DataError(f"data folder {data_dir} does not exist; pass the folder that holds the split folders")
@@ -52,13 +60,18 @@ def list_split(data_dir: str | Path, split: str, classes: list[int] | None = Non
         present = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
         hint = f" (it has: {', '.join(present[:6])})" if present else " (it is empty)"
         raise DataError(f"split folder {root} does not exist{hint}; pass --split with one of them")
+    _refuse_looping_links(root)
     try:
         folder = ImageFolder(str(root), allow_empty=True)
     except FileNotFoundError as error:
         raise DataError(f"{root} has no class folders; lay it out as {root}/<class>/<image>") from error
     folders = list(folder.classes)
+    for name in folders:
+        _require_utf8(name, root)
     wanted = None
     if classes is not None:
+        if not classes:
+            raise DataError("--classes is empty; give class ids separated by commas, e.g. 0,5,17")
         bad = [c for c in classes if not 0 <= c < len(folders)]
         if bad:
             raise DataError(f"class ids {bad} are out of range; {root} has classes 0..{len(folders) - 1}")
@@ -71,38 +84,120 @@ def list_split(data_dir: str | Path, split: str, classes: list[int] | None = Non
             continue
         per_class[target] = per_class.get(target, 0) + 1
         relative = Path(path).relative_to(root).as_posix()
+        _require_utf8(relative, root)
         records.append(ImageRecord(image_id(split, relative), path, target))
     if not folder.samples:
         raise DataError(f"split {root} holds no images; put images in its class folders")
     return SplitListing(root, folders, records)
 
 
+def _require_utf8(relative: str, root: Path) -> None:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise DataError(f"file name {root / shown!s} is not valid UTF-8; rename it (the store keeps paths as text)") from None
+
+
+def _refuse_looping_links(root: Path) -> None:
+    """ImageFolder follows directory symlinks; one that leads back up (or into another class) would
+    store images under the wrong class, or loop. Refuse before anything is listed."""
+    root_real = root.resolve()
+    for class_dir in root.iterdir():
+        if not class_dir.is_dir():
+            continue
+        class_real = class_dir.resolve()
+        for current, dirs, _ in os.walk(class_dir, followlinks=False):
+            for name in dirs:
+                link = Path(current) / name
+                if not link.is_symlink():
+                    continue
+                target = link.resolve()
+                here = Path(current).resolve()
+                if target == here or target in here.parents or (target.is_relative_to(root_real)
+                                                                  and not target.is_relative_to(class_real)):
+                    raise DataError(f"{link} links to {target}, which holds it or another class's images; "
+                                    "remove the link or point it at a folder of this class only")
+
+
 @lru_cache(maxsize=1)
-def imagenet_names() -> dict[str, str]:
-    """WordNet id -> readable ImageNet class name."""
+def imagenet_index() -> dict[str, tuple[int, str]]:
+    """WordNet id -> (ImageNet-1k logit index, readable class name)."""
     text = resources.files("polysem").joinpath("data/imagenet_class_index.json").read_text()
-    return {wnid: name for wnid, name in json.loads(text).values()}
+    return {wnid: (int(index), name) for index, (wnid, name) in json.loads(text).items()}
 
 
-def class_rows(data_dir: str | Path, folders: list[str]) -> list[dict]:
-    """Rows of the `classes` table: class_id, folder, name, wnid.
+def read_class_file(data_dir: str | Path) -> dict[str, dict]:
+    """DATA_DIR/classes.json, checked: {"folder": {"name": str, "wnid": str, "logit": int}, ...}, all keys optional."""
+    path = Path(data_dir) / CLASS_FILE
+    if not path.is_file():
+        return {}
+    fix = 'write it as {"folder": {"name": "...", "wnid": "n01440764", "logit": 0}, ...}'
+    try:
+        extra = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is not valid UTF-8 JSON ({type(error).__name__}); {fix}") from None
+    if not isinstance(extra, dict):
+        raise DataError(f"{path} holds a {type(extra).__name__}, not an object; {fix}")
+    for folder, info in extra.items():
+        if not isinstance(info, dict):
+            raise DataError(f"{path}: the entry of '{folder}' is a {type(info).__name__}, not an object; {fix}")
+        unknown = sorted(set(info) - {"name", "wnid", "logit"})
+        if unknown:
+            raise DataError(f"{path}: '{folder}' has unknown keys {unknown}; {fix}")
+        for key in ("name", "wnid"):
+            if key in info and not isinstance(info[key], str):
+                raise DataError(f"{path}: '{folder}' {key} must be a string; {fix}")
+        if "wnid" in info and not WNID.match(info["wnid"]):
+            raise DataError(f"{path}: '{folder}' wnid '{info['wnid']}' is not a WordNet noun id like n01440764")
+        if "logit" in info and (isinstance(info["logit"], bool) or not isinstance(info["logit"], int)):
+            raise DataError(f"{path}: '{folder}' logit must be an integer output index of the model; {fix}")
+    return extra
 
-    A folder named like a WordNet id is one (ImageNet). DATA_DIR/classes.json may
-    give any folder a readable name and a wnid.
+
+def class_rows(data_dir: str | Path, folders: list[str], n_outputs: int, model_name: str = "the model") -> list[dict]:
+    """Rows of the `classes` table: class_id, folder, name, wnid, logit.
+
+    logit, the model output of the class, by the first rule that applies: `logit` in
+    DATA_DIR/classes.json; a WordNet-id folder with a 1000-output model gets its ImageNet-1k
+    index; otherwise the folder index, only when the model has one output per class folder.
+    Anything else is refused, naming the fix.
     """
-    extra_file = Path(data_dir) / CLASS_FILE
-    extra = {}
-    if extra_file.is_file():
-        try:
-            extra = json.loads(extra_file.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"{extra_file} is not valid JSON ({error}); fix it or remove it") from error
-    rows = []
+    extra = read_class_file(data_dir)
+    index = imagenet_index()
+    rows, unmapped = [], []
     for class_id, folder in enumerate(folders):
         info = extra.get(folder, {})
         wnid = info.get("wnid") or (folder if WNID.match(folder) else None)
-        name = info.get("name") or imagenet_names().get(folder) or folder
-        rows.append({"class_id": class_id, "folder": folder, "name": name, "wnid": wnid})
+        name = info.get("name") or (index[folder][1] if folder in index else folder)
+        if "logit" in info:
+            logit = info["logit"]
+        elif n_outputs == 1000 and folder in index:
+            logit = index[folder][0]
+        elif n_outputs == len(folders):
+            logit = class_id
+        else:
+            logit = None
+            unmapped.append(folder)
+        rows.append({"class_id": class_id, "folder": folder, "name": name, "wnid": wnid, "logit": logit})
+    if unmapped:
+        what = "are not ImageNet-1k wnids" if n_outputs == 1000 else "have no logit"
+        raise DataError(
+            f"{model_name} has {n_outputs} outputs but {Path(data_dir)} has {len(folders)} class folders, "
+            f"{len(unmapped)} of which {what} (first: '{unmapped[0]}'); give each folder its \"logit\" in "
+            f"{Path(data_dir) / CLASS_FILE}, or use a model with {len(folders)} outputs"
+        )
+    out_of_range = [r for r in rows if not 0 <= r["logit"] < n_outputs]
+    if out_of_range:
+        row = out_of_range[0]
+        raise DataError(f"class '{row['folder']}' has logit {row['logit']}, but {model_name} has outputs "
+                        f"0..{n_outputs - 1}; fix its \"logit\" in {Path(data_dir) / CLASS_FILE}")
+    seen: dict[int, str] = {}
+    for row in rows:
+        if row["logit"] in seen:
+            raise DataError(f"classes '{seen[row['logit']]}' and '{row['folder']}' both map to logit {row['logit']}; "
+                            f"give each folder its own \"logit\" in {Path(data_dir) / CLASS_FILE}")
+        seen[row["logit"]] = row["folder"]
     return rows
 
 
@@ -128,8 +223,14 @@ class ImageRecords(Dataset):
 
 
 def collate(items):
-    """Batch the readable images; keep (index, message) for the others."""
-    good = [(i, img) for i, img, err in items if err is None]
-    bad = [(i, err) for i, _, err in items if err is not None]
-    images = torch.stack([img for _, img in good]) if good else None
-    return [i for i, _ in good], images, bad
+    """Batch the readable images, one group per image size; keep (index, message) for the others.
+
+    Returns (groups, failures): groups is a list of (indices, N x C x H x W tensor), so a
+    transform that does not resize still works on images of mixed sizes.
+    """
+    groups: dict[tuple, list] = {}
+    for i, img, err in items:
+        if err is None:
+            groups.setdefault(tuple(img.shape), []).append((i, img))
+    batches = [([i for i, _ in members], torch.stack([img for _, img in members])) for members in groups.values()]
+    return batches, [(i, err) for i, _, err in items if err is not None]

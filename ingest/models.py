@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,9 +35,17 @@ class ResolvedModel:
     model_spec: str
     weights_spec: str
     weights_sha256: str
+    import_root: str | None = None  # the folder that made a module:callable importable
 
 
-def resolve_model(model_spec: str, weights_spec: str | None) -> ResolvedModel:
+@dataclass
+class ResolvedTransform:
+    fn: Callable
+    spec: str
+    import_root: str | None = None
+
+
+def resolve_model(model_spec: str, weights_spec: str | None, import_root: str | None = None) -> ResolvedModel:
     """Build the model in eval mode with frozen parameters.
 
     model_spec: a torchvision classification model name (`resnet50`) or
@@ -44,8 +53,15 @@ def resolve_model(model_spec: str, weights_spec: str | None) -> ResolvedModel:
     weights_spec: `imagenet`, `random` / `random:SEED`, a state_dict path, or
     None (torchvision: imagenet; callable: its own weights).
     """
+    root = None
     if ":" in model_spec:
-        model = _load_callable(model_spec, "model")()
+        factory, root = _load_callable(model_spec, "model", import_root)
+        try:
+            with _importable_from(root):  # the factory may import more of its package
+                model = factory()
+        except (Exception, SystemExit) as error:  # a user's callable may even call sys.exit
+            raise ModelError(f"model callable {model_spec} failed: {type(error).__name__}: {error}; "
+                             "fix it so that it returns an nn.Module") from error
         if not isinstance(model, nn.Module):
             raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
         weights_spec = weights_spec or "own"
@@ -60,7 +76,7 @@ def resolve_model(model_spec: str, weights_spec: str | None) -> ResolvedModel:
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return ResolvedModel(model, model_spec, _normalise_weights_spec(weights_spec), state_dict_sha256(model))
+    return ResolvedModel(model, model_spec, _normalise_weights_spec(weights_spec), state_dict_sha256(model), root)
 
 
 def _normalise_weights_spec(spec: str) -> str:
@@ -215,11 +231,12 @@ def layer_shape(layer: nn.Conv2d) -> dict:
     }
 
 
-def resolve_transform(spec: str | None) -> tuple[Callable, str]:
+def resolve_transform(spec: str | None, import_root: str | None = None) -> ResolvedTransform:
     """The image transform and its recorded spec (`imagenet` or `module:name`)."""
     if spec is None or spec == DEFAULT_TRANSFORM:
-        return imagenet_transform(), DEFAULT_TRANSFORM
-    return _load_callable(spec, "transform"), spec
+        return ResolvedTransform(imagenet_transform(), DEFAULT_TRANSFORM)
+    fn, root = _load_callable(spec, "transform", import_root)
+    return ResolvedTransform(fn, spec, root)
 
 
 def imagenet_transform() -> Callable:
@@ -234,18 +251,43 @@ def imagenet_transform() -> Callable:
     )
 
 
-def _load_callable(spec: str, what: str):
+@contextmanager
+def _importable_from(folder: str | None):
+    """sys.path with `folder` first, for the duration of an import; restored afterwards."""
+    saved = list(sys.path)
+    if folder is not None:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _import_root(module, module_name: str) -> str | None:
+    """The sys.path folder from which `module_name` was imported (None for a module without a file)."""
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return None
+    path = Path(file).resolve()
+    if path.name == "__init__.py":
+        path = path.parent
+    return str(path.parents[len(module_name.split(".")) - 1])
+
+
+def _load_callable(spec: str, what: str, import_root: str | None = None):
+    """(callable, import root) for `package.module:name`, imported from `import_root` (recorded by the
+    first ingest) or from the current folder and PYTHONPATH."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad {what} '{spec}': write it as package.module:name")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except Exception as error:
-        raise ModelError(
-            f"cannot import {module_name} for {what} '{spec}': {type(error).__name__}: {error}; "
+        with _importable_from(import_root or os.getcwd()):
+            module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:
+        where = f"from {import_root} (where the store's first ingest found it)" if import_root else \
             "run from the folder that holds it or add it to PYTHONPATH"
+        raise ModelError(
+            f"cannot import {module_name} for {what} '{spec}': {type(error).__name__}: {error}; {where}"
         ) from error
     try:
         target = getattr(module, attr)
@@ -253,4 +295,4 @@ def _load_callable(spec: str, what: str):
         raise ModelError(f"module {module_name} has no '{attr}' (from {what} '{spec}')") from None
     if not callable(target):
         raise ModelError(f"{what} '{spec}' is a {type(target).__name__}, not callable")
-    return target
+    return target, _import_root(module, module_name)

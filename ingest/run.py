@@ -25,9 +25,9 @@ from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
 from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.ingest.progress import progress_bar
 from polysem.ingest.writer import PartWriter, list_column
-from polysem.errors import DataError, PolysemError, StoreBusy, StoreMismatch
+from polysem.errors import DataError, ModelError, PolysemError, StoreBusy, StoreMismatch
 from polysem.query import Store, layout
-from polysem.query.store import read_meta, write_meta
+from polysem.query.store import STORE_FORMAT, as_store, dataset_root_key, meta_complete, read_meta, write_meta
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -69,66 +69,142 @@ def ingest(
 
     model/weights/layer/transform default to what the store recorded, or, for a
     new store, to resnet50 / imagenet / layer4.2.conv3 / imagenet preprocessing.
+    Everything is checked (options, classes and their logits, one image through the
+    model) before the store is created or changed.
     """
-    store = store if isinstance(store, Store) else Store(store)
-    if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    store = as_store(store)
+    _check_options(batch_size, num_workers, limit, rows_per_part)
     store.check_writable()
-    existing = store.meta() if store.exists() else None
-    if existing is not None and "model" not in existing:
-        existing = None  # a first ingest stopped before recording anything: start over
+    existing = store.meta(require_complete=False) if store.exists() else None
+    if existing is not None and not meta_complete(existing):
+        existing = None  # a first ingest stopped before its metadata was committed: start over
     model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    model_root = existing.get("model_import_root") if existing else None
+    transform_root = existing.get("transform_import_root") if existing else None
 
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     if existing is not None:
-        known = [row["folder"] for row in store.table("SELECT folder FROM classes ORDER BY class_id").to_pylist()]
+        known = store.table("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
         if known != listing.folders:
             raise DataError(
                 f"class folders of {listing.root} differ from the store's {len(known)} classes "
-                f"(first difference: {_first_difference(known, listing.folders)}); use the same class folders in every split"
+                f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
             )
-    resolved = resolve_model(model, weights)
+        recorded_root = existing["dataset_roots"].get(split)
+        if recorded_root is not None and recorded_root != str(listing.root):
+            raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
+                            "ingest this folder as another --split, or into another --store")
+    resolved = resolve_model(model, weights, import_root=model_root)
     conv = resolve_layer(resolved.model, layer)
-    image_transform, transform_spec = resolve_transform(transform)
+    image_transform = resolve_transform(transform, import_root=transform_root)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
             "use the same weights or another --store"
         )
+    n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
+    if existing is not None:
+        class_table = store.table("SELECT * FROM classes ORDER BY class_id")
+        bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
+        if bad:
+            raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
+                             "use the model the store was made with")
+    else:
+        class_table = pa.Table.from_pylist(
+            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
+    logits = class_table.column("logit").to_pylist()  # class id -> model output index
 
     rank, world_size, own_group = _init_distributed()
     run_device = resolve_device(device)
     lock = None
     try:
         failure = None
-        if rank == 0:
+        if rank == 0:  # nothing above wrote anything; from here on the store is created or extended
             try:
-                _prepare_store(store, existing, resolved, layer, conv, transform_spec, data_dir, split, listing)
+                _prepare_store(store, resolved, layer, conv, image_transform, class_table, split, listing)
                 lock = _lock_split(store.path, split)
             except PolysemError as error:
                 failure = error
         failure = _shared_from_rank0(failure, world_size)  # so no rank waits for a rank that gave up
         if failure is not None:
             raise failure
-        stored = stored_ids(store.path, split, ("samples",))
-        samples_before = len(stored)
-        done = stored | stored_ids(store.path, split, ("ingest_errors",))
-        _barrier(world_size)  # every rank read the same `done` before any rank writes
-        todo = [r for r in listing.records if r.image_id not in done]
+        stored = stored_ids(store.path, split)
+        _barrier(world_size)  # every rank read the same `stored` before any rank writes
+        todo = [r for r in listing.records if r.image_id not in stored]  # unreadable ones are retried
         mine = todo[rank::world_size]
         summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        _run(resolved.model.to(run_device), conv, image_transform, mine, split, store.path, rank,
+        _run(resolved.model.to(run_device), conv, image_transform.fn, mine, logits, split, store.path, rank,
              rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
-            summary.n_written = len(stored_ids(store.path, split, ("samples",))) - samples_before
+            summary.n_written = len(stored_ids(store.path, split)) - len(stored)
+        if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
+            raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
+                            "they are listed in ingest_errors; fix them and run this again")
         return summary
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
         if own_group:
             dist.destroy_process_group()
+
+
+def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int) -> None:
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise DataError(f"--num-workers must be 0 (load in this process) or more, got {num_workers}")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1 image per class, got {limit}; omit it for all images")
+    if rows_per_part < 1:
+        raise DataError(f"--rows-per-part must be at least 1, got {rows_per_part}")
+
+
+PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
+
+
+def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, transform, listing) -> int:
+    """Run one image of the split through transform and model; return the number of outputs.
+
+    Catches, before anything is written: a transform that gives no C x H x W tensor, a model
+    that fails on it, a layer the forward pass never uses, an output that is not N x K logits.
+    """
+    from polysem.ingest.attribution import layer_probe
+
+    errors = []
+    for record in listing.records[:PROBE_TRIES]:
+        _, image, error = ImageRecords([record], transform)[0]
+        if error is not None:
+            if error.startswith("transform returned"):
+                raise ModelError(f"--transform on {record.path}: {error}; it must return a C x H x W tensor")
+            errors.append(f"{record.path}: {error}")
+            continue
+        if image.dim() != 3:
+            raise ModelError(f"--transform gave a tensor of shape {tuple(image.shape)} for {record.path}; "
+                             "it must return C x H x W")
+        try:
+            with torch.no_grad(), layer_probe(conv) as seen:
+                output = model(image.unsqueeze(0))
+        except (Exception, SystemExit) as failure:
+            raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
+                             f"{type(failure).__name__}: {_first_line(failure)}; check --model, --weights and --transform"
+                             ) from failure
+        if "output" not in seen:
+            raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a conv layer that "
+                             "the forward pass uses")
+        if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "
+                             "batch x classes tensor")
+        return int(output.shape[1])
+    raise DataError(f"the first {len(errors)} images of {listing.root} cannot be read ({errors[0]}); "
+                    "fix or remove them")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 def _settings(existing, model, weights, layer, transform):
@@ -146,47 +222,64 @@ def _settings(existing, model, weights, layer, transform):
 def _first_difference(a: list[str], b: list[str]) -> str:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            return f"class {i} is '{x}' in the store, '{y}' here"
+            return f"first difference: class {i} is '{x}' in the store, '{y}' here"
     return f"{len(a)} classes in the store, {len(b)} here"
 
 
-def _prepare_store(store, existing, resolved, layer_name, conv, transform_spec, data_dir, split, listing) -> None:
-    """Create the store on first ingest; record the split's dataset root.
+def _prepare_store(store, resolved, layer_name, conv, image_transform, class_table, split, listing) -> None:
+    """Create the store on first ingest and record the split's dataset root, in one transaction.
 
-    The Parquet tables are written before the catalog is opened, since its views read them.
+    Creation is serialised by a file lock, so two first ingests (say train and val at once)
+    neither write the tables twice nor lose each other's dataset root. The Parquet tables are
+    written before the metadata is committed: a store whose metadata is incomplete counts as
+    not created, and the next ingest completes it.
     """
-    if existing is None:
-        store.check_writable()
-        layout.write_schema_files(store.path)
-        layout.write_atomic(
-            pa.Table.from_pylist(class_rows(data_dir, listing.folders), schema=layout.CLASSES),
-            store.path / "classes.parquet",
-        )
-        weight = conv.weight.detach().cpu().flatten(1).numpy()
-        bias = conv.bias.detach().cpu().numpy() if conv.bias is not None else [None] * len(weight)
-        layout.write_atomic(
-            pa.Table.from_arrays(
-                [pa.array(np.arange(len(weight)), pa.int32()), list_column(weight), pa.array(bias, pa.float32())],
-                schema=layout.LAYER_WEIGHTS,
-            ),
-            store.path / "layer_weights.parquet",
-        )
-    with store.connect(write=True) as conn:
-        if existing is None:
-            write_meta(conn, {
-                "model": resolved.model_spec,
-                "weights": resolved.weights_spec,
-                "weights_sha256": resolved.weights_sha256,
-                "layer": layer_name,
-                "layer_shape": layer_shape(conv),
-                "transform": transform_spec,
-                "dataset_roots": {},
-                "polysem_version": polysem.__version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
-        roots = read_meta(conn).get("dataset_roots", {})
-        roots[split] = str(listing.root)
-        write_meta(conn, {"dataset_roots": roots})
+    import fcntl
+
+    store.create_directory()
+    with open(store.path / ".create.lock", "w") as creating:
+        fcntl.flock(creating, fcntl.LOCK_EX)
+        meta = store.meta(require_complete=False) if store.exists() else {}
+        wanted = {
+            "format": STORE_FORMAT,
+            "model": resolved.model_spec,
+            "model_import_root": resolved.import_root,
+            "weights": resolved.weights_spec,
+            "weights_sha256": resolved.weights_sha256,
+            "layer": layer_name,
+            "layer_shape": layer_shape(conv),
+            "transform": image_transform.spec,
+            "transform_import_root": image_transform.import_root,
+            "polysem_version": polysem.__version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if meta_complete(meta):  # another ingest created it since we looked
+            for key in ("model", "weights_sha256", "layer", "transform"):
+                if meta[key] != wanted[key]:
+                    raise StoreMismatch(f"the store was just created by another ingest with {key} {meta[key]}, "
+                                        f"not {wanted[key]}; use the same settings or another --store")
+        else:
+            layout.write_schema_files(store.path)
+            layout.write_atomic(class_table, store.path / "classes.parquet")
+            weight = conv.weight.detach().cpu().flatten(1).numpy()
+            bias = conv.bias.detach().cpu().numpy() if conv.bias is not None else [None] * len(weight)
+            layout.write_atomic(
+                pa.Table.from_arrays(
+                    [pa.array(np.arange(len(weight)), pa.int32()), list_column(weight), pa.array(bias, pa.float32())],
+                    schema=layout.LAYER_WEIGHTS,
+                ),
+                store.path / "layer_weights.parquet",
+            )
+        with store.connect(write=True) as conn:
+            conn.execute("BEGIN")
+            if not meta_complete(read_meta(conn)):
+                write_meta(conn, wanted)
+            recorded = read_meta(conn)["dataset_roots"].get(split)
+            if recorded is not None and recorded != str(listing.root):
+                raise DataError(f"split '{split}' of this store was ingested from {recorded}, not {listing.root}; "
+                                "ingest this folder as another --split, or into another --store")
+            write_meta(conn, {dataset_root_key(split): str(listing.root)})
+            conn.execute("COMMIT")
 
 
 def _lock_split(store_path: Path, split: str):
@@ -206,21 +299,23 @@ def _lock_split(store_path: Path, split: str):
     return handle
 
 
-def stored_ids(store_path: Path, split: str, tables=("samples", "ingest_errors")) -> set[int]:
-    """Ids of the split's images already in complete parts (by default: stored or unreadable)."""
-    ids: set[int] = set()
-    for table in tables:
-        if any(layout.part_dir(store_path, table, split).glob("*.parquet")):
-            rows = duckdb.execute(
-                "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, table, split)]
-            ).fetchnumpy()["image_id"]
-            ids.update(rows.tolist())
-    return ids
+def stored_ids(store_path: Path, split: str) -> set[int]:
+    """Ids of the split's images already in complete parts. Unreadable images are not among
+    them: a later ingest tries them again (the file may have been repaired)."""
+    if not any(layout.part_dir(store_path, "samples", split).glob("*.parquet")):
+        return set()
+    rows = duckdb.execute(
+        "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, "samples", split)]
+    ).fetchnumpy()["image_id"]
+    return set(rows.tolist())
 
 
-def _run(model, conv, transform, records, split, store_path, rank, rows_per_part, batch_size, num_workers,
+def _run(model, conv, transform, records, logits, split, store_path, rank, rows_per_part, batch_size, num_workers,
          device, show_progress, summary) -> None:
+    """Attribute each image to its class's logit (`logits[class_id]`) and write the rows."""
     writer = PartWriter(store_path, split, rank, rows_per_part)
+    class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
+    class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
     loader = DataLoader(
         ImageRecords(records, transform),
         batch_size=batch_size,
@@ -231,30 +326,32 @@ def _run(model, conv, transform, records, split, store_path, rank, rows_per_part
     )
     try:
         with progress_bar(f"ingest {split}", len(records) * summary.world_size, show_progress) as advance:
-            for indices, images, failures in loader:
+            for groups, failures in loader:
                 for index, message in failures:
                     record = records[index]
                     writer.add_error(record.image_id, record.path, record.target, message)
                     summary.n_errors += 1
                     if len(summary.errors) < 5:
                         summary.errors.append(f"{record.path}: {message}")
-                if indices:
+                for indices, images in groups:
                     batch = [records[i] for i in indices]
-                    targets = torch.tensor([r.target for r in batch], device=device)
+                    targets = torch.tensor([logits[r.target] for r in batch], device=device)
                     result = attribute_batch(model, conv, images.to(device, non_blocking=True), targets)
-                    logits = result.logits
+                    predicted = result.logits.argmax(1).cpu().numpy()
+                    known = predicted < len(class_of_logit)
                     writer.add_samples(
                         image_id=np.array([r.image_id for r in batch], dtype=np.int64),
                         path=np.array([r.path for r in batch], dtype=object),
                         target=np.array([r.target for r in batch], dtype=np.int32),
-                        prediction=logits.argmax(1).cpu().numpy().astype(np.int32),
-                        target_logit=logits.gather(1, targets.view(-1, 1)).squeeze(1).cpu().numpy(),
+                        prediction=np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
+                        predicted_logit=predicted.astype(np.int32),
+                        target_logit=result.logits.gather(1, targets.view(-1, 1)).squeeze(1).cpu().numpy(),
                         attribution=result.attribution.cpu().numpy(),
                         input_sum=result.input_sum.cpu().numpy(),
                         positions=np.full(len(batch), result.positions, dtype=np.int32),
                     )
                     summary.n_written += len(batch)
-                advance((len(indices) + len(failures)) * summary.world_size)
+                advance((sum(len(i) for i, _ in groups) + len(failures)) * summary.world_size)
     except KeyboardInterrupt:
         writer.flush()  # keep the finished rows: the next run resumes after them
         raise

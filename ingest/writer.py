@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ class PartWriter:
                     pa.array([self.split] * n, pa.string()),
                     pa.array(chunk["path"], pa.string()),
                     pa.array(chunk["target"], pa.int32()),
-                    pa.array(chunk["prediction"], pa.int32()),
+                    pa.array(chunk["prediction"], pa.int32(), mask=chunk["prediction"] < 0),
+                    pa.array(chunk["predicted_logit"], pa.int32()),
                     pa.array(chunk["target_logit"], pa.float32()),
                     list_column(chunk["attribution"]),
                     list_column(chunk["input_sum"]),
@@ -70,6 +72,7 @@ class PartWriter:
                     "path": pa.array(paths, pa.string()),
                     "target": pa.array(targets, pa.int32()),
                     "error": pa.array(messages, pa.string()),
+                    "failed_at": pa.array([datetime.now(timezone.utc).replace(tzinfo=None)] * len(ids), pa.timestamp("us")),
                 },
                 schema=layout.INGEST_ERRORS,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,20 +60,36 @@ def command(group: typer.Typer = app, name: str | None = None):
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except PolysemError as error:
-                typer.echo(f"Error: {error}", err=True)
-                raise typer.Exit(2) from None
-            except OSError as error:  # disk full, permissions: the environment, not a bug
-                where = f" ({error.filename})" if error.filename else ""
-                typer.echo(f"Error: {error.strerror or error}{where}", err=True)
-                raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 typer.echo("Interrupted: what was complete is stored; run the same command again to resume.", err=True)
                 raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as error:
+                if os.environ.get(DEBUG_ENV) and not isinstance(error, PolysemError):
+                    raise
+                typer.echo(f"Error: {error_line(error)}", err=True)
+                raise typer.Exit(2) from None
 
         return group.command(name=name)(wrapper)
 
     return decorate
+
+
+DEBUG_ENV = "POLYSEM_DEBUG"
+
+
+def error_line(error: Exception) -> str:
+    """One line for any failure: a library error says problem and fix; anything else (DuckDB, torch,
+    the OS) is named by its type, with a pointer to the traceback."""
+    if isinstance(error, PolysemError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else "(no message)"
+    return f"{type(error).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)"
 
 
 def _store(path: Path):
@@ -146,6 +163,9 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
         f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
         f"stride {shape['stride']}, padding {shape['padding']}",
         f"transform  {details['transform']}",
+        *([f"imports    {details['model_import_root'] or details['transform_import_root']}  "
+           "(where module:callable model and transform are imported from, whatever the working folder)"]
+          if details.get("model_import_root") or details.get("transform_import_root") else []),
         f"classes    {details['classes']}",
     ]
     for split, counts in details["splits"].items():
@@ -163,7 +183,7 @@ def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
     """The store's classes with their image counts per split."""
     _check_format(fmt)
     result = _store(store).query(
-        "SELECT c.class_id, c.folder, c.name, c.wnid, "
+        "SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, "
         "count(s.image_id) FILTER (s.split = 'train') AS n_train, count(s.image_id) FILTER (s.split = 'val') AS n_val "
         "FROM classes c LEFT JOIN samples s ON s.target = c.class_id GROUP BY ALL ORDER BY c.class_id"
     )

@@ -187,11 +187,11 @@ class _Plan:
 def base_model(store: Store):
     """The store's model with its recorded weights, the layer of interest and the transform."""
     meta = store.meta()
-    resolved = resolve_model(meta["model"], meta["weights"])
+    resolved = resolve_model(meta["model"], meta["weights"], meta.get("model_import_root"))
     if resolved.weights_sha256 != meta["weights_sha256"]:
         raise RunError(f"the weights of {meta['model']} ({meta['weights']}) changed since ingest; restore them")
     layer = resolve_layer(resolved.model, meta["layer"])
-    transform, _ = resolve_transform(meta["transform"])
+    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
     return resolved.model, meta["layer"], layer, transform
 
 
@@ -319,14 +319,18 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
     records = [ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows]
     items = [ImageRecords(records, transform)[i] for i in range(len(records))]
-    _, images, failures = collate(items)
+    groups, failures = collate(items)
     if failures:
         raise RunError(f"cannot read {records[failures[0][0]].path}: {failures[0][1]}")
     disentangled.to(device)
+    old, new = [], []
     with torch.no_grad():
-        old = torch.cat([model(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
-        new = torch.cat([disentangled(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+        for _, images in groups:  # one group per image size
+            for i in range(0, len(images), batch_size):
+                old.append(model(images[i : i + batch_size].to(device)))
+                new.append(disentangled(images[i : i + batch_size].to(device)))
     disentangled.cpu()
+    old, new = torch.cat(old), torch.cat(new)
     max_diff = float((new - old).abs().max())
     limit = LOGIT_TOLERANCE * max(1.0, float(old.abs().max()))
     if not max_diff <= limit:

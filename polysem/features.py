@@ -61,10 +61,14 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
     loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
     maps = []
     with progress_bar(f"feature maps {label}", len(records), progress) as advance, torch.no_grad():
-        for indices, images, failures in loader:
+        for groups, failures in loader:
             if failures:
                 index, message = failures[0]
                 raise RunError(f"cannot read {records[index].path}: {message}")
+            if len(groups) != 1:
+                raise RunError(f"the images of {label} have different sizes after the transform; the rho search "
+                               "needs one size: use a --transform that resizes")
+            indices, images = groups[0]
             seen = {}
 
             def keep_input_and_stop(module, inputs):

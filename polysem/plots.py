@@ -100,7 +100,7 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
     model = load_model(store, run["run_id"])
     meta = store.meta()
     layer = model.get_submodule(meta["layer"])
-    transform, _ = resolve_transform(meta["transform"])
+    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
     torch_device = resolve_device(device)
     model.to(torch_device)
     outputs = []

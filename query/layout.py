@@ -31,7 +31,8 @@ SAMPLES = pa.schema(
         ("split", pa.string()),
         ("path", pa.string()),
         ("target", pa.int32()),
-        ("prediction", pa.int32()),
+        ("prediction", pa.int32()),  # class id of the argmax logit; NULL when that logit is no class's
+        ("predicted_logit", pa.int32()),
         ("target_logit", pa.float32()),
         ("attribution", pa.list_(pa.float32())),
         ("input_sum", pa.list_(pa.float32())),
@@ -46,11 +47,13 @@ INGEST_ERRORS = pa.schema(
         ("path", pa.string()),
         ("target", pa.int32()),
         ("error", pa.string()),
+        ("failed_at", pa.timestamp("us")),
     ]
 )
 
 CLASSES = pa.schema(
-    [("class_id", pa.int32()), ("folder", pa.string()), ("name", pa.string()), ("wnid", pa.string())]
+    [("class_id", pa.int32()), ("folder", pa.string()), ("name", pa.string()), ("wnid", pa.string()),
+     ("logit", pa.int32())]
 )
 
 LAYER_WEIGHTS = pa.schema(

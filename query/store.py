@@ -24,6 +24,10 @@ from polysem.errors import QueryError, StoreBusy, StoreError
 from polysem.query import layout
 from polysem.query.sqlfiles import apply_blocks, sql_digest
 
+STORE_FORMAT = 2  # 2: classes.logit, samples.predicted_logit, per-split dataset roots
+# the metadata a store must hold to count as created (written in one transaction by the first ingest)
+REQUIRED_META = ("format", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
+                 "polysem_version", "created_at")
 STORE_ENV = "POLYSEM_STORE"
 DEFAULT_STORE = "polysem-store"
 WRITE_WAIT_S = 30.0
@@ -76,7 +80,7 @@ class Store:
         waits (up to 30 s) for readers and other writers to finish.
         """
         if write:
-            self._create_directory()
+            self.create_directory()
         else:
             self.require()
         conn = self._open(write)
@@ -118,7 +122,7 @@ class Store:
         if not target.is_dir() or not os.access(target, os.W_OK):
             raise StoreError(f"store directory {self.path} is not writable; fix its permissions or choose another --store")
 
-    def _create_directory(self) -> None:
+    def create_directory(self) -> None:
         self.check_writable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -129,10 +133,22 @@ class Store:
 
     # -- metadata ------------------------------------------------------------
 
-    def meta(self) -> dict[str, Any]:
-        """The store's metadata: model, weights, layer, transform, splits, versions."""
+    def meta(self, require_complete: bool = True) -> dict[str, Any]:
+        """The store's metadata: model, weights, layer, transform, dataset roots, versions.
+
+        A store whose first ingest stopped before its metadata was committed is refused
+        (unless require_complete is false, as ingest does to complete it).
+        """
         with self.connect() as conn:
-            return read_meta(conn)
+            meta = read_meta(conn)
+        if require_complete:
+            if not meta_complete(meta):
+                raise StoreError(f"the store {self.path} was never completely created (its first ingest stopped); "
+                                 "run `polysem ingest` again to complete it")
+            if meta["format"] != STORE_FORMAT:
+                raise StoreError(f"the store {self.path} was written by polysem {meta.get('polysem_version')} in an "
+                                 "older format; ingest again into a new --store")
+        return meta
 
     # -- queries -------------------------------------------------------------
 
@@ -163,8 +179,8 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """What the store holds: its metadata, images per split, classes, runs and size on disk."""
+        info = self.meta()
         with self.connect() as conn:
-            info = read_meta(conn)
             info["splits"] = {
                 split: {"images": n, "unreadable": e, "classes": c}
                 for split, n, e, c in conn.execute("SELECT * FROM split_counts").fetchall()
@@ -187,9 +203,30 @@ class Store:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
+def as_store(store: "Store | str | os.PathLike | None") -> "Store":
+    """A Store from a Store, a path, or None (POLYSEM_STORE or ./polysem-store): the one coercion."""
+    return store if isinstance(store, Store) else Store(store)
+
+
+def dataset_root_key(split: str) -> str:
+    """Each split's dataset root is its own key, so ingests of two splits never overwrite each other's."""
+    return f"dataset_root:{split}"
+
+
+def meta_complete(meta: dict[str, Any]) -> bool:
+    return all(key in meta for key in REQUIRED_META)
+
+
 def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    rows = conn.execute("SELECT key, value FROM store_meta").fetchall()
-    return {key: json.loads(value) for key, value in rows}
+    """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}."""
+    meta, roots = {}, {}
+    for key, value in conn.execute("SELECT key, value FROM store_meta").fetchall():
+        if key.startswith("dataset_root:"):
+            roots[key.partition(":")[2]] = json.loads(value)
+        else:
+            meta[key] = json.loads(value)
+    meta["dataset_roots"] = roots
+    return meta
 
 
 def write_meta(conn: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ masked AS (
 )
 SELECT s.image_id, s.path, s.target,
        CASE WHEN list_contains(r.concept1, s.target) THEN 1 ELSE 2 END AS concept,
-       s.attribution[r.channel + 1] / nullif(list_sum(list_filter(s.attribution, lambda a: a > 0)), 0) AS relative_attribution,
+       relative_attribution(s.attribution[r.channel + 1], positive_sum(s.attribution)) AS relative_attribution,
        list_inner_product(m.w0, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation,
        list_inner_product(m.w1, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation1,
        list_inner_product(m.w2, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation2,

@@ -1,19 +1,29 @@
+-- name: positive_sum
+-- Scalar: the sum of the positive entries of an image's attribution vector (0 when none is positive), the denominator of Ineq. 2.
+CREATE OR REPLACE MACRO positive_sum(attribution) AS
+coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0);
+
+-- name: relative_attribution
+-- Scalar: one channel's attribution relative to the image's positive sum; NULL when that sum is 0 (no positive attribution: no channel is relevant for the image). Ineq. 2 is relative_attribution(a, positive_sum(attribution)) >= tau, here, in evaluation and in disentangle's relevance check.
+CREATE OR REPLACE MACRO relative_attribution(a, total) AS
+CASE WHEN total > 0 THEN a / total END;
+
 -- name: class_channel_relevance
 -- Ineq. 2 counted per (class, channel) over one split: class_id, channel, n_images (of the class), n_relevant, fraction = n_relevant / n_images. Pairs without any relevant image are left out (their fraction is 0).
 CREATE OR REPLACE MACRO class_channel_relevance(tau := 0.03, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
-    -- list_filter + list_sum is several times faster than a greatest(a, 0) lambda
-    SELECT target AS class_id, attribution,
-           tau * coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0) AS threshold
+    SELECT target AS class_id, attribution, positive_sum(attribution) AS total
     FROM samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
 attributions AS (
-    SELECT class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a, threshold
+    SELECT class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a, total
     FROM images
 ),
 hits AS (
-    SELECT class_id, channel, count(*) AS n_relevant FROM attributions WHERE a >= threshold GROUP BY class_id, channel
+    SELECT class_id, channel, count(*) AS n_relevant FROM attributions
+    WHERE relative_attribution(a, total) >= tau
+    GROUP BY class_id, channel
 ),
 class_sizes AS (
     -- a second scan of one column, cheaper than materialising `images`

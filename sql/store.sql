@@ -1,15 +1,17 @@
 -- name: samples
--- One row per ingested image: image_id, split, path, target, prediction, target_logit, attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l).
+-- One row per ingested image: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l).
 CREATE OR REPLACE VIEW samples AS
 SELECT * FROM read_parquet('samples/*/*.parquet');
 
 -- name: ingest_errors
--- Images that could not be read or transformed, with the reason; they are not in `samples`.
+-- Images that could not be read or transformed and are still not stored: the latest attempt's reason per image (a later ingest retries them).
 CREATE OR REPLACE VIEW ingest_errors AS
-SELECT * FROM read_parquet('ingest_errors/*/*.parquet');
+SELECT e.* FROM read_parquet('ingest_errors/*/*.parquet') e
+ANTI JOIN read_parquet('samples/*/*.parquet') s ON s.split = e.split AND s.image_id = e.image_id
+QUALIFY row_number() OVER (PARTITION BY e.split, e.image_id ORDER BY e.failed_at DESC) = 1;
 
 -- name: classes
--- One row per class: class_id (ImageFolder index), folder, name, wnid (WordNet noun id or NULL).
+-- One row per class: class_id (ImageFolder index), folder, name, wnid (WordNet noun id or NULL), logit (the model output index of the class).
 CREATE OR REPLACE VIEW classes AS
 SELECT * FROM read_parquet('classes.parquet');
 

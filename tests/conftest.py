@@ -23,6 +23,15 @@ def make_image_folder(root: Path, split: str, counts: dict[str, int], size=(20, 
     return root
 
 
+def map_logits(root: Path, split: str = "train") -> Path:
+    """classes.json giving class folder i the logit i: for folders fewer than the model's outputs."""
+    import json
+
+    folders = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    (root / "classes.json").write_text(json.dumps({f: {"logit": i} for i, f in enumerate(folders)}))
+    return root
+
+
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     root = tmp_path / "data"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from polysem.query import Store
-from tests.conftest import ROOT, TINY, make_image_folder
+from tests.conftest import ROOT, TINY, make_image_folder, map_logits
 from tests.test_cli_ingest import assert_refused
 
 
@@ -71,7 +71,7 @@ def test_export_table_view_macro_and_query(cli, colour_store, tmp_path, suffix):
 def test_screen_bad_parameters_and_missing_train(cli, colour_store, tmp_path):
     assert_refused(cli("screen", "--p", "1.5", "--store", colour_store), "p must be in (0, 1]")
     assert_refused(cli("screen", "--format", "xml", "--store", colour_store), "unknown --format")
-    root = make_image_folder(tmp_path / "d", "val", {"a": 2})
+    root = map_logits(make_image_folder(tmp_path / "d", "val", {"a": 2}), "val")
     assert cli("ingest", root, "--split", "val", "--store", tmp_path / "s", *TINY).exit_code == 0
     assert_refused(cli("screen", "--store", tmp_path / "s"), "no train images", "--split train")
 
@@ -117,13 +117,13 @@ def test_wordnet_errors(cli, colour_store, tiny_store_path, tmp_path, monkeypatc
 
 @pytest.fixture
 def tiny_store_path(cli, tmp_path):
-    root = make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4})
+    root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4}))
     assert cli("ingest", root, "--store", tmp_path / "tiny", *TINY).exit_code == 0
     return tmp_path / "tiny"
 
 
 def test_queries_during_an_ingest_see_complete_parts(tmp_path):
-    root = make_image_folder(tmp_path / "d", "train", {"a": 15, "b": 15})
+    root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 15, "b": 15}))
     store = tmp_path / "s"
     args = ["ingest", root, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
             "--transform", "tests.models:slow", "--batch-size", 2, "--rows-per-part", 4]

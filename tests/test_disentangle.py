@@ -10,7 +10,7 @@ import torch
 from polysem.constants import RHO_GRID
 from polysem.disentangling import DisentangledConv, SourceSplit, disentangle, disentangle_channels, ChannelRequest, load_model, split_sources
 from polysem.query import Store
-from tests.conftest import TINY, make_image_folder
+from tests.conftest import TINY, make_image_folder, map_logits
 from tests.test_cli_ingest import assert_refused
 
 
@@ -59,6 +59,7 @@ def resnet_store(tmp_path):
     from polysem.ingest import ingest
 
     root = make_image_folder(tmp_path / "rn", "train", {"a": 3, "b": 3, "c": 2}, size=(64, 64))
+    (root / "classes.json").write_text('{"a": {"logit": 0}, "b": {"logit": 1}, "c": {"logit": 2}}')
     store = tmp_path / "rn-store"
     ingest(store, root, model="resnet50", weights="random", transform="tests.models:resnet_small",
            batch_size=8, progress=False)
@@ -266,7 +267,7 @@ def test_concept_without_train_images(cli, tmp_path):
 
 def test_evaluate_bad_input(cli, colour_store, tmp_path):
     assert_refused(cli("evaluate", "nope", "--store", colour_store), "unknown run id 'nope'")
-    root = make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4})
+    root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4}))
     store = tmp_path / "s"
     assert cli("ingest", root, "--store", store, *TINY).exit_code == 0
     run = disentangle(store, 0, [0], [1], force=True, progress=False)

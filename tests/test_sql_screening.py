@@ -30,6 +30,8 @@ def test_every_view_and_macro_runs(colour_store):
     store = Store(colour_store)
     calls = {  # macros that need arguments
         "arv_of": "SELECT arv_of([1.0, 2, 3, 4], [1.0, 1, 2, 2], 2) AS r",
+        "positive_sum": "SELECT positive_sum([1.0, -2, 3]) AS s",
+        "relative_attribution": "SELECT relative_attribution(1.0, 4.0) AS r",
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
@@ -46,6 +48,9 @@ def test_every_view_and_macro_runs(colour_store):
         result = store.query(sql)
         assert result.num_rows > 0 or block.name == "ingest_errors", block.name  # no unreadable colour image
     assert store.query(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
+    assert store.query(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
+    assert store.query("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
+                       "relative_attribution(-1.0, 4.0) AS n").to_pylist() == [{"s": 0, "r": None, "n": -0.25}]
 
 
 def test_sql_defaults_are_the_method_constants():
