@@ -287,12 +287,16 @@ def disentangle(
     channel: Annotated[Optional[int], typer.Option(help="Channel of the layer of interest to split.")] = None,
     concept1: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
     concept2: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
+    concept: Annotated[Optional[list[str]], typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
     rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
     objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
     from_screen: Annotated[bool, typer.Option(help="Take the lowest-cosine pair of each of the first --limit channels of `polysem screen`.")] = False,
     limit: Annotated[int, typer.Option(help="With --from-screen: how many channels to disentangle into one model.")] = 1,
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="With --from-screen: screen pairs whose ARV cosine is below gamma.")] = GAMMA,
     data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
-    force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class.")] = False,
+    force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
     fmt: TableJsonOption = "table",
@@ -305,29 +309,26 @@ def disentangle(
     _check_format(fmt, ("table", "json"))
     import warnings
 
-    from polysem.disentangling import ChannelRequest, disentangle_channels
+    from polysem.disentangling import ChannelRequest, disentangle_channels, requests_from_screen
 
     target = _store(store)
     if from_screen:
-        if channel is not None or concept1 or concept2:
-            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel/--concept1/--concept2")
-        from polysem.query.screening import polysemantic_pairs
-
-        requests, seen = [], set()
-        for pair in polysemantic_pairs(target).to_pylist():
-            if pair["channel"] not in seen and len(requests) < limit:
-                seen.add(pair["channel"])
-                requests.append(ChannelRequest(pair["channel"], [pair["class1"]], [pair["class2"]]))
-        if not requests:
-            raise PolysemError("`polysem screen` finds no polysemantic pair to disentangle; try a larger --gamma there")
+        if channel is not None or concept1 or concept2 or concept:
+            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
+        requests = requests_from_screen(target, limit, tau=tau, p=p, gamma=gamma)
     else:
-        if channel is None or not concept1 or not concept2:
-            raise PolysemError("give --channel, --concept1 and --concept2 (or --from-screen)")
-        requests = [ChannelRequest(channel, _split_values(concept1), _split_values(concept2))]
+        if concept and (concept1 or concept2):
+            raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
+        concepts = ([_split_values([c]) for c in concept] if concept
+                    else [_split_values(concept1), _split_values(concept2)])
+        if channel is None or len(concepts) < 2 or not all(concepts):
+            raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
+                               "repeated), or --from-screen")
+        requests = [ChannelRequest(channel, concepts)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
-                                    device=device, batch_size=batch_size)
+                                    device=device, batch_size=batch_size, tau=tau, p=p)
     for warning in caught:
         typer.echo(f"Warning: {warning.message}", err=True)
     if fmt == "json":
@@ -335,12 +336,16 @@ def disentangle(
         typer.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
         return
     for run in runs:
+        concepts_text = " / ".join(",".join(map(str, c)) for c in run["concepts"])
+        sources_text = " / ".join(str(len(s)) for s in run["sources"])
         typer.echo(
-            f"run {run['run_id']}: channel {run['channel']}, concepts {run['concept1']} / {run['concept2']}, "
-            f"rho {run['rho']} ({run['objective']}), sources {len(run['sources1'])} / {len(run['sources2'])} / "
-            f"{len(run['shared'])} shared, max |logit change| {run['max_logit_diff']:.2g} "
+            f"run {run['run_id']}: channel {run['channel']}, concepts {concepts_text}, "
+            f"rho {run['rho']} ({run['objective']}), sources {sources_text} / {len(run['shared'])} shared, "
+            f"max |logit change| {run['max_logit_diff']:.2g} "
             f"on {run['parameters']['check_images']} images -> {target.path / run['artifact']}"
         )
+        for message in run["warnings"]:
+            typer.echo(f"Warning: {message}", err=True)
 
 
 @command()
@@ -363,7 +368,8 @@ def evaluate(
         return
     import pyarrow as pa
 
-    rows = [{"concept": k, **result[k]} for k in ("concept1", "concept2")]
+    rows = [{"concept": k, **{f: v for f, v in values.items() if f != "fractions"}}
+            for k, values in result.items() if k.startswith("concept")]
     render(pa.Table.from_pylist(rows), "table", title=f"run {run_id}: fraction of the original activation (val, tau={tau})")
     for path in result.get("plots", []):
         typer.echo(f"plot -> {path}")

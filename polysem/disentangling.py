@@ -26,10 +26,11 @@ from torch import nn
 import polysem
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
-from polysem.constants import P, RHO_GRID, SCREEN_SPLIT, TAU
+from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
 from polysem.errors import RunError
 from polysem.features import cached_class_maps, remap_paths
-from polysem.query.store import Store
+from polysem.query.screening import check_thresholds, polysemantic_pairs
+from polysem.query.store import Store, as_store
 
 OBJECTIVES = ("abs", "positive")
 POSITIVE_EPS = 1e-5  # the reference code's denominator guard for the `positive` objective
@@ -45,114 +46,167 @@ class RelevanceWarning(UserWarning):
 
 @dataclass(frozen=True)
 class SourceSplit:
-    """Indices of the l-1 channels that feed concept 1 only, concept 2 only, or both."""
+    """Indices of the l-1 channels that feed one concept only (one tuple per concept), and the shared rest."""
 
-    sources1: tuple[int, ...]
-    sources2: tuple[int, ...]
+    sources: tuple[tuple[int, ...], ...]
     shared: tuple[int, ...]
 
+    @property
+    def k(self) -> int:
+        return len(self.sources)
 
-def split_sources(arv1: np.ndarray, arv2: np.ndarray, rho: float) -> SourceSplit:
-    """Ineq. 5: i -> concept 1 when rho R1[i] > R2[i]; else concept 2 when rho R2[i] > R1[i]; else shared."""
-    arv1, arv2 = np.asarray(arv1, np.float64), np.asarray(arv2, np.float64)
-    to1 = rho * arv1 > arv2
-    to2 = ~to1 & (rho * arv2 > arv1)
-    index = np.arange(len(arv1))
-    return SourceSplit(tuple(index[to1].tolist()), tuple(index[to2].tolist()), tuple(index[~to1 & ~to2].tolist()))
-
-
-def concept_weights(weight: torch.Tensor, split: SourceSplit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight: C_{l-1} x kh x kw (one output channel). Returns the rows of c'1, c'2 and r."""
-    w1, w2, wr = weight.clone(), weight.clone(), weight.clone()
-    w1[list(split.sources2)] = 0
-    w2[list(split.sources1)] = 0
-    wr[list(split.sources1) + list(split.sources2)] = 0
-    return w1, w2, wr
+    @property
+    def empty_concepts(self) -> list[int]:
+        """1-based concepts without a source of their own: their channel would equal the residual."""
+        return [j + 1 for j, own in enumerate(self.sources) if not own]
 
 
-def rho_scores(maps1: np.ndarray, maps2: np.ndarray, layer: nn.Conv2d, channel: int, arv1, arv2,
-               objective: str = "abs", grid=RHO_GRID, batch_size: int = 256) -> list[dict]:
-    """Eq. 6 for each rho of the grid.
+def split_sources(arvs, rho: float) -> SourceSplit:
+    """Ineq. 5 for k >= 2 concepts: input i goes to concept j when rho * R_j[i] > R_j'[i] for every other
+    concept j'; the lowest such j wins; the rest is shared. For k = 2 this is the paper's rule exactly."""
+    arvs = np.asarray(arvs, np.float64)  # k x C_{l-1}
+    owner = np.full(arvs.shape[1], -1)
+    for j in range(len(arvs)):
+        others = np.delete(arvs, j, axis=0)
+        wins = (rho * arvs[j] > others).all(axis=0) & (owner < 0)
+        owner[wins] = j
+    index = np.arange(arvs.shape[1])
+    return SourceSplit(tuple(tuple(index[owner == j].tolist()) for j in range(len(arvs))),
+                       tuple(index[owner < 0].tolist()))
 
-    maps1, maps2: N1 x C_{l-1} x H x W and N2 x ... feature maps of the concept images.
-    Score = mean over concept-1 images of s(c'1)/s(c'2) + mean over concept-2 images of s(c'2)/s(c'1),
-    s = sum over positions of |f| (objective 'abs', the paper) or of max(f, 0) with 1e-5 added to
-    each denominator ('positive', the reference code). A rho whose score is not finite (a zero
-    denominator under 'abs') gets None and is never chosen.
+
+def concept_weights(weight: torch.Tensor, split: SourceSplit) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """weight: C_{l-1} x kh x kw (one output channel). Returns the rows of c'_1..c'_k and of r.
+
+    c'_j keeps its own sources and the shared ones; r keeps the shared ones only, so
+    sum_j c'_j - (k - 1) r = weight.
+    """
+    concepts = []
+    for j in range(split.k):
+        w = weight.clone()
+        w[[i for o, own in enumerate(split.sources) if o != j for i in own]] = 0
+        concepts.append(w)
+    residual = weight.clone()
+    residual[[i for own in split.sources for i in own]] = 0
+    return concepts, residual
+
+
+def bias_only_concepts(weight: torch.Tensor, split: SourceSplit) -> list[int]:
+    """1-based concepts whose channel gets nothing from its own sources (none, or all weights 0): it
+    carries only the shared inputs and the bias, i.e. it equals the residual."""
+    return [j + 1 for j, own in enumerate(split.sources) if not own or not bool(weight[list(own)].abs().sum() > 0)]
+
+
+def rho_scores(maps, layer: nn.Conv2d, channel: int, arvs, objective: str = "abs", grid=RHO_GRID,
+               batch_size: int = 256) -> list[dict]:
+    """Eq. 6, generalised to k concepts, for each rho of the grid.
+
+    maps: one N_j x C_{l-1} x H x W array per concept (its images' layer inputs).
+    score = sum over concepts j of the mean over concept j's images of s(c'_j) / sum_{j' != j} s(c'_j'),
+    s = sum over positions of |f| (objective 'abs', the paper) or of max(f, 0) with 1e-5 added to each
+    denominator ('positive', the reference code). For k = 2 this is the paper's Eq. 6.
+
+    Rules where the paper is silent (the README states them):
+    - a zero denominator with a positive numerator is a perfect separation of that image, not an error:
+      `separated` is the sum over concepts of the fraction of such images, and the mean runs over the
+      other images; 0/0 counts as 0. rhos rank by `separated`, then by the objective.
+    - a rho under which a concept has no source of its own is skipped (`skipped` says why): its
+      channel would equal the residual.
     """
     if objective not in OBJECTIVES:
         raise RunError(f"unknown objective '{objective}'; use abs (paper) or positive (reference code)")
+    k = len(maps)
     weight = layer.weight.detach().cpu().double()[channel]
     bias = layer.bias.detach().cpu().double()[channel] if layer.bias is not None else torch.zeros((), dtype=torch.float64)
-    splits = [split_sources(arv1, arv2, rho) for rho in grid]
-    kernels = torch.stack([w for s in splits for w in concept_weights(weight, s)[:2]])  # 2R x C x kh x kw
+    splits = [split_sources(arvs, rho) for rho in grid]
+    kernels = torch.stack([w for split in splits for w in concept_weights(weight, split)[0]])  # (R k) x C x kh x kw
     biases = bias.expand(len(kernels)).contiguous()
 
-    def ratios(maps: np.ndarray, first: int) -> torch.Tensor:
-        """Per image and rho: s(own channel) / s(other channel); own = c'1 when first == 0."""
-        out = []
-        for start in range(0, len(maps), batch_size):
-            x = torch.from_numpy(maps[start : start + batch_size]).double()
+    def terms(concept_maps: np.ndarray, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per rho: the mean of the finite ratios over the images of concept j, and the fraction separated."""
+        ratios = []
+        for start in range(0, len(concept_maps), batch_size):
+            x = torch.from_numpy(concept_maps[start : start + batch_size]).double()
             f = F.conv2d(x, kernels, biases, layer.stride, layer.padding, layer.dilation)
-            s = (f.abs() if objective == "abs" else f.clamp(min=0)).sum(dim=(2, 3)).view(len(x), len(grid), 2)
-            own, other = s[..., first], s[..., 1 - first]
-            out.append(own / (other + POSITIVE_EPS) if objective == "positive" else own / other)
-        return torch.cat(out)
+            s = (f.abs() if objective == "abs" else f.clamp(min=0)).sum(dim=(2, 3)).view(len(x), len(grid), k)
+            own, other = s[..., j], s.sum(-1) - s[..., j]
+            if objective == "positive":
+                other = other + POSITIVE_EPS
+            ratios.append(torch.where(other > 0, own / other.clamp(min=torch.finfo(torch.float64).tiny),
+                                      torch.where(own > 0, torch.inf, 0.0)))
+        ratio = torch.cat(ratios)  # N_j x R
+        infinite = torch.isinf(ratio)
+        n_finite = (~infinite).sum(0)
+        mean = torch.where(infinite, 0.0, ratio).sum(0) / n_finite.clamp(min=1)
+        return mean, infinite.double().mean(0)
 
-    score = ratios(maps1, 0).mean(0) + ratios(maps2, 1).mean(0)
-    return [
-        {"rho": rho, "objective_value": float(v) if np.isfinite(float(v)) else None,
-         "n_sources1": len(s.sources1), "n_sources2": len(s.sources2)}
-        for rho, v, s in zip(grid, score, splits)
-    ]
+    objective_value, separated = torch.zeros(len(grid), dtype=torch.float64), torch.zeros(len(grid), dtype=torch.float64)
+    for j, concept_maps in enumerate(maps):
+        mean, fraction = terms(concept_maps, j)
+        objective_value += mean
+        separated += fraction
+    rows = []
+    for rho, value, sep, split in zip(grid, objective_value.tolist(), separated.tolist(), splits):
+        empty = split.empty_concepts
+        rows.append({"rho": rho, "objective_value": None if empty else value, "separated": None if empty else sep,
+                     "n_sources": [len(own) for own in split.sources],
+                     "skipped": f"concept {', '.join(map(str, empty))} has no source of its own" if empty else None})
+    return rows
 
 
 def best_rho(scores: list[dict]) -> float:
-    """The grid's argmax (the smallest rho on ties); None scores never win."""
-    valid = [row for row in scores if row["objective_value"] is not None]
+    """The grid's best rho: most separated images first, then the largest objective; the smallest rho on ties."""
+    valid = [row for row in scores if row["skipped"] is None]
     if not valid:
-        raise RunError("no rho of the grid gives a finite Eq. 6 objective; pass --rho VALUE or --objective positive")
-    return max(valid, key=lambda row: row["objective_value"])["rho"]
+        raise RunError("at every rho of the grid some concept has no l-1 channel of its own (its channel would equal "
+                       "the residual); the concepts' ARVs do not separate: choose other concepts, or pass "
+                       "--rho VALUE --force")
+    return max(valid, key=lambda row: (row["separated"], row["objective_value"]))["rho"]
 
 
 class DisentangledConv(nn.Module):
-    """Layer l split for k channels: `expanded` has C_l + 2k outputs, `merge` maps them back to C_l.
+    """Layer l with split channels: `expanded` has C_l + sum_c k_c outputs, `merge` maps them back to C_l.
 
-    For split j of channel c: expanded channel c is c'1, C_l + 2j is c'2, C_l + 2j + 1 is r, and
-    merge computes c = c'1 + c'2 - r, which equals the original channel exactly (up to rounding).
+    A channel c split into k concepts keeps c'_1 at index c; c'_2..c'_k and then r take the next
+    k free indices after C_l (for k = 2: C_l + 2j is c'_2 and C_l + 2j + 1 is r, for the j-th channel).
+    merge computes c = sum_j c'_j - (k - 1) r, equal to the original channel up to rounding.
     """
 
     def __init__(self, original: nn.Conv2d, channels: list[int], splits: list[SourceSplit]):
         super().__init__()
-        out, k = original.out_channels, len(channels)
+        out = original.out_channels
         self.channels = list(channels)
-        self.expanded = nn.Conv2d(original.in_channels, out + 2 * k, original.kernel_size, original.stride,
+        self.units: dict[int, dict[str, int]] = {}
+        extra, offset = [], out
+        for c, split in zip(channels, splits):
+            self.units[c] = {"c1": c, **{f"c{j + 1}": offset + j - 1 for j in range(1, split.k)}, "r": offset + split.k - 1}
+            offset += split.k
+        self.expanded = nn.Conv2d(original.in_channels, offset, original.kernel_size, original.stride,
                                   original.padding, original.dilation, bias=original.bias is not None)
-        self.merge = nn.Conv2d(out + 2 * k, out, 1, bias=False)
+        self.merge = nn.Conv2d(offset, out, 1, bias=False)
         with torch.no_grad():
             weight = original.weight.detach().clone()
-            extra = []
             for c, split in zip(channels, splits):
-                w1, w2, wr = concept_weights(original.weight.detach()[c], split)
-                weight[c] = w1
-                extra += [w2, wr]
+                concepts, residual = concept_weights(original.weight.detach()[c], split)
+                weight[c] = concepts[0]
+                extra += [*concepts[1:], residual]
             self.expanded.weight.copy_(torch.cat([weight, torch.stack(extra)]) if extra else weight)
             if original.bias is not None:
                 bias = original.bias.detach()
-                self.expanded.bias.copy_(torch.cat([bias, bias[[c for c in channels for _ in (0, 1)]]]))
-            merge = torch.zeros(out, out + 2 * k)
+                self.expanded.bias.copy_(torch.cat([bias, bias[[c for c, split in zip(channels, splits)
+                                                                  for _ in range(split.k)]]]))
+            merge = torch.zeros(out, offset)
             merge[:, :out] = torch.eye(out)
-            for j, c in enumerate(channels):
-                merge[c, out + 2 * j] = 1.0
-                merge[c, out + 2 * j + 1] = -1.0
-            self.merge.weight.copy_(merge.view(out, out + 2 * k, 1, 1))
+            for c, split in zip(channels, splits):
+                for unit, index in self.units[c].items():
+                    merge[c, index] = -(split.k - 1) if unit == "r" else 1.0
+            self.merge.weight.copy_(merge.view(out, offset, 1, 1))
         for parameter in self.parameters():
             parameter.requires_grad_(False)
 
     def unit_index(self, channel: int, unit: str) -> int:
-        """Index in `expanded`'s output of unit 'c1', 'c2' or 'r' of a disentangled channel."""
-        j = self.channels.index(channel)
-        return {"c1": channel, "c2": self.merge.out_channels + 2 * j, "r": self.merge.out_channels + 2 * j + 1}[unit]
+        """Index in `expanded`'s output of unit 'c1'..'ck' or 'r' of a disentangled channel."""
+        return self.units[channel][unit]
 
     def forward(self, x):
         return self.merge(self.expanded(x))
@@ -168,20 +222,43 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
 @dataclass
 class ChannelRequest:
     channel: int
-    concept1: list  # class ids, folder names or class names
-    concept2: list
+    concepts: list[list]  # k >= 2 concepts, each a list of class ids, folder names or class names
 
 
 @dataclass
 class _Plan:
     channel: int
-    concept1: list[int]
-    concept2: list[int]
-    arv1: np.ndarray = None
-    arv2: np.ndarray = None
+    concepts: list[list[int]]
+    arvs: list[np.ndarray] = None
     rho: float = None
     scores: list[dict] = field(default_factory=list)
     split: SourceSplit = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Run(dict):
+    """A recorded run: a dict (JSON-ready) whose keys also read as attributes (`run.run_id`).
+
+    Keys: run_id, group_id, created_at, channel, concepts, rho, objective, sources, shared,
+    max_logit_diff, artifact, polysem_version, parameters, warnings; for two concepts also
+    concept1, concept2, sources1, sources2.
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Run":
+        run = cls(row)
+        if isinstance(run.get("parameters"), str):
+            run["parameters"] = json.loads(run["parameters"])
+        if len(run["concepts"]) == 2:
+            run["concept1"], run["concept2"] = run["concepts"]
+            run["sources1"], run["sources2"] = run["sources"]
+        return run
 
 
 def base_model(store: Store):
@@ -218,33 +295,51 @@ def resolve_classes(store: Store, values: list) -> list[int]:
     return ids
 
 
-def _validate(store: Store, request: ChannelRequest, out_channels: int, force: bool) -> _Plan:
+def _validate(store: Store, request: ChannelRequest, out_channels: int, force: bool, tau: float, p: float) -> _Plan:
     if not 0 <= request.channel < out_channels:
         raise RunError(f"channel {request.channel} is out of range; the layer has channels 0..{out_channels - 1}")
-    concept1, concept2 = resolve_classes(store, request.concept1), resolve_classes(store, request.concept2)
-    if not concept1 or not concept2:
-        raise RunError("each concept needs at least one class: give --concept1 and --concept2")
-    both = sorted(set(concept1) & set(concept2))
-    if both:
-        raise RunError(f"class {both[0]} is in both concepts; a class belongs to one concept")
+    concepts = [resolve_classes(store, concept) for concept in request.concepts]
+    if len(concepts) < 2 or not all(concepts):
+        raise RunError("give at least two concepts of at least one class each: --concept1 and --concept2, "
+                       "or --concept once per concept")
+    everything = [c for concept in concepts for c in concept]
+    twice = sorted({c for c in everything if everything.count(c) > 1})
+    if twice:
+        raise RunError(f"class {twice[0]} is in two concepts; a class belongs to one concept")
     counts = {r["target"]: r["n"] for r in store.query(
         "SELECT target, count(*) AS n FROM samples WHERE split = ? GROUP BY target", [SCREEN_SPLIT]).to_pylist()}
-    for class_id in concept1 + concept2:
+    for class_id in everything:
         if not counts.get(class_id):
             raise RunError(f"class {class_id} has no {SCREEN_SPLIT} images in the store; ingest them first "
                            f"(polysem ingest DATA_DIR --split {SCREEN_SPLIT})")
     # filtering on the classes lets DuckDB read only their images
     relevant = set(store.query(
-        "SELECT class_id FROM relevant_pairs() WHERE channel = ? AND list_contains(?, class_id)",
-        [request.channel, concept1 + concept2]).column("class_id").to_pylist())
-    missing = [c for c in concept1 + concept2 if c not in relevant]
+        "SELECT class_id FROM relevant_pairs(tau := ?, p := ?) WHERE channel = ? AND list_contains(?, class_id)",
+        [tau, p, request.channel, everything]).column("class_id").to_pylist())
+    missing = [c for c in everything if c not in relevant]
     if missing:
-        message = (f"channel {request.channel} is not relevant (tau {TAU}, p {P}) for class "
+        message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
                    f"{', '.join(map(str, missing))}")
         if not force:
             raise RunError(message + "; pass --force to disentangle it anyway")
         warnings.warn(message, RelevanceWarning, stacklevel=3)
-    return _Plan(request.channel, concept1, concept2)
+    return _Plan(request.channel, concepts)
+
+
+def requests_from_screen(store: Store, limit: int, tau: float = TAU, p: float = P, gamma: float = GAMMA
+                         ) -> list[ChannelRequest]:
+    """`--from-screen`: the lowest-cosine pair of each of the first `limit` channels of the screening."""
+    if limit < 1:
+        raise RunError(f"--limit must be at least 1, got {limit}")
+    requests, seen = [], set()
+    for pair in polysemantic_pairs(store, tau, p, gamma).to_pylist():
+        if pair["channel"] not in seen and len(requests) < limit:
+            seen.add(pair["channel"])
+            requests.append(ChannelRequest(pair["channel"], [[pair["class1"]], [pair["class2"]]]))
+    if not requests:
+        raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no polysemantic pair to disentangle; "
+                       "try a larger --gamma or a smaller --p")
+    return requests
 
 
 def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
@@ -252,16 +347,25 @@ def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
     return np.array(row["arv"], dtype=np.float64)
 
 
-def disentangle(store: Store | str | os.PathLike, channel: int, concept1: list, concept2: list, **options) -> dict:
-    """Disentangle one channel into concept 1 and concept 2; returns the recorded run row."""
-    return disentangle_channels(store, [ChannelRequest(channel, list(concept1), list(concept2))], **options)[0]
+def disentangle(store: Store | str | os.PathLike, channel: int, concept1: list | None = None,
+                concept2: list | None = None, *, concepts: list[list] | None = None, **options) -> Run:
+    """Disentangle one channel into concept1 and concept2, or into k >= 2 `concepts`; returns the recorded run.
+
+    Each concept is a list of class ids, folder names or class names. Options: rho ("auto" or a value
+    in (0, 1]), objective ("abs" or "positive"), data_dir, force, device, batch_size, progress.
+    """
+    if concepts is None:
+        concepts = [concept1 or [], concept2 or []]
+    elif concept1 is not None or concept2 is not None:
+        raise RunError("give concept1 and concept2, or concepts, not both")
+    return disentangle_channels(store, [ChannelRequest(channel, [list(c) for c in concepts])], **options)[0]
 
 
 def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | str = "auto", objective: str = "abs",
                          data_dir=None, force: bool = False, device: str = "auto", batch_size: int = 64,
-                         progress: bool = True) -> list[dict]:
+                         progress: bool = True, tau: float = TAU, p: float = P) -> list[Run]:
     """Disentangle several channels into one model, check it, save it and record one run per channel."""
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
     store.require()
     if objective not in OBJECTIVES:
         raise RunError(f"unknown --objective '{objective}'; use abs (paper) or positive (reference code)")
@@ -273,30 +377,43 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
             raise RunError(f"bad --rho '{rho}': use auto or a number in (0, 1]") from None
         if not 0 < fixed_rho <= 1:
             raise RunError(f"--rho must be in (0, 1], got {fixed_rho}")
+    if batch_size < 1:
+        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
     channels = [r.channel for r in requests]
     if len(set(channels)) != len(channels):
         raise RunError("a channel can be disentangled once per model; give each channel one request")
     out_channels = store.query("SELECT out_channels FROM layer_info").column(0)[0].as_py()
-    plans = [_validate(store, request, out_channels, force) for request in requests]
+    check_thresholds(tau, p)
+    plans = [_validate(store, request, out_channels, force, tau, p) for request in requests]
 
     model, layer_name, layer, transform = base_model(store)
     run_device = resolve_device(device)
     model.to(run_device)
+    weight = layer.weight.detach().cpu()
     for plan in plans:
-        plan.arv1 = _concept_arv(store, plan.channel, plan.concept1)
-        plan.arv2 = _concept_arv(store, plan.channel, plan.concept2)
+        plan.arvs = [_concept_arv(store, plan.channel, concept) for concept in plan.concepts]
         if fixed_rho is None:
             maps = [np.concatenate([cached_class_maps(store, model, layer, transform, c, SCREEN_SPLIT, run_device,
                                                       data_dir, batch_size, progress) for c in concept])
-                    for concept in (plan.concept1, plan.concept2)]
-            plan.scores = rho_scores(maps[0], maps[1], layer, plan.channel, plan.arv1, plan.arv2, objective)
+                    for concept in plan.concepts]
+            plan.scores = rho_scores(maps, layer, plan.channel, plan.arvs, objective)
             plan.rho = best_rho(plan.scores)
+            plan.split = split_sources(plan.arvs, plan.rho)
         else:
             plan.rho = fixed_rho
-            split = split_sources(plan.arv1, plan.arv2, fixed_rho)
-            plan.scores = [{"rho": fixed_rho, "objective_value": None,
-                            "n_sources1": len(split.sources1), "n_sources2": len(split.sources2)}]
-        plan.split = split_sources(plan.arv1, plan.arv2, plan.rho)
+            plan.split = split_sources(plan.arvs, fixed_rho)
+            plan.scores = [{"rho": fixed_rho, "objective_value": None, "separated": None,
+                            "n_sources": [len(own) for own in plan.split.sources], "skipped": None}]
+            if plan.split.empty_concepts:
+                message = (f"at rho {fixed_rho} concept {', '.join(map(str, plan.split.empty_concepts))} of channel "
+                           f"{plan.channel} has no l-1 channel of its own, so its new channel equals the residual")
+                if not force:
+                    raise RunError(message + "; choose another --rho (or --rho auto), or pass --force")
+                plan.warnings.append(message)
+        for j in bias_only_concepts(weight[plan.channel], plan.split):
+            if j not in plan.split.empty_concepts:
+                plan.warnings.append(f"c'{j} of channel {plan.channel} gets zero weight from its own sources: "
+                                     "it carries only the shared inputs and its bias")
 
     # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
     new_layer = DisentangledConv(copy.deepcopy(layer).cpu(), [p.channel for p in plans], [p.split for p in plans])
@@ -304,14 +421,14 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
     replace_module(disentangled, layer_name, new_layer)
     max_diff, n_checked = check_equivalence(store, model, disentangled, plans, transform, run_device, data_dir, batch_size)
     return _record(store, plans, new_layer, layer_name, objective, max_diff, n_checked,
-                   {"tau": TAU, "p": P, "force": force, "data_dir": str(data_dir) if data_dir else None,
+                   {"tau": tau, "p": p, "force": force, "data_dir": str(data_dir) if data_dir else None,
                     "grid": list(RHO_GRID) if fixed_rho is None else None, "check_images": n_checked})
 
 
 def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, plans, transform, device,
                       data_dir=None, batch_size: int = 64) -> tuple[float, int]:
     """Max |logits_new - logits_old| on up to 32 stored images (concept images first); refuses a bad model."""
-    classes = sorted({c for p in plans for c in p.concept1 + p.concept2})
+    classes = sorted({c for p in plans for concept in p.concepts for c in concept})
     rows = store.query(
         "SELECT image_id, path, target FROM samples WHERE split = ? "
         "ORDER BY list_contains(?, target) DESC, image_id LIMIT ?", [SCREEN_SPLIT, classes, CHECK_IMAGES]
@@ -339,26 +456,25 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
 
 
 def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, objective: str, max_diff: float,
-            n_checked: int, parameters: dict) -> list[dict]:
+            n_checked: int, parameters: dict) -> list[Run]:
+    """Write the artifact, then the runs and their rho scores in one transaction."""
     group_id = uuid.uuid4().hex[:10]
     artifact = Path("artifacts") / f"{group_id}.pt"
     target = store.path / artifact
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    torch.save({"layer": layer_name, "channels": new_layer.channels,
-                "units": {c: {u: new_layer.unit_index(c, u) for u in ("c1", "c2", "r")} for c in new_layer.channels},
+    torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
                 "state_dict": new_layer.state_dict()}, tmp)
     os.replace(tmp, target)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     runs = []
     for j, plan in enumerate(plans):
-        run_id = group_id if len(plans) == 1 else f"{group_id}-{j}"
         runs.append({
-            "run_id": run_id, "group_id": group_id, "created_at": now, "channel": plan.channel,
-            "concept1": plan.concept1, "concept2": plan.concept2, "rho": plan.rho, "objective": objective,
-            "sources1": list(plan.split.sources1), "sources2": list(plan.split.sources2),
-            "shared": list(plan.split.shared), "max_logit_diff": max_diff, "artifact": str(artifact),
-            "polysem_version": polysem.__version__, "parameters": parameters,
+            "run_id": group_id if len(plans) == 1 else f"{group_id}-{j}", "group_id": group_id, "created_at": now,
+            "channel": plan.channel, "concepts": plan.concepts, "rho": plan.rho, "objective": objective,
+            "sources": [list(own) for own in plan.split.sources], "shared": list(plan.split.shared),
+            "max_logit_diff": max_diff, "artifact": str(artifact), "polysem_version": polysem.__version__,
+            "parameters": parameters, "warnings": plan.warnings,
         })
     columns = list(runs[0])
     insert = f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -366,20 +482,18 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
         conn.execute("BEGIN")
         for run, plan in zip(runs, plans):
             conn.execute(insert, [json.dumps(run[c]) if c == "parameters" else run[c] for c in columns])
-            conn.executemany("INSERT INTO rho_scores VALUES (?, ?, ?, ?, ?)",
-                             [[run["run_id"], s["rho"], s["objective_value"], s["n_sources1"], s["n_sources2"]]
-                              for s in plan.scores])
+            conn.executemany("INSERT INTO rho_scores VALUES (?, ?, ?, ?, ?, ?)",
+                             [[run["run_id"], s["rho"], s["objective_value"], s["separated"], s["n_sources"],
+                               s["skipped"]] for s in plan.scores])
         conn.execute("COMMIT")
-    return runs
+    return [Run.from_row(run) for run in runs]
 
 
-def run_row(store: Store, run_id: str) -> dict:
+def run_row(store: Store, run_id: str) -> Run:
     rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_pylist()
     if not rows:
         raise RunError(f"unknown run id '{run_id}'; `polysem runs` lists them")
-    row = rows[0]
-    row["parameters"] = json.loads(row["parameters"])
-    return row
+    return Run.from_row(rows[0])
 
 
 def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
@@ -388,12 +502,12 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     Needs only the store: the base model is rebuilt from the store's metadata and the
     disentangled layer is read from the run's artifact (a weights-only state_dict).
     """
-    store = store if isinstance(store, Store) else Store(store)
+    store = as_store(store)
     run = run_row(store, run_id)
     model, layer_name, layer, _ = base_model(store)
     saved = torch.load(store.path / run["artifact"], map_location="cpu", weights_only=True)
     group = store.query("SELECT * FROM runs WHERE group_id = ? ORDER BY run_id", [run["group_id"]]).to_pylist()
-    splits = {r["channel"]: SourceSplit(tuple(r["sources1"]), tuple(r["sources2"]), tuple(r["shared"])) for r in group}
+    splits = {r["channel"]: SourceSplit(tuple(tuple(own) for own in r["sources"]), tuple(r["shared"])) for r in group}
     new_layer = DisentangledConv(layer, saved["channels"], [splits[c] for c in saved["channels"]])
     new_layer.load_state_dict(saved["state_dict"])
     replace_module(model, layer_name, new_layer)

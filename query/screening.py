@@ -13,13 +13,13 @@ from polysem.errors import QueryError
 from polysem.query.store import Store
 
 
-def _check(tau: float, p: float, gamma: float | None = None) -> None:
+def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
     if not 0 <= tau <= 1:
-        raise QueryError(f"tau must be in [0, 1], got {tau}")
+        raise QueryError(f"--tau must be in [0, 1], got {tau}")
     if not 0 < p <= 1:
-        raise QueryError(f"p must be in (0, 1], got {p}")
+        raise QueryError(f"--p must be in (0, 1], got {p}")
     if gamma is not None and not -1 <= gamma <= 1:
-        raise QueryError(f"gamma is a cosine threshold in [-1, 1], got {gamma}")
+        raise QueryError(f"--gamma is a cosine threshold in [-1, 1], got {gamma}")
 
 
 def _require_split(store: Store, split: str) -> None:
@@ -31,7 +31,7 @@ def _require_split(store: Store, split: str) -> None:
 def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: float = GAMMA,
                        limit: int | None = None, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
     """Candidate (channel, class1, class2) triples with ARV cosine below gamma, lowest first."""
-    _check(tau, p, gamma)
+    check_thresholds(tau, p, gamma)
     _require_split(store, split)
     sql = ("SELECT * FROM polysemantic_pairs(tau := $tau, p := $p, gamma := $gamma, split_name := $split, "
            "correct_only := $correct_only) LIMIT $limit")
@@ -42,7 +42,7 @@ def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: floa
 def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool = False,
                 split: str = SCREEN_SPLIT) -> pa.Table:
     """Every pair of classes relevant for the same channel, with the cosine of their ARVs."""
-    _check(tau, p)
+    check_thresholds(tau, p)
     _require_split(store, split)
     return store.query(
         "SELECT * FROM arv_cosine(tau := $tau, p := $p, split_name := $split, correct_only := $correct_only)",
@@ -52,7 +52,7 @@ def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool
 
 def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, split: str = SCREEN_SPLIT) -> pa.Table:
     """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
-    _check(tau, p)
+    check_thresholds(tau, p)
     return store.query(
         """
         WITH rel AS (SELECT * FROM relevant_pairs(tau := $tau, p := $p, split_name := $split))

@@ -1,52 +1,76 @@
 -- name: run_activations
--- Per image of a run's concept classes in a split: concept (1 or 2), relative_attribution of the original channel, and the spatially summed activations of the original channel, c'1, c'2 and the residual r, from input_sum (they are linear in it).
+-- Per image of a run's concept classes in a split: concept (1..k), relative_attribution of the original channel, and the spatially summed activations of the original channel, of c'_1..c'_k (the list `activations`; activation1 and activation2 are its first two), of the residual r, and bias_term (the bias times the positions). All are linear in input_sum, so no model runs.
 CREATE OR REPLACE MACRO run_activations(run, split_name := 'val') AS TABLE
 WITH r AS (
     SELECT * FROM runs WHERE run_id = run
 ),
 weights AS (
-    SELECT lw.weight::DOUBLE[] AS w0, coalesce(lw.bias, 0) AS b, li."window" AS k,
-           r.sources1, r.sources2
+    SELECT lw.weight::DOUBLE[] AS w0, coalesce(lw.bias, 0) AS b, li."window" AS k, r.sources,
+           -- owner of each l-1 channel: the concept (1..k) it feeds alone, 0 when shared
+           list_transform(range(li.in_channels),
+                          lambda i: coalesce(list_position(list_transform(r.sources, lambda s: list_contains(s, i)), true), 0))
+               AS owner
     FROM r JOIN layer_weights lw ON lw.channel = r.channel CROSS JOIN layer_info li
 ),
 masked AS (
     SELECT w0, b,
-           list_transform(w0, lambda x, j: CASE WHEN list_contains(sources2, (j - 1) // k) THEN 0 ELSE x END) AS w1,
-           list_transform(w0, lambda x, j: CASE WHEN list_contains(sources1, (j - 1) // k) THEN 0 ELSE x END) AS w2,
-           list_transform(w0, lambda x, j: CASE WHEN list_contains(sources1, (j - 1) // k)
-                                                  OR list_contains(sources2, (j - 1) // k) THEN 0 ELSE x END) AS wr
+           -- c'_j keeps its own and the shared inputs; r keeps the shared ones
+           list_transform(range(1, len(sources) + 1),
+                          lambda j: list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] IN (0, j) THEN x ELSE 0 END))
+               AS wj,
+           list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] = 0 THEN x ELSE 0 END) AS wr
     FROM weights
+),
+images AS (
+    SELECT s.image_id, s.path, s.target,
+           list_position(list_transform(r.concepts, lambda c: list_contains(c, s.target)), true) AS concept,
+           relative_attribution(s.attribution[r.channel + 1], positive_sum(s.attribution)) AS relative_attribution,
+           s.input_sum::DOUBLE[] AS x, m.b * s.positions AS bias_term, m.w0, m.wj, m.wr
+    FROM samples s CROSS JOIN r CROSS JOIN masked m
+    WHERE s.split = split_name AND list_contains(flatten(r.concepts), s.target)
 )
-SELECT s.image_id, s.path, s.target,
-       CASE WHEN list_contains(r.concept1, s.target) THEN 1 ELSE 2 END AS concept,
-       relative_attribution(s.attribution[r.channel + 1], positive_sum(s.attribution)) AS relative_attribution,
-       list_inner_product(m.w0, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation,
-       list_inner_product(m.w1, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation1,
-       list_inner_product(m.w2, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation2,
-       list_inner_product(m.wr, s.input_sum::DOUBLE[]) + m.b * s.positions AS activation_residual
-FROM samples s CROSS JOIN r CROSS JOIN masked m
-WHERE s.split = split_name AND (list_contains(r.concept1, s.target) OR list_contains(r.concept2, s.target));
+SELECT image_id, path, target, concept, relative_attribution,
+       list_inner_product(w0, x) + bias_term AS activation,
+       list_transform(wj, lambda w: list_inner_product(w, x) + bias_term) AS activations,
+       activations[1] AS activation1,
+       activations[2] AS activation2,
+       list_inner_product(wr, x) + bias_term AS activation_residual,
+       bias_term
+FROM images;
 
 -- name: evaluation_summary
--- METHOD.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau, n_images and the mean fraction of the original activation carried by c'1, c'2 and r.
+-- METHOD.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau, n_images, the mean fraction of the original activation on each of c'_1..c'_k (`fractions`; frac1, frac2 are the first two) and on r, and bias_only (the original channel carries only its bias on every such image).
 CREATE OR REPLACE MACRO evaluation_summary(run, tau := 0.03, split_name := 'val') AS TABLE
-SELECT concept, count(*) AS n_images,
-       avg(activation1 / activation) AS frac1,
-       avg(activation2 / activation) AS frac2,
-       avg(activation_residual / activation) AS frac_residual
-FROM run_activations(run, split_name := split_name)
-WHERE relative_attribution >= tau
-GROUP BY concept
-ORDER BY concept;
+WITH selected AS (
+    SELECT * FROM run_activations(run, split_name := split_name) WHERE relative_attribution >= tau
+),
+per_unit AS (
+    SELECT concept, generate_subscripts(activations, 1) AS unit, unnest(activations) / activation AS fraction
+    FROM selected
+),
+fractions AS (
+    SELECT concept, list(mean_fraction ORDER BY unit) AS fractions
+    FROM (SELECT concept, unit, avg(fraction) AS mean_fraction FROM per_unit GROUP BY concept, unit)
+    GROUP BY concept
+)
+SELECT s.concept, count(*) AS n_images, any_value(f.fractions) AS fractions,
+       any_value(f.fractions)[1] AS frac1, any_value(f.fractions)[2] AS frac2,
+       avg(s.activation_residual / s.activation) AS frac_residual,
+       bool_and(s.activation = s.bias_term) AS bias_only
+FROM selected s JOIN fractions f USING (concept)
+GROUP BY s.concept
+ORDER BY s.concept;
 
 -- name: run_summary
--- One row per run with its evaluation: the paper's quantitative table (concept c of the run: n images, fractions on c'1 and c'2).
+-- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels).
 CREATE OR REPLACE VIEW run_summary AS
-SELECT r.run_id, r.created_at, r.channel, r.concept1, r.concept2, r.rho, r.objective,
-       len(r.sources1) AS n_sources1, len(r.sources2) AS n_sources2, len(r.shared) AS n_shared, r.max_logit_diff,
-       e1.n_images AS c1_images, e1.frac1 AS c1_frac1, e1.frac2 AS c1_frac2,
-       e2.n_images AS c2_images, e2.frac1 AS c2_frac1, e2.frac2 AS c2_frac2
+SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
+       list_transform(r.sources, lambda s: len(s)) AS n_sources, len(r.shared) AS n_shared, r.max_logit_diff,
+       r.warnings,
+       list(e.n_images ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS n_images,
+       list(e.fractions ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS fractions,
+       list(e.bias_only ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS bias_only
 FROM runs r
-LEFT JOIN evaluations e1 ON e1.run_id = r.run_id AND e1.concept = 1
-LEFT JOIN evaluations e2 ON e2.run_id = r.run_id AND e2.concept = 2
+LEFT JOIN evaluations e ON e.run_id = r.run_id
+GROUP BY ALL
 ORDER BY r.created_at, r.channel;

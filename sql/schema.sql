@@ -15,45 +15,45 @@ CREATE TABLE IF NOT EXISTS class_similarity (
 );
 
 -- name: runs
--- One row per disentangled channel: the concepts, the chosen rho, the source split and the check.
+-- One row per disentangled channel: its k >= 2 concepts (lists of class ids), the chosen rho, each concept's own l-1 sources and the shared ones, the logit check, warnings (e.g. a concept channel that equals the residual).
 CREATE TABLE IF NOT EXISTS runs (
     run_id          VARCHAR PRIMARY KEY,
     group_id        VARCHAR NOT NULL,
     created_at      TIMESTAMP NOT NULL,
     channel         INTEGER NOT NULL,
-    concept1        INTEGER[] NOT NULL,
-    concept2        INTEGER[] NOT NULL,
+    concepts        INTEGER[][] NOT NULL,
     rho             DOUBLE NOT NULL,
     objective       VARCHAR NOT NULL,
-    sources1        INTEGER[] NOT NULL,
-    sources2        INTEGER[] NOT NULL,
+    sources         INTEGER[][] NOT NULL,
     shared          INTEGER[] NOT NULL,
     max_logit_diff  DOUBLE NOT NULL,
     artifact        VARCHAR NOT NULL,
     polysem_version VARCHAR NOT NULL,
-    parameters      JSON NOT NULL
+    parameters      JSON NOT NULL,
+    warnings        VARCHAR[] NOT NULL
 );
 
 -- name: rho_scores
--- The Eq. 6 objective for every rho of the grid, per run.
+-- Eq. 6 (generalised to k concepts) for every rho of the grid, per run: objective_value over the images with a finite ratio, separated (sum over concepts of the fraction of images whose other channels are all zero), n_sources per concept, and why a rho was skipped.
 CREATE TABLE IF NOT EXISTS rho_scores (
     run_id          VARCHAR NOT NULL,
     rho             DOUBLE NOT NULL,
     objective_value DOUBLE,
-    n_sources1      INTEGER NOT NULL,
-    n_sources2      INTEGER NOT NULL
+    separated       DOUBLE,
+    n_sources       INTEGER[] NOT NULL,
+    skipped         VARCHAR
 );
 
 -- name: evaluations
--- Quantitative evaluation (METHOD.md section 7) per run and concept on the val split.
+-- Quantitative evaluation (METHOD.md section 7) per run and concept on the val split: fractions of the original activation on c'_1..c'_k (a list) and on r, and bias_only when the original channel carries only its bias on every evaluated image of the concept.
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id        VARCHAR NOT NULL,
     concept       INTEGER NOT NULL,
     tau           DOUBLE NOT NULL,
     n_images      INTEGER NOT NULL,
-    frac1         DOUBLE,
-    frac2         DOUBLE,
+    fractions     DOUBLE[],
     frac_residual DOUBLE,
+    bias_only     BOOLEAN,
     evaluated_at  TIMESTAMP NOT NULL,
     PRIMARY KEY (run_id, concept)
 );

@@ -21,13 +21,13 @@ def runs_count(store_path):
 def test_split_sources_follows_ineq_5():
     arv1 = np.array([5.0, 1.0, 2.0, -1.0, 0.0, 4.0])
     arv2 = np.array([1.0, 5.0, 2.0, -2.0, 0.0, 3.0])
-    split = split_sources(arv1, arv2, 0.5)
+    split = split_sources([arv1, arv2], 0.5)
     # 0: .5*5 > 1 -> 1;  1: .5*5 > 1 -> 2;  2: 1 > 2 no, 1 > 2 no -> shared;  3: -.5 > -2 -> 1
     # 4: 0 > 0 no -> shared;  5: 2 > 3 no, 1.5 > 4 no -> shared
-    assert split == SourceSplit((0, 3), (1,), (2, 4, 5))
-    assert split_sources(arv1, arv2, 1.0) == SourceSplit((0, 3, 5), (1,), (2, 4))
+    assert split == SourceSplit(((0, 3), (1,)), (2, 4, 5))
+    assert split_sources([arv1, arv2], 1.0) == SourceSplit(((0, 3, 5), (1,)), (2, 4))
     # both conditions can hold for negative entries: concept 1 wins
-    assert split_sources(np.array([-1.0]), np.array([-1.0]), 0.5) == SourceSplit((0,), (), ())
+    assert split_sources([np.array([-1.0]), np.array([-1.0])], 0.5) == SourceSplit(((0,), ()), ())
 
 
 def test_known_answer_split_and_evaluation(cli, colour_store):
@@ -47,11 +47,12 @@ def test_known_answer_split_and_evaluation(cli, colour_store):
     assert green["frac1"] > 0.95 and green["frac2"] < 0.05
     assert red["frac2"] > 0.95 and red["frac1"] < 0.05
     assert abs(green["frac_residual"]) < 1e-6  # r keeps only the B input, which channel 0 ignores
-    stored = Store(colour_store).query("SELECT concept, n_images, frac1 FROM evaluations ORDER BY concept").to_pylist()
+    stored = Store(colour_store).query("SELECT concept, n_images, fractions[1] AS frac1 FROM evaluations "
+                                       "ORDER BY concept").to_pylist()
     assert stored == [{"concept": 1, "n_images": 4, "frac1": pytest.approx(green["frac1"])},
                       {"concept": 2, "n_images": 4, "frac1": pytest.approx(red["frac1"])}]
     listed = cli("runs", "--store", colour_store, "--format", "json")
-    assert json.loads(listed.stdout)[0]["c1_frac1"] == pytest.approx(green["frac1"])
+    assert json.loads(listed.stdout)[0]["fractions"][0][0] == pytest.approx(green["frac1"])
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_resnet50_logits_unchanged_for_any_channel_and_class_sets(resnet_store):
     old, new = original_and_new_logits(resnet_store, run["run_id"], images)
     torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4 * float(old.abs().max()))
     # several channels in one model, a fixed rho
-    runs = disentangle_channels(resnet_store, [ChannelRequest(7, [0], [1]), ChannelRequest(2047, [2], [0, 1])],
+    runs = disentangle_channels(resnet_store, [ChannelRequest(7, [[0], [1]]), ChannelRequest(2047, [[2], [0, 1]])],
                                 rho=0.6, force=True, progress=False)
     assert len({r["group_id"] for r in runs}) == 1 and [r["rho"] for r in runs] == [0.6, 0.6]
     old, new = original_and_new_logits(resnet_store, runs[1]["run_id"], images)
@@ -130,7 +131,7 @@ def brute_force_eq6(maps1, maps2, conv, channel, arv1, arv2, objective):
     """Per rho and per image, with a freshly built DisentangledConv: the literal Eq. 6."""
     scores = []
     for rho in RHO_GRID:
-        split = split_sources(arv1, arv2, rho)
+        split = split_sources([arv1, arv2], rho)
         layer = DisentangledConv(conv, [channel], [split])
         c1, c2 = layer.unit_index(channel, "c1"), layer.unit_index(channel, "c2")
         total = 0.0
@@ -169,8 +170,12 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
     arv2 = np.array(store.query("SELECT arv FROM concept_arv(1, [2])").to_pylist()[0]["arv"])
     expected = brute_force_eq6(maps[0], maps[1], net.probe, 1, arv1, arv2, objective)
     assert [r["rho"] for r in recorded] == list(RHO_GRID)
-    np.testing.assert_allclose([r["objective_value"] for r in recorded], expected, rtol=1e-4)
-    assert run["rho"] == RHO_GRID[int(np.argmax(expected))]
+    # a rho that leaves a concept without a source of its own is skipped, and only such a rho
+    usable = [bool(all(split_sources([arv1, arv2], rho).sources)) for rho in RHO_GRID]
+    assert any(usable) and [r["objective_value"] is not None for r in recorded] == usable
+    np.testing.assert_allclose([r["objective_value"] for r, ok in zip(recorded, usable) if ok],
+                               [e for e, ok in zip(expected, usable) if ok], rtol=1e-4)
+    assert run["rho"] == RHO_GRID[int(np.argmax([e if ok else -np.inf for e, ok in zip(expected, usable)]))]
 
 
 def test_feature_maps_are_cached(tiny_store, monkeypatch):
@@ -227,11 +232,11 @@ def test_from_screen_builds_one_model(cli, colour_store):
     (["--channel", 3, "--concept1", 1, "--concept2", 2], ["channel 3 is out of range", "0..2"]),
     (["--channel", 0, "--concept1", "purple", "--concept2", 2], ["unknown class 'purple'", "polysem classes"]),
     (["--channel", 0, "--concept1", 9, "--concept2", 2], ["class id 9 is out of range"]),
-    (["--channel", 0, "--concept1", "1,2", "--concept2", "red"], ["class 2 is in both concepts"]),
+    (["--channel", 0, "--concept1", "1,2", "--concept2", "red"], ["class 2 is in two concepts"]),
     (["--channel", 1, "--concept1", "blue", "--concept2", "red"], ["not relevant", "class 2", "--force"]),
     (["--channel", 0, "--concept1", 1, "--concept2", 2, "--rho", "1.5"], ["--rho must be in (0, 1]"]),
     (["--channel", 0, "--concept1", 1, "--concept2", 2, "--objective", "l2"], ["unknown --objective"]),
-    (["--channel", 0, "--concept1", 1], ["give --channel, --concept1 and --concept2"]),
+    (["--channel", 0, "--concept1", 1], ["give --channel and two or more concepts"]),
 ])
 def test_disentangle_bad_input(cli, colour_store, args, fragments):
     assert_refused(cli("disentangle", *args, "--store", colour_store), *fragments)
@@ -241,13 +246,18 @@ def test_disentangle_bad_input(cli, colour_store, args, fragments):
 
 def test_force_proceeds_with_a_warning(cli, colour_store):
     args = ["disentangle", "--channel", 1, "--concept1", "blue", "--concept2", "red", "--force", "--store", colour_store]
-    # channel 1 reads only B: every rho sends B to blue, c'2 is all zeros and Eq. 6 with |.| divides by 0
-    assert_refused_last_line(cli(*args), "no rho of the grid gives a finite Eq. 6 objective", "--objective positive")
+    # channel 1 reads only B: at every rho B goes to blue and red keeps no source of its own, so c'2 would be r
+    assert_refused_last_line(cli(*args), "at every rho of the grid some concept has no l-1 channel of its own",
+                             "--rho VALUE --force")
+    assert_refused_last_line(cli(*[a for a in args if a != "--force"], "--rho", "0.5"), "not relevant")
     assert runs_count(colour_store) == 0
-    result = cli(*args, "--objective", "positive")
+    result = cli(*args, "--rho", "0.5")
     assert result.exit_code == 0, result.output
     assert "Warning: channel 1 is not relevant (tau 0.03, p 0.75) for class 2" in result.output
+    assert "Warning: at rho 0.5 concept 2 of channel 1 has no l-1 channel of its own" in result.output
     assert runs_count(colour_store) == 1
+    recorded = Store(colour_store).query("SELECT warnings FROM runs").to_pylist()[0]["warnings"]
+    assert len(recorded) == 1 and "concept 2 of channel 1 has no l-1 channel of its own" in recorded[0]
 
 
 def assert_refused_last_line(result, *fragments):
