@@ -69,3 +69,58 @@ def colour_net() -> nn.Module:
 
 
 to_tensor = transforms.ToTensor()
+
+
+class UnusedLayerNet(TinyNet):
+    """TinyNet with a conv (`spare`) that its forward pass never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.spare = nn.Conv2d(6, 5, 1)
+
+
+def unused_layer_net() -> nn.Module:
+    torch.manual_seed(0)
+    return UnusedLayerNet()
+
+
+class TupleNet(TinyNet):
+    """Returns (logits, features): not a batch x classes tensor."""
+
+    def forward(self, x):
+        features = self.probe(self.stem(x))
+        return self.head(features), features
+
+
+def tuple_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TupleNet()
+
+
+def raising_net():
+    raise ValueError("no such checkpoint")
+
+
+def exiting_net():
+    import sys
+
+    sys.exit(3)
+
+
+gray = transforms.Compose([transforms.Resize((16, 16)), transforms.Grayscale(), transforms.ToTensor()])
+
+
+def blind_colour_net() -> nn.Module:
+    """ColourNet whose red logit ignores the features (a constant 0): red images have no attribution."""
+    net = ColourNet()
+    with torch.no_grad():
+        net.head[3].weight[2] = 0
+    return net
+
+
+def clean_colour_net() -> nn.Module:
+    """ColourNet whose R, G, B detectors ignore the images' noise (bias -0.1 before the ReLU): each detector is
+    exactly 0 on the other colours' images, as ReLU networks often are."""
+    net = ColourNet()
+    net.stem[0].bias = nn.Parameter(torch.full((3,), -0.1), requires_grad=False)
+    return net
