@@ -27,7 +27,7 @@ from polysem.ingest.progress import progress_bar
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.errors import DataError, PolysemError, StoreBusy, StoreMismatch
 from polysem.query import Store, layout
-from polysem.query.store import read_meta, write_meta
+from polysem.query.store import query_error, read_meta, write_meta
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -211,9 +211,12 @@ def stored_ids(store_path: Path, split: str, tables=("samples", "ingest_errors")
     ids: set[int] = set()
     for table in tables:
         if any(layout.part_dir(store_path, table, split).glob("*.parquet")):
-            rows = duckdb.execute(
-                "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, table, split)]
-            ).fetchnumpy()["image_id"]
+            try:
+                rows = duckdb.execute(
+                    "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, table, split)]
+                ).fetchnumpy()["image_id"]
+            except duckdb.Error as error:
+                raise query_error(error, store_path) from error
             ids.update(rows.tolist())
     return ids
 

@@ -27,6 +27,8 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, pl
     """
     store = store if isinstance(store, Store) else Store(store)
     store.require()
+    if plots_dir is not None:
+        store.check_outside(plots_dir, folder=True)
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
         raise RunError(f"tau must be in [0, 1], got {tau}")
