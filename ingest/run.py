@@ -27,7 +27,8 @@ from polysem.ingest.progress import progress_bar
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.errors import DataError, ModelError, PolysemError, StoreBusy, StoreMismatch
 from polysem.query import Store, layout
-from polysem.query.store import STORE_FORMAT, as_store, dataset_root_key, meta_complete, read_meta, write_meta
+from polysem.query.store import (STORE_FORMAT, as_store, dataset_root_key, meta_complete, query_error, read_meta,
+                                 write_meta)
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -304,9 +305,12 @@ def stored_ids(store_path: Path, split: str) -> set[int]:
     them: a later ingest tries them again (the file may have been repaired)."""
     if not any(layout.part_dir(store_path, "samples", split).glob("*.parquet")):
         return set()
-    rows = duckdb.execute(
-        "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, "samples", split)]
-    ).fetchnumpy()["image_id"]
+    try:
+        rows = duckdb.execute(
+            "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, "samples", split)]
+        ).fetchnumpy()["image_id"]
+    except duckdb.Error as error:
+        raise query_error(error, store_path) from error
     return set(rows.tolist())
 
 

@@ -206,7 +206,7 @@ def sql(
     target = _store(store)
     if out is not None:
         target.check_outside(out)
-    result = target.query(query)
+    result = target.sql(query)
     if out is not None:
         write_result(result, out, "csv" if fmt == "table" else fmt)
         typer.echo(f"{result.num_rows} rows -> {out}")
@@ -223,6 +223,23 @@ def export(
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
     rows = _store(store).export(name_or_query, out)
     typer.echo(f"{rows} rows -> {out}")
+
+
+@command()
+def check(
+    repair: Annotated[bool, typer.Option(help="Set damaged parts aside (re-ingest their split after), rewrite schema files, "
+                                              "record pending runs and remove files left by a killed command.")] = False,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Verify every Parquet file of the store (footer, row counts) against its catalog; exit 2 on a problem."""
+    report = _store(store).check(repair=repair)
+    for line in report.repaired:
+        typer.echo(f"repaired: {line}")
+    for line in report.problems:
+        typer.echo(f"problem: {line}")
+    if not report.ok:
+        raise PolysemError(f"{len(report.problems)} problem(s) in {store}; each line above names the file and the fix")
+    typer.echo(f"ok: {report.files} Parquet files, {report.rows} rows, readable and consistent with the catalog")
 
 
 TauOption = Annotated[float, typer.Option(help="Ineq. 2: relevance threshold relative to the positive attribution sum.")]

@@ -27,10 +27,11 @@ import polysem
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
-from polysem.errors import RunError
+from polysem.errors import RunError, StoreBusy
 from polysem.features import cached_class_maps, remap_paths
+from polysem.query import layout
 from polysem.query.screening import check_thresholds, polysemantic_pairs
-from polysem.query.store import Store, as_store
+from polysem.query.store import Store, as_store, write_pending
 
 OBJECTIVES = ("abs", "positive")
 POSITIVE_EPS = 1e-5  # the reference code's denominator guard for the `positive` objective
@@ -457,35 +458,38 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
 
 def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, objective: str, max_diff: float,
             n_checked: int, parameters: dict) -> list[Run]:
-    """Write the artifact, then the runs and their rho scores in one transaction."""
+    """Write the artifact, keep its rows pending beside it, then record them.
+
+    The finished model is never thrown away: if the catalog stays busy, the rows wait in
+    `artifacts/<group>.pt.pending.json` and the next command that writes to the store
+    records them (`Store.connect(write=True)`).
+    """
     group_id = uuid.uuid4().hex[:10]
     artifact = Path("artifacts") / f"{group_id}.pt"
-    target = store.path / artifact
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
-                "state_dict": new_layer.state_dict()}, tmp)
-    os.replace(tmp, target)
+    with layout.atomic_path(store.path / artifact) as tmp:
+        torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
+                    "state_dict": new_layer.state_dict()}, tmp)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    runs = []
+    runs, scores = [], []
     for j, plan in enumerate(plans):
+        run_id = group_id if len(plans) == 1 else f"{group_id}-{j}"
         runs.append({
-            "run_id": group_id if len(plans) == 1 else f"{group_id}-{j}", "group_id": group_id, "created_at": now,
-            "channel": plan.channel, "concepts": plan.concepts, "rho": plan.rho, "objective": objective,
+            "run_id": run_id, "group_id": group_id, "created_at": now, "channel": plan.channel,
+            "concepts": plan.concepts, "rho": plan.rho, "objective": objective,
             "sources": [list(own) for own in plan.split.sources], "shared": list(plan.split.shared),
             "max_logit_diff": max_diff, "artifact": str(artifact), "polysem_version": polysem.__version__,
             "parameters": parameters, "warnings": plan.warnings,
         })
-    columns = list(runs[0])
-    insert = f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    with store.connect(write=True) as conn:
-        conn.execute("BEGIN")
-        for run, plan in zip(runs, plans):
-            conn.execute(insert, [json.dumps(run[c]) if c == "parameters" else run[c] for c in columns])
-            conn.executemany("INSERT INTO rho_scores VALUES (?, ?, ?, ?, ?, ?)",
-                             [[run["run_id"], s["rho"], s["objective_value"], s["separated"], s["n_sources"],
-                               s["skipped"]] for s in plan.scores])
-        conn.execute("COMMIT")
+        scores += [{"run_id": run_id, **score} for score in plan.scores]
+    write_pending(store.path, artifact, {
+        "runs": [{**run, "parameters": json.dumps(run["parameters"])} for run in runs], "rho_scores": scores})
+    try:
+        with store.connect(write=True):
+            pass  # opening for writing records every pending artifact, this one included
+    except StoreBusy as error:
+        raise StoreBusy(f"{error}. The disentangled model is kept in {store.path / artifact} with its runs; "
+                        "the next command that writes to the store records them, e.g. "
+                        f"`polysem check --repair --store {store.path}`") from None
     return [Run.from_row(run) for run in runs]
 
 

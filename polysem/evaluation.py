@@ -30,11 +30,11 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, pl
     """
     store = as_store(store)
     store.require()
+    if plots_dir is not None:
+        store.check_outside(plots_dir, folder=True)
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
         raise RunError(f"tau must be in [0, 1], got {tau}")
-    if plots_dir is not None:
-        store.check_outside(plots_dir)
     n_val = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [EVAL_SPLIT]).column("n")[0].as_py()
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "

@@ -9,7 +9,6 @@ loads them instead of running the model again.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
+from polysem.query import layout
 from polysem.query.store import Store
 
 
@@ -99,10 +99,8 @@ def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transfor
                 return cached["maps"]
     records = class_records(store, class_id, split, data_dir, rows)
     maps = compute_feature_maps(model, layer, records, transform, device, batch_size, progress, f"class {class_id}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npz")
-    np.savez(tmp, image_id=ids, maps=maps)
-    os.replace(tmp, path)
+    with layout.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez would add .npz to any other name
+        np.savez(tmp, image_id=ids, maps=maps)
     return maps
 
 

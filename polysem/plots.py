@@ -17,6 +17,7 @@ from polysem.query.store import Store
 
 def wordnet_scatter(store: Store, out: str | Path, tau: float = TAU, p: float = P, gamma: float = GAMMA) -> int:
     """WordNet path similarity over ARV cosine for every (channel, class pair); returns the point count."""
+    store.check_outside(out)
     cosines = arv_cosines(store, tau, p)
     similarity = {(r["class1"], r["class2"]): r["path_similarity"]
                   for r in store.query("SELECT * FROM class_similarity").to_pylist()}

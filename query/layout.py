@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,21 +73,32 @@ def part_glob(store: Path, table: str, split: str | None = None) -> str:
     return str(store / table / (split or "*") / "*.parquet")
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file so that it appears complete or not at all.
-
-    The data goes to a hidden temporary name in the same folder (which no
-    `*.parquet` glob matches), is flushed to disk, then renamed into place.
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one atomic write: yields a hidden temporary name in the same folder (which no
+    `*.parquet` glob matches and the store's sweep recognises); once the block has written
+    it, it is flushed to disk and renamed to `path`. On failure it is removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
     try:
-        pq.write_table(table, tmp, compression="zstd", **_encodings(table.schema))
+        yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that it appears complete or not at all."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", **_encodings(table.schema))
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _encodings(schema: pa.Schema) -> dict:

@@ -124,3 +124,13 @@ def clean_colour_net() -> nn.Module:
     net = ColourNet()
     net.stem[0].bias = nn.Parameter(torch.full((3,), -0.1), requires_grad=False)
     return net
+
+
+def bias_colour_net() -> nn.Module:
+    """clean_colour_net whose channel 0 (R + G) has bias 1, and whose blue logit also reads channel 0: on blue
+    images channel 0 gets nothing from its inputs and carries only its bias, which the blue logit uses."""
+    net = clean_colour_net()
+    net.probe.bias = nn.Parameter(torch.tensor([1.0, 0, 0]), requires_grad=False)
+    with torch.no_grad():
+        net.head[3].weight[0] = torch.tensor([1.0, 1, 0])
+    return net

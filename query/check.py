@@ -1,0 +1,110 @@
+"""`polysem check`: is every file of a store readable and consistent with its catalog?
+
+Reads each Parquet footer (no data pages, so it is fast on a large store) and
+compares row counts with what the catalog says must be there. With `repair`, it
+does what can be done without the images or the model: sets damaged parts aside
+(so re-ingesting their split stores those images again), rewrites the schema
+files, records pending runs and sweeps files left by a killed command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from polysem.errors import PolysemError
+from polysem.query import layout
+from polysem.query.store import damaged_file
+
+DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
+
+
+@dataclass
+class CheckReport:
+    """What `check` found: files and rows read, problems (each with its fix), repairs done."""
+
+    files: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_store(store, repair: bool = False) -> CheckReport:
+    store.require()
+    report = CheckReport()
+    root = store.path
+    if repair:
+        layout.write_schema_files(root)
+    damaged_parts = []
+    for table in layout.PART_TABLES:
+        for path in sorted((root / table).glob("*/*.parquet")):
+            is_part = path.parent.name != layout.SCHEMA_DIR
+            if _footer_rows(path, root, report, record=not (repair and is_part)) is None and is_part:
+                damaged_parts.append(path)
+    class_rows = _footer_rows(root / "classes.parquet", root, report)
+    weight_rows = _footer_rows(root / "layer_weights.parquet", root, report)
+
+    try:
+        meta = store.meta()
+        runs = store.sql("SELECT run_id, artifact FROM runs").to_pylist()
+    except PolysemError as error:
+        report.problems.append(str(error))
+        return report
+    out_channels = meta.get("layer_shape", {}).get("out_channels")
+    if weight_rows is not None and out_channels is not None and weight_rows != out_channels:
+        report.problems.append(f"{root / 'layer_weights.parquet'} has {weight_rows} rows but the layer has "
+                               f"{out_channels} channels; ingest into a new --store")
+    if class_rows == 0:
+        report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new --store")
+    for run in runs:
+        if not (root / run["artifact"]).is_file():
+            report.problems.append(f"run {run['run_id']}: its model {root / run['artifact']} is missing; "
+                                   "run `polysem disentangle` again for it")
+
+    if repair:
+        for path in damaged_parts:
+            aside = path.with_name(path.name + DAMAGED_SUFFIX)
+            path.rename(aside)
+            report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{path.parent.name}' again "
+                                   "to store its images")
+        with store.connect(write=True):
+            pass  # records pending runs and sweeps leftovers
+    return report
+
+
+def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = True) -> int | None:
+    """Rows the file's footer promises, checked against its row groups; None (and a problem,
+    unless `record` is false) if unreadable."""
+    try:
+        metadata = pq.read_metadata(path)
+        rows = sum(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+        if rows != metadata.num_rows:
+            raise OSError(f"footer says {metadata.num_rows} rows, its row groups hold {rows}")
+        if _data_end(metadata) > path.stat().st_size:
+            raise OSError("the file is shorter than its column chunks")
+    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for a bad footer
+        why = "missing" if not path.exists() else str(error).strip().splitlines()[0]
+        if record:
+            report.problems.append(str(damaged_file(root, path.relative_to(root), why)))
+        return None
+    report.files += 1
+    report.rows += rows
+    return rows
+
+
+def _data_end(metadata) -> int:
+    """The last byte any column chunk claims: a file cut inside its data but with a footer
+    (written over by hand, or a copy that stopped) is caught without reading the data."""
+    end = 0
+    for i in range(metadata.num_row_groups):
+        for j in range(metadata.num_columns):
+            chunk = metadata.row_group(i).column(j)
+            start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+            end = max(end, start + chunk.total_compressed_size)
+    return end

@@ -1,0 +1,71 @@
+"""The method's edge cases (README: where the paper is silent) on hand-built known-answer models."""
+
+import json
+
+import pytest
+
+from polysem.disentangling import SourceSplit, bias_only_concepts, disentangle, split_sources
+from polysem.query import Store
+from tests.conftest import make_colour_images
+from tests.test_disentangle import assert_refused_last_line as assert_refused
+
+
+def colour_store_of(tmp_path, model, splits=("train", "val")):
+    from polysem.ingest import ingest
+
+    root = make_colour_images(tmp_path / "colours", "train", 6)
+    make_colour_images(root, "val", 4, seed=1)
+    store = tmp_path / "store"
+    for split in splits:
+        ingest(store, root, split, model=f"tests.models:{model}", layer="probe", transform="tests.models:to_tensor",
+               progress=False)
+    return store
+
+
+def test_a_class_whose_logit_ignores_the_features_is_relevant_for_no_channel(tmp_path):
+    store = Store(colour_store_of(tmp_path, "blind_colour_net", ("train",)))
+    red = store.sql("SELECT attribution FROM samples WHERE target = 2").column("attribution").to_pylist()
+    assert red and all(a == [0.0, 0.0, 0.0] for a in red)  # the known answer: no attribution at all
+    # 0 >= tau * 0 held for every channel before; now no channel is relevant for these images
+    assert store.sql("SELECT count(*) AS n FROM class_channel_relevance() WHERE class_id = 2").column("n")[0].as_py() == 0
+    pairs = store.sql("SELECT channel, class_id FROM relevant_pairs() ORDER BY ALL").to_pylist()
+    assert pairs and all(p["class_id"] != 2 for p in pairs)
+    assert all(2 not in (p["class1"], p["class2"]) for p in store.sql("SELECT * FROM arv_cosine()").to_pylist())
+
+
+def test_exact_zeros_in_eq6_are_a_perfect_split_not_an_error(tmp_path):
+    """clean_colour_net's detectors are exactly 0 on the other colours: every ratio of Eq. 6 with |.| has a zero
+    denominator. The search ranks by separated images, so channel 0 splits into G (green) and R (red)."""
+    store = colour_store_of(tmp_path, "clean_colour_net", ("train",))
+    run = disentangle(store, 0, ["green"], ["red"], progress=False)
+    assert run.sources == [[1], [0]] and run.shared == [2] and run.warnings == []
+    scores = Store(store).sql("SELECT rho, objective_value, separated, skipped FROM rho_scores ORDER BY rho").to_pylist()
+    assert all(s["separated"] == 2.0 and s["objective_value"] == 0.0 and s["skipped"] is None for s in scores)
+    assert run.rho == 0.05  # every rho ties: the smallest wins
+
+
+def test_split_and_bias_only_rules():
+    import torch
+
+    # three concepts: i -> j when rho R_j[i] beats every other concept; the lowest j wins ties
+    arvs = [[4.0, 0, 1, 1], [0, 4, 1, 0], [1, 0, 4, 1]]
+    assert split_sources(arvs, 0.5) == SourceSplit(((0,), (1,), (2,)), (3,))
+    assert split_sources(arvs, 1.0) == SourceSplit(((0,), (1,), (2,)), (3,))
+    weight = torch.tensor([1.0, 0.0, 2.0, 3.0]).view(4, 1, 1)
+    assert bias_only_concepts(weight, SourceSplit(((0,), (1,), ()), (2, 3))) == [2, 3]  # zero weight; no source
+
+
+def test_a_channel_that_carries_only_its_bias_is_flagged(cli, tmp_path):
+    store = colour_store_of(tmp_path, "bias_colour_net")
+    args = ["disentangle", "--channel", 0, "--concept1", "blue", "--concept2", "red", "--store", store]
+    # blue images reach channel 0 only through its bias: blue has no l-1 channel of its own at any rho
+    assert_refused(cli(*args), "at every rho of the grid some concept has no l-1 channel")
+    assert_refused(cli(*args, "--rho", "0.5"), "concept 1 of channel 0 has no l-1 channel of its own", "--force")
+    result = cli(*args, "--rho", "0.5", "--force", "--format", "json")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)
+    assert run["sources"] == [[], [0]] and any("concept 1" in w for w in run["warnings"])
+    numbers = json.loads(cli("evaluate", run["run_id"], "--store", store, "--format", "json").stdout)
+    assert numbers["concept1"]["n_images"] == 4 and numbers["concept1"]["bias_only"] is True
+    assert numbers["concept2"]["n_images"] == 4 and numbers["concept2"]["bias_only"] is False
+    assert numbers["concept1"]["frac1"] == pytest.approx(1.0) and numbers["concept1"]["frac_residual"] == pytest.approx(1.0)

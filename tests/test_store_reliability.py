@@ -1,0 +1,249 @@
+"""Readers never lock out writers, a busy catalog loses no work, damaged files and bad outputs get one line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from polysem.errors import StoreBusy
+from polysem.query import Store
+from polysem.query import store as store_module
+from tests.conftest import COLOUR, ROOT, make_colour_images
+from tests.test_cli_ingest import assert_refused
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A ColourNet store (train and val) and its images, built once; tests work on copies."""
+    from polysem.ingest import ingest
+
+    base = tmp_path_factory.mktemp("reliability")
+    root = make_colour_images(base / "colours", "train", 6)
+    make_colour_images(root, "val", 4, seed=1)
+    for split in ("train", "val"):
+        ingest(base / "store", root, split, model=COLOUR[1], layer=COLOUR[3], transform=COLOUR[5], progress=False)
+    return base / "store", root
+
+
+@pytest.fixture
+def store(built, tmp_path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(built[0], copy)
+    return copy
+
+
+def python(code: str, *args) -> subprocess.Popen:
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+HOLD_WRITER = ("import sys, time, duckdb; c = duckdb.connect(sys.argv[1]); print('holding', flush=True); "
+               "time.sleep(60)")
+
+
+# -- 4. readers and writers ----------------------------------------------------------------
+
+def test_a_long_query_does_not_block_a_writer(store):
+    reader = python("import sys; from polysem.query import Store; "
+                    "Store(sys.argv[1]).sql('SELECT sum(hash(i)) FROM range(3000000000) t(i), (SELECT count(*) FROM samples)')",
+                    store)
+    try:
+        time.sleep(1.5)  # the query is running (it takes far longer than this)
+        assert reader.poll() is None
+        start = time.monotonic()
+        with Store(store).connect(write=True) as conn:
+            conn.execute("INSERT INTO class_similarity VALUES (0, 1, 0.5)")
+        assert time.monotonic() - start < 3  # was: waited for the reader, then failed after 30 s
+        assert reader.poll() is None  # the writer did not wait for the reader to finish
+    finally:
+        reader.kill()
+        reader.wait()
+    assert Store(store).sql("SELECT * FROM class_similarity").to_pylist() == [
+        {"class1": 0, "class2": 1, "path_similarity": 0.5}]
+
+
+def test_a_waiting_writer_says_who_holds_the_catalog(store, monkeypatch):
+    holder = python(HOLD_WRITER, store / "catalog.duckdb")
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(store_module, "WRITE_WAIT_S", 0.3)
+        with pytest.raises(StoreBusy, match=rf"process {holder.pid} \(python"):
+            with Store(store).connect(write=True):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_disentangle_keeps_its_model_when_the_catalog_stays_busy(cli, store, monkeypatch):
+    import polysem.disentangling as disentangling
+
+    holders = []
+    keep = disentangling.write_pending
+
+    def then_hold_the_catalog(*args):  # another writer arrives just as the run is finished
+        path = keep(*args)
+        holders.append(python(HOLD_WRITER, store / "catalog.duckdb"))
+        assert holders[0].stdout.readline().strip() == "holding"
+        return path
+
+    monkeypatch.setattr(disentangling, "write_pending", then_hold_the_catalog)
+    monkeypatch.setattr(store_module, "WRITE_WAIT_S", 0.3)
+    try:
+        result = cli("disentangle", "--channel", 0, "--concept1", "green", "--concept2", "red", "--store", store)
+        errors = [line for line in result.output.splitlines() if "Error" in line]  # progress bars come first
+        assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith("Error: "), result.output
+        assert all(f in errors[0] for f in (f"process {holders[0].pid}", "kept in", "polysem check --repair"))
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    artifacts = list((store / "artifacts").glob("*.pt"))
+    assert len(artifacts) == 1 and artifacts[0].with_name(artifacts[0].name + ".pending.json").is_file()
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    runs = Store(store).sql("SELECT run_id, artifact, channel FROM runs").to_pylist()
+    assert [(r["artifact"], r["channel"]) for r in runs] == [(f"artifacts/{artifacts[0].name}", 0)]
+    assert Store(store).sql("SELECT count(*) AS n FROM rho_scores").to_pylist() == [{"n": 20}]
+    assert not list((store / "artifacts").glob("*.pending.json"))
+    with Store(store).connect(write=True):  # recording twice is impossible: the pending file is gone
+        pass
+    assert Store(store).sql("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 1}]
+
+
+def test_the_query_connection_is_reused_until_the_catalog_changes(store):
+    target = Store(store)
+    target.sql("SELECT 1")
+    first = target._reader_conn
+    target.sql("SELECT 2")
+    assert target._reader_conn is first
+    with target.connect(write=True) as conn:
+        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
+    assert target.sql("SELECT count(*) AS n FROM class_similarity").to_pylist() == [{"n": 1}]
+    assert target._reader_conn is not first
+
+
+# -- 5. damaged files: one line naming the file and the fix ------------------------------------
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def break_checksums(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in range(12288 + 100, len(data), 4096):  # one byte in every block after the headers
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def train_part(store: Path) -> Path:
+    return next((store / "samples" / "train").glob("part-*.parquet"))
+
+
+DAMAGE = {
+    "truncated classes.parquet": (lambda s: truncate(s / "classes.parquet"), "classes.parquet", "backup",
+                                  [["classes"], ["sql", "SELECT * FROM classes"], ["export", "classes", "--out", "{out}"],
+                                   ["ingest", "{data}", "--split", "val"]]),
+    "missing layer_weights.parquet": (lambda s: (s / "layer_weights.parquet").unlink(), "layer_weights.parquet", "backup",
+                                      [["screen"], ["sql", "SELECT * FROM arv"], ["export", "arv", "--out", "{out}"]]),
+    "catalog with bad checksums": (lambda s: break_checksums(s / "catalog.duckdb"), "catalog.duckdb", "backup",
+                                   [["info"], ["sql", "SELECT 1"], ["runs"], ["screen"], ["classes"],
+                                    ["ingest", "{data}", "--split", "val"], ["evaluate", "abc"]]),
+    "catalog that is not a database": (lambda s: (s / "catalog.duckdb").write_bytes(b"garbage" * 100), "catalog.duckdb",
+                                       "backup", [["info"], ["sql", "SELECT 1"]]),
+    "truncated part": (lambda s: truncate(train_part(s)), "samples/train/part-", "--split train",
+                       [["sql", "SELECT count(*) FROM samples"], ["info"], ["screen"], ["classes"],
+                        ["ingest", "{data}", "--split", "train"],
+                        ["disentangle", "--channel", "0", "--concept1", "1", "--concept2", "2"]]),
+}
+CASES = [(name, command) for name, (_, _, _, commands) in DAMAGE.items() for command in commands]
+
+
+@pytest.mark.parametrize("damage,command", CASES, ids=[f"{n}: {c[0]}" for n, c in CASES])
+def test_damaged_files_get_one_line_naming_the_file_and_the_fix(cli, built, store, tmp_path, damage, command):
+    breaks, file, fix, _ = DAMAGE[damage]
+    breaks(store)
+    args = [a.format(out=tmp_path / "out.csv", data=built[1]) for a in command]
+    assert_refused(cli(*args, "--store", store), file, fix)
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_check_names_every_damaged_file(cli, store, damage):
+    breaks, file, _, _ = DAMAGE[damage]
+    breaks(store)
+    result = cli("check", "--store", store)
+    assert result.exit_code == 2
+    assert file in result.output and "Error:" in result.output
+
+
+def test_check_passes_a_sound_store_and_repair_lets_a_split_be_ingested_again(cli, built, store):
+    ok = cli("check", "--store", store)
+    assert ok.exit_code == 0 and "ok: 6 Parquet files, 36 rows" in ok.output, ok.output
+    part = train_part(store)
+    truncate(part)
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    assert f"set aside {part}" in repaired.output and not part.exists()
+    again = cli("ingest", built[1], "--split", "train", "--store", store)
+    assert again.exit_code == 0, again.output
+    counts = Store(store).sql("SELECT split, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert counts == [{"split": "train", "n": 18}, {"split": "val", "n": 12}]
+    assert cli("check", "--store", store).exit_code == 0
+
+
+def test_leftovers_of_a_kill_are_swept_on_the_next_write(store):
+    old = time.time() - 3600
+    leftovers = [store / "samples" / "train" / ".part-r000-abc.parquet.0123.tmp",
+                 store / "cache" / "features" / "train" / ".class-1.npz.0123.tmp.npz",
+                 store / "artifacts" / ".g1.pt.0123.tmp",
+                 store / "artifacts" / "orphan.pt",
+                 store / "artifacts" / "gone.pt.pending.json",
+                 store / ".result.csv.tmp"]
+    fresh = store / "samples" / "val" / ".part-r000-new.parquet.4567.tmp"  # an ingest writing right now
+    for path in [*leftovers, fresh]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    for path in leftovers:
+        os.utime(path, (old, old))
+    parts = sorted(store.glob("samples/*/part-*.parquet"))
+    with Store(store).connect(write=True):
+        pass
+    assert [p for p in leftovers if p.exists()] == []
+    assert fresh.exists() and sorted(store.glob("samples/*/part-*.parquet")) == parts
+
+
+# -- 5. outputs that are folders, system files or the store itself ------------------------------
+
+def test_bad_output_paths_are_refused_before_anything_is_written(cli, store, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    attempts = [
+        (["sql", "SELECT 1", "--out", folder], "is a folder"),
+        (["sql", "SELECT 1", "--out", "/proc/self/environ"], "system path"),
+        (["sql", "SELECT 1", "--format", "csv", "--out", "/proc/x.csv"], "system path"),
+        (["sql", "SELECT 1", "--out", store / "catalog.duckdb"], "inside the store"),
+        (["export", "classes", "--out", folder], "is a folder"),
+        (["export", "classes", "--out", "/sys/x.json"], "system path"),
+        (["export", "classes", "--out", store / "catalog.duckdb"], "inside the store"),
+        (["plot", "wordnet", "--out", store / "wordnet.png"], "inside the store"),
+        (["plot", "wordnet", "--out", folder], "is a folder"),
+        (["plot", "wordnet", "--out", "/proc/w.png"], "system path"),
+        (["evaluate", "any", "--plots", store / "plots"], "inside the store"),
+        (["evaluate", "any", "--plots", "/proc/plots"], "system path"),
+        (["evaluate", "any", "--plots", store / "classes.parquet"], "inside the store"),
+        (["evaluate", "any", "--plots", tmp_path / "a-file"], "is a file"),
+    ]
+    (tmp_path / "a-file").write_text("x")
+    for args, message in attempts:
+        assert_refused(cli(*args, "--store", store), message)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+    assert list(folder.iterdir()) == []
