@@ -33,6 +33,17 @@ class BatchAttribution:
 
 
 @contextmanager
+def hooked(module: nn.Module, hook, *, pre: bool = False) -> Iterator[None]:
+    """Register a forward (or forward-pre) hook for the duration of the block; always removed,
+    also when the block raises. Every hook polysem sets goes through here."""
+    handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def layer_probe(layer: nn.Module, *, detach_output: bool = True) -> Iterator[dict]:
     """Record the layer's input and output while the block runs.
 
@@ -52,11 +63,8 @@ def layer_probe(layer: nn.Module, *, detach_output: bool = True) -> Iterator[dic
         # A clone, so that an in-place op after the layer cannot change the recorded leaf.
         return leaf.clone()
 
-    handle = layer.register_forward_hook(hook)
-    try:
+    with hooked(layer, hook):
         yield seen
-    finally:
-        handle.remove()
 
 
 def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, int, int]:

@@ -95,8 +95,9 @@ def _torchvision_model(name: str, weights_spec: str) -> tuple[nn.Module, str]:
         )
     if weights_spec.startswith("random"):
         seed = _random_seed(weights_spec)
-        torch.manual_seed(seed)
-        return torchvision.models.get_model(name, weights=None), f"random:{seed}"
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's global RNG
+            torch.manual_seed(seed)
+            return torchvision.models.get_model(name, weights=None), f"random:{seed}"
     model = torchvision.models.get_model(name, weights=None)
     if weights_spec == "imagenet":
         model.load_state_dict(_imagenet_state_dict(name))

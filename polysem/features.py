@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from polysem.ingest.attribution import hooked
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
@@ -75,13 +76,11 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                 seen["input"] = inputs[0]
                 raise _StopForward
 
-            handle = layer.register_forward_pre_hook(keep_input_and_stop)
             try:
-                model(images.to(device))
+                with hooked(layer, keep_input_and_stop, pre=True):
+                    model(images.to(device))
             except _StopForward:
                 pass
-            finally:
-                handle.remove()
             maps.append(seen["input"].float().cpu().numpy())
             advance(len(indices))
     return np.concatenate(maps) if maps else np.zeros((0,), np.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -29,8 +30,11 @@ def cache_dir() -> Path:
     return Path(base).expanduser()
 
 
+@contextmanager
 def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
-    """An nltk WordNet reader: from `wordnet_dir` when given, else nltk's own, else Debian's files."""
+    """An nltk WordNet reader for the block: from `wordnet_dir` when given, else nltk's own, else
+    Debian's files. A built copy's folder joins nltk.data.path (nltk reads corpora only there)
+    for the block alone."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     if wordnet_dir is None:
@@ -38,7 +42,8 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
             from nltk.corpus import wordnet
 
             wordnet.ensure_loaded()
-            return wordnet
+            yield wordnet
+            return
         except LookupError:
             wordnet_dir = DEBIAN_WORDNET
     source = Path(wordnet_dir).expanduser()
@@ -61,11 +66,15 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
         staging.rename(target)
     import nltk
 
-    if str(target.parents[1]) not in nltk.data.path:  # nltk only reads corpora under its data path
-        nltk.data.path.insert(0, str(target.parents[1]))
-    with warnings.catch_warnings():  # nltk warns that the Open Multilingual Wordnet is absent: not used here
-        warnings.simplefilter("ignore", UserWarning)
-        return WordNetCorpusReader(str(target), None)
+    saved = list(nltk.data.path)
+    nltk.data.path.insert(0, str(target.parents[1]))
+    try:
+        with warnings.catch_warnings():  # nltk warns that the Open Multilingual Wordnet is absent: not used here
+            warnings.simplefilter("ignore", UserWarning)
+            reader = WordNetCorpusReader(str(target), None)
+        yield reader
+    finally:
+        nltk.data.path[:] = saved
 
 
 def synset(wordnet, wnid: str):
@@ -86,14 +95,15 @@ def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
             "the store's classes have no WordNet ids; name the class folders by wnid (n01440764) or give "
             "each folder a wnid in DATA_DIR/classes.json before ingesting"
         )
-    wordnet = load_wordnet(wordnet_dir)
     rows = []
-    for row in with_ids:
-        try:
-            similarity = synset(wordnet, row["wnid1"]).path_similarity(synset(wordnet, row["wnid2"]))
-        except Exception as error:  # nltk raises WordNetError or ValueError for unknown offsets
-            raise PolysemError(f"WordNet has no noun {row['wnid1']} or {row['wnid2']} ({error}); check the classes' wnids") from error
-        rows.append((row["class1"], row["class2"], similarity))
+    with load_wordnet(wordnet_dir) as wordnet:
+        for row in with_ids:
+            try:
+                similarity = synset(wordnet, row["wnid1"]).path_similarity(synset(wordnet, row["wnid2"]))
+            except Exception as error:  # nltk raises WordNetError or ValueError for unknown offsets
+                raise PolysemError(f"WordNet has no noun {row['wnid1']} or {row['wnid2']} ({error}); "
+                                   "check the classes' wnids") from error
+            rows.append((row["class1"], row["class2"], similarity))
     with store.connect(write=True) as conn:
         conn.execute("BEGIN")
         conn.executemany("INSERT OR REPLACE INTO class_similarity VALUES (?, ?, ?)", rows)

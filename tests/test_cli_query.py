@@ -90,8 +90,8 @@ def test_wordnet_similarity_and_plot(cli, colour_store, tmp_path, monkeypatch):
 
     from polysem.wordnet import load_wordnet
 
-    wordnet = load_wordnet("/usr/share/wordnet")
-    expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))
+    with load_wordnet("/usr/share/wordnet") as wordnet:
+        expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))
     rows = Store(colour_store).query("SELECT * FROM class_similarity").to_pylist()
     assert rows == [{"class1": 1, "class2": 2, "path_similarity": pytest.approx(expected)}]
     pairs = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)

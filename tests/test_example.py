@@ -16,10 +16,14 @@ EXPECTED_LEMMA = {
 
 def test_wnids_are_the_wordnet_nouns_of_the_classes(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYSEM_CACHE", str(tmp_path))
-    wordnet = load_wordnet("/usr/share/wordnet")
-    assert list(fashion_mnist.CLASSES) == list(EXPECTED_LEMMA)
-    for folder, (_, wnid) in fashion_mnist.CLASSES.items():
-        assert EXPECTED_LEMMA[folder] in synset(wordnet, wnid).lemma_names(), (folder, wnid)
+    import nltk
+
+    before = list(nltk.data.path)
+    with load_wordnet("/usr/share/wordnet") as wordnet:
+        assert list(fashion_mnist.CLASSES) == list(EXPECTED_LEMMA)
+        for folder, (_, wnid) in fashion_mnist.CLASSES.items():
+            assert EXPECTED_LEMMA[folder] in synset(wordnet, wnid).lemma_names(), (folder, wnid)
+    assert nltk.data.path == before  # no lasting side effect
 
 
 def test_model_has_a_narrow_layer_and_takes_the_transformed_images():

@@ -8,8 +8,8 @@ from tests.conftest import ROOT
 
 PROBE = (
     "from polysem.wordnet import load_wordnet, synset\n"
-    "wn = load_wordnet()\n"
-    "print(type(wn).__module__, synset(wn, 'n02123045').name(), sorted(synset(wn, 'n02123045').lemma_names())[0])"
+    "with load_wordnet() as wn:\n"
+    "    print(type(wn).__module__, synset(wn, 'n02123045').name(), sorted(synset(wn, 'n02123045').lemma_names())[0])"
 )
 
 

@@ -1,0 +1,71 @@
+"""polysem as a library: one import name, the README's API section run as written, twice in one process."""
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, make_colour_images
+
+SETTINGS = re.compile(r"^DATA_DIR, MODEL, WEIGHTS, LAYER, TRANSFORM = .*# yours$", re.M)
+
+
+def readme_api_cell() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python API"):readme.index("## Bring your own model")]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_api_section_runs_as_written_twice(tmp_path, monkeypatch):
+    data = make_colour_images(tmp_path / "colours", "train", 6)
+    make_colour_images(data, "val", 4, seed=1)
+    cell = readme_api_cell()
+    assert len(SETTINGS.findall(cell)) == 1  # the only line a reader edits
+    ours = (f'DATA_DIR, MODEL, WEIGHTS, LAYER, TRANSFORM = "{data}", "tests.models:colour_net", None, "probe", '
+            '"tests.models:to_tensor"')
+    cell = SETTINGS.sub(ours, cell)
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for _ in range(2):  # a notebook cell run twice
+        namespace = {}
+        exec(compile(cell, "README.md", "exec"), namespace)
+        runs.append(namespace["run"])
+        assert namespace["top"].num_rows >= 1 and namespace["pairs"].num_rows >= 1
+        assert namespace["result"]["concept1"]["n_images"] > 0
+        assert type(namespace["model"]).__name__ == "ColourNet"
+    assert runs[0].run_id != runs[1].run_id and runs[0].sources == runs[1].sources == [[1], [0]]
+    import polysem
+
+    assert polysem.Store(tmp_path / "polysem-store").sql("SELECT count(*) AS n FROM runs").column("n")[0].as_py() == 2
+
+
+def test_api_names_are_functions_whatever_was_imported_before():
+    import importlib
+
+    import polysem
+    import polysem.disentangling  # noqa: F401  the modules behind the names
+    import polysem.evaluation  # noqa: F401
+
+    for _ in range(2):
+        from polysem import disentangle, evaluate, load_model, screen
+
+        assert all(callable(f) and not isinstance(f, type(polysem)) for f in (disentangle, evaluate, load_model, screen))
+        importlib.reload(polysem)
+    assert callable(polysem.ingest) and polysem.ingest.ingest.__name__ == "ingest"
+
+
+def test_only_polysem_is_installed_and_user_modules_do_not_shadow_it(tmp_path):
+    """From a neutral folder there is no top-level ingest/query/sql; a folder with its own ones breaks nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = ("import importlib.util as u; print([n for n in ('ingest', 'query', 'sql') if u.find_spec(n)])")
+    neutral = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert neutral.stdout.strip() == "[]", neutral.stderr
+    for name in ("ingest", "query", "sql"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the user module was imported, not polysem')\n")
+    code = ("import polysem; s = polysem.Store('nowhere'); import polysem.query.store, polysem.sql; "
+            "from polysem.query.sqlfiles import load_blocks; print(len(load_blocks()) > 10)")
+    user = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert user.returncode == 0 and user.stdout.strip() == "True", user.stderr
+    version = subprocess.run([sys.executable, "-m", "polysem.cli", "--version"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("polysem "), version.stderr
