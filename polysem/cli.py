@@ -121,11 +121,13 @@ def ingest(
     layer: Annotated[Optional[str], typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
     transform: Annotated[Optional[str], typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.")] = 0,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     limit: Annotated[Optional[int], typer.Option(help="At most N images per class (a quick subset).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
+    compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
@@ -136,8 +138,8 @@ def ingest(
 
     summary = run_ingest(
         _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
-        batch_size=batch_size, num_workers=num_workers, device=device, limit=limit,
-        classes=_class_list(classes), rows_per_part=rows_per_part,
+        batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
+        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact,
     )
     if summary.rank == 0:
         typer.echo(
@@ -146,6 +148,25 @@ def ingest(
         )
         for line in summary.errors:
             typer.echo(f"  unreadable: {line}", err=True)
+
+
+@command()
+def compact(
+    split: Annotated[Optional[str], typer.Option(help="Only this split. [default: every split]")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Rewrite ingest parts class-ordered, so a query on a few classes reads only theirs.
+
+    Ingest does this when it finishes; run it after an interrupted ingest, or any time (it is atomic:
+    queries meanwhile see the old files or the new ones).
+    """
+    from polysem.query.compact import compact as run_compact
+
+    for done in run_compact(_store(store), split):
+        if done.rows_rewritten:
+            typer.echo(f"{done.split}: {done.rows_rewritten} rows rewritten, {done.files_before} files -> {done.files_after}")
+        else:
+            typer.echo(f"{done.split}: already compact ({done.files_after} files)")
 
 
 @command()

@@ -155,11 +155,17 @@ class Store:
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
         """Run one read-only statement and return its result as an Arrow table."""
         check_read_only(sql)
-        with self.connect() as conn:
-            try:
-                return conn.sql(sql, params=params).to_arrow_table()
-            except duckdb.Error as error:
-                raise QueryError(_first_line(error)) from error
+        for attempt in range(2):
+            with self.connect() as conn:
+                try:
+                    return conn.sql(sql, params=params).to_arrow_table()
+                except duckdb.IOException as error:
+                    # a compaction swapped the split's files after this query listed them (query.compact)
+                    if attempt == 0 and "no such file" in str(error).lower():
+                        continue
+                    raise QueryError(_first_line(error)) from error
+                except duckdb.Error as error:
+                    raise QueryError(_first_line(error)) from error
 
     def table(self, name_or_query: str, params: list | dict | None = None) -> pa.Table:
         """A table, view, macro call (`relevant_pairs(p := 0.8)`) or SELECT, as Arrow."""
@@ -190,7 +196,8 @@ class Store:
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
         n_images = sum(split["images"] for split in info["splits"].values())
-        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/part-*.parquet"))
+        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/*.parquet")
+                           if p.parent.name != layout.SCHEMA_DIR)
         info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
 
