@@ -16,7 +16,7 @@ import typer
 
 from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
-from polysem.output import render
+from polysem.output import render, render_evaluation, render_record, render_runs, render_screen
 
 app = typer.Typer(
     name="polysem",
@@ -265,7 +265,7 @@ def screen(
     from polysem.query.screening import polysemantic_pairs
 
     result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
-    render(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
+    render_screen(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
 
 
 @command()
@@ -382,19 +382,36 @@ def evaluate(
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
-    import pyarrow as pa
-
-    rows = [{"concept": k, **result[k]} for k in ("concept1", "concept2")]
-    render(pa.Table.from_pylist(rows), "table", title=f"run {run_id}: fraction of the original activation (val, tau={tau})")
+    target = _store(store)
+    run = target.query("SELECT concept1, concept2 FROM runs WHERE run_id = ?", [run_id]).to_pylist()[0]
+    render_evaluation(result, run, _class_names(target),
+                      f"run {run_id}: fraction of the original activation (val, tau={tau})")
     for path in result.get("plots", []):
         typer.echo(f"plot -> {path}")
 
 
 @command()
-def runs(fmt: FormatOption = "table", store: StoreOption = DEFAULT_STORE):
-    """Every disentanglement run with its evaluation (the paper's quantitative table)."""
+def runs(
+    run_id: Annotated[Optional[str], typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Every disentanglement run with its evaluation (the paper's quantitative table), or one run in full."""
     _check_format(fmt)
-    render(_store(store).query("SELECT * FROM run_summary"), fmt, title="disentanglement runs")
+    target = _store(store)
+    if run_id is None:
+        render_runs(target.query("SELECT * FROM run_summary"), fmt, _class_names(target))
+        return
+    record = target.query(
+        "SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concept1, concept2, rho, objective, max_logit_diff) "
+        "FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = ?", [run_id]).to_pylist()
+    if not record:
+        raise PolysemError(f"unknown run id '{run_id}'; `polysem runs` lists them")
+    render_record(record[0], fmt, _class_names(target))
+
+
+def _class_names(target) -> dict[int, str]:
+    return {r["class_id"]: r["name"] for r in target.query("SELECT class_id, name FROM classes").to_pylist()}
 
 
 def main() -> None:

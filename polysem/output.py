@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "csv", "json")
+NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
 
 
 def _cell(value) -> str:
@@ -56,3 +57,97 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
             console = Console(width=240)
         console.print(table)
         console.print(f"{result.num_rows} row{'s' if result.num_rows != 1 else ''}", style="dim")
+
+
+# -- the summaries a person reads: key numbers only, ids whole, names next to ids ------------------
+
+def _named(class_id, names: dict[int, str]) -> str:
+    return f"{class_id} {names[class_id]}" if names.get(class_id) else str(class_id)
+
+
+def _concept(ids, names: dict[int, str]) -> str:
+    return ", ".join(_named(i, names) for i in ids)
+
+
+def _number(value, digits: int = 2) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _narrow_console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=NARROW)
+
+
+def _print_summary(title: str, headers: list[tuple[str, str]], rows: list[list[str]], n: int) -> None:
+    """headers: (name, kind); kind "id" is never cut, "name" is cut with an ellipsis when the
+    terminal is too narrow, "number" is right-aligned."""
+    table = Table(pad_edge=False, box=None, header_style="bold")
+    for name, kind in headers:
+        if kind == "id":
+            width = max([len(name), *(len(r[len(table.columns)]) for r in rows)])
+            table.add_column(name, no_wrap=True, min_width=width)
+        elif kind == "name":
+            table.add_column(name, no_wrap=True, overflow="ellipsis", ratio=1)
+        else:
+            table.add_column(name, no_wrap=True, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console = _narrow_console()
+    console.print(title, markup=False, highlight=False)
+    console.print(table)
+    console.print(f"{n} row{'s' if n != 1 else ''}", style="dim")
+
+
+def render_screen(result: pa.Table, fmt: str, title: str) -> None:
+    """`polysem screen`: channel, both classes with their names, cosine, WordNet similarity, fractions."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    rows = [[str(r["channel"]), _named(r["class1"], {r["class1"]: r["name1"]}),
+             _named(r["class2"], {r["class2"]: r["name2"]}), _number(r["cosine"], 3),
+             _number(r["wordnet_similarity"], 3), _number(r["fraction1"]), _number(r["fraction2"])]
+            for r in result.to_pylist()]
+    headers = [("channel", "id"), ("class 1", "name"), ("class 2", "name"), ("cosine", "number"),
+               ("wordnet", "number"), ("frac 1", "number"), ("frac 2", "number")]
+    _print_summary(title, headers, rows, result.num_rows)
+
+
+def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
+    """`polysem runs`: run id (whole), channel, concepts with names, rho and the evaluation's fractions
+    (c1 -> c'1: share of concept 1's activation on its own channel; c2 -> c'2 likewise)."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    rows = [[r["run_id"], str(r["channel"]), _concept(r["concept1"], names), _concept(r["concept2"], names),
+             _number(r["rho"]), _number(r["c1_frac1"]), _number(r["c2_frac2"])] for r in result.to_pylist()]
+    headers = [("run", "id"), ("channel", "id"), ("concept 1", "name"), ("concept 2", "name"), ("rho", "number"),
+               ("c1 -> c'1", "number"), ("c2 -> c'2", "number")]
+    _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
+                   result.num_rows)
+
+
+def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
+    """One run's full record, one field a line (concepts with their names); json/csv as for tables."""
+    if fmt != "table":
+        render(pa.Table.from_pylist([record]), fmt)
+        return
+    console = _narrow_console()
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if key in ("concept1", "concept2", "sources1", "sources2", "shared") and isinstance(value, list):
+            text = _concept(value, names) if key.startswith("concept") else ", ".join(map(str, value))
+        elif isinstance(value, float):
+            text = f"{value:.6g}"
+        else:
+            text = "" if value is None else str(value)
+        console.print(f"{key:<{width}}  {text}", markup=False, highlight=False)
+
+
+def render_evaluation(result: dict, concepts: dict[str, list[int]], names: dict[int, str], title: str) -> None:
+    """`polysem evaluate`: per concept, its classes by name, images counted and the three fractions."""
+    rows = [[key[-1], _concept(concepts[key], names), str(result[key]["n_images"]), _number(result[key]["frac1"], 3),
+             _number(result[key]["frac2"], 3), _number(result[key]["frac_residual"], 3)]
+            for key in ("concept1", "concept2")]
+    headers = [("concept", "id"), ("classes", "name"), ("images", "number"), ("on c'1", "number"),
+               ("on c'2", "number"), ("on r", "number")]
+    _print_summary(title, headers, rows, len(rows))
