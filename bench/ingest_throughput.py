@@ -41,6 +41,8 @@ def write_images(root: Path, n: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         base = rng.integers(0, 256, size=(40, 53, 3), dtype=np.uint8)  # upscaled: JPEG-like smoothness
         Image.fromarray(base).resize((333, 250), Image.BILINEAR).save(folder / f"{i:05d}.jpg", quality=90)
+    # the folders are no ImageNet wnids: map class i to logit i
+    (root / "classes.json").write_text(json.dumps({f"class{c}": {"logit": c} for c in range(min(n, 4))}))
 
 
 def bare_loop(model, layer, batches, full_backward: bool) -> float:
@@ -68,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="default: the library's (ingest.threads)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads; default: the library's")
+    parser.add_argument("--ingest-only", action="store_true", help="skip the bare loops")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -81,8 +85,14 @@ def main() -> None:
                limit=2, progress=False, device=str(device.type))
         start = time.perf_counter()
         ingest(work / "store", work / "data", model="resnet50", weights="random",
-               batch_size=args.batch_size, num_workers=args.workers, progress=False, device=str(device.type))
+               batch_size=args.batch_size, num_workers=args.workers, threads=args.threads, progress=False,
+               device=str(device.type))
         ingest_s = time.perf_counter() - start
+        if args.ingest_only:
+            n = Store(work / "store").query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
+            print(json.dumps({"workers": args.workers, "threads": args.threads, "images": n,
+                              "ingest_img_s": round(n / ingest_s, 2)}))
+            return
 
         torch.manual_seed(0)
         model = torchvision.models.resnet50(weights=None).eval().to(device)
@@ -101,7 +111,7 @@ def main() -> None:
         bare_full_s = bare_loop(model, layer, batches, full_backward=True)
 
         store = Store(work / "store")
-        sample_bytes = sum(p.stat().st_size for p in (work / "store" / "samples" / "train").glob("part-*.parquet"))
+        sample_bytes = sum(p.stat().st_size for p in (work / "store" / "samples" / "train").glob("*.parquet"))
         n = store.query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
         result = {
             "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

@@ -24,9 +24,11 @@ from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
 from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.ingest.progress import progress_bar
+from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.errors import DataError, ModelError, PolysemError, StoreBusy, StoreMismatch
 from polysem.query import Store, layout
+from polysem.query.compact import compact_split, lock_split
 from polysem.query.store import (STORE_FORMAT, as_store, dataset_root_key, meta_complete, query_error, read_meta,
                                  write_meta)
 
@@ -59,22 +61,28 @@ def ingest(
     layer: str | None = None,
     transform: str | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
+    threads: int | None = None,
     device: str = "auto",
     limit: int | None = None,
     classes: list[int] | None = None,
     rows_per_part: int = 4096,
     progress: bool = True,
+    compact: bool = True,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
     model/weights/layer/transform default to what the store recorded, or, for a
     new store, to resnet50 / imagenet / layer4.2.conv3 / imagenet preprocessing.
     Everything is checked (options, classes and their logits, one image through the
-    model) before the store is created or changed.
+    model) before the store is created or changed. num_workers defaults to
+    `default_num_workers()` and, on a CPU, torch's threads to the cores the workers
+    leave (`ingest.threads`); threads are restored afterwards. With `compact`, rank 0
+    compacts the split's parts when the ingest succeeded (`query.compact`).
     """
     store = as_store(store)
-    _check_options(batch_size, num_workers, limit, rows_per_part)
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    _check_options(batch_size, num_workers, limit, rows_per_part, threads)
     store.check_writable()
     existing = store.meta(require_complete=False) if store.exists() else None
     if existing is not None and not meta_complete(existing):
@@ -123,7 +131,7 @@ def ingest(
         if rank == 0:  # nothing above wrote anything; from here on the store is created or extended
             try:
                 _prepare_store(store, resolved, layer, conv, image_transform, class_table, split, listing)
-                lock = _lock_split(store.path, split)
+                lock = lock_split(store.path, split)
             except PolysemError as error:
                 failure = error
         failure = _shared_from_rank0(failure, world_size)  # so no rank waits for a rank that gave up
@@ -135,14 +143,17 @@ def ingest(
         mine = todo[rank::world_size]
         summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        _run(resolved.model.to(run_device), conv, image_transform.fn, mine, logits, split, store.path, rank,
-             rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
+        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)):
+            _run(resolved.model.to(run_device), conv, image_transform.fn, mine, logits, split, store.path, rank,
+                 rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
         if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
+        if compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
+            compact_split(store.path, split)
         return summary
     finally:
         if lock is not None:
@@ -151,13 +162,16 @@ def ingest(
             dist.destroy_process_group()
 
 
-def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int) -> None:
+def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int,
+                   threads: int | None) -> None:
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise DataError(f"--num-workers must be 0 (load in this process) or more, got {num_workers}")
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1 image per class, got {limit}; omit it for all images")
+    if threads is not None and threads < 1:
+        raise DataError(f"--threads must be at least 1, got {threads}; omit it to choose from the cores")
     if rows_per_part < 1:
         raise DataError(f"--rows-per-part must be at least 1, got {rows_per_part}")
 
@@ -283,23 +297,6 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             conn.execute("COMMIT")
 
 
-def _lock_split(store_path: Path, split: str):
-    """Hold an exclusive lock on the split for this ingest: two ingests of one split would both
-    see the same images as missing and store them twice."""
-    import fcntl
-
-    folder = layout.part_dir(store_path, "samples", split)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".ingest.lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreBusy(f"another ingest of split '{split}' into {store_path} is running; wait for it, "
-                        "or stop it and run this again to resume") from None
-    return handle
-
-
 def stored_ids(store_path: Path, split: str) -> set[int]:
     """Ids of the split's images already in complete parts. Unreadable images are not among
     them: a later ingest tries them again (the file may have been repaired)."""
@@ -329,7 +326,10 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
         persistent_workers=False,
     )
     try:
-        with progress_bar(f"ingest {split}", len(records) * summary.world_size, show_progress) as advance:
+        # Rank 0 counts its own images only: every rank has its share, and a rate scaled by world_size
+        # would be a guess; the label says so.
+        label = f"ingest {split}" + (f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else "")
+        with progress_bar(label, len(records), show_progress) as advance:
             for groups, failures in loader:
                 for index, message in failures:
                     record = records[index]
@@ -355,7 +355,7 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
                         positions=np.full(len(batch), result.positions, dtype=np.int32),
                     )
                     summary.n_written += len(batch)
-                advance((sum(len(i) for i, _ in groups) + len(failures)) * summary.world_size)
+                advance(sum(len(i) for i, _ in groups) + len(failures))
     except KeyboardInterrupt:
         writer.flush()  # keep the finished rows: the next run resumes after them
         raise

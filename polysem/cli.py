@@ -16,7 +16,7 @@ import typer
 
 from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
-from polysem.output import render
+from polysem.output import render, render_evaluation, render_record, render_runs, render_screen
 
 app = typer.Typer(
     name="polysem",
@@ -121,11 +121,13 @@ def ingest(
     layer: Annotated[Optional[str], typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
     transform: Annotated[Optional[str], typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.")] = 0,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     limit: Annotated[Optional[int], typer.Option(help="At most N images per class (a quick subset).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
+    compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
@@ -136,8 +138,8 @@ def ingest(
 
     summary = run_ingest(
         _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
-        batch_size=batch_size, num_workers=num_workers, device=device, limit=limit,
-        classes=_class_list(classes), rows_per_part=rows_per_part,
+        batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
+        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact,
     )
     if summary.rank == 0:
         typer.echo(
@@ -146,6 +148,25 @@ def ingest(
         )
         for line in summary.errors:
             typer.echo(f"  unreadable: {line}", err=True)
+
+
+@command()
+def compact(
+    split: Annotated[Optional[str], typer.Option(help="Only this split. [default: every split]")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Rewrite ingest parts class-ordered, so a query on a few classes reads only theirs.
+
+    Ingest does this when it finishes; run it after an interrupted ingest, or any time (it is atomic:
+    queries meanwhile see the old files or the new ones).
+    """
+    from polysem.query.compact import compact as run_compact
+
+    for done in run_compact(_store(store), split):
+        if done.rows_rewritten:
+            typer.echo(f"{done.split}: {done.rows_rewritten} rows rewritten, {done.files_before} files -> {done.files_after}")
+        else:
+            typer.echo(f"{done.split}: already compact ({done.files_after} files)")
 
 
 @command()
@@ -261,7 +282,7 @@ def screen(
     from polysem.query.screening import polysemantic_pairs
 
     result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
-    render(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
+    render_screen(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
 
 
 @command()
@@ -383,20 +404,36 @@ def evaluate(
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
-    import pyarrow as pa
-
-    rows = [{"concept": k, **{f: v for f, v in values.items() if f != "fractions"}}
-            for k, values in result.items() if k.startswith("concept")]
-    render(pa.Table.from_pylist(rows), "table", title=f"run {run_id}: fraction of the original activation (val, tau={tau})")
+    target = _store(store)
+    concepts = target.query("SELECT concepts FROM runs WHERE run_id = ?", [run_id]).column("concepts")[0].as_py()
+    render_evaluation(result, concepts, _class_names(target),
+                      f"run {run_id}: fraction of the original activation (val, tau={tau})")
     for path in result.get("plots", []):
         typer.echo(f"plot -> {path}")
 
 
 @command()
-def runs(fmt: FormatOption = "table", store: StoreOption = DEFAULT_STORE):
-    """Every disentanglement run with its evaluation (the paper's quantitative table)."""
+def runs(
+    run_id: Annotated[Optional[str], typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Every disentanglement run with its evaluation (the paper's quantitative table), or one run in full."""
     _check_format(fmt)
-    render(_store(store).query("SELECT * FROM run_summary"), fmt, title="disentanglement runs")
+    target = _store(store)
+    if run_id is None:
+        render_runs(target.query("SELECT * FROM run_summary"), fmt, _class_names(target))
+        return
+    record = target.query(
+        "SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concepts, rho, objective, max_logit_diff, warnings) "
+        "FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = ?", [run_id]).to_pylist()
+    if not record:
+        raise PolysemError(f"unknown run id '{run_id}'; `polysem runs` lists them")
+    render_record(record[0], fmt, _class_names(target))
+
+
+def _class_names(target) -> dict[int, str]:
+    return {r["class_id"]: r["name"] for r in target.query("SELECT class_id, name FROM classes").to_pylist()}
 
 
 def main() -> None:

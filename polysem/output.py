@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "csv", "json")
+NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
 
 
 def _cell(value) -> str:
@@ -56,3 +57,106 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
             console = Console(width=240)
         console.print(table)
         console.print(f"{result.num_rows} row{'s' if result.num_rows != 1 else ''}", style="dim")
+
+
+# -- the summaries a person reads: key numbers only, ids whole, names next to ids ------------------
+
+def _named(class_id, names: dict[int, str]) -> str:
+    return f"{class_id} {names[class_id]}" if names.get(class_id) else str(class_id)
+
+
+def _concept(ids, names: dict[int, str]) -> str:
+    return ", ".join(_named(i, names) for i in ids)
+
+
+def _number(value, digits: int = 2) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _narrow_console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=NARROW)
+
+
+def _print_summary(title: str, headers: list[tuple[str, str]], rows: list[list[str]], n: int) -> None:
+    """headers: (name, kind); kind "id" is never cut, "name" is cut with an ellipsis when the
+    terminal is too narrow, "number" is right-aligned."""
+    table = Table(pad_edge=False, box=None, header_style="bold")
+    for name, kind in headers:
+        if kind == "id":
+            width = max([len(name), *(len(r[len(table.columns)]) for r in rows)])
+            table.add_column(name, no_wrap=True, min_width=width)
+        elif kind == "name":
+            table.add_column(name, no_wrap=True, overflow="ellipsis", ratio=1)
+        else:
+            table.add_column(name, no_wrap=True, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console = _narrow_console()
+    console.print(title, markup=False, highlight=False)
+    console.print(table)
+    console.print(f"{n} row{'s' if n != 1 else ''}", style="dim")
+
+
+def render_screen(result: pa.Table, fmt: str, title: str) -> None:
+    """`polysem screen`: channel, both classes with their names, cosine, WordNet similarity, fractions."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    rows = [[str(r["channel"]), _named(r["class1"], {r["class1"]: r["name1"]}),
+             _named(r["class2"], {r["class2"]: r["name2"]}), _number(r["cosine"], 3),
+             _number(r["wordnet_similarity"], 3), _number(r["fraction1"]), _number(r["fraction2"])]
+            for r in result.to_pylist()]
+    headers = [("channel", "id"), ("class 1", "name"), ("class 2", "name"), ("cosine", "number"),
+               ("wordnet", "number"), ("frac 1", "number"), ("frac 2", "number")]
+    _print_summary(title, headers, rows, result.num_rows)
+
+
+def _concepts(concepts, names: dict[int, str]) -> str:
+    return " / ".join(_concept(concept, names) for concept in concepts)
+
+
+def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
+    """`polysem runs`: run id (whole), channel, concepts with names, rho and, per concept j, the share of
+    its activation on its own new channel c'_j (the evaluation's diagonal)."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    rows = []
+    for r in result.to_pylist():
+        own = "/".join(_number(row[j]) for j, row in enumerate(r["fractions"] or []))
+        rows.append([r["run_id"], str(r["channel"]), _concepts(r["concepts"], names), _number(r["rho"]), own])
+    headers = [("run", "id"), ("channel", "id"), ("concepts", "name"), ("rho", "number"), ("c_j -> c'_j", "number")]
+    _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
+                   result.num_rows)
+
+
+def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
+    """One run's full record, one field a line (concepts with their names); json/csv as for tables."""
+    if fmt != "table":
+        render(pa.Table.from_pylist([record]), fmt)
+        return
+    console = _narrow_console()
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        if key == "concepts":
+            text = _concepts(value, names)
+        elif key in ("sources", "shared", "n_sources", "n_images", "fractions", "warnings", "bias_only"):
+            text = json.dumps(value)
+        elif isinstance(value, float):
+            text = f"{value:.6g}"
+        else:
+            text = "" if value is None else str(value)
+        console.print(f"{key:<{width}}  {text}", markup=False, highlight=False)
+
+
+def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, str], title: str) -> None:
+    """`polysem evaluate`: per concept j, its classes by name, images counted, the fractions of its
+    activation on each new channel c'_1..c'_k and on r (a k x (k + 1) table)."""
+    k = len(concepts)
+    rows = [[str(j), _concept(concepts[j - 1], names), str(result[f"concept{j}"]["n_images"]),
+             *(_number(f, 3) for f in result[f"concept{j}"]["fractions"]), _number(result[f"concept{j}"]["frac_residual"], 3)]
+            for j in range(1, k + 1)]
+    headers = [("concept", "id"), ("classes", "name"), ("images", "number"),
+               *((f"on c'{u}", "number") for u in range(1, k + 1)), ("on r", "number")]
+    _print_summary(title, headers, rows, len(rows))

@@ -3,7 +3,11 @@
 This module is the one place that decides the store's on-disk layout:
 
     STORE/catalog.duckdb                    DuckDB catalog: views, macros, small tables
-    STORE/samples/<split>/part-*.parquet    one row per image (ingest)
+    STORE/samples/<split>/part-*.parquet    one row per image, as ingest wrote them
+    STORE/samples/<split>/compact-*.parquet the same rows after `polysem compact`: class-ordered,
+                                            one class per row group (query.compact)
+    STORE/samples/.<split>.lock             held by the ingest or compaction of the split
+    STORE/.compact/                         compaction's staging folders (never globbed)
     STORE/ingest_errors/<split>/part-*.parquet
     STORE/classes.parquet, STORE/layer_weights.parquet
     STORE/artifacts/                        disentangled layers, plots
@@ -92,8 +96,17 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write a Parquet file so that it appears complete or not at all."""
+    write_row_groups_atomic([table], table.schema, path)
+
+
+def write_row_groups_atomic(tables, schema: pa.Schema, path: Path, row_group_rows: int = 1 << 20) -> None:
+    """Like `write_atomic`, with each table of `tables` in row groups of its own (at most
+    `row_group_rows` rows each): a row group never mixes two tables' rows, which is what lets
+    compaction give each class row groups whose min/max statistics name that class alone."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", **_encodings(table.schema))
+        with pq.ParquetWriter(tmp, schema, compression="zstd", **_encodings(schema)) as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=row_group_rows)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -122,6 +135,17 @@ def _encodings(schema: pa.Schema) -> dict:
 def new_part_path(store: Path, table: str, split: str, rank: int) -> Path:
     """A fresh part name; the rank keeps torchrun ranks out of each other's files."""
     return part_dir(store, table, split) / f"part-r{rank:03d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def split_lock_path(store: Path, split: str) -> Path:
+    """Outside the split's folder, which compaction swaps for a new one."""
+    return store / "samples" / f".{split}.lock"
+
+
+def split_folders(store: Path, table: str = "samples") -> list[Path]:
+    """The split folders of a part table (not `_schema`)."""
+    root = store / table
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name != SCHEMA_DIR) if root.is_dir() else []
 
 
 def write_schema_files(store: Path) -> None:

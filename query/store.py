@@ -252,14 +252,20 @@ class Store:
         connection of `connect()`; see `check_read_only` for what is allowed.
         """
         check_read_only(query)
-        with self.connect() as cursor:
-            cursor.begin()
-            try:
-                return cursor.sql(query, params=params).to_arrow_table()
-            except duckdb.Error as error:
-                raise query_error(error, self.path) from error
-            finally:
-                cursor.rollback()
+        for attempt in range(2):
+            with self.connect() as cursor:
+                cursor.begin()
+                try:
+                    return cursor.sql(query, params=params).to_arrow_table()
+                except duckdb.IOException as error:
+                    # a compaction swapped the split's files after this query listed them (query.compact)
+                    if attempt == 0 and "no such file" in str(error).lower():
+                        continue
+                    raise query_error(error, self.path) from error
+                except duckdb.Error as error:
+                    raise query_error(error, self.path) from error
+                finally:
+                    cursor.rollback()
 
     query = sql  # the name older code and notebooks use
 
@@ -291,7 +297,8 @@ class Store:
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
         n_images = sum(split["images"] for split in info["splits"].values())
-        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/part-*.parquet"))
+        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/*.parquet")
+                           if p.parent.name != layout.SCHEMA_DIR)
         info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
 

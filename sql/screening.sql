@@ -111,3 +111,20 @@ JOIN classes k2 ON k2.class_id = c.class2
 LEFT JOIN class_similarity s ON s.class1 = c.class1 AND s.class2 = c.class2
 WHERE c.cosine < gamma
 ORDER BY c.cosine, c.channel, c.class1, c.class2;
+
+-- name: channel_attribution
+-- Scalar: the attribution of channel c (0-based, as everywhere in polysem) from an image's attribution list; DuckDB lists are 1-based, so `attribution[c + 1]` in one place.
+CREATE OR REPLACE MACRO channel_attribution(attribution, c) AS
+attribution[c + 1];
+
+-- name: class_channel_means
+-- Per class of the train split and channel: class_id, channel (0-based), mean_attribution over the class's images. Lazy: a filter on class_id reads only that class's row groups (the files are class-ordered after compaction).
+CREATE OR REPLACE VIEW class_channel_means AS
+WITH attributions AS (
+    SELECT target AS class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a
+    FROM samples
+    WHERE split = 'train'
+)
+SELECT class_id::INTEGER AS class_id, channel::INTEGER AS channel, avg(a) AS mean_attribution
+FROM attributions
+GROUP BY class_id, channel;

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from polysem.query import Store
@@ -71,8 +72,15 @@ def test_torchrun_two_processes_gives_identical_rows(many_images, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert launch.returncode == 0, launch.stdout + launch.stderr
-    parts = sorted(p.name[:9] for p in (ranked / "samples" / "train").glob("*.parquet"))
-    assert set(parts) == {"part-r000", "part-r001"}  # each rank wrote its own files
+    # each rank wrote its own parts, then rank 0 compacted them: class-ordered, one class per row group
+    files = list((ranked / "samples" / "train").glob("*.parquet"))
+    assert [f.name[:8] for f in files] == ["compact-"]
+    order = pq.read_table(files[0], columns=["target", "image_id"]).to_pylist()
+    assert order == sorted(order, key=lambda r: (r["target"], r["image_id"]))
+    meta = pq.ParquetFile(files[0]).metadata
+    column = meta.schema.names.index("target")
+    assert [(meta.row_group(g).column(column).statistics.min, meta.row_group(g).column(column).statistics.max)
+            for g in range(meta.num_row_groups)] == [(0, 0), (1, 1), (2, 2)]
     assert_same_rows(rows(ranked), rows(single))
 
 
@@ -100,7 +108,7 @@ def test_two_ingests_of_one_split_are_refused(many_images, tmp_path, cli):
 
     store = tmp_path / "s"
     assert cli("ingest", many_images, "--store", store, *TINY, "--classes", "0").exit_code == 0
-    with open(store / "samples" / "train" / ".ingest.lock", "w") as held:
+    with open(store / "samples" / ".train.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         result = cli("ingest", many_images, "--store", store)
     assert result.exit_code == 2 and "another ingest of split 'train'" in result.output
@@ -113,7 +121,7 @@ def test_torchrun_ranks_stop_together_when_rank0_refuses(many_images, tmp_path, 
     store = tmp_path / "s"
     assert cli("ingest", many_images, "--store", store, *TINY, "--classes", "0").exit_code == 0
     env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    with open(store / "samples" / "train" / ".ingest.lock", "w") as held:
+    with open(store / "samples" / ".train.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         launch = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -32,6 +32,7 @@ def test_every_view_and_macro_runs(colour_store):
         "arv_of": "SELECT arv_of([1.0, 2, 3, 4], [1.0, 1, 2, 2], 2) AS r",
         "positive_sum": "SELECT positive_sum([1.0, -2, 3]) AS s",
         "relative_attribution": "SELECT relative_attribution(1.0, 4.0) AS r",
+        "channel_attribution": "SELECT channel_attribution([0.5, 0.25, 0.125], 1) AS a",
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
@@ -49,6 +50,11 @@ def test_every_view_and_macro_runs(colour_store):
         assert result.num_rows > 0 or block.name == "ingest_errors", block.name  # no unreadable colour image
     assert store.query(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
     assert store.query(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
+    assert store.query(calls["channel_attribution"]).to_pylist() == [{"a": 0.25}]  # channel 1 is the second
+    means = store.query("SELECT mean_attribution AS m FROM class_channel_means WHERE class_id = 1 AND channel = 2")
+    direct = store.query("SELECT avg(channel_attribution(attribution, 2)) AS m FROM samples "
+                         "WHERE split = 'train' AND target = 1")
+    assert means.column("m")[0].as_py() == pytest.approx(direct.column("m")[0].as_py())
     assert store.query("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
                        "relative_attribution(-1.0, 4.0) AS n").to_pylist() == [{"s": 0, "r": None, "n": -0.25}]
 

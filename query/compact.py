@@ -1,0 +1,213 @@
+"""Compaction: a split's ingest parts rewritten as class-ordered files that DuckDB prunes by class.
+
+Ingest writes parts of `rows_per_part` images each; a part's one row group mixes
+classes (and under torchrun every rank's parts span all of them), so a query on
+two classes reads most of the split. Compaction rewrites the parts sorted by
+(target, image_id), each class in row groups of its own: the min/max statistics
+of `target` then let DuckDB skip every row group of the other classes, whether
+the query says `target IN (...)`, `list_contains(ids, target)` or joins on
+target (docs/benchmarks.md, `bench/class_reads.py`).
+
+The swap is atomic. New files are written into a staging folder outside
+`samples/` (DuckDB's `samples/*/*.parquet` glob matches hidden folders too), the
+files that stay are hard-linked next to them, then one `renameat2(RENAME_EXCHANGE)`
+swaps the staging folder with the split's folder: a query that lists the files
+sees the old set or the new set, never both, never neither. A query that
+listed the old files and opens them after the swap fails to find them;
+`Store.query` runs such a query once more. A kill at any moment leaves either
+the old folder or the complete new one in place; the next compaction (or
+ingest) deletes the staging leftovers and carries on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polysem.errors import StoreBusy, StoreError
+from polysem.query import layout
+
+COMPACT_PREFIX = "compact-"
+FILE_ROWS = 16_384  # rows per compacted file: about 160 MB of ResNet-50 rows, what one rewrite holds in memory
+ROW_GROUP_ROWS = 4_096  # a class with more images gets several row groups, each still of that class only
+STAGING = ".compact"
+
+
+@dataclass
+class CompactSummary:
+    split: str
+    files_before: int
+    files_after: int
+    rows_rewritten: int
+
+
+def compact(store, split: str | None = None) -> list[CompactSummary]:
+    """Compact the parts of one split (or of every split) of a store. Returns what each split became.
+
+    Waits for nothing: an ingest of the split that is running holds its lock, and compaction
+    refuses (the ingest compacts when it finishes).
+    """
+    from polysem.query.store import as_store
+
+    store = as_store(store)
+    store.require()
+    staged = store.path / STAGING / "samples"
+    # a split whose folder a killed compaction left in staging only is still a split (`_recover`)
+    splits = sorted({f.name for f in layout.split_folders(store.path)}
+                    | ({p.name.removesuffix(".old") for p in staged.iterdir()} if staged.is_dir() else set()))
+    if split is not None:
+        if split not in splits:
+            raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check --split")
+        splits = [split]
+    summaries = []
+    for name in splits:
+        handle = lock_split(store.path, name)
+        try:
+            summaries.append(compact_split(store.path, name))
+        finally:
+            handle.close()
+    return summaries
+
+
+def lock_split(store_path: Path, split: str):
+    """An open file holding the split's exclusive lock (closing it releases it): one ingest or
+    compaction per split at a time, or two ingests would store the same missing images twice.
+
+    Whoever takes the lock first undoes what a killed compaction left (`_recover`), so an ingest
+    never reads a split whose folder is, for the moment, in staging."""
+    path = layout.split_lock_path(store_path, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreBusy(f"another ingest of split '{split}' into {store_path} is running (or a compaction of it); "
+                        "wait for it, or stop it and run this again to resume") from None
+    _recover(layout.part_dir(store_path, "samples", split), _staging(store_path, split))
+    return handle
+
+
+def compact_split(store_path: Path, split: str) -> CompactSummary:
+    """Rewrite the split's ingest parts (and compacted files under half size) class-ordered.
+
+    The caller holds the split's lock. Files already compacted and large enough stay as they are.
+    """
+    folder = layout.part_dir(store_path, "samples", split)
+    staging = _staging(store_path, split)
+    files = sorted(folder.glob("*.parquet"))
+    rows = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
+    rewrite = [f for f in files if not f.name.startswith(COMPACT_PREFIX) or rows[f] < FILE_ROWS // 2]
+    if all(f.name.startswith(COMPACT_PREFIX) for f in rewrite):
+        return CompactSummary(split, len(files), len(files), 0)  # no new parts since the last compaction
+    staging.mkdir(parents=True)
+    for f in files:
+        if f not in rewrite:
+            os.link(f, staging / f.name)
+    written = _write_class_ordered(rewrite, staging)
+    _fsync_dir(staging)
+    _exchange(staging, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(staging)  # the old files
+    return CompactSummary(split, len(files), len(files) - len(rewrite) + written, sum(rows[f] for f in rewrite))
+
+
+def _staging(store_path: Path, split: str) -> Path:
+    return store_path / STAGING / "samples" / split
+
+
+def _write_class_ordered(files: list[Path], out: Path) -> int:
+    """Write the rows of `files` sorted by (target, image_id) into files of about FILE_ROWS rows
+    holding whole classes; returns how many files. One file's rows are read at a time: ingest
+    parts are class-ordered runs (per rank), so each range query reads few of them."""
+    con = duckdb.connect()
+    try:
+        names = [str(f) for f in files]
+        counts = con.execute("SELECT target, count(*) FROM read_parquet(?) GROUP BY target ORDER BY target",
+                             [names]).fetchall()
+        ranges = _class_ranges(counts)
+        for first, last in ranges:
+            table = con.sql(
+                "SELECT * FROM read_parquet($names) WHERE target BETWEEN $first AND $last ORDER BY target, image_id",
+                params={"names": names, "first": first, "last": last},
+            ).to_arrow_table().cast(layout.SAMPLES)
+            layout.write_row_groups_atomic(_per_class(table), layout.SAMPLES,
+                                           out / f"{COMPACT_PREFIX}{uuid.uuid4().hex[:12]}.parquet", ROW_GROUP_ROWS)
+        return len(ranges)
+    finally:
+        con.close()
+
+
+def _class_ranges(counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Consecutive classes packed into (first, last) ranges of at most FILE_ROWS rows (a bigger class alone)."""
+    ranges, start, n = [], None, 0
+    for target, count in counts:
+        if start is not None and n + count > FILE_ROWS:
+            ranges.append((start, previous))
+            start, n = None, 0
+        if start is None:
+            start = target
+        n += count
+        previous = target
+    if start is not None:
+        ranges.append((start, previous))
+    return ranges
+
+
+def _per_class(table: pa.Table):
+    """The slices of a target-sorted table, one per class."""
+    targets = table.column("target").to_numpy()
+    bounds = [0, *(i for i in range(1, len(targets)) if targets[i] != targets[i - 1]), len(targets)]
+    for start, stop in zip(bounds, bounds[1:]):
+        yield table.slice(start, stop - start)
+
+
+def _recover(folder: Path, staging: Path) -> None:
+    """Undo what a killed compaction left: the staging folder is garbage whether it holds an
+    incomplete new set (killed before the swap) or the old set (killed after it)."""
+    moved = staging.with_name(staging.name + ".old")
+    if not folder.exists() and moved.exists():  # killed inside the two-rename fallback: put the old set back
+        os.rename(moved, folder)
+    for leftover in (staging, moved):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders atomically (Linux renameat2). Where the OS or filesystem cannot, fall back
+    to two renames: between them, for a moment, a query sees none of the split's rows."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(b))
+    except AttributeError:  # no renameat2 in this C library
+        pass
+    moved = a.with_name(a.name + ".old")
+    os.rename(b, moved)
+    os.rename(a, b)
+    os.rename(moved, a)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

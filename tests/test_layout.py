@@ -1,0 +1,163 @@
+"""Compaction: class-ordered files that DuckDB prunes by class, rows unchanged, atomic and resumable."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pyarrow.parquet as pq
+import pytest
+
+from polysem.ingest.writer import list_column
+from polysem.query import Store, layout
+from polysem.query import compact as compaction
+from polysem.query.compact import compact
+
+CLASSES, PER_CLASS, CHANNELS = 10, 60, 256
+
+
+def write_parts(store: Path, n_parts_per_rank: int = 3, ranks: int = 2, seed: int = 0) -> None:
+    """Parts as torchrun ranks write them: each rank every n-th image, 100 rows per part, classes mixed."""
+    rng = np.random.default_rng(seed)
+    targets = np.repeat(np.arange(CLASSES, dtype=np.int32), PER_CLASS)
+    ids = np.arange(len(targets))
+    for rank in range(ranks):
+        mine = ids[rank::ranks]
+        for chunk in np.array_split(mine, n_parts_per_rank):
+            n = len(chunk)
+            layout.write_atomic(pa.Table.from_arrays([
+                pa.array(chunk, pa.int64()), pa.array(["train"] * n), pa.array([f"img{i}.png" for i in chunk]),
+                pa.array(targets[chunk]), pa.array(targets[chunk]), pa.array(np.zeros(n, np.int32)),
+                pa.array(rng.normal(size=n).astype(np.float32)),
+                list_column(rng.random((n, CHANNELS), dtype=np.float32)),
+                list_column(rng.random((n, 8), dtype=np.float32)), pa.array(np.ones(n, np.int32)),
+            ], schema=layout.SAMPLES), layout.new_part_path(store, "samples", "train", rank))
+
+
+@pytest.fixture
+def parts_store(tmp_path):
+    path = tmp_path / "store"
+    path.mkdir()
+    layout.write_schema_files(path)
+    layout.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"c{c}", "name": f"class {c}", "wnid": None,
+                                               "logit": c} for c in range(CLASSES)], schema=layout.CLASSES),
+                        path / "classes.parquet")
+    layout.write_atomic(layout.LAYER_WEIGHTS.empty_table(), path / "layer_weights.parquet")
+    write_parts(path)
+    with Store(path).connect(write=True):
+        pass
+    return Store(path)
+
+
+def rows(store: Store):
+    return store.query("SELECT * FROM samples ORDER BY image_id").to_pylist()
+
+
+def profile(store: Store, where: str = "") -> dict:
+    """DuckDB's profiler on a scan of the attributions: bytes read and row groups scanned. On a plain
+    read-only connection to the catalog: user SQL's connection is locked, so it cannot write a profile."""
+    import duckdb
+
+    out = store.path.parent / "profile.json"
+    with duckdb.connect(str(store.catalog_path), read_only=True) as conn:
+        conn.execute("SET file_search_path = ?", [str(store.path)])
+        conn.execute("PRAGMA enable_profiling = 'json'")
+        conn.execute(f"PRAGMA profiling_output = '{out}'")
+        conn.execute(f"SELECT sum(list_sum(attribution)) FROM samples WHERE split = 'train' {where}").fetchall()
+        conn.execute("PRAGMA disable_profiling")
+    report = json.loads(out.read_text())
+    return {"bytes": report["io"]["total_bytes_read"], "row_groups": report["query"]["total_row_groups_scanned"]}
+
+
+def test_compaction_keeps_rows_and_orders_files_by_class(parts_store):
+    before = rows(parts_store)
+    [summary] = compact(parts_store)
+    assert summary.rows_rewritten == CLASSES * PER_CLASS and summary.files_before == 6
+    assert rows(parts_store) == before
+    files = sorted((parts_store.path / "samples" / "train").glob("*.parquet"))
+    assert files and all(f.name.startswith("compact-") for f in files)
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        column = meta.schema.names.index("target")
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(column).statistics
+            assert stats.min == stats.max  # one class per row group
+        table = pq.read_table(f, columns=["target", "image_id"])
+        assert table.to_pylist() == sorted(table.to_pylist(), key=lambda r: (r["target"], r["image_id"]))
+    assert compact(parts_store)[0].rows_rewritten == 0  # nothing new: nothing rewritten
+
+
+@pytest.mark.parametrize("predicate", ["AND target IN (3, 7)", "AND list_contains([3, 7], target)"])
+def test_two_of_ten_classes_read_their_share_after_compaction(parts_store, predicate):
+    compact(parts_store)
+    whole, two = profile(parts_store), profile(parts_store, predicate)
+    assert two["row_groups"] == 2
+    assert two["bytes"] <= 1.5 * 0.2 * whole["bytes"], (two, whole)
+
+
+def test_new_parts_after_compaction_are_compacted_incrementally(parts_store, tmp_path):
+    compact(parts_store)
+    first = set((parts_store.path / "samples" / "train").glob("*.parquet"))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    write_parts(extra, 1, 1, seed=5)
+    for part in (extra / "samples" / "train").glob("*.parquet"):  # new image ids: shift them past the old ones
+        table = pq.read_table(part)
+        table = table.set_column(0, "image_id", pa.compute.add(table.column("image_id"), 10_000))
+        layout.write_atomic(table, layout.new_part_path(parts_store.path, "samples", "train", 0))
+    [summary] = compact(parts_store)
+    assert summary.rows_rewritten == 2 * CLASSES * PER_CLASS  # the small compacted file joins the new rows
+    assert len(rows(parts_store)) == 2 * CLASSES * PER_CLASS
+    assert not first & set((parts_store.path / "samples" / "train").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("kill_at", ["_write_class_ordered", "_exchange", "rmtree", "second_rename"])
+def test_killed_compaction_resumes_to_identical_rows(parts_store, monkeypatch, kill_at):
+    before = rows(parts_store)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    if kill_at == "rmtree":  # after the swap, before the old files are gone
+        monkeypatch.setattr(compaction.shutil, "rmtree", die)
+    elif kill_at == "second_rename":  # the fallback without renameat2, between its renames
+        monkeypatch.setattr(compaction.ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(AttributeError()))
+        real_rename, calls = compaction.os.rename, []
+
+        def rename(a, b):
+            calls.append(a)
+            if len(calls) == 2:
+                raise Killed
+            real_rename(a, b)
+
+        monkeypatch.setattr(compaction.os, "rename", rename)
+    else:
+        monkeypatch.setattr(compaction, kill_at, die)
+    with pytest.raises(Killed):
+        compact(parts_store)
+    if kill_at != "second_rename":
+        assert rows(parts_store) == before  # the store is whole at the moment of the kill
+    monkeypatch.undo()
+    compact(parts_store)
+    assert rows(parts_store) == before
+    assert all(f.name.startswith("compact-") for f in (parts_store.path / "samples" / "train").glob("*.parquet"))
+    assert not any((parts_store.path / ".compact" / "samples").iterdir())
+
+
+def test_compact_refuses_a_split_being_ingested_and_an_unknown_split(parts_store, cli):
+    from polysem.errors import StoreBusy, StoreError
+
+    held = compaction.lock_split(parts_store.path, "train")
+    try:
+        with pytest.raises(StoreBusy, match="another ingest of split 'train'"):
+            compact(parts_store, "train")
+    finally:
+        held.close()
+    with pytest.raises(StoreError, match="no split 'val'"):
+        compact(parts_store, "val")
+    result = cli("compact", "--split", "train", "--store", parts_store.path)
+    assert result.exit_code == 0 and "train: 600 rows rewritten, 6 files -> 1" in result.output

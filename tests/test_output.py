@@ -1,0 +1,77 @@
+"""What a person reads: `screen`, `runs` and `evaluate` fit 100 columns, ids whole, names next to ids."""
+
+import json
+
+import pytest
+
+from polysem.query import Store
+
+WIDTH = 100
+
+
+def lines_fit(output: str) -> bool:
+    return all(len(line) <= WIDTH for line in output.splitlines())
+
+
+@pytest.fixture
+def run_id(cli, colour_store):
+    result = cli("disentangle", "--channel", 0, "--concept1", "green", "--concept2", "red", "--store", colour_store,
+                 "--format", "json")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    assert cli("evaluate", run_id, "--store", colour_store).exit_code == 0
+    return run_id
+
+
+def test_screen_fits_and_names_classes(cli, colour_store):
+    result = cli("screen", "--store", colour_store)
+    assert result.exit_code == 0, result.output
+    assert lines_fit(result.output), result.output
+    names = Store(colour_store).query("SELECT class_id, name FROM classes").to_pylist()
+    shown = [n for n in names if f"{n['class_id']} {n['name'][:5]}" in result.output]
+    assert len(shown) >= 2, result.output
+    full = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)
+    assert {"channel", "class1", "class2", "cosine", "fraction1", "fraction2", "name1", "name2",
+            "wordnet_similarity"} == set(full[0])
+
+
+def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
+    from polysem import output
+
+    long = "a class name far longer than any terminal column should ever have to hold, really"
+    real = Store.query
+
+    def with_long_names(self, sql, params=None):
+        table = real(self, sql, params)
+        for column in ("name1", "name2"):
+            if column in table.column_names:
+                import pyarrow as pa
+
+                table = table.set_column(table.column_names.index(column), column, pa.array([long] * table.num_rows))
+        return table
+
+    monkeypatch.setattr(Store, "query", with_long_names)
+    result = cli("screen", "--store", colour_store)
+    assert result.exit_code == 0 and lines_fit(result.output), result.output
+    assert "…" in result.output and output.NARROW == WIDTH
+
+
+def test_runs_list_record_and_evaluate(cli, colour_store, run_id):
+    listed = cli("runs", "--store", colour_store)
+    assert listed.exit_code == 0 and lines_fit(listed.output), listed.output
+    assert run_id in listed.output
+    names = {r["class_id"]: r["name"] for r in Store(colour_store).query("SELECT * FROM classes").to_pylist()}
+    assert f"1 {names[1]}"[:12] in listed.output
+    record = cli("runs", run_id, "--store", colour_store)
+    assert record.exit_code == 0, record.output
+    for field in ("run_id", "group_id", "concepts", "sources", "shared", "max_logit_diff", "artifact", "parameters",
+                  "polysem_version", "fractions", "warnings"):
+        assert any(line.startswith(field) for line in record.output.splitlines()), field
+    full = json.loads(cli("runs", run_id, "--store", colour_store, "--format", "json").stdout)
+    assert full[0]["run_id"] == run_id and "parameters" in full[0] and "fractions" in full[0]
+    assert "run_id" in cli("runs", "--store", colour_store, "--format", "csv").stdout.splitlines()[0]
+    missing = cli("runs", "nope", "--store", colour_store)
+    assert missing.exit_code == 2 and "unknown run id 'nope'" in missing.output
+    evaluated = cli("evaluate", run_id, "--store", colour_store)
+    assert evaluated.exit_code == 0 and names[1][:8] in evaluated.output and names[2][:8] in evaluated.output
+    assert lines_fit(evaluated.output), evaluated.output
