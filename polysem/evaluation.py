@@ -46,12 +46,9 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, pl
                          [run_id, k, tau, values["n_images"], values["frac1"], values["frac2"], values["frac_residual"], now])
         conn.execute("COMMIT")
     if plots_dir is not None:
-        from polysem import plots
+        from polysem.panel import run_figures
 
         activations = store.query("SELECT * FROM run_activations(?, split_name := ?)", [run_id, EVAL_SPLIT]).to_pylist()
-        plots_dir = Path(plots_dir)
-        result["plots"] = [str(p) for p in (
-            plots.activation_density(store, run, activations, tau, plots_dir),
-            *plots.top_activating(store, run, activations, plots_dir, data_dir, device),
-        )]
+        figures = run_figures(store, run, activations, tau, Path(plots_dir), data_dir, device)
+        result["plots"] = [str(p) for paths in figures.values() for p in paths]
     return result
