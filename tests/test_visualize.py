@@ -172,6 +172,7 @@ def test_receptive_field_of_the_example_model_through_max_pools():
 
 def test_evaluate_panel_and_report_in_a_browser(cli, opponent_run, tmp_path):
     store, run_id = opponent_run
+    visualize(store, run_id, method="fourier", steps=64, size=16, device="cpu", progress=False)
     result = cli("evaluate", run_id, "--store", store, "--plots", tmp_path / "plots", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plots" / f"run-{run_id}-panel.png").is_file()
