@@ -104,6 +104,8 @@ def _vis_title(row: dict) -> str:
     text = f"feature visualisation\n{row['method']}, {row['steps']} steps\nact {own:.3g}"
     if row["selectivity"] is not None:
         text += f", selectivity {row['selectivity']:.3g}"
+    elif row["unit"] in ("c1", "c2"):
+        text += ", selectivity unbounded"
     return text
 
 
@@ -111,7 +113,7 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
     """The paper's Fig. 1 for one run: rows original, c'1, c'2; columns the feature visualisation
     and the most activating patches."""
     shown = max([len(u.patches) for u in units.values()] + [1])
-    figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.5 * len(units) + 1.4))
+    figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
     grid = figure.subplots(len(units), shown + 1, squeeze=False)
     by_unit = {r["unit"]: r for r in vis_rows}
     for axes, (unit, images) in zip(grid, units.items()):

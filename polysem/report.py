@@ -133,6 +133,9 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
         parts.append("<h4>Feature visualisations</h4>")
         if vis:
             parts.append(_img(figures["visualizations"][0], out, "feature visualisations"))
+            for v in vis:  # the other unit's activation is not positive on this image: no finite ratio
+                if v["unit"] in ("c1", "c2") and v["selectivity"] is None:
+                    v["selectivity"] = "unbounded (other unit <= 0)"
             parts.append(_table(vis))
             parts.append('<p class="note">act_*: spatially summed activation of each unit on the unit\'s image; '
                          "selectivity: act(c'1)/act(c'2) on c'1's image, the reverse on c'2's.</p>")
