@@ -15,19 +15,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian's Fashion-MNIST and WordNet 3.0: the offline data of the demo and the tests.
+# Debian's Fashion-MNIST and WordNet 3.0: the offline data of the demo and the tests; chromium
+# loads the report page in the tests.
+DEBS := dataset-fashion-mnist wordnet-base wordnet-sense-index chromium
 system-packages:
-	@if [ ! -f $(FASHION) ] || [ ! -f $(WORDNET) ]; then \
+	@if [ ! -f $(FASHION) ] || [ ! -f $(WORDNET) ] || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q dataset-fashion-mnist wordnet-base wordnet-sense-index >/dev/null \
-	    || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist wordnet-base wordnet-sense-index >/dev/null); \
+	    apt-get install -y -q $(DEBS) >/dev/null \
+	    || (apt-get update -q >/dev/null && apt-get install -y -q $(DEBS) >/dev/null); \
 	  else \
-	    echo "note: Debian packages dataset-fashion-mnist wordnet-base wordnet-sense-index are missing;" \
+	    echo "note: some of the Debian packages $(DEBS) are missing;" \
 	         "install them (sudo apt-get install ...) or let torchvision/nltk download the data online"; \
 	  fi; \
 	fi
 
-# The whole story on the built-in example: data and model, ingest, screen, WordNet, disentangle, evaluate.
+# The whole story on the built-in example: data and model, ingest, screen, WordNet, disentangle,
+# visualise (28 px, the model's input size, 256 steps: well under a minute on 2 cores), evaluate, report.
 demo: $(STAMP) system-packages
 	$(PY) -m examples.fashion_mnist $(DEMO)
 	$(POLYSEM) ingest $(DEMO)/data --split train --store $(DEMO)/store \
@@ -41,11 +44,14 @@ demo: $(STAMP) system-packages
 	@run=$$($(POLYSEM) disentangle --from-screen --limit 1 --store $(DEMO)/store --format json \
 	        | $(PY) -c "import json, sys; print(json.load(sys.stdin)['run_id'])") && \
 	  echo "disentangled: run $$run" && \
+	  $(POLYSEM) visualize $$run --store $(DEMO)/store --size 28 --steps 256 && \
 	  $(POLYSEM) evaluate $$run --store $(DEMO)/store --plots $(DEMO)/plots && \
 	  $(POLYSEM) runs --store $(DEMO)/store && \
+	  $(POLYSEM) report --store $(DEMO)/store --out $(DEMO)/report && \
 	  echo && \
 	  echo "store:  $(DEMO)/store (catalog.duckdb + Parquet); try: $(POLYSEM) sql 'SELECT * FROM polysemantic_pairs()' --store $(DEMO)/store" && \
 	  echo "plots:  $(DEMO)/plots/" && \
+	  echo "report: $(DEMO)/report/index.html (open it in a browser)" && \
 	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
 test: $(STAMP) system-packages
@@ -54,6 +60,7 @@ test: $(STAMP) system-packages
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/ingest_throughput.py
 	PYTHONPATH=. $(PY) bench/screening_scale.py
+	PYTHONPATH=. $(PY) bench/visualize_speed.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

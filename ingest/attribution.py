@@ -102,6 +102,20 @@ def input_window_sums(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
     return sums.flatten(1)
 
 
+@contextmanager
+def exact_math() -> Iterator[None]:
+    """fp32 convolutions and matrix products on GPUs too: cuDNN's TF32 default would change
+    attributions and logits in the fourth digit, and the disentangled model's check compares
+    logits to 1e-4."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, targets: torch.Tensor) -> BatchAttribution:
     """Gradient x activation of each image's target logit at `layer`, summed over space.
 
@@ -110,7 +124,7 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, ta
     Images do not interact (eval mode), so the gradient of the summed target
     logits gives every image's own gradient in one backward pass.
     """
-    with torch.enable_grad(), layer_probe(layer) as seen:
+    with torch.enable_grad(), exact_math(), layer_probe(layer) as seen:
         logits = model(images)
         if "output" not in seen:
             raise RuntimeError("the layer of interest did not run in the model's forward pass")

@@ -193,7 +193,11 @@ def resolve_device(spec: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
         if spec == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            index = int(os.environ.get("LOCAL_RANK", "0"))
+            if index >= torch.cuda.device_count():
+                raise ModelError(f"this is local rank {index} but only {torch.cuda.device_count()} CUDA device(s) are "
+                                 "visible; start at most that many processes per node (torchrun --nproc-per-node)")
+            return torch.device("cuda", index)
     elif spec != "cpu":
         raise ModelError(f"unknown --device '{spec}'; use auto, cpu or cuda")
     try:

@@ -11,18 +11,22 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
+    def __init__(self, unit: str = "img"):
+        super().__init__()
+        self.unit = unit
+
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} img/s" if speed else "- img/s")
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s")
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "img") -> Iterator[Callable[[int], None]]:
     """Yields `advance(n)`. The bar goes to stderr so stdout stays clean for results."""
     if not enabled:
         yield lambda n: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total)

@@ -123,8 +123,8 @@ def ingest(
             class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
     logits = class_table.column("logit").to_pylist()  # class id -> model output index
 
-    rank, world_size, own_group = _init_distributed()
     run_device = resolve_device(device)
+    rank, world_size, own_group = _init_distributed(run_device)
     lock = None
     try:
         failure = None
@@ -363,15 +363,18 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
     summary.parts = writer.parts_written
 
 
-def _init_distributed() -> tuple[int, int, bool]:
-    """(rank, world_size, whether we created the process group). torchrun sets the env."""
+def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world_size, whether we created the process group). torchrun sets the env.
+
+    nccl only when the ranks compute on GPUs: with --device cpu on a GPU machine, gloo."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return 0, 1, False
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl's collectives use the current device: this rank's own
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), True
 
 

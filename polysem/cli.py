@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -434,6 +435,63 @@ def runs(
 
 def _class_names(target) -> dict[int, str]:
     return {r["class_id"]: r["name"] for r in target.query("SELECT class_id, name FROM classes").to_pylist()}
+
+
+class Method(str, Enum):
+    """Feature visualisation parameterisations (a closed set: the help lists them, the parser refuses others)."""
+
+    maco = "maco"
+    fourier = "fourier"
+
+
+@command()
+def visualize(
+    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
+    channel: Annotated[Optional[int], typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
+    method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
+    size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Feature visualisations of the original channel, c'1, c'2 and r of a run, in one batch.
+
+    Each image maximises one unit's spatially summed activation; every unit's activation on every
+    image is recorded in the store's `visualizations` table, the PNGs under its artifacts.
+    """
+    _check_format(fmt, ("table", "json"))
+    from polysem.visualize import visualize as run_visualize
+
+    result = run_visualize(_store(store), run_id, channel=channel, method=method.value, steps=steps, size=size,
+                           seed=seed, device=device, data_dir=data)
+    if fmt == "json":
+        typer.echo(json.dumps(result))
+        return
+    import pyarrow as pa
+
+    rows = [{"unit": unit, "activation": v["activation"], **{f"act_{u}": a for u, a in v["activations"].items()},
+             "selectivity": v["selectivity"], "image": v["image"]} for unit, v in result.items()]
+    first = next(iter(result.values()))
+    render(pa.Table.from_pylist(rows), "table",
+           title=f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, {first['size']} px, "
+                 f"seed {first['seed']}, {first['seconds']:.1f} s on {first['device']}")
+
+
+@command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
+    from polysem.report import write_report
+
+    index = write_report(_store(store), out, data_dir=data, device=device)
+    typer.echo(f"report -> {index}")
 
 
 def main() -> None:

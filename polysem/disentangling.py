@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import polysem
+from polysem.ingest.attribution import exact_math
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
@@ -442,7 +443,7 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
         raise RunError(f"cannot read {records[failures[0][0]].path}: {failures[0][1]}")
     disentangled.to(device)
     old, new = [], []
-    with torch.no_grad():
+    with torch.no_grad(), exact_math():
         for _, images in groups:  # one group per image size
             for i in range(0, len(images), batch_size):
                 old.append(model(images[i : i + batch_size].to(device)))

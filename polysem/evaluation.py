@@ -53,15 +53,15 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, pl
     staging = None
     try:
         if plots_dir is not None:
-            from polysem import plots
+            from polysem.panel import run_figures
 
             plots_dir = Path(plots_dir)
             plots_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
             activations = store.query("SELECT * FROM run_activations(?, split_name := ?)",
                                       [run_id, EVAL_SPLIT]).to_pylist()
-            drawn = [plots.activation_density(store, run, activations, tau, staging),
-                     *plots.top_activating(store, run, activations, staging, data_dir, device)]
+            figures = run_figures(store, run, activations, tau, staging, data_dir, device)
+            drawn = [path for paths in figures.values() for path in paths]
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         with store.connect(write=True) as conn:
             conn.execute("BEGIN")

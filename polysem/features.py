@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polysem.ingest.attribution import hooked
+from polysem.ingest.attribution import exact_math, hooked
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
@@ -77,7 +77,7 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                 raise _StopForward
 
             try:
-                with hooked(layer, keep_input_and_stop, pre=True):
+                with hooked(layer, keep_input_and_stop, pre=True), exact_math():
                     model(images.to(device))
             except _StopForward:
                 pass

@@ -1,22 +1,27 @@
-"""Figures: the WordNet-over-cosine scatter (supplement Fig. 4), and the evaluation plots."""
+"""Figures, drawn from the data handed to them: the WordNet-over-cosine scatter (supplement Fig. 4),
+the activation densities, the Fig. 1 panel, the top images and the feature visualisations of a run.
+
+Figures are built with matplotlib's object API (`Figure`), never pyplot, so nothing
+here chooses a backend or keeps global state; `savefig` renders PNGs with Agg.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
-from polysem.query.screening import arv_cosines
-from polysem.query.store import Store
 
 
-def wordnet_scatter(store: Store, out: str | Path, tau: float = TAU, p: float = P, gamma: float = GAMMA) -> int:
+def wordnet_scatter(store, out: str | Path, tau: float = TAU, p: float = P, gamma: float = GAMMA) -> int:
     """WordNet path similarity over ARV cosine for every (channel, class pair); returns the point count."""
+    from polysem.query.screening import arv_cosines
+
     store.check_outside(out)
     cosines = arv_cosines(store, tau, p)
     similarity = {(r["class1"], r["class2"]): r["path_similarity"]
@@ -26,7 +31,8 @@ def wordnet_scatter(store: Store, out: str | Path, tau: float = TAU, p: float = 
     if not points:
         raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
     xs, ys = zip(*points)
-    figure, axes = plt.subplots(figsize=(6, 4.5))
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
     axes.scatter(xs, ys, s=10, alpha=0.6, color="tab:blue", label=f"{len(points)} class pairs sharing a channel")
     axes.axvline(gamma, color="tab:red", linestyle="--", label=f"gamma = {gamma}")
     axes.set_xlabel("cosine similarity of the two classes' ARVs")
@@ -38,32 +44,25 @@ def wordnet_scatter(store: Store, out: str | Path, tau: float = TAU, p: float = 
     return len(points)
 
 
-def save(figure, out: str | Path) -> None:
+def save(figure: Figure, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
-    plt.close(figure)
-
-
-def _class_names(store: Store) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+    return out
 
 
 def _concept_label(names: dict[int, str], classes: list[int]) -> str:
     return " + ".join(names[c] for c in classes)
 
 
-def activation_density(store: Store, run: dict, activations: list[dict], tau: float, out_dir: Path) -> Path:
+def activation_density(run: dict, activations: list[dict], tau: float, names: dict[int, str], out: Path) -> Path:
     """KDE of the original channel's and of c'1's and c'2's activations, one panel per concept."""
     from matplotlib.mlab import GaussianKDE
-    import numpy as np
 
-    names = _class_names(store)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for k, ax in zip((1, 2), axes):
+    figure = Figure(figsize=(11, 4))
+    for k, ax in zip((1, 2), figure.subplots(1, 2)):
         rows = [r for r in activations if r["concept"] == k and r["relative_attribution"] is not None
                 and r["relative_attribution"] >= tau]
-        label = _concept_label(names, run[f"concept{k}"])
         for key, unit, colour in (("activation", f"original {run['channel']}", "black"),
                                   ("activation1", "c'1", "tab:blue"), ("activation2", "c'2", "tab:orange")):
             values = np.array([r[key] for r in rows], dtype=float)
@@ -72,85 +71,105 @@ def activation_density(store: Store, run: dict, activations: list[dict], tau: fl
                 ax.plot(grid, GaussianKDE(values)(grid), color=colour, label=unit)
             elif len(values):
                 ax.axvline(values[0], color=colour, label=unit)
-        ax.set_title(f"concept {k}: {label} ({len(rows)} val images)")
+        ax.set_title(f"concept {k}: {_concept_label(names, run[f'concept{k}'])}\n"
+                     f"{len(rows)} val images with relative attribution >= tau = {tau}", fontsize=10)
         ax.set_xlabel("spatially summed activation")
         ax.set_ylabel("density")
         ax.legend()
     figure.suptitle(f"run {run['run_id']}: channel {run['channel']} before and after disentanglement")
     figure.tight_layout()
-    out = out_dir / f"run-{run['run_id']}-density.png"
-    save(figure, out)
-    return out
+    return save(figure, out)
 
 
-def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Path, data_dir=None,
-                   device: str = "auto", top: int = 16, shown: int = 6) -> list[Path]:
-    """For the original channel, c'1 and c'2: the most activating of the top-16 images of the two concepts,
-    6 shown (balanced between the concepts when both appear), the most activating patch boxed."""
-    import numpy as np
-    import torch
-    from matplotlib.patches import Rectangle
+def selection_caption(facts: dict, layer: str) -> str:
+    """What the top images are: split, filter, how many, which classes, how the photos are shown."""
+    return (f"{facts['split']} split, concept 1 = {', '.join(facts['classes'][1])}, concept 2 = "
+            f"{', '.join(facts['classes'][2])}: per unit the {facts['top']} most activating of {facts['n_images']} "
+            f"images (no tau filter), {facts['shown']} shown, balanced between the concepts when both appear. "
+            f"Patches: receptive field of the most activating position of layer {layer}. {facts['photo_note']}.")
 
-    from polysem.ingest.dataset import ImageRecord, ImageRecords
-    from polysem.ingest.models import resolve_device, resolve_transform
-    from polysem.constants import EVAL_SPLIT
-    from polysem.disentangling import load_model
-    from polysem.features import remap_paths
 
-    names = _class_names(store)
-    model = load_model(store, run["run_id"])
-    meta = store.meta()
-    layer = model.get_submodule(meta["layer"])
-    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
-    torch_device = resolve_device(device)
-    model.to(torch_device)
-    outputs = []
-    for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
-        ranked = sorted(activations, key=lambda r: r[key], reverse=True)[:top]
-        chosen = _balanced(ranked, shown)
-        rows = remap_paths(store, chosen, EVAL_SPLIT, data_dir)
-        dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
-        figure, axes = plt.subplots(1, max(len(rows), 1), figsize=(2.6 * max(len(rows), 1), 3.2), squeeze=False)
-        for ax, row, index in zip(axes[0], rows, range(len(rows))):
-            _, image, error = dataset[index]
-            if error:
-                raise PolysemError(f"cannot read {row['path']}: {error}")
-            seen = {}
-            handle = layer.expanded.register_forward_hook(lambda m, i, o: seen.update(out=o))
-            try:
-                with torch.no_grad():
-                    model(image.unsqueeze(0).to(torch_device))
-            finally:
-                handle.remove()
-            if unit == "original":  # the original channel is what merge computes: c'1 + c'2 - r
-                fmap = layer.merge(seen["out"])[0, run["channel"]]
-            else:
-                fmap = seen["out"][0, layer.unit_index(run["channel"], unit)]
-            h, w = np.unravel_index(int(fmap.argmax()), tuple(fmap.shape))
-            picture = image.cpu().float()
-            picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
-            ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if picture.shape[0] == 1 else None)
-            cell_h, cell_w = picture.shape[1] / fmap.shape[0], picture.shape[2] / fmap.shape[1]
-            ax.add_patch(Rectangle(((w - 0.5) * cell_w, (h - 0.5) * cell_h), 2 * cell_w, 2 * cell_h,
-                                   fill=False, edgecolor="red", linewidth=2))
-            ax.set_title(f"{names[row['target']]}\n{row[key]:.3g}", fontsize=9)
+def _show(ax, pixels: np.ndarray) -> None:
+    ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _patch_title(patch) -> str:
+    where = "" if patch.box else "\n(every position equal)"
+    return f"{patch.class_name}\nact {patch.activation:.3g}{where}"
+
+
+def _vis_title(row: dict) -> str:
+    own = {"original": row["act_original"], "c1": row["act_c1"], "c2": row["act_c2"], "r": row["act_r"]}[row["unit"]]
+    text = f"feature visualisation\n{row['method']}, {row['steps']} steps\nact {own:.3g}"
+    if row["selectivity"] is not None:
+        text += f", selectivity {row['selectivity']:.3g}"
+    elif row["unit"] in ("c1", "c2"):
+        text += ", selectivity unbounded"
+    return text
+
+
+def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images: dict, layer: str, out: Path) -> Path:
+    """The paper's Fig. 1 for one run: rows original, c'1, c'2; columns the feature visualisation
+    and the most activating patches."""
+    shown = max([len(u.patches) for u in units.values()] + [1])
+    figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
+    grid = figure.subplots(len(units), shown + 1, squeeze=False)
+    by_unit = {r["unit"]: r for r in vis_rows}
+    for axes, (unit, images) in zip(grid, units.items()):
+        first = axes[0]
+        if unit in vis_images:
+            _show(first, vis_images[unit])
+            first.set_title(_vis_title(by_unit[unit]), fontsize=7)
+        else:
+            first.set_xticks([])
+            first.set_yticks([])
+            first.text(0.5, 0.5, f"no feature\nvisualisation yet:\npolysem visualize\n{run['run_id']}",
+                       ha="center", va="center", fontsize=7, transform=first.transAxes)
+        label = images.label + ("\ncarries only its bias\non these images" if images.bias_only else "")
+        first.set_ylabel("\n".join(textwrap.wrap(label, 22)), fontsize=8)
+        for ax, patch in zip(axes[1:], images.patches):
+            _show(ax, patch.crop)
+            ax.set_title(_patch_title(patch), fontsize=7)
+        for ax in axes[1 + len(images.patches):]:
             ax.axis("off")
-        label = {"original": f"original channel {run['channel']}", "c1": "c'1 (concept 1)", "c2": "c'2 (concept 2)"}[unit]
-        figure.suptitle(f"run {run['run_id']}: most activating val images of {label}")
-        figure.tight_layout(rect=(0, 0, 1, 0.9))
-        out = out_dir / f"run-{run['run_id']}-top-{unit}.png"
-        save(figure, out)
-        outputs.append(out)
-    return outputs
+    figure.suptitle(f"run {run['run_id']}: channel {run['channel']} and its disentangled units\n"
+                    + "\n".join(textwrap.wrap(selection_caption(facts, layer), 150)), fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    return save(figure, out)
 
 
-def _balanced(ranked: list[dict], shown: int) -> list[dict]:
-    """Up to `shown` rows, half from each concept when both appear, in activation order."""
-    by_concept = {1: [r for r in ranked if r["concept"] == 1], 2: [r for r in ranked if r["concept"] == 2]}
-    if not by_concept[1] or not by_concept[2]:
-        return ranked[:shown]
-    half = shown // 2
-    first = by_concept[1][: max(half, shown - len(by_concept[2]))]
-    second = by_concept[2][: shown - len(first)]
-    chosen = {id(r) for r in first + second}
-    return [r for r in ranked if id(r) in chosen]
+def top_images(run: dict, images, facts: dict, out: Path) -> Path:
+    """One unit's shown images, whole, with the receptive field of the most activating position boxed."""
+    n = max(len(images.patches), 1)
+    figure = Figure(figsize=(2.6 * n, 3.4))
+    for ax, patch in zip(figure.subplots(1, n, squeeze=False)[0], images.patches):
+        _show(ax, patch.photo)
+        if patch.box:
+            top, left, bottom, right = patch.box
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="red",
+                                   linewidth=2))
+        ax.set_title(_patch_title(patch), fontsize=9)
+    title = f"run {run['run_id']}: most activating val images of {images.label}"
+    if images.bias_only:
+        title += " (it carries only its bias on them)"
+    figure.suptitle(title + f"\n{facts['photo_note']}; box: receptive field of the most activating position", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.85))
+    return save(figure, out)
+
+
+def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dict[str, str], out: Path) -> Path:
+    """The recorded feature visualisations side by side, with their activations and selectivity."""
+    units = [r for r in rows if r["unit"] in images]
+    figure = Figure(figsize=(3.0 * max(len(units), 1), 3.6))
+    for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units):
+        _show(ax, images[row["unit"]])
+        acts = ", ".join(f"{u} {row[f'act_{u}']:.3g}" for u in ("original", "c1", "c2", "r") if row[f"act_{u}"] is not None)
+        ax.set_title("\n".join(textwrap.wrap(labels.get(row["unit"], row["unit"]), 30)) + "\n" + _vis_title(row)
+                     .replace("feature visualisation\n", ""), fontsize=7)
+        ax.set_xlabel("\n".join(textwrap.wrap(acts, 36)), fontsize=6)
+    subject = f"run {run['run_id']}" if run else f"channel {rows[0]['channel']}"
+    figure.suptitle(f"{subject}: feature visualisations ({rows[0]['size']} px, seed {rows[0]['seed']})", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    return save(figure, out)

@@ -43,3 +43,24 @@ SELECT split,
 FROM samples s
 GROUP BY split
 ORDER BY split;
+
+-- name: visualizations
+-- Feature visualisations (`polysem visualize`), one row per optimised image: run_id (NULL for a channel of the stored model), channel, unit (original, c1, c2, r), method, steps, size, seed, device, image (PNG path in the store), the spatially summed activations of the original channel, c'1, c'2 and r on it (NULL without a run), selectivity (c1: act_c1/act_c2, c2: the reverse), seconds of optimisation, created_at.
+CREATE TABLE IF NOT EXISTS visualizations (
+    run_id       VARCHAR,
+    channel      INTEGER NOT NULL,
+    unit         VARCHAR NOT NULL,
+    method       VARCHAR NOT NULL,
+    steps        INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    seed         BIGINT NOT NULL,
+    device       VARCHAR NOT NULL,
+    image        VARCHAR NOT NULL,
+    act_original DOUBLE NOT NULL,
+    act_c1       DOUBLE,
+    act_c2       DOUBLE,
+    act_r        DOUBLE,
+    selectivity  DOUBLE,
+    seconds      DOUBLE NOT NULL,
+    created_at   TIMESTAMP NOT NULL
+);

@@ -134,3 +134,25 @@ def bias_colour_net() -> nn.Module:
     with torch.no_grad():
         net.head[3].weight[0] = torch.tensor([1.0, 1, 0])
     return net
+
+
+class OpponentColourNet(ColourNet):
+    """ColourNet with colour-opponent detectors in the stem: relu(R - (G + B) / 2 + 1/2) and likewise for G, B.
+
+    On the solid-colour images it classifies like ColourNet (same classes, same planted channel
+    0 = R + G), but a detector now also says no to the other colours, so activation maximisation
+    has an answer to check: c'1's image is green and leaves c'2 (the red detector) at 0, c'2's is
+    red, and the original channel's is yellow, which drives both (2 against 1.5 for pure red or
+    green). The bias keeps every detector active on the grey images an optimisation starts from.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem[0] = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.stem[0].weight.copy_((1.5 * torch.eye(3) - 0.5).view(3, 3, 1, 1))
+            self.stem[0].bias.fill_(0.5)
+
+
+def opponent_colour_net() -> nn.Module:
+    return OpponentColourNet()

@@ -1,0 +1,36 @@
+"""Running a model only as far as one of its modules: the one hook helper of the figures and visualisations."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from polysem.errors import RunError
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the module's output is known: the rest of the network is not needed."""
+
+
+def forward_to(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of `module` (inside `model`) for input x; the layers after it do not run.
+
+    The output keeps its autograd graph, so a caller can differentiate through it.
+    The hook is removed in `finally`, also when the model raises.
+    """
+    seen = {}
+
+    def keep_output_and_stop(_module, _inputs, output):
+        seen["output"] = output
+        raise _StopForward
+
+    handle = module.register_forward_hook(keep_output_and_stop)
+    try:
+        model(x)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "output" not in seen:
+        raise RunError(f"the model's forward pass never reached {type(module).__name__}; is it part of the model?")
+    return seen["output"]

@@ -1,0 +1,195 @@
+"""The data behind a run's figures: its most activating val images, their patches and its visualisations.
+
+Everything that runs the model or reads files is here; `polysem.plots` only draws
+what this module hands it. The photos are the image files as the user knows them
+(not the normalised model input), brought to the model input's geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polysem.constants import EVAL_SPLIT
+from polysem.errors import RunError
+from polysem.query.store import Store
+
+TOP, SHOWN = 16, 6
+UNIT_LABELS = {"original": "original channel {channel}", "c1": "c'1 (concept 1: {concept1})",
+               "c2": "c'2 (concept 2: {concept2})", "r": "r (residual)"}
+
+
+@dataclass
+class Patch:
+    """One shown image of a unit: the photo (H x W or H x W x 3 uint8) at the model input's geometry,
+    the receptive field of the unit's most activating position (None when every position is equal)
+    and its crop."""
+
+    image_id: int
+    class_name: str
+    concept: int
+    activation: float
+    photo: np.ndarray
+    box: tuple[int, int, int, int] | None
+    crop: np.ndarray
+    bias_only: bool
+
+
+@dataclass
+class UnitImages:
+    unit: str
+    label: str
+    patches: list[Patch] = field(default_factory=list)
+
+    @property
+    def bias_only(self) -> bool:
+        """True when the unit carries only its bias on every shown image: it saw none of them."""
+        return bool(self.patches) and all(p.bias_only for p in self.patches)
+
+
+def class_names(store: Store) -> dict[int, str]:
+    return {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+
+
+def unit_labels(run: dict, names: dict[int, str]) -> dict[str, str]:
+    concepts = {f"concept{k}": " + ".join(names[c] for c in run[f"concept{k}"]) for k in (1, 2)}
+    return {u: text.format(channel=run["channel"], **concepts) for u, text in UNIT_LABELS.items()}
+
+
+def photo_as_input(path: str, transform, height: int, width: int) -> tuple[np.ndarray, str]:
+    """The image file with the transform's geometric steps (resize, crop, pad) applied, sized H x W.
+
+    Returns the pixels and a note on how they relate to the model input.
+    """
+    from PIL import Image
+    from torchvision import transforms
+
+    with Image.open(path) as opened:
+        image = opened.convert("L") if opened.mode in ("L", "I", "I;16", "1") else opened.convert("RGB")
+    ops = transform.transforms if isinstance(transform, transforms.Compose) else []
+    geometric = [op for op in ops if isinstance(op, (transforms.Resize, transforms.CenterCrop, transforms.Pad))]
+    for op in geometric:
+        image = op(image)
+    note = "photos as files, resized and cropped like the model input" if geometric else "photos as files"
+    if image.size != (width, height):
+        image = image.resize((width, height))
+        note = f"photos as files, resized to the model input ({height} x {width}); the transform's crop is not reproduced"
+    return np.asarray(image), note
+
+
+def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, device: str = "auto",
+               top: int = TOP, shown: int = SHOWN) -> tuple[dict[str, UnitImages], dict]:
+    """For the original channel, c'1 and c'2: `shown` of the `top` most activating val images
+    (balanced between the concepts when both appear), each with its most activating patch.
+
+    activations: rows of `run_activations` (every val image of the run's concept classes).
+    Returns ({unit: UnitImages}, caption facts).
+    """
+    from polysem.disentangling import load_model
+    from polysem.features import remap_paths
+    from polysem.forward import forward_to
+    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+    from polysem.ingest.models import resolve_device, resolve_transform
+    from polysem.receptive_field import receptive_fields
+
+    names = class_names(store)
+    labels = unit_labels(run, names)
+    meta = store.meta()
+    transform, _ = resolve_transform(meta["transform"])
+    chosen = {}
+    for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
+        ranked = sorted(activations, key=lambda r: (-r[key], r["image_id"]))[:top]
+        chosen[unit] = (key, _balanced(ranked, shown))
+    rows = {r["image_id"]: r for _, picked in chosen.values() for r in picked}
+    facts = {"split": EVAL_SPLIT, "n_images": len(activations), "top": top, "shown": shown,
+             "classes": {k: [names[c] for c in run[f"concept{k}"]] for k in (1, 2)}, "photo_note": ""}
+    units = {u: UnitImages(u, labels[u]) for u in chosen}
+    if not rows:
+        return units, facts
+    ordered = remap_paths(store, sorted(rows.values(), key=lambda r: r["image_id"]), EVAL_SPLIT, data_dir)
+    _, images, failures = collate([ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"])
+                                                 for r in ordered], transform)[i] for i in range(len(ordered))])
+    if failures:
+        raise RunError(f"cannot read {ordered[failures[0][0]]['path']}: {failures[0][1]}")
+    model = load_model(store, run["run_id"]).to(resolve_device(device))
+    layer = model.get_submodule(meta["layer"])
+    index = {r["image_id"]: i for i, r in enumerate(ordered)}
+    with torch.no_grad():
+        out = forward_to(model, layer.expanded, images.to(next(model.parameters()).device)).double().cpu()
+    i1, i2, ir = (layer.unit_index(run["channel"], u) for u in ("c1", "c2", "r"))
+    bias = layer.expanded.bias.detach().double().cpu() if layer.expanded.bias is not None else None
+    maps = {"original": out[:, i1] + out[:, i2] - out[:, ir], "c1": out[:, i1], "c2": out[:, i2]}
+    # c = c'1 + c'2 - r and all three carry the original bias, so the original's bias is that bias too
+    biases = {u: 0.0 if bias is None else float(bias[i1]) for u in maps}
+    height, width = images.shape[-2:]
+    photos = {r["image_id"]: photo_as_input(r["path"], transform, height, width) for r in ordered}
+    facts["photo_note"] = next(iter(photos.values()))[1]
+    wanted = {}
+    for unit, (key, picked) in chosen.items():
+        for row in picked:
+            fmap = maps[unit][index[row["image_id"]]]
+            if float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
+                wanted[(unit, row["image_id"])] = divmod(int(fmap.argmax()), fmap.shape[1])
+    boxes = receptive_fields(model.cpu(), layer.expanded, tuple(images.shape[1:]), list(wanted.values()))
+    for unit, (key, picked) in chosen.items():
+        for row in picked:
+            fmap = maps[unit][index[row["image_id"]]]
+            photo = photos[row["image_id"]][0]
+            position = wanted.get((unit, row["image_id"]))
+            box = boxes[position] if position is not None else None
+            crop = photo[box[0]:box[2], box[1]:box[3]] if box else photo
+            bias_only = float((fmap - biases[unit]).abs().max()) <= 1e-9 * max(1.0, abs(biases[unit]))
+            units[unit].patches.append(Patch(row["image_id"], names[row["target"]], row["concept"], float(row[key]),
+                                             photo, box, crop, bias_only))
+    return units, facts
+
+
+def _balanced(ranked: list[dict], shown: int) -> list[dict]:
+    """Up to `shown` rows, half from each concept when both appear, in activation order."""
+    by_concept = {1: [r for r in ranked if r["concept"] == 1], 2: [r for r in ranked if r["concept"] == 2]}
+    if not by_concept[1] or not by_concept[2]:
+        return ranked[:shown]
+    half = shown // 2
+    first = by_concept[1][: max(half, shown - len(by_concept[2]))]
+    second = by_concept[2][: shown - len(first)]
+    chosen = {id(r) for r in first + second}
+    return [r for r in ranked if id(r) in chosen]
+
+
+def visualisation_images(store: Store, rows: list[dict]) -> dict[str, np.ndarray]:
+    """{unit: pixels} of recorded visualisation rows (`visualize.latest_visualizations`)."""
+    from PIL import Image
+
+    images = {}
+    for row in rows:
+        path = store.path / row["image"]
+        if path.is_file():
+            with Image.open(path) as opened:
+                images[row["unit"]] = np.asarray(opened.convert("L") if opened.mode == "L" else opened.convert("RGB"))
+    return images
+
+
+def run_figures(store: Store, run: dict, activations: list[dict], tau: float, out_dir: Path, data_dir=None,
+                device: str = "auto") -> dict[str, list[Path]]:
+    """Every figure of a run into out_dir: densities, the Fig. 1 panel, the top images, the visualisations."""
+    from polysem import plots
+    from polysem.visualize import latest_visualizations
+
+    out_dir = Path(out_dir)
+    names = class_names(store)
+    figures = {"density": [plots.activation_density(run, activations, tau, names,
+                                                    out_dir / f"run-{run['run_id']}-density.png")]}
+    units, facts = top_images(store, run, activations, data_dir, device)
+    vis_rows = latest_visualizations(store, run["run_id"])
+    vis_images = visualisation_images(store, vis_rows)
+    figures["panel"] = [plots.panel(run, units, facts, vis_rows, vis_images, store.meta()["layer"],
+                                    out_dir / f"run-{run['run_id']}-panel.png")]
+    figures["top"] = [plots.top_images(run, unit_images, facts, out_dir / f"run-{run['run_id']}-top-{unit}.png")
+                      for unit, unit_images in units.items()]
+    figures["visualizations"] = ([plots.visualizations(run, vis_rows, vis_images, unit_labels(run, names),
+                                                       out_dir / f"run-{run['run_id']}-visualizations.png")]
+                                 if vis_images else [])
+    return figures

@@ -1,0 +1,424 @@
+"""Feature visualisation of a channel and of its disentangled units, recorded in `visualizations`.
+
+Activation maximisation of the spatially summed activation of each unit: for a
+run the original channel (what merge computes, c'1 + c'2 - r), c'1, c'2 and r,
+one image per unit, all in one batch (one forward pass that stops at layer l and
+one backward pass per step for every unit). Two parameterisations of the image:
+
+    fourier  Olah et al. 2017 (Lucid): a Fourier spectrum scaled by 1/f, colours
+             decorrelated with ImageNet's colour correlation, a sigmoid; random
+             jitter, scale and rotation each step; Adam.
+    maco     Fel et al. 2023 (MaCo): only the phase is optimised, the magnitude
+             spectrum stays fixed; random crops each step; NAdam. The magnitude is
+             the mean amplitude spectrum of the store's own train images after the
+             model's transform, so nothing downloads and it fits the user's domain.
+
+Every image is then scored on every unit: image i of unit u, activations of all
+units on it. The selectivity of c'1's image is act(c'1) / act(c'2) on it, the
+reverse for c'2's image; it is left empty when the denominator is not positive.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polysem.constants import SCREEN_SPLIT
+from polysem.errors import RunError
+from polysem.forward import forward_to
+from polysem.query.store import Store
+
+METHODS = ("maco", "fourier")
+UNITS = ("original", "c1", "c2", "r")
+SPECTRUM_IMAGES = 256
+ARTIFACTS = Path("artifacts") / "visualizations"
+
+# Lucid's square root of ImageNet's colour correlation (rows R, G, B), its columns scaled so that
+# the largest has norm 1: the optimisation runs in decorrelated colours, which makes its steps even.
+_COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64)
+COLOUR = _COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()
+
+
+def recorrelate(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W decorrelated colours -> RGB (other channel counts pass unchanged)."""
+    if x.shape[1] != 3:
+        return x
+    return torch.einsum("ij,njhw->nihw", COLOUR.to(x), x)
+
+
+def decorrelate(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `recorrelate`."""
+    if x.shape[1] != 3:
+        return x
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOUR).to(x), x)
+
+
+def _frequencies(size: int) -> torch.Tensor:
+    """|f| of each coefficient of an rfft2 of a size x size image: size x (size // 2 + 1)."""
+    fy = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64)[None, :]
+    return torch.sqrt(fx**2 + fy**2)
+
+
+class FourierImage(nn.Module):
+    """Lucid's image: N x C x size x size in (0, 1) from a spectrum scaled by 1/f (Olah et al. 2017).
+
+    The spectrum (N x C x size x size//2+1, complex, as real pairs) is the parameter; low
+    frequencies get large steps, so the image forms from coarse to fine instead of as
+    high-frequency noise. `/ 4` is Lucid's constant, which keeps the sigmoid's input moderate.
+    """
+
+    def __init__(self, n: int, channels: int, size: int, generator: torch.Generator, sd: float = 0.01, decay: float = 1.0):
+        super().__init__()
+        self.size = size
+        self.register_buffer("scale", (1.0 / _frequencies(size).clamp(min=1.0 / size) ** decay).float())
+        self.spectrum = nn.Parameter(torch.randn(n, channels, size, size // 2 + 1, 2, generator=generator) * sd)
+
+    def forward(self) -> torch.Tensor:
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        image = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho") / 4
+        return torch.sigmoid(recorrelate(image))
+
+    @classmethod
+    def from_image(cls, image: torch.Tensor, generator: torch.Generator | None = None) -> "FourierImage":
+        """The parameterisation whose forward gives `image` (N x C x S x S, values in (0, 1)) back."""
+        n, channels, size, _ = image.shape
+        param = cls(n, channels, size, generator or torch.Generator().manual_seed(0))
+        logits = decorrelate(torch.logit(image.double())) * 4
+        spectrum = torch.fft.rfft2(logits, norm="ortho") / param.scale.double()
+        with torch.no_grad():
+            param.spectrum.copy_(torch.view_as_real(spectrum).float())
+        return param
+
+
+class MacoImage(nn.Module):
+    """MaCo's image (Fel et al. 2023): a fixed magnitude spectrum, an optimised phase.
+
+    magnitude: C x size x size//2+1, the amplitudes of the orthonormal FFT of images in the
+    space this image is built in (logits of decorrelated colours; see `amplitude_spectrum`).
+    The optimiser can move structure around but not change how much of it there is at each
+    frequency, which keeps it on natural-looking images. MaCo standardises its image
+    because its ImageNet spectrum comes in arbitrary units; this one comes in the image's
+    own units, so a real image is reachable with its own magnitude and no rescaling is needed.
+    """
+
+    def __init__(self, n: int, magnitude: torch.Tensor, generator: torch.Generator):
+        super().__init__()
+        channels, size, _ = magnitude.shape
+        self.size = size
+        self.register_buffer("magnitude", magnitude.float())
+        self.phase = nn.Parameter(torch.randn(n, channels, size, size // 2 + 1, generator=generator))
+
+    def forward(self) -> torch.Tensor:
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        return torch.sigmoid(recorrelate(torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")))
+
+
+def resize_spectrum(magnitude: torch.Tensor, size: int) -> torch.Tensor:
+    """C x H x (W//2+1) amplitudes -> C x size x (size//2+1).
+
+    The rows run 0, 1, ..., -1 in frequency; they are shifted to put 0 in the middle
+    before interpolating, so that high positive and negative frequencies do not blend.
+    """
+    if magnitude.shape[1] == size and magnitude.shape[2] == size // 2 + 1:
+        return magnitude
+    shifted = torch.fft.fftshift(magnitude, dim=1)
+    resized = F.interpolate(shifted[None].float(), size=(size, size // 2 + 1), mode="bilinear", align_corners=False,
+                            antialias=True)[0]
+    # orthonormal amplitudes grow with the side length at a given per-pixel contrast
+    return torch.fft.ifftshift(resized, dim=1) * (size / magnitude.shape[1])
+
+
+def amplitude_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W images in display space -> C x H x (W//2+1): the mean amplitude of their orthonormal
+    FFT in MacoImage's space (logits of decorrelated colours; the logit undone by its sigmoid)."""
+    eps = 1 / 512  # half a grey level: keeps black and white pixels finite
+    logits = torch.logit(images.double().clamp(eps, 1 - eps))
+    return torch.fft.rfft2(decorrelate(logits), norm="ortho").abs().mean(0)
+
+
+def augment(images: torch.Tensor, method: str, generator: torch.Generator) -> torch.Tensor:
+    """One random affine view per image: Lucid's jitter, scale and rotation, or MaCo's crop.
+
+    The random numbers come from a CPU generator, so a seed gives the same views on any device.
+    """
+    n, _, size, _ = images.shape
+    if method == "fourier":
+        zoom = torch.empty(n, dtype=torch.float64).uniform_(0.9, 1.1, generator=generator)
+        angle = torch.empty(n, dtype=torch.float64).uniform_(-10, 10, generator=generator) * math.pi / 180
+        shift = torch.empty(n, 2, dtype=torch.float64).uniform_(-1, 1, generator=generator) * (16 / 224)
+    else:
+        zoom = torch.empty(n, dtype=torch.float64).uniform_(0.5, 1.0, generator=generator)  # crop side / image side
+        angle = torch.zeros(n, dtype=torch.float64)
+        shift = torch.empty(n, 2, dtype=torch.float64).uniform_(-1, 1, generator=generator) * (1 - zoom)[:, None]
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1] = zoom * torch.cos(angle), -zoom * torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = zoom * torch.sin(angle), zoom * torch.cos(angle)
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
+
+
+@dataclass
+class Target:
+    """What to maximise: `readout` maps the hooked module's output (N x C' x h x w) to N x U x h x w."""
+
+    model: nn.Module
+    module: nn.Module
+    units: tuple[str, ...]
+    readout: Callable[[torch.Tensor], torch.Tensor]
+    channel: int
+    run_id: str | None = None
+
+
+def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None) -> Target:
+    """The original channel and its c'1, c'2, r in a disentangled model (layer_name is a DisentangledConv)."""
+    layer = model.get_submodule(layer_name)
+    i1, i2, ir = (layer.unit_index(channel, u) for u in ("c1", "c2", "r"))
+
+    def readout(out):
+        # merge computes channel c as c'1 + c'2 - r; the other rows of merge are not needed
+        return torch.stack([out[:, i1] + out[:, i2] - out[:, ir], out[:, i1], out[:, i2], out[:, ir]], 1)
+
+    return Target(model, layer.expanded, UNITS, readout, channel, run_id)
+
+
+def channel_target(model: nn.Module, layer_name: str, channel: int) -> Target:
+    return Target(model, model.get_submodule(layer_name), ("original",), lambda out: out[:, channel : channel + 1], channel)
+
+
+def optimise(target: Target, *, channels: int, method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0,
+             device: torch.device = torch.device("cpu"), to_input: Callable = lambda x: x,
+             magnitude: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
+    """U x channels x size x size images in [0, 1], image u maximising unit u; one batch for all units.
+
+    to_input maps display-space images to the model's input (its normalisation);
+    magnitude (channels x H x W//2+1) is required for maco.
+    """
+    from polysem.ingest.progress import progress_bar
+
+    n = len(target.units)
+    generator = torch.Generator().manual_seed(seed)
+    if method == "fourier":
+        image = FourierImage(n, channels, size, generator)
+        optimiser_class, lr = torch.optim.Adam, 0.05  # Lucid's default
+    elif method == "maco":
+        if magnitude is None:
+            raise RunError("maco needs a magnitude spectrum")
+        image = MacoImage(n, resize_spectrum(magnitude, size), generator)
+        optimiser_class, lr = torch.optim.NAdam, 0.3  # MaCo's 1.0 overshoots with this spectrum's units
+    else:
+        raise RunError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    image.to(device)
+    optimiser = optimiser_class(image.parameters(), lr=lr)
+    own = torch.arange(n, device=device)
+    with progress_bar(f"visualize {n} unit{'s' if n > 1 else ''} ({method})", steps, progress, unit="steps") as advance:
+        for _ in range(steps):
+            optimiser.zero_grad()
+            views = augment(image(), method, generator)
+            maps = target.readout(_forward(target, to_input(views)))
+            (-maps[own, own].sum()).backward()
+            optimiser.step()
+            advance(1)
+    with torch.no_grad():
+        return image().detach().cpu()
+
+
+def _forward(target: Target, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return forward_to(target.model, target.module, x)
+    except RuntimeError as error:
+        raise RunError(f"the model does not run on {tuple(x.shape[-2:])} images ({str(error).splitlines()[0]}); "
+                       "choose a --size the model accepts, e.g. its input size") from error
+
+
+def unit_activations(target: Target, images: torch.Tensor, to_input: Callable, device) -> np.ndarray:
+    """U x U: [i, j] = spatially summed activation of unit j on image i."""
+    with torch.no_grad():
+        maps = target.readout(_forward(target, to_input(images.to(device))))
+    return maps.sum(dim=(2, 3)).double().cpu().numpy()
+
+
+def input_normalisation(transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Display space [0, 1] -> model input: the transform's Normalize, found in a Compose; else identity."""
+    from torchvision import transforms
+
+    ops = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
+    for op in ops:
+        if isinstance(op, transforms.Normalize):
+            mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
+            return lambda x: (x - mean.to(x).view(1, -1, 1, 1)) / std.to(x).view(1, -1, 1, 1)
+    return lambda x: x
+
+
+def input_display(transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The inverse of `input_normalisation`: model input -> display space."""
+    from torchvision import transforms
+
+    ops = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
+    for op in ops:
+        if isinstance(op, transforms.Normalize):
+            mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
+            return lambda x: x * std.to(x).view(1, -1, 1, 1) + mean.to(x).view(1, -1, 1, 1)
+    return lambda x: x
+
+
+def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor:
+    """Up to n train images of the store after the model's transform (a fixed pseudo-random choice)."""
+    from polysem.features import remap_paths
+    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+
+    rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? ORDER BY hash(image_id), image_id "
+                       "LIMIT ?", [SCREEN_SPLIT, n]).to_pylist()
+    if not rows:
+        raise RunError(f"the store has no {SCREEN_SPLIT} images; ingest them first: polysem ingest DATA_DIR --split {SCREEN_SPLIT}")
+    rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
+    dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
+    _, images, failures = collate([dataset[i] for i in range(len(rows))])
+    if failures:
+        raise RunError(f"cannot read {rows[failures[0][0]]['path']}: {failures[0][1]}")
+    return images
+
+
+def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, channel: int | None = None,
+              method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0, device: str = "auto",
+              data_dir=None, progress: bool = True) -> dict:
+    """Feature visualisations of a run's units (or of one channel of the stored model), recorded in the store.
+
+    Returns {unit: {"image", "activation", "activations", "selectivity", ...}} for the units
+    original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
+    own on its own image, "activations" those of every unit on it.
+    """
+    from polysem.disentangling import base_model, load_model, run_row
+    from polysem.ingest.models import resolve_device, resolve_transform
+
+    store = store if isinstance(store, Store) else Store(store)
+    store.require()
+    if method not in METHODS:
+        raise RunError(f"unknown --method '{method}'; use one of {', '.join(METHODS)}")
+    if steps < 1 or size < 8:
+        raise RunError(f"--steps must be at least 1 and --size at least 8 pixels, got {steps} and {size}")
+    if (run_id is None) == (channel is None):
+        raise RunError("give a RUN_ID or --channel C (a channel of the stored model), not both")
+    layer_name = store.meta()["layer"]
+    if run_id is not None:
+        run = run_row(store, run_id)
+        model = load_model(store, run_id)
+        transform, _ = resolve_transform(store.meta()["transform"])
+        target = run_target(model, layer_name, run["channel"], run_id)
+    else:
+        model, _, layer, transform = base_model(store)
+        if not 0 <= channel < layer.out_channels:
+            raise RunError(f"channel {channel} is out of range; the layer has channels 0..{layer.out_channels - 1}")
+        target = channel_target(model, layer_name, channel)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    to_display, to_input = input_display(transform), input_normalisation(transform)
+    samples = to_display(store_images(store, transform, SPECTRUM_IMAGES if method == "maco" else 1, data_dir))
+    magnitude = amplitude_spectrum(samples) if method == "maco" else None
+    start = time.perf_counter()
+    images = optimise(target, channels=samples.shape[1], method=method, steps=steps, size=size, seed=seed,
+                      device=torch_device, to_input=to_input, magnitude=magnitude, progress=progress)
+    seconds = time.perf_counter() - start
+    acts = unit_activations(target, images, to_input, torch_device)
+    model.cpu()
+    config = {"method": method, "steps": steps, "size": size, "seed": seed, "device": str(torch_device)}
+    result = {}
+    for i, unit in enumerate(target.units):
+        own = {u: float(acts[i, j]) for j, u in enumerate(target.units)}
+        result[unit] = {"activation": own[unit], "activations": own, "selectivity": _selectivity(unit, own), **config,
+                        "seconds": seconds}
+    paths = _record(store, target, images, result, config, seconds)
+    for unit, path in paths.items():
+        result[unit]["image"] = str(store.path / path)
+    return result
+
+
+def _selectivity(unit: str, acts: dict) -> float | None:
+    other = {"c1": "c2", "c2": "c1"}.get(unit)
+    if other is None or acts[other] <= 0:
+        return None
+    return acts[unit] / acts[other]
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """C x H x W in [0, 1] -> PNG (grey for one channel)."""
+    from PIL import Image
+
+    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write a file so that it appears complete or not at all (temp name in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _record(store: Store, target: Target, images: torch.Tensor, result: dict, config: dict, seconds: float) -> dict:
+    """PNGs first (new names), then one transaction; on failure the new PNGs go and the store is as it was."""
+    subject = target.run_id if target.run_id is not None else f"channel-{target.channel}"
+    token = uuid.uuid4().hex[:8]
+    paths = {unit: ARTIFACTS / subject / f"{config['method']}-{config['steps']}steps-{config['size']}px-seed{config['seed']}"
+             f"-{token}-{unit}.png" for unit in target.units}
+    written = []
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    key = [target.run_id, target.channel, config["method"], config["steps"], config["size"], config["seed"]]
+    where = "run_id IS NOT DISTINCT FROM ? AND channel = ? AND method = ? AND steps = ? AND size = ? AND seed = ?"
+    try:
+        for unit, image in zip(target.units, images):
+            write_bytes_atomic(png_bytes(image), store.path / paths[unit])
+            written.append(store.path / paths[unit])
+        rows = []
+        for unit in target.units:
+            acts = result[unit]["activations"]
+            rows.append([target.run_id, target.channel, unit, config["method"], config["steps"], config["size"],
+                         config["seed"], config["device"], str(paths[unit]), acts["original"], acts.get("c1"),
+                         acts.get("c2"), acts.get("r"), result[unit]["selectivity"], seconds, now])
+        with store.connect(write=True) as conn:
+            conn.execute("BEGIN")
+            old = [r[0] for r in conn.execute(f"SELECT image FROM visualizations WHERE {where}", key).fetchall()]
+            conn.execute(f"DELETE FROM visualizations WHERE {where}", key)
+            conn.executemany(f"INSERT INTO visualizations VALUES ({', '.join('?' * 16)})", rows)
+            conn.execute("COMMIT")
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for path in old:  # the images these rows replaced
+        (store.path / path).unlink(missing_ok=True)
+    return paths
+
+
+def latest_visualizations(store: Store, run_id: str | None = None, channel: int | None = None) -> list[dict]:
+    """The most recent visualisation of a run (or channel): one row per unit, [] when there is none."""
+    exists = store.query("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'visualizations'").column("n")[0]
+    if not exists.as_py():
+        return []
+    rows = store.query(
+        "SELECT * FROM visualizations WHERE run_id IS NOT DISTINCT FROM ? AND (? IS NULL OR channel = ?) "
+        "QUALIFY created_at = max(created_at) OVER () ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit)",
+        [run_id, channel, channel]).to_pylist()
+    return rows

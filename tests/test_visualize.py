@@ -1,0 +1,211 @@
+"""Feature visualisation (issue 10) on the known-answer OpponentColourNet, the Fourier inverse,
+determinism, the record in `visualizations`, and the receptive field against hand-computed boxes."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from polysem.disentangling import disentangle
+from polysem.errors import StoreBusy
+from polysem.query import Store
+from polysem.receptive_field import receptive_fields
+from polysem.visualize import FourierImage, augment, visualize
+from tests.conftest import make_colour_images
+
+OPPONENT = dict(model="tests.models:opponent_colour_net", layer="probe", transform="tests.models:to_tensor")
+
+
+@pytest.fixture(scope="module")
+def opponent_run(tmp_path_factory):
+    """A store of OpponentColourNet (train + val) and a run splitting channel 0 = R + G into green / red."""
+    from polysem.ingest import ingest
+
+    tmp = tmp_path_factory.mktemp("opponent")
+    root = make_colour_images(tmp / "colours", "train", 6)
+    make_colour_images(root, "val", 4, seed=1)
+    store = tmp / "store"
+    for split in ("train", "val"):
+        ingest(store, root, split, progress=False, **OPPONENT)
+    run = disentangle(store, 0, ["green"], ["red"], progress=False)
+    assert (run["sources1"], run["sources2"]) == ([1], [0])  # G detector / R detector
+    return store, run["run_id"]
+
+
+def mean_colour(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=float).reshape(-1, 3).mean(0) / 255
+
+
+@pytest.mark.parametrize("method", ["maco", "fourier"])
+def test_known_answer_each_new_channel_shows_its_concept(opponent_run, method):
+    store, run_id = opponent_run
+    result = visualize(store, run_id, method=method, steps=512, size=16, seed=0, device="cpu", progress=False)
+    c1, c2, original = result["c1"], result["c2"], result["original"]
+    # c'1's image drives c'1 far more than c'2 and is green; c'2's the reverse and red
+    assert c1["selectivity"] > 3 and c1["activations"]["c1"] > 3 * c1["activations"]["c2"]
+    assert c2["selectivity"] > 3 and c2["activations"]["c2"] > 3 * c2["activations"]["c1"]
+    r, g, b = mean_colour(c1["image"])
+    assert g > r + 0.3 and g > b + 0.2
+    r, g, b = mean_colour(c2["image"])
+    assert r > g + 0.3 and r > b + 0.2
+    # the original channel's image (yellow: R and G) drives both
+    acts = original["activations"]
+    assert acts["c1"] > 0.3 * acts["original"] and acts["c2"] > 0.3 * acts["original"]
+    assert original["activation"] == pytest.approx(acts["c1"] + acts["c2"] - acts["r"], rel=1e-5)
+    rows = Store(store).query("SELECT * FROM visualizations WHERE run_id = ? AND method = ? ORDER BY unit",
+                              [run_id, method]).to_pylist()
+    assert [r["unit"] for r in rows] == ["c1", "c2", "original", "r"]
+    assert all((Path(store) / r["image"]).is_file() for r in rows)
+    assert rows[0]["selectivity"] == pytest.approx(c1["selectivity"])
+
+
+@pytest.mark.parametrize("method", ["maco", "fourier"])
+def test_deterministic_for_a_seed(opponent_run, method):
+    store, run_id = opponent_run
+    runs, pixels = [], []
+    for seed in (3, 3, 4):  # read each run's images before the next run replaces them
+        runs.append(visualize(store, run_id, method=method, steps=8, size=12, seed=seed, device="cpu", progress=False))
+        pixels.append([np.asarray(Image.open(runs[-1][u]["image"])) for u in ("original", "c1", "c2", "r")])
+    assert all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[2]))
+    # a rerun of the same configuration replaces its rows and images
+    n = Store(store).query("SELECT count(*) AS n FROM visualizations WHERE method = ? AND steps = 8 AND seed = 3",
+                           [method]).column("n")[0].as_py()
+    assert n == 4
+    assert not Path(runs[0]["c1"]["image"]).exists() and Path(runs[1]["c1"]["image"]).exists()
+
+
+def test_fourier_parameterisation_inverts_a_known_image():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 15, 15) * 0.9 + 0.05  # odd size: the rfft's last column is not a Nyquist one
+    assert torch.allclose(FourierImage.from_image(image)(), image, atol=1e-5)
+    grey = torch.rand(1, 1, 16, 16) * 0.9 + 0.05
+    assert torch.allclose(FourierImage.from_image(grey)(), grey, atol=1e-5)
+
+
+def test_augment_is_identity_free_but_keeps_shape_and_range():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 20, 20)
+    for method in ("maco", "fourier"):
+        views = augment(images, method, generator)
+        assert views.shape == images.shape and views.min() >= 0 and views.max() <= 1
+
+
+def test_a_channel_of_the_stored_model_and_json(cli, opponent_run):
+    store, _ = opponent_run
+    result = cli("visualize", "--channel", 1, "--steps", 64, "--size", 12, "--method", "fourier", "--device", "cpu",
+                 "--store", store, "--format", "json")
+    assert result.exit_code == 0, result.output
+    units = json.loads(result.stdout)
+    assert list(units) == ["original"] and units["original"]["activation"] > 0
+    r, g, b = mean_colour(units["original"]["image"])
+    assert b > r and b > g  # channel 1 is the blue detector
+    row = Store(store).query("SELECT * FROM visualizations WHERE run_id IS NULL").to_pylist()[0]
+    assert row["channel"] == 1 and row["act_c1"] is None
+
+
+def test_cli_errors_are_one_line(cli, opponent_run):
+    store, run_id = opponent_run
+    for args, text in (((run_id, "--channel", 0), "not both"), (("--channel", 9), "out of range"),
+                       (("nope",), "unknown run id"), ((run_id, "--steps", 0), "--steps")):
+        result = cli("visualize", *args, "--store", store)
+        assert result.exit_code == 2 and result.stderr.startswith("Error: ") and text in result.stderr, result.output
+    assert cli("visualize", run_id, "--method", "lucid", "--store", store).exit_code == 2  # refused by the parser
+
+
+def test_a_failed_record_leaves_the_store_as_it_was(opponent_run, monkeypatch):
+    store, run_id = opponent_run
+    folder = Path(store) / "artifacts" / "visualizations" / run_id
+    before_files = sorted(folder.glob("*")) if folder.exists() else []
+    before_rows = Store(store).query("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py()
+    real_connect = Store.connect
+
+    def busy(self, write=False):
+        if write:
+            raise StoreBusy("busy")
+        return real_connect(self, write)
+
+    monkeypatch.setattr(Store, "connect", busy)
+    with pytest.raises(StoreBusy):
+        visualize(store, run_id, method="fourier", steps=2, size=12, seed=99, device="cpu", progress=False)
+    monkeypatch.undo()
+    assert (sorted(folder.glob("*")) if folder.exists() else []) == before_files
+    assert Store(store).query("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py() == before_rows
+
+
+def test_forward_stops_at_the_layer_and_leaves_no_hook(opponent_run):
+    from polysem.disentangling import load_model
+    from polysem.forward import forward_to
+
+    store, run_id = opponent_run
+    model = load_model(store, run_id)
+    ran = []
+    model.head.register_forward_pre_hook(lambda m, i: ran.append(1))
+    forward_to(model, model.probe.expanded, torch.rand(1, 3, 4, 4))
+    assert not ran and not model.probe.expanded._forward_hooks
+    with pytest.raises(RuntimeError):
+        forward_to(model, model.probe.expanded, torch.rand(1, 5, 4, 4))
+    assert not model.probe.expanded._forward_hooks
+
+
+def test_receptive_field_of_two_3x3_stride_2_convs():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2, padding=1))
+    # position k of the second conv sees rows 4k-3 .. 4k+3 of the input (size 7, stride 4), clipped
+    boxes = receptive_fields(model, model[2], (1, 16, 16), [(0, 0), (2, 1), (3, 3)])
+    assert boxes == {(0, 0): (0, 0, 4, 4), (2, 1): (5, 1, 12, 8), (3, 3): (9, 9, 16, 16)}
+
+
+def test_receptive_field_of_the_example_model_through_max_pools():
+    from examples.fashion_mnist import FashionCNN
+
+    model = FashionCNN().eval()
+    # conv3 p1, pool 2, conv3 p1, pool 2, conv3 p1, 1x1: size 18, stride 4, position 0 starts at -7
+    boxes = receptive_fields(model, model.narrow, (1, 28, 28), [(0, 0), (3, 3), (6, 2)])
+    assert boxes == {(0, 0): (0, 0, 11, 11), (3, 3): (5, 5, 23, 23), (6, 2): (17, 1, 28, 19)}
+
+
+def test_evaluate_panel_and_report_in_a_browser(cli, opponent_run, tmp_path):
+    store, run_id = opponent_run
+    visualize(store, run_id, method="fourier", steps=64, size=16, device="cpu", progress=False)
+    result = cli("evaluate", run_id, "--store", store, "--plots", tmp_path / "plots", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plots" / f"run-{run_id}-panel.png").is_file()
+    assert (tmp_path / "plots" / f"run-{run_id}-visualizations.png").is_file()
+    result = cli("report", "--store", store, "--out", tmp_path / "report", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    index = tmp_path / "report" / "index.html"
+    page = index.read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    assert f"run {run_id}" in page and "green" in page and "selectivity" in page
+    check_in_browser(index, tmp_path)
+
+
+def check_in_browser(index: Path, tmp_path: Path) -> None:
+    """Headless Chromium loads the page from disk: every image loads and a screenshot is not blank."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make system-packages installs it)")
+    # the page has no script; this copy adds one that counts images that did not load
+    probe = index.with_name("probe.html")
+    probe.write_text(index.read_text().replace("</body>", "<script>window.addEventListener('load', () => {"
+                     "const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0));"
+                     "document.body.setAttribute('data-images', document.images.length + '/' + bad.length);"
+                     "});</script></body>"))
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "chromium-profile")]
+    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    probe.unlink()
+    counts = dom.split('data-images="')[1].split('"')[0]
+    total, broken = map(int, counts.split("/"))
+    assert total >= 4 and broken == 0, counts
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,1600", index.as_uri()], capture_output=True,
+                   timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 20
