@@ -53,19 +53,22 @@ def _concept_label(names: dict[int, str], classes: list[int]) -> str:
 
 
 def activation_density(store: Store, run: dict, activations: list[dict], tau: float, out_dir: Path) -> Path:
-    """KDE of the original channel's and of c'1's and c'2's activations, one panel per concept."""
+    """KDE of the original channel's and of c'1..c'k's activations, one panel per concept."""
     from matplotlib.mlab import GaussianKDE
     import numpy as np
 
     names = _class_names(store)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for k, ax in zip((1, 2), axes):
+    k_concepts = len(run["concepts"])
+    figure, axes = plt.subplots(1, k_concepts, figsize=(5.5 * k_concepts, 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    units = [(lambda r: r["activation"], f"original {run['channel']}", "black"),
+             *((lambda r, j=j: r["activations"][j], f"c'{j + 1}", colours[j % len(colours)]) for j in range(k_concepts))]
+    for k, ax in zip(range(1, k_concepts + 1), axes[0]):
         rows = [r for r in activations if r["concept"] == k and r["relative_attribution"] is not None
                 and r["relative_attribution"] >= tau]
-        label = _concept_label(names, run[f"concept{k}"])
-        for key, unit, colour in (("activation", f"original {run['channel']}", "black"),
-                                  ("activation1", "c'1", "tab:blue"), ("activation2", "c'2", "tab:orange")):
-            values = np.array([r[key] for r in rows], dtype=float)
+        label = _concept_label(names, run["concepts"][k - 1])
+        for value, unit, colour in units:
+            values = np.array([value(r) for r in rows], dtype=float)
             if len(values) > 1 and values.std() > 0:
                 grid = np.linspace(values.min() - values.std(), values.max() + values.std(), 200)
                 ax.plot(grid, GaussianKDE(values)(grid), color=colour, label=unit)
@@ -84,8 +87,8 @@ def activation_density(store: Store, run: dict, activations: list[dict], tau: fl
 
 def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Path, data_dir=None,
                    device: str = "auto", top: int = 16, shown: int = 6) -> list[Path]:
-    """For the original channel, c'1 and c'2: the most activating of the top-16 images of the two concepts,
-    6 shown (balanced between the concepts when both appear), the most activating patch boxed."""
+    """For the original channel and c'1..c'k: the most activating of the top-16 images of the concepts,
+    6 shown (balanced between the concepts that appear), the most activating patch boxed."""
     import numpy as np
     import torch
     from matplotlib.patches import Rectangle
@@ -104,8 +107,12 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
     torch_device = resolve_device(device)
     model.to(torch_device)
     outputs = []
-    for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
-        ranked = sorted(activations, key=lambda r: r[key], reverse=True)[:top]
+    k_concepts = len(run["concepts"])
+    for j, unit in enumerate(["original", *(f"c{j}" for j in range(1, k_concepts + 1))]):
+        def value(r, j=j):
+            return r["activation"] if j == 0 else r["activations"][j - 1]
+
+        ranked = sorted(activations, key=value, reverse=True)[:top]
         chosen = _balanced(ranked, shown)
         rows = remap_paths(store, chosen, EVAL_SPLIT, data_dir)
         dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
@@ -121,7 +128,7 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
                     model(image.unsqueeze(0).to(torch_device))
             finally:
                 handle.remove()
-            if unit == "original":  # the original channel is what merge computes: c'1 + c'2 - r
+            if unit == "original":  # the original channel is what merge computes: sum_j c'j - (k - 1) r
                 fmap = layer.merge(seen["out"])[0, run["channel"]]
             else:
                 fmap = seen["out"][0, layer.unit_index(run["channel"], unit)]
@@ -132,9 +139,9 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
             cell_h, cell_w = picture.shape[1] / fmap.shape[0], picture.shape[2] / fmap.shape[1]
             ax.add_patch(Rectangle(((w - 0.5) * cell_w, (h - 0.5) * cell_h), 2 * cell_w, 2 * cell_h,
                                    fill=False, edgecolor="red", linewidth=2))
-            ax.set_title(f"{names[row['target']]}\n{row[key]:.3g}", fontsize=9)
+            ax.set_title(f"{names[row['target']]}\n{value(row):.3g}", fontsize=9)
             ax.axis("off")
-        label = {"original": f"original channel {run['channel']}", "c1": "c'1 (concept 1)", "c2": "c'2 (concept 2)"}[unit]
+        label = f"original channel {run['channel']}" if j == 0 else f"c'{j} (concept {j})"
         figure.suptitle(f"run {run['run_id']}: most activating val images of {label}")
         figure.tight_layout(rect=(0, 0, 1, 0.9))
         out = out_dir / f"run-{run['run_id']}-top-{unit}.png"
@@ -144,12 +151,17 @@ def top_activating(store: Store, run: dict, activations: list[dict], out_dir: Pa
 
 
 def _balanced(ranked: list[dict], shown: int) -> list[dict]:
-    """Up to `shown` rows, half from each concept when both appear, in activation order."""
-    by_concept = {1: [r for r in ranked if r["concept"] == 1], 2: [r for r in ranked if r["concept"] == 2]}
-    if not by_concept[1] or not by_concept[2]:
-        return ranked[:shown]
-    half = shown // 2
-    first = by_concept[1][: max(half, shown - len(by_concept[2]))]
-    second = by_concept[2][: shown - len(first)]
-    chosen = {id(r) for r in first + second}
+    """Up to `shown` rows, shared evenly among the concepts that appear (earlier concepts take the
+    remainder; a concept with too few rows leaves its share to the others), in activation order."""
+    by_concept = {}
+    for row in ranked:
+        by_concept.setdefault(row["concept"], []).append(row)
+    quota = {c: 0 for c in by_concept}
+    left = min(shown, len(ranked))
+    while left:
+        for c in sorted(by_concept):
+            if left and quota[c] < len(by_concept[c]):
+                quota[c] += 1
+                left -= 1
+    chosen = {id(r) for c, rows in by_concept.items() for r in rows[: quota[c]]}
     return [r for r in ranked if id(r) in chosen]
