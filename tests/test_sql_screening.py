@@ -35,6 +35,7 @@ def test_every_view_and_macro_runs(colour_store):
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
+        "weight_arv_cosine": "SELECT * FROM weight_arv_cosine([1.0, 1, 0], [0, 1, 2])",
     }
     for block in load_blocks():
         if block.kind == "TABLE":
@@ -49,6 +50,14 @@ def test_every_view_and_macro_runs(colour_store):
         assert result.num_rows > 0 or block.name == "ingest_errors", block.name  # no unreadable colour image
     assert store.query(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
     assert store.query(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
+    # channel 0's own weight row gives arv_cosine's cosines
+    expected = store.query("SELECT class1, class2, cosine FROM arv_cosine(p := 0.0) WHERE channel = 0 "
+                           "ORDER BY class1, class2").to_pylist()
+    got = store.query(calls["weight_arv_cosine"]).to_pylist()
+    assert [(r["class1"], r["class2"]) for r in got] == [(0, 1), (0, 2), (1, 2)]
+    assert {(r["class1"], r["class2"]): pytest.approx(r["cosine"]) for r in expected} == \
+        {(r["class1"], r["class2"]): r["cosine"] for r in got if (r["class1"], r["class2"]) in
+         {(e["class1"], e["class2"]) for e in expected}}
     assert store.query("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
                        "relative_attribution(-1.0, 4.0) AS n").to_pylist() == [{"s": 0, "r": None, "n": -0.25}]
 
