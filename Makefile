@@ -29,8 +29,9 @@ system-packages:
 	  fi; \
 	fi
 
-# The whole story on the built-in example: data and model, ingest, screen, WordNet, disentangle,
-# visualise (28 px, the model's input size, 256 steps: well under a minute on 2 cores), evaluate, report.
+# The whole story on the built-in example: data and model, ingest, screen, WordNet, concepts, disentangle,
+# verify (on 500 train images per class: enough for Ineq. 2's fractions, a few seconds), visualise (28 px,
+# the model's input size, 256 steps: well under a minute on 2 cores), evaluate, report.
 demo: $(STAMP) system-packages
 	$(PY) -m examples.fashion_mnist $(DEMO)
 	$(POLYSEM) ingest $(DEMO)/data --split train --store $(DEMO)/store \
@@ -41,9 +42,11 @@ demo: $(STAMP) system-packages
 	$(POLYSEM) wordnet --store $(DEMO)/store
 	$(POLYSEM) screen --store $(DEMO)/store --limit 8
 	$(POLYSEM) plot wordnet --store $(DEMO)/store --out $(DEMO)/plots/wordnet.png
+	$(POLYSEM) screen --concepts --store $(DEMO)/store
 	@run=$$($(POLYSEM) disentangle --from-screen --limit 1 --store $(DEMO)/store --format json \
 	        | $(PY) -c "import json, sys; print(json.load(sys.stdin)['run_id'])") && \
 	  echo "disentangled: run $$run" && \
+	  $(POLYSEM) verify $$run --limit 500 --store $(DEMO)/store && \
 	  $(POLYSEM) visualize $$run --store $(DEMO)/store --size 28 --steps 256 && \
 	  $(POLYSEM) evaluate $$run --store $(DEMO)/store --plots $(DEMO)/plots && \
 	  $(POLYSEM) runs --store $(DEMO)/store && \

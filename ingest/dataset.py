@@ -234,3 +234,13 @@ def collate(items):
             groups.setdefault(tuple(img.shape), []).append((i, img))
     batches = [([i for i, _ in members], torch.stack([img for _, img in members])) for members in groups.values()]
     return batches, [(i, err) for i, _, err in items if err is not None]
+
+
+def collate_one_size(items, what: str = "the images"):
+    """(indices, N x C x H x W tensor or None, failures) for code that needs one batch of one size."""
+    groups, failures = collate(items)
+    if len(groups) > 1:
+        sizes = ", ".join("x".join(map(str, images.shape[1:])) for _, images in groups)
+        raise DataError(f"{what} have different sizes after the transform ({sizes}); use a --transform that resizes")
+    indices, images = groups[0] if groups else ([], None)
+    return indices, images, failures

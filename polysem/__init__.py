@@ -6,8 +6,10 @@ The notebook API (each name is one function or class, never a module):
     store = polysem.Store("polysem-store")
     polysem.ingest(store, "DATA_DIR", split="train", model="resnet50", weights="imagenet")
     polysem.screen(store)                                   # -> pyarrow.Table
+    polysem.channel_concepts(store)                         # each polysemantic channel's concepts
     run = polysem.disentangle(store, channel=1660, concept1=[530], concept2=[938])
     polysem.evaluate(store, run.run_id)
+    polysem.verify(store, run.run_id)                       # does each new channel serve one concept?
     model = polysem.load_model(store, run.run_id)
 
 Names are resolved on first use so that `import polysem` stays cheap (no torch).
@@ -22,6 +24,8 @@ _API = {
     "disentangle": ("polysem.disentangling", "disentangle"),
     "load_model": ("polysem.disentangling", "load_model"),
     "evaluate": ("polysem.evaluation", "evaluate"),
+    "channel_concepts": ("polysem.concepts", "channel_concepts"),
+    "verify": ("polysem.verification", "verify"),
 }
 
 __all__ = ["__version__", "ingest", *_API]

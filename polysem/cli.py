@@ -273,13 +273,22 @@ def screen(
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Theorem 3.1: report pairs whose ARV cosine is below gamma.")] = GAMMA,
+    concepts: Annotated[bool, typer.Option("--concepts", help="Per polysemantic channel: its relevant classes grouped into concepts (complete linkage at gamma), recorded in channel_concepts.")] = False,
     fmt: FormatOption = "table",
-    limit: Annotated[Optional[int], typer.Option(help="Show at most N pairs (lowest cosine first).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Show at most N pairs (lowest cosine first), or N channels with --concepts.")] = None,
     correct_only: Annotated[bool, typer.Option(help="Use only correctly classified train images.")] = False,
     store: StoreOption = DEFAULT_STORE,
 ):
-    """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs."""
+    """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs, or (--concepts) their concepts."""
     _check_format(fmt)
+    if concepts:
+        from polysem.concepts import channel_concepts
+
+        result = channel_concepts(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+        if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
+            result = result.select(["channel", "concepts", "names", "min_cosine"])
+        render(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
+        return
     from polysem.query.screening import polysemantic_pairs
 
     result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
@@ -329,11 +338,11 @@ def disentangle(
     concept: Annotated[Optional[list[str]], typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
     rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
     objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
-    from_screen: Annotated[bool, typer.Option(help="Take the lowest-cosine pair of each of the first --limit channels of `polysem screen`.")] = False,
+    from_screen: Annotated[bool, typer.Option(help="Take the --limit channels of `polysem screen --concepts` with the lowest between-concept cosine, each with all its concepts.")] = False,
     limit: Annotated[int, typer.Option(help="With --from-screen: how many channels to disentangle into one model.")] = 1,
     tau: TauOption = TAU,
     p: POption = P,
-    gamma: Annotated[float, typer.Option(help="With --from-screen: screen pairs whose ARV cosine is below gamma.")] = GAMMA,
+    gamma: Annotated[float, typer.Option(help="With --from-screen: the complete-linkage threshold that groups classes into concepts.")] = GAMMA,
     data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -411,6 +420,37 @@ def evaluate(
                       f"run {run_id}: fraction of the original activation (val, tau={tau})")
     for path in result.get("plots", []):
         typer.echo(f"plot -> {path}")
+
+
+@command()
+def verify(
+    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic.")] = GAMMA,
+    limit: Annotated[Optional[int], typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Screen the new channels of a run: is each relevant only for classes of one concept? (recorded in `verifications`)"""
+    _check_format(fmt, ("table", "json"))
+    from polysem.verification import verify as run_verify
+
+    result = run_verify(_store(store), run_id, tau, p, gamma, limit=limit, data_dir=data, device=device,
+                        batch_size=batch_size, progress=fmt == "table")
+    if fmt == "json":
+        typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels")}))
+        return
+    import pyarrow as pa
+
+    render(pa.Table.from_pylist(result["channels"]), "table",
+           title=f"run {run_id}: new channels on {result['n_images']} train images of classes "
+                 f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")
+    typer.echo(f"run {run_id}: {'resolved' if result['resolved'] else 'not resolved'} "
+               f"(gamma={gamma}: {'no' if result['resolved'] else 'some'} new channel relevant for a pair below gamma)")
 
 
 @command()

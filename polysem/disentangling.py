@@ -1,9 +1,10 @@
 """Disentangling a channel (METHOD.md sections 5 and 6) and recording the run in the store.
 
-    split_sources   Ineq. 5: which l-1 channels feed concept 1, concept 2, or both
-    rho_scores      Eq. 6 over the rho grid, on the l-1 feature maps of the two concepts
+    split_sources   Ineq. 5 for k concepts: which l-1 channels feed one concept only, and the shared rest
+    rho_scores      Eq. 6 for k concepts over the rho grid, on the l-1 feature maps of the concepts
     DisentangledConv  layer l replaced by a widened conv and a fixed merge conv
     disentangle     all of it for one channel; disentangle_channels for several in one model
+    requests_from_screen  the channels with the most dissimilar concepts (polysem.concepts), all concepts each
     load_model      the recorded model back from a run id
 """
 
@@ -27,6 +28,7 @@ import polysem
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
+from polysem.concepts import channel_concepts
 from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
 from polysem.errors import RunError, StoreBusy
 from polysem.features import cached_class_maps, remap_paths
@@ -330,18 +332,15 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, force: b
 
 def requests_from_screen(store: Store, limit: int, tau: float = TAU, p: float = P, gamma: float = GAMMA
                          ) -> list[ChannelRequest]:
-    """`--from-screen`: the lowest-cosine pair of each of the first `limit` channels of the screening."""
+    """`--from-screen`: the `limit` polysemantic channels with the lowest between-concept cosine, each with
+    all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
     if limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
-    requests, seen = [], set()
-    for pair in polysemantic_pairs(store, tau, p, gamma).to_pylist():
-        if pair["channel"] not in seen and len(requests) < limit:
-            seen.add(pair["channel"])
-            requests.append(ChannelRequest(pair["channel"], [[pair["class1"]], [pair["class2"]]]))
-    if not requests:
-        raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no polysemantic pair to disentangle; "
-                       "try a larger --gamma or a smaller --p")
-    return requests
+    rows = channel_concepts(store, tau, p, gamma, limit=limit).to_pylist()
+    if not rows:
+        raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "
+                       "to disentangle; try a larger --gamma or a smaller --p")
+    return [ChannelRequest(row["channel"], row["concepts"]) for row in rows]
 
 
 def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:

@@ -92,15 +92,25 @@ def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transfor
     rows = _class_rows(store, class_id, split)
     ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
     path = store.path / "cache" / "features" / split / f"class-{class_id}.npz"
+    return cached_array(path, ids, "maps", lambda: compute_feature_maps(
+        model, layer, class_records(store, class_id, split, data_dir, rows), transform, device, batch_size, progress,
+        f"class {class_id}"))
+
+
+def cached_array(path: Path, ids: np.ndarray, name: str, compute) -> np.ndarray:
+    """The array `compute()` gives for the images `ids` (one row each), kept in the .npz at `path`.
+
+    The cache is used only while it holds the same image ids (an ingest since may have added
+    images); it is written under a temporary name and renamed, so a crash leaves no half file.
+    """
     if path.is_file():
         with np.load(path) as cached:
-            if np.array_equal(cached["image_id"], ids):
-                return cached["maps"]
-    records = class_records(store, class_id, split, data_dir, rows)
-    maps = compute_feature_maps(model, layer, records, transform, device, batch_size, progress, f"class {class_id}")
+            if name in cached.files and np.array_equal(cached["image_id"], ids):
+                return cached[name]
+    values = compute()
     with layout.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez would add .npz to any other name
-        np.savez(tmp, image_id=ids, maps=maps)
-    return maps
+        np.savez(tmp, image_id=ids, **{name: values})
+    return values
 
 
 def compute_feature_maps(*args, **kwargs) -> np.ndarray:

@@ -11,6 +11,7 @@ import sys
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "csv", "json")
 NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
@@ -51,7 +52,8 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
         for name in result.column_names:
             table.add_column(name, no_wrap=True)
         for row in result.to_pylist():
-            table.add_row(*(_cell(row[name]) for name in result.column_names))
+            # Text, not str: a value like [blue] is data, not rich markup
+            table.add_row(*(Text(_cell(row[name])) for name in result.column_names))
         console = Console()
         if not console.is_terminal:  # piped or captured: no terminal width to respect
             console = Console(width=240)

@@ -18,8 +18,6 @@ from polysem.errors import RunError
 from polysem.query.store import Store
 
 TOP, SHOWN = 16, 6
-UNIT_LABELS = {"original": "original channel {channel}", "c1": "c'1 (concept 1: {concept1})",
-               "c2": "c'2 (concept 2: {concept2})", "r": "r (residual)"}
 
 
 @dataclass
@@ -55,8 +53,11 @@ def class_names(store: Store) -> dict[int, str]:
 
 
 def unit_labels(run: dict, names: dict[int, str]) -> dict[str, str]:
-    concepts = {f"concept{k}": " + ".join(names[c] for c in run[f"concept{k}"]) for k in (1, 2)}
-    return {u: text.format(channel=run["channel"], **concepts) for u, text in UNIT_LABELS.items()}
+    """original, c1..ck and r of a run, each with what it stands for."""
+    return {"original": f"original channel {run['channel']}",
+            **{f"c{j}": f"c'{j} (concept {j}: {' + '.join(names[c] for c in concept)})"
+               for j, concept in enumerate(run["concepts"], start=1)},
+            "r": "r (residual)"}
 
 
 def photo_as_input(path: str, transform, height: int, width: int) -> tuple[np.ndarray, str]:
@@ -82,8 +83,8 @@ def photo_as_input(path: str, transform, height: int, width: int) -> tuple[np.nd
 
 def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, device: str = "auto",
                top: int = TOP, shown: int = SHOWN) -> tuple[dict[str, UnitImages], dict]:
-    """For the original channel, c'1 and c'2: `shown` of the `top` most activating val images
-    (balanced between the concepts when both appear), each with its most activating patch.
+    """For the original channel and c'1..c'k: `shown` of the `top` most activating val images
+    (balanced between the concepts that appear), each with its most activating patch.
 
     activations: rows of `run_activations` (every val image of the run's concept classes).
     Returns ({unit: UnitImages}, caption facts).
@@ -91,26 +92,31 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     from polysem.disentangling import load_model
     from polysem.features import remap_paths
     from polysem.forward import forward_to
-    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate_one_size
     from polysem.ingest.models import resolve_device, resolve_transform
     from polysem.receptive_field import receptive_fields
 
     names = class_names(store)
     labels = unit_labels(run, names)
     meta = store.meta()
-    transform, _ = resolve_transform(meta["transform"])
+    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
+    k = len(run["concepts"])
     chosen = {}
-    for key, unit in (("activation", "original"), ("activation1", "c1"), ("activation2", "c2")):
-        ranked = sorted(activations, key=lambda r: (-r[key], r["image_id"]))[:top]
-        chosen[unit] = (key, _balanced(ranked, shown))
+    for j, unit in enumerate(["original", *(f"c{j}" for j in range(1, k + 1))]):
+        def value(r, j=j):
+            return r["activation"] if j == 0 else r["activations"][j - 1]
+
+        ranked = sorted(activations, key=lambda r: (-value(r), r["image_id"]))[:top]
+        chosen[unit] = (value, _balanced(ranked, shown))
     rows = {r["image_id"]: r for _, picked in chosen.values() for r in picked}
     facts = {"split": EVAL_SPLIT, "n_images": len(activations), "top": top, "shown": shown,
-             "classes": {k: [names[c] for c in run[f"concept{k}"]] for k in (1, 2)}, "photo_note": ""}
+             "classes": {j: [names[c] for c in concept] for j, concept in enumerate(run["concepts"], start=1)},
+             "photo_note": ""}
     units = {u: UnitImages(u, labels[u]) for u in chosen}
     if not rows:
         return units, facts
     ordered = remap_paths(store, sorted(rows.values(), key=lambda r: r["image_id"]), EVAL_SPLIT, data_dir)
-    _, images, failures = collate([ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"])
+    _, images, failures = collate_one_size([ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"])
                                                  for r in ordered], transform)[i] for i in range(len(ordered))])
     if failures:
         raise RunError(f"cannot read {ordered[failures[0][0]]['path']}: {failures[0][1]}")
@@ -119,22 +125,23 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     index = {r["image_id"]: i for i, r in enumerate(ordered)}
     with torch.no_grad():
         out = forward_to(model, layer.expanded, images.to(next(model.parameters()).device)).double().cpu()
-    i1, i2, ir = (layer.unit_index(run["channel"], u) for u in ("c1", "c2", "r"))
+    index_of = {u: layer.unit_index(run["channel"], u) for u in [*(f"c{j}" for j in range(1, k + 1)), "r"]}
     bias = layer.expanded.bias.detach().double().cpu() if layer.expanded.bias is not None else None
-    maps = {"original": out[:, i1] + out[:, i2] - out[:, ir], "c1": out[:, i1], "c2": out[:, i2]}
-    # c = c'1 + c'2 - r and all three carry the original bias, so the original's bias is that bias too
-    biases = {u: 0.0 if bias is None else float(bias[i1]) for u in maps}
+    maps = {u: out[:, i] for u, i in index_of.items() if u != "r"}
+    maps = {"original": sum(maps.values()) - (k - 1) * out[:, index_of["r"]], **maps}
+    # c = sum_j c'_j - (k - 1) r and all of them carry the original bias, so the original's bias is that bias too
+    biases = {u: 0.0 if bias is None else float(bias[index_of["c1"]]) for u in maps}
     height, width = images.shape[-2:]
     photos = {r["image_id"]: photo_as_input(r["path"], transform, height, width) for r in ordered}
     facts["photo_note"] = next(iter(photos.values()))[1]
     wanted = {}
-    for unit, (key, picked) in chosen.items():
+    for unit, (value, picked) in chosen.items():
         for row in picked:
             fmap = maps[unit][index[row["image_id"]]]
             if float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
                 wanted[(unit, row["image_id"])] = divmod(int(fmap.argmax()), fmap.shape[1])
     boxes = receptive_fields(model.cpu(), layer.expanded, tuple(images.shape[1:]), list(wanted.values()))
-    for unit, (key, picked) in chosen.items():
+    for unit, (value, picked) in chosen.items():
         for row in picked:
             fmap = maps[unit][index[row["image_id"]]]
             photo = photos[row["image_id"]][0]
@@ -142,20 +149,24 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
             box = boxes[position] if position is not None else None
             crop = photo[box[0]:box[2], box[1]:box[3]] if box else photo
             bias_only = float((fmap - biases[unit]).abs().max()) <= 1e-9 * max(1.0, abs(biases[unit]))
-            units[unit].patches.append(Patch(row["image_id"], names[row["target"]], row["concept"], float(row[key]),
+            units[unit].patches.append(Patch(row["image_id"], names[row["target"]], row["concept"], float(value(row)),
                                              photo, box, crop, bias_only))
     return units, facts
 
 
 def _balanced(ranked: list[dict], shown: int) -> list[dict]:
-    """Up to `shown` rows, half from each concept when both appear, in activation order."""
-    by_concept = {1: [r for r in ranked if r["concept"] == 1], 2: [r for r in ranked if r["concept"] == 2]}
-    if not by_concept[1] or not by_concept[2]:
-        return ranked[:shown]
-    half = shown // 2
-    first = by_concept[1][: max(half, shown - len(by_concept[2]))]
-    second = by_concept[2][: shown - len(first)]
-    chosen = {id(r) for r in first + second}
+    """Up to `shown` rows, spread evenly over the concepts that appear (each concept's best first),
+    in activation order; a concept with fewer rows leaves its share to the others."""
+    by_concept: dict[int, list[dict]] = {}
+    for row in ranked:
+        by_concept.setdefault(row["concept"], []).append(row)
+    picked, depth = [], 0
+    while len(picked) < min(shown, len(ranked)):
+        for concept in sorted(by_concept):
+            if depth < len(by_concept[concept]) and len(picked) < shown:
+                picked.append(by_concept[concept][depth])
+        depth += 1
+    chosen = {id(r) for r in picked}
     return [r for r in ranked if id(r) in chosen]
 
 

@@ -56,22 +56,25 @@ def _concept_label(names: dict[int, str], classes: list[int]) -> str:
 
 
 def activation_density(run: dict, activations: list[dict], tau: float, names: dict[int, str], out: Path) -> Path:
-    """KDE of the original channel's and of c'1's and c'2's activations, one panel per concept."""
+    """KDE of the original channel's and of c'1..c'k's activations, one panel per concept."""
     from matplotlib.mlab import GaussianKDE
 
-    figure = Figure(figsize=(11, 4))
-    for k, ax in zip((1, 2), figure.subplots(1, 2)):
+    k_concepts = len(run["concepts"])
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    units = [(lambda r: r["activation"], f"original {run['channel']}", "black"),
+             *((lambda r, j=j: r["activations"][j], f"c'{j + 1}", colours[j % len(colours)]) for j in range(k_concepts))]
+    figure = Figure(figsize=(5.5 * k_concepts, 4))
+    for k, ax in zip(range(1, k_concepts + 1), figure.subplots(1, k_concepts, squeeze=False)[0]):
         rows = [r for r in activations if r["concept"] == k and r["relative_attribution"] is not None
                 and r["relative_attribution"] >= tau]
-        for key, unit, colour in (("activation", f"original {run['channel']}", "black"),
-                                  ("activation1", "c'1", "tab:blue"), ("activation2", "c'2", "tab:orange")):
-            values = np.array([r[key] for r in rows], dtype=float)
+        for value, unit, colour in units:
+            values = np.array([value(r) for r in rows], dtype=float)
             if len(values) > 1 and values.std() > 0:
                 grid = np.linspace(values.min() - values.std(), values.max() + values.std(), 200)
                 ax.plot(grid, GaussianKDE(values)(grid), color=colour, label=unit)
             elif len(values):
                 ax.axvline(values[0], color=colour, label=unit)
-        ax.set_title(f"concept {k}: {_concept_label(names, run[f'concept{k}'])}\n"
+        ax.set_title(f"concept {k}: {_concept_label(names, run['concepts'][k - 1])}\n"
                      f"{len(rows)} val images with relative attribution >= tau = {tau}", fontsize=10)
         ax.set_xlabel("spatially summed activation")
         ax.set_ylabel("density")
@@ -83,8 +86,8 @@ def activation_density(run: dict, activations: list[dict], tau: float, names: di
 
 def selection_caption(facts: dict, layer: str) -> str:
     """What the top images are: split, filter, how many, which classes, how the photos are shown."""
-    return (f"{facts['split']} split, concept 1 = {', '.join(facts['classes'][1])}, concept 2 = "
-            f"{', '.join(facts['classes'][2])}: per unit the {facts['top']} most activating of {facts['n_images']} "
+    concepts = ", ".join(f"concept {j} = {' + '.join(classes)}" for j, classes in facts["classes"].items())
+    return (f"{facts['split']} split, {concepts}: per unit the {facts['top']} most activating of {facts['n_images']} "
             f"images (no tau filter), {facts['shown']} shown, balanced between the concepts when both appear. "
             f"Patches: receptive field of the most activating position of layer {layer}. {facts['photo_note']}.")
 
@@ -101,17 +104,25 @@ def _patch_title(patch) -> str:
 
 
 def _vis_title(row: dict) -> str:
-    own = {"original": row["act_original"], "c1": row["act_c1"], "c2": row["act_c2"], "r": row["act_r"]}[row["unit"]]
+    own = _unit_activation(row, row["unit"])
     text = f"feature visualisation\n{row['method']}, {row['steps']} steps\nact {own:.3g}"
     if row["selectivity"] is not None:
         text += f", selectivity {row['selectivity']:.3g}"
-    elif row["unit"] in ("c1", "c2"):
+    elif row["unit"].startswith("c"):
         text += ", selectivity unbounded"
     return text
 
 
+def _unit_activation(row: dict, unit: str) -> float | None:
+    """A unit's activation on a visualisation row's image: act_original, act_r, or c'_j from act_concepts."""
+    if unit in ("original", "r"):
+        return row[f"act_{unit}"]
+    concepts = row.get("act_concepts") or [row.get("act_c1"), row.get("act_c2")]
+    return concepts[int(unit[1:]) - 1]
+
+
 def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images: dict, layer: str, out: Path) -> Path:
-    """The paper's Fig. 1 for one run: rows original, c'1, c'2; columns the feature visualisation
+    """The paper's Fig. 1 for one run: rows original, c'1..c'k; columns the feature visualisation
     and the most activating patches."""
     shown = max([len(u.patches) for u in units.values()] + [1])
     figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
@@ -165,7 +176,8 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     figure = Figure(figsize=(3.0 * max(len(units), 1), 3.6))
     for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units):
         _show(ax, images[row["unit"]])
-        acts = ", ".join(f"{u} {row[f'act_{u}']:.3g}" for u in ("original", "c1", "c2", "r") if row[f"act_{u}"] is not None)
+        units = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
+        acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in units if _unit_activation(row, u) is not None)
         ax.set_title("\n".join(textwrap.wrap(labels.get(row["unit"], row["unit"]), 30)) + "\n" + _vis_title(row)
                      .replace("feature visualisation\n", ""), fontsize=7)
         ax.set_xlabel("\n".join(textwrap.wrap(acts, 36)), fontsize=6)

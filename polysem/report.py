@@ -70,7 +70,7 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     from polysem.disentangling import run_row
     from polysem.panel import class_names, run_figures
     from polysem.query.screening import polysemantic_pairs
-    from polysem.visualize import write_bytes_atomic
+    from polysem.query.layout import atomic_path
 
     store = store if isinstance(store, Store) else Store(store)
     store.require()
@@ -150,5 +150,6 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     index = out / "index.html"
-    write_bytes_atomic(page.encode(), index)
+    with atomic_path(index) as tmp:
+        tmp.write_bytes(page.encode())
     return index

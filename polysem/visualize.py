@@ -38,10 +38,10 @@ from torch import nn
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import RunError
 from polysem.forward import forward_to
+from polysem.query import layout
 from polysem.query.store import Store
 
 METHODS = ("maco", "fourier")
-UNITS = ("original", "c1", "c2", "r")
 SPECTRUM_IMAGES = 256
 ARTIFACTS = Path("artifacts") / "visualizations"
 
@@ -184,15 +184,18 @@ class Target:
 
 
 def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None) -> Target:
-    """The original channel and its c'1, c'2, r in a disentangled model (layer_name is a DisentangledConv)."""
+    """The original channel and its c'1..c'k, r in a disentangled model (layer_name is a DisentangledConv)."""
     layer = model.get_submodule(layer_name)
-    i1, i2, ir = (layer.unit_index(channel, u) for u in ("c1", "c2", "r"))
+    concepts = tuple(u for u in layer.units[channel] if u != "r")  # c1 .. ck
+    index = [layer.unit_index(channel, u) for u in concepts]
+    ir = layer.unit_index(channel, "r")
 
     def readout(out):
-        # merge computes channel c as c'1 + c'2 - r; the other rows of merge are not needed
-        return torch.stack([out[:, i1] + out[:, i2] - out[:, ir], out[:, i1], out[:, i2], out[:, ir]], 1)
+        # merge computes channel c as sum_j c'_j - (k - 1) r; the other rows of merge are not needed
+        units = [out[:, i] for i in index]
+        return torch.stack([sum(units) - (len(units) - 1) * out[:, ir], *units, out[:, ir]], 1)
 
-    return Target(model, layer.expanded, UNITS, readout, channel, run_id)
+    return Target(model, layer.expanded, ("original", *concepts, "r"), readout, channel, run_id)
 
 
 def channel_target(model: nn.Module, layer_name: str, channel: int) -> Target:
@@ -278,7 +281,7 @@ def input_display(transform) -> Callable[[torch.Tensor], torch.Tensor]:
 def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor:
     """Up to n train images of the store after the model's transform (a fixed pseudo-random choice)."""
     from polysem.features import remap_paths
-    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate_one_size
 
     rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? ORDER BY hash(image_id), image_id "
                        "LIMIT ?", [SCREEN_SPLIT, n]).to_pylist()
@@ -286,7 +289,7 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
         raise RunError(f"the store has no {SCREEN_SPLIT} images; ingest them first: polysem ingest DATA_DIR --split {SCREEN_SPLIT}")
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
     dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
-    _, images, failures = collate([dataset[i] for i in range(len(rows))])
+    _, images, failures = collate_one_size([dataset[i] for i in range(len(rows))], "the store's train images")
     if failures:
         raise RunError(f"cannot read {rows[failures[0][0]]['path']}: {failures[0][1]}")
     return images
@@ -316,7 +319,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     if run_id is not None:
         run = run_row(store, run_id)
         model = load_model(store, run_id)
-        transform, _ = resolve_transform(store.meta()["transform"])
+        transform = resolve_transform(store.meta()["transform"], store.meta().get("transform_import_root")).fn
         target = run_target(model, layer_name, run["channel"], run_id)
     else:
         model, _, layer, transform = base_model(store)
@@ -347,10 +350,12 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
 
 
 def _selectivity(unit: str, acts: dict) -> float | None:
-    other = {"c1": "c2", "c2": "c1"}.get(unit)
-    if other is None or acts[other] <= 0:
+    """act(c'_j) / the largest act(c'_j') of the other new channels on c'_j's image (for k = 2: act(c'1)/act(c'2));
+    None for the original and r, or when that denominator is not positive."""
+    others = [a for u, a in acts.items() if u.startswith("c") and u != unit]
+    if not unit.startswith("c") or not others or max(others) <= 0:
         return None
-    return acts[unit] / acts[other]
+    return acts[unit] / max(others)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -361,20 +366,6 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write a file so that it appears complete or not at all (temp name in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _record(store: Store, target: Target, images: torch.Tensor, result: dict, config: dict, seconds: float) -> dict:
@@ -389,19 +380,21 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
     where = "run_id IS NOT DISTINCT FROM ? AND channel = ? AND method = ? AND steps = ? AND size = ? AND seed = ?"
     try:
         for unit, image in zip(target.units, images):
-            write_bytes_atomic(png_bytes(image), store.path / paths[unit])
+            with layout.atomic_path(store.path / paths[unit]) as tmp:
+                tmp.write_bytes(png_bytes(image))
             written.append(store.path / paths[unit])
         rows = []
         for unit in target.units:
             acts = result[unit]["activations"]
             rows.append([target.run_id, target.channel, unit, config["method"], config["steps"], config["size"],
                          config["seed"], config["device"], str(paths[unit]), acts["original"], acts.get("c1"),
-                         acts.get("c2"), acts.get("r"), result[unit]["selectivity"], seconds, now])
+                         acts.get("c2"), acts.get("r"), result[unit]["selectivity"], seconds, now,
+                         [a for u, a in acts.items() if u.startswith("c")] or None])
         with store.connect(write=True) as conn:
             conn.execute("BEGIN")
             old = [r[0] for r in conn.execute(f"SELECT image FROM visualizations WHERE {where}", key).fetchall()]
             conn.execute(f"DELETE FROM visualizations WHERE {where}", key)
-            conn.executemany(f"INSERT INTO visualizations VALUES ({', '.join('?' * 16)})", rows)
+            conn.executemany(f"INSERT INTO visualizations VALUES ({', '.join('?' * 17)})", rows)
             conn.execute("COMMIT")
     except BaseException:
         for path in written:

@@ -16,3 +16,15 @@ pooled_list AS (
 SELECT w.channel, p.n_images, arv_of(w.weight, p.mean_input_sum, li."window") AS arv
 FROM layer_weights w CROSS JOIN layer_info li CROSS JOIN pooled_list p
 WHERE w.channel = channel_id;
+
+-- name: weight_arv_cosine
+-- For any weight row of layer l's shape (e.g. a disentangled channel c'_j; flattened like input_sum) and a list of classes: class1 < class2 and the cosine of their ARVs under that row (the ARV identity: no model pass). Used by `polysem verify`.
+CREATE OR REPLACE MACRO weight_arv_cosine(weight, class_ids, split_name := 'train') AS TABLE
+WITH arvs AS MATERIALIZED (
+    SELECT m.class_id, arv_of(weight::DOUBLE[], m.mean_input_sum, li."window") AS arv
+    FROM class_means_of(split_name := split_name) m CROSS JOIN layer_info li
+    WHERE list_contains(class_ids, m.class_id)
+)
+SELECT a.class_id AS class1, b.class_id AS class2, list_cosine_similarity(a.arv, b.arv) AS cosine
+FROM arvs a JOIN arvs b ON a.class_id < b.class_id
+ORDER BY class1, class2;

@@ -62,15 +62,17 @@ GROUP BY s.concept
 ORDER BY s.concept;
 
 -- name: run_summary
--- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels).
+-- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels), and resolved from `polysem verify` (NULL until verified).
 CREATE OR REPLACE VIEW run_summary AS
 SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
        list_transform(r.sources, lambda s: len(s)) AS n_sources, len(r.shared) AS n_shared, r.max_logit_diff,
        r.warnings,
        list(e.n_images ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS n_images,
        list(e.fractions ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS fractions,
-       list(e.bias_only ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS bias_only
+       list(e.bias_only ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS bias_only,
+       v.resolved
 FROM runs r
 LEFT JOIN evaluations e ON e.run_id = r.run_id
+LEFT JOIN verifications v ON v.run_id = r.run_id
 GROUP BY ALL
 ORDER BY r.created_at, r.channel;

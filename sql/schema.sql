@@ -57,3 +57,35 @@ CREATE TABLE IF NOT EXISTS evaluations (
     evaluated_at  TIMESTAMP NOT NULL,
     PRIMARY KEY (run_id, concept)
 );
+
+-- name: channel_concepts
+-- The concepts of each polysemantic channel (`polysem screen --concepts`), recorded per parameter set: its relevant classes (Ineq. 2, tau, p) grouped by complete linkage on their ARV cosines at gamma (ties by class id), concepts sorted by smallest class id; names, sizes, and min_cosine (the lowest class-pair cosine between concepts).
+CREATE TABLE IF NOT EXISTS channel_concepts (
+    tau          DOUBLE NOT NULL,
+    p            DOUBLE NOT NULL,
+    gamma        DOUBLE NOT NULL,
+    split        VARCHAR NOT NULL,
+    correct_only BOOLEAN NOT NULL,
+    channel      INTEGER NOT NULL,
+    concepts     INTEGER[][] NOT NULL,
+    names        VARCHAR[][] NOT NULL,
+    sizes        INTEGER[] NOT NULL,
+    min_cosine   DOUBLE,
+    computed_at  TIMESTAMP NOT NULL
+);
+
+-- name: verifications
+-- `polysem verify` per run (the latest): with tau, p, gamma and the images used, per new channel c'_1..c'_k (`units`) the classes it is relevant for among those the original channel was relevant for, and the lowest ARV cosine among them; resolved when no new channel has a pair below gamma.
+CREATE TABLE IF NOT EXISTS verifications (
+    run_id           VARCHAR PRIMARY KEY,
+    tau              DOUBLE NOT NULL,
+    p                DOUBLE NOT NULL,
+    gamma            DOUBLE NOT NULL,
+    classes          INTEGER[] NOT NULL,
+    n_images         INTEGER NOT NULL,
+    units            VARCHAR[] NOT NULL,
+    relevant_classes INTEGER[][] NOT NULL,
+    min_cosines      DOUBLE[] NOT NULL,
+    resolved         BOOLEAN NOT NULL,
+    verified_at      TIMESTAMP NOT NULL
+);

@@ -45,7 +45,7 @@ GROUP BY split
 ORDER BY split;
 
 -- name: visualizations
--- Feature visualisations (`polysem visualize`), one row per optimised image: run_id (NULL for a channel of the stored model), channel, unit (original, c1, c2, r), method, steps, size, seed, device, image (PNG path in the store), the spatially summed activations of the original channel, c'1, c'2 and r on it (NULL without a run), selectivity (c1: act_c1/act_c2, c2: the reverse), seconds of optimisation, created_at.
+-- Feature visualisations (`polysem visualize`), one row per optimised image: run_id (NULL for a channel of the stored model), channel, unit (original, c1, c2, r), method, steps, size, seed, device, image (PNG path in the store), the spatially summed activations of the original channel, c'1, c'2 and r on it (NULL without a run), selectivity (c_j: act(c'_j) over the largest act of the other new channels), seconds of optimisation, created_at, act_concepts (the activations of c'_1..c'_k: all of them when k > 2).
 CREATE TABLE IF NOT EXISTS visualizations (
     run_id       VARCHAR,
     channel      INTEGER NOT NULL,
@@ -62,5 +62,6 @@ CREATE TABLE IF NOT EXISTS visualizations (
     act_r        DOUBLE,
     selectivity  DOUBLE,
     seconds      DOUBLE NOT NULL,
-    created_at   TIMESTAMP NOT NULL
+    created_at   TIMESTAMP NOT NULL,
+    act_concepts DOUBLE[]
 );

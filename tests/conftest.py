@@ -66,17 +66,19 @@ COLOUR = ["--model", "tests.models:colour_net", "--layer", "probe", "--transform
 COLOUR_WNIDS = {"blue": "n01440764", "green": "n04254680", "red": "n02123045"}  # tench, soccer ball, tabby
 
 
-def make_colour_images(root: Path, split: str, per_class: int, seed=0, size=8, noise=12) -> Path:
-    """Solid-colour PNGs with a little noise, one class folder per colour, plus classes.json with wnids."""
+def make_colour_images(root: Path, split: str, per_class: int, seed=0, size=8, noise=12, colours=None) -> Path:
+    """Solid-colour PNGs with a little noise, one class folder per colour, plus classes.json with wnids
+    (for the default colours)."""
     import json
 
     rng = np.random.default_rng(seed)
-    for name, rgb in COLOURS.items():
+    for name, rgb in (colours or COLOURS).items():
         (root / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             pixels = np.clip(np.array(rgb) + rng.integers(0, noise, size=(size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / split / name / f"{i:03d}.png")
-    (root / "classes.json").write_text(json.dumps({k: {"wnid": v} for k, v in COLOUR_WNIDS.items()}))
+    if colours is None:
+        (root / "classes.json").write_text(json.dumps({k: {"wnid": v} for k, v in COLOUR_WNIDS.items()}))
     return root
 
 

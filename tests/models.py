@@ -156,3 +156,41 @@ class OpponentColourNet(ColourNet):
 
 def opponent_colour_net() -> nn.Module:
     return OpponentColourNet()
+
+
+class _DetectorNet(nn.Module):
+    """stem (1x1, 3 -> 3, ReLU): R, G and B detectors (l-1 channels 0, 1, 2); `probe` (1x1, 3 -> 3, no bias)
+    the layer of interest; head: ReLU, mean over space, a linear map without bias to one logit per class."""
+
+    def __init__(self, probe, head):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
+        self.probe = nn.Conv2d(3, 3, 1, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3, bias=False))
+        with torch.no_grad():
+            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.probe.weight.copy_(torch.tensor(probe).view(3, 3, 1, 1))
+            self.head[3].weight.copy_(torch.tensor(head))
+
+    def forward(self, x):
+        return self.head(self.probe(self.stem(x)))
+
+
+def tri_colour_net() -> nn.Module:
+    """Known answer for three unrelated concepts, classes blue, green, red (folder order).
+
+    probe channel 0 = R + G + B serves all three colours, each through its own detector;
+    channel 1 = B (blue only), channel 2 = R (red only).
+    logits: blue = ch0 + ch1, green = ch0, red = ch0 + ch2.
+    """
+    return _DetectorNet([[1.0, 1, 1], [0, 0, 1], [1, 0, 0]], [[1.0, 1, 0], [1, 0, 0], [1, 0, 1]])
+
+
+def pair_colour_net() -> nn.Module:
+    """Known answer for two similar classes plus an unrelated one, classes blue, darkred, red (folder order).
+
+    probe channel 0 = R + B serves blue (B detector) and both reds (the same R detector);
+    channel 1 = B (blue only), channel 2 = R (red only: darkred's logit does not read it).
+    logits: blue = ch0 + ch1, darkred = ch0, red = ch0 + ch2.
+    """
+    return _DetectorNet([[1.0, 0, 1], [0, 0, 1], [1, 0, 0]], [[1.0, 1, 0], [1, 0, 0], [1, 0, 1]])

@@ -23,7 +23,8 @@ def all_options():
             else:
                 for param in command.params:
                     yield from getattr(param, "opts", [])
-    return set(walk(typer.main.get_command(app))) | {"--help", "--version"}
+    # torchrun's own option, named where it is the fix
+    return set(walk(typer.main.get_command(app))) | {"--help", "--version", "--nproc-per-node"}
 
 
 def message_strings():
@@ -79,7 +80,7 @@ def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_p
     assert_refused(result, "No space left on device")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()
-    monkeypatch.setattr("polysem.plots.top_activating", fail)  # the last figure fails
+    monkeypatch.setattr("polysem.plots.top_images", fail)  # the last figures fail
     assert_refused(cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots), "No space left on device")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()

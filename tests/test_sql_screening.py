@@ -36,6 +36,7 @@ def test_every_view_and_macro_runs(colour_store):
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
+        "weight_arv_cosine": "SELECT * FROM weight_arv_cosine([1.0, 1, 0], [0, 1, 2])",
     }
     for block in load_blocks():
         if block.kind == "TABLE":
@@ -55,6 +56,14 @@ def test_every_view_and_macro_runs(colour_store):
     direct = store.query("SELECT avg(channel_attribution(attribution, 2)) AS m FROM samples "
                          "WHERE split = 'train' AND target = 1")
     assert means.column("m")[0].as_py() == pytest.approx(direct.column("m")[0].as_py())
+    # channel 0's own weight row gives arv_cosine's cosines
+    expected = store.query("SELECT class1, class2, cosine FROM arv_cosine(p := 0.0) WHERE channel = 0 "
+                           "ORDER BY class1, class2").to_pylist()
+    got = store.query(calls["weight_arv_cosine"]).to_pylist()
+    assert [(r["class1"], r["class2"]) for r in got] == [(0, 1), (0, 2), (1, 2)]
+    assert {(r["class1"], r["class2"]): pytest.approx(r["cosine"]) for r in expected} == \
+        {(r["class1"], r["class2"]): r["cosine"] for r in got if (r["class1"], r["class2"]) in
+         {(e["class1"], e["class2"]) for e in expected}}
     assert store.query("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
                        "relative_attribution(-1.0, 4.0) AS n").to_pylist() == [{"s": 0, "r": None, "n": -0.25}]
 

@@ -144,7 +144,7 @@ def break_checksums(path: Path) -> None:
 
 
 def train_part(store: Path) -> Path:
-    return next((store / "samples" / "train").glob("part-*.parquet"))
+    return next((store / "samples" / "train").glob("*.parquet"))  # compacted after ingest: compact-*
 
 
 DAMAGE = {
@@ -158,7 +158,7 @@ DAMAGE = {
                                     ["ingest", "{data}", "--split", "val"], ["evaluate", "abc"]]),
     "catalog that is not a database": (lambda s: (s / "catalog.duckdb").write_bytes(b"garbage" * 100), "catalog.duckdb",
                                        "backup", [["info"], ["sql", "SELECT 1"]]),
-    "truncated part": (lambda s: truncate(train_part(s)), "samples/train/part-", "--split train",
+    "truncated part": (lambda s: truncate(train_part(s)), "samples/train/", "--split train",
                        [["sql", "SELECT count(*) FROM samples"], ["info"], ["screen"], ["classes"],
                         ["ingest", "{data}", "--split", "train"],
                         ["disentangle", "--channel", "0", "--concept1", "1", "--concept2", "2"]]),
@@ -213,11 +213,11 @@ def test_leftovers_of_a_kill_are_swept_on_the_next_write(store):
         path.write_bytes(b"half")
     for path in leftovers:
         os.utime(path, (old, old))
-    parts = sorted(store.glob("samples/*/part-*.parquet"))
+    parts = sorted(store.glob("samples/*/*.parquet"))
     with Store(store).connect(write=True):
         pass
     assert [p for p in leftovers if p.exists()] == []
-    assert fresh.exists() and sorted(store.glob("samples/*/part-*.parquet")) == parts
+    assert fresh.exists() and sorted(store.glob("samples/*/*.parquet")) == parts
 
 
 # -- 5. outputs that are folders, system files or the store itself ------------------------------

@@ -1,0 +1,123 @@
+"""The concepts of a channel: its relevant classes grouped by complete linkage on their ARV cosines.
+
+The paper screens class *pairs* (Theorem 3.1). A channel relevant for more classes
+serves more than two of them, and several of its classes can belong together
+(cowboy hat and sombrero). Here the classes a channel is relevant for (Ineq. 2,
+tau, p) are grouped into concepts by complete-linkage agglomerative clustering
+with the ARV cosine as similarity: two groups merge only when every pair of
+classes across them has cosine >= gamma, so no concept holds a polysemantic
+pair. A channel with two or more concepts is polysemantic.
+
+Complete linkage over a channel's few relevant classes is a loop, not a query,
+so it runs here on the cosines of `arv_cosine(tau, p)` and is recorded in the
+`channel_concepts` table with the parameters it was computed with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
+from polysem.query.screening import arv_cosines, check_thresholds
+from polysem.query.store import Store, as_store
+
+SCHEMA = pa.schema([
+    ("channel", pa.int32()),
+    ("concepts", pa.list_(pa.list_(pa.int32()))),
+    ("names", pa.list_(pa.list_(pa.string()))),
+    ("sizes", pa.list_(pa.int32())),
+    ("min_cosine", pa.float64()),
+])
+
+
+def _similarity(cosine) -> float:
+    """A missing or NaN cosine (a zero ARV) never lets two classes share a concept."""
+    return -math.inf if cosine is None or math.isnan(cosine) else cosine
+
+
+def complete_linkage(classes, cosine: dict[tuple[int, int], float], gamma: float) -> list[list[int]]:
+    """Group `classes` (ids) into concepts; `cosine[(a, b)]` with a < b is their ARV cosine.
+
+    Agglomerative, complete linkage: the similarity of two groups is the lowest cosine
+    between their classes; the most similar two groups merge while that is >= gamma.
+    Ties go to the pair of groups whose smallest class ids are smallest (first group, then
+    second), so the grouping is deterministic. Concepts come sorted by their smallest class
+    id, each sorted by class id.
+    """
+    groups = [[c] for c in sorted(set(classes))]
+
+    def linkage(a: list[int], b: list[int]) -> float:
+        return min(_similarity(cosine.get((min(x, y), max(x, y)))) for x in a for y in b)
+
+    while len(groups) > 1:
+        best = None  # (-linkage, i, j): the smallest tuple is the highest linkage, then the lowest ids
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                value = linkage(groups[i], groups[j])
+                if value >= gamma and (best is None or (-value, i, j) < best):
+                    best = (-value, i, j)
+        if best is None:
+            break
+        _, i, j = best
+        groups[i] = sorted(groups[i] + groups[j])
+        del groups[j]
+        groups.sort(key=lambda g: g[0])
+    return groups
+
+
+def min_cosine_between(concepts: list[list[int]], cosine: dict[tuple[int, int], float]) -> float | None:
+    """The lowest cosine over pairs of classes in different concepts (None for one concept)."""
+    values = [_similarity(cosine.get((min(x, y), max(x, y))))
+              for i, a in enumerate(concepts) for b in concepts[i + 1:] for x in a for y in b]
+    if not values:
+        return None
+    low = min(values)
+    return None if low == -math.inf else low
+
+
+def group_channels(cosines: list[dict], gamma: float, names: dict[int, str]) -> list[dict]:
+    """The polysemantic channels among rows of `arv_cosine` (channel, class1, class2, cosine), with their
+    concepts; lowest between-concept cosine first, then by channel."""
+    per_channel: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)
+    for row in cosines:
+        per_channel[row["channel"]][(row["class1"], row["class2"])] = row["cosine"]
+    rows = []
+    for channel, cosine in per_channel.items():
+        classes = {c for pair in cosine for c in pair}
+        concepts = complete_linkage(classes, cosine, gamma)
+        if len(concepts) < 2:
+            continue
+        rows.append({"channel": channel, "concepts": concepts,
+                     "names": [[names.get(c, str(c)) for c in concept] for concept in concepts],
+                     "sizes": [len(concept) for concept in concepts],
+                     "min_cosine": min_cosine_between(concepts, cosine)})
+    # a NaN-only channel (min_cosine None) sorts last: nothing says how dissimilar its concepts are
+    rows.sort(key=lambda r: (r["min_cosine"] is None, r["min_cosine"] or 0.0, r["channel"]))
+    return rows
+
+
+def channel_concepts(store: Store | str, tau: float = TAU, p: float = P, gamma: float = GAMMA,
+                     limit: int | None = None, correct_only: bool = False, record: bool = True) -> pa.Table:
+    """Per polysemantic channel: channel, concepts (lists of class ids), names, sizes, min_cosine; the lowest
+    min_cosine first. With `record`, the result replaces the rows of the same parameters in `channel_concepts`."""
+    store = as_store(store)
+    check_thresholds(tau, p, gamma)
+    cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()
+    names = {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+    rows = group_channels(cosines, gamma, names)
+    if record:
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        key = [tau, p, gamma, SCREEN_SPLIT, correct_only]
+        with store.connect(write=True) as conn:
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM channel_concepts WHERE tau = ? AND p = ? AND gamma = ? AND split = ? "
+                         "AND correct_only = ?", key)
+            conn.executemany("INSERT INTO channel_concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [[*key, r["channel"], r["concepts"], r["names"], r["sizes"], r["min_cosine"], now]
+                              for r in rows])
+            conn.execute("COMMIT")
+    return pa.Table.from_pylist(rows[:limit] if limit is not None else rows, schema=SCHEMA)

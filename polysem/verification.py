@@ -1,0 +1,148 @@
+"""Checking a disentanglement run with the screening itself (`polysem verify`), recorded in `verifications`.
+
+A split resolves a polysemantic channel when each new channel c'_j serves one concept. The
+check applies the paper's own tests to the new channels:
+
+- relevance (Ineq. 2): the disentangled model runs over the train images of every class the
+  original channel was relevant for (and the run's concept classes); gradient x activation of
+  the image's class logit is taken at the output of the new layer's `expanded` conv, and c'_j is
+  relevant for an image when its attribution is >= tau times the positive sum over *all* units
+  of `expanded` (the new layer's channels: the untouched ones, c'_1..c'_k and r of every split
+  channel of the model); relevant for a class when that holds for at least p of its images.
+- dissimilarity (Theorem 3.1): the ARVs of c'_j follow from the ARV identity with c'_j's own
+  weight row, R = W'_j * mean S: window sums are unchanged by the split, so they come from the
+  store (`weight_arv_cosine`), with no model pass.
+
+The run resolves the channel when no c'_j has two relevant classes whose ARV cosine is below
+gamma. The residual r is not checked: it holds only the shared inputs by construction and enters
+the merge with the factor -(k - 1), so its attribution has the opposite sign of its activation.
+A NaN cosine (a class whose ARV under c'_j is zero: it reaches c'_j only through the bias) is
+left out of the minimum.
+
+The attributions are cached per class like the feature maps, in
+STORE/cache/verify/<group_id>/<split>/class-<id>.npz.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
+from polysem.disentangling import load_model, run_row
+from polysem.errors import RunError
+from polysem.features import cached_array, remap_paths
+from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
+from polysem.ingest.models import resolve_device, resolve_transform
+from polysem.ingest.progress import progress_bar
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
+
+
+def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
+                       device: torch.device, batch_size: int = 64, progress: bool = True,
+                       label: str = "") -> np.ndarray:
+    """N x C float32: gradient x activation of logit `logit` at `layer`'s output (C channels), summed over
+    space, for each record in order."""
+    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
+    result = np.zeros((len(records), layer.out_channels), np.float32)
+    with progress_bar(f"verify {label}", len(records), progress) as advance:
+        for groups, failures in loader:
+            if failures:
+                index, message = failures[0]
+                raise RunError(f"cannot read {records[index].path}: {message}")
+            for indices, images in groups:  # one group per image size
+                targets = torch.full((len(indices),), logit, dtype=torch.long, device=device)
+                attribution = attribute_batch(model, layer, images.to(device), targets).attribution
+                result[list(indices)] = attribution.cpu().numpy()
+                advance(len(indices))
+    return result
+
+
+def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
+    """Ineq. 2 for one unit over a class's images (N x C attributions): the fraction of images where the
+    unit's attribution reaches tau times the positive sum; an image without positive attribution counts
+    as not relevant, as in the screening."""
+    total = np.clip(attribution, 0, None).sum(axis=1)
+    relevant = (total > 0) & (attribution[:, unit] >= tau * total)
+    return float(relevant.mean()) if len(relevant) else 0.0
+
+
+def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: float = P, gamma: float = GAMMA, *,
+           limit: int | None = None, data_dir=None, device: str = "auto", batch_size: int = 64,
+           progress: bool = True) -> dict:
+    """Screen the new channels c'_1..c'_k of a run; returns and records
+    {"run_id", "resolved", "channels": [{"unit", "relevant_classes", "min_cosine"}, ...], "classes", "n_images"}.
+
+    limit: at most this many train images per class (the first by image id); None for all.
+    """
+    store = as_store(store)
+    store.require()
+    check_thresholds(tau, p, gamma)
+    if limit is not None and limit < 1:
+        raise RunError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
+    run = run_row(store, run_id)
+    relevant = store.query("SELECT class_id FROM relevant_pairs(tau := ?, p := ?) WHERE channel = ?",
+                           [tau, p, run["channel"]]).column("class_id").to_pylist()
+    # a forced run's concept classes need not be relevant; they are checked all the same
+    classes = sorted(set(relevant) | {c for concept in run["concepts"] for c in concept})
+    logit_of = dict(zip(*store.query("SELECT class_id, logit FROM classes").to_pydict().values()))
+
+    meta = store.meta()
+    model = load_model(store, run_id)
+    new_layer = model.get_submodule(meta["layer"])
+    expanded = new_layer.expanded
+    units = [f"c{j}" for j in range(1, len(run["concepts"]) + 1)]
+    indices = [new_layer.unit_index(run["channel"], unit) for unit in units]
+    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
+    run_device = resolve_device(device)
+    model.to(run_device)
+
+    fractions, n_images = {}, 0
+    for class_id in classes:
+        rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? AND target = ? "
+                           "ORDER BY image_id LIMIT ?", [SCREEN_SPLIT, class_id, limit or 2**62]).to_pylist()
+        if not rows:
+            continue
+        ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
+        path = store.path / "cache" / "verify" / run["group_id"] / SCREEN_SPLIT / f"class-{class_id}.npz"
+
+        def compute(rows=rows, class_id=class_id):
+            records = [ImageRecord(r["image_id"], r["path"], r["target"])
+                       for r in remap_paths(store, rows, SCREEN_SPLIT, data_dir)]
+            return layer_attributions(model, expanded, records, transform, logit_of[class_id], run_device,
+                                      batch_size, progress, f"class {class_id}")
+
+        attribution = cached_array(path, ids, "attribution", compute)
+        fractions[class_id] = [relevant_fraction(attribution, index, tau) for index in indices]
+        n_images += len(ids)
+
+    weights = expanded.weight.detach().cpu().double().flatten(1)
+    channels = []
+    for u, (unit, index) in enumerate(zip(units, indices)):
+        unit_classes = [c for c in classes if c in fractions and fractions[c][u] >= p]
+        cosines = [] if len(unit_classes) < 2 else store.query(
+            "SELECT cosine FROM weight_arv_cosine(?, ?)", [weights[index].tolist(), unit_classes]
+        ).column("cosine").to_pylist()
+        finite = [c for c in cosines if c is not None and not math.isnan(c)]
+        channels.append({"unit": unit, "relevant_classes": unit_classes, "min_cosine": min(finite) if finite else None})
+    resolved = all(ch["min_cosine"] is None or ch["min_cosine"] >= gamma for ch in channels)
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with store.connect(write=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM verifications WHERE run_id = ?", [run_id])
+        conn.execute("INSERT INTO verifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [run_id, tau, p, gamma, classes, n_images, units, [ch["relevant_classes"] for ch in channels],
+                      [ch["min_cosine"] for ch in channels], resolved, now])
+        conn.execute("COMMIT")
+    return {"run_id": run_id, "resolved": resolved, "channels": channels, "classes": classes, "n_images": n_images}
