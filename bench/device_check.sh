@@ -15,6 +15,7 @@ timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_logits.py tes
   tests/test_edge_cases.py tests/test_disentangle.py tests/test_visualize.py -k "not report and not chromium" \
   2>&1 | tee "$out/pytest-cuda.log" | tail -5
 # 2. ingest throughput, ResNet-50 at 224 px, against the bare loops on the same batches
-timeout 150 python3 bench/ingest_throughput.py --device cuda --images 1024 --batch-size 128 2>&1 | tee "$out/ingest.json" | tail -25
+timeout 200 python3 bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 2>&1 | tee "$out/ingest.json" | tail -25
+timeout 100 python3 bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 --workers 15 --ingest-only 2>&1 | tee "$out/ingest-15-workers.json" | tail -5
 # 3. feature visualisation: steps/s for 4 units in one batch
 timeout 90 python3 bench/visualize_speed.py --device cuda --steps 64 2>&1 | tee "$out/visualize.json" | tail -25

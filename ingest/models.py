@@ -57,7 +57,7 @@ def resolve_model(model_spec: str, weights_spec: str | None, import_root: str | 
     if ":" in model_spec:
         factory, root = _load_callable(model_spec, "model", import_root)
         try:
-            with _importable_from(root):  # the factory may import more of its package
+            with importable_from(root):  # the factory may import more of its package
                 model = factory()
         except (Exception, SystemExit) as error:  # a user's callable may even call sys.exit
             raise ModelError(f"model callable {model_spec} failed: {type(error).__name__}: {error}; "
@@ -257,7 +257,7 @@ def imagenet_transform() -> Callable:
 
 
 @contextmanager
-def _importable_from(folder: str | None):
+def importable_from(folder: str | None):
     """sys.path with `folder` first, for the duration of an import; restored afterwards."""
     saved = list(sys.path)
     if folder is not None:
@@ -286,7 +286,7 @@ def _load_callable(spec: str, what: str, import_root: str | None = None):
     if not module_name or not attr:
         raise ModelError(f"bad {what} '{spec}': write it as package.module:name")
     try:
-        with _importable_from(import_root or os.getcwd()):
+        with importable_from(import_root or os.getcwd()):
             module = importlib.import_module(module_name)
     except (Exception, SystemExit) as error:
         where = f"from {import_root} (where the store's first ingest found it)" if import_root else \

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import polysem
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
-from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
+from polysem.ingest.models import importable_from, layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.ingest.progress import progress_bar
 from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
@@ -143,7 +143,8 @@ def ingest(
         mine = todo[rank::world_size]
         summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)):
+        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)), \
+                importable_from(image_transform.import_root):
             _run(resolved.model.to(run_device), conv, image_transform.fn, mine, logits, split, store.path, rank,
                  rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
         _barrier(world_size)
@@ -324,6 +325,9 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        # fresh worker processes: forking a process that holds CUDA, DuckDB and OpenMP threads can crash
+        # its children (seen on a GPU machine); they import the transform, so its folder stays importable
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
     try:
         # Rank 0 counts its own images only: every rank has its share, and a rate scaled by world_size
