@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -204,10 +205,24 @@ def class_rows(data_dir: str | Path, folders: list[str], n_outputs: int, model_n
 class ImageRecords(Dataset):
     """Loads and transforms images; a failure becomes an error message, never an exception."""
 
-    def __init__(self, records: list[ImageRecord], transform: Callable, loader: Callable = default_loader):
+    def __init__(self, records: list[ImageRecord], transform: Callable, loader: Callable = default_loader,
+                 import_root: str | None = None):
         self.records = records
         self.transform = transform
         self.loader = loader
+        self.import_root = import_root  # where a module:callable transform is imported from
+
+    def __getstate__(self) -> dict:
+        # the transform travels pickled on its own, so that a worker process unpickles it with
+        # its folder importable (a user's module is found there, not on the worker's sys.path)
+        return {**self.__dict__, "transform": pickle.dumps(self.transform)}
+
+    def __setstate__(self, state: dict) -> None:
+        from polysem.ingest.models import importable_from
+
+        with importable_from(state["import_root"]):
+            state["transform"] = pickle.loads(state["transform"])
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.records)

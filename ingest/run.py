@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import polysem
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
-from polysem.ingest.models import importable_from, layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
+from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
 from polysem.ingest.progress import progress_bar
 from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
@@ -143,9 +143,8 @@ def ingest(
         mine = todo[rank::world_size]
         summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)), \
-                importable_from(image_transform.import_root):
-            _run(resolved.model.to(run_device), conv, image_transform.fn, mine, logits, split, store.path, rank,
+        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)):
+            _run(resolved.model.to(run_device), conv, image_transform, mine, logits, split, store.path, rank,
                  rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
@@ -319,15 +318,13 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
     class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
     class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
     loader = DataLoader(
-        ImageRecords(records, transform),
+        ImageRecords(records, transform.fn, import_root=transform.import_root),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
-        # fresh worker processes: forking a process that holds CUDA, DuckDB and OpenMP threads can crash
-        # its children (seen on a GPU machine); they import the transform, so its folder stays importable
-        multiprocessing_context="spawn" if num_workers > 0 else None,
+        multiprocessing_context=worker_context(num_workers),
     )
     try:
         # Rank 0 counts its own images only: every rank has its share, and a rate scaled by world_size
@@ -365,6 +362,33 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
         raise
     writer.flush()
     summary.parts = writer.parts_written
+
+
+WORKER_PRELOAD = ["torch", "torchvision.transforms", "PIL.Image", "polysem.ingest.dataset"]
+WORKER_START_ENV = "POLYSEM_WORKER_START"  # fork, forkserver (default) or spawn
+
+
+def worker_context(num_workers: int):
+    """How DataLoader workers start: by default forked from a fork server that imported torch and
+    nothing else (POLYSEM_WORKER_START=fork|spawn chooses another way).
+
+    Forking the ingest process itself, which holds CUDA, DuckDB and OpenMP threads, crashed its
+    workers on a GPU machine (a segmentation fault); spawning fresh ones worked but each
+    imported torch anew, costing tens of seconds per ingest. The fork server is a clean process,
+    started once, and its children start with torch already imported. Like spawn, it runs a
+    script's main module again in the workers: guard scripts with `if __name__ == "__main__":`.
+    """
+    if num_workers == 0:
+        return None
+    import multiprocessing
+
+    method = os.environ.get(WORKER_START_ENV, "forkserver")
+    if method not in ("fork", "forkserver", "spawn"):
+        raise DataError(f"{WORKER_START_ENV}={method} is not a start method; use fork, forkserver or spawn")
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
