@@ -17,7 +17,8 @@ import typer
 
 from polysem.constants import GAMMA, P, TAU
 from polysem.errors import PolysemError
-from polysem.output import render, render_evaluation, render_record, render_runs, render_screen
+from polysem.output import (render, render_concepts, render_evaluation, render_record, render_runs, render_screen,
+                            render_verification)
 
 app = typer.Typer(
     name="polysem",
@@ -287,7 +288,7 @@ def screen(
         result = channel_concepts(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
         if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
             result = result.select(["channel", "concepts", "names", "min_cosine"])
-        render(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
+        render_concepts(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
         return
     from polysem.query.screening import polysemantic_pairs
 
@@ -444,11 +445,8 @@ def verify(
     if fmt == "json":
         typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels")}))
         return
-    import pyarrow as pa
-
-    render(pa.Table.from_pylist(result["channels"]), "table",
-           title=f"run {run_id}: new channels on {result['n_images']} train images of classes "
-                 f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")
+    render_verification(result, f"run {run_id}: new channels on {result['n_images']} train images of classes "
+                                f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")
     typer.echo(f"run {run_id}: {'resolved' if result['resolved'] else 'not resolved'} "
                f"(gamma={gamma}: {'no' if result['resolved'] else 'some'} new channel relevant for a pair below gamma)")
 

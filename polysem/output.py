@@ -118,6 +118,24 @@ def _concepts(concepts, names: dict[int, str]) -> str:
     return " / ".join(_concept(concept, names) for concept in concepts)
 
 
+def render_concepts(result: pa.Table, fmt: str, title: str) -> None:
+    """`polysem screen --concepts`: channel, its concepts (ids with names), the lowest cosine between them."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    rows = [[str(r["channel"]), " / ".join(", ".join(f"{i} {n}" for i, n in zip(ids, names))
+                                           for ids, names in zip(r["concepts"], r["names"])),
+             _number(r["min_cosine"], 3)] for r in result.to_pylist()]
+    _print_summary(title, [("channel", "id"), ("concepts", "name"), ("min cosine", "number")], rows, result.num_rows)
+
+
+def render_verification(result: dict, title: str) -> None:
+    """`polysem verify`: per new channel, the classes it is relevant for and the lowest ARV cosine among them."""
+    rows = [[c["unit"], ", ".join(map(str, c["relevant_classes"])), _number(c["min_cosine"], 3)]
+            for c in result["channels"]]
+    _print_summary(title, [("unit", "id"), ("relevant classes", "name"), ("min cosine", "number")], rows, len(rows))
+
+
 def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
     """`polysem runs`: run id (whole), channel, concepts with names, rho and, per concept j, the share of
     its activation on its own new channel c'_j (the evaluation's diagonal)."""
@@ -127,8 +145,10 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
     rows = []
     for r in result.to_pylist():
         own = "/".join(_number(row[j]) for j, row in enumerate(r["fractions"] or []))
-        rows.append([r["run_id"], str(r["channel"]), _concepts(r["concepts"], names), _number(r["rho"]), own])
-    headers = [("run", "id"), ("channel", "id"), ("concepts", "name"), ("rho", "number"), ("c_j -> c'_j", "number")]
+        resolved = {True: "yes", False: "no"}.get(r.get("resolved"), "")
+        rows.append([r["run_id"], str(r["channel"]), _concepts(r["concepts"], names), _number(r["rho"]), own, resolved])
+    headers = [("run", "id"), ("channel", "id"), ("concepts", "name"), ("rho", "number"), ("c_j -> c'_j", "number"),
+               ("resolved", "number")]
     _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
                    result.num_rows)
 
