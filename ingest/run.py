@@ -26,7 +26,7 @@ from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, re
 from polysem.ingest.progress import progress_bar
 from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
-from polysem.errors import DataError, ModelError, PolysemError, StoreBusy, StoreMismatch
+from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
 from polysem.query.store import (STORE_FORMAT, as_store, dataset_root_key, meta_complete, query_error, read_meta,

@@ -321,8 +321,13 @@ def plot_wordnet(
 ):
     """Scatter of WordNet similarity over ARV cosine for all class pairs sharing a channel (supplement Fig. 4)."""
     from polysem.plots import wordnet_scatter
+    from polysem.wordnet import similarity_points
 
-    n = wordnet_scatter(_store(store), out, tau, p, gamma)
+    target = _store(store)
+    target.check_outside(out)
+    points = similarity_points(target, tau, p)
+    wordnet_scatter(points, out, tau, p, gamma)
+    n = len(points)
     typer.echo(f"{n} points -> {out}")
 
 

@@ -33,7 +33,7 @@ from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
 from polysem.errors import RunError, StoreBusy
 from polysem.features import cached_class_maps, remap_paths
 from polysem.query import layout
-from polysem.query.screening import check_thresholds, polysemantic_pairs
+from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store, write_pending
 
 OBJECTIVES = ("abs", "positive")

@@ -16,16 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polysem.ingest.attribution import exact_math, hooked
+from polysem.forward import input_of
+from polysem.ingest.attribution import exact_math
 from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
 from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
 from polysem.query import layout
 from polysem.query.store import Store
-
-
-class _StopForward(Exception):
-    """Raised by the hook once the layer's input is known: the rest of the network is not needed."""
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
@@ -70,18 +67,9 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                 raise RunError(f"the images of {label} have different sizes after the transform; the rho search "
                                "needs one size: use a --transform that resizes")
             indices, images = groups[0]
-            seen = {}
-
-            def keep_input_and_stop(module, inputs):
-                seen["input"] = inputs[0]
-                raise _StopForward
-
-            try:
-                with hooked(layer, keep_input_and_stop, pre=True), exact_math():
-                    model(images.to(device))
-            except _StopForward:
-                pass
-            maps.append(seen["input"].float().cpu().numpy())
+            with exact_math():
+                layer_input = input_of(model, layer, images.to(device))
+            maps.append(layer_input.float().cpu().numpy())
             advance(len(indices))
     return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
 

@@ -1,4 +1,4 @@
-"""Running a model only as far as one of its modules: the one hook helper of the figures and visualisations."""
+"""Running a model only as far as one of its modules (its output, or its input), through the one hook helper."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from polysem.errors import RunError
+from polysem.ingest.attribution import hooked
 
 
 class _StopForward(Exception):
@@ -24,13 +25,29 @@ def forward_to(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Te
         seen["output"] = output
         raise _StopForward
 
-    handle = module.register_forward_hook(keep_output_and_stop)
     try:
-        model(x)
+        with hooked(module, keep_output_and_stop):
+            model(x)
     except _StopForward:
         pass
-    finally:
-        handle.remove()
     if "output" not in seen:
         raise RunError(f"the model's forward pass never reached {type(module).__name__}; is it part of the model?")
     return seen["output"]
+
+
+def input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of `module` (inside `model`) for input x; `module` and the layers after it do not run."""
+    seen = {}
+
+    def keep_input_and_stop(_module, inputs):
+        seen["input"] = inputs[0]
+        raise _StopForward
+
+    try:
+        with hooked(module, keep_input_and_stop, pre=True):
+            model(x)
+    except _StopForward:
+        pass
+    if "input" not in seen:
+        raise RunError(f"the model's forward pass never reached {type(module).__name__}; is it part of the model?")
+    return seen["input"]

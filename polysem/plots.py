@@ -15,21 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, P, TAU
-from polysem.errors import PolysemError
 
 
-def wordnet_scatter(store, out: str | Path, tau: float = TAU, p: float = P, gamma: float = GAMMA) -> int:
-    """WordNet path similarity over ARV cosine for every (channel, class pair); returns the point count."""
-    from polysem.query.screening import arv_cosines
-
-    store.check_outside(out)
-    cosines = arv_cosines(store, tau, p)
-    similarity = {(r["class1"], r["class2"]): r["path_similarity"]
-                  for r in store.query("SELECT * FROM class_similarity").to_pylist()}
-    points = [(r["cosine"], similarity[(r["class1"], r["class2"])]) for r in cosines.to_pylist()
-              if similarity.get((r["class1"], r["class2"])) is not None]
-    if not points:
-        raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
+def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: float = TAU, p: float = P,
+                    gamma: float = GAMMA) -> Path:
+    """WordNet path similarity over ARV cosine, one point per (channel, class pair): `points` are
+    (cosine, similarity) pairs (`polysem.wordnet.similarity_points`)."""
     xs, ys = zip(*points)
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
@@ -40,14 +31,16 @@ def wordnet_scatter(store, out: str | Path, tau: float = TAU, p: float = P, gamm
     axes.set_title(f"Semantic vs ARV similarity (tau={tau}, p={p})")
     axes.legend(loc="upper left")
     figure.tight_layout()
-    save(figure, out)
-    return len(points)
+    return save(figure, out)
 
 
 def save(figure: Figure, out: str | Path) -> Path:
+    """Write the figure as a PNG that appears complete or not at all."""
+    from polysem.query.layout import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
     return out
 
 

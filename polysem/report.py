@@ -102,7 +102,9 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     except PolysemError as error:
         parts.append(f'<p class="note">{_e(error)}</p>')
     try:
-        plots.wordnet_scatter(store, images / "wordnet.png")
+        from polysem.wordnet import similarity_points
+
+        plots.wordnet_scatter(similarity_points(store), images / "wordnet.png")
         parts.append(_img(images / "wordnet.png", out, "WordNet similarity over ARV cosine"))
     except PolysemError as error:
         parts.append(f'<p class="note">WordNet figure: {_e(error)}</p>')
@@ -113,10 +115,11 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
                           "fractions": [[round(f, 3) if f is not None else None for f in row] for row in r["fractions"]]
                           if r["fractions"] else None} for r in summary],
                         ["run_id", "channel", "concepts", "rho", "n_sources", "n_shared", "max_logit_diff",
-                         "n_images", "fractions"]))
+                         "n_images", "fractions", "resolved"]))
     parts.append('<p class="note">fractions: row j is concept j; on its val images (relative attribution >= tau), '
                  "the mean fraction of the original activation carried by c'1, c'2, ... (a good split has large "
-                 "numbers on the diagonal).</p>")
+                 "numbers on the diagonal); resolved: `polysem verify` found every new channel relevant for one "
+                 "concept's classes only (empty until it ran).</p>")
     for row in summary:
         run = run_row(store, row["run_id"])
         activations = store.query("SELECT * FROM run_activations(?, split_name := ?)",

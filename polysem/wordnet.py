@@ -82,6 +82,21 @@ def synset(wordnet, wnid: str):
     return wordnet.synset_from_pos_and_offset("n", int(wnid[1:]))
 
 
+def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tuple[float, float]]:
+    """(ARV cosine, WordNet path similarity) of every class pair sharing a relevant channel, once per
+    channel: the points of the supplement's Fig. 4. Refuses when `polysem wordnet` has not run."""
+    from polysem.query.screening import check_thresholds
+
+    check_thresholds(tau, p)
+    rows = store.sql(
+        "SELECT c.cosine, s.path_similarity FROM arv_cosine(tau := $tau, p := $p) c "
+        "JOIN class_similarity s USING (class1, class2) WHERE s.path_similarity IS NOT NULL ORDER BY ALL",
+        {"tau": tau, "p": p}).to_pylist()
+    if not rows:
+        raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
+    return [(r["cosine"], r["path_similarity"]) for r in rows]
+
+
 def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
                              wordnet_dir: str | os.PathLike | None = None) -> dict:
     """Fill `class_similarity` for every class pair sharing a relevant channel.

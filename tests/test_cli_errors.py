@@ -5,7 +5,6 @@ import ast
 import re
 
 import click
-import pytest
 import typer
 
 from polysem.cli import app

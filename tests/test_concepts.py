@@ -124,7 +124,7 @@ def test_three_unrelated_concepts_are_found_split_and_verified(cli, tri_store):
     recorded = Store(tri_store).query("SELECT channel, concepts, sizes, gamma FROM channel_concepts").to_pylist()
     assert recorded == [{"channel": 0, "concepts": [[0], [1], [2]], "sizes": [1, 1, 1], "gamma": 0.5}]
     table = cli("screen", "--concepts", "--store", tri_store)
-    assert table.exit_code == 0 and "blue" in table.stdout and "[1, 1, 1]" in table.stdout, table.output
+    assert table.exit_code == 0 and "0 blue / 1 green / 2 red" in table.stdout, table.output  # ids, names, concepts
 
     result = cli("disentangle", "--from-screen", "--limit", 1, "--store", tri_store, "--format", "json")
     assert result.exit_code == 0, result.output

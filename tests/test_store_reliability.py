@@ -1,6 +1,5 @@
 """Readers never lock out writers, a busy catalog loses no work, damaged files and bad outputs get one line."""
 
-import json
 import os
 import shutil
 import subprocess
