@@ -57,8 +57,9 @@ demo: $(STAMP) system-packages
 	  echo "report: $(DEMO)/report/index.html (open it in a browser)" && \
 	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
+# one pytest worker per core: most of the suite's time is subprocesses importing torch
 test: $(STAMP) system-packages
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/ingest_throughput.py
