@@ -191,3 +191,11 @@ def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir):
                   "--store", store, "--format", "json", cwd=elsewhere)
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["max_logit_diff"] < 1e-5
+
+
+def test_an_ingest_in_which_every_image_fails_exits_2(cli, tmp_path, store_path):
+    root = make_image_folder(tmp_path / "d", "train", {"cat": 2, "dog": 2, "emu": 2})
+    for image in (root / "train").rglob("*.png"):
+        image.write_bytes(b"not an image")
+    assert_refused(cli("ingest", root, "--store", store_path, *TINY), "cannot be read", "UnidentifiedImageError")
+    assert not store_path.exists()
