@@ -19,35 +19,26 @@ def forward_to(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Te
     The output keeps its autograd graph, so a caller can differentiate through it.
     The hook is removed in `finally`, also when the model raises.
     """
-    seen = {}
-
-    def keep_output_and_stop(_module, _inputs, output):
-        seen["output"] = output
-        raise _StopForward
-
-    try:
-        with hooked(module, keep_output_and_stop):
-            model(x)
-    except _StopForward:
-        pass
-    if "output" not in seen:
-        raise RunError(f"the model's forward pass never reached {type(module).__name__}; is it part of the model?")
-    return seen["output"]
+    return _stop_at(model, module, x, pre=False)
 
 
 def input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input of `module` (inside `model`) for input x; `module` and the layers after it do not run."""
+    return _stop_at(model, module, x, pre=True)
+
+
+def _stop_at(model: nn.Module, module: nn.Module, x: torch.Tensor, pre: bool) -> torch.Tensor:
     seen = {}
 
-    def keep_input_and_stop(_module, inputs):
-        seen["input"] = inputs[0]
+    def keep_and_stop(_module, inputs, output=None):
+        seen["value"] = inputs[0] if pre else output
         raise _StopForward
 
     try:
-        with hooked(module, keep_input_and_stop, pre=True):
+        with hooked(module, keep_and_stop, pre=pre):
             model(x)
     except _StopForward:
         pass
-    if "input" not in seen:
+    if "value" not in seen:
         raise RunError(f"the model's forward pass never reached {type(module).__name__}; is it part of the model?")
-    return seen["input"]
+    return seen["value"]

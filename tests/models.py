@@ -46,7 +46,25 @@ def slow(image):
     return small(image)
 
 
-class ColourNet(nn.Module):
+class _DetectorNet(nn.Module):
+    """stem (1x1, 3 -> 3, ReLU): R, G and B detectors (l-1 channels 0, 1, 2); `probe` (1x1, 3 -> 3, no bias)
+    the layer of interest; head: ReLU, mean over space, a linear map without bias to one logit per class."""
+
+    def __init__(self, probe, head):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
+        self.probe = nn.Conv2d(3, 3, 1, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3, bias=False))
+        with torch.no_grad():
+            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.probe.weight.copy_(torch.tensor(probe).view(3, 3, 1, 1))
+            self.head[3].weight.copy_(torch.tensor(head))
+
+    def forward(self, x):
+        return self.head(self.probe(self.stem(x)))
+
+
+class ColourNet(_DetectorNet):
     """A hand-built known-answer model for 3 classes of solid-colour images (blue, green, red).
 
     stem (1x1, 3 -> 3, ReLU): detectors of the R, G and B inputs (l-1 channels 0, 1, 2).
@@ -58,17 +76,7 @@ class ColourNet(nn.Module):
     """
 
     def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
-        self.probe = nn.Conv2d(3, 3, 1, bias=False)
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3, bias=False))
-        with torch.no_grad():
-            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.probe.weight.copy_(torch.tensor([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]]).view(3, 3, 1, 1))
-            self.head[3].weight.copy_(torch.tensor([[0.0, 1, 0], [2, 0, -3], [1, 0, 1]]))
-
-    def forward(self, x):
-        return self.head(self.probe(self.stem(x)))
+        super().__init__([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]], [[0.0, 1, 0], [2, 0, -3], [1, 0, 1]])
 
 
 def colour_net() -> nn.Module:
@@ -163,24 +171,6 @@ class OpponentColourNet(ColourNet):
 
 def opponent_colour_net() -> nn.Module:
     return OpponentColourNet()
-
-
-class _DetectorNet(nn.Module):
-    """stem (1x1, 3 -> 3, ReLU): R, G and B detectors (l-1 channels 0, 1, 2); `probe` (1x1, 3 -> 3, no bias)
-    the layer of interest; head: ReLU, mean over space, a linear map without bias to one logit per class."""
-
-    def __init__(self, probe, head):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
-        self.probe = nn.Conv2d(3, 3, 1, bias=False)
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3, bias=False))
-        with torch.no_grad():
-            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.probe.weight.copy_(torch.tensor(probe).view(3, 3, 1, 1))
-            self.head[3].weight.copy_(torch.tensor(head))
-
-    def forward(self, x):
-        return self.head(self.probe(self.stem(x)))
 
 
 def tri_colour_net() -> nn.Module:
