@@ -538,7 +538,25 @@ def report(
 
 
 def main() -> None:
-    app()
+    """The console entry point: usage errors (an unknown option, a value of the wrong type) become
+    one `Error:` line and exit 2 like every other error, not click's usage block."""
+    import sys
+
+    import click
+
+    # typer vendors its own click from 0.20 on: catch its exceptions and click's
+    usage_errors = tuple(c for c in (click.ClickException, getattr(typer, "TyperException", None)) if c)
+    try:
+        code = app(standalone_mode=False)
+    except (click.exceptions.Abort, typer.Abort):
+        sys.exit(130)
+    except usage_errors as error:
+        message = (error.format_message() if hasattr(error, "format_message") else str(error)).rstrip(".")
+        known = typer.main.get_command(app).commands
+        command = next((a for a in sys.argv[1:2] if a in known), None)
+        typer.echo(f"Error: {message}; see `polysem {command + ' ' if command else ''}--help`", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
-from polysem.query.screening import arv_cosines, check_thresholds
+from polysem.query.screening import arv_cosines, check_limit, check_thresholds
 from polysem.query.store import Store, as_store
 
 SCHEMA = pa.schema([
@@ -106,6 +106,7 @@ def channel_concepts(store: Store | str, tau: float = TAU, p: float = P, gamma: 
     min_cosine first. With `record`, the result replaces the rows of the same parameters in `channel_concepts`."""
     store = as_store(store)
     check_thresholds(tau, p, gamma)
+    check_limit(limit)
     cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()
     names = {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
     rows = group_channels(cosines, gamma, names)

@@ -28,10 +28,16 @@ def _require_split(store: Store, split: str) -> None:
         raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise QueryError(f"--limit must be at least 1, got {limit}; omit it for all rows")
+
+
 def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: float = GAMMA,
                        limit: int | None = None, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
     """Candidate (channel, class1, class2) triples with ARV cosine below gamma, lowest first."""
     check_thresholds(tau, p, gamma)
+    check_limit(limit)
     _require_split(store, split)
     sql = ("SELECT * FROM polysemantic_pairs(tau := $tau, p := $p, gamma := $gamma, split_name := $split, "
            "correct_only := $correct_only) LIMIT $limit")

@@ -5,6 +5,7 @@ import ast
 import re
 
 import click
+import pytest
 import typer
 
 from polysem.cli import app
@@ -86,3 +87,20 @@ def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_p
     done = cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots)
     assert done.exit_code == 0, done.output
     assert len(list(plots.glob("run-*.png"))) >= 2 and (plots / "mine.txt").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["ingest", "data", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (["visualize", "--method", "xyz"], "'xyz' is not one of 'maco', 'fourier'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["screen", "--nonsense"], "No such option: --nonsense"),
+])
+def test_usage_errors_are_one_line_from_the_command_line(args, fragment, tmp_path, capsys, monkeypatch):
+    from polysem.cli import main
+
+    monkeypatch.setattr("sys.argv", ["polysem", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
+    assert "--help`" in lines[0]
