@@ -369,7 +369,9 @@ def disentangle(
     if from_screen:
         if channel is not None or concept1 or concept2 or concept:
             raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
-        requests = requests_from_screen(target, limit, tau=tau, p=p, gamma=gamma)
+        if limit < 1:
+            raise PolysemError(f"--limit must be at least 1, got {limit}")
+        requests = requests_from_screen(target, tau=tau, p=p, gamma=gamma)  # all candidates, best first
     else:
         if concept and (concept1 or concept2):
             raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
@@ -382,7 +384,8 @@ def disentangle(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
-                                    device=device, batch_size=batch_size, tau=tau, p=p)
+                                    device=device, batch_size=batch_size, tau=tau, p=p,
+                                    take=limit if from_screen else None)
     for warning in caught:
         typer.echo(f"Warning: {warning.message}", err=True)
     if fmt == "json":

@@ -330,11 +330,11 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, force: b
     return _Plan(request.channel, concepts)
 
 
-def requests_from_screen(store: Store, limit: int, tau: float = TAU, p: float = P, gamma: float = GAMMA
-                         ) -> list[ChannelRequest]:
-    """`--from-screen`: the `limit` polysemantic channels with the lowest between-concept cosine, each with
-    all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
-    if limit < 1:
+def requests_from_screen(store: Store, limit: int | None = None, tau: float = TAU, p: float = P,
+                         gamma: float = GAMMA) -> list[ChannelRequest]:
+    """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
+    with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
+    if limit is not None and limit < 1:
         raise RunError(f"--limit must be at least 1, got {limit}")
     rows = channel_concepts(store, tau, p, gamma, limit=limit).to_pylist()
     if not rows:
@@ -364,8 +364,12 @@ def disentangle(store: Store | str | os.PathLike, channel: int, concept1: list |
 
 def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | str = "auto", objective: str = "abs",
                          data_dir=None, force: bool = False, device: str = "auto", batch_size: int = 64,
-                         progress: bool = True, tau: float = TAU, p: float = P) -> list[Run]:
-    """Disentangle several channels into one model, check it, save it and record one run per channel."""
+                         progress: bool = True, tau: float = TAU, p: float = P, take: int | None = None) -> list[Run]:
+    """Disentangle several channels into one model, check it, save it and record one run per channel.
+
+    With `take`, the requests are candidates in order of preference: the first `take` that split are
+    disentangled, and a candidate no rho splits is passed over with a warning (`--from-screen`).
+    """
     store = as_store(store)
     store.require()
     if objective not in OBJECTIVES:
@@ -385,20 +389,33 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
         raise RunError("a channel can be disentangled once per model; give each channel one request")
     out_channels = store.query("SELECT out_channels FROM layer_info").column(0)[0].as_py()
     check_thresholds(tau, p)
-    plans = [_validate(store, request, out_channels, force, tau, p) for request in requests]
+    if take is not None and take < 1:
+        raise RunError(f"--limit must be at least 1, got {take}")
+    # named channels are checked before the model loads; candidates only when their turn comes
+    plans = [_validate(store, request, out_channels, force, tau, p) for request in requests] if take is None else None
 
     model, layer_name, layer, transform = base_model(store)
     run_device = resolve_device(device)
     model.to(run_device)
     weight = layer.weight.detach().cpu()
-    for plan in plans:
+    chosen = []
+    for candidate in (plans if take is None else requests):
+        if take is not None and len(chosen) == take:
+            break
+        plan = candidate if take is None else _validate(store, candidate, out_channels, force, tau, p)
         plan.arvs = [_concept_arv(store, plan.channel, concept) for concept in plan.concepts]
         if fixed_rho is None:
             maps = [np.concatenate([cached_class_maps(store, model, layer, transform, c, SCREEN_SPLIT, run_device,
                                                       data_dir, batch_size, progress) for c in concept])
                     for concept in plan.concepts]
             plan.scores = rho_scores(maps, layer, plan.channel, plan.arvs, objective)
-            plan.rho = best_rho(plan.scores)
+            try:
+                plan.rho = best_rho(plan.scores)
+            except RunError as error:
+                if take is None:
+                    raise
+                warnings.warn(f"channel {plan.channel} passed over: {error}", RelevanceWarning, stacklevel=2)
+                continue
             plan.split = split_sources(plan.arvs, plan.rho)
         else:
             plan.rho = fixed_rho
@@ -415,6 +432,11 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
             if j not in plan.split.empty_concepts:
                 plan.warnings.append(f"c'{j} of channel {plan.channel} gets zero weight from its own sources: "
                                      "it carries only the shared inputs and its bias")
+        chosen.append(plan)
+    if not chosen:
+        raise RunError("no candidate channel splits at any rho of the grid (each leaves a concept without an l-1 "
+                       "channel of its own); try a smaller --gamma or name channels and concepts yourself")
+    plans = chosen
 
     # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
     new_layer = DisentangledConv(copy.deepcopy(layer).cpu(), [p.channel for p in plans], [p.split for p in plans])

@@ -69,3 +69,21 @@ def test_a_channel_that_carries_only_its_bias_is_flagged(cli, tmp_path):
     assert numbers["concept1"]["n_images"] == 4 and numbers["concept1"]["bias_only"] is True
     assert numbers["concept2"]["n_images"] == 4 and numbers["concept2"]["bias_only"] is False
     assert numbers["concept1"]["frac1"] == pytest.approx(1.0) and numbers["concept1"]["frac_residual"] == pytest.approx(1.0)
+
+
+def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
+    """Candidates come best first; ColourNet's channel 1 reads only B, so blue/red never splits: the next
+    candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
+    import warnings
+
+    from polysem.disentangling import ChannelRequest, disentangle_channels
+
+    candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
+                  ChannelRequest(2, [["red"], ["green"]])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = disentangle_channels(colour_store, candidates, take=1, force=True, progress=False)
+    assert [(r.channel, r.sources) for r in runs] == [(0, [[1], [0]])]
+    assert any("channel 1 passed over" in str(w.message) for w in caught)
+    with pytest.raises(Exception, match="at every rho of the grid"):  # named, not a candidate: refused
+        disentangle_channels(colour_store, candidates[:1], force=True, progress=False)
