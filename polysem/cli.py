@@ -373,6 +373,9 @@ def disentangle(
             raise PolysemError(f"--limit must be at least 1, got {limit}")
         requests = requests_from_screen(target, tau=tau, p=p, gamma=gamma)  # all candidates, best first
     else:
+        if limit != 1 or gamma != GAMMA:
+            raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
+                               "--channel and its concepts")
         if concept and (concept1 or concept2):
             raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
         concepts = ([_split_values([c]) for c in concept] if concept
@@ -451,7 +454,8 @@ def verify(
     result = run_verify(_store(store), run_id, tau, p, gamma, limit=limit, data_dir=data, device=device,
                         batch_size=batch_size, progress=fmt == "table")
     if fmt == "json":
-        typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels")}))
+        typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels", "classes", "n_images")}
+                              | {"tau": tau, "p": p, "gamma": gamma}))
         return
     render_verification(result, f"run {run_id}: new channels on {result['n_images']} train images of classes "
                                 f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")

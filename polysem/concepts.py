@@ -117,8 +117,9 @@ def channel_concepts(store: Store | str, tau: float = TAU, p: float = P, gamma: 
             conn.execute("BEGIN")
             conn.execute("DELETE FROM channel_concepts WHERE tau = ? AND p = ? AND gamma = ? AND split = ? "
                          "AND correct_only = ?", key)
-            conn.executemany("INSERT INTO channel_concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             [[*key, r["channel"], r["concepts"], r["names"], r["sizes"], r["min_cosine"], now]
-                              for r in rows])
+            if rows:  # none at these settings is an answer too: the old rows go, nothing is added
+                conn.executemany("INSERT INTO channel_concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [[*key, r["channel"], r["concepts"], r["names"], r["sizes"], r["min_cosine"], now]
+                                  for r in rows])
             conn.execute("COMMIT")
     return pa.Table.from_pylist(rows[:limit] if limit is not None else rows, schema=SCHEMA)

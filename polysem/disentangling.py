@@ -300,6 +300,8 @@ def resolve_classes(store: Store, values: list) -> list[int]:
 
 
 def _validate(store: Store, request: ChannelRequest, out_channels: int, force: bool, tau: float, p: float) -> _Plan:
+    if isinstance(request.channel, bool) or not isinstance(request.channel, (int, np.integer)):
+        raise RunError(f"channel must be an integer channel number, got {request.channel!r}")
     if not 0 <= request.channel < out_channels:
         raise RunError(f"channel {request.channel} is out of range; the layer has channels 0..{out_channels - 1}")
     concepts = [resolve_classes(store, concept) for concept in request.concepts]
@@ -531,7 +533,12 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     store = as_store(store)
     run = run_row(store, run_id)
     model, layer_name, layer, _ = base_model(store)
-    saved = torch.load(store.path / run["artifact"], map_location="cpu", weights_only=True)
+    artifact = store.path / run["artifact"]
+    try:
+        saved = torch.load(artifact, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as error:  # missing, truncated, not a torch file
+        raise RunError(f"the model of run {run_id} in {artifact} cannot be read ({type(error).__name__}); "
+                       "disentangle the channel again (`polysem runs RUN_ID` shows its settings)") from None
     group = store.query("SELECT * FROM runs WHERE group_id = ? ORDER BY run_id", [run["group_id"]]).to_pylist()
     splits = {r["channel"]: SourceSplit(tuple(tuple(own) for own in r["sources"]), tuple(r["shared"])) for r in group}
     new_layer = DisentangledConv(layer, saved["channels"], [splits[c] for c in saved["channels"]])

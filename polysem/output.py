@@ -28,8 +28,23 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _strict(value):
+    """JSON has no NaN or infinity: they become null; JSON text held in a column becomes its value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    return value
+
+
 def to_json(result: pa.Table) -> str:
-    return json.dumps(result.to_pylist(), default=str)
+    rows = _strict(result.to_pylist())
+    for row in rows:  # a run's parameters are JSON text in the store: give them as the object they are
+        if isinstance(row.get("parameters"), str):
+            row["parameters"] = json.loads(row["parameters"])
+    return json.dumps(rows, default=str, allow_nan=False)
 
 
 def to_csv(result: pa.Table) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT, TAU
@@ -65,17 +67,38 @@ def run_order(runs: list[dict], meta: dict) -> list[dict]:
 
 def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "polysem-report", *, data_dir=None,
                  device: str = "auto", tau: float = TAU) -> Path:
-    """Write OUT/index.html and OUT/img/*.png; returns the path of index.html."""
+    """Write OUT/index.html and OUT/img/*.png; returns the path of index.html. OUT may be an existing
+    folder (an earlier report is replaced); nothing in it changes unless the whole report is made."""
+
+    store = store if isinstance(store, Store) else Store(store)
+    store.require()
+    target = Path(out).expanduser().absolute()
+    store.check_outside(target, folder=True)
+    target.mkdir(parents=True, exist_ok=True)
+    # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
+    out = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
+    try:
+        return _publish(_write_page(store, out, data_dir, device, tau), target)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _publish(staging: Path, target: Path) -> Path:
+    """Move the staged images, then the page, into the report folder; returns the page's path."""
+    (target / "img").mkdir(exist_ok=True)
+    for image in (staging / "img").iterdir():
+        os.replace(image, target / "img" / image.name)
+    os.replace(staging / "index.html", target / "index.html")
+    return target / "index.html"
+
+
+def _write_page(store: Store, out: Path, data_dir, device: str, tau: float) -> Path:
+    """The page and its images in `out`; returns `out`."""
     from polysem import plots
     from polysem.disentangling import run_row
     from polysem.panel import class_names, run_figures
     from polysem.query.screening import polysemantic_pairs
-    from polysem.query.layout import atomic_path
 
-    store = store if isinstance(store, Store) else Store(store)
-    store.require()
-    out = Path(out).expanduser().absolute()
-    store.check_outside(out)
     images = out / "img"
     images.mkdir(parents=True, exist_ok=True)
     info = store.info()
@@ -152,7 +175,5 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
                      + "".join(_img(p, out, "top images") for p in figures["top"]) + "</details></section>")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    index = out / "index.html"
-    with atomic_path(index) as tmp:
-        tmp.write_bytes(page.encode())
-    return index
+    (out / "index.html").write_bytes(page.encode())
+    return out

@@ -171,6 +171,9 @@ def augment(images: torch.Tensor, method: str, generator: torch.Generator) -> to
     return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
 
 
+MAX_SIZE = 1024  # pixels a side: far beyond what feature visualisation uses, well inside memory
+
+
 @dataclass
 class Target:
     """What to maximise: `readout` maps the hooked module's output (N x C' x h x w) to N x U x h x w."""
@@ -311,10 +314,12 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     store.require()
     if method not in METHODS:
         raise RunError(f"unknown --method '{method}'; use one of {', '.join(METHODS)}")
-    if steps < 1 or size < 8:
-        raise RunError(f"--steps must be at least 1 and --size at least 8 pixels, got {steps} and {size}")
+    if steps < 1 or not 8 <= size <= MAX_SIZE:
+        raise RunError(f"--steps must be at least 1 and --size from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
+    if not 0 <= seed < 2**63:
+        raise RunError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
     if (run_id is None) == (channel is None):
-        raise RunError("give a RUN_ID or --channel C (a channel of the stored model), not both")
+        raise RunError("give a RUN_ID or --channel C (a channel of the stored model), one of the two")
     layer_name = store.meta()["layer"]
     if run_id is not None:
         run = run_row(store, run_id)

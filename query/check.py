@@ -63,8 +63,12 @@ def check_store(store, repair: bool = False) -> CheckReport:
     if class_rows == 0:
         report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new --store")
     for run in runs:
-        if not (root / run["artifact"]).is_file():
-            report.problems.append(f"run {run['run_id']}: its model {root / run['artifact']} is missing; "
+        artifact = root / run["artifact"]
+        if not artifact.is_file():
+            report.problems.append(f"run {run['run_id']}: its model {artifact} is missing; "
+                                   "run `polysem disentangle` again for it")
+        elif not _whole_zip(artifact):  # torch.save writes a zip archive; a cut one fails its CRCs
+            report.problems.append(f"run {run['run_id']}: its model {artifact} is damaged; "
                                    "run `polysem disentangle` again for it")
 
     if repair:
@@ -108,3 +112,13 @@ def _data_end(metadata) -> int:
             start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
             end = max(end, start + chunk.total_compressed_size)
     return end
+
+
+def _whole_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False

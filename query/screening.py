@@ -14,6 +14,9 @@ from polysem.query.store import Store
 
 
 def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
+    for name, value in (("--tau", tau), ("--p", p), ("--gamma", gamma)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise QueryError(f"{name} must be a number, got {value!r}")
     if not 0 <= tau <= 1:
         raise QueryError(f"--tau must be in [0, 1], got {tau}")
     if not 0 < p <= 1:

@@ -316,7 +316,7 @@ class Store:
         if not folder and path.is_dir():
             raise QueryError(f"{out} is a folder; give a file name, e.g. {path / 'result.parquet'}")
         if folder and path.exists() and not path.is_dir():
-            raise QueryError(f"{out} is a file; give a folder for the plots")
+            raise QueryError(f"{out} is a file; give a folder (for the plots or the report)")
 
     def check(self, repair: bool = False) -> "CheckReport":
         """Verify every Parquet file's footer and row counts against the catalog; see `query.check`."""
@@ -563,7 +563,7 @@ def _holder(error: Exception) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         words = [Path(a.decode(errors="replace")).name if i == 0 else a.decode(errors="replace")
                  for i, a in enumerate(argv) if a][:4]
-        command = " ".join(words)
+        command = " ".join(" ".join(words).split())  # one line, whatever the command line held
         return f"process {pid} ({command[:60] + '...' if len(command) > 60 else command})"
     except OSError:
         return f"process {pid}"

@@ -2,6 +2,7 @@
 recording commands either finish or change nothing."""
 
 import ast
+import json
 import re
 
 import click
@@ -104,3 +105,56 @@ def test_usage_errors_are_one_line_from_the_command_line(args, fragment, tmp_pat
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
     assert "--help`" in lines[0]
+
+
+def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
+    """Values a hostile review tried after the first round: each one line, exit 2, or a sound answer."""
+    from polysem.disentangling import disentangle
+
+    run = disentangle(colour_store, 0, [1], [2], progress=False)
+    before = snapshot(colour_store)
+    assert_refused(cli("visualize", run.run_id, "--size", 100000, "--store", colour_store), "--size from 8 to 1024")
+    assert_refused(cli("visualize", run.run_id, "--seed", 10**20, "--store", colour_store), "--seed must be from 0")
+    assert_refused(cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--gamma", 0.3,
+                       "--store", colour_store), "--limit and --gamma choose channels for --from-screen")
+    assert_refused(cli("screen", "--limit", -1, "--store", colour_store), "--limit must be at least 1")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert_refused(cli("report", "--out", a_file, "--store", colour_store), "is a file; give a folder")
+    assert snapshot(colour_store) == before
+    # no polysemantic channel at these settings is an empty answer, not an error
+    empty = cli("screen", "--concepts", "--gamma", -1, "--store", colour_store, "--format", "json")
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == []
+    # a run's parameters are an object in JSON, and NaN is null
+    full = json.loads(cli("runs", run.run_id, "--store", colour_store, "--format", "json").stdout)
+    assert isinstance(full[0]["parameters"], dict)
+    nan = cli("sql", "SELECT 'nan'::DOUBLE AS x", "--store", colour_store, "--format", "json")
+    assert json.loads(nan.stdout) == [{"x": None}]
+    # a damaged model: `check` names it, and commands say which file and what to do
+    artifact = Store(colour_store).path / run.artifact
+    artifact.write_bytes(artifact.read_bytes()[:1000])
+    assert_refused(cli("verify", run.run_id, "--store", colour_store), f"{artifact} cannot be read",
+                   "disentangle the channel again")
+    checked = cli("check", "--store", colour_store)
+    assert checked.exit_code == 2 and f"its model {artifact} is damaged" in checked.output
+
+
+def test_report_into_an_existing_folder_replaces_only_its_own_files(cli, colour_store, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    first = cli("report", "--out", out, "--store", colour_store)
+    assert first.exit_code == 0, first.output
+    page = (out / "index.html").read_bytes()
+    again = cli("report", "--out", out, "--store", colour_store)  # a rerun, e.g. of `make demo`
+    assert again.exit_code == 0, again.output
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "index.html").read_bytes() == page
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("polysem.query.screening.polysemantic_pairs", fail)  # fails mid-way
+    (out / "index.html").write_text("the last report")
+    assert_refused(cli("report", "--out", out, "--store", colour_store), "No space left on device")
+    assert (out / "index.html").read_text() == "the last report"
+    assert sorted(p.name for p in out.iterdir()) == ["img", "index.html", "notes.txt"]  # no staging left
