@@ -32,6 +32,9 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, pl
     store.require()
     if plots_dir is not None:
         store.check_outside(plots_dir, folder=True)
+    from polysem.ingest.models import resolve_device
+
+    resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
         raise RunError(f"--tau must be in [0, 1], got {tau}")
