@@ -112,7 +112,7 @@ def test_a_channel_of_the_stored_model_and_json(cli, opponent_run):
 
 def test_cli_errors_are_one_line(cli, opponent_run):
     store, run_id = opponent_run
-    for args, text in (((run_id, "--channel", 0), "not both"), (("--channel", 9), "out of range"),
+    for args, text in (((run_id, "--channel", 0), "one of the two"), (("--channel", 9), "out of range"),
                        (("nope",), "unknown run id"), ((run_id, "--steps", 0), "--steps")):
         result = cli("visualize", *args, "--store", store)
         assert result.exit_code == 2 and result.stderr.startswith("Error: ") and text in result.stderr, result.output
