@@ -52,8 +52,19 @@ def to_csv(result: pa.Table) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(result.column_names)
     for row in result.to_pylist():
-        writer.writerow(["" if row[n] is None else row[n] for n in result.column_names])
+        writer.writerow([_csv_cell(row[n]) for n in result.column_names])
     return buffer.getvalue()
+
+
+def _csv_cell(value):
+    """Empty for NULL; lists and objects as JSON and booleans as true/false, as DuckDB's own CSV writes them."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(_strict(value), default=str)
+    return value
 
 
 def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> None:

@@ -130,6 +130,9 @@ def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
     assert isinstance(full[0]["parameters"], dict)
     nan = cli("sql", "SELECT 'nan'::DOUBLE AS x", "--store", colour_store, "--format", "json")
     assert json.loads(nan.stdout) == [{"x": None}]
+    cells = cli("sql", "SELECT [true, false] AS b, [[1, 2], [3]] AS l, true AS t", "--store", colour_store,
+                "--format", "csv")
+    assert cells.stdout == 'b,l,t\n"[true, false]","[[1, 2], [3]]",true\n'  # JSON lists, as DuckDB writes
     # a damaged model: `check` names it, and commands say which file and what to do
     artifact = Store(colour_store).path / run.artifact
     artifact.write_bytes(artifact.read_bytes()[:1000])
