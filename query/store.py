@@ -493,21 +493,16 @@ def export_format(out: Path) -> str:
 
 
 def write_result(result: pa.Table, out: Path, fmt: str) -> None:
-    """Write an Arrow table as parquet/csv/json, atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp"
-    try:
-        if fmt == "parquet":
-            layout.write_atomic(result, out)
-            return
+    """Write an Arrow table as parquet/csv/json, atomically (the store's one atomic write)."""
+    if fmt == "parquet":
+        layout.write_atomic(result, out)
+        return
+    with layout.atomic_path(out) as tmp:
         if fmt == "csv":
             duckdb.from_arrow(result).write_csv(str(tmp))
         else:
             with open(tmp, "w") as handle:
                 json.dump(result.to_pylist(), handle, default=str)
-        shutil.move(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(error: Exception) -> str:
