@@ -27,11 +27,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-
 from polysem.ingest.writer import list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact
-from polysem.query.store import write_meta
+from polysem.query.meta import write_meta
+
+from polysem.util import atomic
 
 CHANNELS, INPUTS = 2048, 512
 
@@ -40,11 +41,11 @@ def build_store(path: Path, classes: int, per_class: int, seed: int = 0, ranks: 
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True)
     layout.write_schema_files(path)
-    layout.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"n{c:08d}", "name": f"class {c}", "wnid": None,
+    atomic.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"n{c:08d}", "name": f"class {c}", "wnid": None,
                                                "logit": c} for c in range(classes)], schema=layout.CLASSES),
                         path / "classes.parquet")
     weights = rng.normal(0, 0.02, size=(CHANNELS, INPUTS)).astype(np.float32)
-    layout.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
+    atomic.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
                                               pa.nulls(CHANNELS, pa.float32())], schema=layout.LAYER_WEIGHTS),
                         path / "layer_weights.parquet")
     targets = np.repeat(np.arange(classes, dtype=np.int32), per_class)  # ImageFolder order
@@ -61,7 +62,7 @@ def build_store(path: Path, classes: int, per_class: int, seed: int = 0, ranks: 
                 list_column(rng.exponential(0.05, size=(n, INPUTS)).astype(np.float32)),
                 pa.array(np.full(n, 49, np.int32)),
             ], schema=layout.SAMPLES)
-            layout.write_atomic(table, layout.new_part_path(path, "samples", "train", rank))
+            atomic.write_atomic(table, layout.new_part_path(path, "samples", "train", rank))
     with Store(path).connect(write=True) as conn:
         write_meta(conn, {"model": "synthetic", "weights": "synthetic", "weights_sha256": "0" * 64, "layer": "synthetic",
                           "layer_shape": {"out_channels": CHANNELS, "in_channels": INPUTS, "kernel_size": [1, 1],

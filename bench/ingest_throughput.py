@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-
 from polysem.ingest import ingest
-from polysem.ingest.dataset import ImageRecords, list_split
+from polysem.ingest.dataset import list_split
 from polysem.ingest.models import imagenet_transform
 from polysem.query import Store
+
+from polysem.util.images import ImageRecords
 
 
 def write_images(root: Path, n: int) -> None:

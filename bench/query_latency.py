@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def build_store(where: Path) -> Path:
     sys.path.insert(0, str(ROOT))
     from polysem.ingest import ingest
+
     from tests.conftest import COLOUR, make_colour_images
 
     root = make_colour_images(where / "colours", "train", 10)

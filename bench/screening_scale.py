@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from polysem.ingest.writer import list_column
 from polysem.query import Store, layout
-from polysem.query.store import write_meta
+from polysem.query.meta import write_meta
+
+from polysem.util import atomic
 
 CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
 QUERIES = {
@@ -47,12 +48,12 @@ def build_store(path: Path, n_images: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True)
     layout.write_schema_files(path)
-    layout.write_atomic(pa.table({"class_id": pa.array(range(CLASSES), pa.int32()),
+    atomic.write_atomic(pa.table({"class_id": pa.array(range(CLASSES), pa.int32()),
                                   "folder": [f"n{i:08d}" for i in range(CLASSES)],
                                   "name": [f"class {i}" for i in range(CLASSES)],
                                   "wnid": pa.nulls(CLASSES, pa.string())}, schema=layout.CLASSES), path / "classes.parquet")
     weights = rng.normal(0, 0.02, size=(CHANNELS, INPUTS)).astype(np.float32)
-    layout.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
+    atomic.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
                                               pa.nulls(CHANNELS, pa.float32())], schema=layout.LAYER_WEIGHTS),
                         path / "layer_weights.parquet")
     own_channels = rng.integers(0, CHANNELS, size=(CLASSES, 3))  # each class drives three channels
@@ -70,7 +71,7 @@ def build_store(path: Path, n_images: int, seed: int = 0) -> None:
             pa.array(targets), pa.array(targets), pa.array(rng.normal(5, 1, n).astype(np.float32)),
             list_column(attribution), list_column(input_sum), pa.array(np.full(n, 49, np.int32)),
         ], schema=layout.SAMPLES)
-        layout.write_atomic(table, layout.new_part_path(path, "samples", "train", 0))
+        atomic.write_atomic(table, layout.new_part_path(path, "samples", "train", 0))
     store = Store(path)
     with store.connect(write=True) as conn:
         write_meta(conn, {"model": "synthetic", "weights": "synthetic", "weights_sha256": "0" * 64, "layer": "synthetic",

@@ -16,10 +16,10 @@ import time
 
 import torch
 import torchvision
-
-from polysem.disentangling import DisentangledConv, SourceSplit, replace_module
 from polysem.ingest.models import IMAGENET_MEAN, IMAGENET_STD, resolve_device
-from polysem.visualize import METHODS, optimise, run_target
+
+from polysem.method.disentangling import DisentangledConv, SourceSplit, replace_module
+from polysem.method.visualize import METHODS, optimise, run_target
 
 
 def main() -> None:

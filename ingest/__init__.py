@@ -7,7 +7,8 @@ module runs `polysem.ingest.run.ingest`, so the name means one thing however it 
 import sys
 import types
 
-from polysem.ingest.run import IngestSummary, ingest as _ingest
+from polysem.ingest.run import IngestSummary
+from polysem.ingest.run import ingest as _ingest
 
 
 class _IngestModule(types.ModuleType):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polysem.util.hooks import hooked
+
 
 @dataclass
 class BatchAttribution:
@@ -30,17 +32,6 @@ class BatchAttribution:
     input_sum: torch.Tensor
     logits: torch.Tensor
     positions: int
-
-
-@contextmanager
-def hooked(module: nn.Module, hook, *, pre: bool = False) -> Iterator[None]:
-    """Register a forward (or forward-pre) hook for the duration of the block; always removed,
-    also when the block raises. Every hook polysem sets goes through here."""
-    handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @contextmanager

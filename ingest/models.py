@@ -10,8 +10,6 @@ import difflib
 import hashlib
 import importlib
 import os
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
+from polysem.util.imports import importable_from
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -254,18 +253,6 @@ def imagenet_transform() -> Callable:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
-
-@contextmanager
-def importable_from(folder: str | None):
-    """sys.path with `folder` first, for the duration of an import; restored afterwards."""
-    saved = list(sys.path)
-    if folder is not None:
-        sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
 
 
 def _import_root(module, module_name: str) -> str | None:

@@ -17,20 +17,29 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
-
-import polysem
 from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.dataset import ImageRecords, class_rows, collate, list_split
-from polysem.ingest.models import layer_shape, resolve_device, resolve_layer, resolve_model, resolve_transform
-from polysem.ingest.progress import progress_bar
+from polysem.ingest.dataset import class_rows, list_split
+from polysem.ingest.models import (
+    layer_shape,
+    resolve_device,
+    resolve_layer,
+    resolve_model,
+    resolve_transform,
+)
 from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
-from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
-from polysem.query.store import (STORE_FORMAT, as_store, dataset_root_key, meta_complete, query_error, read_meta,
-                                 write_meta)
+from polysem.query.meta import STORE_FORMAT, dataset_root_key, meta_complete, read_meta, write_meta
+from polysem.query.store import as_store
+from polysem.query.diagnostics import query_error
+from torch.utils.data import DataLoader
+
+from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
+from polysem.util import atomic
+from polysem.util.images import ImageRecords, collate
+from polysem.util.progress import progress_bar
+from polysem.version import __version__
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -265,7 +274,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             "layer_shape": layer_shape(conv),
             "transform": image_transform.spec,
             "transform_import_root": image_transform.import_root,
-            "polysem_version": polysem.__version__,
+            "polysem_version": __version__,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if meta_complete(meta):  # another ingest created it since we looked
@@ -275,10 +284,10 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
                                         f"not {wanted[key]}; use the same settings or another --store")
         else:
             layout.write_schema_files(store.path)
-            layout.write_atomic(class_table, store.path / "classes.parquet")
+            atomic.write_atomic(class_table, store.path / "classes.parquet")
             weight = conv.weight.detach().cpu().flatten(1).numpy()
             bias = conv.bias.detach().cpu().numpy() if conv.bias is not None else [None] * len(weight)
-            layout.write_atomic(
+            atomic.write_atomic(
                 pa.Table.from_arrays(
                     [pa.array(np.arange(len(weight)), pa.int32()), list_column(weight), pa.array(bias, pa.float32())],
                     schema=layout.LAYER_WEIGHTS,
@@ -364,7 +373,7 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
     summary.parts = writer.parts_written
 
 
-WORKER_PRELOAD = ["torch", "torchvision.transforms", "PIL.Image", "polysem.ingest.dataset"]
+WORKER_PRELOAD = ["torch", "torchvision.transforms", "PIL.Image", "polysem.util.images"]
 WORKER_START_ENV = "POLYSEM_WORKER_START"  # fork, forkserver (default) or spawn
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from polysem.query import layout
+
+from polysem.util import atomic
 
 
 def list_column(matrix: np.ndarray) -> pa.Array:
@@ -60,7 +61,7 @@ class PartWriter:
                 ],
                 schema=layout.SAMPLES,
             )
-            layout.write_atomic(table, layout.new_part_path(self.store, "samples", self.split, self.rank))
+            atomic.write_atomic(table, layout.new_part_path(self.store, "samples", self.split, self.rank))
             self._samples = []
             self.parts_written += 1
         if self._errors:
@@ -76,5 +77,5 @@ class PartWriter:
                 },
                 schema=layout.INGEST_ERRORS,
             )
-            layout.write_atomic(table, layout.new_part_path(self.store, "ingest_errors", self.split, self.rank))
+            atomic.write_atomic(table, layout.new_part_path(self.store, "ingest_errors", self.split, self.rank))
             self._errors = []

@@ -15,17 +15,17 @@ The notebook API (each name is one function or class, never a module):
 Names are resolved on first use so that `import polysem` stays cheap (no torch).
 """
 
-__version__ = "0.1.0"
+from polysem.version import __version__
 
 # public name -> (module, attribute); no module of polysem has one of these names
 _API = {
     "Store": ("polysem.query.store", "Store"),
     "screen": ("polysem.query.screening", "polysemantic_pairs"),
-    "disentangle": ("polysem.disentangling", "disentangle"),
-    "load_model": ("polysem.disentangling", "load_model"),
-    "evaluate": ("polysem.evaluation", "evaluate"),
-    "channel_concepts": ("polysem.concepts", "channel_concepts"),
-    "verify": ("polysem.verification", "verify"),
+    "disentangle": ("polysem.method.runs", "disentangle"),
+    "load_model": ("polysem.method.runs", "load_model"),
+    "evaluate": ("polysem.reporting", "evaluate"),
+    "channel_concepts": ("polysem.method.concepts", "channel_concepts"),
+    "verify": ("polysem.method.verification", "verify"),
 }
 
 __all__ = ["__version__", "ingest", *_API]

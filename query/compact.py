@@ -33,9 +33,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from polysem.query import layout
 
 from polysem.errors import StoreBusy, StoreError
-from polysem.query import layout
+from polysem.util import atomic
 
 COMPACT_PREFIX = "compact-"
 FILE_ROWS = 16_384  # rows per compacted file: about 160 MB of ResNet-50 rows, what one rewrite holds in memory
@@ -115,9 +116,9 @@ def compact_split(store_path: Path, split: str) -> CompactSummary:
         if f not in rewrite:
             os.link(f, staging / f.name)
     written = _write_class_ordered(rewrite, staging)
-    _fsync_dir(staging)
+    atomic.fsync_dir(staging)
     _exchange(staging, folder)
-    _fsync_dir(folder.parent)
+    atomic.fsync_dir(folder.parent)
     shutil.rmtree(staging)  # the old files
     return CompactSummary(split, len(files), len(files) - len(rewrite) + written, sum(rows[f] for f in rewrite))
 
@@ -141,7 +142,7 @@ def _write_class_ordered(files: list[Path], out: Path) -> int:
                 "SELECT * FROM read_parquet($names) WHERE target BETWEEN $first AND $last ORDER BY target, image_id",
                 params={"names": names, "first": first, "last": last},
             ).to_arrow_table().cast(layout.SAMPLES)
-            layout.write_row_groups_atomic(_per_class(table), layout.SAMPLES,
+            atomic.write_row_groups_atomic(_per_class(table), layout.SAMPLES,
                                            out / f"{COMPACT_PREFIX}{uuid.uuid4().hex[:12]}.parquet", ROW_GROUP_ROWS)
         return len(ranges)
     finally:
@@ -150,17 +151,17 @@ def _write_class_ordered(files: list[Path], out: Path) -> int:
 
 def _class_ranges(counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Consecutive classes packed into (first, last) ranges of at most FILE_ROWS rows (a bigger class alone)."""
-    ranges, start, n = [], None, 0
+    ranges: list[tuple[int, int]] = []
+    current: list[int] = []  # the targets of the range being filled
+    n = 0
     for target, count in counts:
-        if start is not None and n + count > FILE_ROWS:
-            ranges.append((start, previous))
-            start, n = None, 0
-        if start is None:
-            start = target
+        if current and n + count > FILE_ROWS:
+            ranges.append((current[0], current[-1]))
+            current, n = [], 0
+        current.append(target)
         n += count
-        previous = target
-    if start is not None:
-        ranges.append((start, previous))
+    if current:
+        ranges.append((current[0], current[-1]))
     return ranges
 
 
@@ -204,10 +205,3 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(a, b)
     os.rename(moved, a)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,8 +43,8 @@ def test_api_names_are_functions_whatever_was_imported_before():
     import importlib
 
     import polysem
-    import polysem.disentangling  # noqa: F401  the modules behind the names
-    import polysem.evaluation  # noqa: F401
+    import polysem.method.disentangling  # noqa: F401  the modules behind the names
+    import polysem.method.evaluation  # noqa: F401
 
     for _ in range(2):
         from polysem import disentangle, evaluate, load_model, screen

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 from polysem.ingest.attribution import attribute_batch, input_window_sums, layer_probe
 from polysem.query import Store
+from torch import nn
+
 from tests.conftest import TINY
 
 
@@ -71,7 +71,9 @@ def test_window_sums_give_exact_arv_for_any_kernel(conv):
 
 def test_stored_sums_give_brute_force_arv_for_3x3_strided_conv(cli, data_dir, store_path):
     """ARV from the store's input_sum and layer_weights equals per-image autograd through the layer."""
-    from polysem.ingest.dataset import ImageRecords, list_split
+    from polysem.ingest.dataset import list_split
+
+    from polysem.util.images import ImageRecords
     from tests.models import small, tiny_net
 
     result = cli("ingest", data_dir, "--store", store_path, *TINY)

@@ -5,9 +5,9 @@ import re
 import click
 import pytest
 import typer
+from polysem.query.sqlfiles import load_blocks
 
 from polysem.cli import app
-from polysem.query.sqlfiles import load_blocks
 from tests.conftest import ROOT
 
 

@@ -8,9 +8,9 @@ import re
 import click
 import pytest
 import typer
+from polysem.query import Store
 
 from polysem.cli import app
-from polysem.query import Store
 from tests.conftest import ROOT
 from tests.test_cli_ingest import assert_refused
 from tests.test_validation import snapshot
@@ -58,7 +58,7 @@ def test_library_bugs_and_duckdb_errors_are_one_line(cli, colour_store, monkeypa
 
 
 def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_path, monkeypatch):
-    from polysem.disentangling import disentangle
+    from polysem.method.runs import disentangle
 
     run = disentangle(colour_store, 0, [1], [2], progress=False)
     plots = tmp_path / "plots"
@@ -81,7 +81,7 @@ def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_p
     assert_refused(result, "No space left on device")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()
-    monkeypatch.setattr("polysem.plots.top_images", fail)  # the last figures fail
+    monkeypatch.setattr("polysem.figures.plots.top_images", fail)  # the last figures fail
     assert_refused(cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots), "No space left on device")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()
@@ -109,7 +109,7 @@ def test_usage_errors_are_one_line_from_the_command_line(args, fragment, tmp_pat
 
 def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
     """Values a hostile review tried after the first round: each one line, exit 2, or a sound answer."""
-    from polysem.disentangling import disentangle
+    from polysem.method.runs import disentangle
 
     run = disentangle(colour_store, 0, [1], [2], progress=False)
     before = snapshot(colour_store)

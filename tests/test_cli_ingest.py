@@ -2,8 +2,8 @@
 
 import json
 
-
 from polysem.query import Store
+
 from tests.conftest import TINY
 
 
@@ -158,6 +158,7 @@ def test_weights_file_missing(cli, data_dir, store_path, tmp_path):
 
 def test_weights_not_matching_model(cli, data_dir, store_path, tmp_path):
     import torch
+
     from tests.models import tiny_net
 
     state = tiny_net().state_dict()
@@ -197,6 +198,7 @@ def test_store_of_another_model_or_layer(cli, data_dir, store_path):
 
 def test_store_of_other_weights(cli, data_dir, store_path, tmp_path):
     import torch
+
     from tests.models import tiny_net
 
     assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0

@@ -8,8 +8,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from polysem.query import Store
+
 from tests.conftest import ROOT, TINY, make_image_folder, map_logits
 from tests.test_cli_ingest import assert_refused
 
@@ -88,7 +88,7 @@ def test_wordnet_similarity_and_plot(cli, colour_store, tmp_path, monkeypatch):
     assert "1 class pairs scored" in result.output
     assert (tmp_path / "cache" / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
 
-    from polysem.wordnet import load_wordnet
+    from polysem.method.wordnet import load_wordnet
 
     with load_wordnet("/usr/share/wordnet") as wordnet:
         expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from polysem.concepts import channel_concepts, complete_linkage
-from polysem.disentangling import base_model, load_model
 from polysem.query import Store
-from polysem.verification import verify
+
+from polysem.method.concepts import channel_concepts, complete_linkage
+from polysem.method.runs import base_model, load_model
+from polysem.method.verification import verify
 from tests.conftest import COLOURS, make_colour_images
 
 PAIR_COLOURS = {"blue": (0, 0, 255), "darkred": (128, 0, 0), "red": (255, 0, 0)}
@@ -187,7 +187,7 @@ def test_a_split_that_shares_everything_is_unresolved(cli, tri_store):
 
 
 def test_verify_uses_its_cache_and_refuses_bad_input(cli, tri_store, monkeypatch):
-    import polysem.verification as verification
+    import polysem.method.verification as verification
 
     run = json.loads(cli("disentangle", "--from-screen", "--store", tri_store, "--format", "json").stdout)
     first = verify(tri_store, run["run_id"], progress=False)

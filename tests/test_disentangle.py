@@ -6,10 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from polysem.query import Store
 
 from polysem.constants import RHO_GRID
-from polysem.disentangling import DisentangledConv, SourceSplit, disentangle, disentangle_channels, ChannelRequest, load_model, split_sources
-from polysem.query import Store
+from polysem.method.disentangling import DisentangledConv, SourceSplit, split_sources
+from polysem.method.runs import (
+    ChannelRequest,
+    disentangle,
+    disentangle_channels,
+    load_model,
+)
 from tests.conftest import TINY, make_image_folder, map_logits
 from tests.test_cli_ingest import assert_refused
 
@@ -68,7 +74,7 @@ def resnet_store(tmp_path):
 
 
 def original_and_new_logits(store, run_id, images):
-    from polysem.disentangling import base_model
+    from polysem.method.runs import base_model
 
     original = base_model(Store(store))[0]
     with torch.no_grad():
@@ -151,8 +157,8 @@ def brute_force_eq6(maps1, maps2, conv, channel, arv1, arv2, objective):
 
 @pytest.mark.parametrize("objective", ["abs", "positive"])
 def test_rho_search_equals_brute_force(tiny_store, objective):
-    from polysem.features import class_records
-    from polysem.ingest.dataset import ImageRecords
+    from polysem.method.features import class_records
+    from polysem.util.images import ImageRecords
     from tests.models import small, tiny_net
 
     run = disentangle(tiny_store, 1, [0], [2], objective=objective, force=True, progress=False)
@@ -185,7 +191,7 @@ def test_feature_maps_are_cached(tiny_store, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the cached classes must not run the model again")
 
-    monkeypatch.setattr("polysem.features.compute_feature_maps", no_model)
+    monkeypatch.setattr("polysem.method.features.compute_feature_maps", no_model)
     again = disentangle(tiny_store, 1, [0], [2], objective="positive", force=True, progress=False)
     assert again["run_id"] and runs_count(tiny_store) == 2
 
@@ -193,6 +199,7 @@ def test_feature_maps_are_cached(tiny_store, monkeypatch):
 def test_run_activations_equal_the_model(tiny_store):
     """The SQL activations of c'1, c'2, r (linear in input_sum) equal the disentangled model's own."""
     from PIL import Image
+
     from tests.models import small
 
     run = disentangle(tiny_store, 2, [1], [0], force=True, progress=False)
@@ -300,7 +307,7 @@ def test_moved_images(cli, tmp_path):
 
 
 def test_a_model_failing_the_logit_check_is_not_recorded(cli, colour_store, monkeypatch):
-    monkeypatch.setattr("polysem.disentangling.LOGIT_TOLERANCE", -1.0)  # no model can pass now
+    monkeypatch.setattr("polysem.method.runs.LOGIT_TOLERANCE", -1.0)  # no model can pass now
     result = cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--store", colour_store)
     assert result.exit_code == 2
     assert "changes the logits by" in result.output and "nothing recorded" in result.output

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-
-from polysem.disentangling import SourceSplit, bias_only_concepts, disentangle, split_sources
 from polysem.query import Store
+
+from polysem.method.disentangling import SourceSplit, bias_only_concepts, split_sources
+from polysem.method.runs import disentangle
 from tests.conftest import make_colour_images
 from tests.test_disentangle import assert_refused_last_line as assert_refused
 
@@ -76,7 +77,7 @@ def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
     candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
     import warnings
 
-    from polysem.disentangling import ChannelRequest, disentangle_channels
+    from polysem.method.runs import ChannelRequest, disentangle_channels
 
     candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
                   ChannelRequest(2, [["red"], ["green"]])]

@@ -6,7 +6,7 @@ from PIL import Image
 from torch import nn
 
 from examples import fashion_mnist
-from polysem.wordnet import load_wordnet, synset
+from polysem.method.wordnet import load_wordnet, synset
 
 EXPECTED_LEMMA = {
     "tshirt_top": "T-shirt", "trouser": "trouser", "pullover": "pullover", "dress": "dress", "coat": "coat",

@@ -8,11 +8,12 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 import pytest
-
 from polysem.ingest.writer import list_column
 from polysem.query import Store, layout
 from polysem.query import compact as compaction
 from polysem.query.compact import compact
+
+from polysem.util import atomic
 
 CLASSES, PER_CLASS, CHANNELS = 10, 60, 256
 
@@ -26,7 +27,7 @@ def write_parts(store: Path, n_parts_per_rank: int = 3, ranks: int = 2, seed: in
         mine = ids[rank::ranks]
         for chunk in np.array_split(mine, n_parts_per_rank):
             n = len(chunk)
-            layout.write_atomic(pa.Table.from_arrays([
+            atomic.write_atomic(pa.Table.from_arrays([
                 pa.array(chunk, pa.int64()), pa.array(["train"] * n), pa.array([f"img{i}.png" for i in chunk]),
                 pa.array(targets[chunk]), pa.array(targets[chunk]), pa.array(np.zeros(n, np.int32)),
                 pa.array(rng.normal(size=n).astype(np.float32)),
@@ -40,10 +41,10 @@ def parts_store(tmp_path):
     path = tmp_path / "store"
     path.mkdir()
     layout.write_schema_files(path)
-    layout.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"c{c}", "name": f"class {c}", "wnid": None,
+    atomic.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"c{c}", "name": f"class {c}", "wnid": None,
                                                "logit": c} for c in range(CLASSES)], schema=layout.CLASSES),
                         path / "classes.parquet")
-    layout.write_atomic(layout.LAYER_WEIGHTS.empty_table(), path / "layer_weights.parquet")
+    atomic.write_atomic(layout.LAYER_WEIGHTS.empty_table(), path / "layer_weights.parquet")
     write_parts(path)
     with Store(path).connect(write=True):
         pass
@@ -105,7 +106,7 @@ def test_new_parts_after_compaction_are_compacted_incrementally(parts_store, tmp
     for part in (extra / "samples" / "train").glob("*.parquet"):  # new image ids: shift them past the old ones
         table = pq.read_table(part)
         table = table.set_column(0, "image_id", pa.compute.add(table.column("image_id"), 10_000))
-        layout.write_atomic(table, layout.new_part_path(parts_store.path, "samples", "train", 0))
+        atomic.write_atomic(table, layout.new_part_path(parts_store.path, "samples", "train", 0))
     [summary] = compact(parts_store)
     assert summary.rows_rewritten == 2 * CLASSES * PER_CLASS  # the small compacted file joins the new rows
     assert len(rows(parts_store)) == 2 * CLASSES * PER_CLASS

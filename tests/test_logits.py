@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
-from polysem.errors import DataError
 from polysem.ingest.dataset import class_rows, imagenet_index
 from polysem.query import Store
+
+from polysem.errors import DataError
 from tests.conftest import TINY, make_image_folder
 from tests.models import resnet_small, small, tiny_net
 from tests.test_cli_ingest import assert_refused

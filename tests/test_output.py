@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from polysem.query import Store
 
 WIDTH = 100
@@ -36,7 +35,7 @@ def test_screen_fits_and_names_classes(cli, colour_store):
 
 
 def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
-    from polysem import output
+    from polysem.cli import output
 
     long = "a class name far longer than any terminal column should ever have to hold, really"
     real = Store.query

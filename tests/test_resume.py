@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from polysem.query import Store
+
 from tests.conftest import ROOT, TINY, make_image_folder
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]

@@ -6,10 +6,10 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from polysem import constants
 from polysem.query import Store
 from polysem.query.sqlfiles import SqlFileError, load_blocks, parse_sql
+
+from polysem import constants
 from tests.conftest import TINY
 
 
@@ -24,7 +24,7 @@ def tiny_store(cli, tmp_path):
 
 
 def test_every_view_and_macro_runs(colour_store):
-    from polysem.disentangling import disentangle
+    from polysem.method.runs import disentangle
 
     run_id = disentangle(colour_store, 0, [1], [2], progress=False)["run_id"]
     store = Store(colour_store)

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from polysem.query import Store
+from polysem.query import catalog as catalog_module
 
 from polysem.errors import StoreBusy
-from polysem.query import Store
-from polysem.query import store as store_module
 from tests.conftest import COLOUR, ROOT, make_colour_images
 from tests.test_cli_ingest import assert_refused
 
@@ -71,7 +71,7 @@ def test_a_waiting_writer_says_who_holds_the_catalog(store, monkeypatch):
     holder = python(HOLD_WRITER, store / "catalog.duckdb")
     try:
         assert holder.stdout.readline().strip() == "holding"
-        monkeypatch.setattr(store_module, "WRITE_WAIT_S", 0.3)
+        monkeypatch.setattr(catalog_module, "WRITE_WAIT_S", 0.3)
         with pytest.raises(StoreBusy, match=rf"process {holder.pid} \(python"):
             with Store(store).connect(write=True):
                 pass
@@ -81,7 +81,7 @@ def test_a_waiting_writer_says_who_holds_the_catalog(store, monkeypatch):
 
 
 def test_disentangle_keeps_its_model_when_the_catalog_stays_busy(cli, store, monkeypatch):
-    import polysem.disentangling as disentangling
+    import polysem.method.runs as disentangling
 
     holders = []
     keep = disentangling.write_pending
@@ -93,7 +93,7 @@ def test_disentangle_keeps_its_model_when_the_catalog_stays_busy(cli, store, mon
         return path
 
     monkeypatch.setattr(disentangling, "write_pending", then_hold_the_catalog)
-    monkeypatch.setattr(store_module, "WRITE_WAIT_S", 0.3)
+    monkeypatch.setattr(catalog_module, "WRITE_WAIT_S", 0.3)
     try:
         result = cli("disentangle", "--channel", 0, "--concept1", "green", "--concept2", "red", "--store", store)
         errors = [line for line in result.output.splitlines() if "Error" in line]  # progress bars come first

@@ -1,9 +1,9 @@
 """Ingest's CPU defaults: workers and torch threads share the cores; threads are restored."""
 
 import torch
-
 from polysem.ingest import run as ingest_run
 from polysem.ingest.threads import default_num_workers, default_threads
+
 from tests.conftest import TINY, make_image_folder
 
 

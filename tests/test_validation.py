@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-
 from polysem.query import Store
+
 from tests.conftest import TINY, make_image_folder
 from tests.test_cli_ingest import assert_refused
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from polysem.query import Store
 from torch import nn
 
-from polysem.disentangling import disentangle
 from polysem.errors import StoreBusy
-from polysem.query import Store
-from polysem.receptive_field import receptive_fields
-from polysem.visualize import FourierImage, augment, visualize
+from polysem.method.receptive_field import receptive_fields
+from polysem.method.runs import disentangle
+from polysem.method.visualize import FourierImage, augment, visualize
 from tests.conftest import make_colour_images
 
 OPPONENT = dict(model="tests.models:opponent_colour_net", layer="probe", transform="tests.models:to_tensor")
@@ -140,8 +140,8 @@ def test_a_failed_record_leaves_the_store_as_it_was(opponent_run, monkeypatch):
 
 
 def test_forward_stops_at_the_layer_and_leaves_no_hook(opponent_run):
-    from polysem.disentangling import load_model
-    from polysem.forward import forward_to
+    from polysem.method.runs import load_model
+    from polysem.util.hooks import forward_to
 
     store, run_id = opponent_run
     model = load_model(store, run_id)

@@ -7,7 +7,7 @@ import sys
 from tests.conftest import ROOT
 
 PROBE = (
-    "from polysem.wordnet import load_wordnet, synset\n"
+    "from polysem.method.wordnet import load_wordnet, synset\n"
     "with load_wordnet() as wn:\n"
     "    print(type(wn).__module__, synset(wn, 'n02123045').name(), sorted(synset(wn, 'n02123045').lemma_names())[0])"
 )

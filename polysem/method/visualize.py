@@ -33,13 +33,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from polysem.query.store import Store
 from torch import nn
 
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import RunError
-from polysem.forward import forward_to
-from polysem.query import layout
-from polysem.query.store import Store
+from polysem.util import atomic
+from polysem.util.hooks import forward_to
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
@@ -213,7 +213,7 @@ def optimise(target: Target, *, channels: int, method: str = "maco", steps: int 
     to_input maps display-space images to the model's input (its normalisation);
     magnitude (channels x H x W//2+1) is required for maco.
     """
-    from polysem.ingest.progress import progress_bar
+    from polysem.util.progress import progress_bar
 
     n = len(target.units)
     generator = torch.Generator().manual_seed(seed)
@@ -283,8 +283,8 @@ def input_display(transform) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor:
     """Up to n train images of the store after the model's transform (a fixed pseudo-random choice)."""
-    from polysem.features import remap_paths
-    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate_one_size
+    from polysem.method.features import remap_paths
+    from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
 
     rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? ORDER BY hash(image_id), image_id "
                        "LIMIT ?", [SCREEN_SPLIT, n]).to_pylist()
@@ -307,8 +307,9 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
     own on its own image, "activations" those of every unit on it.
     """
-    from polysem.disentangling import base_model, load_model, run_row
     from polysem.ingest.models import resolve_device, resolve_transform
+
+    from polysem.method.runs import base_model, load_model, run_row
 
     store = store if isinstance(store, Store) else Store(store)
     store.require()
@@ -385,7 +386,7 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
     where = "run_id IS NOT DISTINCT FROM ? AND channel = ? AND method = ? AND steps = ? AND size = ? AND seed = ?"
     try:
         for unit, image in zip(target.units, images):
-            with layout.atomic_path(store.path / paths[unit]) as tmp:
+            with atomic.atomic_path(store.path / paths[unit]) as tmp:
                 tmp.write_bytes(png_bytes(image))
             written.append(store.path / paths[unit])
         rows = []

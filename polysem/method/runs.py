@@ -1,11 +1,8 @@
-"""Disentangling a channel (METHOD.md sections 5 and 6) and recording the run in the store.
+"""Disentangling channels of a store's model and recording the runs (`polysem disentangle`).
 
-    split_sources   Ineq. 5 for k concepts: which l-1 channels feed one concept only, and the shared rest
-    rho_scores      Eq. 6 for k concepts over the rho grid, on the l-1 feature maps of the concepts
-    DisentangledConv  layer l replaced by a widened conv and a fixed merge conv
-    disentangle     all of it for one channel; disentangle_channels for several in one model
-    requests_from_screen  the channels with the most dissimilar concepts (polysem.concepts), all concepts each
-    load_model      the recorded model back from a run id
+    disentangle           one channel into its concepts; disentangle_channels for several in one model
+    requests_from_screen  the channels with the most dissimilar concepts (polysem.method.concepts), all concepts each
+    load_model            the recorded model back from a run id
 """
 
 from __future__ import annotations
@@ -21,207 +18,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from polysem.ingest.attribution import exact_math
+from polysem.ingest.models import (
+    resolve_device,
+    resolve_layer,
+    resolve_model,
+    resolve_transform,
+)
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
+from polysem.query.recovery import write_pending
 from torch import nn
 
-import polysem
-from polysem.ingest.attribution import exact_math
-from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
-from polysem.ingest.models import resolve_device, resolve_layer, resolve_model, resolve_transform
-from polysem.concepts import channel_concepts
-from polysem.constants import GAMMA, P, RHO_GRID, SCREEN_SPLIT, TAU
+from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError, StoreBusy
-from polysem.features import cached_class_maps, remap_paths
-from polysem.query import layout
-from polysem.query.screening import check_thresholds
-from polysem.query.store import Store, as_store, write_pending
+from polysem.method.concepts import channel_concepts
+from polysem.method.disentangling import (
+    OBJECTIVES,
+    DisentangledConv,
+    RelevanceWarning,
+    SourceSplit,
+    best_rho,
+    bias_only_concepts,
+    replace_module,
+    rho_scores,
+    split_sources,
+)
+from polysem.method.features import cached_class_maps, remap_paths
+from polysem.util import atomic
+from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.version import __version__
 
-OBJECTIVES = ("abs", "positive")
-POSITIVE_EPS = 1e-5  # the reference code's denominator guard for the `positive` objective
 LOGIT_TOLERANCE = 1e-4  # max |logit change| allowed, relative to max(1, max |logit|): float32 rounding
 CHECK_IMAGES = 32
 
-
-class RelevanceWarning(UserWarning):
-    """A concept class for which the channel is not relevant (Ineq. 2); only raised with force."""
-
-
-# -- the method ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SourceSplit:
-    """Indices of the l-1 channels that feed one concept only (one tuple per concept), and the shared rest."""
-
-    sources: tuple[tuple[int, ...], ...]
-    shared: tuple[int, ...]
-
-    @property
-    def k(self) -> int:
-        return len(self.sources)
-
-    @property
-    def empty_concepts(self) -> list[int]:
-        """1-based concepts without a source of their own: their channel would equal the residual."""
-        return [j + 1 for j, own in enumerate(self.sources) if not own]
-
-
-def split_sources(arvs, rho: float) -> SourceSplit:
-    """Ineq. 5 for k >= 2 concepts: input i goes to concept j when rho * R_j[i] > R_j'[i] for every other
-    concept j'; the lowest such j wins; the rest is shared. For k = 2 this is the paper's rule exactly."""
-    arvs = np.asarray(arvs, np.float64)  # k x C_{l-1}
-    owner = np.full(arvs.shape[1], -1)
-    for j in range(len(arvs)):
-        others = np.delete(arvs, j, axis=0)
-        wins = (rho * arvs[j] > others).all(axis=0) & (owner < 0)
-        owner[wins] = j
-    index = np.arange(arvs.shape[1])
-    return SourceSplit(tuple(tuple(index[owner == j].tolist()) for j in range(len(arvs))),
-                       tuple(index[owner < 0].tolist()))
-
-
-def concept_weights(weight: torch.Tensor, split: SourceSplit) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """weight: C_{l-1} x kh x kw (one output channel). Returns the rows of c'_1..c'_k and of r.
-
-    c'_j keeps its own sources and the shared ones; r keeps the shared ones only, so
-    sum_j c'_j - (k - 1) r = weight.
-    """
-    concepts = []
-    for j in range(split.k):
-        w = weight.clone()
-        w[[i for o, own in enumerate(split.sources) if o != j for i in own]] = 0
-        concepts.append(w)
-    residual = weight.clone()
-    residual[[i for own in split.sources for i in own]] = 0
-    return concepts, residual
-
-
-def bias_only_concepts(weight: torch.Tensor, split: SourceSplit) -> list[int]:
-    """1-based concepts whose channel gets nothing from its own sources (none, or all weights 0): it
-    carries only the shared inputs and the bias, i.e. it equals the residual."""
-    return [j + 1 for j, own in enumerate(split.sources) if not own or not bool(weight[list(own)].abs().sum() > 0)]
-
-
-def rho_scores(maps, layer: nn.Conv2d, channel: int, arvs, objective: str = "abs", grid=RHO_GRID,
-               batch_size: int = 256) -> list[dict]:
-    """Eq. 6, generalised to k concepts, for each rho of the grid.
-
-    maps: one N_j x C_{l-1} x H x W array per concept (its images' layer inputs).
-    score = sum over concepts j of the mean over concept j's images of s(c'_j) / sum_{j' != j} s(c'_j'),
-    s = sum over positions of |f| (objective 'abs', the paper) or of max(f, 0) with 1e-5 added to each
-    denominator ('positive', the reference code). For k = 2 this is the paper's Eq. 6.
-
-    Rules where the paper is silent (the README states them):
-    - a zero denominator with a positive numerator is a perfect separation of that image, not an error:
-      `separated` is the sum over concepts of the fraction of such images, and the mean runs over the
-      other images; 0/0 counts as 0. rhos rank by `separated`, then by the objective.
-    - a rho under which a concept has no source of its own is skipped (`skipped` says why): its
-      channel would equal the residual.
-    """
-    if objective not in OBJECTIVES:
-        raise RunError(f"unknown objective '{objective}'; use abs (paper) or positive (reference code)")
-    k = len(maps)
-    weight = layer.weight.detach().cpu().double()[channel]
-    bias = layer.bias.detach().cpu().double()[channel] if layer.bias is not None else torch.zeros((), dtype=torch.float64)
-    splits = [split_sources(arvs, rho) for rho in grid]
-    kernels = torch.stack([w for split in splits for w in concept_weights(weight, split)[0]])  # (R k) x C x kh x kw
-    biases = bias.expand(len(kernels)).contiguous()
-
-    def terms(concept_maps: np.ndarray, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per rho: the mean of the finite ratios over the images of concept j, and the fraction separated."""
-        ratios = []
-        for start in range(0, len(concept_maps), batch_size):
-            x = torch.from_numpy(concept_maps[start : start + batch_size]).double()
-            f = F.conv2d(x, kernels, biases, layer.stride, layer.padding, layer.dilation)
-            s = (f.abs() if objective == "abs" else f.clamp(min=0)).sum(dim=(2, 3)).view(len(x), len(grid), k)
-            own, other = s[..., j], s.sum(-1) - s[..., j]
-            if objective == "positive":
-                other = other + POSITIVE_EPS
-            ratios.append(torch.where(other > 0, own / other.clamp(min=torch.finfo(torch.float64).tiny),
-                                      torch.where(own > 0, torch.inf, 0.0)))
-        ratio = torch.cat(ratios)  # N_j x R
-        infinite = torch.isinf(ratio)
-        n_finite = (~infinite).sum(0)
-        mean = torch.where(infinite, 0.0, ratio).sum(0) / n_finite.clamp(min=1)
-        return mean, infinite.double().mean(0)
-
-    objective_value, separated = torch.zeros(len(grid), dtype=torch.float64), torch.zeros(len(grid), dtype=torch.float64)
-    for j, concept_maps in enumerate(maps):
-        mean, fraction = terms(concept_maps, j)
-        objective_value += mean
-        separated += fraction
-    rows = []
-    for rho, value, sep, split in zip(grid, objective_value.tolist(), separated.tolist(), splits):
-        empty = split.empty_concepts
-        rows.append({"rho": rho, "objective_value": None if empty else value, "separated": None if empty else sep,
-                     "n_sources": [len(own) for own in split.sources],
-                     "skipped": f"concept {', '.join(map(str, empty))} has no source of its own" if empty else None})
-    return rows
-
-
-def best_rho(scores: list[dict]) -> float:
-    """The grid's best rho: most separated images first, then the largest objective; the smallest rho on ties."""
-    valid = [row for row in scores if row["skipped"] is None]
-    if not valid:
-        raise RunError("at every rho of the grid some concept has no l-1 channel of its own (its channel would equal "
-                       "the residual); the concepts' ARVs do not separate: choose other concepts, or pass "
-                       "--rho VALUE --force")
-    return max(valid, key=lambda row: (row["separated"], row["objective_value"]))["rho"]
-
-
-class DisentangledConv(nn.Module):
-    """Layer l with split channels: `expanded` has C_l + sum_c k_c outputs, `merge` maps them back to C_l.
-
-    A channel c split into k concepts keeps c'_1 at index c; c'_2..c'_k and then r take the next
-    k free indices after C_l (for k = 2: C_l + 2j is c'_2 and C_l + 2j + 1 is r, for the j-th channel).
-    merge computes c = sum_j c'_j - (k - 1) r, equal to the original channel up to rounding.
-    """
-
-    def __init__(self, original: nn.Conv2d, channels: list[int], splits: list[SourceSplit]):
-        super().__init__()
-        out = original.out_channels
-        self.channels = list(channels)
-        self.units: dict[int, dict[str, int]] = {}
-        extra, offset = [], out
-        for c, split in zip(channels, splits):
-            self.units[c] = {"c1": c, **{f"c{j + 1}": offset + j - 1 for j in range(1, split.k)}, "r": offset + split.k - 1}
-            offset += split.k
-        self.expanded = nn.Conv2d(original.in_channels, offset, original.kernel_size, original.stride,
-                                  original.padding, original.dilation, bias=original.bias is not None)
-        self.merge = nn.Conv2d(offset, out, 1, bias=False)
-        with torch.no_grad():
-            weight = original.weight.detach().clone()
-            for c, split in zip(channels, splits):
-                concepts, residual = concept_weights(original.weight.detach()[c], split)
-                weight[c] = concepts[0]
-                extra += [*concepts[1:], residual]
-            self.expanded.weight.copy_(torch.cat([weight, torch.stack(extra)]) if extra else weight)
-            if original.bias is not None:
-                bias = original.bias.detach()
-                self.expanded.bias.copy_(torch.cat([bias, bias[[c for c, split in zip(channels, splits)
-                                                                  for _ in range(split.k)]]]))
-            merge = torch.zeros(out, offset)
-            merge[:, :out] = torch.eye(out)
-            for c, split in zip(channels, splits):
-                for unit, index in self.units[c].items():
-                    merge[c, index] = -(split.k - 1) if unit == "r" else 1.0
-            self.merge.weight.copy_(merge.view(out, offset, 1, 1))
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-
-    def unit_index(self, channel: int, unit: str) -> int:
-        """Index in `expanded`'s output of unit 'c1'..'ck' or 'r' of a disentangled channel."""
-        return self.units[channel][unit]
-
-    def forward(self, x):
-        return self.merge(self.expanded(x))
-
-
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-# -- runs against a store -------------------------------------------------------------------------
 
 @dataclass
 class ChannelRequest:
@@ -490,7 +320,7 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
     """
     group_id = uuid.uuid4().hex[:10]
     artifact = Path("artifacts") / f"{group_id}.pt"
-    with layout.atomic_path(store.path / artifact) as tmp:
+    with atomic.atomic_path(store.path / artifact) as tmp:
         torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
                     "state_dict": new_layer.state_dict()}, tmp)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -501,7 +331,7 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
             "run_id": run_id, "group_id": group_id, "created_at": now, "channel": plan.channel,
             "concepts": plan.concepts, "rho": plan.rho, "objective": objective,
             "sources": [list(own) for own in plan.split.sources], "shared": list(plan.split.shared),
-            "max_logit_diff": max_diff, "artifact": str(artifact), "polysem_version": polysem.__version__,
+            "max_logit_diff": max_diff, "artifact": str(artifact), "polysem_version": __version__,
             "parameters": parameters, "warnings": plan.warnings,
         })
         scores += [{"run_id": run_id, **score} for score in plan.scores]

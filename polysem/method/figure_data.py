@@ -1,6 +1,6 @@
 """The data behind a run's figures: its most activating val images, their patches and its visualisations.
 
-Everything that runs the model or reads files is here; `polysem.plots` only draws
+Everything that runs the model or reads files is here; `polysem.figures.plots` only draws
 what this module hands it. The photos are the image files as the user knows them
 (not the normalised model input), brought to the model input's geometry.
 """
@@ -8,14 +8,13 @@ what this module hands it. The photos are the image files as the user knows them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
+from polysem.query.store import Store
 
 from polysem.constants import EVAL_SPLIT
-from polysem.errors import RunError
-from polysem.query.store import Store
+from polysem.errors import PolysemError, RunError
 
 TOP, SHOWN = 16, 6
 
@@ -89,12 +88,13 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     activations: rows of `run_activations` (every val image of the run's concept classes).
     Returns ({unit: UnitImages}, caption facts).
     """
-    from polysem.disentangling import load_model
-    from polysem.features import remap_paths
-    from polysem.forward import forward_to
-    from polysem.ingest.dataset import ImageRecord, ImageRecords, collate_one_size
     from polysem.ingest.models import resolve_device, resolve_transform
-    from polysem.receptive_field import receptive_fields
+
+    from polysem.method.features import remap_paths
+    from polysem.method.receptive_field import receptive_fields
+    from polysem.method.runs import load_model
+    from polysem.util.hooks import forward_to
+    from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
 
     names = class_names(store)
     labels = unit_labels(run, names)
@@ -183,24 +183,88 @@ def visualisation_images(store: Store, rows: list[dict]) -> dict[str, np.ndarray
     return images
 
 
-def run_figures(store: Store, run: dict, activations: list[dict], tau: float, out_dir: Path, data_dir=None,
-                device: str = "auto") -> dict[str, list[Path]]:
-    """Every figure of a run into out_dir: densities, the Fig. 1 panel, the top images, the visualisations."""
-    from polysem import plots
-    from polysem.visualize import latest_visualizations
+@dataclass
+class RunFigures:
+    """Everything a run's figures show: its val activations, top images with patches, visualisations."""
 
-    out_dir = Path(out_dir)
+    run: dict
+    names: dict[int, str]
+    labels: dict[str, str]
+    activations: list[dict]
+    units: dict[str, UnitImages]
+    facts: dict
+    vis_rows: list[dict]
+    vis_images: dict[str, np.ndarray]
+    layer: str
+
+
+def run_figure_data(store: Store, run: dict, activations: list[dict], data_dir=None,
+                    device: str = "auto") -> RunFigures:
+    """Gather what `polysem.figures.plots.run_figures` draws for a run (runs the model on its top images)."""
+    from polysem.method.visualize import latest_visualizations
+
     names = class_names(store)
-    figures = {"density": [plots.activation_density(run, activations, tau, names,
-                                                    out_dir / f"run-{run['run_id']}-density.png")]}
     units, facts = top_images(store, run, activations, data_dir, device)
     vis_rows = latest_visualizations(store, run["run_id"])
-    vis_images = visualisation_images(store, vis_rows)
-    figures["panel"] = [plots.panel(run, units, facts, vis_rows, vis_images, store.meta()["layer"],
-                                    out_dir / f"run-{run['run_id']}-panel.png")]
-    figures["top"] = [plots.top_images(run, unit_images, facts, out_dir / f"run-{run['run_id']}-top-{unit}.png")
-                      for unit, unit_images in units.items()]
-    figures["visualizations"] = ([plots.visualizations(run, vis_rows, vis_images, unit_labels(run, names),
-                                                       out_dir / f"run-{run['run_id']}-visualizations.png")]
-                                 if vis_images else [])
-    return figures
+    return RunFigures(run, names, unit_labels(run, names), activations, units, facts, vis_rows,
+                      visualisation_images(store, vis_rows), store.meta()["layer"])
+
+
+@dataclass
+class RunReport:
+    run: dict
+    figures: RunFigures | None  # None when the store has no val images of the run's classes
+
+
+@dataclass
+class ReportData:
+    """What the report page shows, gathered from the store (`polysem.figures.page` draws it)."""
+
+    info: dict
+    classes: list[dict]
+    names: dict[int, str]
+    pairs: list[dict] | None
+    pairs_error: str | None
+    wordnet_points: list[tuple[float, float]] | None
+    wordnet_error: str | None
+    runs: list[RunReport]
+
+
+def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData:
+    """Everything the report page shows; a screening or WordNet step that cannot run leaves its reason."""
+    from polysem.query.screening import polysemantic_pairs
+
+    from polysem.method.runs import run_row
+    from polysem.method.wordnet import similarity_points
+
+    info = store.info()
+    meta = store.meta()
+    pairs = pairs_error = points = points_error = None
+    try:
+        pairs = polysemantic_pairs(store).to_pylist()
+    except PolysemError as error:
+        pairs_error = str(error)
+    try:
+        points = similarity_points(store)
+    except PolysemError as error:
+        points_error = str(error)
+    runs = []
+    for row in run_order(store.query("SELECT * FROM run_summary").to_pylist(), meta):
+        run = {**run_row(store, row["run_id"]), "summary": row}
+        activations = store.query("SELECT * FROM run_activations(?, split_name := ?)",
+                                  [run["run_id"], EVAL_SPLIT]).to_pylist()
+        runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None))
+    return ReportData(info, store.query("SELECT class_id, folder, name, wnid FROM classes ORDER BY class_id").to_pylist(),
+                      class_names(store), pairs, pairs_error, points, points_error, runs)
+
+
+# The channels of ResNet-50 layer4.2.conv3 in the order of the paper's table (METHOD.md).
+PAPER_CHANNELS = (522, 1404, 895, 242, 1660, 1349, 1832, 1773, 1698)
+PAPER_LAYER = ("resnet50", "layer4.2.conv3")
+
+
+def run_order(runs: list[dict], meta: dict) -> list[dict]:
+    """The paper's channels first in its order (for its model and layer), then the store's order."""
+    paper = (meta.get("model"), meta.get("layer")) == PAPER_LAYER
+    rank = {c: i for i, c in enumerate(PAPER_CHANNELS)} if paper else {}
+    return [r for _, r in sorted(enumerate(runs), key=lambda ir: (rank.get(ir[1]["channel"], len(rank)), ir[0]))]

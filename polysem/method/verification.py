@@ -31,19 +31,19 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.models import resolve_device, resolve_transform
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
-from polysem.disentangling import load_model, run_row
+from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError
-from polysem.features import cached_array, remap_paths
-from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
-from polysem.ingest.models import resolve_device, resolve_transform
-from polysem.ingest.progress import progress_bar
-from polysem.query.screening import check_thresholds
-from polysem.query.store import Store, as_store
+from polysem.method.features import cached_array, remap_paths
+from polysem.method.runs import load_model, run_row
+from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.util.progress import progress_bar
 
 
 def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,

@@ -20,10 +20,10 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import pyarrow as pa
-
-from polysem.constants import GAMMA, P, SCREEN_SPLIT, TAU
 from polysem.query.screening import arv_cosines, check_limit, check_thresholds
 from polysem.query.store import Store, as_store
+
+from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 
 SCHEMA = pa.schema([
     ("channel", pa.int32()),

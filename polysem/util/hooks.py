@@ -1,12 +1,27 @@
-"""Running a model only as far as one of its modules (its output, or its input), through the one hook helper."""
+"""The one hook helper (`hooked`), and running a model only as far as one of its modules (its output or input)."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from polysem.errors import RunError
-from polysem.ingest.attribution import hooked
+
+__all__ = ["hooked", "forward_to", "input_of"]
+
+
+@contextmanager
+def hooked(module: nn.Module, hook, *, pre: bool = False) -> Iterator[None]:
+    """Register a forward (or forward-pre) hook for the duration of the block; always removed,
+    also when the block raises. Every hook polysem sets goes through here."""
+    handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class _StopForward(Exception):

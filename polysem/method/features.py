@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from polysem.ingest.attribution import exact_math
+from polysem.query.store import Store
 from torch import nn
 from torch.utils.data import DataLoader
 
-from polysem.forward import input_of
-from polysem.ingest.attribution import exact_math
-from polysem.ingest.dataset import ImageRecord, ImageRecords, collate
-from polysem.ingest.progress import progress_bar
 from polysem.errors import RunError
-from polysem.query import layout
-from polysem.query.store import Store
+from polysem.util import atomic
+from polysem.util.hooks import input_of
+from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.util.progress import progress_bar
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
@@ -96,7 +96,7 @@ def cached_array(path: Path, ids: np.ndarray, name: str, compute) -> np.ndarray:
             if name in cached.files and np.array_equal(cached["image_id"], ids):
                 return cached[name]
     values = compute()
-    with layout.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez would add .npz to any other name
+    with atomic.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez would add .npz to any other name
         np.savez(tmp, image_id=ids, **{name: values})
     return values
 

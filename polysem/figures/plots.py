@@ -14,13 +14,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from polysem.constants import GAMMA, P, TAU
+from polysem.constants import GAMMA, TAU, P
 
 
 def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: float = TAU, p: float = P,
                     gamma: float = GAMMA) -> Path:
     """WordNet path similarity over ARV cosine, one point per (channel, class pair): `points` are
-    (cosine, similarity) pairs (`polysem.wordnet.similarity_points`)."""
+    (cosine, similarity) pairs (`polysem.method.wordnet.similarity_points`)."""
     xs, ys = zip(*points)
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
@@ -36,7 +36,7 @@ def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: flo
 
 def save(figure: Figure, out: str | Path) -> Path:
     """Write the figure as a PNG that appears complete or not at all."""
-    from polysem.query.layout import atomic_path
+    from polysem.util.atomic import atomic_path
 
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -178,3 +178,20 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     figure.suptitle(f"{subject}: feature visualisations ({rows[0]['size']} px, seed {rows[0]['seed']})", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.92))
     return save(figure, out)
+
+
+def run_figures(data, tau: float, out_dir: Path) -> dict[str, list[Path]]:
+    """Every figure of a run into out_dir from its `RunFigures`: densities, the Fig. 1 panel, the top
+    images and the visualisations."""
+    out_dir = Path(out_dir)
+    run, run_id = data.run, data.run["run_id"]
+    figures = {"density": [activation_density(run, data.activations, tau, data.names,
+                                              out_dir / f"run-{run_id}-density.png")],
+               "panel": [panel(run, data.units, data.facts, data.vis_rows, data.vis_images, data.layer,
+                               out_dir / f"run-{run_id}-panel.png")],
+               "top": [top_images(run, unit_images, data.facts, out_dir / f"run-{run_id}-top-{unit}.png")
+                       for unit, unit_images in data.units.items()]}
+    figures["visualizations"] = ([visualizations(run, data.vis_rows, data.vis_images, data.labels,
+                                                 out_dir / f"run-{run_id}-visualizations.png")]
+                                 if data.vis_images else [])
+    return figures

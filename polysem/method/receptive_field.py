@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from polysem.forward import forward_to
+from polysem.util.hooks import forward_to
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right; bottom and right exclusive
 

@@ -1,0 +1,139 @@
+"""The `polysem` command line: parses options, calls the library, prints results.
+
+Every command is thin: the work lives in `ingest`, `query` and `polysem.*`
+functions that a notebook can call the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polysem.errors import PolysemError
+
+app = typer.Typer(
+    name="polysem",
+    help="Find and disentangle polysemantic CNN channels from attributions kept in a DuckDB store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plot_app = typer.Typer(help="Figures from the store.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from polysem import __version__
+
+        typer.echo(f"polysem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+):
+    """Find and disentangle polysemantic CNN channels from attributions kept in a DuckDB store."""
+app.add_typer(plot_app, name="plot")
+
+StoreOption = Annotated[
+    Path,
+    typer.Option("--store", envvar="POLYSEM_STORE", help="Store directory (or set POLYSEM_STORE).", show_default=True),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
+DEFAULT_STORE = Path("polysem-store")
+
+
+def command(group: typer.Typer = app, name: str | None = None):
+    """Register a command whose library errors become one `Error: ...` line and exit code 2."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                typer.echo("Interrupted: what was complete is stored; run the same command again to resume.", err=True)
+                raise typer.Exit(130) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as error:
+                if os.environ.get(DEBUG_ENV) and not isinstance(error, PolysemError):
+                    raise
+                typer.echo(f"Error: {error_line(error)}", err=True)
+                raise typer.Exit(2) from None
+
+        return group.command(name=name)(wrapper)
+
+    return decorate
+
+
+DEBUG_ENV = "POLYSEM_DEBUG"
+
+
+def error_line(error: Exception) -> str:
+    """One line for any failure: a library error says problem and fix; anything else (DuckDB, torch,
+    the OS) is named by its type, with a pointer to the traceback."""
+    if isinstance(error, PolysemError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else "(no message)"
+    return f"{type(error).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)"
+
+
+def _store(path: Path):
+    from polysem.query import Store
+
+    return Store(path)
+
+
+def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:
+    if fmt not in allowed:
+        raise PolysemError(f"unknown --format '{fmt}'; use one of {', '.join(allowed)}")
+
+
+def _class_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PolysemError(f"bad --classes '{text}': give class ids separated by commas, e.g. 0,5,17") from None
+
+
+TauOption = Annotated[float, typer.Option(help="Ineq. 2: relevance threshold relative to the positive attribution sum.")]
+POption = Annotated[float, typer.Option("--p", help="Ineq. 2: fraction of a class's images for which the channel must be relevant.")]
+
+
+def main() -> None:
+    """The console entry point: usage errors (an unknown option, a value of the wrong type) become
+    one `Error:` line and exit 2 like every other error, not click's usage block."""
+    import sys
+
+    import click
+
+    # typer vendors its own click from 0.20 on: catch its exceptions and click's
+    usage_errors = tuple(c for c in (click.ClickException, getattr(typer, "TyperException", None)) if c)
+    try:
+        code = app(standalone_mode=False)
+    except (click.exceptions.Abort, typer.Abort):
+        sys.exit(130)
+    except usage_errors as error:
+        message = (error.format_message() if hasattr(error, "format_message") else str(error)).rstrip(".")
+        known = typer.main.get_command(app).commands
+        command = next((a for a in sys.argv[1:2] if a in known), None)
+        typer.echo(f"Error: {message}; see `polysem {command + ' ' if command else ''}--help`", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

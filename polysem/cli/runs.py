@@ -1,0 +1,247 @@
+"""Commands on disentanglement runs: disentangle, evaluate, verify, runs, visualize, report."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from polysem.cli.app import (
+    DEFAULT_STORE,
+    POption,
+    StoreOption,
+    TableJsonOption,
+    TauOption,
+    _check_format,
+    _store,
+    command,
+)
+from polysem.cli.output import (
+    render,
+    render_evaluation,
+    render_record,
+    render_runs,
+    render_verification,
+)
+from polysem.constants import GAMMA, TAU, P
+from polysem.errors import PolysemError
+
+
+def _split_values(values: list[str] | None) -> list[str]:
+    """`--concept1 530 --concept1 531` and `--concept1 530,531` mean the same."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+@command()
+def disentangle(
+    channel: Annotated[Optional[int], typer.Option(help="Channel of the layer of interest to split.")] = None,
+    concept1: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
+    concept2: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
+    concept: Annotated[Optional[list[str]], typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
+    rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
+    objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
+    from_screen: Annotated[bool, typer.Option(help="Take the --limit channels of `polysem screen --concepts` with the lowest between-concept cosine, each with all its concepts.")] = False,
+    limit: Annotated[int, typer.Option(help="With --from-screen: how many channels to disentangle into one model.")] = 1,
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="With --from-screen: the complete-linkage threshold that groups classes into concepts.")] = GAMMA,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Split a channel into one channel per concept plus a residual; the model's outputs stay the same.
+
+    The run (split, rho, check) is recorded in the store's `runs` table and the model in its artifacts.
+    """
+    _check_format(fmt, ("table", "json"))
+    import warnings
+
+    from polysem.method.runs import (
+        ChannelRequest,
+        disentangle_channels,
+        requests_from_screen,
+    )
+
+    target = _store(store)
+    if from_screen:
+        if channel is not None or concept1 or concept2 or concept:
+            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
+        if limit < 1:
+            raise PolysemError(f"--limit must be at least 1, got {limit}")
+        requests = requests_from_screen(target, tau=tau, p=p, gamma=gamma)  # all candidates, best first
+    else:
+        if limit != 1 or gamma != GAMMA:
+            raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
+                               "--channel and its concepts")
+        if concept and (concept1 or concept2):
+            raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
+        concepts = ([_split_values([c]) for c in concept] if concept
+                    else [_split_values(concept1), _split_values(concept2)])
+        if channel is None or len(concepts) < 2 or not all(concepts):
+            raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
+                               "repeated), or --from-screen")
+        requests = [ChannelRequest(channel, concepts)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
+                                    device=device, batch_size=batch_size, tau=tau, p=p,
+                                    take=limit if from_screen else None)
+    for warning in caught:
+        typer.echo(f"Warning: {warning.message}", err=True)
+    if fmt == "json":
+        rows = [json.loads(json.dumps(run, default=str)) for run in runs]
+        typer.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+    for run in runs:
+        concepts_text = " / ".join(",".join(map(str, c)) for c in run["concepts"])
+        sources_text = " / ".join(str(len(s)) for s in run["sources"])
+        typer.echo(
+            f"run {run['run_id']}: channel {run['channel']}, concepts {concepts_text}, "
+            f"rho {run['rho']} ({run['objective']}), sources {sources_text} / {len(run['shared'])} shared, "
+            f"max |logit change| {run['max_logit_diff']:.2g} "
+            f"on {run['parameters']['check_images']} images -> {target.path / run['artifact']}"
+        )
+        for message in run["warnings"]:
+            typer.echo(f"Warning: {message}", err=True)
+
+
+@command()
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    tau: TauOption = TAU,
+    plots: Annotated[Optional[Path], typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
+    _check_format(fmt, ("table", "json"))
+    from polysem.reporting import evaluate as run_evaluate
+
+    result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device)
+    if fmt == "json":
+        typer.echo(json.dumps(result))
+        return
+    target = _store(store)
+    concepts = target.query("SELECT concepts FROM runs WHERE run_id = ?", [run_id]).column("concepts")[0].as_py()
+    render_evaluation(result, concepts, _class_names(target),
+                      f"run {run_id}: fraction of the original activation (val, tau={tau})")
+    for path in result.get("plots", []):
+        typer.echo(f"plot -> {path}")
+
+
+@command()
+def verify(
+    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    tau: TauOption = TAU,
+    p: POption = P,
+    gamma: Annotated[float, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic.")] = GAMMA,
+    limit: Annotated[Optional[int], typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Screen the new channels of a run: is each relevant only for classes of one concept? (recorded in `verifications`)"""
+    _check_format(fmt, ("table", "json"))
+    from polysem.method.verification import verify as run_verify
+
+    result = run_verify(_store(store), run_id, tau, p, gamma, limit=limit, data_dir=data, device=device,
+                        batch_size=batch_size, progress=fmt == "table")
+    if fmt == "json":
+        typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels", "classes", "n_images")}
+                              | {"tau": tau, "p": p, "gamma": gamma}))
+        return
+    render_verification(result, f"run {run_id}: new channels on {result['n_images']} train images of classes "
+                                f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")
+    typer.echo(f"run {run_id}: {'resolved' if result['resolved'] else 'not resolved'} "
+               f"(gamma={gamma}: {'no' if result['resolved'] else 'some'} new channel relevant for a pair below gamma)")
+
+
+@command()
+def runs(
+    run_id: Annotated[Optional[str], typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Every disentanglement run with its evaluation (the paper's quantitative table), or one run in full."""
+    _check_format(fmt)
+    target = _store(store)
+    if run_id is None:
+        render_runs(target.query("SELECT * FROM run_summary"), fmt, _class_names(target))
+        return
+    record = target.query(
+        "SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concepts, rho, objective, max_logit_diff, warnings) "
+        "FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = ?", [run_id]).to_pylist()
+    if not record:
+        raise PolysemError(f"unknown run id '{run_id}'; `polysem runs` lists them")
+    render_record(record[0], fmt, _class_names(target))
+
+
+def _class_names(target) -> dict[int, str]:
+    return {r["class_id"]: r["name"] for r in target.query("SELECT class_id, name FROM classes").to_pylist()}
+
+
+class Method(str, Enum):
+    """Feature visualisation parameterisations (a closed set: the help lists them, the parser refuses others)."""
+
+    maco = "maco"
+    fourier = "fourier"
+
+
+@command()
+def visualize(
+    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
+    channel: Annotated[Optional[int], typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
+    method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
+    size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fmt: TableJsonOption = "table",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Feature visualisations of the original channel, c'1, c'2 and r of a run, in one batch.
+
+    Each image maximises one unit's spatially summed activation; every unit's activation on every
+    image is recorded in the store's `visualizations` table, the PNGs under its artifacts.
+    """
+    _check_format(fmt, ("table", "json"))
+    from polysem.method.visualize import visualize as run_visualize
+
+    result = run_visualize(_store(store), run_id, channel=channel, method=method.value, steps=steps, size=size,
+                           seed=seed, device=device, data_dir=data)
+    if fmt == "json":
+        typer.echo(json.dumps(result))
+        return
+    import pyarrow as pa
+
+    rows = [{"unit": unit, "activation": v["activation"], **{f"act_{u}": a for u, a in v["activations"].items()},
+             "selectivity": v["selectivity"], "image": v["image"]} for unit, v in result.items()]
+    first = next(iter(result.values()))
+    render(pa.Table.from_pylist(rows), "table",
+           title=f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, {first['size']} px, "
+                 f"seed {first['seed']}, {first['seconds']:.1f} s on {first['device']}")
+
+
+@command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
+    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
+    store: StoreOption = DEFAULT_STORE,
+):
+    """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
+    from polysem.reporting import write_report
+
+    index = write_report(_store(store), out, data_dir=data, device=device)
+    typer.echo(f"report -> {index}")

@@ -1,0 +1,175 @@
+"""Commands on the store itself: ingest, compact, info, classes, sql, export, check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from polysem.cli.app import (
+    DEFAULT_STORE,
+    FormatOption,
+    StoreOption,
+    TableJsonOption,
+    _check_format,
+    _class_list,
+    _store,
+    command,
+)
+from polysem.cli.output import (
+    render,
+)
+from polysem.errors import PolysemError
+
+
+@command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
+    split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
+    model: Annotated[Optional[str], typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
+    transform: Annotated[Optional[str], typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    limit: Annotated[Optional[int], typer.Option(help="At most N images per class (a quick subset).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
+    rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
+    compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
+
+    Re-running resumes: images already stored are skipped. Under torchrun, ranks share the work.
+    """
+    from polysem.ingest import ingest as run_ingest
+
+    summary = run_ingest(
+        _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
+        batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
+        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact,
+    )
+    if summary.rank == 0:
+        typer.echo(
+            f"{summary.split}: {summary.n_written} images stored, {summary.n_already} already there, {summary.n_errors} unreadable"
+            f" -> {summary.store}"
+        )
+        for line in summary.errors:
+            typer.echo(f"  unreadable: {line}", err=True)
+
+
+@command()
+def compact(
+    split: Annotated[Optional[str], typer.Option(help="Only this split. [default: every split]")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Rewrite ingest parts class-ordered, so a query on a few classes reads only theirs.
+
+    Ingest does this when it finishes; run it after an interrupted ingest, or any time (it is atomic:
+    queries meanwhile see the old files or the new ones).
+    """
+    from polysem.query.compact import compact as run_compact
+
+    for done in run_compact(_store(store), split):
+        if done.rows_rewritten:
+            typer.echo(f"{done.split}: {done.rows_rewritten} rows rewritten, {done.files_before} files -> {done.files_after}")
+        else:
+            typer.echo(f"{done.split}: already compact ({done.files_after} files)")
+
+
+@command()
+def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
+    """What the store holds: model, layer, splits and image counts, classes, runs, size on disk."""
+    _check_format(fmt, ("table", "json"))
+    details = _store(store).info()
+    if fmt == "json":
+        typer.echo(json.dumps(details, default=str))
+        return
+    shape = details["layer_shape"]
+    lines = [
+        f"store      {details['store']}",
+        f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
+        f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
+        f"stride {shape['stride']}, padding {shape['padding']}",
+        f"transform  {details['transform']}",
+        *([f"imports    {details['model_import_root'] or details['transform_import_root']}  "
+           "(where module:callable model and transform are imported from, whatever the working folder)"]
+          if details.get("model_import_root") or details.get("transform_import_root") else []),
+        f"classes    {details['classes']}",
+    ]
+    for split, counts in details["splits"].items():
+        root = details["dataset_roots"].get(split, "?")
+        lines.append(f"split      {split}: {counts['images']} images in {counts['classes']} classes, "
+                     f"{counts['unreadable']} unreadable  ({root})")
+    lines += [f"runs       {details['runs']}", f"size       {details['size_bytes'] / 1e6:.1f} MB on disk"
+              + (f", {details['bytes_per_image']:,} bytes per stored image" if details["bytes_per_image"] else ""),
+              f"created    {details['created_at']} by polysem {details['polysem_version']}"]
+    typer.echo("\n".join(lines))
+
+
+@command()
+def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
+    """The store's classes with their image counts per split."""
+    _check_format(fmt)
+    result = _store(store).query(
+        "SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, "
+        "count(s.image_id) FILTER (s.split = 'train') AS n_train, count(s.image_id) FILTER (s.split = 'val') AS n_val "
+        "FROM classes c LEFT JOIN samples s ON s.target = c.class_id GROUP BY ALL ORDER BY c.class_id"
+    )
+    render(result, fmt)
+
+
+@command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --out).")] = "table",
+    out: Annotated[Optional[Path], typer.Option(help="Write the result to this file instead of printing it.")] = None,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Run a read-only SQL query against the store."""
+    _check_format(fmt, ("table", "csv", "json", "parquet"))
+    from polysem.query.serialise import write_result
+
+    if fmt == "parquet" and out is None:
+        raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
+    target = _store(store)
+    if out is not None:
+        target.check_outside(out)
+    result = target.sql(query)
+    if out is not None:
+        write_result(result, out, "csv" if fmt == "table" else fmt)
+        typer.echo(f"{result.num_rows} rows -> {out}")
+    else:
+        render(result, fmt)
+
+
+@command()
+def export(
+    name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
+    out: Annotated[Path, typer.Option(help="Output file; .parquet, .csv or .json.")],
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Write a table, view, macro result or query to Parquet, CSV or JSON."""
+    rows = _store(store).export(name_or_query, out)
+    typer.echo(f"{rows} rows -> {out}")
+
+
+@command()
+def check(
+    repair: Annotated[bool, typer.Option(help="Set damaged parts aside (re-ingest their split after), rewrite schema files, "
+                                              "record pending runs and remove files left by a killed command.")] = False,
+    store: StoreOption = DEFAULT_STORE,
+):
+    """Verify every Parquet file of the store (footer, row counts) against its catalog; exit 2 on a problem."""
+    report = _store(store).check(repair=repair)
+    for line in report.repaired:
+        typer.echo(f"repaired: {line}")
+    for line in report.problems:
+        typer.echo(f"problem: {line}")
+    if not report.ok:
+        raise PolysemError(f"{len(report.problems)} problem(s) in {store}; each line above names the file and the fix")
+    typer.echo(f"ok: {report.files} Parquet files, {report.rows} rows, readable and consistent with the catalog")

@@ -1,0 +1,133 @@
+"""The report page: `index.html` and its images in one folder, drawn from `ReportData`.
+
+No server, no JavaScript, no file outside the folder: a researcher opens it in a
+browser or sends the folder to a colleague. It shows what the store holds, the
+screening table, the WordNet-vs-cosine figure and, per run, its numbers, the Fig. 1
+panel, the densities and the feature visualisations. Runs come in the order of the
+paper's table (its channels first, for its model and layer), then as `polysem runs`
+lists them.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from polysem.constants import EVAL_SPLIT
+from polysem.figures import plots
+
+__all__ = ["write_page"]
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
+th { background: #eee; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+.note { color: #666; font-size: 0.9em; }
+section { border-top: 2px solid #ccc; margin-top: 2em; }
+"""
+
+
+def _e(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return html.escape(", ".join(str(v) for v in value))
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return '<p class="note">(none)</p>'
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, out: Path, alt: str) -> str:
+    return f'<img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}">'
+
+
+def write_page(data, out: Path, tau: float) -> Path:
+    """The page and its images in `out` from a `ReportData`; returns `out`."""
+    images = out / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    info, names = data.info, data.names
+    parts = [f"<h1>polysem report: {_e(info['store'])}</h1>",
+             f'<p class="note">polysem {_e(info["polysem_version"])}; store created {_e(info["created_at"])}</p>',
+             "<h2>What the store holds</h2>",
+             _table([{"model": info["model"], "weights": info["weights"], "layer": info["layer"],
+                      "in -> out channels": f"{info['layer_shape']['in_channels']} -> {info['layer_shape']['out_channels']}",
+                      "transform": info["transform"]}]),
+             _table([{"split": s, **c} for s, c in info["splits"].items()], ["split", "images", "classes", "unreadable"]),
+             "<details><summary>classes</summary>" + _table(data.classes) + "</details>"]
+    parts += _screening(data, images, out)
+    summary = [r.run["summary"] for r in data.runs]
+    parts.append(f"<h2>Disentangled channels ({len(summary)} runs)</h2>")
+    parts.append(_table([{**r, "concepts": " / ".join(" + ".join(names[c] for c in concept) for concept in r["concepts"]),
+                          "fractions": [[round(f, 3) if f is not None else None for f in row] for row in r["fractions"]]
+                          if r["fractions"] else None} for r in summary],
+                        ["run_id", "channel", "concepts", "rho", "n_sources", "n_shared", "max_logit_diff",
+                         "n_images", "fractions", "resolved"]))
+    parts.append('<p class="note">fractions: row j is concept j; on its val images (relative attribution >= tau), '
+                 "the mean fraction of the original activation carried by c'1, c'2, ... (a good split has large "
+                 "numbers on the diagonal); resolved: `polysem verify` found every new channel relevant for one "
+                 "concept's classes only (empty until it ran).</p>")
+    for report in data.runs:
+        parts += _run_section(report, names, tau, images, out)
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    (out / "index.html").write_bytes(page.encode())
+    return out
+
+
+def _screening(data, images: Path, out: Path) -> list[str]:
+    parts = ["<h2>Screening: polysemantic candidates</h2>"]
+    if data.pairs is not None:
+        parts.append('<p class="note">Channels relevant for two classes (tau 0.03, p 0.75) whose ARVs have cosine '
+                     'below gamma 0.5, lowest first; WordNet path similarity once `polysem wordnet` ran.</p>')
+        parts.append(_table(data.pairs, ["channel", "class1", "name1", "class2", "name2", "cosine",
+                                         "wordnet_similarity", "fraction1", "fraction2"]))
+    else:
+        parts.append(f'<p class="note">{_e(data.pairs_error)}</p>')
+    if data.wordnet_points is not None:
+        plots.wordnet_scatter(data.wordnet_points, images / "wordnet.png")
+        parts.append(_img(images / "wordnet.png", out, "WordNet similarity over ARV cosine"))
+    else:
+        parts.append(f'<p class="note">WordNet figure: {_e(data.wordnet_error)}</p>')
+    return parts
+
+
+_VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
+
+
+def _run_section(report, names: dict[int, str], tau: float, images: Path, out: Path) -> list[str]:
+    run = report.run
+    concepts = " / ".join(" + ".join(names[c] for c in concept) for concept in run["concepts"])
+    parts = [f"<section><h3>run {_e(run['run_id'])}: channel {run['channel']}, {_e(concepts)}</h3>"]
+    if report.figures is None:
+        parts.append(f'<p class="note">no {EVAL_SPLIT} images of these classes: ingest the {EVAL_SPLIT} split '
+                     "for the panel and densities.</p></section>")
+        return parts
+    figures = plots.run_figures(report.figures, tau, images)
+    vis = [{c: row[c] for c in _VIS_COLUMNS} for row in report.figures.vis_rows] if figures["visualizations"] else []
+    parts.append("<h4>Feature visualisations</h4>")
+    if vis:
+        parts.append(_img(figures["visualizations"][0], out, "feature visualisations"))
+        for v in vis:  # the other unit's activation is not positive on this image: no finite ratio
+            if v["unit"] in ("c1", "c2") and v["selectivity"] is None:
+                v["selectivity"] = "unbounded (other unit <= 0)"
+        parts.append(_table(vis))
+        parts.append('<p class="note">act_*: spatially summed activation of each unit on the unit\'s image; '
+                     "selectivity: act(c'1)/act(c'2) on c'1's image, the reverse on c'2's.</p>")
+    else:
+        parts.append(f'<p class="note">none yet: polysem visualize {_e(run["run_id"])}</p>')
+    parts.append("<h4>Panel (paper Fig. 1)</h4>" + _img(figures["panel"][0], out, "panel"))
+    parts.append("<h4>Activation densities</h4>" + _img(figures["density"][0], out, "densities"))
+    parts.append("<details><summary>most activating images, whole</summary>"
+                 + "".join(_img(p, out, "top images") for p in figures["top"]) + "</details></section>")
+    return parts

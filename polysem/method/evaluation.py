@@ -1,0 +1,73 @@
+"""Evaluation of a disentanglement run (METHOD.md section 7), recorded in `evaluations`.
+
+The quantitative part is SQL (`sql/evaluation.sql`): the spatially summed
+activations of c'_1..c'_k and r are linear in the stored input sums, so no model
+runs. The plots of the most activating images (`polysem.reporting.evaluate`) run the model.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+from polysem.query.store import Store, as_store
+
+from polysem.constants import EVAL_SPLIT, TAU
+from polysem.errors import RunError
+
+__all__ = ["evaluate", "evaluation_numbers", "record_evaluation"]
+
+
+def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
+    """Per concept j (1..k): images (relative attribution >= tau), the mean fraction of the original
+    activation on each new channel (`fractions`, `frac1`..`frack`) and on r, and `bias_only`.
+
+    Returns {"concept1": {...}, ...} and records the numbers in `evaluations`.
+    """
+    store = as_store(store)
+    result = evaluation_numbers(store, run_id, tau=tau, device=device)
+    record_evaluation(store, run_id, tau, result)
+    return result
+
+
+def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
+    """The numbers of `evaluate`, computed in SQL and not recorded."""
+    from polysem.ingest.models import resolve_device
+
+    from polysem.method.runs import run_row
+
+    store.require()
+    resolve_device(device)  # a bad --device is refused even when no figure needs it
+    run = run_row(store, run_id)
+    if not 0 <= tau <= 1:
+        raise RunError(f"--tau must be in [0, 1], got {tau}")
+    n_val = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [EVAL_SPLIT]).column("n")[0].as_py()
+    if n_val == 0:
+        raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "
+                       f"polysem ingest DATA_DIR --split {EVAL_SPLIT}")
+    k = len(run["concepts"])
+    rows = {r["concept"]: r for r in store.query(
+        "SELECT * FROM evaluation_summary(?, tau := ?, split_name := ?)", [run_id, tau, EVAL_SPLIT]).to_pylist()}
+    result = {}
+    for j in range(1, k + 1):
+        row = rows.get(j, {})
+        fractions = row.get("fractions") or [None] * k
+        result[f"concept{j}"] = {"n_images": row.get("n_images", 0), "fractions": fractions,
+                                 **{f"frac{u}": fractions[u - 1] for u in range(1, k + 1)},
+                                 "frac_residual": row.get("frac_residual"), "bias_only": row.get("bias_only")}
+    return result
+
+
+def record_evaluation(store: Store, run_id: str, tau: float, result: dict) -> None:
+    """Replace the run's rows of `evaluations` with `result` (from `evaluation_numbers`)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    concepts = sorted(int(key[len("concept"):]) for key in result if key.startswith("concept"))
+    with store.connect(write=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM evaluations WHERE run_id = ?", [run_id])
+        for j in concepts:
+            values = result[f"concept{j}"]
+            conn.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [run_id, j, tau, values["n_images"], values["fractions"], values["frac_residual"],
+                          values["bias_only"], now])
+        conn.execute("COMMIT")

@@ -1,0 +1,76 @@
+"""Gathering a store's data through the method layer and handing it to the figures: the report
+page and `evaluate` with its plots. The face: the CLI and notebooks call these."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from polysem.constants import EVAL_SPLIT, TAU
+from polysem.figures import page, plots
+from polysem.method import evaluation
+from polysem.method.figure_data import report_data, run_figure_data
+from polysem.method.runs import run_row
+from polysem.query.store import Store, as_store
+
+__all__ = ["evaluate", "write_report"]
+
+
+def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "polysem-report", *,
+                 data_dir: str | os.PathLike | None = None, device: str = "auto", tau: float = TAU) -> Path:
+    """Write OUT/index.html and OUT/img/*.png; returns the path of index.html. OUT may be an existing
+    folder (an earlier report is replaced); nothing in it changes unless the whole report is made."""
+    store = as_store(store)
+    store.require()
+    target = Path(out).expanduser().absolute()
+    store.check_outside(target, folder=True)
+    data = report_data(store, data_dir, device)
+    target.mkdir(parents=True, exist_ok=True)
+    # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
+    staging = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
+    try:
+        return _publish(page.write_page(data, staging, tau), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, target: Path) -> Path:
+    """Move the staged images, then the page, into the report folder; returns the page's path."""
+    (target / "img").mkdir(exist_ok=True)
+    for image in (staging / "img").iterdir():
+        os.replace(image, target / "img" / image.name)
+    os.replace(staging / "index.html", target / "index.html")
+    return target / "index.html"
+
+
+def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
+             plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+             device: str = "auto") -> dict:
+    """`polysem.method.evaluation.evaluate`, with the run's figures written into `plots_dir` when given.
+
+    The figures are drawn into a staging folder before the numbers are recorded and placed only
+    after, so a failure leaves the store and the plot folder as they were.
+    """
+    store = as_store(store)
+    if plots_dir is None:
+        return evaluation.evaluate(store, run_id, tau=tau, device=device)
+    store.require()
+    store.check_outside(plots_dir, folder=True)
+    result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device)
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
+    try:
+        run = run_row(store, run_id)
+        activations = store.query("SELECT * FROM run_activations(?, split_name := ?)", [run_id, EVAL_SPLIT]).to_pylist()
+        figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging)
+        evaluation.record_evaluation(store, run_id, tau, result)
+        result["plots"] = []
+        for path in (path for paths in figures.values() for path in paths):
+            os.replace(path, plots_dir / path.name)
+            result["plots"].append(str(plots_dir / path.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result

@@ -1,0 +1,86 @@
+"""The one atomic write: a file appears complete or not at all, and is on disk once it does."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["atomic_path", "write_atomic", "write_row_groups_atomic", "write_text_atomic", "write_bytes_atomic",
+           "fsync_dir"]
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one atomic write: yields a hidden temporary name in the same folder (which no
+    `*.parquet` glob matches and the store's sweep recognises); once the block has written
+    it, it is flushed to disk and renamed to `path`. On failure it is removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that it appears complete or not at all."""
+    write_row_groups_atomic([table], table.schema, path)
+
+
+def write_row_groups_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path: Path, row_group_rows: int = 1 << 20) -> None:
+    """Like `write_atomic`, with each table of `tables` in row groups of its own (at most
+    `row_group_rows` rows each): a row group never mixes two tables' rows, which is what lets
+    compaction give each class row groups whose min/max statistics name that class alone."""
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd", **_encodings(schema)) as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=row_group_rows)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _encodings(schema: pa.Schema) -> dict:
+    """Dictionaries for strings only; float columns byte-stream-split.
+
+    Dictionary encoding of float32 attributions costs more than it saves, and
+    byte stream splitting lets zstd compress floats: about 8.6 KB per ResNet-50
+    image instead of 14 KB with pyarrow's defaults (docs/benchmarks.md).
+    """
+    strings, floats = [], []
+    for field in schema:
+        if pa.types.is_string(field.type):
+            strings.append(field.name)
+        elif pa.types.is_floating(field.type):
+            floats.append(field.name)
+        elif pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type):
+            floats.append(f"{field.name}.list.element")
+    return {"use_dictionary": strings, "use_byte_stream_split": floats}
+
+
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,54 @@
+"""Errors that name the damaged file and the fix, from what DuckDB or the file system said."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from polysem.errors import PolysemError, QueryError, StoreError
+from polysem.query import layout
+
+__all__ = ["first_line", "query_error", "damaged_file", "damaged_catalog"]
+
+_FILE_IN_ERROR = re.compile(r"""(?:file|pattern)\s+['"]([^'"]+\.parquet)['"]""", re.IGNORECASE)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def query_error(error: duckdb.Error, store: Path) -> PolysemError:
+    """The one translation of a failed query: a damaged or missing store file becomes a
+    StoreError naming the file and the fix; anything else is the query's own error."""
+    match = _FILE_IN_ERROR.search(str(error))
+    if match:
+        path = Path(match.group(1))
+        path = path if path.is_absolute() else store / path
+        try:
+            relative = path.absolute().relative_to(store)
+        except ValueError:
+            relative = None
+        if relative is not None:
+            return damaged_file(store, relative, first_line(error))
+    return QueryError(first_line(error))
+
+
+def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
+    """`relative` (a path inside `store`) cannot be read: say which file and how to fix it."""
+    parts = relative.parts
+    if len(parts) == 3 and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
+        fix = (f"run `polysem check --repair --store {store}` to set it aside, then "
+               f"`polysem ingest DATA_DIR --split {parts[1]}` to store its images again")
+    elif parts and parts[-1] == "empty.parquet" or "*" in str(relative):
+        fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
+    else:
+        fix = "it is written when the store is created: restore it from a backup, or ingest into a new --store"
+    return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
+
+
+def damaged_catalog(catalog: Path, error: Exception) -> StoreError:
+    return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "
+                      "or ingest into a new --store")

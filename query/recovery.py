@@ -1,0 +1,78 @@
+"""Work kept across a busy catalog (pending runs), and files left by a killed command (the sweep)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import duckdb
+
+from polysem.util import atomic
+
+__all__ = ["PENDING_SUFFIX", "write_pending", "record_pending", "sweep"]
+
+PENDING_SUFFIX = ".pending.json"
+_PENDING_TABLES = ("runs", "rho_scores")
+SWEEP_AFTER_S = 60.0
+
+
+def write_pending(store: Path, artifact: Path, rows: dict[str, list[dict]]) -> Path:
+    """Keep the catalog rows of a finished artifact next to it until they are recorded."""
+    unknown = set(rows) - set(_PENDING_TABLES)
+    if unknown:
+        raise ValueError(f"cannot keep rows of {sorted(unknown)} pending")
+    path = store / artifact.with_name(artifact.name + PENDING_SUFFIX)
+    atomic.write_text_atomic(json.dumps(rows, default=str), path)
+    return path
+
+
+def record_pending(conn: duckdb.DuckDBPyConnection, store: Path) -> list[str]:
+    """Insert the rows of every pending artifact not yet recorded; returns the run ids recorded.
+
+    A pending file whose runs are already in the catalog (a kill after the commit) is
+    just removed, so rows are never recorded twice.
+    """
+    recorded = []
+    for path in sorted((store / "artifacts").glob(f"*{PENDING_SUFFIX}")):
+        artifact = path.with_name(path.name[: -len(PENDING_SUFFIX)])
+        if not artifact.is_file():
+            continue  # swept when old; the artifact may be on its way
+        rows = json.loads(path.read_text())
+        ids = [run["run_id"] for run in rows.get("runs", [])]
+        known = conn.execute("SELECT count(*) FROM runs WHERE list_contains(?, run_id)", [ids]).fetchone()[0]
+        if not known:
+            conn.execute("BEGIN")
+            for table in _PENDING_TABLES:
+                for row in rows.get(table, []):
+                    columns = list(row)
+                    conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                                 [row[c] for c in columns])
+            conn.execute("COMMIT")
+            recorded += ids
+        path.unlink()
+    return recorded
+
+
+def sweep(conn: duckdb.DuckDBPyConnection, store: Path, older_than_s: float = SWEEP_AFTER_S) -> list[Path]:
+    """Remove what a killed command left: temporary files, artifacts without a run row, and
+    pending records without their artifact. Only files older than `older_than_s`, so a
+    command writing right now (an ingest's next part) keeps its own. Returns what went."""
+    cutoff = time.time() - older_than_s
+    referenced = {Path(row[0]).name for row in conn.execute("SELECT DISTINCT artifact FROM runs").fetchall()}
+    candidates = [p for p in store.rglob(".*.tmp*") if p.name.endswith((".tmp", ".tmp.npz"))]
+    artifacts = store / "artifacts"
+    if artifacts.is_dir():
+        candidates += [p for p in artifacts.glob("*.pt") if p.name not in referenced
+                       and not p.with_name(p.name + PENDING_SUFFIX).exists()]
+        candidates += [p for p in artifacts.glob(f"*{PENDING_SUFFIX}")
+                       if not p.with_name(p.name[: -len(PENDING_SUFFIX)]).exists()]
+    removed = []
+    for path in candidates:
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass  # its writer renamed or removed it meanwhile
+    return removed
