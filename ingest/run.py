@@ -30,12 +30,13 @@ from polysem.ingest.threads import default_num_workers, default_threads, torch_t
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
-from polysem.query.meta import STORE_FORMAT, dataset_root_key, meta_complete, read_meta, write_meta
+from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, read_meta, write_meta
 from polysem.query.store import as_store
 from polysem.query.diagnostics import query_error
 from torch.utils.data import DataLoader
 
 from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
+from polysem.query.sqlfiles import run_statement
 from polysem.util import atomic
 from polysem.util.images import ImageRecords, collate
 from polysem.util.progress import progress_bar
@@ -102,7 +103,7 @@ def ingest(
 
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     if existing is not None:
-        known = store.table("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
+        known = store.run("class_list").column("folder").to_pylist()
         if known != listing.folders:
             raise DataError(
                 f"class folders of {listing.root} differ from the store's {len(known)} classes "
@@ -122,7 +123,7 @@ def ingest(
         )
     n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
     if existing is not None:
-        class_table = store.table("SELECT * FROM classes ORDER BY class_id")
+        class_table = store.run("class_list")
         bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
         if bad:
             raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
@@ -265,7 +266,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
         fcntl.flock(creating, fcntl.LOCK_EX)
         meta = store.meta(require_complete=False) if store.exists() else {}
         wanted = {
-            "format": STORE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
             "model": resolved.model_spec,
             "model_import_root": resolved.import_root,
             "weights": resolved.weights_spec,
@@ -294,16 +295,14 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
                 ),
                 store.path / "layer_weights.parquet",
             )
-        with store.connect(write=True) as conn:
-            conn.execute("BEGIN")
-            if not meta_complete(read_meta(conn)):
-                write_meta(conn, wanted)
-            recorded = read_meta(conn)["dataset_roots"].get(split)
+        with store.transaction() as tx:
+            if not meta_complete(read_meta(tx.conn)):
+                write_meta(tx.conn, wanted)
+            recorded = read_meta(tx.conn)["dataset_roots"].get(split)
             if recorded is not None and recorded != str(listing.root):
                 raise DataError(f"split '{split}' of this store was ingested from {recorded}, not {listing.root}; "
                                 "ingest this folder as another --split, or into another --store")
-            write_meta(conn, {dataset_root_key(split): str(listing.root)})
-            conn.execute("COMMIT")
+            write_meta(tx.conn, {dataset_root_key(split): str(listing.root)})
 
 
 def stored_ids(store_path: Path, split: str) -> set[int]:
@@ -312,9 +311,9 @@ def stored_ids(store_path: Path, split: str) -> set[int]:
     if not any(layout.part_dir(store_path, "samples", split).glob("*.parquet")):
         return set()
     try:
-        rows = duckdb.execute(
-            "SELECT image_id FROM read_parquet(?)", [layout.part_glob(store_path, "samples", split)]
-        ).fetchnumpy()["image_id"]
+        with duckdb.connect() as con:
+            rows = run_statement(con, "parquet_image_ids",
+                                 files=layout.part_glob(store_path, "samples", split)).fetchnumpy()["image_id"]
     except duckdb.Error as error:
         raise query_error(error, store_path) from error
     return set(rows.tolist())

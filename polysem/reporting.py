@@ -64,7 +64,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
     try:
         run = run_row(store, run_id)
-        activations = store.query("SELECT * FROM run_activations(?, split_name := ?)", [run_id, EVAL_SPLIT]).to_pylist()
+        activations = store.run("activations_of_run", run_id=run_id, split=EVAL_SPLIT).to_pylist()
         figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging)
         evaluation.record_evaluation(store, run_id, tau, result)
         result["plots"] = []

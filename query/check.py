@@ -52,7 +52,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
 
     try:
         meta = store.meta()
-        runs = store.sql("SELECT run_id, artifact FROM runs").to_pylist()
+        runs = store.run("run_artifacts").to_pylist()
     except PolysemError as error:
         report.problems.append(str(error))
         return report

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from polysem.query import layout
 
 from polysem.errors import StoreBusy, StoreError
+from polysem.query.sqlfiles import query_statement, run_statement
 from polysem.util import atomic
 
 COMPACT_PREFIX = "compact-"
@@ -134,14 +135,11 @@ def _write_class_ordered(files: list[Path], out: Path) -> int:
     con = duckdb.connect()
     try:
         names = [str(f) for f in files]
-        counts = con.execute("SELECT target, count(*) FROM read_parquet(?) GROUP BY target ORDER BY target",
-                             [names]).fetchall()
+        counts = run_statement(con, "parquet_class_sizes", files=names).fetchall()
         ranges = _class_ranges(counts)
         for first, last in ranges:
-            table = con.sql(
-                "SELECT * FROM read_parquet($names) WHERE target BETWEEN $first AND $last ORDER BY target, image_id",
-                params={"names": names, "first": first, "last": last},
-            ).to_arrow_table().cast(layout.SAMPLES)
+            table = query_statement(con, "parquet_class_range", files=names, first=first,
+                                    last=last).to_arrow_table().cast(layout.SAMPLES)
             atomic.write_row_groups_atomic(_per_class(table), layout.SAMPLES,
                                            out / f"{COMPACT_PREFIX}{uuid.uuid4().hex[:12]}.parquet", ROW_GROUP_ROWS)
         return len(ranges)

@@ -1,4 +1,5 @@
-"""The store's metadata (`store_meta`): what it holds, and which format wrote it."""
+"""The store's metadata (`store_meta`): what it holds, which format it is in, and the migrations
+that bring an older format to this one (`prepare_catalog`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["STORE_FORMAT", "REQUIRED_META", "dataset_root_key", "meta_complete", "read_meta", "write_meta",
-           "stored_digest"]
+from polysem.errors import StoreError
+from polysem.query.sqlfiles import apply_blocks, load_migrations, run_statement, sql_digest
+from polysem.version import __version__
 
-STORE_FORMAT = 2  # 2: classes.logit, samples.predicted_logit, per-split dataset roots
+__all__ = ["SCHEMA_VERSION", "REQUIRED_META", "dataset_root_key", "meta_complete", "read_meta", "write_meta",
+           "stored_digest", "schema_version", "prepare_catalog"]
+
+# The store format this polysem writes; sql/migrations.sql brings older ones here.
+# 2: classes.logit, samples.predicted_logit, per-split dataset roots; 3: schema_version, act_concepts.
+SCHEMA_VERSION = 3
 # the metadata a store must hold to count as created (written in one transaction by the first ingest)
-REQUIRED_META = ("format", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
+REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
                  "polysem_version", "created_at")
 
 
@@ -28,7 +35,7 @@ def meta_complete(meta: dict[str, Any]) -> bool:
 def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
     """The digest of the SQL that defined the catalog's views and macros (None in a new catalog)."""
     try:
-        rows = conn.execute("SELECT value ->> '$' FROM store_meta WHERE key = 'sql_digest'").fetchall()
+        rows = run_statement(conn, "meta_value", key="sql_digest").fetchall()
     except duckdb.CatalogException:
         return None
     return rows[0][0] if rows else None
@@ -37,7 +44,7 @@ def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
 def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}."""
     meta, roots = {}, {}
-    for key, value in conn.execute("SELECT key, value FROM store_meta").fetchall():
+    for key, value in run_statement(conn, "store_meta_rows").fetchall():
         if key.startswith("dataset_root:"):
             roots[key.partition(":")[2]] = json.loads(value)
         else:
@@ -48,4 +55,39 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 def write_meta(conn: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> None:
     for key, value in values.items():
-        conn.execute("INSERT OR REPLACE INTO store_meta VALUES (?, ?::JSON)", [key, json.dumps(value)])
+        run_statement(conn, "put_meta", key=key, value=json.dumps(value))
+
+
+def schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:
+    """The catalog's store format; None for a catalog that no first ingest completed yet."""
+    try:
+        rows = dict(run_statement(conn, "format_keys").fetchall())
+    except duckdb.CatalogException:  # no store_meta table yet
+        return None
+    value = rows.get("schema_version", rows.get("format"))  # format 2 kept it as `format`
+    return int(value) if value is not None else None
+
+
+def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object) -> list[int]:
+    """Bring a catalog opened read-write to this polysem: refuse a newer format, create missing
+    tables, run the migrations an older format needs and (re)define every view and macro, in one
+    transaction. Returns the formats migrated to ([] when nothing was older)."""
+    version = schema_version(conn)
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(f"the store {store} is in format {version}, made by a newer polysem; this polysem "
+                         f"{__version__} reads formats up to {SCHEMA_VERSION}: upgrade polysem to use it")
+    pending = [(n, block) for n, block in load_migrations() if version is not None and version < n <= SCHEMA_VERSION]
+    if not pending and stored_digest(conn) == sql_digest():
+        return []  # the catalog's objects are this polysem's: trust them
+    conn.begin()
+    try:
+        apply_blocks(conn, persistent=True, kinds=("TABLE",))  # a table a store lacks, at the current shape
+        for _, block in pending:
+            conn.execute(block.sql)
+        apply_blocks(conn, persistent=True, kinds=("VIEW", "MACRO"))
+        run_statement(conn, "put_meta", key="sql_digest", value=json.dumps(sql_digest()))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return [n for n, _ in pending]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 
+from polysem.query.records import record_runs
+from polysem.query.transaction import Transaction
 from polysem.util import atomic
 
 __all__ = ["PENDING_SUFFIX", "write_pending", "record_pending", "sweep"]
@@ -40,15 +42,16 @@ def record_pending(conn: duckdb.DuckDBPyConnection, store: Path) -> list[str]:
             continue  # swept when old; the artifact may be on its way
         rows = json.loads(path.read_text())
         ids = [run["run_id"] for run in rows.get("runs", [])]
-        known = conn.execute("SELECT count(*) FROM runs WHERE list_contains(?, run_id)", [ids]).fetchone()[0]
+        tx = Transaction(conn)
+        (known,), = tx.run("known_runs", run_ids=ids)
         if not known:
-            conn.execute("BEGIN")
-            for table in _PENDING_TABLES:
-                for row in rows.get(table, []):
-                    columns = list(row)
-                    conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                                 [row[c] for c in columns])
-            conn.execute("COMMIT")
+            conn.begin()
+            try:
+                record_runs(tx, rows.get("runs", []), rows.get("rho_scores", []))
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
             recorded += ids
         path.unlink()
     return recorded
@@ -59,7 +62,7 @@ def sweep(conn: duckdb.DuckDBPyConnection, store: Path, older_than_s: float = SW
     pending records without their artifact. Only files older than `older_than_s`, so a
     command writing right now (an ingest's next part) keeps its own. Returns what went."""
     cutoff = time.time() - older_than_s
-    referenced = {Path(row[0]).name for row in conn.execute("SELECT DISTINCT artifact FROM runs").fetchall()}
+    referenced = {Path(artifact).name for (artifact,) in Transaction(conn).run("referenced_artifacts")}
     candidates = [p for p in store.rglob(".*.tmp*") if p.name.endswith((".tmp", ".tmp.npz"))]
     artifacts = store / "artifacts"
     if artifacts.is_dir():

@@ -26,7 +26,7 @@ def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
 
 
 def _require_split(store: Store, split: str) -> None:
-    n = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [split]).column("n")[0].as_py()
+    n = store.run("split_images", split=split).column("n")[0].as_py()
     if n == 0:
         raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
 
@@ -42,10 +42,8 @@ def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: floa
     check_thresholds(tau, p, gamma)
     check_limit(limit)
     _require_split(store, split)
-    sql = ("SELECT * FROM polysemantic_pairs(tau := $tau, p := $p, gamma := $gamma, split_name := $split, "
-           "correct_only := $correct_only) LIMIT $limit")
-    return store.query(sql, {"tau": tau, "p": p, "gamma": gamma, "split": split, "correct_only": correct_only,
-                             "limit": limit if limit is not None else 2**62})
+    return store.run("screen_pairs", tau=tau, p=p, gamma=gamma, split=split, correct_only=correct_only,
+                     limit=limit if limit is not None else 2**62)
 
 
 def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool = False,
@@ -53,23 +51,10 @@ def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool
     """Every pair of classes relevant for the same channel, with the cosine of their ARVs."""
     check_thresholds(tau, p)
     _require_split(store, split)
-    return store.query(
-        "SELECT * FROM arv_cosine(tau := $tau, p := $p, split_name := $split, correct_only := $correct_only)",
-        {"tau": tau, "p": p, "split": split, "correct_only": correct_only},
-    )
+    return store.run("screen_cosines", tau=tau, p=p, split=split, correct_only=correct_only)
 
 
 def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, split: str = SCREEN_SPLIT) -> pa.Table:
     """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
     check_thresholds(tau, p)
-    return store.query(
-        """
-        WITH rel AS (SELECT * FROM relevant_pairs(tau := $tau, p := $p, split_name := $split))
-        SELECT DISTINCT a.class_id AS class1, b.class_id AS class2, c1.wnid AS wnid1, c2.wnid AS wnid2
-        FROM rel a JOIN rel b ON a.channel = b.channel AND a.class_id < b.class_id
-        JOIN classes c1 ON c1.class_id = a.class_id
-        JOIN classes c2 ON c2.class_id = b.class_id
-        ORDER BY class1, class2
-        """,
-        {"tau": tau, "p": p, "split": split},
-    )
+    return store.run("class_pairs_sharing_a_channel", tau=tau, p=p, split=split)

@@ -1,4 +1,4 @@
-"""Loads the named SQL blocks of `sql/*.sql` and applies them to a DuckDB connection.
+"""Loads the named SQL blocks of `sql/*.sql`: every statement polysem runs is one of them.
 
 A block is:
 
@@ -6,9 +6,17 @@ A block is:
     -- (channel, class) pairs whose relevance fraction reaches p.
     CREATE OR REPLACE MACRO relevant_pairs(...) AS TABLE ...;
 
-Each block creates exactly the object it is named after. The loader checks this
-when it reads the files, so a malformed block fails with its file and line
-before anything touches a store.
+Three kinds of file:
+- definitions (SQL_FILES): each block creates exactly the object it is named after; applied to
+  every catalog (`apply_blocks`);
+- statements (STATEMENT_FILES, aiosql's way): each block is one statement with named parameters
+  (`$name`), run by name (`Store.run`, `Transaction.run`, `run_statement`);
+- migrations (MIGRATION_FILE): `migrate_N` brings a catalog of format N-1 to N.
+
+The loader checks every block when it reads the files (a definition creates its name; a statement
+is one statement; a migration's number follows the last), so a malformed block fails with its file
+and line before anything touches a store; a call with a missing or unknown parameter fails naming
+the block.
 """
 
 from __future__ import annotations
@@ -19,11 +27,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+import duckdb
 
 from polysem.errors import PolysemError
 
 # Order matters: later files use objects of earlier ones.
 SQL_FILES = ("schema.sql", "store.sql", "screening.sql", "disentangle.sql", "evaluation.sql")
+STATEMENT_FILES = ("queries.sql", "records.sql")
+MIGRATION_FILE = "migrations.sql"
+_PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
+_MIGRATION = re.compile(r"^migrate_(\d+)$")
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 _CREATE = re.compile(
@@ -35,7 +50,7 @@ _CREATE = re.compile(
 @dataclass(frozen=True)
 class SqlBlock:
     name: str
-    kind: str  # TABLE, VIEW or MACRO
+    kind: str  # TABLE, VIEW or MACRO (definitions), STATEMENT or MIGRATION
     doc: str
     sql: str
     file: str
@@ -50,8 +65,9 @@ class SqlFileError(PolysemError):
     pass
 
 
-def parse_sql(text: str, file: str) -> list[SqlBlock]:
-    """Split one file's text into its named blocks, validating each."""
+def parse_sql(text: str, file: str, kind: str = "definition") -> list[SqlBlock]:
+    """Split one file's text into its named blocks, validating each as a `kind` block
+    (definition, statement or migration)."""
     blocks: list[SqlBlock] = []
     current: tuple[str, int] | None = None
     lines: list[str] = []
@@ -67,6 +83,9 @@ def parse_sql(text: str, file: str) -> list[SqlBlock]:
             raise SqlFileError(f"{where}: block '{name}' is empty; give it one CREATE statement")
         if not doc:
             raise SqlFileError(f"{where}: block '{name}' has no doc comment; say what it returns")
+        if kind != "definition":
+            blocks.append(_statement_block(name, kind, " ".join(doc), body, where, file, line))
+            return
         match = _CREATE.match(body)
         if not match:
             raise SqlFileError(f"{where}: block '{name}' must be one CREATE TABLE/VIEW/MACRO statement")
@@ -87,6 +106,93 @@ def parse_sql(text: str, file: str) -> list[SqlBlock]:
     return blocks
 
 
+def _statement_block(name: str, kind: str, doc: str, body: str, where: str, file: str, line: int) -> SqlBlock:
+    try:
+        statements = duckdb.extract_statements(body)
+    except duckdb.Error as error:
+        raise SqlFileError(f"{where}: block '{name}' does not parse: {str(error).splitlines()[0]}") from error
+    if kind == "migration":
+        if not _MIGRATION.match(name):
+            raise SqlFileError(f"{where}: migration block '{name}' must be named migrate_N (N the format it makes)")
+    elif len(statements) != 1:
+        raise SqlFileError(f"{where}: block '{name}' holds {len(statements)} statements; give it exactly one")
+    if kind == "statement" and "?" in _without_strings(body):
+        raise SqlFileError(f"{where}: block '{name}' uses '?'; name its parameters ($name)")
+    return SqlBlock(name, kind.upper(), doc, body, file, line)
+
+
+def _without_strings(sql: str) -> str:
+    return re.sub(r"'(?:[^']|'')*'", "''", sql)
+
+
+def parameters(block: SqlBlock) -> frozenset[str]:
+    """The named parameters ($name) of a statement block."""
+    return frozenset(_PARAMETER.findall(_without_strings(block.sql)))
+
+
+@lru_cache(maxsize=1)
+def load_statements() -> dict[str, SqlBlock]:
+    """The statement blocks of `sql/queries.sql` and `sql/records.sql` by name."""
+    root = resources.files("polysem.sql")
+    found: dict[str, SqlBlock] = {}
+    for name in STATEMENT_FILES:
+        for block in parse_sql(root.joinpath(name).read_text(), name, "statement"):
+            if block.name in found:
+                first = found[block.name]
+                raise SqlFileError(f"{block.file}:{block.line}: '{block.name}' is already defined at "
+                                   f"{first.file}:{first.line}")
+            found[block.name] = block
+    return found
+
+
+def bind(name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The SQL of statement `name` and its parameters, checked: none missing, none unknown."""
+    try:
+        block = load_statements()[name]
+    except KeyError:
+        raise SqlFileError(f"no SQL statement named '{name}' in {', '.join(STATEMENT_FILES)}") from None
+    wanted = parameters(block)
+    missing, unknown = sorted(wanted - set(params)), sorted(set(params) - wanted)
+    if missing or unknown:
+        raise SqlFileError(f"{block.file}:{block.line}: '{name}' takes {sorted(wanted) or 'no parameters'}"
+                           + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+    return block.sql, params
+
+
+def run_statement(conn: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
+    """Execute statement `name` on `conn` with named parameters; fetch from the returned connection."""
+    sql, bound = bind(name, params)
+    return conn.execute(sql, bound) if bound else conn.execute(sql)
+
+
+def query_statement(conn: duckdb.DuckDBPyConnection, name: str, **params: Any) -> duckdb.DuckDBPyRelation:
+    """Statement `name` as a relation (for `.to_arrow_table()` without an extra copy)."""
+    sql, bound = bind(name, params)
+    return conn.sql(sql, params=bound or None)
+
+
+def run_statement_many(conn: duckdb.DuckDBPyConnection, name: str, rows: list[dict[str, Any]]) -> None:
+    """Execute statement `name` once per row of named parameters (nothing for no rows)."""
+    if not rows:
+        return
+    sql, _ = bind(name, rows[0])
+    for row in rows[1:]:
+        bind(name, row)
+    conn.executemany(sql, rows)
+
+
+@lru_cache(maxsize=1)
+def load_migrations() -> tuple[tuple[int, SqlBlock], ...]:
+    """(format, block) of every migration, in order; the numbers must follow each other."""
+    blocks = parse_sql(resources.files("polysem.sql").joinpath(MIGRATION_FILE).read_text(), MIGRATION_FILE, "migration")
+    numbered = [(int(_MIGRATION.match(b.name).group(1)), b) for b in blocks]  # type: ignore[union-attr]
+    for (previous, _), (number, block) in zip(numbered, numbered[1:]):
+        if number != previous + 1:
+            raise SqlFileError(f"{block.file}:{block.line}: migrate_{number} follows migrate_{previous}; "
+                               "number migrations one after the other")
+    return tuple(numbered)
+
+
 @lru_cache(maxsize=1)
 def load_blocks() -> tuple[SqlBlock, ...]:
     """All blocks of the packaged `sql/` files, in dependency order."""
@@ -104,18 +210,20 @@ def load_blocks() -> tuple[SqlBlock, ...]:
 
 
 def sql_digest() -> str:
-    """A short hash of all SQL, recorded in the store to tell which version wrote it."""
-    text = "\n".join(b.sql for b in load_blocks())
+    """A short hash of all definitions and migrations, recorded in the store to tell which version wrote it."""
+    text = "\n".join(b.sql for b in (*load_blocks(), *(block for _, block in load_migrations())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def apply_blocks(conn, *, persistent: bool) -> None:
-    """Create every table (persistent only), view and macro on `conn`.
+def apply_blocks(conn, *, persistent: bool, kinds: tuple[str, ...] = ("TABLE", "VIEW", "MACRO")) -> None:
+    """Create every table (persistent only), view and macro of `kinds` on `conn`, in file order.
 
     Read-only connections get TEMP views and macros, which shadow the persisted
     ones: a reader always runs the SQL of the installed polysem.
     """
     for block in load_blocks():
+        if block.kind not in kinds:
+            continue
         if block.kind == "TABLE":
             if persistent:
                 conn.execute(block.sql)

@@ -25,13 +25,14 @@ from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, stamp
 from polysem.query.check import CheckReport, check_store
 from polysem.query.diagnostics import damaged_catalog, query_error
-from polysem.query.meta import STORE_FORMAT, meta_complete, read_meta, stored_digest
+from polysem.query.meta import meta_complete, prepare_catalog, read_meta
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
-from polysem.query.serialise import export_format, write_result
-from polysem.query.sqlfiles import apply_blocks, sql_digest
+from polysem.query.serialise import out_format, write_result
+from polysem.query.sqlfiles import bind
+from polysem.query.transaction import Transaction
 
-__all__ = ["Store", "as_store", "default_store_path", "STORE_ENV", "DEFAULT_STORE"]
+__all__ = ["Store", "Transaction", "as_store", "default_store_path", "STORE_ENV", "DEFAULT_STORE"]
 
 STORE_ENV = "POLYSEM_STORE"
 DEFAULT_STORE = "polysem-store"
@@ -93,11 +94,7 @@ class Store:
             conn.execute("SET file_search_path = ?", [str(self.path)])
             # DuckDB's own progress bar would print into results piped from stdout
             conn.execute("SET enable_progress_bar = false")
-            if stored_digest(conn) != sql_digest():  # the catalog's objects are this polysem's: trust them
-                apply_blocks(conn, persistent=True)
-                conn.execute(
-                    "INSERT OR REPLACE INTO store_meta VALUES ('sql_digest', to_json(?::VARCHAR))", [sql_digest()]
-                )
+            prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
             record_pending(conn, self.path)
             sweep(conn, self.path)
             yield conn
@@ -110,9 +107,9 @@ class Store:
 
         It opens a private copy of the catalog read-only, so the catalog file itself is
         held only while it is copied (milliseconds) and writers never wait for a query.
-        The copy's views and macros are used as they are when they were written by this
-        polysem's SQL (same digest), else TEMP ones from `sql/` shadow them. No extension
-        is installed or loaded and the configuration is locked.
+        A copy of an older format, or with another polysem's SQL, is first migrated and
+        given this polysem's views and macros (the copy only: reading never writes the
+        store). No extension is installed or loaded and the configuration is locked.
         """
         self.require()
         current = stamp(self.catalog_path)
@@ -131,23 +128,38 @@ class Store:
         copy = Path(name)
         try:
             copy_catalog(self.catalog_path, copy, self.path)
+            self._prepare_copy(copy)
             try:
                 conn = duckdb.connect(str(copy), read_only=True, config={**SANDBOX, "file_search_path": str(self.path)})
+                conn.execute("SET lock_configuration = true")
             except duckdb.Error as error:
                 raise damaged_catalog(self.catalog_path, error) from error
         finally:
             # DuckDB keeps its handle of a read-only file; the name is not needed any more.
             copy.unlink(missing_ok=True)
             copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
-        try:
-            if stored_digest(conn) != sql_digest():
-                apply_blocks(conn, persistent=False)
-            conn.execute("SET lock_configuration = true")
-        except duckdb.Error as error:
-            conn.close()
-            raise damaged_catalog(self.catalog_path, error) from error
         return conn
 
+    def _prepare_copy(self, copy: Path) -> None:
+        """Migrate the private copy and define this polysem's views and macros in it."""
+        try:
+            with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
+                prepare_catalog(conn, self.path)
+        except duckdb.Error as error:
+            raise damaged_catalog(self.catalog_path, error) from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Named statements on the catalog, committed together when the block ends, rolled back
+        when it raises. The one way polysem records anything."""
+        with self.connect(write=True) as conn:
+            conn.begin()
+            try:
+                yield Transaction(conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     def check_writable(self) -> None:
         """Raise unless the store exists writable or could be created; creates nothing."""
@@ -180,9 +192,6 @@ class Store:
             if not meta_complete(meta):
                 raise StoreError(f"the store {self.path} was never completely created (its first ingest stopped); "
                                  "run `polysem ingest` again to complete it")
-            if meta["format"] != STORE_FORMAT:
-                raise StoreError(f"the store {self.path} was written by polysem {meta.get('polysem_version')} in an "
-                                 "older format; ingest again into a new --store")
         return meta
 
     # -- queries -------------------------------------------------------------
@@ -194,7 +203,17 @@ class Store:
         in a transaction that is always rolled back, on the sandboxed in-memory
         connection of `connect()`; see `check_read_only` for what is allowed.
         """
+        if not isinstance(query, str):
+            raise QueryError(f"query must be SQL text, got {type(query).__name__}")
         check_read_only(query)
+        return self._read(query, params)
+
+    def run(self, name: str, **params: Any) -> pa.Table:
+        """Run polysem's own named read `name` (a block of sql/queries.sql) with named parameters."""
+        sql, bound = bind(name, params)
+        return self._read(sql, bound or None)
+
+    def _read(self, query: str, params: list | dict | None) -> pa.Table:
         for attempt in range(2):
             with self.connect() as cursor:
                 cursor.begin()
@@ -209,6 +228,7 @@ class Store:
                     raise query_error(error, self.path) from error
                 finally:
                     cursor.rollback()
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     query = sql  # the name older code and notebooks use
 
@@ -216,14 +236,15 @@ class Store:
         """A table, view, macro call (`relevant_pairs(p := 0.8)`) or SELECT, as Arrow."""
         return self.query(as_select(name_or_query), params)
 
-    def export(self, name_or_query: str, out: str | os.PathLike, params: list | dict | None = None) -> int:
-        """Write a table, view, macro call or query to Parquet, CSV or JSON (by suffix).
+    def export(self, name_or_query: str, out: str | os.PathLike, params: list | dict | None = None, *,
+               fmt: str | None = None) -> int:
+        """Write a table, view, macro call or query to Parquet, CSV or JSON (`fmt`, else the suffix's).
 
         Returns the number of rows written. The file appears only when complete.
         """
         out = Path(out)
         self.check_outside(out)
-        fmt = export_format(out)
+        fmt = out_format(out, fmt)
         result = self.table(name_or_query, params)
         write_result(result, out, fmt)
         return result.num_rows
@@ -233,10 +254,10 @@ class Store:
         info = self.meta()
         info["splits"] = {
             row["split"]: {"images": row["n_images"], "unreadable": row["n_errors"], "classes": row["n_classes"]}
-            for row in self.sql("SELECT * FROM split_counts").to_pylist()
+            for row in self.run("split_summary").to_pylist()
         }
-        info["classes"] = self.sql("SELECT count(*) AS n FROM classes").column("n")[0].as_py()
-        info["runs"] = self.sql("SELECT count(*) AS n FROM runs").column("n")[0].as_py()
+        info["classes"] = self.run("class_count").column("n")[0].as_py()
+        info["runs"] = self.run("run_count").column("n")[0].as_py()
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
         n_images = sum(split["images"] for split in info["splits"].values())
@@ -244,6 +265,12 @@ class Store:
                            if p.parent.name != layout.SCHEMA_DIR)
         info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
+
+    def classes(self) -> pa.Table:
+        """Every class with its image count in each split the store holds (n_<split> columns)."""
+        if self.run("split_summary").num_rows == 0:  # no images yet: nothing to count per split
+            return self.run("class_list")
+        return self.run("class_counts")
 
     def check_outside(self, out: str | os.PathLike, folder: bool = False) -> None:
         """Refuse an output path before anything is written: a folder where a file is

@@ -38,10 +38,10 @@ def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
     from polysem.cli import output
 
     long = "a class name far longer than any terminal column should ever have to hold, really"
-    real = Store.query
+    real = Store.run
 
-    def with_long_names(self, sql, params=None):
-        table = real(self, sql, params)
+    def with_long_names(self, name, **params):
+        table = real(self, name, **params)
         for column in ("name1", "name2"):
             if column in table.column_names:
                 import pyarrow as pa
@@ -49,7 +49,7 @@ def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
                 table = table.set_column(table.column_names.index(column), column, pa.array([long] * table.num_rows))
         return table
 
-    monkeypatch.setattr(Store, "query", with_long_names)
+    monkeypatch.setattr(Store, "run", with_long_names)
     result = cli("screen", "--store", colour_store)
     assert result.exit_code == 0 and lines_fit(result.output), result.output
     assert "…" in result.output and output.NARROW == WIDTH

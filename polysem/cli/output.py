@@ -1,9 +1,8 @@
-"""Printing Arrow results as a rich table, CSV or JSON: the one place results are formatted."""
+"""Printing Arrow results for a person: rich tables and summaries. CSV and JSON text come from the one
+serialiser, `polysem.query.serialise`, so the terminal and files never disagree."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -12,6 +11,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from polysem.query.serialise import to_csv, to_json
 
 FORMATS = ("table", "csv", "json")
 NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
@@ -26,45 +27,6 @@ def _cell(value) -> str:
         shown = ", ".join(_cell(v) for v in value[:6])
         return f"[{shown}, ...] ({len(value)})" if len(value) > 6 else f"[{shown}]"
     return str(value)
-
-
-def _strict(value):
-    """JSON has no NaN or infinity: they become null; JSON text held in a column becomes its value."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    return value
-
-
-def to_json(result: pa.Table) -> str:
-    rows = _strict(result.to_pylist())
-    for row in rows:  # a run's parameters are JSON text in the store: give them as the object they are
-        if isinstance(row.get("parameters"), str):
-            row["parameters"] = json.loads(row["parameters"])
-    return json.dumps(rows, default=str, allow_nan=False)
-
-
-def to_csv(result: pa.Table) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(result.column_names)
-    for row in result.to_pylist():
-        writer.writerow([_csv_cell(row[n]) for n in result.column_names])
-    return buffer.getvalue()
-
-
-def _csv_cell(value):
-    """Empty for NULL; lists and objects as JSON and booleans as true/false, as DuckDB's own CSV writes them."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(_strict(value), default=str)
-    return value
 
 
 def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> None:

@@ -130,7 +130,7 @@ def evaluate(
         typer.echo(json.dumps(result))
         return
     target = _store(store)
-    concepts = target.query("SELECT concepts FROM runs WHERE run_id = ?", [run_id]).column("concepts")[0].as_py()
+    concepts = target.run("run_concepts", run_id=run_id).column("concepts")[0].as_py()
     render_evaluation(result, concepts, _class_names(target),
                       f"run {run_id}: fraction of the original activation (val, tau={tau})")
     for path in result.get("plots", []):
@@ -176,18 +176,16 @@ def runs(
     _check_format(fmt)
     target = _store(store)
     if run_id is None:
-        render_runs(target.query("SELECT * FROM run_summary"), fmt, _class_names(target))
+        render_runs(target.run("run_summaries"), fmt, _class_names(target))
         return
-    record = target.query(
-        "SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concepts, rho, objective, max_logit_diff, warnings) "
-        "FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = ?", [run_id]).to_pylist()
+    record = target.run("run_record", run_id=run_id).to_pylist()
     if not record:
         raise PolysemError(f"unknown run id '{run_id}'; `polysem runs` lists them")
     render_record(record[0], fmt, _class_names(target))
 
 
 def _class_names(target) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in target.query("SELECT class_id, name FROM classes").to_pylist()}
+    return {r["class_id"]: r["name"] for r in target.run("class_list").to_pylist()}
 
 
 class Method(str, Enum):

@@ -113,48 +113,44 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
 
 @command()
 def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
-    """The store's classes with their image counts per split."""
+    """The store's classes with their image counts in every split it holds (n_<split>)."""
     _check_format(fmt)
-    result = _store(store).query(
-        "SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, "
-        "count(s.image_id) FILTER (s.split = 'train') AS n_train, count(s.image_id) FILTER (s.split = 'val') AS n_val "
-        "FROM classes c LEFT JOIN samples s ON s.target = c.class_id GROUP BY ALL ORDER BY c.class_id"
-    )
-    render(result, fmt)
+    render(_store(store).classes(), fmt)
 
 
 @command()
 def sql(
     query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (parquet needs --out).")] = "table",
-    out: Annotated[Optional[Path], typer.Option(help="Write the result to this file instead of printing it.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json).")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run a read-only SQL query against the store."""
-    _check_format(fmt, ("table", "csv", "json", "parquet"))
-    from polysem.query.serialise import write_result
+    from polysem.query.serialise import out_format, write_result
 
-    if fmt == "parquet" and out is None:
-        raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
     target = _store(store)
-    if out is not None:
-        target.check_outside(out)
+    if out is None:
+        if fmt == "parquet":
+            raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
+        _check_format(fmt or "table")
+        render(target.sql(query), fmt or "table")
+        return
+    target.check_outside(out)
+    file_format = out_format(out, fmt)  # refuses a format that is no file format, or a suffix it cannot tell
     result = target.sql(query)
-    if out is not None:
-        write_result(result, out, "csv" if fmt == "table" else fmt)
-        typer.echo(f"{result.num_rows} rows -> {out}")
-    else:
-        render(result, fmt)
+    write_result(result, out, file_format)
+    typer.echo(f"{result.num_rows} rows -> {out} ({file_format})")
 
 
 @command()
 def export(
     name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
-    out: Annotated[Path, typer.Option(help="Output file; .parquet, .csv or .json.")],
+    out: Annotated[Path, typer.Option(help="Output file; --format, else its suffix: .parquet, .csv or .json.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
-    rows = _store(store).export(name_or_query, out)
+    rows = _store(store).export(name_or_query, out, fmt=fmt)
     typer.echo(f"{rows} rows -> {out}")
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
 
 import pyarrow as pa
 from polysem.query.screening import arv_cosines, check_limit, check_thresholds
+from polysem.query.records import now, record_channel_concepts
 from polysem.query.store import Store, as_store
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
@@ -108,18 +108,13 @@ def channel_concepts(store: Store | str, tau: float = TAU, p: float = P, gamma: 
     check_thresholds(tau, p, gamma)
     check_limit(limit)
     cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()
-    names = {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+    names = {r["class_id"]: r["name"] for r in store.run("class_list").to_pylist()}
     rows = group_channels(cosines, gamma, names)
     if record:
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        key = [tau, p, gamma, SCREEN_SPLIT, correct_only]
-        with store.connect(write=True) as conn:
-            conn.execute("BEGIN")
-            conn.execute("DELETE FROM channel_concepts WHERE tau = ? AND p = ? AND gamma = ? AND split = ? "
-                         "AND correct_only = ?", key)
-            if rows:  # none at these settings is an answer too: the old rows go, nothing is added
-                conn.executemany("INSERT INTO channel_concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 [[*key, r["channel"], r["concepts"], r["names"], r["sizes"], r["min_cosine"], now]
-                                  for r in rows])
-            conn.execute("COMMIT")
+        key = {"tau": tau, "p": p, "gamma": gamma, "split": SCREEN_SPLIT, "correct_only": correct_only}
+        computed_at = now()
+        with store.transaction() as tx:
+            record_channel_concepts(tx, key, [{**{c: r[c] for c in ("channel", "concepts", "names", "sizes",
+                                                                    "min_cosine")}, "computed_at": computed_at}
+                                              for r in rows])
     return pa.Table.from_pylist(rows[:limit] if limit is not None else rows, schema=SCHEMA)

@@ -8,8 +8,8 @@ runs. The plots of the most activating images (`polysem.reporting.evaluate`) run
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 
+from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
 
 from polysem.constants import EVAL_SPLIT, TAU
@@ -41,13 +41,13 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
         raise RunError(f"--tau must be in [0, 1], got {tau}")
-    n_val = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [EVAL_SPLIT]).column("n")[0].as_py()
+    n_val = store.run("split_images", split=EVAL_SPLIT).column("n")[0].as_py()
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "
                        f"polysem ingest DATA_DIR --split {EVAL_SPLIT}")
     k = len(run["concepts"])
-    rows = {r["concept"]: r for r in store.query(
-        "SELECT * FROM evaluation_summary(?, tau := ?, split_name := ?)", [run_id, tau, EVAL_SPLIT]).to_pylist()}
+    rows = {r["concept"]: r for r in store.run(
+        "evaluation_of_run", run_id=run_id, tau=tau, split=EVAL_SPLIT).to_pylist()}
     result = {}
     for j in range(1, k + 1):
         row = rows.get(j, {})
@@ -60,14 +60,10 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
 
 def record_evaluation(store: Store, run_id: str, tau: float, result: dict) -> None:
     """Replace the run's rows of `evaluations` with `result` (from `evaluation_numbers`)."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    evaluated_at = now()
     concepts = sorted(int(key[len("concept"):]) for key in result if key.startswith("concept"))
-    with store.connect(write=True) as conn:
-        conn.execute("BEGIN")
-        conn.execute("DELETE FROM evaluations WHERE run_id = ?", [run_id])
-        for j in concepts:
-            values = result[f"concept{j}"]
-            conn.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         [run_id, j, tau, values["n_images"], values["fractions"], values["frac_residual"],
-                          values["bias_only"], now])
-        conn.execute("COMMIT")
+    rows = [{"concept": j, "tau": tau, "evaluated_at": evaluated_at,
+             **{c: result[f"concept{j}"][c] for c in ("n_images", "fractions", "frac_residual", "bias_only")}}
+            for j in concepts]
+    with store.transaction() as tx:
+        record_evaluations(tx, run_id, rows)

@@ -26,9 +26,7 @@ from polysem.util.progress import progress_bar
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
-    return store.query(
-        "SELECT image_id, path, target FROM samples WHERE split = ? AND target = ? ORDER BY image_id", [split, class_id]
-    ).to_pylist()
+    return store.run("class_images", split=split, class_id=class_id, limit=2**62).to_pylist()
 
 
 def class_records(store: Store, class_id: int, split: str, data_dir: str | os.PathLike | None = None,

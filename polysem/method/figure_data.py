@@ -48,7 +48,7 @@ class UnitImages:
 
 
 def class_names(store: Store) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in store.query("SELECT class_id, name FROM classes").to_pylist()}
+    return {r["class_id"]: r["name"] for r in store.run("class_list").to_pylist()}
 
 
 def unit_labels(run: dict, names: dict[int, str]) -> dict[str, str]:
@@ -249,12 +249,11 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
     except PolysemError as error:
         points_error = str(error)
     runs = []
-    for row in run_order(store.query("SELECT * FROM run_summary").to_pylist(), meta):
+    for row in run_order(store.run("run_summaries").to_pylist(), meta):
         run = {**run_row(store, row["run_id"]), "summary": row}
-        activations = store.query("SELECT * FROM run_activations(?, split_name := ?)",
-                                  [run["run_id"], EVAL_SPLIT]).to_pylist()
+        activations = store.run("activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT).to_pylist()
         runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None))
-    return ReportData(info, store.query("SELECT class_id, folder, name, wnid FROM classes ORDER BY class_id").to_pylist(),
+    return ReportData(info, store.run("class_list").select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 
 

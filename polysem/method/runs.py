@@ -108,7 +108,7 @@ def base_model(store: Store):
 
 def resolve_classes(store: Store, values: list) -> list[int]:
     """Class ids from ids, folder names or class names (case-insensitive)."""
-    classes = store.query("SELECT class_id, folder, name FROM classes").to_pylist()
+    classes = store.run("class_list").to_pylist()
     by_name = {}
     for row in classes:
         by_name.setdefault(row["folder"].lower(), row["class_id"])
@@ -142,16 +142,15 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, force: b
     twice = sorted({c for c in everything if everything.count(c) > 1})
     if twice:
         raise RunError(f"class {twice[0]} is in two concepts; a class belongs to one concept")
-    counts = {r["target"]: r["n"] for r in store.query(
-        "SELECT target, count(*) AS n FROM samples WHERE split = ? GROUP BY target", [SCREEN_SPLIT]).to_pylist()}
+    counts = {r["target"]: r["n"] for r in store.run("class_sizes", split=SCREEN_SPLIT).to_pylist()}
     for class_id in everything:
         if not counts.get(class_id):
             raise RunError(f"class {class_id} has no {SCREEN_SPLIT} images in the store; ingest them first "
                            f"(polysem ingest DATA_DIR --split {SCREEN_SPLIT})")
     # filtering on the classes lets DuckDB read only their images
-    relevant = set(store.query(
-        "SELECT class_id FROM relevant_pairs(tau := ?, p := ?) WHERE channel = ? AND list_contains(?, class_id)",
-        [tau, p, request.channel, everything]).column("class_id").to_pylist())
+    relevant = set(store.run(
+        "relevant_classes_among", tau=tau, p=p, split=SCREEN_SPLIT, channel=request.channel,
+        classes=everything).column("class_id").to_pylist())
     missing = [c for c in everything if c not in relevant]
     if missing:
         message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
@@ -176,7 +175,7 @@ def requests_from_screen(store: Store, limit: int | None = None, tau: float = TA
 
 
 def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
-    row = store.query("SELECT arv FROM concept_arv(?, ?)", [channel, classes]).to_pylist()[0]
+    row = store.run("concept_arv_of", channel=channel, classes=classes, split=SCREEN_SPLIT).to_pylist()[0]
     return np.array(row["arv"], dtype=np.float64)
 
 
@@ -219,7 +218,7 @@ def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | 
     channels = [r.channel for r in requests]
     if len(set(channels)) != len(channels):
         raise RunError("a channel can be disentangled once per model; give each channel one request")
-    out_channels = store.query("SELECT out_channels FROM layer_info").column(0)[0].as_py()
+    out_channels = store.run("out_channels").column(0)[0].as_py()
     check_thresholds(tau, p)
     if take is not None and take < 1:
         raise RunError(f"--limit must be at least 1, got {take}")
@@ -284,10 +283,7 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
                       data_dir=None, batch_size: int = 64) -> tuple[float, int]:
     """Max |logits_new - logits_old| on up to 32 stored images (concept images first); refuses a bad model."""
     classes = sorted({c for p in plans for concept in p.concepts for c in concept})
-    rows = store.query(
-        "SELECT image_id, path, target FROM samples WHERE split = ? "
-        "ORDER BY list_contains(?, target) DESC, image_id LIMIT ?", [SCREEN_SPLIT, classes, CHECK_IMAGES]
-    ).to_pylist()
+    rows = store.run("check_images", split=SCREEN_SPLIT, classes=classes, limit=CHECK_IMAGES).to_pylist()
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
     records = [ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows]
     items = [ImageRecords(records, transform)[i] for i in range(len(records))]
@@ -348,7 +344,7 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
 
 
 def run_row(store: Store, run_id: str) -> Run:
-    rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_pylist()
+    rows = store.run("run_by_id", run_id=run_id).to_pylist()
     if not rows:
         raise RunError(f"unknown run id '{run_id}'; `polysem runs` lists them")
     return Run.from_row(rows[0])
@@ -369,7 +365,7 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     except (OSError, RuntimeError, EOFError, ValueError) as error:  # missing, truncated, not a torch file
         raise RunError(f"the model of run {run_id} in {artifact} cannot be read ({type(error).__name__}); "
                        "disentangle the channel again (`polysem runs RUN_ID` shows its settings)") from None
-    group = store.query("SELECT * FROM runs WHERE group_id = ? ORDER BY run_id", [run["group_id"]]).to_pylist()
+    group = store.run("runs_of_group", group_id=run["group_id"]).to_pylist()
     splits = {r["channel"]: SourceSplit(tuple(tuple(own) for own in r["sources"]), tuple(r["shared"])) for r in group}
     new_layer = DisentangledConv(layer, saved["channels"], [splits[c] for c in saved["channels"]])
     new_layer.load_state_dict(saved["state_dict"])

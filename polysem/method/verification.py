@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.models import resolve_device, resolve_transform
 from polysem.query.screening import check_thresholds
+from polysem.query.records import now, record_verification
 from polysem.query.store import Store, as_store
 from torch import nn
 from torch.utils.data import DataLoader
@@ -91,11 +91,11 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
     if batch_size < 1:
         raise RunError(f"--batch-size must be at least 1, got {batch_size}")
     run = run_row(store, run_id)
-    relevant = store.query("SELECT class_id FROM relevant_pairs(tau := ?, p := ?) WHERE channel = ?",
-                           [tau, p, run["channel"]]).column("class_id").to_pylist()
+    relevant = store.run("relevant_classes", tau=tau, p=p, split=SCREEN_SPLIT,
+                         channel=run["channel"]).column("class_id").to_pylist()
     # a forced run's concept classes need not be relevant; they are checked all the same
     classes = sorted(set(relevant) | {c for concept in run["concepts"] for c in concept})
-    logit_of = dict(zip(*store.query("SELECT class_id, logit FROM classes").to_pydict().values()))
+    logit_of = {r["class_id"]: r["logit"] for r in store.run("class_list").to_pylist()}
 
     meta = store.meta()
     model = load_model(store, run_id)
@@ -109,8 +109,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
 
     fractions, n_images = {}, 0
     for class_id in classes:
-        rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? AND target = ? "
-                           "ORDER BY image_id LIMIT ?", [SCREEN_SPLIT, class_id, limit or 2**62]).to_pylist()
+        rows = store.run("class_images", split=SCREEN_SPLIT, class_id=class_id, limit=limit or 2**62).to_pylist()
         if not rows:
             continue
         ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
@@ -130,19 +129,17 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
     channels = []
     for u, (unit, index) in enumerate(zip(units, indices)):
         unit_classes = [c for c in classes if c in fractions and fractions[c][u] >= p]
-        cosines = [] if len(unit_classes) < 2 else store.query(
-            "SELECT cosine FROM weight_arv_cosine(?, ?)", [weights[index].tolist(), unit_classes]
+        cosines = [] if len(unit_classes) < 2 else store.run(
+            "unit_arv_cosines", weight=weights[index].tolist(), classes=unit_classes, split=SCREEN_SPLIT
         ).column("cosine").to_pylist()
         finite = [c for c in cosines if c is not None and not math.isnan(c)]
         channels.append({"unit": unit, "relevant_classes": unit_classes, "min_cosine": min(finite) if finite else None})
     resolved = all(ch["min_cosine"] is None or ch["min_cosine"] >= gamma for ch in channels)
 
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    with store.connect(write=True) as conn:
-        conn.execute("BEGIN")
-        conn.execute("DELETE FROM verifications WHERE run_id = ?", [run_id])
-        conn.execute("INSERT INTO verifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     [run_id, tau, p, gamma, classes, n_images, units, [ch["relevant_classes"] for ch in channels],
-                      [ch["min_cosine"] for ch in channels], resolved, now])
-        conn.execute("COMMIT")
+    with store.transaction() as tx:
+        record_verification(tx, {"run_id": run_id, "tau": tau, "p": p, "gamma": gamma, "classes": classes,
+                                 "n_images": n_images, "units": units,
+                                 "relevant_classes": [ch["relevant_classes"] for ch in channels],
+                                 "min_cosines": [ch["min_cosine"] for ch in channels], "resolved": resolved,
+                                 "verified_at": now()})
     return {"run_id": run_id, "resolved": resolved, "channels": channels, "classes": classes, "n_images": n_images}

@@ -26,13 +26,13 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store
 from torch import nn
 
@@ -286,8 +286,7 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
     from polysem.method.features import remap_paths
     from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
 
-    rows = store.query("SELECT image_id, path, target FROM samples WHERE split = ? ORDER BY hash(image_id), image_id "
-                       "LIMIT ?", [SCREEN_SPLIT, n]).to_pylist()
+    rows = store.run("spread_images", split=SCREEN_SPLIT, limit=n).to_pylist()
     if not rows:
         raise RunError(f"the store has no {SCREEN_SPLIT} images; ingest them first: polysem ingest DATA_DIR --split {SCREEN_SPLIT}")
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
@@ -381,9 +380,9 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
     paths = {unit: ARTIFACTS / subject / f"{config['method']}-{config['steps']}steps-{config['size']}px-seed{config['seed']}"
              f"-{token}-{unit}.png" for unit in target.units}
     written = []
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    key = [target.run_id, target.channel, config["method"], config["steps"], config["size"], config["seed"]]
-    where = "run_id IS NOT DISTINCT FROM ? AND channel = ? AND method = ? AND steps = ? AND size = ? AND seed = ?"
+    created_at = now()
+    key = {"run_id": target.run_id, "channel": target.channel,
+           **{name: config[name] for name in ("method", "steps", "size", "seed")}}
     try:
         for unit, image in zip(target.units, images):
             with atomic.atomic_path(store.path / paths[unit]) as tmp:
@@ -392,16 +391,13 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
         rows = []
         for unit in target.units:
             acts = result[unit]["activations"]
-            rows.append([target.run_id, target.channel, unit, config["method"], config["steps"], config["size"],
-                         config["seed"], config["device"], str(paths[unit]), acts["original"], acts.get("c1"),
-                         acts.get("c2"), acts.get("r"), result[unit]["selectivity"], seconds, now,
-                         [a for u, a in acts.items() if u.startswith("c")] or None])
-        with store.connect(write=True) as conn:
-            conn.execute("BEGIN")
-            old = [r[0] for r in conn.execute(f"SELECT image FROM visualizations WHERE {where}", key).fetchall()]
-            conn.execute(f"DELETE FROM visualizations WHERE {where}", key)
-            conn.executemany(f"INSERT INTO visualizations VALUES ({', '.join('?' * 17)})", rows)
-            conn.execute("COMMIT")
+            rows.append({"unit": unit, "device": config["device"], "image": str(paths[unit]),
+                         "act_original": acts["original"], "act_c1": acts.get("c1"), "act_c2": acts.get("c2"),
+                         "act_r": acts.get("r"), "selectivity": result[unit]["selectivity"], "seconds": seconds,
+                         "created_at": created_at,
+                         "act_concepts": [a for u, a in acts.items() if u.startswith("c")] or None})
+        with store.transaction() as tx:
+            old = record_visualizations(tx, key, rows)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -413,11 +409,4 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
 
 def latest_visualizations(store: Store, run_id: str | None = None, channel: int | None = None) -> list[dict]:
     """The most recent visualisation of a run (or channel): one row per unit, [] when there is none."""
-    exists = store.query("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'visualizations'").column("n")[0]
-    if not exists.as_py():
-        return []
-    rows = store.query(
-        "SELECT * FROM visualizations WHERE run_id IS NOT DISTINCT FROM ? AND (? IS NULL OR channel = ?) "
-        "QUALIFY created_at = max(created_at) OVER () ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit)",
-        [run_id, channel, channel]).to_pylist()
-    return rows
+    return store.run("latest_visualizations", run_id=run_id, channel=channel).to_pylist()

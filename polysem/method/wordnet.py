@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from polysem.query.screening import class_pairs_sharing_a_channel
+from polysem.query.records import record_class_similarity
 from polysem.query.store import Store
 
 from polysem.constants import TAU, P
@@ -89,10 +90,7 @@ def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tupl
     from polysem.query.screening import check_thresholds
 
     check_thresholds(tau, p)
-    rows = store.sql(
-        "SELECT c.cosine, s.path_similarity FROM arv_cosine(tau := $tau, p := $p) c "
-        "JOIN class_similarity s USING (class1, class2) WHERE s.path_similarity IS NOT NULL ORDER BY ALL",
-        {"tau": tau, "p": p}).to_pylist()
+    rows = store.run("wordnet_points", tau=tau, p=p).to_pylist()
     if not rows:
         raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
     return [(r["cosine"], r["path_similarity"]) for r in rows]
@@ -119,9 +117,7 @@ def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
             except Exception as error:  # nltk raises WordNetError or ValueError for unknown offsets
                 raise PolysemError(f"WordNet has no noun {row['wnid1']} or {row['wnid2']} ({error}); "
                                    "check the classes' wnids") from error
-            rows.append((row["class1"], row["class2"], similarity))
-    with store.connect(write=True) as conn:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT OR REPLACE INTO class_similarity VALUES (?, ?, ?)", rows)
-        conn.execute("COMMIT")
+            rows.append({"class1": row["class1"], "class2": row["class2"], "path_similarity": similarity})
+    with store.transaction() as tx:
+        record_class_similarity(tx, rows)
     return {"pairs": len(rows), "skipped_without_wnid": len(pairs) - len(with_ids)}

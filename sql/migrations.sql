@@ -1,0 +1,11 @@
+-- Ordered migrations of the store's catalog: `migrate_N` brings a catalog of format N-1 to format N.
+-- They run in one transaction, under the write lock, the first time a writing command opens an older
+-- store (a reading command migrates its private copy of the catalog only). Tables a store lacks are
+-- created at the current shape before they run, so each statement must hold for both shapes.
+
+-- name: migrate_3
+-- Format 3: `visualizations.act_concepts` (k > 2 concepts), which format-2 stores made before it lack;
+-- the format is kept as `schema_version` (was `format`).
+ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS act_concepts DOUBLE[];
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '3'::JSON);
+DELETE FROM store_meta WHERE key = 'format';

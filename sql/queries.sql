@@ -1,0 +1,158 @@
+-- The reads polysem runs, each called by name with named parameters ($name), e.g.
+-- store.run("class_images", split="train", class_id=3, limit=100). Each block is one statement.
+
+-- name: class_list
+-- Every class of the store in id order: class_id, folder, name, wnid, logit.
+SELECT class_id, folder, name, wnid, logit FROM classes ORDER BY class_id;
+
+-- name: class_counts
+-- Every class with its stored images in each split of the store: class_id, folder, name, wnid, logit, n_<split>...
+WITH counts AS (
+    PIVOT (SELECT target, 'n_' || split AS split FROM samples) ON split USING count(*) GROUP BY target
+)
+SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, coalesce(COLUMNS(lambda col: col LIKE 'n\_%' ESCAPE '\'), 0)
+FROM classes c LEFT JOIN counts ON counts.target = c.class_id
+ORDER BY c.class_id;
+
+-- name: class_count
+-- The number of classes (n).
+SELECT count(*) AS n FROM classes;
+
+-- name: split_images
+-- The number of stored images of one split (n).
+SELECT count(*) AS n FROM samples WHERE split = $split;
+
+-- name: split_summary
+-- Images per split: split, n_images, n_errors, n_classes (the split_counts view).
+SELECT * FROM split_counts;
+
+-- name: class_sizes
+-- Stored images per class of one split: target, n.
+SELECT target, count(*) AS n FROM samples WHERE split = $split GROUP BY target;
+
+-- name: class_images
+-- One class's images of a split, by image id (at most $limit): image_id, path, target.
+SELECT image_id, path, target FROM samples WHERE split = $split AND target = $class_id ORDER BY image_id LIMIT $limit;
+
+-- name: spread_images
+-- $limit images of a split spread over its classes (a hash order): image_id, path, target.
+SELECT image_id, path, target FROM samples WHERE split = $split ORDER BY hash(image_id), image_id LIMIT $limit;
+
+-- name: check_images
+-- The images the disentangle check runs: those of $classes first, then the rest by id (at most $limit).
+SELECT image_id, path, target FROM samples WHERE split = $split
+ORDER BY list_contains($classes, target) DESC, image_id LIMIT $limit;
+
+-- name: relevant_classes
+-- The classes a channel is relevant for (Ineq. 2 at $tau, $p on $split), by class id.
+SELECT class_id FROM relevant_pairs(tau := $tau, p := $p, split_name := $split) WHERE channel = $channel
+ORDER BY class_id;
+
+-- name: relevant_classes_among
+-- relevant_classes restricted to $classes: the filter lets DuckDB read only their images.
+SELECT class_id FROM relevant_pairs(tau := $tau, p := $p, split_name := $split)
+WHERE channel = $channel AND list_contains($classes, class_id) ORDER BY class_id;
+
+-- name: concept_arv_of
+-- The ARV (list of C_{l-1} doubles) of a channel for the union of $classes' images of $split.
+SELECT arv FROM concept_arv($channel, $classes, split_name := $split);
+
+-- name: unit_arv_cosines
+-- Cosines of the ARVs of $classes under one weight row (a new channel of a run): class1, class2, cosine.
+SELECT class1, class2, cosine FROM weight_arv_cosine($weight, $classes, split_name := $split);
+
+-- name: out_channels
+-- The number of output channels of the layer of interest (out_channels).
+SELECT out_channels FROM layer_info;
+
+-- name: run_by_id
+-- One run's row of `runs` (none when the id is unknown).
+SELECT * FROM runs WHERE run_id = $run_id;
+
+-- name: runs_of_group
+-- Every run of one disentangled model (one group), by run id.
+SELECT * FROM runs WHERE group_id = $group_id ORDER BY run_id;
+
+-- name: run_artifacts
+-- Every run's id and the store path of its model: run_id, artifact.
+SELECT run_id, artifact FROM runs ORDER BY run_id;
+
+-- name: run_count
+-- The number of runs (n).
+SELECT count(*) AS n FROM runs;
+
+-- name: run_summaries
+-- Every run with its evaluation and verification (the run_summary view).
+SELECT * FROM run_summary;
+
+-- name: run_record
+-- One run in full: its row of `runs` and of run_summary.
+SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concepts, rho, objective, max_logit_diff, warnings)
+FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = $run_id;
+
+-- name: run_concepts
+-- The concepts (lists of class ids) of one run.
+SELECT concepts FROM runs WHERE run_id = $run_id;
+
+-- name: activations_of_run
+-- The run_activations macro on one split: every image of the run's concept classes with each unit's activation.
+SELECT * FROM run_activations($run_id, split_name := $split);
+
+-- name: evaluation_of_run
+-- The evaluation_summary macro for one run at $tau on $split: per concept, images and fractions.
+SELECT * FROM evaluation_summary($run_id, tau := $tau, split_name := $split);
+
+-- name: latest_visualizations
+-- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model): one row per unit.
+SELECT * FROM visualizations
+WHERE run_id IS NOT DISTINCT FROM $run_id AND ($channel IS NULL OR channel = $channel)
+QUALIFY created_at = max(created_at) OVER ()
+ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit), unit;
+
+-- name: screen_pairs
+-- polysemantic_pairs at the given settings, lowest cosine first, at most $limit rows.
+SELECT * FROM polysemantic_pairs(tau := $tau, p := $p, gamma := $gamma, split_name := $split,
+                                 correct_only := $correct_only)
+LIMIT $limit;
+
+-- name: screen_cosines
+-- arv_cosine at the given settings: every class pair relevant for a common channel, with its ARV cosine.
+SELECT * FROM arv_cosine(tau := $tau, p := $p, split_name := $split, correct_only := $correct_only);
+
+-- name: class_pairs_sharing_a_channel
+-- Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids.
+WITH rel AS (SELECT * FROM relevant_pairs(tau := $tau, p := $p, split_name := $split))
+SELECT DISTINCT a.class_id AS class1, b.class_id AS class2, c1.wnid AS wnid1, c2.wnid AS wnid2
+FROM rel a JOIN rel b ON a.channel = b.channel AND a.class_id < b.class_id
+JOIN classes c1 ON c1.class_id = a.class_id
+JOIN classes c2 ON c2.class_id = b.class_id
+ORDER BY class1, class2;
+
+-- name: wordnet_points
+-- (cosine, path_similarity) of every (channel, class pair) whose pair has a WordNet similarity.
+SELECT c.cosine, s.path_similarity FROM arv_cosine(tau := $tau, p := $p) c
+JOIN class_similarity s USING (class1, class2) WHERE s.path_similarity IS NOT NULL ORDER BY ALL;
+
+-- name: store_meta_rows
+-- Every key and JSON value of store_meta.
+SELECT key, value FROM store_meta ORDER BY key;
+
+-- name: parquet_image_ids
+-- The image ids in Parquet files ($files: a glob or list), without the catalog (ingest's resume).
+SELECT image_id FROM read_parquet($files);
+
+-- name: parquet_class_sizes
+-- Rows per class in Parquet files ($files), by class (compaction's plan): target, n.
+SELECT target, count(*) AS n FROM read_parquet($files) GROUP BY target ORDER BY target;
+
+-- name: parquet_class_range
+-- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id (compaction).
+SELECT * FROM read_parquet($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
+
+-- name: meta_value
+-- One store_meta value as text (value), none when the key is absent.
+SELECT value ->> '$' AS value FROM store_meta WHERE key = $key;
+
+-- name: format_keys
+-- The keys that say a catalog's store format (schema_version; format in format 2) with their values.
+SELECT key, value ->> '$' AS value FROM store_meta WHERE key IN ('schema_version', 'format');

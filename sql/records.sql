@@ -1,0 +1,80 @@
+-- The writes polysem runs, each called by name with named parameters inside Store.transaction().
+-- Every insert names its columns, so a store whose tables gained columns still takes them.
+
+-- name: put_meta
+-- Set one store_meta key to a JSON value.
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ($key, $value::JSON);
+
+-- name: known_runs
+-- How many of $run_ids are recorded already (n).
+SELECT count(*) AS n FROM runs WHERE list_contains($run_ids, run_id);
+
+-- name: referenced_artifacts
+-- The artifacts that recorded runs name (artifact).
+SELECT DISTINCT artifact FROM runs;
+
+-- name: insert_run
+-- One disentangled channel's run.
+INSERT INTO runs (run_id, group_id, created_at, channel, concepts, rho, objective, sources, shared, max_logit_diff,
+                  artifact, polysem_version, parameters, warnings)
+VALUES ($run_id, $group_id, $created_at, $channel, $concepts, $rho, $objective, $sources, $shared, $max_logit_diff,
+        $artifact, $polysem_version, $parameters, $warnings);
+
+-- name: insert_rho_score
+-- Eq. 6 at one rho of a run.
+INSERT INTO rho_scores (run_id, rho, objective_value, separated, n_sources, skipped)
+VALUES ($run_id, $rho, $objective_value, $separated, $n_sources, $skipped);
+
+-- name: delete_evaluations
+-- Remove a run's evaluation (before recording a new one).
+DELETE FROM evaluations WHERE run_id = $run_id;
+
+-- name: insert_evaluation
+-- One concept's evaluation of a run.
+INSERT INTO evaluations (run_id, concept, tau, n_images, fractions, frac_residual, bias_only, evaluated_at)
+VALUES ($run_id, $concept, $tau, $n_images, $fractions, $frac_residual, $bias_only, $evaluated_at);
+
+-- name: delete_verification
+-- Remove a run's verification (before recording a new one).
+DELETE FROM verifications WHERE run_id = $run_id;
+
+-- name: insert_verification
+-- A run's verification.
+INSERT INTO verifications (run_id, tau, p, gamma, classes, n_images, units, relevant_classes, min_cosines, resolved,
+                           verified_at)
+VALUES ($run_id, $tau, $p, $gamma, $classes, $n_images, $units, $relevant_classes, $min_cosines, $resolved,
+        $verified_at);
+
+-- name: visualization_images
+-- The PNGs of the visualisations with these settings (the ones a new visualisation replaces).
+SELECT image FROM visualizations
+WHERE run_id IS NOT DISTINCT FROM $run_id AND channel = $channel AND method = $method AND steps = $steps
+  AND size = $size AND seed = $seed;
+
+-- name: delete_visualizations
+-- Remove the visualisations with these settings.
+DELETE FROM visualizations
+WHERE run_id IS NOT DISTINCT FROM $run_id AND channel = $channel AND method = $method AND steps = $steps
+  AND size = $size AND seed = $seed;
+
+-- name: insert_visualization
+-- One unit's visualisation.
+INSERT INTO visualizations (run_id, channel, unit, method, steps, size, seed, device, image, act_original, act_c1,
+                            act_c2, act_r, selectivity, seconds, created_at, act_concepts)
+VALUES ($run_id, $channel, $unit, $method, $steps, $size, $seed, $device, $image, $act_original, $act_c1,
+        $act_c2, $act_r, $selectivity, $seconds, $created_at, $act_concepts);
+
+-- name: delete_channel_concepts
+-- Remove the concepts recorded at one parameter set.
+DELETE FROM channel_concepts
+WHERE tau = $tau AND p = $p AND gamma = $gamma AND split = $split AND correct_only = $correct_only;
+
+-- name: insert_channel_concepts
+-- One polysemantic channel's concepts at one parameter set.
+INSERT INTO channel_concepts (tau, p, gamma, split, correct_only, channel, concepts, names, sizes, min_cosine,
+                              computed_at)
+VALUES ($tau, $p, $gamma, $split, $correct_only, $channel, $concepts, $names, $sizes, $min_cosine, $computed_at);
+
+-- name: put_class_similarity
+-- The WordNet path similarity of one class pair.
+INSERT OR REPLACE INTO class_similarity (class1, class2, path_similarity) VALUES ($class1, $class2, $path_similarity);
