@@ -62,7 +62,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
     from polysem.query.store import as_store
 
     store = as_store(store)
-    store.require()
+    store.meta(require_complete=False)  # refuses a missing store, or one of a newer format (its files)
     staged = store.path / STAGING / "samples"
     # a split whose folder a killed compaction left in staging only is still a split (`_recover`)
     splits = sorted({f.name for f in layout.split_folders(store.path)}
