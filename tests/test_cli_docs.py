@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import typer
 
 from polysem.cli import app
 from polysem.query.sqlfiles import load_blocks
-from tests.conftest import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 # options every command has: documented once, in the ingest option table, "(every command; ...)"
 GLOBAL_OPTIONS = {"--store"}
