@@ -61,10 +61,16 @@ demo: $(STAMP) system-packages
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q -n auto
 
+# every script in bench/ (tests/test_bench.py checks this list and runs each at a tiny size);
+# the CUDA path only where there is a GPU. Numbers: docs/benchmarks.md.
 bench: $(STAMP)
+	PYTHONPATH=. $(PY) bench/class_reads.py
 	PYTHONPATH=. $(PY) bench/ingest_throughput.py
+	PYTHONPATH=. $(PY) bench/query_latency.py
 	PYTHONPATH=. $(PY) bench/screening_scale.py
 	PYTHONPATH=. $(PY) bench/visualize_speed.py
+	@if command -v nvidia-smi >/dev/null; then PYTHON=$(abspath $(PY)) bash bench/device_check.sh; \
+	 else echo "no nvidia-smi: bench/device_check.sh (the CUDA path) skipped"; fi
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -12,7 +12,10 @@ other image, parts of 4096 rows. Then `polysem compact`.
    a `run_activations`-shaped scan of their images), after compaction, for several k and
    split sizes. They should grow with k, not with the split.
 
-Usage: python bench/class_reads.py [--per-class 1300] [--imagenet-per-class 10,30] [--keep DIR]
+Usage: python bench/class_reads.py [--per-class 1300] [--imagenet-per-class 10,30] [--keep DIR] [--tiny]
+
+`--tiny` (10 images per class, 2 per class at 1000 classes, k = 2) only checks that the
+script still runs; tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -26,48 +29,25 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-from polysem.ingest.writer import list_column
-from polysem.query import Store, layout
+from _synthetic import finish_store, start_store, write_part
+from polysem.query import Store
 from polysem.query.compact import compact
-from polysem.query.meta import write_meta
-
-from polysem.util import atomic
 
 CHANNELS, INPUTS = 2048, 512
 
 
 def build_store(path: Path, classes: int, per_class: int, seed: int = 0, ranks: int = 2, part_rows: int = 4096) -> None:
     rng = np.random.default_rng(seed)
-    path.mkdir(parents=True)
-    layout.write_schema_files(path)
-    atomic.write_atomic(pa.Table.from_pylist([{"class_id": c, "folder": f"n{c:08d}", "name": f"class {c}", "wnid": None,
-                                               "logit": c} for c in range(classes)], schema=layout.CLASSES),
-                        path / "classes.parquet")
-    weights = rng.normal(0, 0.02, size=(CHANNELS, INPUTS)).astype(np.float32)
-    atomic.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
-                                              pa.nulls(CHANNELS, pa.float32())], schema=layout.LAYER_WEIGHTS),
-                        path / "layer_weights.parquet")
+    start_store(path, classes, rng.normal(0, 0.02, size=(CHANNELS, INPUTS)))
     targets = np.repeat(np.arange(classes, dtype=np.int32), per_class)  # ImageFolder order
     for rank in range(ranks):
         mine = np.arange(len(targets))[rank::ranks]  # torchrun: every n-th image
         for start in range(0, len(mine), part_rows):
             ids = mine[start : start + part_rows]
             n = len(ids)
-            table = pa.Table.from_arrays([
-                pa.array(ids, pa.int64()), pa.array(["train"] * n), pa.array([f"img{i}.JPEG" for i in ids]),
-                pa.array(targets[ids]), pa.array(targets[ids]), pa.array(targets[ids]),
-                pa.array(rng.normal(5, 1, n).astype(np.float32)),
-                list_column(rng.normal(0, 0.01, size=(n, CHANNELS)).astype(np.float32)),
-                list_column(rng.exponential(0.05, size=(n, INPUTS)).astype(np.float32)),
-                pa.array(np.full(n, 49, np.int32)),
-            ], schema=layout.SAMPLES)
-            atomic.write_atomic(table, layout.new_part_path(path, "samples", "train", rank))
-    with Store(path).connect(write=True) as conn:
-        write_meta(conn, {"model": "synthetic", "weights": "synthetic", "weights_sha256": "0" * 64, "layer": "synthetic",
-                          "layer_shape": {"out_channels": CHANNELS, "in_channels": INPUTS, "kernel_size": [1, 1],
-                                          "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "bias": False},
-                          "transform": "synthetic", "dataset_roots": {}, "polysem_version": "bench", "created_at": "now"})
+            write_part(path, ids, targets[ids], rng.normal(0, 0.01, size=(n, CHANNELS)),
+                       rng.exponential(0.05, size=(n, INPUTS)), rng.normal(5, 1, n), rank=rank)
+    finish_store(path, CHANNELS, INPUTS)
 
 
 def profile(store: Store, sql: str) -> dict:
@@ -144,7 +124,10 @@ def main() -> None:
     parser.add_argument("--imagenet-per-class", default="10,30")
     parser.add_argument("--ks", default="1,2,8")
     parser.add_argument("--keep", type=Path, help="work in this folder (default: a temporary one)")
+    parser.add_argument("--tiny", action="store_true", help="a few images per class: a smoke test")
     args = parser.parse_args()
+    if args.tiny:
+        args.per_class, args.imagenet_per_class, args.ks = 10, "2", "2"
     work = args.keep or Path(tempfile.mkdtemp(prefix="polysem-class-reads-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,21 +1,53 @@
 #!/usr/bin/env bash
-# The CUDA path on a lent GPU machine, in one go: its image has torch, torchvision, pyarrow, typer and
-# rich but no duckdb or nltk, which travel as wheels in .devwheels/ (pip download ... here).
+# The CUDA path on a GPU machine, in one go: installs polysem from this checkout into the machine's
+# python (python3, or $PYTHON: `make bench` passes its .venv's), then runs the model tests on the
+# GPU, ingest throughput and visualisation speed.
 # Writes the numbers and logs into $OUT (or bench/out/). Usage: bash bench/device_check.sh
+#
+# Nothing outside the repository is required. pip resolves the dependencies of pyproject.toml as
+# usual (from the network, or from what the machine has installed). A machine without network
+# whose python lacks some of them (a GPU image with torch but no duckdb, say) can take wheels from
+# an optional folder of your own, .devwheels/ (not in the repository; fill it with e.g.
+# `pip download duckdb nltk -d .devwheels --only-binary :all: --python-version 3.12`); the script
+# says which distributions are still missing.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 out=${OUT:-bench/out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 POLYSEM_OFFLINE=1
-python3 -m pip install -q --no-deps --no-build-isolation --disable-pip-version-check .devwheels/*.whl -e . >"$out/install.log" 2>&1 \
-  || { echo "install failed"; tail -20 "$out/install.log"; exit 1; }
+py=${PYTHON:-python3}
+command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: this script is for a machine with an NVIDIA GPU"; exit 1; }
+
+wheels=()
+if compgen -G ".devwheels/*.whl" >/dev/null; then
+  wheels=(--find-links .devwheels)  # optional: extra wheels for an offline machine
+fi
+pip=("$py" -m pip install -q --disable-pip-version-check --no-build-isolation)
+if ! "${pip[@]}" "${wheels[@]}" -e . >"$out/install.log" 2>&1; then
+  # offline and something missing: install polysem alone, then say what is missing
+  "${pip[@]}" --no-deps -e . >>"$out/install.log" 2>&1 || { echo "install failed"; tail -20 "$out/install.log"; exit 1; }
+fi
+"$py" - <<'EOF' || exit 1
+import importlib.metadata as md, re, sys
+missing = []
+# the declared dependencies (no extras), and pytest for step 1
+for requirement in [r for r in md.requires("polysem") or [] if "extra ==" not in r] + ["pytest"]:
+    name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        missing.append(name)
+if missing:
+    sys.exit(f"missing: {', '.join(missing)}; give this machine network, or put their wheels in .devwheels/")
+EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision, duckdb; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'duckdb', duckdb.__version__, torch.cuda.get_device_name())"
+"$py" -c "import torch, torchvision, duckdb; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'duckdb', duckdb.__version__, torch.cuda.get_device_name())"
 # 1. correctness on CUDA: the tests whose device is auto run their models on the GPU here
-timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_logits.py tests/test_attribution.py \
+timeout 240 "$py" -m pytest -q -x -p no:cacheprovider tests/test_logits.py tests/test_attribution.py \
   tests/test_edge_cases.py tests/test_disentangle.py tests/test_visualize.py -k "not report and not chromium" \
   2>&1 | tee "$out/pytest-cuda.log" | tail -5
 # 2. ingest throughput, ResNet-50 at 224 px, against the bare loops on the same batches
-timeout 200 python3 bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 2>&1 | tee "$out/ingest.json" | tail -25
-timeout 100 python3 bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 --workers 15 --ingest-only 2>&1 | tee "$out/ingest-15-workers.json" | tail -5
+timeout 200 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 2>&1 | tee "$out/ingest.json" | tail -25
+timeout 100 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 --workers 15 --ingest-only 2>&1 | tee "$out/ingest-15-workers.json" | tail -5
 # 3. feature visualisation: steps/s for 4 units in one batch
-timeout 90 python3 bench/visualize_speed.py --device cuda --steps 64 2>&1 | tee "$out/visualize.json" | tail -25
+timeout 90 "$py" bench/visualize_speed.py --device cuda --steps 64 2>&1 | tee "$out/visualize.json" | tail -25

@@ -1,6 +1,6 @@
 """Ingest throughput against a bare loop of the same model on the same batches.
 
-ResNet-50 (random weights, so nothing downloads), layer4.2.conv3, 224x224 via the
+ResNet-50 (random weights, so nothing downloads; `--model`, `--layer` for others), layer4.2.conv3, 224x224 via the
 default ImageNet preprocessing, JPEG images written by this script. Measured in
 one run on one machine:
 
@@ -11,7 +11,9 @@ one run on one machine:
   loop computes.
 
 Also reports the store's bytes per image. Usage:
-    python bench/ingest_throughput.py [--images 64] [--batch-size 16] [--workers 1]
+    python bench/ingest_throughput.py [--images 64] [--batch-size 16] [--workers 1] [--tiny]
+
+`--tiny` (2 images, ResNet-18) only checks that the script still runs; tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -75,17 +77,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default: the library's")
     parser.add_argument("--ingest-only", action="store_true", help="skip the bare loops")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default="resnet50", help="a torchvision model name (random weights)")
+    parser.add_argument("--layer", default="layer4.2.conv3", help="its layer of interest")
+    parser.add_argument("--tiny", action="store_true", help="2 images through ResNet-18: a smoke test")
     args = parser.parse_args()
+    if args.tiny:
+        args.images, args.batch_size, args.model, args.layer = 2, 2, "resnet18", "layer4.1.conv2"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     work = Path(tempfile.mkdtemp(prefix="polysem-bench-"))
     try:
         write_images(work / "data", args.images)
         # warm-up (thread pools, allocator) outside the timings
-        ingest(work / "warm", work / "data", model="resnet50", weights="random", batch_size=args.batch_size,
-               limit=2, progress=False, device=str(device.type))
+        ingest(work / "warm", work / "data", model=args.model, weights="random", layer=args.layer,
+               batch_size=args.batch_size, limit=2, progress=False, device=str(device.type))
         start = time.perf_counter()
-        ingest(work / "store", work / "data", model="resnet50", weights="random",
+        ingest(work / "store", work / "data", model=args.model, weights="random", layer=args.layer,
                batch_size=args.batch_size, num_workers=args.workers, threads=args.threads, progress=False,
                device=str(device.type))
         ingest_s = time.perf_counter() - start
@@ -96,10 +103,10 @@ def main() -> None:
             return
 
         torch.manual_seed(0)
-        model = torchvision.models.resnet50(weights=None).eval().to(device)
+        model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
         for p in model.parameters():
             p.requires_grad_(False)
-        layer = model.layer4[2].conv3
+        layer = model.get_submodule(args.layer)
         records = list_split(work / "data", "train").records
         dataset = ImageRecords(records, imagenet_transform())
         tensors = torch.stack([dataset[i][1] for i in range(len(records))])
@@ -116,7 +123,7 @@ def main() -> None:
         n = store.query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
         result = {
             "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-            "images": n, "batch_size": args.batch_size, "workers": args.workers,
+            "model": args.model, "layer": args.layer, "images": n, "batch_size": args.batch_size, "workers": args.workers,
             "ingest_img_s": n / ingest_s, "bare_min_img_s": n / bare_min_s, "bare_full_img_s": n / bare_full_s,
             "ratio_vs_bare_min": bare_min_s / ingest_s, "ratio_vs_bare_full": bare_full_s / ingest_s,
             "bytes_per_image": sample_bytes / n,

@@ -12,7 +12,10 @@ memory is per query):
   images with ResNet-50 (the reference code's way; timed on a few images, scaled
   to the class size).
 
-Usage: python bench/screening_scale.py [--sizes 10000,30000,100000] [--keep DIR]
+Usage: python bench/screening_scale.py [--sizes 10000,30000,100000] [--keep DIR] [--tiny]
+
+`--tiny` (2,000 images, the brute-force ARV timed on one image) only checks that the
+script still runs; tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -27,12 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-from polysem.ingest.writer import list_column
-from polysem.query import Store, layout
-from polysem.query.meta import write_meta
-
-from polysem.util import atomic
+from _synthetic import finish_store, start_store, write_part
 
 CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
 QUERIES = {
@@ -46,16 +44,7 @@ QUERIES = {
 
 def build_store(path: Path, n_images: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    path.mkdir(parents=True)
-    layout.write_schema_files(path)
-    atomic.write_atomic(pa.table({"class_id": pa.array(range(CLASSES), pa.int32()),
-                                  "folder": [f"n{i:08d}" for i in range(CLASSES)],
-                                  "name": [f"class {i}" for i in range(CLASSES)],
-                                  "wnid": pa.nulls(CLASSES, pa.string())}, schema=layout.CLASSES), path / "classes.parquet")
-    weights = rng.normal(0, 0.02, size=(CHANNELS, INPUTS)).astype(np.float32)
-    atomic.write_atomic(pa.Table.from_arrays([pa.array(range(CHANNELS), pa.int32()), list_column(weights),
-                                              pa.nulls(CHANNELS, pa.float32())], schema=layout.LAYER_WEIGHTS),
-                        path / "layer_weights.parquet")
+    start_store(path, CLASSES, rng.normal(0, 0.02, size=(CHANNELS, INPUTS)))
     own_channels = rng.integers(0, CHANNELS, size=(CLASSES, 3))  # each class drives three channels
     own_inputs = rng.integers(0, INPUTS, size=(CLASSES, 24))  # through a few l-1 channels
     chunk = 10_000
@@ -66,18 +55,8 @@ def build_store(path: Path, n_images: int, seed: int = 0) -> None:
         attribution[np.arange(n)[:, None], own_channels[targets]] += rng.uniform(0.5, 1.5, size=(n, 3)).astype(np.float32)
         input_sum = rng.exponential(0.05, size=(n, INPUTS)).astype(np.float32)
         input_sum[np.arange(n)[:, None], own_inputs[targets]] += rng.exponential(5.0, size=(n, 24)).astype(np.float32)
-        table = pa.Table.from_arrays([
-            pa.array(np.arange(start, start + n), pa.int64()), pa.array(["train"] * n), pa.array([f"img{i}.JPEG" for i in range(start, start + n)]),
-            pa.array(targets), pa.array(targets), pa.array(rng.normal(5, 1, n).astype(np.float32)),
-            list_column(attribution), list_column(input_sum), pa.array(np.full(n, 49, np.int32)),
-        ], schema=layout.SAMPLES)
-        atomic.write_atomic(table, layout.new_part_path(path, "samples", "train", 0))
-    store = Store(path)
-    with store.connect(write=True) as conn:
-        write_meta(conn, {"model": "synthetic", "weights": "synthetic", "weights_sha256": "0" * 64, "layer": "synthetic",
-                          "layer_shape": {"out_channels": CHANNELS, "in_channels": INPUTS, "kernel_size": [1, 1],
-                                          "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "bias": False},
-                          "transform": "synthetic", "dataset_roots": {}, "polysem_version": "bench", "created_at": "now"})
+        write_part(path, np.arange(start, start + n), targets, attribution, input_sum, rng.normal(5, 1, n))
+    finish_store(path, CHANNELS, INPUTS)
 
 
 def time_query(store: Path, sql: str) -> dict:
@@ -121,7 +100,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--keep", type=Path, help="keep the stores here instead of a temp folder")
+    parser.add_argument("--tiny", action="store_true", help="2000 images, brute force on one image: a smoke test")
     args = parser.parse_args()
+    if args.tiny:
+        args.sizes = "2000"
     root = args.keep or Path(tempfile.mkdtemp(prefix="polysem-screen-"))
     results = {}
     try:
@@ -136,7 +118,7 @@ def main() -> None:
             row["class_size"] = size / CLASSES
             results[size] = row
             print(json.dumps({size: row}), file=sys.stderr)
-        per_image = brute_force_arv_seconds_per_image()
+        per_image = brute_force_arv_seconds_per_image(1 if args.tiny else 4)
         results["brute_force_arv_s_per_image"] = per_image
         print(json.dumps(results, indent=1))
     finally:

@@ -5,7 +5,9 @@ into c'1, c'2 and r (a random half of its inputs each), so the batch holds the o
 channel, c'1, c'2 and r, as `polysem visualize RUN_ID` runs it. Each step is one forward
 pass up to the layer and one backward pass to the image. Usage:
 
-    python bench/visualize_speed.py [--steps 8] [--device cpu|cuda] [--size 224]
+    python bench/visualize_speed.py [--steps 8] [--device cpu|cuda] [--size 224] [--tiny]
+
+`--tiny` (1 step at 32 px, after a 1-step warm-up) only checks that the script still runs; tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tiny", action="store_true", help="1 step at 32 px: a smoke test")
     args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.size = 1, 32
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
@@ -50,7 +55,7 @@ def main() -> None:
         run = lambda steps: optimise(target, channels=3, method=method, steps=steps, size=args.size, seed=0,
                                      device=device, to_input=lambda x: (x - mean) / std, magnitude=magnitude,
                                      progress=False)
-        run(2)  # warm-up: allocations, cuDNN autotuning
+        run(min(2, args.steps))  # warm-up: allocations, cuDNN autotuning
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
