@@ -17,6 +17,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import class_rows, list_split
 from polysem.ingest.models import (
@@ -30,12 +33,9 @@ from polysem.ingest.threads import default_num_workers, default_threads, torch_t
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
+from polysem.query.diagnostics import query_error
 from polysem.query.meta import STORE_FORMAT, dataset_root_key, meta_complete, read_meta, write_meta
 from polysem.query.store import as_store
-from polysem.query.diagnostics import query_error
-from torch.utils.data import DataLoader
-
-from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.util import atomic
 from polysem.util.images import ImageRecords, collate
 from polysem.util.progress import progress_bar
@@ -244,7 +244,7 @@ def _settings(existing, model, weights, layer, transform):
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"first difference: class {i} is '{x}' in the store, '{y}' here"
     return f"{len(a)} classes in the store, {len(b)} here"

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from polysem.query import layout
-from polysem.query.diagnostics import damaged_file
 
 from polysem.errors import PolysemError
+from polysem.query import layout
+from polysem.query.diagnostics import damaged_file
 
 DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
 

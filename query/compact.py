@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import itertools
 import os
 import shutil
 import uuid
@@ -33,9 +34,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from polysem.query import layout
 
 from polysem.errors import StoreBusy, StoreError
+from polysem.query import layout
 from polysem.util import atomic
 
 COMPACT_PREFIX = "compact-"
@@ -88,7 +89,7 @@ def lock_split(store_path: Path, split: str):
     never reads a split whose folder is, for the moment, in staging."""
     path = layout.split_lock_path(store_path, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w")
+    handle = open(path, "w")  # noqa: SIM115 -- returned: the open handle is the held lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -169,7 +170,7 @@ def _per_class(table: pa.Table):
     """The slices of a target-sorted table, one per class."""
     targets = table.column("target").to_numpy()
     bounds = [0, *(i for i in range(1, len(targets)) if targets[i] != targets[i - 1]), len(targets)]
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         yield table.slice(start, stop - start)
 
 

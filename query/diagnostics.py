@@ -10,7 +10,7 @@ import duckdb
 from polysem.errors import PolysemError, QueryError, StoreError
 from polysem.query import layout
 
-__all__ = ["first_line", "query_error", "damaged_file", "damaged_catalog"]
+__all__ = ["damaged_catalog", "damaged_file", "first_line", "query_error"]
 
 _FILE_IN_ERROR = re.compile(r"""(?:file|pattern)\s+['"]([^'"]+\.parquet)['"]""", re.IGNORECASE)
 

@@ -7,10 +7,10 @@ return Arrow tables, so a notebook gets exactly what `polysem screen` prints.
 from __future__ import annotations
 
 import pyarrow as pa
-from polysem.query.store import Store
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError
+from polysem.query.store import Store
 
 
 def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:

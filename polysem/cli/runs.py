@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,10 +37,10 @@ def _split_values(values: list[str] | None) -> list[str]:
 
 @command()
 def disentangle(
-    channel: Annotated[Optional[int], typer.Option(help="Channel of the layer of interest to split.")] = None,
-    concept1: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
-    concept2: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
-    concept: Annotated[Optional[list[str]], typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of the layer of interest to split.")] = None,
+    concept1: Annotated[list[str] | None, typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
+    concept2: Annotated[list[str] | None, typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
     rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
     objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
     from_screen: Annotated[bool, typer.Option(help="Take the --limit channels of `polysem screen --concepts` with the lowest between-concept cosine, each with all its concepts.")] = False,
@@ -48,7 +48,7 @@ def disentangle(
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="With --from-screen: the complete-linkage threshold that groups classes into concepts.")] = GAMMA,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
@@ -115,8 +115,8 @@ def disentangle(
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     tau: TauOption = TAU,
-    plots: Annotated[Optional[Path], typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
@@ -143,8 +143,8 @@ def verify(
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic.")] = GAMMA,
-    limit: Annotated[Optional[int], typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     fmt: TableJsonOption = "table",
@@ -168,7 +168,7 @@ def verify(
 
 @command()
 def runs(
-    run_id: Annotated[Optional[str], typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="Show this run's full record instead of the list.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -199,13 +199,13 @@ class Method(str, Enum):
 
 @command()
 def visualize(
-    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
-    channel: Annotated[Optional[int], typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
+    channel: Annotated[int | None, typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
     method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
     size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
@@ -236,7 +236,7 @@ def visualize(
 @command()
 def report(
     out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
     store: StoreOption = DEFAULT_STORE,
 ):

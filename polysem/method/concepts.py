@@ -20,10 +20,10 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import pyarrow as pa
-from polysem.query.screening import arv_cosines, check_limit, check_thresholds
-from polysem.query.store import Store, as_store
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
+from polysem.query.screening import arv_cosines, check_limit, check_thresholds
+from polysem.query.store import Store, as_store
 
 SCHEMA = pa.schema([
     ("channel", pa.int32()),

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from polysem.query.store import Store, as_store
-
 from polysem.constants import EVAL_SPLIT, TAU
 from polysem.errors import RunError
+from polysem.query.store import Store, as_store
 
 __all__ = ["evaluate", "evaluation_numbers", "record_evaluation"]
 
@@ -33,7 +32,6 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
 def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
     """The numbers of `evaluate`, computed in SQL and not recorded."""
     from polysem.ingest.models import resolve_device
-
     from polysem.method.runs import run_row
 
     store.require()

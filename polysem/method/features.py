@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from polysem.ingest.attribution import exact_math
-from polysem.query.store import Store
 from torch import nn
 from torch.utils.data import DataLoader
 
 from polysem.errors import RunError
+from polysem.ingest.attribution import exact_math
+from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
+from polysem.errors import RunError, StoreBusy
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.models import (
     resolve_device,
@@ -25,13 +29,6 @@ from polysem.ingest.models import (
     resolve_model,
     resolve_transform,
 )
-from polysem.query.screening import check_thresholds
-from polysem.query.store import Store, as_store
-from polysem.query.recovery import write_pending
-from torch import nn
-
-from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
-from polysem.errors import RunError, StoreBusy
 from polysem.method.concepts import channel_concepts
 from polysem.method.disentangling import (
     OBJECTIVES,
@@ -45,6 +42,9 @@ from polysem.method.disentangling import (
     split_sources,
 )
 from polysem.method.features import cached_class_maps, remap_paths
+from polysem.query.recovery import write_pending
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
 from polysem.util import atomic
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.version import __version__
@@ -85,7 +85,7 @@ class Run(dict):
             raise AttributeError(name) from None
 
     @classmethod
-    def from_row(cls, row: dict) -> "Run":
+    def from_row(cls, row: dict) -> Run:
         run = cls(row)
         if isinstance(run.get("parameters"), str):
             run["parameters"] = json.loads(run["parameters"])

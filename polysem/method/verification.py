@@ -31,17 +31,17 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
-from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.models import resolve_device, resolve_transform
-from polysem.query.screening import check_thresholds
-from polysem.query.store import Store, as_store
 from torch import nn
 from torch.utils.data import DataLoader
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError
+from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.models import resolve_device, resolve_transform
 from polysem.method.features import cached_array, remap_paths
 from polysem.method.runs import load_model, run_row
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
@@ -128,7 +128,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
 
     weights = expanded.weight.detach().cpu().double().flatten(1)
     channels = []
-    for u, (unit, index) in enumerate(zip(units, indices)):
+    for u, (unit, index) in enumerate(zip(units, indices, strict=True)):
         unit_classes = [c for c in classes if c in fractions and fractions[c][u] >= p]
         cosines = [] if len(unit_classes) < 2 else store.query(
             "SELECT cosine FROM weight_arv_cosine(?, ?)", [weights[index].tolist(), unit_classes]

@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from polysem.query.screening import class_pairs_sharing_a_channel
-from polysem.query.store import Store
-
 from polysem.constants import TAU, P
 from polysem.errors import PolysemError
+from polysem.query.screening import class_pairs_sharing_a_channel
+from polysem.query.store import Store
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -52,7 +52,7 @@ class ImageRecords(Dataset):
             if not isinstance(image, torch.Tensor):
                 return index, None, f"transform returned {type(image).__name__}, not a tensor"
             return index, image, None
-        except Exception as error:  # corrupt, truncated, unreadable: recorded, not fatal
+        except Exception as error:  # noqa: BLE001 -- corrupt, truncated, unreadable: recorded, not fatal
             return index, None, f"{type(error).__name__}: {error}"
 
 
