@@ -21,8 +21,10 @@ from torch.utils.data import DataLoader
 
 from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.dataset import class_rows, list_split
+from polysem.ingest.dataset import SplitListing, class_rows, list_split
 from polysem.ingest.models import (
+    ResolvedModel,
+    ResolvedTransform,
     layer_shape,
     resolve_device,
     resolve_layer,
@@ -93,25 +95,59 @@ def ingest(
     num_workers = default_num_workers() if num_workers is None else num_workers
     _check_options(batch_size, num_workers, limit, rows_per_part, threads)
     store.check_writable()
+    existing = _existing_meta(store)
+    model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    listing = list_split(data_dir, split, classes=classes, limit=limit)
+    _check_listing(store, existing, listing, split)
+    setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir)
+    job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact)
+    return _run_job(job, resolve_device(device))
+
+
+def _existing_meta(store: Store) -> dict | None:
+    """The store's recorded metadata; None for a new store."""
     existing = store.meta(require_complete=False) if store.exists() else None
     if existing is not None and not meta_complete(existing):
         existing = None  # a first ingest stopped before its metadata was committed: start over
-    model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    return existing
+
+
+def _check_listing(store: Store, existing: dict | None, listing: SplitListing, split: str) -> None:
+    """A split of an existing store has the store's class folders, and comes from the folder it came from."""
+    if existing is None:
+        return
+    known = store.table("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
+    if known != listing.folders:
+        raise DataError(
+            f"class folders of {listing.root} differ from the store's {len(known)} classes "
+            f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
+        )
+    recorded_root = existing["dataset_roots"].get(split)
+    if recorded_root is not None and recorded_root != str(listing.root):
+        raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
+                        "ingest this folder as another --split, or into another --store")
+
+
+@dataclass
+class _Setup:
+    """The model, layer and transform resolved and probed, and the store's class table."""
+
+    resolved: ResolvedModel
+    layer: str
+    conv: torch.nn.Conv2d
+    transform: ResolvedTransform
+    class_table: pa.Table
+
+    @property
+    def logits(self) -> list[int]:
+        """class id -> model output index"""
+        return self.class_table.column("logit").to_pylist()
+
+
+def _load_setup(store: Store, existing: dict | None, model: str, weights: str | None, layer: str,
+                transform: str | None, listing: SplitListing, data_dir: str | os.PathLike) -> _Setup:
     model_root = existing.get("model_import_root") if existing else None
     transform_root = existing.get("transform_import_root") if existing else None
-
-    listing = list_split(data_dir, split, classes=classes, limit=limit)
-    if existing is not None:
-        known = store.table("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
-        if known != listing.folders:
-            raise DataError(
-                f"class folders of {listing.root} differ from the store's {len(known)} classes "
-                f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
-            )
-        recorded_root = existing["dataset_roots"].get(split)
-        if recorded_root is not None and recorded_root != str(listing.root):
-            raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
-                            "ingest this folder as another --split, or into another --store")
     resolved = resolve_model(model, weights, import_root=model_root)
     conv = resolve_layer(resolved.model, layer)
     image_transform = resolve_transform(transform, import_root=transform_root)
@@ -121,47 +157,67 @@ def ingest(
             "use the same weights or another --store"
         )
     n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
-    if existing is not None:
-        class_table = store.table("SELECT * FROM classes ORDER BY class_id")
-        bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
-        if bad:
-            raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
-                             "use the model the store was made with")
-    else:
-        class_table = pa.Table.from_pylist(
-            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
-    logits = class_table.column("logit").to_pylist()  # class id -> model output index
+    class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
+    return _Setup(resolved, layer, conv, image_transform, class_table)
 
-    run_device = resolve_device(device)
+
+def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike, listing: SplitListing,
+                 resolved: ResolvedModel) -> pa.Table:
+    """The store's classes, or, for a new store, the classes of the listing with their logits."""
+    if existing is None:
+        return pa.Table.from_pylist(
+            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
+    class_table = store.table("SELECT * FROM classes ORDER BY class_id")
+    bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
+    if bad:
+        raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
+                         "use the model the store was made with")
+    return class_table
+
+
+@dataclass
+class _Job:
+    """What one ingest writes, and how."""
+
+    store: Store
+    split: str
+    listing: SplitListing
+    setup: _Setup
+    batch_size: int
+    num_workers: int
+    threads: int | None
+    rows_per_part: int
+    progress: bool
+    compact: bool
+
+
+def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
+    """Every rank attributes its share of the images not yet stored; rank 0 creates the store first,
+    holds the split's lock throughout, and compacts the split at the end."""
+    store, split = job.store, job.split
     rank, world_size, own_group = _init_distributed(run_device)
     lock = None
     try:
-        failure = None
-        if rank == 0:  # nothing above wrote anything; from here on the store is created or extended
-            try:
-                _prepare_store(store, resolved, layer, conv, image_transform, class_table, split, listing)
-                lock = lock_split(store.path, split)
-            except PolysemError as error:
-                failure = error
-        failure = _shared_from_rank0(failure, world_size)  # so no rank waits for a rank that gave up
-        if failure is not None:
-            raise failure
+        lock = _prepare_on_rank0(job, rank, world_size)
         stored = stored_ids(store.path, split)
         _barrier(world_size)  # every rank read the same `stored` before any rank writes
-        todo = [r for r in listing.records if r.image_id not in stored]  # unreadable ones are retried
+        records = job.listing.records
+        todo = [r for r in records if r.image_id not in stored]  # unreadable ones are retried
         mine = todo[rank::world_size]
-        summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
+        summary = IngestSummary(store.path, split, len(records), len(records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)):
-            _run(resolved.model.to(run_device), conv, image_transform, mine, logits, split, store.path, rank,
-                 rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
+        setup = job.setup
+        with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):
+            _run(setup.resolved.model.to(run_device), setup.conv, setup.transform, mine, setup.logits, split,
+                 store.path, rank, job.rows_per_part, job.batch_size, job.num_workers, run_device,
+                 job.progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
         if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
-        if compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
+        if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             compact_split(store.path, split)
         return summary
     finally:
@@ -169,6 +225,26 @@ def ingest(
             lock.close()  # closing the file releases the lock
         if own_group:
             dist.destroy_process_group()
+
+
+def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
+    """Rank 0 creates or extends the store and takes the split's lock (returned); a failure there
+    is raised on every rank, so no rank waits for a rank that gave up."""
+    failure, lock = None, None
+    if rank == 0:  # nothing before wrote anything; from here on the store is created or extended
+        setup = job.setup
+        try:
+            _prepare_store(job.store, setup.resolved, setup.layer, setup.conv, setup.transform, setup.class_table,
+                           job.split, job.listing)
+            lock = lock_split(job.store.path, job.split)
+        except PolysemError as error:
+            failure = error
+    failure = _shared_from_rank0(failure, world_size)
+    if failure is not None:
+        if lock is not None:
+            lock.close()
+        raise failure
+    return lock
 
 
 def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int,

@@ -62,38 +62,54 @@ def disentangle(
     _check_format(fmt, ("table", "json"))
     import warnings
 
-    from polysem.method.runs import (
-        ChannelRequest,
-        disentangle_channels,
-        requests_from_screen,
-    )
+    from polysem.method.runs import disentangle_candidates, disentangle_channels
 
     target = _store(store)
-    if from_screen:
-        if channel is not None or concept1 or concept2 or concept:
-            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
-        if limit < 1:
-            raise PolysemError(f"--limit must be at least 1, got {limit}")
-        requests = requests_from_screen(target, tau=tau, p=p, gamma=gamma)  # all candidates, best first
-    else:
-        if limit != 1 or gamma != GAMMA:
-            raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
-                               "--channel and its concepts")
-        if concept and (concept1 or concept2):
-            raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
-        concepts = ([_split_values([c]) for c in concept] if concept
-                    else [_split_values(concept1), _split_values(concept2)])
-        if channel is None or len(concepts) < 2 or not all(concepts):
-            raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
-                               "repeated), or --from-screen")
-        requests = [ChannelRequest(channel, concepts)]
+    options = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
+               "batch_size": batch_size, "tau": tau, "p": p}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
-                                    device=device, batch_size=batch_size, tau=tau, p=p,
-                                    take=limit if from_screen else None)
+        if from_screen:
+            runs = disentangle_candidates(target, _screen_candidates(target, channel, concept1, concept2, concept,
+                                                                     tau=tau, p=p, gamma=gamma),
+                                          take=limit, **options)
+        else:
+            runs = disentangle_channels(target, [_named_request(channel, concept1, concept2, concept, limit, gamma)],
+                                        **options)
     for warning in caught:
         typer.echo(f"Warning: {warning.message}", err=True)
+    _print_runs(runs, fmt, target.path)
+
+
+def _screen_candidates(target, channel: int | None, concept1: list[str] | None, concept2: list[str] | None,
+                       concept: list[str] | None, *, tau: float, p: float, gamma: float) -> list:
+    """`--from-screen`: every candidate of the screening, best first (`disentangle_candidates` takes --limit)."""
+    from polysem.method.runs import requests_from_screen
+
+    if channel is not None or concept1 or concept2 or concept:
+        raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
+    return requests_from_screen(target, tau=tau, p=p, gamma=gamma)
+
+
+def _named_request(channel: int | None, concept1: list[str] | None, concept2: list[str] | None,
+                   concept: list[str] | None, limit: int, gamma: float):
+    """The one channel and the concepts named on the command line."""
+    from polysem.method.runs import ChannelRequest
+
+    if limit != 1 or gamma != GAMMA:
+        raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
+                           "--channel and its concepts")
+    if concept and (concept1 or concept2):
+        raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
+    concepts = ([_split_values([c]) for c in concept] if concept
+                else [_split_values(concept1), _split_values(concept2)])
+    if channel is None or len(concepts) < 2 or not all(concepts):
+        raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
+                           "repeated), or --from-screen")
+    return ChannelRequest(channel, concepts)
+
+
+def _print_runs(runs: list, fmt: str, store_path: Path) -> None:
     if fmt == "json":
         rows = [json.loads(json.dumps(run, default=str)) for run in runs]
         typer.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
@@ -105,7 +121,7 @@ def disentangle(
             f"run {run['run_id']}: channel {run['channel']}, concepts {concepts_text}, "
             f"rho {run['rho']} ({run['objective']}), sources {sources_text} / {len(run['shared'])} shared, "
             f"max |logit change| {run['max_logit_diff']:.2g} "
-            f"on {run['parameters']['check_images']} images -> {target.path / run['artifact']}"
+            f"on {run['parameters']['check_images']} images -> {store_path / run['artifact']}"
         )
         for message in run["warnings"]:
             typer.echo(f"Warning: {message}", err=True)
