@@ -125,7 +125,7 @@ def _check_listing(store: Store, existing: dict | None, listing: SplitListing, s
     recorded_root = existing["dataset_roots"].get(split)
     if recorded_root is not None and recorded_root != str(listing.root):
         raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
-                        "ingest this folder as another --split, or into another --store")
+                        "ingest this folder as another `split`, or into another `store`")
 
 
 @dataclass
@@ -154,7 +154,7 @@ def _load_setup(store: Store, existing: dict | None, model: str, weights: str | 
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
-            "use the same weights or another --store"
+            "use the same weights or another `store`"
         )
     n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
@@ -250,15 +250,15 @@ def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
 def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int,
                    threads: int | None) -> None:
     if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
     if num_workers < 0:
-        raise DataError(f"--num-workers must be 0 (load in this process) or more, got {num_workers}")
+        raise DataError(f"`num_workers` must be 0 (load in this process) or more, got {num_workers}")
     if limit is not None and limit < 1:
-        raise DataError(f"--limit must be at least 1 image per class, got {limit}; omit it for all images")
+        raise DataError(f"`limit` must be at least 1 image per class, got {limit}; omit it for all images")
     if threads is not None and threads < 1:
-        raise DataError(f"--threads must be at least 1, got {threads}; omit it to choose from the cores")
+        raise DataError(f"`threads` must be at least 1, got {threads}; omit it to choose from the cores")
     if rows_per_part < 1:
-        raise DataError(f"--rows-per-part must be at least 1, got {rows_per_part}")
+        raise DataError(f"`rows_per_part` must be at least 1, got {rows_per_part}")
 
 
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
@@ -277,18 +277,18 @@ def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, 
         _, image, error = ImageRecords([record], transform)[0]
         if error is not None:
             if error.startswith("transform returned"):
-                raise ModelError(f"--transform on {record.path}: {error}; it must return a C x H x W tensor")
+                raise ModelError(f"`transform` on {record.path}: {error}; it must return a C x H x W tensor")
             errors.append(f"{record.path}: {error}")
             continue
         if image.dim() != 3:
-            raise ModelError(f"--transform gave a tensor of shape {tuple(image.shape)} for {record.path}; "
+            raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
                              "it must return C x H x W")
         try:
             with torch.no_grad(), layer_probe(conv) as seen:
                 output = model(image.unsqueeze(0))
         except (Exception, SystemExit) as failure:
             raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
-                             f"{type(failure).__name__}: {_first_line(failure)}; check --model, --weights and --transform"
+                             f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
                              ) from failure
         if "output" not in seen:
             raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a conv layer that "
@@ -310,11 +310,11 @@ def _first_line(error: BaseException) -> str:
 def _settings(existing, model, weights, layer, transform):
     if existing is None:
         return model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform
-    for option, given, recorded in (("--model", model, existing["model"]), ("--layer", layer, existing["layer"]),
-                                    ("--transform", transform, existing["transform"])):
+    for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
+                                    ("transform", transform, existing["transform"])):
         if given is not None and given != recorded:
             raise StoreMismatch(
-                f"the store holds {option} {recorded}, not {given}; omit {option} or use another --store"
+                f"the store holds `{option}`={recorded}, not {given}; omit `{option}` or use another `store`"
             )
     return existing["model"], weights or existing["weights"], existing["layer"], existing["transform"]
 
@@ -357,7 +357,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             for key in ("model", "weights_sha256", "layer", "transform"):
                 if meta[key] != wanted[key]:
                     raise StoreMismatch(f"the store was just created by another ingest with {key} {meta[key]}, "
-                                        f"not {wanted[key]}; use the same settings or another --store")
+                                        f"not {wanted[key]}; use the same settings or another `store`")
         else:
             layout.write_schema_files(store.path)
             atomic.write_atomic(class_table, store.path / "classes.parquet")
@@ -377,7 +377,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             recorded = read_meta(conn)["dataset_roots"].get(split)
             if recorded is not None and recorded != str(listing.root):
                 raise DataError(f"split '{split}' of this store was ingested from {recorded}, not {listing.root}; "
-                                "ingest this folder as another --split, or into another --store")
+                                "ingest this folder as another `split`, or into another `store`")
             write_meta(conn, {dataset_root_key(split): str(listing.root)})
             conn.execute("COMMIT")
 

@@ -59,9 +59,9 @@ def check_store(store, repair: bool = False) -> CheckReport:
     out_channels = meta.get("layer_shape", {}).get("out_channels")
     if weight_rows is not None and out_channels is not None and weight_rows != out_channels:
         report.problems.append(f"{root / 'layer_weights.parquet'} has {weight_rows} rows but the layer has "
-                               f"{out_channels} channels; ingest into a new --store")
+                               f"{out_channels} channels; ingest into a new `store`")
     if class_rows == 0:
-        report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new --store")
+        report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:
         artifact = root / run["artifact"]
         if not artifact.is_file():

@@ -69,7 +69,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
                     | ({p.name.removesuffix(".old") for p in staged.iterdir()} if staged.is_dir() else set()))
     if split is not None:
         if split not in splits:
-            raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check --split")
+            raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check `split`")
         splits = [split]
     summaries = []
     for name in splits:

@@ -45,10 +45,10 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     elif parts and parts[-1] == "empty.parquet" or "*" in str(relative):
         fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
     else:
-        fix = "it is written when the store is created: restore it from a backup, or ingest into a new --store"
+        fix = "it is written when the store is created: restore it from a backup, or ingest into a new `store`"
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
 
 
 def damaged_catalog(catalog: Path, error: Exception) -> StoreError:
     return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "
-                      "or ingest into a new --store")
+                      "or ingest into a new `store`")

@@ -17,6 +17,7 @@ from polysem.cli.app import (
     TauOption,
     _check_format,
     _store,
+    as_flags,
     command,
 )
 from polysem.cli.output import (
@@ -77,7 +78,7 @@ def disentangle(
             runs = disentangle_channels(target, [_named_request(channel, concept1, concept2, concept, limit, gamma)],
                                         **options)
     for warning in caught:
-        typer.echo(f"Warning: {warning.message}", err=True)
+        typer.echo(f"Warning: {as_flags(str(warning.message))}", err=True)
     _print_runs(runs, fmt, target.path)
 
 

@@ -16,6 +16,7 @@ from polysem.cli.app import (
     _check_format,
     _class_list,
     _store,
+    as_flags,
     command,
 )
 from polysem.cli.output import (
@@ -169,7 +170,7 @@ def check(
     for line in report.repaired:
         typer.echo(f"repaired: {line}")
     for line in report.problems:
-        typer.echo(f"problem: {line}")
+        typer.echo(f"problem: {as_flags(line)}")
     if not report.ok:
         raise PolysemError(f"{len(report.problems)} problem(s) in {store}; each line above names the file and the fix")
     typer.echo(f"ok: {report.files} Parquet files, {report.rows} rows, readable and consistent with the catalog")

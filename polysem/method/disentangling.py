@@ -155,7 +155,7 @@ def best_rho(scores: list[dict]) -> float:
     if not valid:
         raise RunError("at every rho of the grid some concept has no l-1 channel of its own (its channel would equal "
                        "the residual); the concepts' ARVs do not separate: choose other concepts, or pass "
-                       "--rho VALUE --force")
+                       "`rho`=VALUE `force`")
     return max(valid, key=lambda row: (row["separated"], row["objective_value"]))["rho"]
 
 

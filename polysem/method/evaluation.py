@@ -38,7 +38,7 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
-        raise RunError(f"--tau must be in [0, 1], got {tau}")
+        raise RunError(f"`tau` must be in [0, 1], got {tau}")
     n_val = store.query("SELECT count(*) AS n FROM samples WHERE split = ?", [EVAL_SPLIT]).column("n")[0].as_py()
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "

@@ -47,7 +47,7 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
     for row in rows:
         if not Path(row["path"]).is_file():
             raise RunError(
-                f"image {row['path']} is missing (moved since ingest?); pass --data with the folder that now holds "
+                f"image {row['path']} is missing (moved since ingest?); pass `data_dir` with the folder that now holds "
                 f"the {split} split"
             )
     return rows
@@ -65,7 +65,7 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                 raise RunError(f"cannot read {records[index].path}: {message}")
             if len(groups) != 1:
                 raise RunError(f"the images of {label} have different sizes after the transform; the rho search "
-                               "needs one size: use a --transform that resizes")
+                               "needs one size: use a `transform` that resizes")
             indices, images = groups[0]
             with exact_math():
                 layer_input = input_of(model, layer, images.to(device))

@@ -154,17 +154,17 @@ class _Options:
 def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | None, force: bool, batch_size: int,
              progress: bool, tau: float, p: float) -> _Options:
     if objective not in OBJECTIVES:
-        raise RunError(f"unknown --objective '{objective}'; use abs (paper) or positive (reference code)")
+        raise RunError(f"unknown `objective` '{objective}'; use abs (paper) or positive (reference code)")
     fixed_rho = None
     if rho != "auto":
         try:
             fixed_rho = float(rho)
         except ValueError:
-            raise RunError(f"bad --rho '{rho}': use auto or a number in (0, 1]") from None
+            raise RunError(f"bad `rho` '{rho}': use auto or a number in (0, 1]") from None
         if not 0 < fixed_rho <= 1:
-            raise RunError(f"--rho must be in (0, 1], got {fixed_rho}")
+            raise RunError(f"`rho` must be in (0, 1], got {fixed_rho}")
     if batch_size < 1:
-        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
+        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     check_thresholds(tau, p)
     return _Options(fixed_rho, objective, force, data_dir, batch_size, progress, tau, p)
 
@@ -177,8 +177,8 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
         raise RunError(f"channel {request.channel} is out of range; the layer has channels 0..{out_channels - 1}")
     concepts = [resolve_classes(store, concept) for concept in request.concepts]
     if len(concepts) < 2 or not all(concepts):
-        raise RunError("give at least two concepts of at least one class each: --concept1 and --concept2, "
-                       "or --concept once per concept")
+        raise RunError("give at least two concepts of at least one class each: `concept1` and `concept2`, "
+                       "or `concepts` with one list of classes per concept")
     everything = [c for concept in concepts for c in concept]
     twice = sorted({c for c in everything if everything.count(c) > 1})
     if twice:
@@ -198,7 +198,7 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
         message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
                    f"{', '.join(map(str, missing))}")
         if not force:
-            raise RunError(message + "; pass --force to disentangle it anyway")
+            raise RunError(message + "; pass `force` to disentangle it anyway")
         warnings.warn(message, RelevanceWarning, stacklevel=4)
     return _Plan(request.channel, concepts)
 
@@ -217,11 +217,11 @@ def requests_from_screen(store: Store, limit: int | None = None, tau: float = TA
     """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
     with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
     if limit is not None and limit < 1:
-        raise RunError(f"--limit must be at least 1, got {limit}")
+        raise RunError(f"`limit` must be at least 1, got {limit}")
     rows = channel_concepts(store, tau, p, gamma, limit=limit).to_pylist()
     if not rows:
         raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "
-                       "to disentangle; try a larger --gamma or a smaller --p")
+                       "to disentangle; try a larger `gamma` or a smaller `p`")
     return [ChannelRequest(row["channel"], row["concepts"]) for row in rows]
 
 
@@ -289,7 +289,7 @@ def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
         message = (f"at rho {rho} concept {', '.join(map(str, plan.split.empty_concepts))} of channel "
                    f"{plan.channel} has no l-1 channel of its own, so its new channel equals the residual")
         if not force:
-            raise RunError(message + "; choose another --rho (or --rho auto), or pass --force")
+            raise RunError(message + "; choose another `rho` (or `rho`=auto), or pass `force`")
         plan.warnings.append(message)
 
 
@@ -361,7 +361,7 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
                        progress=progress, tau=tau, p=p)
     if take < 1:
-        raise RunError(f"--limit must be at least 1, got {take}")
+        raise RunError(f"`take` must be at least 1, got {take}")
     out_channels = _check_channels(store, candidates)
     base = _Base.load(store, device)
     plans = []
@@ -377,7 +377,7 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
         plans.append(plan)
     if not plans:
         raise RunError("no candidate channel splits at any rho of the grid (each leaves a concept without an l-1 "
-                       "channel of its own); try a smaller --gamma or name channels and concepts yourself")
+                       "channel of its own); try a smaller `gamma` or name channels and concepts yourself")
     return _build_check_record(store, base, plans, options)
 
 

@@ -87,9 +87,9 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
     store.require()
     check_thresholds(tau, p, gamma)
     if limit is not None and limit < 1:
-        raise RunError(f"--limit must be at least 1, got {limit}")
+        raise RunError(f"`limit` must be at least 1, got {limit}")
     if batch_size < 1:
-        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
+        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     run = run_row(store, run_id)
     relevant = store.query("SELECT class_id FROM relevant_pairs(tau := ?, p := ?) WHERE channel = ?",
                            [tau, p, run["channel"]]).column("class_id").to_pylist()

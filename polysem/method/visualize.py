@@ -248,7 +248,7 @@ def _forward(target: Target, x: torch.Tensor) -> torch.Tensor:
         return forward_to(target.model, target.module, x)
     except RuntimeError as error:
         raise RunError(f"the model does not run on {tuple(x.shape[-2:])} images ({str(error).splitlines()[0]}); "
-                       "choose a --size the model accepts, e.g. its input size") from error
+                       "choose a `size` the model accepts, e.g. its input size") from error
 
 
 def unit_activations(target: Target, images: torch.Tensor, to_input: Callable, device) -> np.ndarray:
@@ -314,13 +314,13 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     store = store if isinstance(store, Store) else Store(store)
     store.require()
     if method not in METHODS:
-        raise RunError(f"unknown --method '{method}'; use one of {', '.join(METHODS)}")
+        raise RunError(f"unknown `method` '{method}'; use one of {', '.join(METHODS)}")
     if steps < 1 or not 8 <= size <= MAX_SIZE:
-        raise RunError(f"--steps must be at least 1 and --size from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
+        raise RunError(f"`steps` must be at least 1 and `size` from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
     if not 0 <= seed < 2**63:
-        raise RunError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
+        raise RunError(f"`seed` must be from 0 to 2**63 - 1, got {seed}")
     if (run_id is None) == (channel is None):
-        raise RunError("give a RUN_ID or --channel C (a channel of the stored model), one of the two")
+        raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
     layer_name = store.meta()["layer"]
     if run_id is not None:
         run = run_row(store, run_id)

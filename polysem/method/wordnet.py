@@ -52,7 +52,7 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
         raise PolysemError(
             f"WordNet not found: nltk has no wordnet and {source} lacks {', '.join(missing[:3])}; "
             "run python -c \"import nltk; nltk.download('wordnet')\" or install Debian's wordnet-base "
-            "(or pass --wordnet-dir with a WordNet 3.0 dict folder)"
+            "(or pass `wordnet_dir` with a WordNet 3.0 dict folder)"
         )
     target = cache_dir() / "nltk_data" / "corpora" / "wordnet"
     if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]):

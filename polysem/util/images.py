@@ -75,6 +75,6 @@ def collate_one_size(items, what: str = "the images"):
     groups, failures = collate(items)
     if len(groups) > 1:
         sizes = ", ".join("x".join(map(str, images.shape[1:])) for _, images in groups)
-        raise DataError(f"{what} have different sizes after the transform ({sizes}); use a --transform that resizes")
+        raise DataError(f"{what} have different sizes after the transform ({sizes}); use a `transform` that resizes")
     indices, images = groups[0] if groups else ([], None)
     return indices, images, failures
