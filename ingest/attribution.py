@@ -17,6 +17,8 @@ from torch import nn
 
 from polysem.util.hooks import hooked
 
+__all__ = ["BatchAttribution", "attribute_batch", "conv_padding", "exact_math", "input_window_sums", "layer_probe"]
+
 
 @dataclass
 class BatchAttribution:

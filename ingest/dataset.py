@@ -16,6 +16,8 @@ from torchvision.datasets import ImageFolder
 from polysem.errors import DataError
 from polysem.util.images import ImageRecord
 
+__all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file"]
+
 WNID = re.compile(r"^n\d{8}$")
 CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "wnid": ..., "logit": ...}}
 

@@ -22,6 +22,8 @@ from torchvision import transforms
 from polysem.errors import ModelError
 from polysem.util.imports import importable_from
 
+__all__ = ["DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "ResolvedModel", "ResolvedTransform", "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_TRANSFORM = "imagenet"  # resize 256, center crop 224, ImageNet normalisation

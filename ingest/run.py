@@ -43,6 +43,8 @@ from polysem.util.images import ImageRecords, collate
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
 
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PROBE_TRIES", "WORKER_PRELOAD", "WORKER_START_ENV", "IngestSummary", "ingest", "probe_model", "stored_ids", "worker_context"]
+
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
 

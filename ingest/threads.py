@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
+__all__ = ["cores_per_process", "default_num_workers", "default_threads", "torch_threads"]
+
 
 def cores_per_process() -> int:
     """Cores this process may use, divided among torchrun's ranks on this node."""

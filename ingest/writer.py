@@ -11,6 +11,8 @@ import pyarrow as pa
 from polysem.query import layout
 from polysem.util import atomic
 
+__all__ = ["PartWriter", "list_column"]
+
 
 def list_column(matrix: np.ndarray) -> pa.Array:
     """An N x D float32 matrix as a Parquet-friendly list<float> column."""

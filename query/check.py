@@ -18,6 +18,8 @@ from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 
+__all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
+
 DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
 
 

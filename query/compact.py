@@ -39,6 +39,8 @@ from polysem.errors import StoreBusy, StoreError
 from polysem.query import layout
 from polysem.util import atomic
 
+__all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactSummary", "compact", "compact_split", "lock_split"]
+
 COMPACT_PREFIX = "compact-"
 FILE_ROWS = 16_384  # rows per compacted file: about 160 MB of ResNet-50 rows, what one rewrite holds in memory
 ROW_GROUP_ROWS = 4_096  # a class with more images gets several row groups, each still of that class only

@@ -12,6 +12,8 @@ from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError
 from polysem.query.store import Store
 
+__all__ = ["arv_cosines", "check_limit", "check_thresholds", "class_pairs_sharing_a_channel", "polysemantic_pairs"]
+
 
 def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
     for name, value in (("tau", tau), ("p", p), ("gamma", gamma)):
@@ -36,7 +38,7 @@ def check_limit(limit: int | None) -> None:
         raise QueryError(f"`limit` must be at least 1, got {limit}; omit it for all rows")
 
 
-def polysemantic_pairs(store: Store, tau: float = TAU, p: float = P, gamma: float = GAMMA,
+def polysemantic_pairs(store: Store, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
                        limit: int | None = None, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
     """Candidate (channel, class1, class2) triples with ARV cosine below gamma, lowest first."""
     check_thresholds(tau, p, gamma)

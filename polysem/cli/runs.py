@@ -171,7 +171,7 @@ def verify(
     _check_format(fmt, ("table", "json"))
     from polysem.method.verification import verify as run_verify
 
-    result = run_verify(_store(store), run_id, tau, p, gamma, limit=limit, data_dir=data, device=device,
+    result = run_verify(_store(store), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data, device=device,
                         batch_size=batch_size, progress=fmt == "table")
     if fmt == "json":
         typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels", "classes", "n_images")}

@@ -41,14 +41,14 @@ def screen(
     if concepts:
         from polysem.method.concepts import channel_concepts
 
-        result = channel_concepts(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+        result = channel_concepts(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
         if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
             result = result.select(["channel", "concepts", "names", "min_cosine"])
         render_concepts(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
         return
     from polysem.query.screening import polysemantic_pairs
 
-    result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+    result = polysemantic_pairs(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
     render_screen(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
 
 

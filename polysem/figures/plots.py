@@ -16,6 +16,8 @@ from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, TAU, P
 
+__all__ = ["activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "wordnet_scatter"]
+
 
 def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: float = TAU, p: float = P,
                     gamma: float = GAMMA) -> Path:

@@ -24,6 +24,8 @@ from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
+__all__ = ["cached_array", "cached_class_maps", "class_records", "compute_feature_maps", "feature_maps", "remap_paths"]
+
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
     return store.query(

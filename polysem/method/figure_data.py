@@ -16,6 +16,8 @@ from polysem.constants import EVAL_SPLIT
 from polysem.errors import PolysemError, RunError
 from polysem.query.store import Store
 
+__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "class_names", "photo_as_input", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images"]
+
 TOP, SHOWN = 16, 6
 
 

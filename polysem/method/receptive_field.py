@@ -20,6 +20,8 @@ from torch import nn
 
 from polysem.util.hooks import forward_to
 
+__all__ = ["receptive_fields"]
+
 Box = tuple[int, int, int, int]  # top, left, bottom, right; bottom and right exclusive
 
 

@@ -51,6 +51,8 @@ from polysem.util import atomic
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.version import __version__
 
+__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
+
 LOGIT_TOLERANCE = 1e-4  # max |logit change| allowed, relative to max(1, max |logit|): float32 rounding
 CHECK_IMAGES = 32
 
@@ -212,13 +214,13 @@ def _check_channels(store: Store, requests: list[ChannelRequest]) -> int:
     return out_channels
 
 
-def requests_from_screen(store: Store, limit: int | None = None, tau: float = TAU, p: float = P,
+def requests_from_screen(store: Store, *, limit: int | None = None, tau: float = TAU, p: float = P,
                          gamma: float = GAMMA) -> list[ChannelRequest]:
     """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
     with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
     if limit is not None and limit < 1:
         raise RunError(f"`limit` must be at least 1, got {limit}")
-    rows = channel_concepts(store, tau, p, gamma, limit=limit).to_pylist()
+    rows = channel_concepts(store, tau=tau, p=p, gamma=gamma, limit=limit).to_pylist()
     if not rows:
         raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "
                        "to disentangle; try a larger `gamma` or a smaller `p`")

@@ -45,6 +45,8 @@ from polysem.query.store import Store, as_store
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
+__all__ = ["layer_attributions", "relevant_fraction", "verify"]
+
 
 def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
                        device: torch.device, batch_size: int = 64, progress: bool = True,
@@ -75,7 +77,7 @@ def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
     return float(relevant.mean()) if len(relevant) else 0.0
 
 
-def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: float = P, gamma: float = GAMMA, *,
+def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
            limit: int | None = None, data_dir=None, device: str = "auto", batch_size: int = 64,
            progress: bool = True) -> dict:
     """Screen the new channels c'_1..c'_k of a run; returns and records

@@ -41,6 +41,8 @@ from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import forward_to
 
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
+
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
 ARTIFACTS = Path("artifacts") / "visualizations"

@@ -19,6 +19,8 @@ from polysem.errors import PolysemError
 from polysem.query.screening import class_pairs_sharing_a_channel
 from polysem.query.store import Store
 
+__all__ = ["DEBIAN_WORDNET", "DICT_FILES", "cache_dir", "compute_class_similarity", "load_wordnet", "similarity_points", "synset"]
+
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")

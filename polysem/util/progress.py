@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+__all__ = ["RateColumn", "progress_bar"]
+
 
 class RateColumn(ProgressColumn):
     def __init__(self, unit: str = "img"):
