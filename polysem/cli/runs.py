@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,7 +66,7 @@ def disentangle(
     from polysem.method.runs import disentangle_candidates, disentangle_channels
 
     target = _store(store)
-    options = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
+    options: dict[str, Any] = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
                "batch_size": batch_size, "tau": tau, "p": p}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
