@@ -58,7 +58,12 @@ demo: $(STAMP) system-packages
 	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
 # one pytest worker per core: most of the suite's time is subprocesses importing torch
+# ruff (pyproject's rules on the package; undefined and unused names in tests, bench and examples) and mypy
+# (tools/typecheck.py: the package laid out as installed) before the tests
 test: $(STAMP) system-packages
+	$(PY) -m ruff check polysem ingest query sql
+	$(PY) -m ruff check --select F tests bench examples
+	$(PY) tools/typecheck.py
 	$(PY) -m pytest -q -n auto
 
 # every script in bench/ (tests/test_bench.py checks this list and runs each at a tiny size);

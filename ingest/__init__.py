@@ -18,4 +18,4 @@ class _IngestModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _IngestModule
 ingest = _ingest
-__all__ = ["ingest", "IngestSummary"]
+__all__ = ["IngestSummary", "ingest"]

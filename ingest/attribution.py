@@ -7,15 +7,17 @@ backward pass of the target logits runs only through the layers after l.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from polysem.util.hooks import hooked
+
+__all__ = ["BatchAttribution", "attribute_batch", "conv_padding", "exact_math", "input_window_sums", "layer_probe"]
 
 
 @dataclass
@@ -64,7 +66,7 @@ def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, i
         if layer.padding == "valid":
             return (0, 0, 0, 0)
         pads = []
-        for k, d in zip(reversed(layer.kernel_size), reversed(layer.dilation)):
+        for k, d in zip(reversed(layer.kernel_size), reversed(layer.dilation), strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return tuple(pads)

@@ -16,6 +16,8 @@ from torchvision.datasets import ImageFolder
 from polysem.errors import DataError
 from polysem.util.images import ImageRecord
 
+__all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file"]
+
 WNID = re.compile(r"^n\d{8}$")
 CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "wnid": ..., "logit": ...}}
 
@@ -36,7 +38,7 @@ def image_id(split: str, relative_path: str) -> int:
 def check_split_name(split: str) -> None:
     """A split is one folder name under DATA_DIR; anything else could write outside the store."""
     if not split or split in (".", "..") or "/" in split or "\\" in split or "\0" in split or Path(split).is_absolute():
-        raise DataError(f"bad --split '{split}': give the name of one folder under DATA_DIR, e.g. train or val")
+        raise DataError(f"bad `split` '{split}': give the name of one folder under DATA_DIR, e.g. train or val")
 
 
 def list_split(data_dir: str | Path, split: str, classes: list[int] | None = None, limit: int | None = None) -> SplitListing:
@@ -49,7 +51,7 @@ def list_split(data_dir: str | Path, split: str, classes: list[int] | None = Non
     if not root.is_dir():
         present = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
         hint = f" (it has: {', '.join(present[:6])})" if present else " (it is empty)"
-        raise DataError(f"split folder {root} does not exist{hint}; pass --split with one of them")
+        raise DataError(f"split folder {root} does not exist{hint}; pass `split` with one of them")
     _refuse_looping_links(root)
     try:
         folder = ImageFolder(str(root), allow_empty=True)
@@ -61,7 +63,7 @@ def list_split(data_dir: str | Path, split: str, classes: list[int] | None = Non
     wanted = None
     if classes is not None:
         if not classes:
-            raise DataError("--classes is empty; give class ids separated by commas, e.g. 0,5,17")
+            raise DataError("`classes` is empty; give class ids separated by commas, e.g. 0,5,17")
         bad = [c for c in classes if not 0 <= c < len(folders)]
         if bad:
             raise DataError(f"class ids {bad} are out of range; {root} has classes 0..{len(folders) - 1}")

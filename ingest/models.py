@@ -10,9 +10,9 @@ import difflib
 import hashlib
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -21,6 +21,8 @@ from torchvision import transforms
 
 from polysem.errors import ModelError
 from polysem.util.imports import importable_from
+
+__all__ = ["DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "ResolvedModel", "ResolvedTransform", "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,11 +67,11 @@ def resolve_model(model_spec: str, weights_spec: str | None, import_root: str | 
             raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
         weights_spec = weights_spec or "own"
         if weights_spec.startswith("random"):
-            raise ModelError("--weights random is for torchvision models; a callable model builds its own weights")
+            raise ModelError("`weights`=random is for torchvision models; a callable model builds its own weights")
         if weights_spec not in ("own", "imagenet"):
             _load_state_dict_file(model, weights_spec, model_spec)
         elif weights_spec == "imagenet":
-            raise ModelError("--weights imagenet is for torchvision models; pass a state_dict path for a callable model")
+            raise ModelError("`weights`=imagenet is for torchvision models; pass a state_dict path for a callable model")
     else:
         model, weights_spec = _torchvision_model(model_spec, weights_spec or "imagenet")
     model.eval()
@@ -110,7 +112,7 @@ def _random_seed(spec: str) -> int:
     try:
         return int(seed or 0)
     except ValueError:
-        raise ModelError(f"bad --weights '{spec}': use random or random:SEED with an integer seed") from None
+        raise ModelError(f"bad `weights` '{spec}': use random or random:SEED with an integer seed") from None
 
 
 def imagenet_weights(name: str):
@@ -130,14 +132,14 @@ def _imagenet_state_dict(name: str) -> dict:
         if os.environ.get(OFFLINE_ENV):
             raise ModelError(
                 f"ImageNet weights for {name} are not in the torch cache: place {filename} "
-                f"(from {weights.url}) at {cached}, or pass --weights PATH"
+                f"(from {weights.url}) at {cached}, or pass `weights`=PATH"
             )
         try:
             return weights.get_state_dict(progress=True)
         except Exception as error:  # any network failure means the same thing to the user
             raise ModelError(
                 f"could not download {weights.url} ({type(error).__name__}); place {filename} at {cached} "
-                "or pass --weights PATH"
+                "or pass `weights`=PATH"
             ) from error
     return torch.load(cached, map_location="cpu", weights_only=True)
 
@@ -190,7 +192,7 @@ def resolve_device(spec: str) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+            raise ModelError("`device`=cuda was asked for but no CUDA device is available; use `device`=cpu")
         if spec == "cuda":
             index = int(os.environ.get("LOCAL_RANK", "0"))
             if index >= torch.cuda.device_count():
@@ -198,11 +200,11 @@ def resolve_device(spec: str) -> torch.device:
                                  "visible; start at most that many processes per node (torchrun --nproc-per-node)")
             return torch.device("cuda", index)
     elif spec != "cpu":
-        raise ModelError(f"unknown --device '{spec}'; use auto, cpu or cuda")
+        raise ModelError(f"unknown `device` '{spec}'; use auto, cpu or cuda")
     try:
         return torch.device(spec)
     except RuntimeError:
-        raise ModelError(f"unknown --device '{spec}'; use auto, cpu or cuda") from None
+        raise ModelError(f"unknown `device` '{spec}'; use auto, cpu or cuda") from None
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:

@@ -17,9 +17,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.dataset import class_rows, list_split
+from polysem.ingest.dataset import SplitListing, class_rows, list_split
 from polysem.ingest.models import (
+    ResolvedModel,
+    ResolvedTransform,
     layer_shape,
     resolve_device,
     resolve_layer,
@@ -30,17 +35,16 @@ from polysem.ingest.threads import default_num_workers, default_threads, torch_t
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
-from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, read_meta, write_meta
-from polysem.query.store import as_store
 from polysem.query.diagnostics import query_error
-from torch.utils.data import DataLoader
-
-from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
+from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, read_meta, write_meta
 from polysem.query.sqlfiles import run_statement
+from polysem.query.store import as_store
 from polysem.util import atomic
 from polysem.util.images import ImageRecords, collate
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
+
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PROBE_TRIES", "WORKER_PRELOAD", "WORKER_START_ENV", "IngestSummary", "ingest", "probe_model", "stored_ids", "worker_context"]
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -94,75 +98,129 @@ def ingest(
     num_workers = default_num_workers() if num_workers is None else num_workers
     _check_options(batch_size, num_workers, limit, rows_per_part, threads)
     store.check_writable()
+    existing = _existing_meta(store)
+    model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    listing = list_split(data_dir, split, classes=classes, limit=limit)
+    _check_listing(store, existing, listing, split)
+    setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir)
+    job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact)
+    return _run_job(job, resolve_device(device))
+
+
+def _existing_meta(store: Store) -> dict | None:
+    """The store's recorded metadata; None for a new store."""
     existing = store.meta(require_complete=False) if store.exists() else None
     if existing is not None and not meta_complete(existing):
         existing = None  # a first ingest stopped before its metadata was committed: start over
-    model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    return existing
+
+
+def _check_listing(store: Store, existing: dict | None, listing: SplitListing, split: str) -> None:
+    """A split of an existing store has the store's class folders, and comes from the folder it came from."""
+    if existing is None:
+        return
+    known = store.run("class_list").column("folder").to_pylist()
+    if known != listing.folders:
+        raise DataError(
+            f"class folders of {listing.root} differ from the store's {len(known)} classes "
+            f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
+        )
+    recorded_root = existing["dataset_roots"].get(split)
+    if recorded_root is not None and recorded_root != str(listing.root):
+        raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
+                        "ingest this folder as another `split`, or into another `store`")
+
+
+@dataclass
+class _Setup:
+    """The model, layer and transform resolved and probed, and the store's class table."""
+
+    resolved: ResolvedModel
+    layer: str
+    conv: torch.nn.Conv2d
+    transform: ResolvedTransform
+    class_table: pa.Table
+
+    @property
+    def logits(self) -> list[int]:
+        """class id -> model output index"""
+        return self.class_table.column("logit").to_pylist()
+
+
+def _load_setup(store: Store, existing: dict | None, model: str, weights: str | None, layer: str,
+                transform: str | None, listing: SplitListing, data_dir: str | os.PathLike) -> _Setup:
     model_root = existing.get("model_import_root") if existing else None
     transform_root = existing.get("transform_import_root") if existing else None
-
-    listing = list_split(data_dir, split, classes=classes, limit=limit)
-    if existing is not None:
-        known = store.run("class_list").column("folder").to_pylist()
-        if known != listing.folders:
-            raise DataError(
-                f"class folders of {listing.root} differ from the store's {len(known)} classes "
-                f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
-            )
-        recorded_root = existing["dataset_roots"].get(split)
-        if recorded_root is not None and recorded_root != str(listing.root):
-            raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
-                            "ingest this folder as another --split, or into another --store")
     resolved = resolve_model(model, weights, import_root=model_root)
     conv = resolve_layer(resolved.model, layer)
     image_transform = resolve_transform(transform, import_root=transform_root)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
-            "use the same weights or another --store"
+            "use the same weights or another `store`"
         )
     n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
-    if existing is not None:
-        class_table = store.run("class_list")
-        bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
-        if bad:
-            raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
-                             "use the model the store was made with")
-    else:
-        class_table = pa.Table.from_pylist(
-            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
-    logits = class_table.column("logit").to_pylist()  # class id -> model output index
+    class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
+    return _Setup(resolved, layer, conv, image_transform, class_table)
 
-    run_device = resolve_device(device)
+
+def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike, listing: SplitListing,
+                 resolved: ResolvedModel) -> pa.Table:
+    """The store's classes, or, for a new store, the classes of the listing with their logits."""
+    if existing is None:
+        return pa.Table.from_pylist(
+            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
+    class_table = store.run("class_list")
+    bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
+    if bad:
+        raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
+                         "use the model the store was made with")
+    return class_table
+
+
+@dataclass
+class _Job:
+    """What one ingest writes, and how."""
+
+    store: Store
+    split: str
+    listing: SplitListing
+    setup: _Setup
+    batch_size: int
+    num_workers: int
+    threads: int | None
+    rows_per_part: int
+    progress: bool
+    compact: bool
+
+
+def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
+    """Every rank attributes its share of the images not yet stored; rank 0 creates the store first,
+    holds the split's lock throughout, and compacts the split at the end."""
+    store, split = job.store, job.split
     rank, world_size, own_group = _init_distributed(run_device)
     lock = None
     try:
-        failure = None
-        if rank == 0:  # nothing above wrote anything; from here on the store is created or extended
-            try:
-                _prepare_store(store, resolved, layer, conv, image_transform, class_table, split, listing)
-                lock = lock_split(store.path, split)
-            except PolysemError as error:
-                failure = error
-        failure = _shared_from_rank0(failure, world_size)  # so no rank waits for a rank that gave up
-        if failure is not None:
-            raise failure
+        lock = _prepare_on_rank0(job, rank, world_size)
         stored = stored_ids(store.path, split)
         _barrier(world_size)  # every rank read the same `stored` before any rank writes
-        todo = [r for r in listing.records if r.image_id not in stored]  # unreadable ones are retried
+        records = job.listing.records
+        todo = [r for r in records if r.image_id not in stored]  # unreadable ones are retried
         mine = todo[rank::world_size]
-        summary = IngestSummary(store.path, split, len(listing.records), len(listing.records) - len(todo),
+        summary = IngestSummary(store.path, split, len(records), len(records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
-        with torch_threads(threads if threads is not None else default_threads(run_device, num_workers)):
-            _run(resolved.model.to(run_device), conv, image_transform, mine, logits, split, store.path, rank,
-                 rows_per_part, batch_size, num_workers, run_device, progress and rank == 0, summary)
+        setup = job.setup
+        with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):
+            _run(setup.resolved.model.to(run_device), setup.conv, setup.transform, mine, setup.logits, split,
+                 store.path, rank, job.rows_per_part, job.batch_size, job.num_workers, run_device,
+                 job.progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
         if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
-        if compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
+        if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             compact_split(store.path, split)
         return summary
     finally:
@@ -172,18 +230,38 @@ def ingest(
             dist.destroy_process_group()
 
 
+def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
+    """Rank 0 creates or extends the store and takes the split's lock (returned); a failure there
+    is raised on every rank, so no rank waits for a rank that gave up."""
+    failure, lock = None, None
+    if rank == 0:  # nothing before wrote anything; from here on the store is created or extended
+        setup = job.setup
+        try:
+            _prepare_store(job.store, setup.resolved, setup.layer, setup.conv, setup.transform, setup.class_table,
+                           job.split, job.listing)
+            lock = lock_split(job.store.path, job.split)
+        except PolysemError as error:
+            failure = error
+    failure = _shared_from_rank0(failure, world_size)
+    if failure is not None:
+        if lock is not None:
+            lock.close()
+        raise failure
+    return lock
+
+
 def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int,
                    threads: int | None) -> None:
     if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
     if num_workers < 0:
-        raise DataError(f"--num-workers must be 0 (load in this process) or more, got {num_workers}")
+        raise DataError(f"`num_workers` must be 0 (load in this process) or more, got {num_workers}")
     if limit is not None and limit < 1:
-        raise DataError(f"--limit must be at least 1 image per class, got {limit}; omit it for all images")
+        raise DataError(f"`limit` must be at least 1 image per class, got {limit}; omit it for all images")
     if threads is not None and threads < 1:
-        raise DataError(f"--threads must be at least 1, got {threads}; omit it to choose from the cores")
+        raise DataError(f"`threads` must be at least 1, got {threads}; omit it to choose from the cores")
     if rows_per_part < 1:
-        raise DataError(f"--rows-per-part must be at least 1, got {rows_per_part}")
+        raise DataError(f"`rows_per_part` must be at least 1, got {rows_per_part}")
 
 
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
@@ -202,18 +280,18 @@ def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, 
         _, image, error = ImageRecords([record], transform)[0]
         if error is not None:
             if error.startswith("transform returned"):
-                raise ModelError(f"--transform on {record.path}: {error}; it must return a C x H x W tensor")
+                raise ModelError(f"`transform` on {record.path}: {error}; it must return a C x H x W tensor")
             errors.append(f"{record.path}: {error}")
             continue
         if image.dim() != 3:
-            raise ModelError(f"--transform gave a tensor of shape {tuple(image.shape)} for {record.path}; "
+            raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
                              "it must return C x H x W")
         try:
             with torch.no_grad(), layer_probe(conv) as seen:
                 output = model(image.unsqueeze(0))
         except (Exception, SystemExit) as failure:
             raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
-                             f"{type(failure).__name__}: {_first_line(failure)}; check --model, --weights and --transform"
+                             f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
                              ) from failure
         if "output" not in seen:
             raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a conv layer that "
@@ -235,17 +313,17 @@ def _first_line(error: BaseException) -> str:
 def _settings(existing, model, weights, layer, transform):
     if existing is None:
         return model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform
-    for option, given, recorded in (("--model", model, existing["model"]), ("--layer", layer, existing["layer"]),
-                                    ("--transform", transform, existing["transform"])):
+    for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
+                                    ("transform", transform, existing["transform"])):
         if given is not None and given != recorded:
             raise StoreMismatch(
-                f"the store holds {option} {recorded}, not {given}; omit {option} or use another --store"
+                f"the store holds `{option}`={recorded}, not {given}; omit `{option}` or use another `store`"
             )
     return existing["model"], weights or existing["weights"], existing["layer"], existing["transform"]
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"first difference: class {i} is '{x}' in the store, '{y}' here"
     return f"{len(a)} classes in the store, {len(b)} here"
@@ -282,7 +360,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             for key in ("model", "weights_sha256", "layer", "transform"):
                 if meta[key] != wanted[key]:
                     raise StoreMismatch(f"the store was just created by another ingest with {key} {meta[key]}, "
-                                        f"not {wanted[key]}; use the same settings or another --store")
+                                        f"not {wanted[key]}; use the same settings or another `store`")
         else:
             layout.write_schema_files(store.path)
             atomic.write_atomic(class_table, store.path / "classes.parquet")
@@ -301,7 +379,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             recorded = read_meta(tx.conn)["dataset_roots"].get(split)
             if recorded is not None and recorded != str(listing.root):
                 raise DataError(f"split '{split}' of this store was ingested from {recorded}, not {listing.root}; "
-                                "ingest this folder as another --split, or into another --store")
+                                "ingest this folder as another `split`, or into another `store`")
             write_meta(tx.conn, {dataset_root_key(split): str(listing.root)})
 
 

@@ -10,10 +10,12 @@ of the node are shared among its local ranks.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
+
+__all__ = ["cores_per_process", "default_num_workers", "default_threads", "torch_threads"]
 
 
 def cores_per_process() -> int:
@@ -58,7 +60,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 def _cgroup_cpus() -> int | None:
     """The CPU quota of a container (cgroup v2 cpu.max), which neither affinity nor torch sees."""
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
     except (OSError, ValueError):
         return None
     return None if quota == "max" else max(1, -(-int(quota) // int(period)))

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from polysem.query import layout
 
+from polysem.query import layout
 from polysem.util import atomic
+
+__all__ = ["PartWriter", "list_column"]
 
 
 def list_column(matrix: np.ndarray) -> pa.Array:
@@ -65,7 +67,7 @@ class PartWriter:
             self._samples = []
             self.parts_written += 1
         if self._errors:
-            ids, paths, targets, messages = zip(*self._errors)
+            ids, paths, targets, messages = zip(*self._errors, strict=True)
             table = pa.table(
                 {
                     "image_id": pa.array(ids, pa.int64()),

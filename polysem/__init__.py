@@ -28,7 +28,8 @@ _API = {
     "verify": ("polysem.method.verification", "verify"),
 }
 
-__all__ = ["__version__", "ingest", *_API]
+__all__ = ["Store", "__version__", "channel_concepts", "disentangle", "evaluate", "ingest", "load_model", "screen",
+           "verify"]
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ from polysem.errors import StoreBusy
 from polysem.query.diagnostics import damaged_catalog
 from polysem.query.sandbox import scratch
 
-__all__ = ["WRITE_WAIT_S", "READ_WAIT_S", "open_for_writing", "copy_catalog", "stamp"]
+__all__ = ["READ_WAIT_S", "WRITE_WAIT_S", "copy_catalog", "open_for_writing", "stamp"]
 
 WRITE_WAIT_S = 30.0
 READ_WAIT_S = 5.0

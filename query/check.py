@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 
-from polysem.errors import PolysemError
+__all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
 
 DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
 
@@ -59,9 +61,9 @@ def check_store(store, repair: bool = False) -> CheckReport:
     out_channels = meta.get("layer_shape", {}).get("out_channels")
     if weight_rows is not None and out_channels is not None and weight_rows != out_channels:
         report.problems.append(f"{root / 'layer_weights.parquet'} has {weight_rows} rows but the layer has "
-                               f"{out_channels} channels; ingest into a new --store")
+                               f"{out_channels} channels; ingest into a new `store`")
     if class_rows == 0:
-        report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new --store")
+        report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:
         artifact = root / run["artifact"]
         if not artifact.is_file():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import itertools
 import os
 import shutil
 import uuid
@@ -33,11 +34,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from polysem.query import layout
 
 from polysem.errors import StoreBusy, StoreError
+from polysem.query import layout
 from polysem.query.sqlfiles import query_statement, run_statement
 from polysem.util import atomic
+
+__all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactSummary", "compact", "compact_split", "lock_split"]
 
 COMPACT_PREFIX = "compact-"
 FILE_ROWS = 16_384  # rows per compacted file: about 160 MB of ResNet-50 rows, what one rewrite holds in memory
@@ -69,7 +72,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
                     | ({p.name.removesuffix(".old") for p in staged.iterdir()} if staged.is_dir() else set()))
     if split is not None:
         if split not in splits:
-            raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check --split")
+            raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check `split`")
         splits = [split]
     summaries = []
     for name in splits:
@@ -89,7 +92,7 @@ def lock_split(store_path: Path, split: str):
     never reads a split whose folder is, for the moment, in staging."""
     path = layout.split_lock_path(store_path, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w")
+    handle = open(path, "w")  # noqa: SIM115 -- returned: the open handle is the held lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -167,7 +170,7 @@ def _per_class(table: pa.Table):
     """The slices of a target-sorted table, one per class."""
     targets = table.column("target").to_numpy()
     bounds = [0, *(i for i in range(1, len(targets)) if targets[i] != targets[i - 1]), len(targets)]
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         yield table.slice(start, stop - start)
 
 

@@ -10,7 +10,7 @@ import duckdb
 from polysem.errors import PolysemError, QueryError, StoreError
 from polysem.query import layout
 
-__all__ = ["first_line", "query_error", "damaged_file", "damaged_catalog"]
+__all__ = ["damaged_catalog", "damaged_file", "first_line", "query_error"]
 
 _FILE_IN_ERROR = re.compile(r"""(?:file|pattern)\s+['"]([^'"]+\.parquet)['"]""", re.IGNORECASE)
 
@@ -45,10 +45,10 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     elif parts and parts[-1] == "empty.parquet" or "*" in str(relative):
         fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
     else:
-        fix = "it is written when the store is created: restore it from a backup, or ingest into a new --store"
+        fix = "it is written when the store is created: restore it from a backup, or ingest into a new `store`"
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
 
 
 def damaged_catalog(catalog: Path, error: Exception) -> StoreError:
     return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "
-                      "or ingest into a new --store")
+                      "or ingest into a new `store`")

@@ -26,6 +26,8 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_glob", "split_folders", "split_lock_path", "write_schema_files"]
+
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
 

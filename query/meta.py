@@ -12,8 +12,17 @@ from polysem.errors import StoreError
 from polysem.query.sqlfiles import apply_blocks, load_migrations, run_statement, sql_digest
 from polysem.version import __version__
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_META", "dataset_root_key", "meta_complete", "read_meta", "write_meta",
-           "stored_digest", "schema_version", "prepare_catalog"]
+__all__ = [
+    "REQUIRED_META",
+    "SCHEMA_VERSION",
+    "dataset_root_key",
+    "meta_complete",
+    "prepare_catalog",
+    "read_meta",
+    "schema_version",
+    "stored_digest",
+    "write_meta",
+]
 
 # The store format this polysem writes; sql/migrations.sql brings older ones here.
 # 2: classes.logit, samples.predicted_logit, per-split dataset roots; 3: schema_version, act_concepts.

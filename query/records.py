@@ -9,8 +9,15 @@ from typing import Any
 
 from polysem.query.transaction import Transaction
 
-__all__ = ["now", "record_evaluations", "record_verification", "record_visualizations", "record_channel_concepts",
-           "record_class_similarity", "record_runs"]
+__all__ = [
+    "now",
+    "record_channel_concepts",
+    "record_class_similarity",
+    "record_evaluations",
+    "record_runs",
+    "record_verification",
+    "record_visualizations",
+]
 
 
 def now() -> datetime:

@@ -12,7 +12,7 @@ from polysem.query.records import record_runs
 from polysem.query.transaction import Transaction
 from polysem.util import atomic
 
-__all__ = ["PENDING_SUFFIX", "write_pending", "record_pending", "sweep"]
+__all__ = ["PENDING_SUFFIX", "record_pending", "sweep", "write_pending"]
 
 PENDING_SUFFIX = ".pending.json"
 _PENDING_TABLES = ("runs", "rho_scores")

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import duckdb
 
 from polysem.errors import QueryError
 from polysem.query.diagnostics import first_line
 
-__all__ = ["SANDBOX", "check_read_only", "as_select", "scratch"]
+__all__ = ["SANDBOX", "as_select", "check_read_only", "scratch"]
 
 SANDBOX = {
     "autoinstall_known_extensions": False,
@@ -28,7 +28,7 @@ SANDBOX = {
     "allow_persistent_secrets": False,
 }
 _IDENT = re.compile(r"^[A-Za-z_]\w*$")
-_CALL = re.compile(r"^[A-Za-z_]\w*\s*\(.*\)$", re.S)
+_CALL = re.compile(r"^[A-Za-z_]\w*\s*\(.*\)$", re.DOTALL)
 # Query nodes a read can contain; DuckDB also parses DELETE/INSERT/UPDATE nodes inside a
 # WITH of a SELECT statement and runs them.
 _QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
@@ -89,7 +89,7 @@ def _tokens(sql: str) -> list[tuple[int, str, str]]:
     found = duckdb.tokenize(sql)
     ends = [position for position, _ in found[1:]] + [len(sql)]
     return [(position, kind.name, sql[position:end].strip().lower())
-            for (position, kind), end in zip(found, ends) if kind.name != "comment"]
+            for (position, kind), end in zip(found, ends, strict=True) if kind.name != "comment"]
 
 
 def _keywords(sql: str) -> list[str]:

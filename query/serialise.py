@@ -19,7 +19,7 @@ import pyarrow as pa
 from polysem.errors import QueryError
 from polysem.util import atomic
 
-__all__ = ["FILE_FORMATS", "out_format", "to_json", "to_csv", "write_result", "strict"]
+__all__ = ["FILE_FORMATS", "out_format", "strict", "to_csv", "to_json", "write_result"]
 
 FILE_FORMATS = ("parquet", "csv", "json")
 

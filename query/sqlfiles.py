@@ -22,6 +22,7 @@ the block.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,7 +59,7 @@ class SqlBlock:
 
     def temp_sql(self) -> str:
         """The same statement creating a TEMP object (for read-only connections)."""
-        return re.sub(r"^\s*CREATE\s+OR\s+REPLACE\s+", "CREATE OR REPLACE TEMP ", self.sql, count=1, flags=re.I)
+        return re.sub(r"^\s*CREATE\s+OR\s+REPLACE\s+", "CREATE OR REPLACE TEMP ", self.sql, count=1, flags=re.IGNORECASE)
 
 
 class SqlFileError(PolysemError):
@@ -186,7 +187,7 @@ def load_migrations() -> tuple[tuple[int, SqlBlock], ...]:
     """(format, block) of every migration, in order; the numbers must follow each other."""
     blocks = parse_sql(resources.files("polysem.sql").joinpath(MIGRATION_FILE).read_text(), MIGRATION_FILE, "migration")
     numbered = [(int(_MIGRATION.match(b.name).group(1)), b) for b in blocks]  # type: ignore[union-attr]
-    for (previous, _), (number, block) in zip(numbered, numbered[1:]):
+    for (previous, _), (number, block) in itertools.pairwise(numbered):
         if number != previous + 1:
             raise SqlFileError(f"{block.file}:{block.line}: migrate_{number} follows migrate_{previous}; "
                                "number migrations one after the other")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -32,7 +33,7 @@ from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import bind
 from polysem.query.transaction import Transaction
 
-__all__ = ["Store", "Transaction", "as_store", "default_store_path", "STORE_ENV", "DEFAULT_STORE"]
+__all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
 
 STORE_ENV = "POLYSEM_STORE"
 DEFAULT_STORE = "polysem-store"
@@ -188,10 +189,9 @@ class Store:
         """
         with self.connect() as conn:
             meta = read_meta(conn)
-        if require_complete:
-            if not meta_complete(meta):
-                raise StoreError(f"the store {self.path} was never completely created (its first ingest stopped); "
-                                 "run `polysem ingest` again to complete it")
+        if require_complete and not meta_complete(meta):
+            raise StoreError(f"the store {self.path} was never completely created (its first ingest stopped); "
+                             "run `polysem ingest` again to complete it")
         return meta
 
     # -- queries -------------------------------------------------------------
@@ -296,6 +296,6 @@ class Store:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-def as_store(store: "Store | str | os.PathLike | None") -> "Store":
+def as_store(store: Store | str | os.PathLike | None) -> Store:
     """A Store from a Store, a path, or None (POLYSEM_STORE or ./polysem-store): the one coercion."""
     return store if isinstance(store, Store) else Store(store)

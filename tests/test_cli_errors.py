@@ -60,7 +60,7 @@ def test_library_bugs_and_duckdb_errors_are_one_line(cli, colour_store, monkeypa
 def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_path, monkeypatch):
     from polysem.method.runs import disentangle
 
-    run = disentangle(colour_store, 0, [1], [2], progress=False)
+    run = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)
     plots = tmp_path / "plots"
     plots.mkdir()
     (plots / "mine.txt").write_text("a file of the user")
@@ -111,7 +111,7 @@ def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
     """Values a hostile review tried after the first round: each one line, exit 2, or a sound answer."""
     from polysem.method.runs import disentangle
 
-    run = disentangle(colour_store, 0, [1], [2], progress=False)
+    run = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)
     before = snapshot(colour_store)
     assert_refused(cli("visualize", run.run_id, "--size", 100000, "--store", colour_store), "--size from 8 to 1024")
     assert_refused(cli("visualize", run.run_id, "--seed", 10**20, "--store", colour_store), "--seed must be from 0")

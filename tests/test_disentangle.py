@@ -82,7 +82,7 @@ def original_and_new_logits(store, run_id, images):
 
 
 def test_resnet50_logits_unchanged_for_any_channel_and_class_sets(resnet_store):
-    run = disentangle(resnet_store, 1234, ["a", "b"], [2], force=True, progress=False)
+    run = disentangle(resnet_store, 1234, concept1=["a", "b"], concept2=[2], force=True, progress=False)
     assert run["max_logit_diff"] <= 1e-4 * 100
     torch.manual_seed(5)
     images = torch.randn(4, 3, 64, 64)
@@ -109,7 +109,7 @@ def tiny_store(cli, tmp_path):
 
 
 def test_layer_with_bias_keeps_logits_and_artifact_survives_reopen(tiny_store):
-    run = disentangle(tiny_store, 3, [0], [1, 2], force=True, progress=False)
+    run = disentangle(tiny_store, 3, concept1=[0], concept2=[1, 2], force=True, progress=False)
     torch.manual_seed(0)
     images = torch.rand(6, 3, 16, 16)
     old, new = original_and_new_logits(tiny_store, run["run_id"], images)
@@ -161,7 +161,7 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
     from polysem.util.images import ImageRecords
     from tests.models import small, tiny_net
 
-    run = disentangle(tiny_store, 1, [0], [2], objective=objective, force=True, progress=False)
+    run = disentangle(tiny_store, 1, concept1=[0], concept2=[2], objective=objective, force=True, progress=False)
     store = Store(tiny_store)
     recorded = store.query("SELECT rho, objective_value FROM rho_scores WHERE run_id = ? ORDER BY rho",
                            [run["run_id"]]).to_pylist()
@@ -185,14 +185,14 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
 
 
 def test_feature_maps_are_cached(tiny_store, monkeypatch):
-    disentangle(tiny_store, 1, [0], [2], force=True, progress=False)
+    disentangle(tiny_store, 1, concept1=[0], concept2=[2], force=True, progress=False)
     assert sorted(p.name for p in (Store(tiny_store).path / "cache" / "features" / "train").iterdir()) == ["class-0.npz", "class-2.npz"]
 
     def no_model(*args, **kwargs):
         raise AssertionError("the cached classes must not run the model again")
 
     monkeypatch.setattr("polysem.method.features.compute_feature_maps", no_model)
-    again = disentangle(tiny_store, 1, [0], [2], objective="positive", force=True, progress=False)
+    again = disentangle(tiny_store, 1, concept1=[0], concept2=[2], objective="positive", force=True, progress=False)
     assert again["run_id"] and runs_count(tiny_store) == 2
 
 
@@ -202,7 +202,7 @@ def test_run_activations_equal_the_model(tiny_store):
 
     from tests.models import small
 
-    run = disentangle(tiny_store, 2, [1], [0], force=True, progress=False)
+    run = disentangle(tiny_store, 2, concept1=[1], concept2=[0], force=True, progress=False)
     model = load_model(tiny_store, run["run_id"])
     layer = model.probe
     rows = Store(tiny_store).query("SELECT * FROM run_activations(?) ORDER BY image_id", [run["run_id"]]).to_pylist()
@@ -287,7 +287,7 @@ def test_evaluate_bad_input(cli, colour_store, tmp_path):
     root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4}))
     store = tmp_path / "s"
     assert cli("ingest", root, "--store", store, *TINY).exit_code == 0
-    run = disentangle(store, 0, [0], [1], force=True, progress=False)
+    run = disentangle(store, 0, concept1=[0], concept2=[1], force=True, progress=False)
     assert_refused(cli("evaluate", run["run_id"], "--store", store), "no val images", "--split val")
 
 

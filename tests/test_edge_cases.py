@@ -38,7 +38,7 @@ def test_exact_zeros_in_eq6_are_a_perfect_split_not_an_error(tmp_path):
     """clean_colour_net's detectors are exactly 0 on the other colours: every ratio of Eq. 6 with |.| has a zero
     denominator. The search ranks by separated images, so channel 0 splits into G (green) and R (red)."""
     store = colour_store_of(tmp_path, "clean_colour_net", ("train",))
-    run = disentangle(store, 0, ["green"], ["red"], progress=False)
+    run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
     assert run.sources == [[1], [0]] and run.shared == [2] and run.warnings == []
     scores = Store(store).sql("SELECT rho, objective_value, separated, skipped FROM rho_scores ORDER BY rho").to_pylist()
     assert all(s["separated"] == 2.0 and s["objective_value"] == 0.0 and s["skipped"] is None for s in scores)
@@ -77,13 +77,13 @@ def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
     candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
     import warnings
 
-    from polysem.method.runs import ChannelRequest, disentangle_channels
+    from polysem.method.runs import ChannelRequest, disentangle_candidates, disentangle_channels
 
     candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
                   ChannelRequest(2, [["red"], ["green"]])]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = disentangle_channels(colour_store, candidates, take=1, force=True, progress=False)
+        runs = disentangle_candidates(colour_store, candidates, take=1, force=True, progress=False)
     assert [(r.channel, r.sources) for r in runs] == [(0, [[1], [0]])]
     assert any("channel 1 passed over" in str(w.message) for w in caught)
     with pytest.raises(Exception, match="at every rho of the grid"):  # named, not a candidate: refused

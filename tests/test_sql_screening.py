@@ -26,7 +26,7 @@ def tiny_store(cli, tmp_path):
 def test_every_view_and_macro_runs(colour_store):
     from polysem.method.runs import disentangle
 
-    run_id = disentangle(colour_store, 0, [1], [2], progress=False)["run_id"]
+    run_id = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)["run_id"]
     store = Store(colour_store)
     calls = {  # macros that need arguments
         "arv_of": "SELECT arv_of([1.0, 2, 3, 4], [1.0, 1, 2, 2], 2) AS r",

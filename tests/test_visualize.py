@@ -33,7 +33,7 @@ def opponent_run(tmp_path_factory):
     store = tmp / "store"
     for split in ("train", "val"):
         ingest(store, root, split, progress=False, **OPPONENT)
-    run = disentangle(store, 0, ["green"], ["red"], progress=False)
+    run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
     assert (run["sources1"], run["sources2"]) == ([1], [0])  # G detector / R detector
     return store, run["run_id"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -75,12 +76,62 @@ def command(group: typer.Typer = app, name: str | None = None):
 
 DEBUG_ENV = "POLYSEM_DEBUG"
 
+# Library messages name a parameter in backticks, `batch_size`, or with a value, `device`=cpu, so that a
+# notebook reads the names it passes; the command line shows the flag that sets it instead. This is the
+# one place that knows which flag sets which parameter.
+FLAGS = {
+    "batch_size": "--batch-size",
+    "channel": "--channel",
+    "classes": "--classes",
+    "concept1": "--concept1",
+    "concept2": "--concept2",
+    "concepts": "--concept",
+    "data_dir": "--data",
+    "device": "--device",
+    "force": "--force",
+    "gamma": "--gamma",
+    "layer": "--layer",
+    "limit": "--limit",
+    "method": "--method",
+    "model": "--model",
+    "num_workers": "--num-workers",
+    "objective": "--objective",
+    "p": "--p",
+    "rho": "--rho",
+    "rows_per_part": "--rows-per-part",
+    "run_id": "RUN_ID",
+    "seed": "--seed",
+    "size": "--size",
+    "split": "--split",
+    "steps": "--steps",
+    "store": "--store",
+    "take": "--limit",  # disentangle --from-screen --limit N takes the first N candidates that split
+    "tau": "--tau",
+    "threads": "--threads",
+    "transform": "--transform",
+    "weights": "--weights",
+    "wordnet_dir": "--wordnet-dir",
+}
+_PARAMETER = re.compile(r"`(\w+)`(?:=([\w.:/-]+))?")
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: `tau` -> --tau, `device`=cpu -> --device cpu."""
+
+    def flag(match: re.Match) -> str:
+        name, value = match.groups()
+        if name not in FLAGS:
+            return match.group(0)
+        return FLAGS[name] + (f" {value}" if value else "")
+
+    return _PARAMETER.sub(flag, message)
+
 
 def error_line(error: Exception) -> str:
-    """One line for any failure: a library error says problem and fix; anything else (DuckDB, torch,
-    the OS) is named by its type, with a pointer to the traceback."""
+    """One line for any failure: a library error says problem and fix (its parameters named as flags);
+    anything else (DuckDB, torch, the OS) is named by its type, with a pointer to the traceback."""
     if isinstance(error, PolysemError):
-        return str(error)
+        return as_flags(str(error))
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
         return f"{error.strerror}{where}"

@@ -111,8 +111,8 @@ def render_concepts(result: pa.Table, fmt: str, title: str) -> None:
     if fmt != "table":
         render(result, fmt)
         return
-    rows = [[str(r["channel"]), " / ".join(", ".join(f"{i} {n}" for i, n in zip(ids, names))
-                                           for ids, names in zip(r["concepts"], r["names"])),
+    rows = [[str(r["channel"]), " / ".join(", ".join(f"{i} {n}" for i, n in zip(ids, names, strict=True))
+                                           for ids, names in zip(r["concepts"], r["names"], strict=True)),
              _number(r["min_cosine"], 3)] for r in result.to_pylist()]
     _print_summary(title, [("channel", "id"), ("concepts", "name"), ("min cosine", "number")], rows, result.num_rows)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,7 @@ from polysem.cli.app import (
     TauOption,
     _check_format,
     _store,
+    as_flags,
     command,
 )
 from polysem.cli.output import (
@@ -37,10 +38,10 @@ def _split_values(values: list[str] | None) -> list[str]:
 
 @command()
 def disentangle(
-    channel: Annotated[Optional[int], typer.Option(help="Channel of the layer of interest to split.")] = None,
-    concept1: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
-    concept2: Annotated[Optional[list[str]], typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
-    concept: Annotated[Optional[list[str]], typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of the layer of interest to split.")] = None,
+    concept1: Annotated[list[str] | None, typer.Option(help="Class id or name of concept 1; repeat or use commas for several.")] = None,
+    concept2: Annotated[list[str] | None, typer.Option(help="Class id or name of concept 2; repeat or use commas for several.")] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="One concept's classes, comma-separated; repeat once per concept (k >= 2) instead of --concept1/--concept2.")] = None,
     rho: Annotated[str, typer.Option(help="auto (Eq. 6 over 0.05..1.00) or a value in (0, 1].")] = "auto",
     objective: Annotated[str, typer.Option(help="Eq. 6 with |.| (abs, the paper) or max(.,0) + 1e-5 (positive, reference code).")] = "abs",
     from_screen: Annotated[bool, typer.Option(help="Take the --limit channels of `polysem screen --concepts` with the lowest between-concept cosine, each with all its concepts.")] = False,
@@ -48,7 +49,7 @@ def disentangle(
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="With --from-screen: the complete-linkage threshold that groups classes into concepts.")] = GAMMA,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
@@ -62,38 +63,54 @@ def disentangle(
     _check_format(fmt, ("table", "json"))
     import warnings
 
-    from polysem.method.runs import (
-        ChannelRequest,
-        disentangle_channels,
-        requests_from_screen,
-    )
+    from polysem.method.runs import disentangle_candidates, disentangle_channels
 
     target = _store(store)
-    if from_screen:
-        if channel is not None or concept1 or concept2 or concept:
-            raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
-        if limit < 1:
-            raise PolysemError(f"--limit must be at least 1, got {limit}")
-        requests = requests_from_screen(target, tau=tau, p=p, gamma=gamma)  # all candidates, best first
-    else:
-        if limit != 1 or gamma != GAMMA:
-            raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
-                               "--channel and its concepts")
-        if concept and (concept1 or concept2):
-            raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
-        concepts = ([_split_values([c]) for c in concept] if concept
-                    else [_split_values(concept1), _split_values(concept2)])
-        if channel is None or len(concepts) < 2 or not all(concepts):
-            raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
-                               "repeated), or --from-screen")
-        requests = [ChannelRequest(channel, concepts)]
+    options: dict[str, Any] = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
+               "batch_size": batch_size, "tau": tau, "p": p}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = disentangle_channels(target, requests, rho=rho, objective=objective, data_dir=data, force=force,
-                                    device=device, batch_size=batch_size, tau=tau, p=p,
-                                    take=limit if from_screen else None)
+        if from_screen:
+            runs = disentangle_candidates(target, _screen_candidates(target, channel, concept1, concept2, concept,
+                                                                     tau=tau, p=p, gamma=gamma),
+                                          take=limit, **options)
+        else:
+            runs = disentangle_channels(target, [_named_request(channel, concept1, concept2, concept, limit, gamma)],
+                                        **options)
     for warning in caught:
-        typer.echo(f"Warning: {warning.message}", err=True)
+        typer.echo(f"Warning: {as_flags(str(warning.message))}", err=True)
+    _print_runs(runs, fmt, target.path)
+
+
+def _screen_candidates(target, channel: int | None, concept1: list[str] | None, concept2: list[str] | None,
+                       concept: list[str] | None, *, tau: float, p: float, gamma: float) -> list:
+    """`--from-screen`: every candidate of the screening, best first (`disentangle_candidates` takes --limit)."""
+    from polysem.method.runs import requests_from_screen
+
+    if channel is not None or concept1 or concept2 or concept:
+        raise PolysemError("--from-screen picks channels and concepts itself; drop --channel and the concepts")
+    return requests_from_screen(target, tau=tau, p=p, gamma=gamma)
+
+
+def _named_request(channel: int | None, concept1: list[str] | None, concept2: list[str] | None,
+                   concept: list[str] | None, limit: int, gamma: float):
+    """The one channel and the concepts named on the command line."""
+    from polysem.method.runs import ChannelRequest
+
+    if limit != 1 or gamma != GAMMA:
+        raise PolysemError("--limit and --gamma choose channels for --from-screen; drop them when you name "
+                           "--channel and its concepts")
+    if concept and (concept1 or concept2):
+        raise PolysemError("give --concept once per concept, or --concept1 and --concept2, not both")
+    concepts = ([_split_values([c]) for c in concept] if concept
+                else [_split_values(concept1), _split_values(concept2)])
+    if channel is None or len(concepts) < 2 or not all(concepts):
+        raise PolysemError("give --channel and two or more concepts (--concept1 and --concept2, or --concept "
+                           "repeated), or --from-screen")
+    return ChannelRequest(channel, concepts)
+
+
+def _print_runs(runs: list, fmt: str, store_path: Path) -> None:
     if fmt == "json":
         rows = [json.loads(json.dumps(run, default=str)) for run in runs]
         typer.echo(json.dumps(rows[0] if len(rows) == 1 else rows))
@@ -105,7 +122,7 @@ def disentangle(
             f"run {run['run_id']}: channel {run['channel']}, concepts {concepts_text}, "
             f"rho {run['rho']} ({run['objective']}), sources {sources_text} / {len(run['shared'])} shared, "
             f"max |logit change| {run['max_logit_diff']:.2g} "
-            f"on {run['parameters']['check_images']} images -> {target.path / run['artifact']}"
+            f"on {run['parameters']['check_images']} images -> {store_path / run['artifact']}"
         )
         for message in run["warnings"]:
             typer.echo(f"Warning: {message}", err=True)
@@ -115,8 +132,8 @@ def disentangle(
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     tau: TauOption = TAU,
-    plots: Annotated[Optional[Path], typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
@@ -143,8 +160,8 @@ def verify(
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic.")] = GAMMA,
-    limit: Annotated[Optional[int], typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     fmt: TableJsonOption = "table",
@@ -154,7 +171,7 @@ def verify(
     _check_format(fmt, ("table", "json"))
     from polysem.method.verification import verify as run_verify
 
-    result = run_verify(_store(store), run_id, tau, p, gamma, limit=limit, data_dir=data, device=device,
+    result = run_verify(_store(store), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data, device=device,
                         batch_size=batch_size, progress=fmt == "table")
     if fmt == "json":
         typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels", "classes", "n_images")}
@@ -168,7 +185,7 @@ def verify(
 
 @command()
 def runs(
-    run_id: Annotated[Optional[str], typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="Show this run's full record instead of the list.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -197,13 +214,13 @@ class Method(str, Enum):
 
 @command()
 def visualize(
-    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
-    channel: Annotated[Optional[int], typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
+    channel: Annotated[int | None, typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
     method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
     size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
@@ -234,7 +251,7 @@ def visualize(
 @command()
 def report(
     out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
-    data: Annotated[Optional[Path], typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
+    data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
     store: StoreOption = DEFAULT_STORE,
 ):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,7 +32,7 @@ def screen(
     gamma: Annotated[float, typer.Option(help="Theorem 3.1: report pairs whose ARV cosine is below gamma.")] = GAMMA,
     concepts: Annotated[bool, typer.Option("--concepts", help="Per polysemantic channel: its relevant classes grouped into concepts (complete linkage at gamma), recorded in channel_concepts.")] = False,
     fmt: FormatOption = "table",
-    limit: Annotated[Optional[int], typer.Option(help="Show at most N pairs (lowest cosine first), or N channels with --concepts.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Show at most N pairs (lowest cosine first), or N channels with --concepts.")] = None,
     correct_only: Annotated[bool, typer.Option(help="Use only correctly classified train images.")] = False,
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -41,14 +41,14 @@ def screen(
     if concepts:
         from polysem.method.concepts import channel_concepts
 
-        result = channel_concepts(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+        result = channel_concepts(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
         if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
             result = result.select(["channel", "concepts", "names", "min_cosine"])
         render_concepts(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
         return
     from polysem.query.screening import polysemantic_pairs
 
-    result = polysemantic_pairs(_store(store), tau, p, gamma, limit=limit, correct_only=correct_only)
+    result = polysemantic_pairs(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
     render_screen(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
 
 
@@ -56,7 +56,7 @@ def screen(
 def wordnet(
     tau: TauOption = TAU,
     p: POption = P,
-    wordnet_dir: Annotated[Optional[Path], typer.Option(help="A WordNet 3.0 dict folder to use instead of nltk's data.")] = None,
+    wordnet_dir: Annotated[Path | None, typer.Option(help="A WordNet 3.0 dict folder to use instead of nltk's data.")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """WordNet path similarity of every class pair sharing a relevant channel, into class_similarity."""

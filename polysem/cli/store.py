@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,6 +16,7 @@ from polysem.cli.app import (
     _check_format,
     _class_list,
     _store,
+    as_flags,
     command,
 )
 from polysem.cli.output import (
@@ -28,16 +29,16 @@ from polysem.errors import PolysemError
 def ingest(
     data_dir: Annotated[Path, typer.Argument(help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
     split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
-    model: Annotated[Optional[str], typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
-    transform: Annotated[Optional[str], typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
+    model: Annotated[str | None, typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
+    layer: Annotated[str | None, typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
+    transform: Annotated[str | None, typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
-    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    limit: Annotated[Optional[int], typer.Option(help="At most N images per class (a quick subset).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N images per class (a quick subset).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
     compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     store: StoreOption = DEFAULT_STORE,
@@ -64,7 +65,7 @@ def ingest(
 
 @command()
 def compact(
-    split: Annotated[Optional[str], typer.Option(help="Only this split. [default: every split]")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split. [default: every split]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Rewrite ingest parts class-ordered, so a query on a few classes reads only theirs.
@@ -93,11 +94,11 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
     lines = [
         f"store      {details['store']}",
         f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
-        f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
-        f"stride {shape['stride']}, padding {shape['padding']}",
+        (f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, "
+         f"kernel {shape['kernel_size']}, stride {shape['stride']}, padding {shape['padding']}"),
         f"transform  {details['transform']}",
-        *([f"imports    {details['model_import_root'] or details['transform_import_root']}  "
-           "(where module:callable model and transform are imported from, whatever the working folder)"]
+        *([(f"imports    {details['model_import_root'] or details['transform_import_root']}  "
+            "(where module:callable model and transform are imported from, whatever the working folder)")]
           if details.get("model_import_root") or details.get("transform_import_root") else []),
         f"classes    {details['classes']}",
     ]
@@ -121,8 +122,8 @@ def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
 @command()
 def sql(
     query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json).")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run a read-only SQL query against the store."""
@@ -146,7 +147,7 @@ def sql(
 def export(
     name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
     out: Annotated[Path, typer.Option(help="Output file; --format, else its suffix: .parquet, .csv or .json.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
@@ -165,7 +166,7 @@ def check(
     for line in report.repaired:
         typer.echo(f"repaired: {line}")
     for line in report.problems:
-        typer.echo(f"problem: {line}")
+        typer.echo(f"problem: {as_flags(line)}")
     if not report.ok:
         raise PolysemError(f"{len(report.problems)} problem(s) in {store}; each line above names the file and the fix")
     typer.echo(f"ok: {report.files} Parquet files, {report.rows} rows, readable and consistent with the catalog")

@@ -16,12 +16,14 @@ from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, TAU, P
 
+__all__ = ["activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "wordnet_scatter"]
+
 
 def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: float = TAU, p: float = P,
                     gamma: float = GAMMA) -> Path:
     """WordNet path similarity over ARV cosine, one point per (channel, class pair): `points` are
     (cosine, similarity) pairs (`polysem.method.wordnet.similarity_points`)."""
-    xs, ys = zip(*points)
+    xs, ys = zip(*points, strict=True)
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
     axes.scatter(xs, ys, s=10, alpha=0.6, color="tab:blue", label=f"{len(points)} class pairs sharing a channel")
@@ -57,7 +59,7 @@ def activation_density(run: dict, activations: list[dict], tau: float, names: di
     units = [(lambda r: r["activation"], f"original {run['channel']}", "black"),
              *((lambda r, j=j: r["activations"][j], f"c'{j + 1}", colours[j % len(colours)]) for j in range(k_concepts))]
     figure = Figure(figsize=(5.5 * k_concepts, 4))
-    for k, ax in zip(range(1, k_concepts + 1), figure.subplots(1, k_concepts, squeeze=False)[0]):
+    for k, ax in zip(range(1, k_concepts + 1), figure.subplots(1, k_concepts, squeeze=False)[0], strict=True):
         rows = [r for r in activations if r["concept"] == k and r["relative_attribution"] is not None
                 and r["relative_attribution"] >= tau]
         for value, unit, colour in units:
@@ -121,7 +123,7 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
     figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
     grid = figure.subplots(len(units), shown + 1, squeeze=False)
     by_unit = {r["unit"]: r for r in vis_rows}
-    for axes, (unit, images) in zip(grid, units.items()):
+    for axes, (unit, images) in zip(grid, units.items(), strict=True):
         first = axes[0]
         if unit in vis_images:
             _show(first, vis_images[unit])
@@ -133,7 +135,7 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
                        ha="center", va="center", fontsize=7, transform=first.transAxes)
         label = images.label + ("\ncarries only its bias\non these images" if images.bias_only else "")
         first.set_ylabel("\n".join(textwrap.wrap(label, 22)), fontsize=8)
-        for ax, patch in zip(axes[1:], images.patches):
+        for ax, patch in zip(axes[1:], images.patches, strict=False):
             _show(ax, patch.crop)
             ax.set_title(_patch_title(patch), fontsize=7)
         for ax in axes[1 + len(images.patches):]:
@@ -148,7 +150,7 @@ def top_images(run: dict, images, facts: dict, out: Path) -> Path:
     """One unit's shown images, whole, with the receptive field of the most activating position boxed."""
     n = max(len(images.patches), 1)
     figure = Figure(figsize=(2.6 * n, 3.4))
-    for ax, patch in zip(figure.subplots(1, n, squeeze=False)[0], images.patches):
+    for ax, patch in zip(figure.subplots(1, n, squeeze=False)[0], images.patches, strict=False):
         _show(ax, patch.photo)
         if patch.box:
             top, left, bottom, right = patch.box
@@ -167,7 +169,7 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     """The recorded feature visualisations side by side, with their activations and selectivity."""
     units = [r for r in rows if r["unit"] in images]
     figure = Figure(figsize=(3.0 * max(len(units), 1), 3.6))
-    for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units):
+    for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units, strict=False):
         _show(ax, images[row["unit"]])
         units = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
         acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in units if _unit_activation(row, u) is not None)

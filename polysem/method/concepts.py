@@ -19,11 +19,13 @@ import math
 from collections import defaultdict
 
 import pyarrow as pa
-from polysem.query.screening import arv_cosines, check_limit, check_thresholds
-from polysem.query.records import now, record_channel_concepts
-from polysem.query.store import Store, as_store
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
+from polysem.query.records import now, record_channel_concepts
+from polysem.query.screening import arv_cosines, check_limit, check_thresholds
+from polysem.query.store import Store, as_store
+
+__all__ = ["SCHEMA", "channel_concepts", "complete_linkage", "group_channels", "min_cosine_between"]
 
 SCHEMA = pa.schema([
     ("channel", pa.int32()),
@@ -100,7 +102,7 @@ def group_channels(cosines: list[dict], gamma: float, names: dict[int, str]) -> 
     return rows
 
 
-def channel_concepts(store: Store | str, tau: float = TAU, p: float = P, gamma: float = GAMMA,
+def channel_concepts(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
                      limit: int | None = None, correct_only: bool = False, record: bool = True) -> pa.Table:
     """Per polysemantic channel: channel, concepts (lists of class ids), names, sizes, min_cosine; the lowest
     min_cosine first. With `record`, the result replaces the rows of the same parameters in `channel_concepts`."""

@@ -18,8 +18,18 @@ from torch import nn
 from polysem.constants import RHO_GRID
 from polysem.errors import RunError
 
-__all__ = ["OBJECTIVES", "RelevanceWarning", "SourceSplit", "split_sources", "concept_weights", "bias_only_concepts",
-           "rho_scores", "best_rho", "DisentangledConv", "replace_module"]
+__all__ = [
+    "OBJECTIVES",
+    "DisentangledConv",
+    "RelevanceWarning",
+    "SourceSplit",
+    "best_rho",
+    "bias_only_concepts",
+    "concept_weights",
+    "replace_module",
+    "rho_scores",
+    "split_sources",
+]
 
 OBJECTIVES = ("abs", "positive")
 POSITIVE_EPS = 1e-5  # the reference code's denominator guard for the `positive` objective
@@ -131,7 +141,7 @@ def rho_scores(maps, layer: nn.Conv2d, channel: int, arvs, objective: str = "abs
         objective_value += mean
         separated += fraction
     rows = []
-    for rho, value, sep, split in zip(grid, objective_value.tolist(), separated.tolist(), splits):
+    for rho, value, sep, split in zip(grid, objective_value.tolist(), separated.tolist(), splits, strict=True):
         empty = split.empty_concepts
         rows.append({"rho": rho, "objective_value": None if empty else value, "separated": None if empty else sep,
                      "n_sources": [len(own) for own in split.sources],
@@ -145,7 +155,7 @@ def best_rho(scores: list[dict]) -> float:
     if not valid:
         raise RunError("at every rho of the grid some concept has no l-1 channel of its own (its channel would equal "
                        "the residual); the concepts' ARVs do not separate: choose other concepts, or pass "
-                       "--rho VALUE --force")
+                       "`rho`=VALUE `force`")
     return max(valid, key=lambda row: (row["separated"], row["objective_value"]))["rho"]
 
 
@@ -163,7 +173,7 @@ class DisentangledConv(nn.Module):
         self.channels = list(channels)
         self.units: dict[int, dict[str, int]] = {}
         extra, offset = [], out
-        for c, split in zip(channels, splits):
+        for c, split in zip(channels, splits, strict=True):
             self.units[c] = {"c1": c, **{f"c{j + 1}": offset + j - 1 for j in range(1, split.k)}, "r": offset + split.k - 1}
             offset += split.k
         self.expanded = nn.Conv2d(original.in_channels, offset, original.kernel_size, original.stride,
@@ -171,18 +181,18 @@ class DisentangledConv(nn.Module):
         self.merge = nn.Conv2d(offset, out, 1, bias=False)
         with torch.no_grad():
             weight = original.weight.detach().clone()
-            for c, split in zip(channels, splits):
+            for c, split in zip(channels, splits, strict=True):
                 concepts, residual = concept_weights(original.weight.detach()[c], split)
                 weight[c] = concepts[0]
                 extra += [*concepts[1:], residual]
             self.expanded.weight.copy_(torch.cat([weight, torch.stack(extra)]) if extra else weight)
             if original.bias is not None:
                 bias = original.bias.detach()
-                self.expanded.bias.copy_(torch.cat([bias, bias[[c for c, split in zip(channels, splits)
+                self.expanded.bias.copy_(torch.cat([bias, bias[[c for c, split in zip(channels, splits, strict=True)
                                                                   for _ in range(split.k)]]]))
             merge = torch.zeros(out, offset)
             merge[:, :out] = torch.eye(out)
-            for c, split in zip(channels, splits):
+            for c, split in zip(channels, splits, strict=True):
                 for unit, index in self.units[c].items():
                     merge[c, index] = -(split.k - 1) if unit == "r" else 1.0
             self.merge.weight.copy_(merge.view(out, offset, 1, 1))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 
-from polysem.query.records import now, record_evaluations
-from polysem.query.store import Store, as_store
-
 from polysem.constants import EVAL_SPLIT, TAU
 from polysem.errors import RunError
+from polysem.query.records import now, record_evaluations
+from polysem.query.store import Store, as_store
 
 __all__ = ["evaluate", "evaluation_numbers", "record_evaluation"]
 
@@ -33,14 +32,13 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
 def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
     """The numbers of `evaluate`, computed in SQL and not recorded."""
     from polysem.ingest.models import resolve_device
-
     from polysem.method.runs import run_row
 
     store.require()
     resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)
     if not 0 <= tau <= 1:
-        raise RunError(f"--tau must be in [0, 1], got {tau}")
+        raise RunError(f"`tau` must be in [0, 1], got {tau}")
     n_val = store.run("split_images", split=EVAL_SPLIT).column("n")[0].as_py()
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from polysem.ingest.attribution import exact_math
-from polysem.query.store import Store
 from torch import nn
 from torch.utils.data import DataLoader
 
 from polysem.errors import RunError
+from polysem.ingest.attribution import exact_math
+from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
+
+__all__ = ["cached_array", "cached_class_maps", "class_records", "compute_feature_maps", "feature_maps", "remap_paths"]
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
@@ -45,7 +47,7 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
     for row in rows:
         if not Path(row["path"]).is_file():
             raise RunError(
-                f"image {row['path']} is missing (moved since ingest?); pass --data with the folder that now holds "
+                f"image {row['path']} is missing (moved since ingest?); pass `data_dir` with the folder that now holds "
                 f"the {split} split"
             )
     return rows
@@ -63,7 +65,7 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                 raise RunError(f"cannot read {records[index].path}: {message}")
             if len(groups) != 1:
                 raise RunError(f"the images of {label} have different sizes after the transform; the rho search "
-                               "needs one size: use a --transform that resizes")
+                               "needs one size: use a `transform` that resizes")
             indices, images = groups[0]
             with exact_math():
                 layer_input = input_of(model, layer, images.to(device))

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from polysem.query.store import Store
 
 from polysem.constants import EVAL_SPLIT
 from polysem.errors import PolysemError, RunError
+from polysem.query.store import Store
+
+__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "class_names", "photo_as_input", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images"]
 
 TOP, SHOWN = 16, 6
 
@@ -89,7 +91,6 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     Returns ({unit: UnitImages}, caption facts).
     """
     from polysem.ingest.models import resolve_device, resolve_transform
-
     from polysem.method.features import remap_paths
     from polysem.method.receptive_field import receptive_fields
     from polysem.method.runs import load_model
@@ -135,7 +136,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     photos = {r["image_id"]: photo_as_input(r["path"], transform, height, width) for r in ordered}
     facts["photo_note"] = next(iter(photos.values()))[1]
     wanted = {}
-    for unit, (value, picked) in chosen.items():
+    for unit, (_value, picked) in chosen.items():
         for row in picked:
             fmap = maps[unit][index[row["image_id"]]]
             if float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
@@ -232,10 +233,9 @@ class ReportData:
 
 def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData:
     """Everything the report page shows; a screening or WordNet step that cannot run leaves its reason."""
-    from polysem.query.screening import polysemantic_pairs
-
     from polysem.method.runs import run_row
     from polysem.method.wordnet import similarity_points
+    from polysem.query.screening import polysemantic_pairs
 
     info = store.info()
     meta = store.meta()

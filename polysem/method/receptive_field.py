@@ -20,6 +20,8 @@ from torch import nn
 
 from polysem.util.hooks import forward_to
 
+__all__ = ["receptive_fields"]
+
 Box = tuple[int, int, int, int]  # top, left, bottom, right; bottom and right exclusive
 
 
@@ -66,7 +68,7 @@ def receptive_fields(model: nn.Module, module: nn.Module, input_shape: tuple[int
     hs, ws = torch.tensor([p[0] for p in positions]), torch.tensor([p[1] for p in positions])
     (grad,) = torch.autograd.grad(out[rows, 0, hs, ws].sum(), x)
     boxes = {}
-    for position, g in zip(positions, grad.abs().sum(1)):
+    for position, g in zip(positions, grad.abs().sum(1), strict=True):
         ys, xs = g.sum(1).nonzero().flatten(), g.sum(0).nonzero().flatten()
         boxes[position] = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
     return boxes

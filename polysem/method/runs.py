@@ -1,6 +1,7 @@
 """Disentangling channels of a store's model and recording the runs (`polysem disentangle`).
 
     disentangle           one channel into its concepts; disentangle_channels for several in one model
+    disentangle_candidates  the first channels of a list of candidates that split (`--from-screen`)
     requests_from_screen  the channels with the most dissimilar concepts (polysem.method.concepts), all concepts each
     load_model            the recorded model back from a run id
 """
@@ -12,12 +13,17 @@ import json
 import os
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
+from polysem.errors import RunError, StoreBusy
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.models import (
     resolve_device,
@@ -25,13 +31,6 @@ from polysem.ingest.models import (
     resolve_model,
     resolve_transform,
 )
-from polysem.query.screening import check_thresholds
-from polysem.query.store import Store, as_store
-from polysem.query.recovery import write_pending
-from torch import nn
-
-from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
-from polysem.errors import RunError, StoreBusy
 from polysem.method.concepts import channel_concepts
 from polysem.method.disentangling import (
     OBJECTIVES,
@@ -45,9 +44,14 @@ from polysem.method.disentangling import (
     split_sources,
 )
 from polysem.method.features import cached_class_maps, remap_paths
+from polysem.query.recovery import write_pending
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
 from polysem.util import atomic
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.version import __version__
+
+__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
 
 LOGIT_TOLERANCE = 1e-4  # max |logit change| allowed, relative to max(1, max |logit|): float32 rounding
 CHECK_IMAGES = 32
@@ -85,7 +89,7 @@ class Run(dict):
             raise AttributeError(name) from None
 
     @classmethod
-    def from_row(cls, row: dict) -> "Run":
+    def from_row(cls, row: dict) -> Run:
         run = cls(row)
         if isinstance(run.get("parameters"), str):
             run["parameters"] = json.loads(run["parameters"])
@@ -129,15 +133,54 @@ def resolve_classes(store: Store, values: list) -> list[int]:
     return ids
 
 
-def _validate(store: Store, request: ChannelRequest, out_channels: int, force: bool, tau: float, p: float) -> _Plan:
+@dataclass(frozen=True)
+class _Options:
+    """The validated settings every channel of one run shares."""
+
+    fixed_rho: float | None  # None: rho by Eq. 6 over the grid
+    objective: str
+    force: bool
+    data_dir: str | os.PathLike | None
+    batch_size: int
+    progress: bool
+    tau: float
+    p: float
+
+    def parameters(self, check_images: int) -> dict:
+        """The run's recorded `parameters`."""
+        return {"tau": self.tau, "p": self.p, "force": self.force,
+                "data_dir": str(self.data_dir) if self.data_dir else None,
+                "grid": list(RHO_GRID) if self.fixed_rho is None else None, "check_images": check_images}
+
+
+def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | None, force: bool, batch_size: int,
+             progress: bool, tau: float, p: float) -> _Options:
+    if objective not in OBJECTIVES:
+        raise RunError(f"unknown `objective` '{objective}'; use abs (paper) or positive (reference code)")
+    fixed_rho = None
+    if rho != "auto":
+        try:
+            fixed_rho = float(rho)
+        except ValueError:
+            raise RunError(f"bad `rho` '{rho}': use auto or a number in (0, 1]") from None
+        if not 0 < fixed_rho <= 1:
+            raise RunError(f"`rho` must be in (0, 1], got {fixed_rho}")
+    if batch_size < 1:
+        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
+    check_thresholds(tau, p)
+    return _Options(fixed_rho, objective, force, data_dir, batch_size, progress, tau, p)
+
+
+def _validate(store: Store, request: ChannelRequest, out_channels: int, options: _Options) -> _Plan:
+    force, tau, p = options.force, options.tau, options.p
     if isinstance(request.channel, bool) or not isinstance(request.channel, (int, np.integer)):
         raise RunError(f"channel must be an integer channel number, got {request.channel!r}")
     if not 0 <= request.channel < out_channels:
         raise RunError(f"channel {request.channel} is out of range; the layer has channels 0..{out_channels - 1}")
     concepts = [resolve_classes(store, concept) for concept in request.concepts]
     if len(concepts) < 2 or not all(concepts):
-        raise RunError("give at least two concepts of at least one class each: --concept1 and --concept2, "
-                       "or --concept once per concept")
+        raise RunError("give at least two concepts of at least one class each: `concept1` and `concept2`, "
+                       "or `concepts` with one list of classes per concept")
     everything = [c for concept in concepts for c in concept]
     twice = sorted({c for c in everything if everything.count(c) > 1})
     if twice:
@@ -156,21 +199,30 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, force: b
         message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
                    f"{', '.join(map(str, missing))}")
         if not force:
-            raise RunError(message + "; pass --force to disentangle it anyway")
-        warnings.warn(message, RelevanceWarning, stacklevel=3)
+            raise RunError(message + "; pass `force` to disentangle it anyway")
+        warnings.warn(message, RelevanceWarning, stacklevel=4)
     return _Plan(request.channel, concepts)
 
 
-def requests_from_screen(store: Store, limit: int | None = None, tau: float = TAU, p: float = P,
+def _check_channels(store: Store, requests: list[ChannelRequest]) -> int:
+    """The layer's number of output channels, once each request names a channel of its own."""
+    channels = [r.channel for r in requests]
+    if len(set(channels)) != len(channels):
+        raise RunError("a channel can be disentangled once per model; give each channel one request")
+    out_channels = store.run("out_channels").column(0)[0].as_py()
+    return out_channels
+
+
+def requests_from_screen(store: Store, *, limit: int | None = None, tau: float = TAU, p: float = P,
                          gamma: float = GAMMA) -> list[ChannelRequest]:
     """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
     with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
     if limit is not None and limit < 1:
-        raise RunError(f"--limit must be at least 1, got {limit}")
-    rows = channel_concepts(store, tau, p, gamma, limit=limit).to_pylist()
+        raise RunError(f"`limit` must be at least 1, got {limit}")
+    rows = channel_concepts(store, tau=tau, p=p, gamma=gamma, limit=limit).to_pylist()
     if not rows:
         raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "
-                       "to disentangle; try a larger --gamma or a smaller --p")
+                       "to disentangle; try a larger `gamma` or a smaller `p`")
     return [ChannelRequest(row["channel"], row["concepts"]) for row in rows]
 
 
@@ -179,104 +231,155 @@ def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
     return np.array(row["arv"], dtype=np.float64)
 
 
-def disentangle(store: Store | str | os.PathLike, channel: int, concept1: list | None = None,
-                concept2: list | None = None, *, concepts: list[list] | None = None, **options) -> Run:
+@dataclass
+class _Base:
+    """The store's model on the run's device, its layer of interest and transform."""
+
+    model: nn.Module
+    layer_name: str
+    layer: nn.Conv2d
+    transform: Callable
+    device: torch.device
+
+    @classmethod
+    def load(cls, store: Store, device: str) -> _Base:
+        model, layer_name, layer, transform = base_model(store)
+        run_device = resolve_device(device)
+        model.to(run_device)
+        return cls(model, layer_name, layer, transform, run_device)
+
+
+class _NoSplit(RunError):
+    """No rho of the grid leaves every concept an l-1 channel of its own."""
+
+
+def _split(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
+    """The plan's ARVs, rho, scores and source split; warnings for concepts left with their bias alone."""
+    plan.arvs = [_concept_arv(store, plan.channel, concept) for concept in plan.concepts]
+    if options.fixed_rho is None:
+        _split_auto(store, base, plan, options)
+    else:
+        _split_fixed(plan, options.fixed_rho, options.force)
+    weight = base.layer.weight.detach().cpu()
+    for j in bias_only_concepts(weight[plan.channel], plan.split):
+        if j not in plan.split.empty_concepts:
+            plan.warnings.append(f"c'{j} of channel {plan.channel} gets zero weight from its own sources: "
+                                 "it carries only the shared inputs and its bias")
+
+
+def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
+    """rho by Eq. 6 over the grid, on the concepts' feature maps; `_NoSplit` when no rho splits."""
+    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer, base.transform, c, SCREEN_SPLIT,
+                                              base.device, options.data_dir, options.batch_size, options.progress)
+                            for c in concept])
+            for concept in plan.concepts]
+    plan.scores = rho_scores(maps, base.layer, plan.channel, plan.arvs, options.objective)
+    try:
+        plan.rho = best_rho(plan.scores)
+    except RunError as error:
+        raise _NoSplit(str(error)) from None
+    plan.split = split_sources(plan.arvs, plan.rho)
+
+
+def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
+    plan.rho = rho
+    plan.split = split_sources(plan.arvs, rho)
+    plan.scores = [{"rho": rho, "objective_value": None, "separated": None,
+                    "n_sources": [len(own) for own in plan.split.sources], "skipped": None}]
+    if plan.split.empty_concepts:
+        message = (f"at rho {rho} concept {', '.join(map(str, plan.split.empty_concepts))} of channel "
+                   f"{plan.channel} has no l-1 channel of its own, so its new channel equals the residual")
+        if not force:
+            raise RunError(message + "; choose another `rho` (or `rho`=auto), or pass `force`")
+        plan.warnings.append(message)
+
+
+def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: _Options) -> list[Run]:
+    """One model with every plan's channel disentangled, checked against the original, saved and recorded."""
+    # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
+    new_layer = DisentangledConv(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans], [p.split for p in plans])
+    disentangled = copy.deepcopy(base.model).cpu()
+    replace_module(disentangled, base.layer_name, new_layer)
+    max_diff, n_checked = check_equivalence(store, base.model, disentangled, plans, base.transform, base.device,
+                                            options.data_dir, options.batch_size)
+    return _record(store, plans, new_layer, base.layer_name, options.objective, max_diff, n_checked,
+                   options.parameters(n_checked))
+
+
+def disentangle(store: Store | str | os.PathLike, channel: int, *, concept1: list | None = None,
+                concept2: list | None = None, concepts: list[list] | None = None, rho: float | str = "auto",
+                objective: str = "abs", data_dir: str | os.PathLike | None = None, force: bool = False,
+                device: str = "auto", batch_size: int = 64, progress: bool = True, tau: float = TAU,
+                p: float = P) -> Run:
     """Disentangle one channel into concept1 and concept2, or into k >= 2 `concepts`; returns the recorded run.
 
-    Each concept is a list of class ids, folder names or class names. Options: rho ("auto" or a value
-    in (0, 1]), objective ("abs" or "positive"), data_dir, force, device, batch_size, progress.
+    Each concept is a list of class ids, folder names or class names. rho: "auto" (Eq. 6 over the grid) or a
+    value in (0, 1]; objective: "abs" (the paper) or "positive" (the reference code); data_dir: where the
+    images are now, if they moved since ingest; force: proceed when the channel is not relevant for a
+    concept's class (tau, p) or a fixed rho leaves a concept without sources.
     """
     if concepts is None:
         concepts = [concept1 or [], concept2 or []]
     elif concept1 is not None or concept2 is not None:
         raise RunError("give concept1 and concept2, or concepts, not both")
-    return disentangle_channels(store, [ChannelRequest(channel, [list(c) for c in concepts])], **options)[0]
+    request = ChannelRequest(channel, [list(c) for c in concepts])
+    return disentangle_channels(store, [request], rho=rho, objective=objective, data_dir=data_dir, force=force,
+                                device=device, batch_size=batch_size, progress=progress, tau=tau, p=p)[0]
 
 
-def disentangle_channels(store, requests: list[ChannelRequest], *, rho: float | str = "auto", objective: str = "abs",
-                         data_dir=None, force: bool = False, device: str = "auto", batch_size: int = 64,
-                         progress: bool = True, tau: float = TAU, p: float = P, take: int | None = None) -> list[Run]:
-    """Disentangle several channels into one model, check it, save it and record one run per channel.
+def disentangle_channels(store: Store | str | os.PathLike, requests: list[ChannelRequest], *,
+                         rho: float | str = "auto", objective: str = "abs",
+                         data_dir: str | os.PathLike | None = None, force: bool = False, device: str = "auto",
+                         batch_size: int = 64, progress: bool = True, tau: float = TAU, p: float = P) -> list[Run]:
+    """Disentangle the named channels into one model, check it, save it and record one run per channel.
 
-    With `take`, the requests are candidates in order of preference: the first `take` that split are
-    disentangled, and a candidate no rho splits is passed over with a warning (`--from-screen`).
+    Every request is checked before the model loads, and a channel no rho splits is refused.
     """
     store = as_store(store)
     store.require()
-    if objective not in OBJECTIVES:
-        raise RunError(f"unknown --objective '{objective}'; use abs (paper) or positive (reference code)")
-    fixed_rho = None
-    if rho != "auto":
-        try:
-            fixed_rho = float(rho)
-        except ValueError:
-            raise RunError(f"bad --rho '{rho}': use auto or a number in (0, 1]") from None
-        if not 0 < fixed_rho <= 1:
-            raise RunError(f"--rho must be in (0, 1], got {fixed_rho}")
-    if batch_size < 1:
-        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
-    channels = [r.channel for r in requests]
-    if len(set(channels)) != len(channels):
-        raise RunError("a channel can be disentangled once per model; give each channel one request")
-    out_channels = store.run("out_channels").column(0)[0].as_py()
-    check_thresholds(tau, p)
-    if take is not None and take < 1:
-        raise RunError(f"--limit must be at least 1, got {take}")
-    # named channels are checked before the model loads; candidates only when their turn comes
-    plans = [_validate(store, request, out_channels, force, tau, p) for request in requests] if take is None else None
+    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
+                       progress=progress, tau=tau, p=p)
+    out_channels = _check_channels(store, requests)
+    plans = [_validate(store, request, out_channels, options) for request in requests]
+    base = _Base.load(store, device)
+    for plan in plans:
+        _split(store, base, plan, options)
+    return _build_check_record(store, base, plans, options)
 
-    model, layer_name, layer, transform = base_model(store)
-    run_device = resolve_device(device)
-    model.to(run_device)
-    weight = layer.weight.detach().cpu()
-    chosen = []
-    for candidate in (plans if take is None else requests):
-        if take is not None and len(chosen) == take:
+
+def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[ChannelRequest], *, take: int = 1,
+                           rho: float | str = "auto", objective: str = "abs",
+                           data_dir: str | os.PathLike | None = None, force: bool = False, device: str = "auto",
+                           batch_size: int = 64, progress: bool = True, tau: float = TAU,
+                           p: float = P) -> list[Run]:
+    """`--from-screen`: candidates in order of preference; the first `take` that split are disentangled into
+    one model, checked, saved and recorded, and a candidate no rho splits is passed over with a warning.
+
+    A candidate is checked when its turn comes, after the model loads.
+    """
+    store = as_store(store)
+    store.require()
+    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
+                       progress=progress, tau=tau, p=p)
+    if take < 1:
+        raise RunError(f"`take` must be at least 1, got {take}")
+    out_channels = _check_channels(store, candidates)
+    base = _Base.load(store, device)
+    plans = []
+    for candidate in candidates:
+        if len(plans) == take:
             break
-        plan = candidate if take is None else _validate(store, candidate, out_channels, force, tau, p)
-        plan.arvs = [_concept_arv(store, plan.channel, concept) for concept in plan.concepts]
-        if fixed_rho is None:
-            maps = [np.concatenate([cached_class_maps(store, model, layer, transform, c, SCREEN_SPLIT, run_device,
-                                                      data_dir, batch_size, progress) for c in concept])
-                    for concept in plan.concepts]
-            plan.scores = rho_scores(maps, layer, plan.channel, plan.arvs, objective)
-            try:
-                plan.rho = best_rho(plan.scores)
-            except RunError as error:
-                if take is None:
-                    raise
-                warnings.warn(f"channel {plan.channel} passed over: {error}", RelevanceWarning, stacklevel=2)
-                continue
-            plan.split = split_sources(plan.arvs, plan.rho)
-        else:
-            plan.rho = fixed_rho
-            plan.split = split_sources(plan.arvs, fixed_rho)
-            plan.scores = [{"rho": fixed_rho, "objective_value": None, "separated": None,
-                            "n_sources": [len(own) for own in plan.split.sources], "skipped": None}]
-            if plan.split.empty_concepts:
-                message = (f"at rho {fixed_rho} concept {', '.join(map(str, plan.split.empty_concepts))} of channel "
-                           f"{plan.channel} has no l-1 channel of its own, so its new channel equals the residual")
-                if not force:
-                    raise RunError(message + "; choose another --rho (or --rho auto), or pass --force")
-                plan.warnings.append(message)
-        for j in bias_only_concepts(weight[plan.channel], plan.split):
-            if j not in plan.split.empty_concepts:
-                plan.warnings.append(f"c'{j} of channel {plan.channel} gets zero weight from its own sources: "
-                                     "it carries only the shared inputs and its bias")
-        chosen.append(plan)
-    if not chosen:
+        plan = _validate(store, candidate, out_channels, options)
+        try:
+            _split(store, base, plan, options)
+        except _NoSplit as error:
+            warnings.warn(f"channel {plan.channel} passed over: {error}", RelevanceWarning, stacklevel=2)
+            continue
+        plans.append(plan)
+    if not plans:
         raise RunError("no candidate channel splits at any rho of the grid (each leaves a concept without an l-1 "
-                       "channel of its own); try a smaller --gamma or name channels and concepts yourself")
-    plans = chosen
-
-    # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
-    new_layer = DisentangledConv(copy.deepcopy(layer).cpu(), [p.channel for p in plans], [p.split for p in plans])
-    disentangled = copy.deepcopy(model).cpu()
-    replace_module(disentangled, layer_name, new_layer)
-    max_diff, n_checked = check_equivalence(store, model, disentangled, plans, transform, run_device, data_dir, batch_size)
-    return _record(store, plans, new_layer, layer_name, objective, max_diff, n_checked,
-                   {"tau": tau, "p": p, "force": force, "data_dir": str(data_dir) if data_dir else None,
-                    "grid": list(RHO_GRID) if fixed_rho is None else None, "check_images": n_checked})
+                       "channel of its own); try a smaller `gamma` or name channels and concepts yourself")
+    return _build_check_record(store, base, plans, options)
 
 
 def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, plans, transform, device,
@@ -298,12 +401,13 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
                 old.append(model(images[i : i + batch_size].to(device)))
                 new.append(disentangled(images[i : i + batch_size].to(device)))
     disentangled.cpu()
+    n_checked = sum(len(images) for _, images in groups)
     old, new = torch.cat(old), torch.cat(new)
     max_diff = float((new - old).abs().max())
     limit = LOGIT_TOLERANCE * max(1.0, float(old.abs().max()))
     if not max_diff <= limit:
         raise RunError(f"the disentangled model changes the logits by {max_diff:.3g} (> {limit:.3g}); nothing recorded")
-    return max_diff, len(images)
+    return max_diff, n_checked
 
 
 def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, objective: str, max_diff: float,

@@ -30,20 +30,22 @@ import os
 
 import numpy as np
 import torch
-from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.models import resolve_device, resolve_transform
-from polysem.query.screening import check_thresholds
-from polysem.query.records import now, record_verification
-from polysem.query.store import Store, as_store
 from torch import nn
 from torch.utils.data import DataLoader
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError
+from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.models import resolve_device, resolve_transform
 from polysem.method.features import cached_array, remap_paths
 from polysem.method.runs import load_model, run_row
+from polysem.query.records import now, record_verification
+from polysem.query.screening import check_thresholds
+from polysem.query.store import Store, as_store
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
+
+__all__ = ["layer_attributions", "relevant_fraction", "verify"]
 
 
 def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
@@ -75,7 +77,7 @@ def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
     return float(relevant.mean()) if len(relevant) else 0.0
 
 
-def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: float = P, gamma: float = GAMMA, *,
+def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
            limit: int | None = None, data_dir=None, device: str = "auto", batch_size: int = 64,
            progress: bool = True) -> dict:
     """Screen the new channels c'_1..c'_k of a run; returns and records
@@ -87,9 +89,9 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
     store.require()
     check_thresholds(tau, p, gamma)
     if limit is not None and limit < 1:
-        raise RunError(f"--limit must be at least 1, got {limit}")
+        raise RunError(f"`limit` must be at least 1, got {limit}")
     if batch_size < 1:
-        raise RunError(f"--batch-size must be at least 1, got {batch_size}")
+        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     run = run_row(store, run_id)
     relevant = store.run("relevant_classes", tau=tau, p=p, split=SCREEN_SPLIT,
                          channel=run["channel"]).column("class_id").to_pylist()
@@ -127,7 +129,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, tau: float = TAU, p: f
 
     weights = expanded.weight.detach().cpu().double().flatten(1)
     channels = []
-    for u, (unit, index) in enumerate(zip(units, indices)):
+    for u, (unit, index) in enumerate(zip(units, indices, strict=True)):
         unit_classes = [c for c in classes if c in fractions and fractions[c][u] >= p]
         cosines = [] if len(unit_classes) < 2 else store.run(
             "unit_arv_cosines", weight=weights[index].tolist(), classes=unit_classes, split=SCREEN_SPLIT

@@ -25,25 +25,28 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from polysem.query.records import now, record_visualizations
-from polysem.query.store import Store
 from torch import nn
 
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import RunError
+from polysem.query.records import now, record_visualizations
+from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import forward_to
+
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
 ARTIFACTS = Path("artifacts") / "visualizations"
+CPU = torch.device("cpu")
 
 # Lucid's square root of ImageNet's colour correlation (rows R, G, B), its columns scaled so that
 # the largest has norm 1: the optimisation runs in decorrelated colours, which makes its steps even.
@@ -92,7 +95,7 @@ class FourierImage(nn.Module):
         return torch.sigmoid(recorrelate(image))
 
     @classmethod
-    def from_image(cls, image: torch.Tensor, generator: torch.Generator | None = None) -> "FourierImage":
+    def from_image(cls, image: torch.Tensor, generator: torch.Generator | None = None) -> FourierImage:
         """The parameterisation whose forward gives `image` (N x C x S x S, values in (0, 1)) back."""
         n, channels, size, _ = image.shape
         param = cls(n, channels, size, generator or torch.Generator().manual_seed(0))
@@ -154,7 +157,7 @@ def augment(images: torch.Tensor, method: str, generator: torch.Generator) -> to
 
     The random numbers come from a CPU generator, so a seed gives the same views on any device.
     """
-    n, _, size, _ = images.shape
+    n = images.shape[0]
     if method == "fourier":
         zoom = torch.empty(n, dtype=torch.float64).uniform_(0.9, 1.1, generator=generator)
         angle = torch.empty(n, dtype=torch.float64).uniform_(-10, 10, generator=generator) * math.pi / 180
@@ -206,7 +209,7 @@ def channel_target(model: nn.Module, layer_name: str, channel: int) -> Target:
 
 
 def optimise(target: Target, *, channels: int, method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0,
-             device: torch.device = torch.device("cpu"), to_input: Callable = lambda x: x,
+             device: torch.device = CPU, to_input: Callable = lambda x: x,
              magnitude: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
     """U x channels x size x size images in [0, 1], image u maximising unit u; one batch for all units.
 
@@ -247,7 +250,7 @@ def _forward(target: Target, x: torch.Tensor) -> torch.Tensor:
         return forward_to(target.model, target.module, x)
     except RuntimeError as error:
         raise RunError(f"the model does not run on {tuple(x.shape[-2:])} images ({str(error).splitlines()[0]}); "
-                       "choose a --size the model accepts, e.g. its input size") from error
+                       "choose a `size` the model accepts, e.g. its input size") from error
 
 
 def unit_activations(target: Target, images: torch.Tensor, to_input: Callable, device) -> np.ndarray:
@@ -307,19 +310,18 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     own on its own image, "activations" those of every unit on it.
     """
     from polysem.ingest.models import resolve_device, resolve_transform
-
     from polysem.method.runs import base_model, load_model, run_row
 
     store = store if isinstance(store, Store) else Store(store)
     store.require()
     if method not in METHODS:
-        raise RunError(f"unknown --method '{method}'; use one of {', '.join(METHODS)}")
+        raise RunError(f"unknown `method` '{method}'; use one of {', '.join(METHODS)}")
     if steps < 1 or not 8 <= size <= MAX_SIZE:
-        raise RunError(f"--steps must be at least 1 and --size from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
+        raise RunError(f"`steps` must be at least 1 and `size` from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
     if not 0 <= seed < 2**63:
-        raise RunError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
+        raise RunError(f"`seed` must be from 0 to 2**63 - 1, got {seed}")
     if (run_id is None) == (channel is None):
-        raise RunError("give a RUN_ID or --channel C (a channel of the stored model), one of the two")
+        raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
     layer_name = store.meta()["layer"]
     if run_id is not None:
         run = run_row(store, run_id)
@@ -384,7 +386,7 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
     key = {"run_id": target.run_id, "channel": target.channel,
            **{name: config[name] for name in ("method", "steps", "size", "seed")}}
     try:
-        for unit, image in zip(target.units, images):
+        for unit, image in zip(target.units, images, strict=True):
             with atomic.atomic_path(store.path / paths[unit]) as tmp:
                 tmp.write_bytes(png_bytes(image))
             written.append(store.path / paths[unit])

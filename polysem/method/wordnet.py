@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from polysem.query.screening import class_pairs_sharing_a_channel
-from polysem.query.records import record_class_similarity
-from polysem.query.store import Store
-
 from polysem.constants import TAU, P
 from polysem.errors import PolysemError
+from polysem.query.records import record_class_similarity
+from polysem.query.screening import class_pairs_sharing_a_channel
+from polysem.query.store import Store
+
+__all__ = ["DEBIAN_WORDNET", "DICT_FILES", "cache_dir", "compute_class_similarity", "load_wordnet", "similarity_points", "synset"]
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [
@@ -54,7 +55,7 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
         raise PolysemError(
             f"WordNet not found: nltk has no wordnet and {source} lacks {', '.join(missing[:3])}; "
             "run python -c \"import nltk; nltk.download('wordnet')\" or install Debian's wordnet-base "
-            "(or pass --wordnet-dir with a WordNet 3.0 dict folder)"
+            "(or pass `wordnet_dir` with a WordNet 3.0 dict folder)"
         )
     target = cache_dir() / "nltk_data" / "corpora" / "wordnet"
     if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]):

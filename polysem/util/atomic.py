@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["atomic_path", "write_atomic", "write_row_groups_atomic", "write_text_atomic", "write_bytes_atomic",
-           "fsync_dir"]
+__all__ = [
+    "atomic_path",
+    "fsync_dir",
+    "write_atomic",
+    "write_bytes_atomic",
+    "write_row_groups_atomic",
+    "write_text_atomic",
+]
 
 
 @contextmanager
@@ -41,10 +47,9 @@ def write_row_groups_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path:
     """Like `write_atomic`, with each table of `tables` in row groups of its own (at most
     `row_group_rows` rows each): a row group never mixes two tables' rows, which is what lets
     compaction give each class row groups whose min/max statistics name that class alone."""
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd", **_encodings(schema)) as writer:
-            for table in tables:
-                writer.write_table(table, row_group_size=row_group_rows)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", **_encodings(schema)) as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=row_group_rows)
 
 
 def write_text_atomic(text: str, path: Path) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from polysem.errors import RunError
 
-__all__ = ["hooked", "forward_to", "input_of"]
+__all__ = ["forward_to", "hooked", "input_of"]
 
 
 @contextmanager

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -52,7 +52,7 @@ class ImageRecords(Dataset):
             if not isinstance(image, torch.Tensor):
                 return index, None, f"transform returned {type(image).__name__}, not a tensor"
             return index, image, None
-        except Exception as error:  # corrupt, truncated, unreadable: recorded, not fatal
+        except Exception as error:  # noqa: BLE001 -- corrupt, truncated, unreadable: recorded, not fatal
             return index, None, f"{type(error).__name__}: {error}"
 
 
@@ -75,6 +75,6 @@ def collate_one_size(items, what: str = "the images"):
     groups, failures = collate(items)
     if len(groups) > 1:
         sizes = ", ".join("x".join(map(str, images.shape[1:])) for _, images in groups)
-        raise DataError(f"{what} have different sizes after the transform ({sizes}); use a --transform that resizes")
+        raise DataError(f"{what} have different sizes after the transform ({sizes}); use a `transform` that resizes")
     indices, images = groups[0] if groups else ([], None)
     return indices, images, failures
