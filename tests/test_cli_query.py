@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from polysem.query import Store
 
-from tests.conftest import ROOT, TINY, make_image_folder, map_logits
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import ROOT, TINY, assert_refused, make_image_folder, map_logits
 
 
 def test_sql_formats(cli, colour_store):

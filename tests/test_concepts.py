@@ -11,7 +11,7 @@ from polysem.query import Store
 from polysem.method.concepts import channel_concepts, complete_linkage
 from polysem.method.runs import base_model, load_model
 from polysem.method.verification import verify
-from tests.conftest import COLOURS, make_colour_images
+from tests.helpers import COLOURS, make_colour_images
 
 PAIR_COLOURS = {"blue": (0, 0, 255), "darkred": (128, 0, 0), "red": (255, 0, 0)}
 

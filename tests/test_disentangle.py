@@ -16,8 +16,7 @@ from polysem.method.runs import (
     disentangle_channels,
     load_model,
 )
-from tests.conftest import TINY, make_image_folder, map_logits
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import TINY, assert_refused, assert_refused_last_line, make_image_folder, map_logits
 
 
 def runs_count(store_path):
@@ -267,13 +266,6 @@ def test_force_proceeds_with_a_warning(cli, colour_store):
     assert len(recorded) == 1 and "concept 2 of channel 1 has no l-1 channel of its own" in recorded[0]
 
 
-def assert_refused_last_line(result, *fragments):
-    """Like assert_refused, after progress lines on stderr."""
-    assert result.exit_code == 2, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and all(f in last for f in fragments), last
-
-
 def test_concept_without_train_images(cli, tmp_path):
     root = make_image_folder(tmp_path / "d", "train", {"a": 3, "b": 3, "c": 3})
     store = tmp_path / "s"
@@ -292,7 +284,7 @@ def test_evaluate_bad_input(cli, colour_store, tmp_path):
 
 
 def test_moved_images(cli, tmp_path):
-    from tests.conftest import COLOUR, make_colour_images
+    from tests.helpers import COLOUR, make_colour_images
 
     root = make_colour_images(tmp_path / "colours", "train", 4)
     store = tmp_path / "s"

@@ -7,8 +7,8 @@ from polysem.query import Store
 
 from polysem.method.disentangling import SourceSplit, bias_only_concepts, split_sources
 from polysem.method.runs import disentangle
-from tests.conftest import make_colour_images
-from tests.test_disentangle import assert_refused_last_line as assert_refused
+from tests.helpers import assert_refused_last_line as assert_refused
+from tests.helpers import make_colour_images
 
 
 def colour_store_of(tmp_path, model, splits=("train", "val")):

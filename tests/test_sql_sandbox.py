@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from polysem.query import Store
 
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import assert_refused
 
 OUTSIDE = "/tmp/polysem-escape"  # any file an attempt manages to write would appear here or in the store
 
@@ -85,7 +85,7 @@ def sandbox_store(tmp_path_factory):
     """One ColourNet store for all attempts (each leaves it byte-identical, which each test checks)."""
     from polysem.ingest import ingest
 
-    from tests.conftest import COLOUR, make_colour_images
+    from tests.helpers import COLOUR, make_colour_images
 
     root = make_colour_images(tmp_path_factory.mktemp("colours"), "train", 3)
     store = tmp_path_factory.mktemp("sandbox") / "store"

@@ -10,12 +10,12 @@ from polysem.query import Store
 from polysem.query.sqlfiles import SqlFileError, load_blocks, parse_sql
 
 from polysem import constants
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 @pytest.fixture
 def tiny_store(cli, tmp_path):
-    from tests.conftest import make_image_folder
+    from tests.helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "d", "train", {"a": 8, "b": 8, "c": 8}, seed=3)
     store = tmp_path / "tiny-store"

@@ -12,8 +12,7 @@ from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
 from polysem.errors import StoreBusy
-from tests.conftest import COLOUR, ROOT, make_colour_images
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import COLOUR, ROOT, assert_refused, make_colour_images
 
 
 @pytest.fixture(scope="module")

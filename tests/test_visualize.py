@@ -17,7 +17,7 @@ from polysem.errors import StoreBusy
 from polysem.method.receptive_field import receptive_fields
 from polysem.method.runs import disentangle
 from polysem.method.visualize import FourierImage, augment, visualize
-from tests.conftest import make_colour_images
+from tests.helpers import make_colour_images
 
 OPPONENT = dict(model="tests.models:opponent_colour_net", layer="probe", transform="tests.models:to_tensor")
 
