@@ -61,15 +61,8 @@ def test_known_answer_split_and_evaluation(cli, colour_store):
 
 
 @pytest.fixture
-def resnet_store(tmp_path):
-    from polysem.ingest import ingest
-
-    root = make_image_folder(tmp_path / "rn", "train", {"a": 3, "b": 3, "c": 2}, size=(64, 64))
-    (root / "classes.json").write_text('{"a": {"logit": 0}, "b": {"logit": 1}, "c": {"logit": 2}}')
-    store = tmp_path / "rn-store"
-    ingest(store, root, model="resnet50", weights="random", transform="tests.models:resnet_small",
-           batch_size=8, progress=False)
-    return store
+def resnet_store(fixture_store):
+    return fixture_store("resnet50").store
 
 
 def original_and_new_logits(store, run_id, images):
@@ -98,13 +91,8 @@ def test_resnet50_logits_unchanged_for_any_channel_and_class_sets(resnet_store):
 
 
 @pytest.fixture
-def tiny_store(cli, tmp_path):
-    root = make_image_folder(tmp_path / "d", "train", {"a": 5, "b": 5, "c": 5}, seed=3)
-    make_image_folder(root, "val", {"a": 3, "b": 3, "c": 3}, seed=4)
-    store = tmp_path / "tiny-store"
-    for split in ("train", "val"):
-        assert cli("ingest", root, "--split", split, "--store", store, *TINY).exit_code == 0
-    return store
+def tiny_store(fixture_store):
+    return fixture_store("tiny").store
 
 
 def test_layer_with_bias_keeps_logits_and_artifact_survives_reopen(tiny_store):
