@@ -68,9 +68,10 @@ def store_cache(tmp_path_factory) -> StoreCache:
 
 
 @pytest.fixture
-def fixture_store(store_cache, tmp_path):
-    """fixture_store(name) -> Built: this test's own copy of fixture store `name`, at tmp_path / name."""
-    return lambda name: store_cache.copy(name, tmp_path / name)
+def fixture_store(store_cache, tmp_path_factory):
+    """fixture_store(name) -> Built: this test's own copy of fixture store `name`, in a folder of its own (not
+    in tmp_path, which some tests check stays empty)."""
+    return lambda name: store_cache.copy(name, tmp_path_factory.mktemp(name) / name)
 
 
 @pytest.fixture
