@@ -1,35 +1,35 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from polysem.cli import app
+from tests.helpers import (  # noqa: F401  re-exported: tests import these from here
+    COLOUR,
+    COLOUR_WNIDS,
+    COLOURS,
+    ROOT,
+    TINY,
+    Built,
+    StoreCache,
+    make_colour_images,
+    make_image_folder,
+    map_logits,
+)
 
 os.environ.setdefault("POLYSEM_OFFLINE", "1")  # never try to download weights in tests
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_image_folder(root: Path, split: str, counts: dict[str, int], size=(20, 20), seed=0) -> Path:
-    """Random RGB PNGs: root/split/<class>/<i>.png with `counts[class]` images each."""
-    rng = np.random.default_rng(seed)
-    for folder, count in counts.items():
-        (root / split / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / split / folder / f"{i:03d}.png")
-    return root
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`, one worker per core) each worker runs torch on one thread, unless the user
+    set OMP_NUM_THREADS. With torch's default (a thread per core) in every worker, the workers' threads
+    fight over the cores: on 2 cores a 1 s visualisation test took 45 s. Subprocesses inherit the setting."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+        import torch
 
-
-def map_logits(root: Path, split: str = "train") -> Path:
-    """classes.json giving class folder i the logit i: for folders fewer than the model's outputs."""
-    import json
-
-    folders = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
-    (root / "classes.json").write_text(json.dumps({f: {"logit": i} for i, f in enumerate(folders)}))
-    return root
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -57,40 +57,24 @@ def cli(monkeypatch):
     return invoke
 
 
-TINY = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:small"]
-
-
-COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
-COLOUR = ["--model", "tests.models:colour_net", "--layer", "probe", "--transform", "tests.models:to_tensor"]
-# Any real WordNet nouns will do; the test compares against nltk directly.
-COLOUR_WNIDS = {"blue": "n01440764", "green": "n04254680", "red": "n02123045"}  # tench, soccer ball, tabby
-
-
-def make_colour_images(root: Path, split: str, per_class: int, seed=0, size=8, noise=12, colours=None) -> Path:
-    """Solid-colour PNGs with a little noise, one class folder per colour, plus classes.json with wnids
-    (for the default colours)."""
-    import json
-
-    rng = np.random.default_rng(seed)
-    for name, rgb in (colours or COLOURS).items():
-        (root / split / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(np.array(rgb) + rng.integers(0, noise, size=(size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / split / name / f"{i:03d}.png")
-    if colours is None:
-        (root / "classes.json").write_text(json.dumps({k: {"wnid": v} for k, v in COLOUR_WNIDS.items()}))
-    return root
+@pytest.fixture(scope="session")
+def store_cache(tmp_path_factory) -> StoreCache:
+    """The fixture stores of this run (tests.helpers.BUILDERS), each built once. Under pytest-xdist each worker's
+    temporary folder is <run>/popen-gwN: the cache sits in <run>, which the workers share."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return StoreCache(base / "fixture-stores")
 
 
 @pytest.fixture
-def colour_store(tmp_path):
-    """A store of the known-answer ColourNet: train and val splits ingested."""
-    from polysem.ingest import ingest
+def fixture_store(store_cache, tmp_path_factory):
+    """fixture_store(name) -> Built: this test's own copy of fixture store `name`, in a folder of its own (not
+    in tmp_path, which some tests check stays empty)."""
+    return lambda name: store_cache.copy(name, tmp_path_factory.mktemp(name) / name)
 
-    root = make_colour_images(tmp_path / "colours", "train", 6)
-    make_colour_images(root, "val", 4, seed=1)
-    store = tmp_path / "colour-store"
-    model, layer, transform = COLOUR[1], COLOUR[3], COLOUR[5]
-    for split in ("train", "val"):
-        ingest(store, root, split, model=model, layer=layer, transform=transform, progress=False)
-    return store
+
+@pytest.fixture
+def colour_store(fixture_store) -> Path:
+    """A store of the known-answer ColourNet: train and val splits ingested."""
+    return fixture_store("colour").store

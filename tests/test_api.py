@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT, make_colour_images
+from tests.helpers import ROOT, make_colour_images
 
 SETTINGS = re.compile(r"^DATA_DIR, MODEL, WEIGHTS, LAYER, TRANSFORM = .*# yours$", re.M)
 

@@ -8,7 +8,7 @@ from polysem.ingest.attribution import attribute_batch, input_window_sums, layer
 from polysem.query import Store
 from torch import nn
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def brute_force_attribution(model, layer, image, target):

@@ -11,9 +11,7 @@ import typer
 from polysem.query import Store
 
 from polysem.cli import app
-from tests.conftest import ROOT
-from tests.test_cli_ingest import assert_refused
-from tests.test_validation import snapshot
+from tests.helpers import ROOT, assert_refused, snapshot
 
 
 def all_options():

@@ -4,7 +4,7 @@ import json
 
 from polysem.query import Store
 
-from tests.conftest import TINY
+from tests.helpers import TINY, assert_refused
 
 
 def ingest(cli, data_dir, store_path, *extra, split="train"):
@@ -88,7 +88,7 @@ def test_empty_class_folder_is_kept(cli, data_dir, store_path):
 
 
 def test_classes_json_and_imagenet_names(cli, tmp_path, store_path):
-    from tests.conftest import make_image_folder
+    from tests.helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "imnet", "train", {"n01440764": 1, "tabby": 1})
     (root / "classes.json").write_text(json.dumps({"n01440764": {"logit": 0},
@@ -115,14 +115,6 @@ def test_info_and_classes_commands(cli, data_dir, store_path):
 
 
 # -- bad input: one line, exit code 2, nothing written -------------------------------------------
-
-def assert_refused(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
 
 def test_missing_data_dir(cli, tmp_path, store_path):
     assert_refused(ingest(cli, tmp_path / "nope", store_path, *TINY), "does not exist")
@@ -229,7 +221,7 @@ def test_bad_classes_option(cli, data_dir, store_path):
 
 def test_imagenet_defaults_with_resnet50(cli, tmp_path, store_path):
     """The real-job path: default layer4.2.conv3 and resize-256/crop-224 preprocessing, wnid folders."""
-    from tests.conftest import make_image_folder
+    from tests.helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "imagenet", "train", {"n01440764": 2, "n01443537": 1}, size=(300, 260))
     result = cli("ingest", root, "--model", "resnet50", "--weights", "random:3", "--store", store_path)

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from polysem.query import Store
 
-from tests.conftest import ROOT, TINY, make_image_folder, map_logits
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import ROOT, TINY, assert_refused, make_image_folder, map_logits
 
 
 def test_sql_formats(cli, colour_store):
@@ -116,10 +115,8 @@ def test_wordnet_errors(cli, colour_store, tiny_store_path, tmp_path, monkeypatc
 
 
 @pytest.fixture
-def tiny_store_path(cli, tmp_path):
-    root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 4, "b": 4}))
-    assert cli("ingest", root, "--store", tmp_path / "tiny", *TINY).exit_code == 0
-    return tmp_path / "tiny"
+def tiny_store_path(fixture_store):
+    return fixture_store("tiny-two-classes").store
 
 
 def test_queries_during_an_ingest_see_complete_parts(tmp_path):

@@ -11,9 +11,7 @@ from polysem.query import Store
 from polysem.method.concepts import channel_concepts, complete_linkage
 from polysem.method.runs import base_model, load_model
 from polysem.method.verification import verify
-from tests.conftest import COLOURS, make_colour_images
-
-PAIR_COLOURS = {"blue": (0, 0, 255), "darkred": (128, 0, 0), "red": (255, 0, 0)}
+from tests.helpers import COLOURS
 
 
 # -- complete linkage against independent answers -------------------------------------------------
@@ -83,28 +81,16 @@ def test_complete_linkage_ties_go_to_the_lowest_class_ids():
 
 # -- known-answer models ------------------------------------------------------------------------
 
-def colour_model_store(tmp_path, model: str, colours=None):
-    from polysem.ingest import ingest
-
-    root = make_colour_images(tmp_path / "images", "train", 6, noise=6, colours=colours)
-    make_colour_images(root, "val", 4, seed=1, noise=6, colours=colours)
-    store = tmp_path / "store"
-    for split in ("train", "val"):
-        ingest(store, root, split, model=f"tests.models:{model}", layer="probe", transform="tests.models:to_tensor",
-               progress=False)
-    return store
-
-
 @pytest.fixture
-def tri_store(tmp_path):
+def tri_store(fixture_store):
     """Channel 0 serves blue, green and red, each through its own detector (tests.models.tri_colour_net)."""
-    return colour_model_store(tmp_path, "tri_colour_net")
+    return fixture_store("tri-colour").store
 
 
 @pytest.fixture
-def pair_store(tmp_path):
+def pair_store(fixture_store):
     """Channel 0 serves blue and the two similar darkred and red (tests.models.pair_colour_net)."""
-    return colour_model_store(tmp_path, "pair_colour_net", PAIR_COLOURS)
+    return fixture_store("pair-colour").store
 
 
 def assert_logits_unchanged(store, run_id):

@@ -16,8 +16,7 @@ from polysem.method.runs import (
     disentangle_channels,
     load_model,
 )
-from tests.conftest import TINY, make_image_folder, map_logits
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import TINY, assert_refused, assert_refused_last_line, make_image_folder, map_logits
 
 
 def runs_count(store_path):
@@ -62,15 +61,8 @@ def test_known_answer_split_and_evaluation(cli, colour_store):
 
 
 @pytest.fixture
-def resnet_store(tmp_path):
-    from polysem.ingest import ingest
-
-    root = make_image_folder(tmp_path / "rn", "train", {"a": 3, "b": 3, "c": 2}, size=(64, 64))
-    (root / "classes.json").write_text('{"a": {"logit": 0}, "b": {"logit": 1}, "c": {"logit": 2}}')
-    store = tmp_path / "rn-store"
-    ingest(store, root, model="resnet50", weights="random", transform="tests.models:resnet_small",
-           batch_size=8, progress=False)
-    return store
+def resnet_store(fixture_store):
+    return fixture_store("resnet50").store
 
 
 def original_and_new_logits(store, run_id, images):
@@ -99,13 +91,8 @@ def test_resnet50_logits_unchanged_for_any_channel_and_class_sets(resnet_store):
 
 
 @pytest.fixture
-def tiny_store(cli, tmp_path):
-    root = make_image_folder(tmp_path / "d", "train", {"a": 5, "b": 5, "c": 5}, seed=3)
-    make_image_folder(root, "val", {"a": 3, "b": 3, "c": 3}, seed=4)
-    store = tmp_path / "tiny-store"
-    for split in ("train", "val"):
-        assert cli("ingest", root, "--split", split, "--store", store, *TINY).exit_code == 0
-    return store
+def tiny_store(fixture_store):
+    return fixture_store("tiny").store
 
 
 def test_layer_with_bias_keeps_logits_and_artifact_survives_reopen(tiny_store):
@@ -267,13 +254,6 @@ def test_force_proceeds_with_a_warning(cli, colour_store):
     assert len(recorded) == 1 and "concept 2 of channel 1 has no l-1 channel of its own" in recorded[0]
 
 
-def assert_refused_last_line(result, *fragments):
-    """Like assert_refused, after progress lines on stderr."""
-    assert result.exit_code == 2, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and all(f in last for f in fragments), last
-
-
 def test_concept_without_train_images(cli, tmp_path):
     root = make_image_folder(tmp_path / "d", "train", {"a": 3, "b": 3, "c": 3})
     store = tmp_path / "s"
@@ -292,7 +272,7 @@ def test_evaluate_bad_input(cli, colour_store, tmp_path):
 
 
 def test_moved_images(cli, tmp_path):
-    from tests.conftest import COLOUR, make_colour_images
+    from tests.helpers import COLOUR, make_colour_images
 
     root = make_colour_images(tmp_path / "colours", "train", 4)
     store = tmp_path / "s"

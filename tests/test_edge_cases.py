@@ -7,24 +7,11 @@ from polysem.query import Store
 
 from polysem.method.disentangling import SourceSplit, bias_only_concepts, split_sources
 from polysem.method.runs import disentangle
-from tests.conftest import make_colour_images
-from tests.test_disentangle import assert_refused_last_line as assert_refused
+from tests.helpers import assert_refused_last_line as assert_refused
 
 
-def colour_store_of(tmp_path, model, splits=("train", "val")):
-    from polysem.ingest import ingest
-
-    root = make_colour_images(tmp_path / "colours", "train", 6)
-    make_colour_images(root, "val", 4, seed=1)
-    store = tmp_path / "store"
-    for split in splits:
-        ingest(store, root, split, model=f"tests.models:{model}", layer="probe", transform="tests.models:to_tensor",
-               progress=False)
-    return store
-
-
-def test_a_class_whose_logit_ignores_the_features_is_relevant_for_no_channel(tmp_path):
-    store = Store(colour_store_of(tmp_path, "blind_colour_net", ("train",)))
+def test_a_class_whose_logit_ignores_the_features_is_relevant_for_no_channel(fixture_store):
+    store = Store(fixture_store("blind-colour-train").store)
     red = store.sql("SELECT attribution FROM samples WHERE target = 2").column("attribution").to_pylist()
     assert red and all(a == [0.0, 0.0, 0.0] for a in red)  # the known answer: no attribution at all
     # 0 >= tau * 0 held for every channel before; now no channel is relevant for these images
@@ -34,10 +21,10 @@ def test_a_class_whose_logit_ignores_the_features_is_relevant_for_no_channel(tmp
     assert all(2 not in (p["class1"], p["class2"]) for p in store.sql("SELECT * FROM arv_cosine()").to_pylist())
 
 
-def test_exact_zeros_in_eq6_are_a_perfect_split_not_an_error(tmp_path):
+def test_exact_zeros_in_eq6_are_a_perfect_split_not_an_error(fixture_store):
     """clean_colour_net's detectors are exactly 0 on the other colours: every ratio of Eq. 6 with |.| has a zero
     denominator. The search ranks by separated images, so channel 0 splits into G (green) and R (red)."""
-    store = colour_store_of(tmp_path, "clean_colour_net", ("train",))
+    store = fixture_store("clean-colour-train").store
     run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
     assert run.sources == [[1], [0]] and run.shared == [2] and run.warnings == []
     scores = Store(store).sql("SELECT rho, objective_value, separated, skipped FROM rho_scores ORDER BY rho").to_pylist()
@@ -56,8 +43,8 @@ def test_split_and_bias_only_rules():
     assert bias_only_concepts(weight, SourceSplit(((0,), (1,), ()), (2, 3))) == [2, 3]  # zero weight; no source
 
 
-def test_a_channel_that_carries_only_its_bias_is_flagged(cli, tmp_path):
-    store = colour_store_of(tmp_path, "bias_colour_net")
+def test_a_channel_that_carries_only_its_bias_is_flagged(cli, fixture_store):
+    store = fixture_store("bias-colour").store
     args = ["disentangle", "--channel", 0, "--concept1", "blue", "--concept2", "red", "--store", store]
     # blue images reach channel 0 only through its bias: blue has no l-1 channel of its own at any rho
     assert_refused(cli(*args), "at every rho of the grid some concept has no l-1 channel")
@@ -77,13 +64,13 @@ def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
     candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
     import warnings
 
-    from polysem.method.runs import ChannelRequest, disentangle_candidates, disentangle_channels
+    from polysem.method.runs import ChannelRequest, disentangle_channels
 
     candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
                   ChannelRequest(2, [["red"], ["green"]])]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = disentangle_candidates(colour_store, candidates, take=1, force=True, progress=False)
+        runs = disentangle_channels(colour_store, candidates, take=1, force=True, progress=False)
     assert [(r.channel, r.sources) for r in runs] == [(0, [[1], [0]])]
     assert any("channel 1 passed over" in str(w.message) for w in caught)
     with pytest.raises(Exception, match="at every rho of the grid"):  # named, not a candidate: refused

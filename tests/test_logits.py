@@ -10,9 +10,8 @@ from polysem.ingest.dataset import class_rows, imagenet_index
 from polysem.query import Store
 
 from polysem.errors import DataError
-from tests.conftest import TINY, make_image_folder
+from tests.helpers import TINY, assert_refused, make_image_folder
 from tests.models import resnet_small, small, tiny_net
-from tests.test_cli_ingest import assert_refused
 
 # non-contiguous ImageNet-1k classes; sorted, their folder indices are 0..3, their logits are not
 SUBSET = {"n01514668": 7, "n02123045": 281, "n04254680": 805, "n09472597": 980}

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from polysem.query import Store
 
-from tests.conftest import ROOT, TINY, make_image_folder
+from tests.helpers import ROOT, TINY, make_image_folder
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
 

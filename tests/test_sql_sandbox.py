@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from polysem.query import Store
 
-from tests.test_cli_ingest import assert_refused
+from tests.helpers import assert_refused
 
 OUTSIDE = "/tmp/polysem-escape"  # any file an attempt manages to write would appear here or in the store
 
@@ -80,17 +80,10 @@ def test_there_are_enough_attempts():
     assert len(set(ESCAPES)) == len(ESCAPES) >= 30
 
 
-@pytest.fixture(scope="module")
-def sandbox_store(tmp_path_factory):
-    """One ColourNet store for all attempts (each leaves it byte-identical, which each test checks)."""
-    from polysem.ingest import ingest
-
-    from tests.conftest import COLOUR, make_colour_images
-
-    root = make_colour_images(tmp_path_factory.mktemp("colours"), "train", 3)
-    store = tmp_path_factory.mktemp("sandbox") / "store"
-    ingest(store, root, "train", model=COLOUR[1], layer=COLOUR[3], transform=COLOUR[5], progress=False)
-    return store
+@pytest.fixture
+def sandbox_store(fixture_store):
+    """A ColourNet store (train, 3 images a class) for each attempt, which must leave it byte-identical."""
+    return fixture_store("colour-train-3").store
 
 
 @pytest.mark.parametrize("statement", ESCAPES)

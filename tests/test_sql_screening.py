@@ -10,17 +10,11 @@ from polysem.query import Store
 from polysem.query.sqlfiles import SqlFileError, load_blocks, parse_sql
 
 from polysem import constants
-from tests.conftest import TINY
 
 
 @pytest.fixture
-def tiny_store(cli, tmp_path):
-    from tests.conftest import make_image_folder
-
-    root = make_image_folder(tmp_path / "d", "train", {"a": 8, "b": 8, "c": 8}, seed=3)
-    store = tmp_path / "tiny-store"
-    assert cli("ingest", root, "--store", store, *TINY, "--batch-size", 5).exit_code == 0
-    return store
+def tiny_store(fixture_store):
+    return fixture_store("tiny-train-8").store
 
 
 def test_every_view_and_macro_runs(colour_store):

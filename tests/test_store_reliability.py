@@ -1,7 +1,6 @@
 """Readers never lock out writers, a busy catalog loses no work, damaged files and bad outputs get one line."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,28 +11,18 @@ from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
 from polysem.errors import StoreBusy
-from tests.conftest import COLOUR, ROOT, make_colour_images
-from tests.test_cli_ingest import assert_refused
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A ColourNet store (train and val) and its images, built once; tests work on copies."""
-    from polysem.ingest import ingest
-
-    base = tmp_path_factory.mktemp("reliability")
-    root = make_colour_images(base / "colours", "train", 6)
-    make_colour_images(root, "val", 4, seed=1)
-    for split in ("train", "val"):
-        ingest(base / "store", root, split, model=COLOUR[1], layer=COLOUR[3], transform=COLOUR[5], progress=False)
-    return base / "store", root
+from tests.helpers import ROOT, assert_refused
 
 
 @pytest.fixture
-def store(built, tmp_path) -> Path:
-    copy = tmp_path / "store"
-    shutil.copytree(built[0], copy)
-    return copy
+def built(fixture_store):
+    """This test's copy of the ColourNet store (train and val) and its images (built[1]: shared, read only)."""
+    return fixture_store("colour")
+
+
+@pytest.fixture
+def store(built) -> Path:
+    return built.store
 
 
 def python(code: str, *args) -> subprocess.Popen:

@@ -4,7 +4,7 @@ import torch
 from polysem.ingest import run as ingest_run
 from polysem.ingest.threads import default_num_workers, default_threads
 
-from tests.conftest import TINY, make_image_folder
+from tests.helpers import TINY, make_image_folder
 
 
 def test_defaults_split_the_cores(monkeypatch):

@@ -1,22 +1,12 @@
 """Bad input is refused before anything is written: no store is created, an existing one stays byte-identical."""
 
-import hashlib
 import json
 import os
 
 import pytest
 from polysem.query import Store
 
-from tests.conftest import TINY, make_image_folder
-from tests.test_cli_ingest import assert_refused
-
-
-def snapshot(path):
-    """Every file under `path` with its SHA-256 (lock files excluded: they hold no data)."""
-    if not path.exists():
-        return None
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+from tests.helpers import TINY, assert_refused, make_image_folder, snapshot
 
 
 def with_model(model, transform="tests.models:small"):
@@ -133,7 +123,7 @@ def test_concurrent_first_ingests_of_two_splits_keep_both_roots(data_dir, store_
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     env = {**os.environ, "POLYSEM_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = [subprocess.Popen([sys.executable, "-m", "polysem.cli", "ingest", str(data_dir), "--split", split,
@@ -163,7 +153,7 @@ def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     project = tmp_path / "project"
     project.mkdir()

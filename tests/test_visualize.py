@@ -15,27 +15,15 @@ from torch import nn
 
 from polysem.errors import StoreBusy
 from polysem.method.receptive_field import receptive_fields
-from polysem.method.runs import disentangle
 from polysem.method.visualize import FourierImage, augment, visualize
-from tests.conftest import make_colour_images
-
-OPPONENT = dict(model="tests.models:opponent_colour_net", layer="probe", transform="tests.models:to_tensor")
 
 
-@pytest.fixture(scope="module")
-def opponent_run(tmp_path_factory):
-    """A store of OpponentColourNet (train + val) and a run splitting channel 0 = R + G into green / red."""
-    from polysem.ingest import ingest
-
-    tmp = tmp_path_factory.mktemp("opponent")
-    root = make_colour_images(tmp / "colours", "train", 6)
-    make_colour_images(root, "val", 4, seed=1)
-    store = tmp / "store"
-    for split in ("train", "val"):
-        ingest(store, root, split, progress=False, **OPPONENT)
-    run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
-    assert (run["sources1"], run["sources2"]) == ([1], [0])  # G detector / R detector
-    return store, run["run_id"]
+@pytest.fixture
+def opponent_run(fixture_store):
+    """A store of OpponentColourNet (train + val) and a run splitting channel 0 = R + G into green / red
+    (sources: the G detector / the R detector), this test's own copy."""
+    built = fixture_store("opponent-colour-run")
+    return built.store, built.info["run_id"]
 
 
 def mean_colour(path) -> np.ndarray:

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PROBE = (
     "from polysem.method.wordnet import load_wordnet, synset\n"
