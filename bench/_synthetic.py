@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from polysem.ingest.writer import list_column
 from polysem.query import Store, layout
-from polysem.query.meta import STORE_FORMAT, meta_complete, read_meta, write_meta
+from polysem.query.meta import SCHEMA_VERSION, meta_complete, read_meta, write_meta
 
 from polysem.util import atomic
 
@@ -60,7 +60,7 @@ def finish_store(path: Path, channels: int, inputs: int) -> Store:
     """The catalog and the metadata a first ingest writes, for a 1x1 layer of `channels` x `inputs`."""
     store = Store(path)
     with store.connect(write=True) as conn:
-        write_meta(conn, {"format": STORE_FORMAT, "model": "synthetic", "weights": "synthetic",
+        write_meta(conn, {"schema_version": SCHEMA_VERSION, "model": "synthetic", "weights": "synthetic",
                           "weights_sha256": "0" * 64, "layer": "synthetic",
                           "layer_shape": {"out_channels": channels, "in_channels": inputs, "kernel_size": [1, 1],
                                           "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "bias": False},

@@ -64,13 +64,13 @@ def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
     candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
     import warnings
 
-    from polysem.method.runs import ChannelRequest, disentangle_channels
+    from polysem.method.runs import ChannelRequest, disentangle_candidates
 
     candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
                   ChannelRequest(2, [["red"], ["green"]])]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = disentangle_channels(colour_store, candidates, take=1, force=True, progress=False)
+        runs = disentangle_candidates(colour_store, candidates, take=1, force=True, progress=False)
     assert [(r.channel, r.sources) for r in runs] == [(0, [[1], [0]])]
     assert any("channel 1 passed over" in str(w.message) for w in caught)
     with pytest.raises(Exception, match="at every rho of the grid"):  # named, not a candidate: refused
