@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def conv_padding(layer: nn.Conv2d, height: int, width: int) -> tuple[int, int, i
         for k, d in zip(reversed(layer.kernel_size), reversed(layer.dilation), strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
-        return tuple(pads)
+        return cast("tuple[int, int, int, int]", tuple(pads))  # two pads for each of a Conv2d's two dimensions
     ph, pw = layer.padding
     return (pw, pw, ph, ph)
 

@@ -41,7 +41,7 @@ def check_split_name(split: str) -> None:
         raise DataError(f"bad `split` '{split}': give the name of one folder under DATA_DIR, e.g. train or val")
 
 
-def list_split(data_dir: str | Path, split: str, classes: list[int] | None = None, limit: int | None = None) -> SplitListing:
+def list_split(data_dir: str | os.PathLike[str], split: str, classes: list[int] | None = None, limit: int | None = None) -> SplitListing:
     """The images of DATA_DIR/SPLIT as an ImageFolder sees them (sorted class folders)."""
     check_split_name(split)
     data_dir = Path(data_dir).expanduser().absolute()
@@ -68,7 +68,8 @@ def list_split(data_dir: str | Path, split: str, classes: list[int] | None = Non
         if bad:
             raise DataError(f"class ids {bad} are out of range; {root} has classes 0..{len(folders) - 1}")
         wanted = set(classes)
-    records, per_class = [], {}
+    records: list[ImageRecord] = []
+    per_class: dict[int, int] = {}
     for path, target in folder.samples:
         if wanted is not None and target not in wanted:
             continue
@@ -119,7 +120,7 @@ def imagenet_index() -> dict[str, tuple[int, str]]:
     return {wnid: (int(index), name) for index, (wnid, name) in json.loads(text).items()}
 
 
-def read_class_file(data_dir: str | Path) -> dict[str, dict]:
+def read_class_file(data_dir: str | os.PathLike[str]) -> dict[str, dict]:
     """DATA_DIR/classes.json, checked: {"folder": {"name": str, "wnid": str, "logit": int}, ...}, all keys optional."""
     path = Path(data_dir) / CLASS_FILE
     if not path.is_file():
@@ -147,7 +148,7 @@ def read_class_file(data_dir: str | Path) -> dict[str, dict]:
     return extra
 
 
-def class_rows(data_dir: str | Path, folders: list[str], n_outputs: int, model_name: str = "the model") -> list[dict]:
+def class_rows(data_dir: str | os.PathLike[str], folders: list[str], n_outputs: int, model_name: str = "the model") -> list[dict]:
     """Rows of the `classes` table: class_id, folder, name, wnid, logit.
 
     logit, the model output of the class, by the first rule that applies: `logit` in

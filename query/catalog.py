@@ -85,7 +85,7 @@ def holder(error: Exception) -> str:
 
 def stamp(catalog: Path) -> tuple:
     """Changes whenever a writer commits: the catalog's and its write-ahead log's stat."""
-    stamp = []
+    stamp: list[tuple[int, int, int] | None] = []
     for path in (catalog, catalog.with_name(catalog.name + ".wal")):
         try:
             st = path.stat()

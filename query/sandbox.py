@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import duckdb
 
@@ -21,7 +22,7 @@ from polysem.query.diagnostics import first_line
 
 __all__ = ["SANDBOX", "as_select", "check_read_only", "scratch"]
 
-SANDBOX = {
+SANDBOX: dict[str, str | bool | int | float | list[str]] = {  # the type duckdb.connect takes as config
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "allow_community_extensions": False,
@@ -113,7 +114,7 @@ def _explained(sql: str) -> str:
 
 def _serialised(sql: str) -> dict:
     with scratch() as conn:
-        text = conn.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
+        text = cast("tuple[str]", conn.execute("SELECT json_serialize_sql(?)", [sql]).fetchone())[0]  # always one row
     tree = json.loads(text)
     if tree.get("error"):
         raise QueryError(tree.get("error_message", "cannot parse the query"))

@@ -10,7 +10,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -179,7 +179,7 @@ def main() -> None:
         sys.exit(130)
     except usage_errors as error:
         message = (error.format_message() if hasattr(error, "format_message") else str(error)).rstrip(".")
-        known = typer.main.get_command(app).commands
+        known = cast("typer.core.TyperGroup", typer.main.get_command(app)).commands  # an app of several commands
         command = next((a for a in sys.argv[1:2] if a in known), None)
         typer.echo(f"Error: {message}; see `polysem {command + ' ' if command else ''}--help`", err=True)
         sys.exit(2)

@@ -171,8 +171,8 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     figure = Figure(figsize=(3.0 * max(len(units), 1), 3.6))
     for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units, strict=False):
         _show(ax, images[row["unit"]])
-        units = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
-        acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in units if _unit_activation(row, u) is not None)
+        shown = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
+        acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in shown if _unit_activation(row, u) is not None)
         ax.set_title("\n".join(textwrap.wrap(labels.get(row["unit"], row["unit"]), 30)) + "\n" + _vis_title(row)
                      .replace("feature visualisation\n", ""), fontsize=7)
         ax.set_xlabel("\n".join(textwrap.wrap(acts, 36)), fontsize=6)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -176,8 +177,11 @@ class DisentangledConv(nn.Module):
         for c, split in zip(channels, splits, strict=True):
             self.units[c] = {"c1": c, **{f"c{j + 1}": offset + j - 1 for j in range(1, split.k)}, "r": offset + split.k - 1}
             offset += split.k
-        self.expanded = nn.Conv2d(original.in_channels, offset, original.kernel_size, original.stride,
-                                  original.padding, original.dilation, bias=original.bias is not None)
+        # a Conv2d's geometry attributes are 2-tuples (or a padding mode string), typed tuple[int, ...] in torch
+        self.expanded = nn.Conv2d(original.in_channels, offset, cast("tuple[int, int]", original.kernel_size),
+                                  cast("tuple[int, int]", original.stride),
+                                  cast("str | tuple[int, int]", original.padding),
+                                  cast("tuple[int, int]", original.dilation), bias=original.bias is not None)
         self.merge = nn.Conv2d(offset, out, 1, bias=False)
         with torch.no_grad():
             weight = original.weight.detach().clone()
@@ -186,7 +190,7 @@ class DisentangledConv(nn.Module):
                 weight[c] = concepts[0]
                 extra += [*concepts[1:], residual]
             self.expanded.weight.copy_(torch.cat([weight, torch.stack(extra)]) if extra else weight)
-            if original.bias is not None:
+            if original.bias is not None and self.expanded.bias is not None:  # the second follows from the first
                 bias = original.bias.detach()
                 self.expanded.bias.copy_(torch.cat([bias, bias[[c for c, split in zip(channels, splits, strict=True)
                                                                   for _ in range(split.k)]]]))

@@ -8,6 +8,7 @@ what this module hands it. The photos are the image files as the user knows them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -91,6 +92,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     Returns ({unit: UnitImages}, caption facts).
     """
     from polysem.ingest.models import resolve_device, resolve_transform
+    from polysem.method.disentangling import DisentangledConv
     from polysem.method.features import remap_paths
     from polysem.method.receptive_field import receptive_fields
     from polysem.method.runs import load_model
@@ -122,7 +124,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     if failures:
         raise RunError(f"cannot read {ordered[failures[0][0]]['path']}: {failures[0][1]}")
     model = load_model(store, run["run_id"]).to(resolve_device(device))
-    layer = model.get_submodule(meta["layer"])
+    layer = cast(DisentangledConv, model.get_submodule(meta["layer"]))
     index = {r["image_id"]: i for i, r in enumerate(ordered)}
     with torch.no_grad():
         out = forward_to(model, layer.expanded, images.to(next(model.parameters()).device)).double().cpu()
@@ -161,7 +163,8 @@ def _balanced(ranked: list[dict], shown: int) -> list[dict]:
     by_concept: dict[int, list[dict]] = {}
     for row in ranked:
         by_concept.setdefault(row["concept"], []).append(row)
-    picked, depth = [], 0
+    picked: list[dict] = []
+    depth = 0
     while len(picked) < min(shown, len(ranked)):
         for concept in sorted(by_concept):
             if depth < len(by_concept[concept]) and len(picked) < shown:

@@ -38,7 +38,7 @@ def _geometric_copy(model: nn.Module) -> nn.Module:
                 if module.affine:
                     module.weight.fill_(1.0)
                     module.bias.zero_()
-                if module.running_mean is not None:
+                if module.running_mean is not None and module.running_var is not None:  # both or neither are tracked
                     module.running_mean.zero_()
                     module.running_var.fill_(1.0)
         elif isinstance(module, nn.MaxPool2d):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -67,10 +68,10 @@ class ChannelRequest:
 class _Plan:
     channel: int
     concepts: list[list[int]]
-    arvs: list[np.ndarray] = None
-    rho: float = None
+    arvs: list[np.ndarray] | None = None  # arvs, rho and split: None until `_split` sets them
+    rho: float | None = None
     scores: list[dict] = field(default_factory=list)
-    split: SourceSplit = None
+    split: SourceSplit | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -113,7 +114,7 @@ def base_model(store: Store):
 def resolve_classes(store: Store, values: list) -> list[int]:
     """Class ids from ids, folder names or class names (case-insensitive)."""
     classes = store.run("class_list").to_pylist()
-    by_name = {}
+    by_name: dict[str, int] = {}
     for row in classes:
         by_name.setdefault(row["folder"].lower(), row["class_id"])
         by_name.setdefault(row["name"].lower(), row["class_id"])
@@ -260,6 +261,7 @@ def _split(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
         _split_auto(store, base, plan, options)
     else:
         _split_fixed(plan, options.fixed_rho, options.force)
+    assert plan.split is not None  # set by _split_auto or _split_fixed
     weight = base.layer.weight.detach().cpu()
     for j in bias_only_concepts(weight[plan.channel], plan.split):
         if j not in plan.split.empty_concepts:
@@ -269,6 +271,7 @@ def _split(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
 
 def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
     """rho by Eq. 6 over the grid, on the concepts' feature maps; `_NoSplit` when no rho splits."""
+    assert plan.arvs is not None  # set by _split
     maps = [np.concatenate([cached_class_maps(store, base.model, base.layer, base.transform, c, SCREEN_SPLIT,
                                               base.device, options.data_dir, options.batch_size, options.progress)
                             for c in concept])
@@ -282,6 +285,7 @@ def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> No
 
 
 def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
+    assert plan.arvs is not None  # set by _split
     plan.rho = rho
     plan.split = split_sources(plan.arvs, rho)
     plan.scores = [{"rho": rho, "objective_value": None, "separated": None,
@@ -297,7 +301,8 @@ def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
 def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: _Options) -> list[Run]:
     """One model with every plan's channel disentangled, checked against the original, saved and recorded."""
     # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
-    new_layer = DisentangledConv(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans], [p.split for p in plans])
+    new_layer = DisentangledConv(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans],
+                                 cast("list[SourceSplit]", [p.split for p in plans]))  # `_split` set every plan's split
     disentangled = copy.deepcopy(base.model).cpu()
     replace_module(disentangled, base.layer_name, new_layer)
     max_diff, n_checked = check_equivalence(store, base.model, disentangled, plans, base.transform, base.device,
@@ -365,7 +370,7 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
         raise RunError(f"`take` must be at least 1, got {take}")
     out_channels = _check_channels(store, candidates)
     base = _Base.load(store, device)
-    plans = []
+    plans: list[_Plan] = []
     for candidate in candidates:
         if len(plans) == take:
             break
@@ -402,9 +407,9 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
                 new.append(disentangled(images[i : i + batch_size].to(device)))
     disentangled.cpu()
     n_checked = sum(len(images) for _, images in groups)
-    old, new = torch.cat(old), torch.cat(new)
-    max_diff = float((new - old).abs().max())
-    limit = LOGIT_TOLERANCE * max(1.0, float(old.abs().max()))
+    old_logits, new_logits = torch.cat(old), torch.cat(new)
+    max_diff = float((new_logits - old_logits).abs().max())
+    limit = LOGIT_TOLERANCE * max(1.0, float(old_logits.abs().max()))
     if not max_diff <= limit:
         raise RunError(f"the disentangled model changes the logits by {max_diff:.3g} (> {limit:.3g}); nothing recorded")
     return max_diff, n_checked

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.models import resolve_device, resolve_transform
+from polysem.method.disentangling import DisentangledConv
 from polysem.method.features import cached_array, remap_paths
 from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
@@ -101,7 +103,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
 
     meta = store.meta()
     model = load_model(store, run_id)
-    new_layer = model.get_submodule(meta["layer"])
+    new_layer = cast(DisentangledConv, model.get_submodule(meta["layer"]))
     expanded = new_layer.expanded
     units = [f"c{j}" for j in range(1, len(run["concepts"]) + 1)]
     indices = [new_layer.unit_index(run["channel"], unit) for unit in units]
@@ -128,7 +130,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
         n_images += len(ids)
 
     weights = expanded.weight.detach().cpu().double().flatten(1)
-    channels = []
+    channels: list[dict] = []
     for u, (unit, index) in enumerate(zip(units, indices, strict=True)):
         unit_classes = [c for c in classes if c in fractions and fractions[c][u] >= p]
         cosines = [] if len(unit_classes) < 2 else store.run(

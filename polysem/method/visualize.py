@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import RunError
+from polysem.method.disentangling import DisentangledConv
 from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store
 from polysem.util import atomic
@@ -83,6 +85,8 @@ class FourierImage(nn.Module):
     high-frequency noise. `/ 4` is Lucid's constant, which keeps the sigmoid's input moderate.
     """
 
+    scale: torch.Tensor  # a buffer
+
     def __init__(self, n: int, channels: int, size: int, generator: torch.Generator, sd: float = 0.01, decay: float = 1.0):
         super().__init__()
         self.size = size
@@ -116,6 +120,8 @@ class MacoImage(nn.Module):
     because its ImageNet spectrum comes in arbitrary units; this one comes in the image's
     own units, so a real image is reachable with its own magnitude and no rescaling is needed.
     """
+
+    magnitude: torch.Tensor  # a buffer
 
     def __init__(self, n: int, magnitude: torch.Tensor, generator: torch.Generator):
         super().__init__()
@@ -191,7 +197,7 @@ class Target:
 
 def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None) -> Target:
     """The original channel and its c'1..c'k, r in a disentangled model (layer_name is a DisentangledConv)."""
-    layer = model.get_submodule(layer_name)
+    layer = cast(DisentangledConv, model.get_submodule(layer_name))
     concepts = tuple(u for u in layer.units[channel] if u != "r")  # c1 .. ck
     index = [layer.unit_index(channel, u) for u in concepts]
     ir = layer.unit_index(channel, "r")
@@ -220,6 +226,8 @@ def optimise(target: Target, *, channels: int, method: str = "maco", steps: int 
 
     n = len(target.units)
     generator = torch.Generator().manual_seed(seed)
+    image: FourierImage | MacoImage
+    optimiser_class: type[torch.optim.Adam | torch.optim.NAdam]
     if method == "fourier":
         image = FourierImage(n, channels, size, generator)
         optimiser_class, lr = torch.optim.Adam, 0.05  # Lucid's default
@@ -329,6 +337,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
         transform = resolve_transform(store.meta()["transform"], store.meta().get("transform_import_root")).fn
         target = run_target(model, layer_name, run["channel"], run_id)
     else:
+        assert channel is not None  # given when run_id is not (checked above)
         model, _, layer, transform = base_model(store)
         if not 0 <= channel < layer.out_channels:
             raise RunError(f"channel {channel} is out of range; the layer has channels 0..{layer.out_channels - 1}")
@@ -404,8 +413,8 @@ def _record(store: Store, target: Target, images: torch.Tensor, result: dict, co
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    for path in old:  # the images these rows replaced
-        (store.path / path).unlink(missing_ok=True)
+    for image_path in old:  # the images these rows replaced
+        (store.path / image_path).unlink(missing_ok=True)
     return paths
 
 
