@@ -64,7 +64,7 @@ def test_from_screen_passes_over_a_candidate_that_no_rho_splits(colour_store):
     candidate, channel 0 (green/red), is the one disentangled, and the skip is said."""
     import warnings
 
-    from polysem.method.runs import ChannelRequest, disentangle_candidates
+    from polysem.method.runs import ChannelRequest, disentangle_candidates, disentangle_channels
 
     candidates = [ChannelRequest(1, [["blue"], ["red"]]), ChannelRequest(0, [["green"], ["red"]]),
                   ChannelRequest(2, [["red"], ["green"]])]
