@@ -1,4 +1,4 @@
-"""Channel attribution (METHOD.md section 1) and input window sums (section 3), batched.
+"""Channel attribution (docs/method.md section 1) and input window sums (section 3), batched.
 
 One forward pass per batch gives both: a forward hook on the layer of interest
 keeps its input f_{l-1} and turns its output f_l into a fresh leaf, so the one

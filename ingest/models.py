@@ -246,7 +246,7 @@ def resolve_transform(spec: str | None, import_root: str | None = None) -> Resol
 
 
 def imagenet_transform() -> Callable:
-    """METHOD.md's preprocessing: resize 256, center crop 224, ImageNet mean/std."""
+    """docs/method.md's preprocessing: resize 256, center crop 224, ImageNet mean/std."""
     return transforms.Compose(
         [
             transforms.Resize(256),

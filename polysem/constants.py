@@ -1,4 +1,4 @@
-"""The method's constants (METHOD.md). The SQL macros in `sql/` use the same defaults;
+"""The method's constants (docs/method.md). The SQL macros in `sql/` use the same defaults;
 tests/test_sql_screening.py checks that they agree."""
 
 TAU = 0.03  # Ineq. 2: channel relevant for an image when A_c >= TAU * sum of positive attributions

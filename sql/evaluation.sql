@@ -39,7 +39,7 @@ SELECT image_id, path, target, concept, relative_attribution,
 FROM images;
 
 -- name: evaluation_summary
--- METHOD.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau, n_images, the mean fraction of the original activation on each of c'_1..c'_k (`fractions`; frac1, frac2 are the first two) and on r, and bias_only (the original channel carries only its bias on every such image).
+-- docs/method.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau, n_images, the mean fraction of the original activation on each of c'_1..c'_k (`fractions`; frac1, frac2 are the first two) and on r, and bias_only (the original channel carries only its bias on every such image).
 CREATE OR REPLACE MACRO evaluation_summary(run, tau := 0.03, split_name := 'val') AS TABLE
 WITH selected AS (
     SELECT * FROM run_activations(run, split_name := split_name) WHERE relative_attribution >= tau

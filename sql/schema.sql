@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS rho_scores (
 );
 
 -- name: evaluations
--- Quantitative evaluation (METHOD.md section 7) per run and concept on the val split: fractions of the original activation on c'_1..c'_k (a list) and on r, and bias_only when the original channel carries only its bias on every evaluated image of the concept.
+-- Quantitative evaluation (docs/method.md section 7) per run and concept on the val split: fractions of the original activation on c'_1..c'_k (a list) and on r, and bias_only when the original channel carries only its bias on every evaluated image of the concept.
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id        VARCHAR NOT NULL,
     concept       INTEGER NOT NULL,

@@ -64,7 +64,7 @@ CREATE OR REPLACE VIEW class_means AS
 SELECT * FROM class_means_of();
 
 -- name: arv_of
--- Scalar: the ARV (METHOD.md section 3) from a weight row and a mean input_sum, summing each input channel's `kernel_window` offsets.
+-- Scalar: the ARV (docs/method.md section 3) from a weight row and a mean input_sum, summing each input channel's `kernel_window` offsets.
 CREATE OR REPLACE MACRO arv_of(weight, mean_input_sum, kernel_window) AS
 CASE WHEN kernel_window = 1
      THEN list_transform(weight, lambda w, i: w * mean_input_sum[i])

@@ -55,7 +55,7 @@ def test_resnet50_attribution_and_input_sum_match_brute_force():
     ],
 )
 def test_window_sums_give_exact_arv_for_any_kernel(conv):
-    """W[c] . S(x) equals the gradient x input attribution of f_{l-1} to sum f_l[c] (METHOD.md section 3)."""
+    """W[c] . S(x) equals the gradient x input attribution of f_{l-1} to sum f_l[c] (docs/method.md section 3)."""
     torch.manual_seed(1)
     x = torch.randn(2, 4, 11, 9)
     sums = input_window_sums(x, conv)  # N x (in * kh * kw)

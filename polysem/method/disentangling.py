@@ -1,4 +1,4 @@
-"""The maths of disentangling a channel (METHOD.md sections 5 and 6): no store, no files.
+"""The maths of disentangling a channel (docs/method.md sections 5 and 6): no store, no files.
 
     split_sources     Ineq. 5 for k concepts: which l-1 channels feed one concept only, and the shared rest
     concept_weights   the weight rows of c'_1..c'_k and r

@@ -1,4 +1,4 @@
-"""Evaluation of a disentanglement run (METHOD.md section 7), recorded in `evaluations`.
+"""Evaluation of a disentanglement run (docs/method.md section 7), recorded in `evaluations`.
 
 The quantitative part is SQL (`sql/evaluation.sql`): the spatially summed
 activations of c'_1..c'_k and r are linear in the stored input sums, so no model

@@ -1,6 +1,6 @@
 """The l-1 feature maps (the input of the layer of interest) of stored images, cached in the store.
 
-The rho search (METHOD.md section 6) is non-linear per position, so it needs the
+The rho search (docs/method.md section 6) is non-linear per position, so it needs the
 maps themselves, not only their sums. They are computed once per class and kept
 in STORE/cache/features/<split>/class-<id>.npz; a later run on the same class
 loads them instead of running the model again.

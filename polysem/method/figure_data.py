@@ -260,7 +260,7 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 
 
-# The channels of ResNet-50 layer4.2.conv3 in the order of the paper's table (METHOD.md).
+# The channels of ResNet-50 layer4.2.conv3 in the order of the paper's table (docs/method.md).
 PAPER_CHANNELS = (522, 1404, 895, 242, 1660, 1349, 1832, 1773, 1698)
 PAPER_LAYER = ("resnet50", "layer4.2.conv3")
 

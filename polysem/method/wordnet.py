@@ -1,4 +1,4 @@
-"""WordNet path similarity of class pairs (METHOD.md section 4, the supplement's Fig. 4).
+"""WordNet path similarity of class pairs (docs/method.md section 4, the supplement's Fig. 4).
 
 Uses nltk's WordNet when installed (`nltk.download('wordnet')`). Otherwise it
 builds nltk's layout, once, from a WordNet 3.0 dictionary folder (Debian's
