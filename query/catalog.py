@@ -14,7 +14,7 @@ from polysem.errors import StoreBusy
 from polysem.query.diagnostics import damaged_catalog
 from polysem.query.sandbox import scratch
 
-__all__ = ["READ_WAIT_S", "WRITE_WAIT_S", "copy_catalog", "open_for_writing", "stamp"]
+__all__ = ["READ_WAIT_S", "WRITE_WAIT_S", "copy_catalog", "open_for_writing", "quiet", "stamp"]
 
 WRITE_WAIT_S = 30.0
 READ_WAIT_S = 5.0
@@ -30,7 +30,7 @@ def open_for_writing(catalog: Path, store: Path) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + WRITE_WAIT_S
     while True:
         try:
-            return duckdb.connect(str(catalog))
+            return quiet(duckdb.connect(str(catalog)))
         except duckdb.Error as error:
             if not is_lock_error(error):
                 raise damaged_catalog(catalog, error) from error
@@ -39,6 +39,16 @@ def open_for_writing(catalog: Path, store: Path) -> duckdb.DuckDBPyConnection:
                     f"cannot write to {store}: {holder(error)} holds its catalog; try again when it finishes"
                 ) from error
             time.sleep(0.2)
+
+
+def quiet(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """No progress bar of DuckDB's own: it would print into results piped from stdout. In a Jupyter
+    kernel without ipywidgets DuckDB refuses to change the setting, and shows no bar there anyway."""
+    try:
+        conn.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass
+    return conn
 
 
 def copy_catalog(catalog: Path, copy: Path, store: Path) -> None:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from polysem.errors import QueryError, StoreError
 from polysem.query import layout
-from polysem.query.catalog import copy_catalog, open_for_writing, stamp
+from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
 from polysem.query.diagnostics import damaged_catalog, query_error
 from polysem.query.meta import meta_complete, prepare_catalog, read_meta
@@ -93,8 +93,6 @@ class Store:
         try:
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
-            # DuckDB's own progress bar would print into results piped from stdout
-            conn.execute("SET enable_progress_bar = false")
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
             record_pending(conn, self.path)
             sweep(conn, self.path)
@@ -131,7 +129,8 @@ class Store:
             copy_catalog(self.catalog_path, copy, self.path)
             self._prepare_copy(copy)
             try:
-                conn = duckdb.connect(str(copy), read_only=True, config={**SANDBOX, "file_search_path": str(self.path)})
+                conn = quiet(duckdb.connect(str(copy), read_only=True,
+                                            config={**SANDBOX, "file_search_path": str(self.path)}))
                 conn.execute("SET lock_configuration = true")
             except duckdb.Error as error:
                 raise damaged_catalog(self.catalog_path, error) from error
