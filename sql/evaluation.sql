@@ -61,8 +61,44 @@ FROM selected s JOIN fractions f USING (concept)
 GROUP BY s.concept
 ORDER BY s.concept;
 
+-- name: unit_verdicts
+-- The verdict of `polysem verify` on each new unit c'_j of a run, from its recorded facts (the one place it is decided): unit, concept (j), own_classes / other_concept_classes / unrelated_classes (its relevant classes grouped: of concept j, of another concept of the run, of none), min_cosine (lowest ARV cosine among its relevant classes), serves (relevant for a class of concept j and for none of another concept), monosemantic (no two relevant classes below gamma), reason.
+CREATE OR REPLACE MACRO unit_verdicts(concepts, relevant_classes, min_cosines, gamma) AS TABLE
+WITH units AS (
+    SELECT j, relevant_classes[j] AS rel, concepts[j] AS own, (min_cosines::DOUBLE[])[j] AS min_cosine,
+           flatten(concepts) AS every
+    FROM range(1, len(concepts) + 1) t(j)
+),
+grouped AS (
+    SELECT j, min_cosine,
+           list_filter(rel, lambda c: list_contains(own, c)) AS own_classes,
+           list_filter(rel, lambda c: NOT list_contains(own, c) AND list_contains(every, c)) AS other_concept_classes,
+           list_filter(rel, lambda c: NOT list_contains(every, c)) AS unrelated_classes
+    FROM units
+)
+SELECT 'c' || j AS unit, j::INTEGER AS concept, own_classes, other_concept_classes, unrelated_classes, min_cosine,
+       len(own_classes) > 0 AND len(other_concept_classes) = 0 AS serves,
+       coalesce(min_cosine >= gamma, true) AS monosemantic,
+       CASE
+           WHEN len(own_classes) = 0 THEN 'relevant for no class of concept ' || j
+           WHEN len(other_concept_classes) > 0
+               THEN 'also relevant for class ' || array_to_string(other_concept_classes, ', ') || ' of another concept'
+           WHEN min_cosine < gamma
+               THEN 'two of its classes have ARV cosine ' || round(min_cosine, 3) || ' < gamma ' || gamma
+           ELSE 'serves concept ' || j || ' only, monosemantic'
+       END AS reason
+FROM grouped
+ORDER BY j;
+
+-- name: verification_verdicts
+-- unit_verdicts of every recorded verification (run_id first), stores of every format alike: the verdict is recomputed from the recorded facts, so a verification recorded under an older rule reads the current one.
+CREATE OR REPLACE VIEW verification_verdicts AS
+SELECT v.run_id, u.*
+FROM verifications v JOIN runs r USING (run_id),
+     unit_verdicts(r.concepts, v.relevant_classes, v.min_cosines, v.gamma) u;
+
 -- name: run_summary
--- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels), and resolved from `polysem verify` (NULL until verified).
+-- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels), and resolved: every new unit serves its concept and is monosemantic (verification_verdicts; NULL until `polysem verify` ran).
 CREATE OR REPLACE VIEW run_summary AS
 SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
        list_transform(r.sources, lambda s: len(s)) AS n_sources, len(r.shared) AS n_shared, r.max_logit_diff,
@@ -70,9 +106,9 @@ SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
        list(e.n_images ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS n_images,
        list(e.fractions ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS fractions,
        list(e.bias_only ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS bias_only,
-       v.resolved
+       (SELECT bool_and(u.serves AND u.monosemantic) FROM verification_verdicts u WHERE u.run_id = r.run_id)
+           AS resolved
 FROM runs r
 LEFT JOIN evaluations e ON e.run_id = r.run_id
-LEFT JOIN verifications v ON v.run_id = r.run_id
 GROUP BY ALL
 ORDER BY r.created_at, r.channel;

@@ -156,3 +156,15 @@ SELECT value ->> '$' AS value FROM store_meta WHERE key = $key;
 -- name: format_keys
 -- The keys that say a catalog's store format (schema_version; format in format 2) with their values.
 SELECT key, value ->> '$' AS value FROM store_meta WHERE key IN ('schema_version', 'format');
+
+-- name: verdicts_of
+-- unit_verdicts for one verification's facts (before they are recorded).
+SELECT * FROM unit_verdicts($concepts, $relevant_classes, $min_cosines, $gamma);
+
+-- name: run_verdicts
+-- The recorded verification's verdict of each new unit of a run (none before `polysem verify`).
+SELECT * FROM verification_verdicts WHERE run_id = $run_id ORDER BY concept;
+
+-- name: verification_of_run
+-- A run's recorded verification settings: tau, p, gamma, n_images, verified_at (none before `polysem verify`).
+SELECT tau, p, gamma, n_images, verified_at FROM verifications WHERE run_id = $run_id;

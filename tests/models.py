@@ -191,3 +191,17 @@ def pair_colour_net() -> nn.Module:
     logits: blue = ch0 + ch1, darkred = ch0, red = ch0 + ch2.
     """
     return _DetectorNet([[1.0, 0, 1], [0, 0, 1], [1, 0, 0]], [[1.0, 1, 0], [1, 0, 0], [1, 0, 1]])
+
+
+def rgb_sum_net() -> nn.Module:
+    """Classes blue, green, red. probe channel 0 = R + G + B serves all three; channel 1 = B, channel 2 = R.
+    Split into green / red, the unit that takes the B input stays relevant for blue, whose ARV under it is
+    orthogonal to its concept's: that unit is not monosemantic."""
+    return _DetectorNet([[1.0, 1, 1], [0, 0, 1], [1, 0, 0]], [[1.0, 0, 0], [2, 0, -3], [1, 0, 1]])
+
+
+def yellow_net() -> nn.Module:
+    """Classes green, red, yellow. probe channel 0 = R + G, channel 1 = B, channel 2 = R; the yellow logit
+    reads channel 0 alone. Split into {green, yellow} / {red}, c'2 (the R input) stays relevant for yellow,
+    a class of the other concept: the split does not resolve the channel."""
+    return _DetectorNet([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]], [[2.0, 0, -3], [1, 0, 1], [1, 0, 0]])

@@ -118,10 +118,18 @@ def render_concepts(result: pa.Table, fmt: str, title: str) -> None:
 
 
 def render_verification(result: dict, title: str) -> None:
-    """`polysem verify`: per new channel, the classes it is relevant for and the lowest ARV cosine among them."""
-    rows = [[c["unit"], ", ".join(map(str, c["relevant_classes"])), _number(c["min_cosine"], 3)]
+    """`polysem verify`: per new channel, the classes it is relevant for grouped by concept (its own, another
+    concept's, no concept's), the lowest ARV cosine among them, and its verdict with the reason."""
+    def ids(values) -> str:
+        return ", ".join(map(str, values)) or "-"
+
+    rows = [[c["unit"], ids(c["own_classes"]), ids(c["other_concept_classes"]), ids(c["unrelated_classes"]),
+             _number(c["min_cosine"], 3), "yes" if c["serves"] and c["monosemantic"] else "no"]
             for c in result["channels"]]
-    _print_summary(title, [("unit", "id"), ("relevant classes", "name"), ("min cosine", "number")], rows, len(rows))
+    _print_summary(title, [("unit", "id"), ("own concept", "name"), ("other concept", "name"), ("no concept", "name"),
+                           ("min cosine", "number"), ("ok", "id")], rows, len(rows))
+    for c in result["channels"]:
+        print(f"{c['unit']}: {c['reason']}")
 
 
 def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:

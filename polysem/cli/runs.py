@@ -167,7 +167,7 @@ def verify(
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
-    """Screen the new channels of a run: is each relevant only for classes of one concept? (recorded in `verifications`)"""
+    """Screen the new channels of a run: does each serve its concept only, and is it monosemantic? (recorded in `verifications`)"""
     _check_format(fmt, ("table", "json"))
     from polysem.method.verification import verify as run_verify
 
@@ -179,8 +179,12 @@ def verify(
         return
     render_verification(result, f"run {run_id}: new channels on {result['n_images']} train images of classes "
                                 f"{', '.join(map(str, result['classes']))} (tau={tau}, p={p})")
-    typer.echo(f"run {run_id}: {'resolved' if result['resolved'] else 'not resolved'} "
-               f"(gamma={gamma}: {'no' if result['resolved'] else 'some'} new channel relevant for a pair below gamma)")
+    if result["resolved"]:
+        typer.echo(f"run {run_id}: resolved (every new channel serves its concept and is monosemantic at "
+                   f"gamma={gamma})")
+    else:
+        failing = [f"{c['unit']}: {c['reason']}" for c in result["channels"] if not (c["serves"] and c["monosemantic"])]
+        typer.echo(f"run {run_id}: not resolved: {'; '.join(failing)}")
 
 
 @command()

@@ -75,8 +75,8 @@ def write_page(data, out: Path, tau: float) -> Path:
                          "n_images", "fractions", "resolved"]))
     parts.append('<p class="note">fractions: row j is concept j; on its val images (relative attribution >= tau), '
                  "the mean fraction of the original activation carried by c'1, c'2, ... (a good split has large "
-                 "numbers on the diagonal); resolved: `polysem verify` found every new channel relevant for one "
-                 "concept's classes only (empty until it ran).</p>")
+                 "numbers on the diagonal); resolved: `polysem verify` found every new channel serving its "
+                 "concept only and monosemantic (empty until it ran; each run's section gives the reasons).</p>")
     for report in data.runs:
         parts += _run_section(report, names, tau, images, out)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
@@ -102,6 +102,27 @@ def _screening(data, images: Path, out: Path) -> list[str]:
     return parts
 
 
+def _verification(report, names: dict[int, str]) -> list[str]:
+    """The verdict of `polysem verify` per new unit, with the reason, at the settings it ran with."""
+    if report.verification is None:
+        return [f'<p class="note">not verified yet: polysem verify {_e(report.run["run_id"])}</p>']
+    v = report.verification
+    resolved = all(u["serves"] and u["monosemantic"] for u in report.verdicts)
+
+    def named(ids) -> str:
+        return ", ".join(f"{c} {names[c]}" for c in ids) or "-"
+
+    rows = [{"unit": u["unit"], "own concept": named(u["own_classes"]), "other concept": named(u["other_concept_classes"]),
+             "no concept": named(u["unrelated_classes"]), "min cosine": u["min_cosine"], "verdict": u["reason"]}
+            for u in report.verdicts]
+    return [f"<h4>Verification: {'resolved' if resolved else 'not resolved'}</h4>",
+            f'<p class="note">tau {_e(v["tau"])}, p {_e(v["p"])}, gamma {_e(v["gamma"])}, on {_e(v["n_images"])} '
+            "train images. A new unit serves its concept when it is relevant for a class of that concept and for "
+            "none of another; it is monosemantic when no two of its relevant classes have ARV cosine below gamma. "
+            "The run resolves the channel only when every unit does both.</p>",
+            _table(rows)]
+
+
 _VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
 
 
@@ -109,6 +130,7 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
     run = report.run
     concepts = " / ".join(" + ".join(names[c] for c in concept) for concept in run["concepts"])
     parts = [f"<section><h3>run {_e(run['run_id'])}: channel {run['channel']}, {_e(concepts)}</h3>"]
+    parts += _verification(report, names)
     if report.figures is None:
         parts.append(f'<p class="note">no {EVAL_SPLIT} images of these classes: ingest the {EVAL_SPLIT} split '
                      "for the panel and densities.</p></section>")

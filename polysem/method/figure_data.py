@@ -218,6 +218,8 @@ def run_figure_data(store: Store, run: dict, activations: list[dict], data_dir=N
 class RunReport:
     run: dict
     figures: RunFigures | None  # None when the store has no val images of the run's classes
+    verification: dict | None = None  # tau, p, gamma, n_images of the recorded `polysem verify`
+    verdicts: list[dict] = field(default_factory=list)  # per new unit (verification_verdicts)
 
 
 @dataclass
@@ -255,7 +257,10 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
     for row in run_order(store.run("run_summaries").to_pylist(), meta):
         run = {**run_row(store, row["run_id"]), "summary": row}
         activations = store.run("activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT).to_pylist()
-        runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None))
+        settings = store.run("verification_of_run", run_id=run["run_id"]).to_pylist()
+        runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None,
+                              settings[0] if settings else None,
+                              store.run("run_verdicts", run_id=run["run_id"]).to_pylist()))
     return ReportData(info, store.run("class_list").select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 

@@ -13,8 +13,10 @@ check applies the paper's own tests to the new channels:
   weight row, R = W'_j * mean S: window sums are unchanged by the split, so they come from the
   store (`weight_arv_cosine`), with no model pass.
 
-The run resolves the channel when no c'_j has two relevant classes whose ARV cosine is below
-gamma. The residual r is not checked: it holds only the shared inputs by construction and enters
+The verdict (decided in SQL, `unit_verdicts`): c'_j *serves its concept* when it is relevant for at
+least one class of concept j and for no class of another concept; it is *monosemantic* when no two of
+its relevant classes have ARV cosine below gamma. The run *resolves* the channel only when every c'_j
+serves its concept and is monosemantic; each unit's verdict says why. The residual r is not checked: it holds only the shared inputs by construction and enters
 the merge with the factor -(k - 1), so its attribution has the opposite sign of its activation.
 A NaN cosine (a class whose ARV under c'_j is zero: it reaches c'_j only through the bias) is
 left out of the minimum.
@@ -82,8 +84,9 @@ def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
 def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
            limit: int | None = None, data_dir=None, device: str = "auto", batch_size: int = 64,
            progress: bool = True) -> dict:
-    """Screen the new channels c'_1..c'_k of a run; returns and records
-    {"run_id", "resolved", "channels": [{"unit", "relevant_classes", "min_cosine"}, ...], "classes", "n_images"}.
+    """Screen the new channels c'_1..c'_k of a run; returns and records {"run_id", "resolved", "channels":
+    [{"unit", "relevant_classes", "own_classes", "other_concept_classes", "unrelated_classes", "min_cosine",
+    "serves", "monosemantic", "reason"}, ...], "classes", "n_images"}.
 
     limit: at most this many train images per class (the first by image id); None for all.
     """
@@ -138,7 +141,13 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
         ).column("cosine").to_pylist()
         finite = [c for c in cosines if c is not None and not math.isnan(c)]
         channels.append({"unit": unit, "relevant_classes": unit_classes, "min_cosine": min(finite) if finite else None})
-    resolved = all(ch["min_cosine"] is None or ch["min_cosine"] >= gamma for ch in channels)
+    verdicts = store.run("verdicts_of", concepts=run["concepts"],
+                         relevant_classes=[ch["relevant_classes"] for ch in channels],
+                         min_cosines=[ch["min_cosine"] for ch in channels], gamma=gamma).to_pylist()
+    for channel, verdict in zip(channels, verdicts, strict=True):
+        channel.update({key: verdict[key] for key in ("own_classes", "other_concept_classes", "unrelated_classes",
+                                                       "serves", "monosemantic", "reason")})
+    resolved = all(ch["serves"] and ch["monosemantic"] for ch in channels)
 
     with store.transaction() as tx:
         record_verification(tx, {"run_id": run_id, "tau": tau, "p": p, "gamma": gamma, "classes": classes,
