@@ -115,12 +115,11 @@ def _verification(report, names: dict[int, str]) -> list[str]:
     rows = [{"unit": u["unit"], "own concept": named(u["own_classes"]), "other concept": named(u["other_concept_classes"]),
              "no concept": named(u["unrelated_classes"]), "min cosine": u["min_cosine"], "verdict": u["reason"]}
             for u in report.verdicts]
-    return [f"<h4>Verification: {'resolved' if resolved else 'not resolved'}</h4>",
-            f'<p class="note">tau {_e(v["tau"])}, p {_e(v["p"])}, gamma {_e(v["gamma"])}, on {_e(v["n_images"])} '
+    note = (f'<p class="note">tau {_e(v["tau"])}, p {_e(v["p"])}, gamma {_e(v["gamma"])}, on {_e(v["n_images"])} '
             "train images. A new unit serves its concept when it is relevant for a class of that concept and for "
             "none of another; it is monosemantic when no two of its relevant classes have ARV cosine below gamma. "
-            "The run resolves the channel only when every unit does both.</p>",
-            _table(rows)]
+            "The run resolves the channel only when every unit does both.</p>")
+    return [f"<h4>Verification: {'resolved' if resolved else 'not resolved'}</h4>", note, _table(rows)]
 
 
 _VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
