@@ -168,3 +168,7 @@ SELECT * FROM verification_verdicts WHERE run_id = $run_id ORDER BY concept;
 -- name: verification_of_run
 -- A run's recorded verification settings: tau, p, gamma, n_images, verified_at (none before `polysem verify`).
 SELECT tau, p, gamma, n_images, verified_at FROM verifications WHERE run_id = $run_id;
+
+-- name: evaluation_tau_of_run
+-- The tau of a run's recorded evaluation (none before `polysem evaluate`).
+SELECT any_value(tau) AS tau FROM evaluations WHERE run_id = $run_id HAVING count(*) > 0;

@@ -177,8 +177,7 @@ def test_evaluate_panel_and_report_in_a_browser(cli, opponent_run, tmp_path):
 def check_in_browser(index: Path, tmp_path: Path) -> None:
     """Headless Chromium loads the page from disk: every image loads and a screenshot is not blank."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (make system-packages installs it)")
+    assert chromium is not None, "chromium is not installed: `make system-packages` installs it"
     # the page has no script; this copy adds one that counts images that did not load
     probe = index.with_name("probe.html")
     probe.write_text(index.read_text().replace("</body>", "<script>window.addEventListener('load', () => {"
@@ -197,3 +196,22 @@ def check_in_browser(index: Path, tmp_path: Path) -> None:
                    timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10 and len(np.unique(pixels)) > 20
+
+
+def test_the_report_draws_each_run_with_its_own_parameters_and_warns_nothing(opponent_run, tmp_path):
+    import warnings
+
+    from polysem.method.verification import verify
+    from polysem.reporting import evaluate, write_report
+
+    store, run_id = opponent_run
+    evaluate(store, run_id, tau=0.005)
+    verify(store, run_id, tau=0.02, p=0.7, gamma=0.4, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = write_report(store, tmp_path / "report", device="cpu")
+    assert [str(w.message) for w in caught] == []
+    page = index.read_text()
+    assert "densities and fractions at tau 0.005 (the run's recorded evaluation)" in page
+    assert "Verification: resolved" in page and "tau 0.02, p 0.7, gamma 0.4" in page
+    assert "serves concept 1 only, monosemantic" in page

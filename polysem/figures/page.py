@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from polysem.constants import EVAL_SPLIT
+from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.figures import plots
 
 __all__ = ["write_page"]
@@ -53,7 +53,8 @@ def _img(path: Path, out: Path, alt: str) -> str:
 
 
 def write_page(data, out: Path, tau: float) -> Path:
-    """The page and its images in `out` from a `ReportData`; returns `out`."""
+    """The page and its images in `out` from a `ReportData`; returns `out`. Each run is drawn at the tau of
+    its recorded evaluation; `tau` is for runs not evaluated yet."""
     images = out / "img"
     images.mkdir(parents=True, exist_ok=True)
     info, names = data.info, data.names
@@ -88,8 +89,8 @@ def write_page(data, out: Path, tau: float) -> Path:
 def _screening(data, images: Path, out: Path) -> list[str]:
     parts = ["<h2>Screening: polysemantic candidates</h2>"]
     if data.pairs is not None:
-        parts.append('<p class="note">Channels relevant for two classes (tau 0.03, p 0.75) whose ARVs have cosine '
-                     'below gamma 0.5, lowest first; WordNet path similarity once `polysem wordnet` ran.</p>')
+        parts.append(f'<p class="note">Channels relevant for two classes (tau {TAU}, p {P}) whose ARVs have cosine '
+                     f'below gamma {GAMMA}, lowest first; WordNet path similarity once `polysem wordnet` ran.</p>')
         parts.append(_table(data.pairs, ["channel", "class1", "name1", "class2", "name2", "cosine",
                                          "wordnet_similarity", "fraction1", "fraction2"]))
     else:
@@ -134,7 +135,11 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
         parts.append(f'<p class="note">no {EVAL_SPLIT} images of these classes: ingest the {EVAL_SPLIT} split '
                      "for the panel and densities.</p></section>")
         return parts
-    figures = plots.run_figures(report.figures, tau, images)
+    run_tau = report.tau if report.tau is not None else tau  # each run drawn at the tau it was evaluated with
+    parts.append(f'<p class="note">densities and fractions at tau {_e(run_tau)}'
+                 + (" (the run's recorded evaluation)" if report.tau is not None else
+                    f" (not evaluated yet: polysem evaluate {_e(run['run_id'])})") + "</p>")
+    figures = plots.run_figures(report.figures, run_tau, images)
     vis = [{c: row[c] for c in _VIS_COLUMNS} for row in report.figures.vis_rows] if figures["visualizations"] else []
     parts.append("<h4>Feature visualisations</h4>")
     if vis:

@@ -73,7 +73,11 @@ def activation_density(run: dict, activations: list[dict], tau: float, names: di
                      f"{len(rows)} val images with relative attribution >= tau = {tau}", fontsize=10)
         ax.set_xlabel("spatially summed activation")
         ax.set_ylabel("density")
-        ax.legend()
+        if rows:
+            ax.legend()
+        else:  # nothing to draw: say so on the axes instead of an empty legend
+            ax.text(0.5, 0.5, f"no val image of this concept reaches tau = {tau}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="dimgray")
     figure.suptitle(f"run {run['run_id']}: channel {run['channel']} before and after disentanglement")
     figure.tight_layout()
     return save(figure, out)

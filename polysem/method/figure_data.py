@@ -219,6 +219,7 @@ class RunReport:
     run: dict
     figures: RunFigures | None  # None when the store has no val images of the run's classes
     verification: dict | None = None  # tau, p, gamma, n_images of the recorded `polysem verify`
+    tau: float | None = None  # the tau of the run's recorded evaluation (None: not evaluated)
     verdicts: list[dict] = field(default_factory=list)  # per new unit (verification_verdicts)
 
 
@@ -258,9 +259,11 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
         run = {**run_row(store, row["run_id"]), "summary": row}
         activations = store.run("activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT).to_pylist()
         settings = store.run("verification_of_run", run_id=run["run_id"]).to_pylist()
+        evaluated = store.run("evaluation_tau_of_run", run_id=run["run_id"]).to_pylist()
         runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None,
-                              settings[0] if settings else None,
-                              store.run("run_verdicts", run_id=run["run_id"]).to_pylist()))
+                              verification=settings[0] if settings else None,
+                              verdicts=store.run("run_verdicts", run_id=run["run_id"]).to_pylist(),
+                              tau=evaluated[0]["tau"] if evaluated else None))
     return ReportData(info, store.run("class_list").select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 
