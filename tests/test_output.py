@@ -74,3 +74,31 @@ def test_runs_list_record_and_evaluate(cli, colour_store, run_id):
     evaluated = cli("evaluate", run_id, "--store", colour_store)
     assert evaluated.exit_code == 0 and names[1][:8] in evaluated.output and names[2][:8] in evaluated.output
     assert lines_fit(evaluated.output), evaluated.output
+
+
+def test_fractions_outside_zero_one_are_explained_where_shown(capsys):
+    from polysem.cli.output import render_evaluation
+    from polysem.util.readings import FRACTIONS_NOTE
+
+    inside = {"concept1": {"n_images": 3, "fractions": [0.9, 0.1], "frac_residual": 0.0},
+              "concept2": {"n_images": 3, "fractions": [0.2, 0.8], "frac_residual": 0.0}}
+    render_evaluation(inside, [[1], [2]], {1: "a", 2: "b"}, "inside")
+    assert "note:" not in capsys.readouterr().out
+    outside = {"concept1": {"n_images": 3, "fractions": [2.515, -0.103], "frac_residual": 1.4},
+               "concept2": {"n_images": 3, "fractions": [0.2, 0.8], "frac_residual": 0.0}}
+    render_evaluation(outside, [[1], [2]], {1: "a", 2: "b"}, "outside")
+    shown = capsys.readouterr().out
+    assert "2.515" in shown and f"note: {FRACTIONS_NOTE}" in shown
+
+
+def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
+    from polysem.cli.output import render_visualization
+    from polysem.util.readings import UNBOUNDED, selectivity_reading
+
+    result = {"original": {"activation": 5.0, "selectivity": None, "image": "a/original.png"},
+              "c1": {"activation": 3.0, "selectivity": None, "image": "a/c1.png"},
+              "c2": {"activation": 2.0, "selectivity": 4.0, "image": "a/c2.png"}}
+    render_visualization(result, "title")
+    shown = capsys.readouterr().out
+    assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in shown
+    assert selectivity_reading("c1", None) == UNBOUNDED and "not defined" in selectivity_reading("r", None)

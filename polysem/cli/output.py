@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from polysem.query.serialise import to_csv, to_json
+from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED, fractions_outside
 
 FORMATS = ("table", "csv", "json")
 NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
@@ -147,6 +148,20 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
                ("resolved", "number")]
     _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
                    result.num_rows)
+    if fractions_outside(row for r in result.to_pylist() for row in (r["fractions"] or [])):
+        print(f"note: {FRACTIONS_NOTE}")
+
+
+def render_visualization(result: dict, title: str) -> None:
+    """`polysem visualize`: per unit its activation on its own image, the selectivity (or why it has none)
+    and the image's file name, in 100 columns."""
+    rows = [[unit, _number(v["activation"], 4),
+             "-" if not unit.startswith("c") else ("unbounded" if v["selectivity"] is None else _number(v["selectivity"], 3)),
+             v["image"].rsplit("/", 1)[-1]] for unit, v in result.items()]
+    _print_summary(title, [("unit", "id"), ("activation", "number"), ("selectivity", "number"), ("image", "name")],
+                   rows, len(rows))
+    if any(unit.startswith("c") and v["selectivity"] is None for unit, v in result.items()):
+        print(f"unbounded selectivity: {UNBOUNDED}")
 
 
 def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
@@ -178,3 +193,6 @@ def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, 
     headers = [("concept", "id"), ("classes", "name"), ("images", "number"),
                *((f"on c'{u}", "number") for u in range(1, k + 1)), ("on r", "number")]
     _print_summary(title, headers, rows, len(rows))
+    if fractions_outside([result[f"concept{j}"]["fractions"] + [result[f"concept{j}"]["frac_residual"]]
+                          for j in range(1, k + 1)]):
+        print(f"note: {FRACTIONS_NOTE}")

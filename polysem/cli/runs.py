@@ -21,11 +21,11 @@ from polysem.cli.app import (
     command,
 )
 from polysem.cli.output import (
-    render,
     render_evaluation,
     render_record,
     render_runs,
     render_verification,
+    render_visualization,
 )
 from polysem.constants import GAMMA, TAU, P
 from polysem.errors import PolysemError
@@ -242,14 +242,9 @@ def visualize(
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
-    import pyarrow as pa
-
-    rows = [{"unit": unit, "activation": v["activation"], **{f"act_{u}": a for u, a in v["activations"].items()},
-             "selectivity": v["selectivity"], "image": v["image"]} for unit, v in result.items()]
     first = next(iter(result.values()))
-    render(pa.Table.from_pylist(rows), "table",
-           title=f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, {first['size']} px, "
-                 f"seed {first['seed']}, {first['seconds']:.1f} s on {first['device']}")
+    render_visualization(result, f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, "
+                                 f"{first['size']} px, seed {first['seed']}, {first['seconds']:.1f} s on {first['device']}")
 
 
 @command()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.figures import plots
+from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED
 
 __all__ = ["write_page"]
 
@@ -76,8 +77,9 @@ def write_page(data, out: Path, tau: float) -> Path:
                          "n_images", "fractions", "resolved"]))
     parts.append('<p class="note">fractions: row j is concept j; on its val images (relative attribution >= tau), '
                  "the mean fraction of the original activation carried by c'1, c'2, ... (a good split has large "
-                 "numbers on the diagonal); resolved: `polysem verify` found every new channel serving its "
-                 "concept only and monosemantic (empty until it ran; each run's section gives the reasons).</p>")
+                 f"numbers on the diagonal; {FRACTIONS_NOTE}); resolved: `polysem verify` found every new channel "
+                 "serving its concept only and monosemantic (empty until it ran; each run's section gives the "
+                 "reasons).</p>")
     for report in data.runs:
         parts += _run_section(report, names, tau, images, out)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
@@ -145,8 +147,8 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
     if vis:
         parts.append(_img(figures["visualizations"][0], out, "feature visualisations"))
         for v in vis:  # the other unit's activation is not positive on this image: no finite ratio
-            if v["unit"] in ("c1", "c2") and v["selectivity"] is None:
-                v["selectivity"] = "unbounded (other unit <= 0)"
+            if v["unit"].startswith("c") and v["selectivity"] is None:
+                v["selectivity"] = UNBOUNDED
         parts.append(_table(vis))
         parts.append('<p class="note">act_*: spatially summed activation of each unit on the unit\'s image; '
                      "selectivity: act(c'1)/act(c'2) on c'1's image, the reverse on c'2's.</p>")

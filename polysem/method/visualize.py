@@ -42,6 +42,7 @@ from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import forward_to
+from polysem.util.readings import selectivity_reading
 
 __all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
@@ -357,7 +358,9 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     result = {}
     for i, unit in enumerate(target.units):
         own = {u: float(acts[i, j]) for j, u in enumerate(target.units)}
-        result[unit] = {"activation": own[unit], "activations": own, "selectivity": _selectivity(unit, own), **config,
+        selectivity = _selectivity(unit, own)
+        result[unit] = {"activation": own[unit], "activations": own, "selectivity": selectivity,
+                        "selectivity_reading": selectivity_reading(unit, selectivity), **config,
                         "seconds": seconds}
     paths = _record(store, target, images, result, config, seconds)
     for unit, path in paths.items():
