@@ -12,7 +12,8 @@ from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError
 from polysem.query.store import Store
 
-__all__ = ["arv_cosines", "check_limit", "check_thresholds", "class_pairs_sharing_a_channel", "polysemantic_pairs"]
+__all__ = ["arv_cosines", "check_limit", "check_thresholds", "class_pairs_sharing_a_channel", "polysemantic_pairs",
+           "sweep", "why_empty"]
 
 
 def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
@@ -60,3 +61,39 @@ def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, 
     """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
     check_thresholds(tau, p)
     return store.run("class_pairs_sharing_a_channel", tau=tau, p=p, split=split)
+
+
+SWEEP_TAUS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+SWEEP_PS = (0.5, 0.75, 0.9)
+SWEEP_GAMMAS = (0.3, 0.5, 0.7, 0.9)
+
+
+def sweep(store: Store, *, taus: tuple[float, ...] = SWEEP_TAUS, ps: tuple[float, ...] = SWEEP_PS,
+          gammas: tuple[float, ...] = SWEEP_GAMMAS, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
+    """The screening's counts at every (tau, p, gamma) of the grid, in one scan (`screen_sweep`): relevant
+    pairs, channels relevant for two or more classes, their lowest ARV cosine, and the candidates below gamma."""
+    for tau in taus:
+        for p in ps:
+            check_thresholds(tau, p, *gammas[:1])
+    for gamma in gammas:
+        check_thresholds(taus[0], ps[0], gamma)
+    _require_split(store, split)
+    return store.run("sweep", taus=list(taus), ps=list(ps), gammas=list(gammas), split=split,
+                     correct_only=correct_only)
+
+
+def why_empty(store: Store, *, tau: float, p: float, gamma: float, correct_only: bool = False,
+              split: str = SCREEN_SPLIT) -> str:
+    """Why the screening at these settings finds no candidate: the counts along the way and what to change."""
+    row = sweep(store, taus=(tau,), ps=(p,), gammas=(gamma,), correct_only=correct_only, split=split).to_pylist()[0]
+    at = f"at tau {tau}, p {p}"
+    if row["relevant_pairs"] == 0:
+        return (f"no channel is relevant for any class {at}: lower `tau` or `p` "
+                "(`polysem screen --sweep` counts the candidates over a grid)")
+    if row["shared_channels"] == 0:
+        return (f"{row['relevant_pairs']} relevant (channel, class) pairs {at}, but no channel is relevant for two "
+                "classes: lower `p` or `tau` (`polysem screen --sweep` counts the candidates over a grid)")
+    return (f"{row['relevant_pairs']} relevant (channel, class) pairs {at}; {row['shared_channels']} channels are "
+            f"relevant for two or more classes, and the lowest ARV cosine among their classes is "
+            f"{row['min_cosine']:.3f} >= gamma {gamma}: raise `gamma` above {row['min_cosine']:.3f} to see them "
+            "(`polysem screen --sweep` counts the candidates over a grid)")

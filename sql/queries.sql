@@ -172,3 +172,7 @@ SELECT tau, p, gamma, n_images, verified_at FROM verifications WHERE run_id = $r
 -- name: evaluation_tau_of_run
 -- The tau of a run's recorded evaluation (none before `polysem evaluate`).
 SELECT any_value(tau) AS tau FROM evaluations WHERE run_id = $run_id HAVING count(*) > 0;
+
+-- name: sweep
+-- screen_sweep over a grid of settings (one scan of the attributions).
+SELECT * FROM screen_sweep($taus, $ps, $gammas, split_name := $split, correct_only := $correct_only);

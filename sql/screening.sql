@@ -128,3 +128,68 @@ WITH attributions AS (
 SELECT class_id::INTEGER AS class_id, channel::INTEGER AS channel, avg(a) AS mean_attribution
 FROM attributions
 GROUP BY class_id, channel;
+
+-- name: screen_sweep
+-- The screening at every combination of $taus x $ps x $gammas in one scan of the attributions: tau, p, gamma, relevant_pairs ((channel, class) pairs meeting Ineq. 2), shared_channels (channels relevant for two or more classes), min_cosine (lowest ARV cosine among their class pairs), candidate_pairs and candidate_channels (pairs below gamma and their channels: what `polysem screen` would list).
+CREATE OR REPLACE MACRO screen_sweep(taus, ps, gammas, split_name := 'train', correct_only := false) AS TABLE
+WITH images AS (
+    SELECT target AS class_id, attribution, positive_sum(attribution) AS total
+    FROM samples
+    WHERE split = split_name AND (NOT correct_only OR prediction = target)
+),
+attributions AS (
+    SELECT class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a, total FROM images
+),
+levels AS (
+    -- how many of the sorted taus each attribution reaches: one pass serves every tau
+    SELECT class_id, channel, len(list_filter(list_sort(taus), lambda t: relative_attribution(a, total) >= t)) AS level,
+           count(*) AS n
+    FROM attributions GROUP BY ALL
+),
+class_sizes AS (
+    SELECT class_id, count(*) AS n_images FROM images GROUP BY class_id
+),
+grid_taus AS (
+    SELECT i, list_sort(taus)[i] AS tau FROM range(1, len(taus) + 1) t(i)
+),
+fractions AS (
+    SELECT g.tau, l.class_id, l.channel, sum(l.n) FILTER (l.level >= g.i) / any_value(s.n_images) AS fraction
+    FROM levels l CROSS JOIN grid_taus g JOIN class_sizes s USING (class_id)
+    GROUP BY g.tau, l.class_id, l.channel
+),
+rel AS MATERIALIZED (
+    SELECT f.tau, p.p, f.channel::INTEGER AS channel, f.class_id::INTEGER AS class_id
+    FROM fractions f CROSS JOIN (SELECT unnest(ps) AS p) p
+    WHERE f.fraction >= p.p
+),
+shared AS MATERIALIZED (
+    SELECT * FROM rel WHERE (tau, p, channel) IN (SELECT tau, p, channel FROM rel GROUP BY ALL HAVING count(*) > 1)
+),
+means AS MATERIALIZED (
+    SELECT * FROM class_means_of(split_name := split_name, correct_only := correct_only)
+    WHERE class_id IN (SELECT class_id FROM shared)
+),
+arvs AS MATERIALIZED (
+    SELECT DISTINCT s.channel, s.class_id, arv_of(w.weight, m.mean_input_sum, li."window") AS arv
+    FROM (SELECT DISTINCT channel, class_id FROM shared) s
+    JOIN means m USING (class_id) JOIN layer_weights w ON w.channel = s.channel CROSS JOIN layer_info li
+),
+pairs AS (
+    SELECT a.tau, a.p, a.channel, list_cosine_similarity(x.arv, y.arv) AS cosine
+    FROM shared a JOIN shared b ON a.tau = b.tau AND a.p = b.p AND a.channel = b.channel AND a.class_id < b.class_id
+    JOIN arvs x ON x.channel = a.channel AND x.class_id = a.class_id
+    JOIN arvs y ON y.channel = b.channel AND y.class_id = b.class_id
+),
+settings AS (
+    SELECT t.tau, p.p, g.gamma
+    FROM grid_taus t CROSS JOIN (SELECT unnest(ps) AS p) p CROSS JOIN (SELECT unnest(gammas) AS gamma) g
+)
+SELECT s.tau, s.p, s.gamma,
+       (SELECT count(*) FROM rel r WHERE r.tau = s.tau AND r.p = s.p) AS relevant_pairs,
+       (SELECT count(DISTINCT channel) FROM shared h WHERE h.tau = s.tau AND h.p = s.p) AS shared_channels,
+       (SELECT min(cosine) FROM pairs q WHERE q.tau = s.tau AND q.p = s.p) AS min_cosine,
+       (SELECT count(*) FROM pairs q WHERE q.tau = s.tau AND q.p = s.p AND q.cosine < s.gamma) AS candidate_pairs,
+       (SELECT count(DISTINCT channel) FROM pairs q WHERE q.tau = s.tau AND q.p = s.p AND q.cosine < s.gamma)
+           AS candidate_channels
+FROM settings s
+ORDER BY s.tau, s.p, s.gamma;

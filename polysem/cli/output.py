@@ -196,3 +196,23 @@ def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, 
     if fractions_outside([result[f"concept{j}"]["fractions"] + [result[f"concept{j}"]["frac_residual"]]
                           for j in range(1, k + 1)]):
         print(f"note: {FRACTIONS_NOTE}")
+
+
+def render_sweep(result: pa.Table, fmt: str) -> None:
+    """`polysem screen --sweep`: one line per (tau, p), the candidate channels per gamma side by side."""
+    if fmt != "table":
+        render(result, fmt)
+        return
+    gammas = sorted(set(result.column("gamma").to_pylist()))
+    lines: dict[tuple, dict] = {}
+    for r in result.to_pylist():
+        line = lines.setdefault((r["tau"], r["p"]), {"row": r, "candidates": {}})
+        line["candidates"][r["gamma"]] = (r["candidate_channels"], r["candidate_pairs"])
+    rows = [[_number(tau, 3), _number(p), str(line["row"]["relevant_pairs"]), str(line["row"]["shared_channels"]),
+             _number(line["row"]["min_cosine"], 3),
+             *(f"{line['candidates'][g][0]}/{line['candidates'][g][1]}" for g in gammas)]
+            for (tau, p), line in lines.items()]
+    headers = [("tau", "number"), ("p", "number"), ("relevant", "number"), ("shared", "number"),
+               ("min cos", "number"), *((f"g<{_number(g)}", "number") for g in gammas)]
+    _print_summary("screening over a grid: relevant (channel, class) pairs, channels relevant for 2+ classes, their "
+                   "lowest ARV cosine, and candidates (channels/pairs) below each gamma", headers, rows, len(rows))

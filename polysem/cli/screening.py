@@ -15,14 +15,13 @@ from polysem.cli.app import (
     TauOption,
     _check_format,
     _store,
+    as_flags,
     command,
     plot_app,
 )
-from polysem.cli.output import (
-    render_concepts,
-    render_screen,
-)
+from polysem.cli.output import render_concepts, render_screen, render_sweep
 from polysem.constants import GAMMA, TAU, P
+from polysem.errors import PolysemError
 
 
 @command()
@@ -31,6 +30,7 @@ def screen(
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Theorem 3.1: report pairs whose ARV cosine is below gamma.")] = GAMMA,
     concepts: Annotated[bool, typer.Option("--concepts", help="Per polysemantic channel: its relevant classes grouped into concepts (complete linkage at gamma), recorded in channel_concepts.")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Count the candidates over a grid of tau x p x gamma in one scan, to choose the settings.")] = False,
     fmt: FormatOption = "table",
     limit: Annotated[int | None, typer.Option(help="Show at most N pairs (lowest cosine first), or N channels with --concepts.")] = None,
     correct_only: Annotated[bool, typer.Option(help="Use only correctly classified train images.")] = False,
@@ -38,18 +38,32 @@ def screen(
 ):
     """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs, or (--concepts) their concepts."""
     _check_format(fmt)
+    from polysem.query.screening import why_empty
+
+    target = _store(store)
+    if sweep:
+        if concepts or limit is not None:
+            raise PolysemError("--sweep counts candidates over its own grid; drop --concepts and --limit")
+        from polysem.query.screening import sweep as run_sweep
+
+        render_sweep(run_sweep(target, correct_only=correct_only), fmt)
+        return
     if concepts:
         from polysem.method.concepts import channel_concepts
 
-        result = channel_concepts(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
+        result = channel_concepts(target, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
         if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
             result = result.select(["channel", "concepts", "names", "min_cosine"])
         render_concepts(result, fmt, title=f"concepts of polysemantic channels (tau={tau}, p={p}, gamma={gamma})")
+        if result.num_rows == 0:
+            typer.echo(as_flags(why_empty(target, tau=tau, p=p, gamma=gamma, correct_only=correct_only)), err=True)
         return
     from polysem.query.screening import polysemantic_pairs
 
-    result = polysemantic_pairs(_store(store), tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
+    result = polysemantic_pairs(target, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
     render_screen(result, fmt, title=f"polysemantic pairs (tau={tau}, p={p}, gamma={gamma})")
+    if result.num_rows == 0:  # an empty answer says why (on stderr: stdout stays the table or the JSON)
+        typer.echo(as_flags(why_empty(target, tau=tau, p=p, gamma=gamma, correct_only=correct_only)), err=True)
 
 
 @command()
@@ -63,6 +77,10 @@ def wordnet(
     from polysem.method.wordnet import compute_class_similarity
 
     counts = compute_class_similarity(_store(store), tau, p, wordnet_dir)
+    if counts["pairs"] == 0 and not counts["skipped_without_wnid"]:
+        typer.echo(as_flags(f"nothing to score: no two classes share a relevant channel at tau {tau}, p {p}; lower "
+                            "`tau` or `p` (`polysem screen --sweep` shows the counts)"))
+        return
     typer.echo(f"{counts['pairs']} class pairs scored into class_similarity"
                + (f"; {counts['skipped_without_wnid']} skipped (class without wnid)" if counts["skipped_without_wnid"] else ""))
 

@@ -200,7 +200,8 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
         message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
                    f"{', '.join(map(str, missing))}")
         if not force:
-            raise RunError(message + "; pass `force` to disentangle it anyway")
+            raise RunError(message + "; lower `tau` or `p` if the screening should count it as relevant, or "
+                           "pass `force` to disentangle it anyway")
         warnings.warn(message, RelevanceWarning, stacklevel=4)
     return _Plan(request.channel, concepts)
 

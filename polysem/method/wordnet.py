@@ -110,6 +110,8 @@ def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
             "the store's classes have no WordNet ids; name the class folders by wnid (n01440764) or give "
             "each folder a wnid in DATA_DIR/classes.json before ingesting"
         )
+    if not pairs:  # nothing to score: WordNet is not even loaded
+        return {"pairs": 0, "skipped_without_wnid": 0}
     rows = []
     with load_wordnet(wordnet_dir) as wordnet:
         for row in with_ids:
