@@ -9,19 +9,26 @@ import tempfile
 from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT, TAU
+from polysem.errors import PolysemError
 from polysem.figures import page, plots
 from polysem.method import evaluation
 from polysem.method.figure_data import report_data, run_figure_data
 from polysem.method.runs import run_row
 from polysem.query.store import Store, as_store
 
-__all__ = ["evaluate", "write_report"]
+__all__ = ["REPORT_FORMATS", "evaluate", "write_report"]
+
+REPORT_FORMATS = ("png", "svg")  # what a browser shows in an <img>
 
 
 def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "polysem-report", *,
-                 data_dir: str | os.PathLike | None = None, device: str = "auto", tau: float = TAU) -> Path:
+                 data_dir: str | os.PathLike | None = None, device: str = "auto", tau: float = TAU,
+                 figure_format: str = "png") -> Path:
     """Write OUT/index.html and OUT/img/*.png; returns the path of index.html. OUT may be an existing
     folder (an earlier report is replaced); nothing in it changes unless the whole report is made."""
+    if figure_format not in REPORT_FORMATS:
+        raise PolysemError(f"`figure_format` of a report must be one of {', '.join(REPORT_FORMATS)} (what a browser "
+                           f"shows in a page), got {figure_format!r}")
     store = as_store(store)
     store.require()
     target = Path(out).expanduser().absolute()
@@ -31,7 +38,7 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
     staging = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
     try:
-        return _publish(page.write_page(data, staging, tau), target)
+        return _publish(page.write_page(data, staging, tau, figure_format), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -47,7 +54,7 @@ def _publish(staging: Path, target: Path) -> Path:
 
 def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
              plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-             device: str = "auto") -> dict:
+             device: str = "auto", figure_format: str = "png") -> dict:
     """`polysem.method.evaluation.evaluate`, with the run's figures written into `plots_dir` when given.
 
     The figures are drawn into a staging folder before the numbers are recorded and placed only
@@ -56,6 +63,8 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     store = as_store(store)
     if plots_dir is None:
         return evaluation.evaluate(store, run_id, tau=tau, device=device)
+    if figure_format not in plots.FIGURE_FORMATS:
+        raise PolysemError(f"`figure_format` must be one of {', '.join(plots.FIGURE_FORMATS)}, got {figure_format!r}")
     store.require()
     store.check_outside(plots_dir, folder=True)
     result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device)
@@ -65,7 +74,8 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     try:
         run = run_row(store, run_id)
         activations = store.run("activations_of_run", run_id=run_id, split=EVAL_SPLIT).to_pylist()
-        figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging)
+        figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging,
+                                    figure_format)
         evaluation.record_evaluation(store, run_id, tau, result)
         result["plots"] = []
         for path in (path for paths in figures.values() for path in paths):

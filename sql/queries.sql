@@ -129,8 +129,8 @@ JOIN classes c2 ON c2.class_id = b.class_id
 ORDER BY class1, class2;
 
 -- name: wordnet_points
--- (cosine, path_similarity) of every (channel, class pair) whose pair has a WordNet similarity.
-SELECT c.cosine, s.path_similarity FROM arv_cosine(tau := $tau, p := $p) c
+-- (cosine, path_similarity, class1, class2) of every (channel, class pair) whose pair has a WordNet similarity.
+SELECT c.cosine, s.path_similarity, c.class1, c.class2 FROM arv_cosine(tau := $tau, p := $p) c
 JOIN class_similarity s USING (class1, class2) WHERE s.path_similarity IS NOT NULL ORDER BY ALL;
 
 -- name: store_meta_rows

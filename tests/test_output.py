@@ -102,3 +102,18 @@ def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
     shown = capsys.readouterr().out
     assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in shown
     assert selectivity_reading("c1", None) == UNBOUNDED and "not defined" in selectivity_reading("r", None)
+
+
+def test_figures_as_svg_and_pdf_and_the_wordnet_legend_counts_distinct_pairs(tmp_path):
+    from polysem.figures.plots import wordnet_scatter
+
+    # three (channel, pair) points of two distinct class pairs
+    points = [(0.1, 0.2, 1, 2), (0.3, 0.2, 1, 2), (0.4, 0.5, 3, 4)]
+    svg = wordnet_scatter(points, tmp_path / "w.svg")
+    text = svg.read_text()
+    assert svg.suffix == ".svg" and text.lstrip().startswith("<?xml") and "3 points" in text
+    assert "2 distinct class pairs" in text
+    pdf = wordnet_scatter(points, tmp_path / "w.png", figure_format="pdf")
+    assert pdf == tmp_path / "w.pdf" and pdf.read_bytes().startswith(b"%PDF")
+    again = wordnet_scatter(points, tmp_path / "again.svg")
+    assert again.read_bytes() == svg.read_bytes()  # no date in the file: the same figure, the same bytes

@@ -88,6 +88,7 @@ FLAGS = {
     "concepts": "--concept",
     "data_dir": "--data",
     "device": "--device",
+    "figure_format": "--figure-format",
     "force": "--force",
     "gamma": "--gamma",
     "layer": "--layer",

@@ -132,9 +132,10 @@ def _print_runs(runs: list, fmt: str, store_path: Path) -> None:
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     tau: TauOption = TAU,
-    plots: Annotated[Path | None, typer.Option(help="Write the density and top-image plots (PNG) into this folder.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write the density, panel, top-image and visualisation figures into this folder.")] = None,
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
+    figure_format: Annotated[str, typer.Option(help="png, svg or pdf for the --plots.")] = "png",
     fmt: TableJsonOption = "table",
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -142,7 +143,8 @@ def evaluate(
     _check_format(fmt, ("table", "json"))
     from polysem.reporting import evaluate as run_evaluate
 
-    result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device)
+    result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
+                          figure_format=figure_format)
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
@@ -252,10 +254,11 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
+    figure_format: Annotated[str, typer.Option(help="png or svg for the page's figures.")] = "png",
     store: StoreOption = DEFAULT_STORE,
 ):
     """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
     from polysem.reporting import write_report
 
-    index = write_report(_store(store), out, data_dir=data, device=device)
+    index = write_report(_store(store), out, data_dir=data, device=device, figure_format=figure_format)
     typer.echo(f"report -> {index}")

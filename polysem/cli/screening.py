@@ -87,10 +87,11 @@ def wordnet(
 
 @command(plot_app, name="wordnet")
 def plot_wordnet(
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("wordnet.png"),
+    out: Annotated[Path, typer.Option(help="Figure file to write (.png, .svg or .pdf).")] = Path("wordnet.png"),
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Draw the gamma line here.")] = GAMMA,
+    figure_format: Annotated[str | None, typer.Option(help="png, svg or pdf. [default: the --out suffix's, else png]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Scatter of WordNet similarity over ARV cosine for all class pairs sharing a channel (supplement Fig. 4)."""
@@ -99,7 +100,19 @@ def plot_wordnet(
 
     target = _store(store)
     target.check_outside(out)
+    fmt = _figure_format(out, figure_format)
     points = similarity_points(target, tau, p)
-    wordnet_scatter(points, out, tau, p, gamma)
-    n = len(points)
-    typer.echo(f"{n} points -> {out}")
+    drawn = wordnet_scatter(points, out, tau, p, gamma, figure_format=fmt)
+    typer.echo(f"{len(points)} points ({len({(c1, c2) for _, _, c1, c2 in points})} distinct class pairs) -> {drawn}")
+
+
+def _figure_format(out: Path, figure_format: str | None) -> str:
+    """--figure-format, else the --out suffix's; a suffix that names another figure format is refused."""
+    from polysem.figures.plots import FIGURE_FORMATS
+
+    suffix = out.suffix.lower().lstrip(".")
+    if figure_format is not None and figure_format not in FIGURE_FORMATS:
+        raise PolysemError(f"--figure-format must be one of {', '.join(FIGURE_FORMATS)}, got '{figure_format}'")
+    if figure_format is not None and suffix in FIGURE_FORMATS and suffix != figure_format:
+        raise PolysemError(f"--out {out} names a .{suffix} file but --figure-format is {figure_format}; make them agree")
+    return figure_format or (suffix if suffix in FIGURE_FORMATS else "png")

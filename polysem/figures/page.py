@@ -53,7 +53,7 @@ def _img(path: Path, out: Path, alt: str) -> str:
     return f'<img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}">'
 
 
-def write_page(data, out: Path, tau: float) -> Path:
+def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:
     """The page and its images in `out` from a `ReportData`; returns `out`. Each run is drawn at the tau of
     its recorded evaluation; `tau` is for runs not evaluated yet."""
     images = out / "img"
@@ -67,7 +67,7 @@ def write_page(data, out: Path, tau: float) -> Path:
                       "transform": info["transform"]}]),
              _table([{"split": s, **c} for s, c in info["splits"].items()], ["split", "images", "classes", "unreadable"]),
              "<details><summary>classes</summary>" + _table(data.classes) + "</details>"]
-    parts += _screening(data, images, out)
+    parts += _screening(data, images, out, figure_format)
     summary = [r.run["summary"] for r in data.runs]
     parts.append(f"<h2>Disentangled channels ({len(summary)} runs)</h2>")
     parts.append(_table([{**r, "concepts": " / ".join(" + ".join(names[c] for c in concept) for concept in r["concepts"]),
@@ -81,14 +81,14 @@ def write_page(data, out: Path, tau: float) -> Path:
                  "serving its concept only and monosemantic (empty until it ran; each run's section gives the "
                  "reasons).</p>")
     for report in data.runs:
-        parts += _run_section(report, names, tau, images, out)
+        parts += _run_section(report, names, tau, images, out, figure_format)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>polysem report</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     (out / "index.html").write_bytes(page.encode())
     return out
 
 
-def _screening(data, images: Path, out: Path) -> list[str]:
+def _screening(data, images: Path, out: Path, figure_format: str = "png") -> list[str]:
     parts = ["<h2>Screening: polysemantic candidates</h2>"]
     if data.pairs is not None:
         parts.append(f'<p class="note">Channels relevant for two classes (tau {TAU}, p {P}) whose ARVs have cosine '
@@ -98,8 +98,8 @@ def _screening(data, images: Path, out: Path) -> list[str]:
     else:
         parts.append(f'<p class="note">{_e(data.pairs_error)}</p>')
     if data.wordnet_points is not None:
-        plots.wordnet_scatter(data.wordnet_points, images / "wordnet.png")
-        parts.append(_img(images / "wordnet.png", out, "WordNet similarity over ARV cosine"))
+        drawn = plots.wordnet_scatter(data.wordnet_points, images / "wordnet.png", figure_format=figure_format)
+        parts.append(_img(drawn, out, "WordNet similarity over ARV cosine"))
     else:
         parts.append(f'<p class="note">WordNet figure: {_e(data.wordnet_error)}</p>')
     return parts
@@ -128,7 +128,8 @@ def _verification(report, names: dict[int, str]) -> list[str]:
 _VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
 
 
-def _run_section(report, names: dict[int, str], tau: float, images: Path, out: Path) -> list[str]:
+def _run_section(report, names: dict[int, str], tau: float, images: Path, out: Path,
+                 figure_format: str = "png") -> list[str]:
     run = report.run
     concepts = " / ".join(" + ".join(names[c] for c in concept) for concept in run["concepts"])
     parts = [f"<section><h3>run {_e(run['run_id'])}: channel {run['channel']}, {_e(concepts)}</h3>"]
@@ -141,7 +142,7 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
     parts.append(f'<p class="note">densities and fractions at tau {_e(run_tau)}'
                  + (" (the run's recorded evaluation)" if report.tau is not None else
                     f" (not evaluated yet: polysem evaluate {_e(run['run_id'])})") + "</p>")
-    figures = plots.run_figures(report.figures, run_tau, images)
+    figures = plots.run_figures(report.figures, run_tau, images, figure_format)
     vis = [{c: row[c] for c in _VIS_COLUMNS} for row in report.figures.vis_rows] if figures["visualizations"] else []
     parts.append("<h4>Feature visualisations</h4>")
     if vis:

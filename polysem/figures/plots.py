@@ -16,33 +16,51 @@ from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, TAU, P
 
-__all__ = ["activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "wordnet_scatter"]
+__all__ = ["FIGURE_FORMATS", "activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "wordnet_scatter"]
 
 
-def wordnet_scatter(points: list[tuple[float, float]], out: str | Path, tau: float = TAU, p: float = P,
-                    gamma: float = GAMMA) -> Path:
+def wordnet_scatter(points: list[tuple[float, float, int, int]], out: str | Path, tau: float = TAU, p: float = P,
+                    gamma: float = GAMMA, *, figure_format: str | None = None) -> Path:
     """WordNet path similarity over ARV cosine, one point per (channel, class pair): `points` are
-    (cosine, similarity) pairs (`polysem.method.wordnet.similarity_points`)."""
-    xs, ys = zip(*points, strict=True)
+    (cosine, similarity, class1, class2) (`polysem.method.wordnet.similarity_points`). A class pair that
+    shares several channels has several points; the legend counts both."""
+    xs = [point[0] for point in points]
+    ys = [point[1] for point in points]
+    n_pairs = len({(point[2], point[3]) for point in points})
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
-    axes.scatter(xs, ys, s=10, alpha=0.6, color="tab:blue", label=f"{len(points)} class pairs sharing a channel")
+    axes.scatter(xs, ys, s=10, alpha=0.6, color="tab:blue",
+                 label=f"{len(points)} points: (channel, class pair) sharing the channel,\n"
+                       f"{n_pairs} distinct class pairs")
     axes.axvline(gamma, color="tab:red", linestyle="--", label=f"gamma = {gamma}")
     axes.set_xlabel("cosine similarity of the two classes' ARVs")
     axes.set_ylabel("WordNet path similarity of the two classes")
     axes.set_title(f"Semantic vs ARV similarity (tau={tau}, p={p})")
-    axes.legend(loc="upper left")
+    axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    return save(figure, out)
+    return save(figure, out, figure_format)
 
 
-def save(figure: Figure, out: str | Path) -> Path:
-    """Write the figure as a PNG that appears complete or not at all."""
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def save(figure: Figure, out: str | Path, figure_format: str | None = None) -> Path:
+    """Write the figure (PNG, or `figure_format`: svg or pdf) so that it appears complete or not at all."""
     from polysem.util.atomic import atomic_path
 
     out = Path(out)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
+    fmt = figure_format or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FIGURE_FORMATS
+                            else "png")
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {fmt!r}")
+    out = out.with_suffix(f".{fmt}")
+    # fixed metadata: the same figure gives the same bytes (no creation date in SVG or PDF)
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
+    import matplotlib
+
+    # a fixed salt for the SVG's element ids: the same figure gives the same bytes
+    with atomic_path(out) as tmp, matplotlib.rc_context({"svg.hashsalt": "polysem"}):
+        figure.savefig(tmp, dpi=120, format=fmt, metadata=metadata)
     return out
 
 
@@ -186,18 +204,20 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     return save(figure, out)
 
 
-def run_figures(data, tau: float, out_dir: Path) -> dict[str, list[Path]]:
+def run_figures(data, tau: float, out_dir: Path, figure_format: str = "png") -> dict[str, list[Path]]:
     """Every figure of a run into out_dir from its `RunFigures`: densities, the Fig. 1 panel, the top
-    images and the visualisations."""
+    images and the visualisations, as png, svg or pdf."""
+    if figure_format not in FIGURE_FORMATS:
+        raise ValueError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {figure_format!r}")
     out_dir = Path(out_dir)
     run, run_id = data.run, data.run["run_id"]
     figures = {"density": [activation_density(run, data.activations, tau, data.names,
-                                              out_dir / f"run-{run_id}-density.png")],
+                                              out_dir / f"run-{run_id}-density.{figure_format}")],
                "panel": [panel(run, data.units, data.facts, data.vis_rows, data.vis_images, data.layer,
-                               out_dir / f"run-{run_id}-panel.png")],
-               "top": [top_images(run, unit_images, data.facts, out_dir / f"run-{run_id}-top-{unit}.png")
+                               out_dir / f"run-{run_id}-panel.{figure_format}")],
+               "top": [top_images(run, unit_images, data.facts, out_dir / f"run-{run_id}-top-{unit}.{figure_format}")
                        for unit, unit_images in data.units.items()]}
     figures["visualizations"] = ([visualizations(run, data.vis_rows, data.vis_images, data.labels,
-                                                 out_dir / f"run-{run_id}-visualizations.png")]
+                                                 out_dir / f"run-{run_id}-visualizations.{figure_format}")]
                                  if data.vis_images else [])
     return figures

@@ -232,7 +232,7 @@ class ReportData:
     names: dict[int, str]
     pairs: list[dict] | None
     pairs_error: str | None
-    wordnet_points: list[tuple[float, float]] | None
+    wordnet_points: list[tuple[float, float, int, int]] | None
     wordnet_error: str | None
     runs: list[RunReport]
 

@@ -85,7 +85,7 @@ def synset(wordnet, wnid: str):
     return wordnet.synset_from_pos_and_offset("n", int(wnid[1:]))
 
 
-def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tuple[float, float]]:
+def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tuple[float, float, int, int]]:
     """(ARV cosine, WordNet path similarity) of every class pair sharing a relevant channel, once per
     channel: the points of the supplement's Fig. 4. Refuses when `polysem wordnet` has not run."""
     from polysem.query.screening import check_thresholds
@@ -94,7 +94,7 @@ def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tupl
     rows = store.run("wordnet_points", tau=tau, p=p).to_pylist()
     if not rows:
         raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
-    return [(r["cosine"], r["path_similarity"]) for r in rows]
+    return [(r["cosine"], r["path_similarity"], r["class1"], r["class2"]) for r in rows]
 
 
 def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
