@@ -14,7 +14,7 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 
 from polysem.errors import DataError
-from polysem.util.images import ImageRecord
+from polysem.util.images import ImageRecord, file_kind
 
 __all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file"]
 
@@ -148,8 +148,11 @@ def imagenet_index() -> dict[str, tuple[int, str]]:
 def read_class_file(data_dir: str | os.PathLike[str]) -> dict[str, dict]:
     """DATA_DIR/classes.json, checked: {"folder": {"name": str, "wnid": str, "logit": int}, ...}, all keys optional."""
     path = Path(data_dir) / CLASS_FILE
-    if not path.is_file():
+    if not path.exists():
         return {}
+    kind = file_kind(path.stat().st_mode)
+    if kind is not None:  # a FIFO would block the read
+        raise DataError(f"{path} is not a regular file ({kind}); replace it by a JSON file or remove it")
     fix = 'write it as {"folder": {"name": "...", "wnid": "n01440764", "logit": 0}, ...}'
     try:
         extra = json.loads(path.read_bytes().decode("utf-8"))
