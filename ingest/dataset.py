@@ -14,7 +14,7 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 
 from polysem.errors import DataError
-from polysem.util.images import ImageRecord
+from polysem.util.images import ImageRecord, file_kind
 
 __all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file"]
 
@@ -78,6 +78,7 @@ def list_split(data_dir: str | os.PathLike[str], split: str, classes: list[int] 
         per_class[target] = per_class.get(target, 0) + 1
         relative = Path(path).relative_to(root).as_posix()
         _require_utf8(relative, root)
+        _refuse_leaving_link(Path(path), root / folders[target], data_dir)
         records.append(ImageRecord(image_id(split, relative), path, target))
     if not folder.samples:
         raise DataError(f"split {root} holds no images; put images in its class folders")
@@ -113,6 +114,30 @@ def _refuse_looping_links(root: Path) -> None:
                                     "remove the link or point it at a folder of this class only")
 
 
+def _refuse_leaving_link(path: Path, class_dir: Path, data_dir: Path) -> None:
+    """A file link must lead to a file of its own class: inside the class folder (as it really is, when the
+    class folder is itself a link) or inside the folder the link sits in. A link into another class would
+    store the image under two classes; one out of DATA_DIR reads any file on the machine (/etc/passwd).
+    Refused before anything is written, like a directory link into another class."""
+    if not path.is_symlink():
+        return
+    try:
+        target = path.resolve()
+        allowed = (class_dir.resolve(), path.parent.resolve())
+    except (OSError, RuntimeError):  # a loop of links
+        raise DataError(f"{path} is a link that never ends (a loop of links); remove it") from None
+    if any(target.is_relative_to(folder) for folder in allowed):
+        return
+    if target.is_relative_to(class_dir.parent.resolve()):
+        where = "in another class (the image would be stored under two classes)"
+    elif target.is_relative_to(data_dir.resolve()):
+        where = "outside its class folder"
+    else:
+        where = "outside DATA_DIR"
+    raise DataError(f"{path} links to {target}, {where}; an image link must lead to a file in its own class folder: "
+                    "copy the image there, or remove the link")
+
+
 @lru_cache(maxsize=1)
 def imagenet_index() -> dict[str, tuple[int, str]]:
     """WordNet id -> (ImageNet-1k logit index, readable class name)."""
@@ -123,8 +148,11 @@ def imagenet_index() -> dict[str, tuple[int, str]]:
 def read_class_file(data_dir: str | os.PathLike[str]) -> dict[str, dict]:
     """DATA_DIR/classes.json, checked: {"folder": {"name": str, "wnid": str, "logit": int}, ...}, all keys optional."""
     path = Path(data_dir) / CLASS_FILE
-    if not path.is_file():
+    if not path.exists():
         return {}
+    kind = file_kind(path.stat().st_mode)
+    if kind is not None:  # a FIFO would block the read
+        raise DataError(f"{path} is not a regular file ({kind}); replace it by a JSON file or remove it")
     fix = 'write it as {"folder": {"name": "...", "wnid": "n01440764", "logit": 0}, ...}'
     try:
         extra = json.loads(path.read_bytes().decode("utf-8"))
@@ -137,7 +165,8 @@ def read_class_file(data_dir: str | os.PathLike[str]) -> dict[str, dict]:
             raise DataError(f"{path}: the entry of '{folder}' is a {type(info).__name__}, not an object; {fix}")
         unknown = sorted(set(info) - {"name", "wnid", "logit"})
         if unknown:
-            raise DataError(f"{path}: '{folder}' has unknown keys {unknown}; {fix}")
+            raise DataError(f"{path}: the entry of '{folder}' has unknown field '{unknown[0]}' (the fields are name, "
+                            f"wnid and logit); {fix}")
         for key in ("name", "wnid"):
             if key in info and not isinstance(info[key], str):
                 raise DataError(f"{path}: '{folder}' {key} must be a string; {fix}")
@@ -157,6 +186,11 @@ def class_rows(data_dir: str | os.PathLike[str], folders: list[str], n_outputs: 
     Anything else is refused, naming the fix.
     """
     extra = read_class_file(data_dir)
+    unknown = [key for key in extra if key not in folders]
+    if unknown:
+        raise DataError(f"{Path(data_dir) / CLASS_FILE} names '{unknown[0]}', which is no class folder of the split "
+                        f"(it has: {', '.join(folders[:6])}{', ...' if len(folders) > 6 else ''}); fix or remove that "
+                        "entry")
     index = imagenet_index()
     rows, unmapped = [], []
     for class_id, folder in enumerate(folders):

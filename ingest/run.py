@@ -40,7 +40,7 @@ from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, 
 from polysem.query.sqlfiles import run_statement
 from polysem.query.store import as_store
 from polysem.util import atomic
-from polysem.util.images import ImageRecords, collate
+from polysem.util.images import ImageRecords, collate, pillow_max_pixels
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
 
@@ -83,6 +83,7 @@ def ingest(
     rows_per_part: int = 4096,
     progress: bool = True,
     compact: bool = True,
+    max_pixels: int | None = None,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
@@ -92,18 +93,22 @@ def ingest(
     model) before the store is created or changed. num_workers defaults to
     `default_num_workers()` and, on a CPU, torch's threads to the cores the workers
     leave (`ingest.threads`); threads are restored afterwards. With `compact`, rank 0
-    compacts the split's parts when the ingest succeeded (`query.compact`).
+    compacts the split's parts when the ingest succeeded (`query.compact`). An image of more
+    than `max_pixels` pixels (default: Pillow's limit, Image.MAX_IMAGE_PIXELS) is not decoded but
+    listed in ingest_errors, as is a FIFO, socket or device among the images.
     """
     store = as_store(store)
     num_workers = default_num_workers() if num_workers is None else num_workers
     _check_options(batch_size, num_workers, limit, rows_per_part, threads)
+    max_pixels = _check_max_pixels(max_pixels)
     store.check_writable()
     existing = _existing_meta(store)
     model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     _check_listing(store, existing, listing, split)
-    setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir)
-    job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact)
+    setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir, max_pixels)
+    job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact,
+               max_pixels)
     return _run_job(job, resolve_device(device))
 
 
@@ -148,7 +153,8 @@ class _Setup:
 
 
 def _load_setup(store: Store, existing: dict | None, model: str, weights: str | None, layer: str,
-                transform: str | None, listing: SplitListing, data_dir: str | os.PathLike) -> _Setup:
+                transform: str | None, listing: SplitListing, data_dir: str | os.PathLike,
+                max_pixels: int | None = None) -> _Setup:
     model_root = existing.get("model_import_root") if existing else None
     transform_root = existing.get("transform_import_root") if existing else None
     resolved = resolve_model(model, weights, import_root=model_root)
@@ -159,7 +165,7 @@ def _load_setup(store: Store, existing: dict | None, model: str, weights: str | 
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
             "use the same weights or another `store`"
         )
-    n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing)
+    n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing, max_pixels)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
     return _Setup(resolved, layer, conv, image_transform, class_table)
 
@@ -192,6 +198,7 @@ class _Job:
     rows_per_part: int
     progress: bool
     compact: bool
+    max_pixels: int | None = None  # the pixel limit; None: Pillow's
 
 
 def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
@@ -213,7 +220,7 @@ def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
         with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):
             _run(setup.resolved.model.to(run_device), setup.conv, setup.transform, mine, setup.logits, split,
                  store.path, rank, job.rows_per_part, job.batch_size, job.num_workers, run_device,
-                 job.progress and rank == 0, summary)
+                 job.progress and rank == 0, summary, job.max_pixels)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
@@ -264,10 +271,23 @@ def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_pe
         raise DataError(f"`rows_per_part` must be at least 1, got {rows_per_part}")
 
 
+def _check_max_pixels(max_pixels: int | None) -> int | None:
+    """The pixel limit of this ingest: `max_pixels`, or Pillow's (None when Pillow's is turned off)."""
+    if max_pixels is None:
+        return pillow_max_pixels()
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
+        raise DataError(f"`max_pixels` must be a whole number of pixels, got {max_pixels!r}")
+    if max_pixels < 1:
+        raise DataError(f"`max_pixels` must be at least 1, got {max_pixels}; omit it for Pillow's limit "
+                        f"({pillow_max_pixels()})")
+    return max_pixels
+
+
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
 
 
-def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, transform, listing) -> int:
+def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, transform, listing,
+                max_pixels: int | None = None) -> int:
     """Run one image of the split through transform and model; return the number of outputs.
 
     Catches, before anything is written: a transform that gives no C x H x W tensor, a model
@@ -277,7 +297,7 @@ def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, 
 
     errors = []
     for record in listing.records[:PROBE_TRIES]:
-        _, image, error = ImageRecords([record], transform)[0]
+        _, image, error = ImageRecords([record], transform, max_pixels=max_pixels)[0]
         if error is not None:
             if error.startswith("transform returned"):
                 raise ModelError(f"`transform` on {record.path}: {error}; it must return a C x H x W tensor")
@@ -398,13 +418,13 @@ def stored_ids(store_path: Path, split: str) -> set[int]:
 
 
 def _run(model, conv, transform, records, logits, split, store_path, rank, rows_per_part, batch_size, num_workers,
-         device, show_progress, summary) -> None:
+         device, show_progress, summary, max_pixels=None) -> None:
     """Attribute each image to its class's logit (`logits[class_id]`) and write the rows."""
     writer = PartWriter(store_path, split, rank, rows_per_part)
     class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
     class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
     loader = DataLoader(
-        ImageRecords(records, transform.fn, import_root=transform.import_root),
+        ImageRecords(records, transform.fn, import_root=transform.import_root, max_pixels=max_pixels),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate,

@@ -93,6 +93,7 @@ FLAGS = {
     "gamma": "--gamma",
     "layer": "--layer",
     "limit": "--limit",
+    "max_pixels": "--max-pixels",
     "method": "--method",
     "model": "--model",
     "num_workers": "--num-workers",

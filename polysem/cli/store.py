@@ -41,6 +41,7 @@ def ingest(
     classes: Annotated[str | None, typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
     compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
+    max_pixels: Annotated[int | None, typer.Option(help="Images of more pixels are listed as unreadable, not decoded. [default: Pillow's limit, 89478485]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
@@ -52,7 +53,7 @@ def ingest(
     summary = run_ingest(
         _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
-        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact,
+        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact, max_pixels=max_pixels,
     )
     if summary.rank == 0:
         typer.echo(

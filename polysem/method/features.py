@@ -24,7 +24,7 @@ from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
-__all__ = ["cached_array", "cached_class_maps", "class_records", "compute_feature_maps", "feature_maps", "remap_paths"]
+__all__ = ["cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps", "remap_paths"]
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
@@ -38,11 +38,24 @@ def class_records(store: Store, class_id: int, split: str, data_dir: str | os.Pa
     return [ImageRecord(r["image_id"], r["path"], r["target"]) for r in remap_paths(store, rows, split, data_dir)]
 
 
+def check_data_dir(data_dir: str | os.PathLike, holds: str = "the store's splits") -> Path:
+    """DATA_DIR as an absolute path, or a RunError naming it as missing."""
+    given = Path(data_dir).expanduser().absolute()
+    if not given.is_dir():
+        what = "is not a folder" if given.exists() else "does not exist"
+        raise RunError(f"data folder {given} {what}; pass `data_dir` with the folder that holds {holds}")
+    return given
+
+
 def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.PathLike | None) -> list[dict]:
     """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image."""
     if data_dir is not None:
         old_root = Path(store.meta()["dataset_roots"][split])
-        new_root = Path(data_dir).expanduser().absolute() / split
+        given = check_data_dir(data_dir, f"the {split} split (the store's images were read from {old_root})")
+        new_root = given / split
+        if not new_root.is_dir():
+            raise RunError(f"data folder {given} has no {split} folder ({new_root} does not exist); pass `data_dir` "
+                           f"with the folder that holds the {split} split (the store's images were read from {old_root})")
         rows = [{**r, "path": str(new_root / Path(r["path"]).relative_to(old_root))} for r in rows]
     for row in rows:
         if not Path(row["path"]).is_file():

@@ -44,7 +44,7 @@ from polysem.method.disentangling import (
     rho_scores,
     split_sources,
 )
-from polysem.method.features import cached_class_maps, remap_paths
+from polysem.method.features import cached_class_maps, check_data_dir, remap_paths
 from polysem.query.recovery import write_pending
 from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store
@@ -169,6 +169,8 @@ def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | 
     if batch_size < 1:
         raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     check_thresholds(tau, p)
+    if data_dir is not None:
+        check_data_dir(data_dir)  # named as missing now, not as a missing image once the model has run
     return _Options(fixed_rho, objective, force, data_dir, batch_size, progress, tau, p)
 
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import pickle
-from collections.abc import Callable
+import stat
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import default_loader
 
 from polysem.errors import DataError
 from polysem.util.imports import importable_from
 
-__all__ = ["ImageRecord", "ImageRecords", "collate", "collate_one_size"]
+__all__ = ["ImageRecord", "ImageRecords", "ImageRefused", "collate", "collate_one_size", "file_kind", "open_image",
+           "pillow_max_pixels"]
 
 
 @dataclass(frozen=True)
@@ -23,15 +29,87 @@ class ImageRecord:
     target: int
 
 
-class ImageRecords(Dataset):
-    """Loads and transforms images; a failure becomes an error message, never an exception."""
+class ImageRefused(Exception):
+    """An image not opened or not decoded on purpose; the message is the reason, stored as it is."""
 
-    def __init__(self, records: list[ImageRecord], transform: Callable, loader: Callable = default_loader,
-                 import_root: str | None = None):
+
+def pillow_max_pixels() -> int | None:
+    """Pillow's pixel limit (Image.MAX_IMAGE_PIXELS, about 89.5 million unless changed; None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("FIFO", "socket", ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _pillow_allows(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's own check (a warning above MAX_IMAGE_PIXELS, an error above twice that) silenced, and
+    lifted while an image under a larger `max_pixels` is opened: the limit that applies is ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pillow = Image.MAX_IMAGE_PIXELS
+        if pillow is None or (max_pixels is not None and max_pixels <= 2 * pillow):
+            yield
+            return
+        with _PILLOW_LIMIT:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # None (no limit of ours) lifts Pillow's too
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow
+
+
+def open_image(path: str, max_pixels: int | None) -> Image.Image:
+    """The RGB image at `path`, or ImageRefused: a FIFO, socket or device is never opened for reading
+    (it could block forever, or act on a device), and an image above `max_pixels` is never decoded
+    (its size comes from the header). max_pixels None: no limit."""
+    kind = file_kind(os.stat(path).st_mode)  # follows links: the file that would be read
+    if kind is not None:
+        raise ImageRefused(f"not a regular file ({kind})")
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it does not wait for a writer
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        kind = file_kind(os.fstat(handle.fileno()).st_mode)
+        if kind is not None:
+            raise ImageRefused(f"not a regular file ({kind})")
+        with _pillow_allows(max_pixels):
+            try:
+                image = Image.open(handle)
+            except Image.DecompressionBombError as error:  # above twice Pillow's limit, hence above ours
+                raise ImageRefused(f"above the pixel limit of {max_pixels:,} ({error}); ingest with a larger "
+                                   "--max-pixels (max_pixels=) to read it") from None
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageRefused(f"{width} x {height} = {width * height:,} pixels, above the pixel limit of "
+                                   f"{max_pixels:,}; ingest with a larger --max-pixels (max_pixels=) to read it")
+            return image.convert("RGB")
+
+
+class ImageRecords(Dataset):
+    """Loads and transforms images; a failure becomes an error message, never an exception.
+
+    max_pixels: images with more pixels are not decoded but reported (default: Pillow's limit at
+    construction). It travels with the dataset into DataLoader worker processes.
+    """
+
+    def __init__(self, records: list[ImageRecord], transform: Callable, loader: Callable | None = None,
+                 import_root: str | None = None, max_pixels: int | None = None):
         self.records = records
         self.transform = transform
-        self.loader = loader
+        self.loader = loader  # path -> PIL image; None: open_image with max_pixels
         self.import_root = import_root  # where a module:callable transform is imported from
+        self.max_pixels = pillow_max_pixels() if max_pixels is None else max_pixels
 
     def __getstate__(self) -> dict:
         # the transform travels pickled on its own, so that a worker process unpickles it with
@@ -47,11 +125,14 @@ class ImageRecords(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
+        path = self.records[index].path
         try:
-            image = self.transform(self.loader(self.records[index].path))
+            image = self.transform(open_image(path, self.max_pixels) if self.loader is None else self.loader(path))
             if not isinstance(image, torch.Tensor):
                 return index, None, f"transform returned {type(image).__name__}, not a tensor"
             return index, image, None
+        except ImageRefused as refused:
+            return index, None, str(refused)
         except Exception as error:  # noqa: BLE001 -- corrupt, truncated, unreadable: recorded, not fatal
             return index, None, f"{type(error).__name__}: {error}"
 
