@@ -69,7 +69,7 @@ def wordnet(
 
 @command(plot_app, name="wordnet")
 def plot_wordnet(
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("wordnet.png"),
+    out: Annotated[str, typer.Option(metavar="FILE", help="PNG file to write.")] = "wordnet.png",
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Draw the gamma line here.")] = GAMMA,
@@ -80,8 +80,8 @@ def plot_wordnet(
     from polysem.method.wordnet import similarity_points
 
     target = _store(store)
-    target.check_outside(out)
+    path = target.check_outside(out)
     points = similarity_points(target, tau, p)
-    wordnet_scatter(points, out, tau, p, gamma)
+    wordnet_scatter(points, path, tau, p, gamma)
     n = len(points)
     typer.echo(f"{n} points -> {out}")

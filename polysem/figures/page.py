@@ -15,6 +15,7 @@ from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT
 from polysem.figures import plots
+from polysem.util.text import escape_controls
 
 __all__ = ["write_page"]
 
@@ -30,13 +31,14 @@ section { border-top: 2px solid #ccc; margin-top: 2em; }
 
 
 def _e(value) -> str:
+    """A value as HTML text: markup escaped, control and bidirectional characters shown as escapes."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
-        return html.escape(", ".join(str(v) for v in value))
-    return html.escape(str(value))
+        return html.escape(escape_controls(", ".join(str(v) for v in value)))
+    return html.escape(escape_controls(str(value)))
 
 
 def _table(rows: list[dict], columns: list[str] | None = None) -> str:
