@@ -313,21 +313,23 @@ def _interruptible(cursor: duckdb.DuckDBPyConnection, work: Callable[[], pa.Tabl
     if threading.current_thread() is not threading.main_thread():
         return work()
     outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C may later return too early
 
     def run() -> None:
         try:
             outcome["result"] = work()
         except BaseException as error:  # noqa: BLE001  handed to the waiting thread, which raises it
             outcome["error"] = error
+        finally:
+            done.set()
 
-    helper = threading.Thread(target=run, name="polysem-query", daemon=True)
-    helper.start()
+    threading.Thread(target=run, name="polysem-query", daemon=True).start()
     try:
-        while helper.is_alive():
-            helper.join(0.05)
+        while not done.wait(0.05):
+            pass
     except KeyboardInterrupt:
         cursor.interrupt()
-        helper.join()
+        done.wait()
         raise KeyboardInterrupt(INTERRUPTED) from None
     if "error" in outcome:
         raise outcome["error"]
