@@ -31,3 +31,7 @@ class QueryError(PolysemError):
 
 class RunError(PolysemError):
     """A disentanglement run or its evaluation cannot proceed."""
+
+
+class DiskFull(PolysemError):
+    """A write found no space left on its disk; the message names the file or store, the space and the fix."""

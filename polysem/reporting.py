@@ -31,8 +31,8 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
                            f"shows in a page), got {figure_format!r}")
     store = as_store(store)
     store.require()
-    target = Path(out).expanduser().absolute()
-    store.check_outside(target, folder=True)
+    target = store.check_outside(out, folder=True)
+    assert target is not None  # None only for standard output, which a folder never is
     data = report_data(store, data_dir, device)
     target.mkdir(parents=True, exist_ok=True)
     # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
@@ -66,9 +66,10 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     if figure_format not in plots.FIGURE_FORMATS:
         raise PolysemError(f"`figure_format` must be one of {', '.join(plots.FIGURE_FORMATS)}, got {figure_format!r}")
     store.require()
-    store.check_outside(plots_dir, folder=True)
+    folder = store.check_outside(plots_dir, folder=True, name="plots_dir")
+    assert folder is not None  # None only for standard output, which a folder never is
     result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device)
-    plots_dir = Path(plots_dir)
+    plots_dir = folder
     plots_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
     try:

@@ -58,7 +58,10 @@ def check_read_only(sql: str) -> None:
     `query_table()` table functions.
     """
     statement = _one_statement(sql)
-    kind = statement.type.name
+    try:
+        kind = statement.type.name
+    except ValueError:  # a statement type newer than duckdb's Python enum (UPDATE EXTENSIONS): not a query
+        kind = "UNKNOWN"
     if kind == "EXPLAIN":
         check_read_only(_explained(statement.query))
     elif kind == "MULTI" and _keywords(statement.query)[:1] in (["pivot"], ["unpivot"]):
@@ -70,9 +73,22 @@ def check_read_only(sql: str) -> None:
         _check_tree(_serialised(statement.query))
     else:
         raise QueryError(
-            f"{kind} statements are not allowed: queries on a store are read-only; "
+            f"{_statement_name(statement.query, kind)} is not a read-only query: queries on a store only read "
+            "(SELECT, WITH, VALUES, FROM, DESCRIBE, SUMMARIZE, SHOW, PIVOT, EXPLAIN); "
             "use `polysem export` to write results to a file"
         )
+
+
+def _statement_name(sql: str, kind: str) -> str:
+    """A statement as its author wrote it: its leading keywords (COPY FROM DATABASE, IMPORT DATABASE,
+    UPDATE EXTENSIONS), not DuckDB's statement type, which names some of these PRAGMA or has no name for
+    them in the Python enum."""
+    words: list[str] = []
+    for _, token_kind, text in _tokens(sql):
+        if token_kind != "keyword" or len(words) == 4:
+            break
+        words.append(text.upper())
+    return " ".join(words) or kind
 
 
 def _one_statement(sql: str):

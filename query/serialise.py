@@ -2,7 +2,8 @@
 
 JSON is strict everywhere (NaN and infinities are null; a run's `parameters`, JSON text in the
 store, are the object they hold); CSV writes NULL as empty, lists and objects as JSON and booleans
-as true/false, as DuckDB's own CSV does.
+as true/false, as DuckDB's own CSV does, and text with its control and bidirectional characters
+escaped (JSON escapes them itself). `-` as the output is standard output.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from polysem.errors import QueryError
 from polysem.util import atomic
+from polysem.util.text import escape_controls
 
 __all__ = ["FILE_FORMATS", "out_format", "strict", "to_csv", "to_json", "write_result"]
 
@@ -25,11 +29,19 @@ FILE_FORMATS = ("parquet", "csv", "json")
 
 
 def out_format(out: str | Path, fmt: str | None = None) -> str:
-    """The format a result file is written in: `fmt` when given, else the one its suffix names."""
+    """The format a result file is written in: `fmt` when given, else the one its suffix names.
+
+    Standard output (`-`) has no suffix: it needs `fmt`; parquet (binary) goes there only when
+    standard output is not a terminal (a pipe or a file)."""
     if fmt is not None:
         if fmt not in FILE_FORMATS:
             raise QueryError(f"format must be one of {', '.join(FILE_FORMATS)} for a file, got '{fmt}'")
+        if fmt == "parquet" and str(out) == "-" and _stdout_is_terminal():
+            raise QueryError("parquet is binary and standard output is a terminal: redirect it (> result.parquet, "
+                             "| another program) or give a file name")
         return fmt
+    if str(out) == "-":
+        raise QueryError("standard output has no suffix to tell the format: give `fmt` (parquet, csv or json)")
     suffix = Path(out).suffix.lower().lstrip(".")
     if suffix not in FILE_FORMATS:
         raise QueryError(f"cannot tell the format of {out}: name a .parquet, .csv or .json file, or give the format")
@@ -58,26 +70,51 @@ def to_json(result: pa.Table) -> str:
 def to_csv(result: pa.Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(result.column_names)
+    writer.writerow([escape_controls(n) for n in result.column_names])
     for row in result.to_pylist():
         writer.writerow([_csv_cell(row[n]) for n in result.column_names])
     return buffer.getvalue()
 
 
 def _csv_cell(value):
-    """Empty for NULL; lists and objects as JSON and booleans as true/false, as DuckDB's own CSV writes them."""
+    """Empty for NULL; lists and objects as JSON and booleans as true/false, as DuckDB's own CSV writes them;
+    control and bidirectional characters in text escaped (\\n, \\x1b, \\u202e: `polysem.util.text`)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
-        return json.dumps(strict(value), default=str)
+        return json.dumps(strict(value), default=str)  # escapes control characters itself (ensure_ascii)
+    if isinstance(value, str):
+        return escape_controls(value)
     return value
 
 
-def write_result(result: pa.Table, out: Path, fmt: str) -> None:
-    """Write an Arrow table as parquet, csv or json, atomically."""
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed: not a terminal
+        return False
+
+
+def write_result(result: pa.Table, out: Path | None, fmt: str) -> None:
+    """Write an Arrow table as parquet, csv or json, atomically; `out` None: to standard output."""
+    if out is None:
+        _write_stdout(result, fmt)
+        return
     if fmt == "parquet":
         atomic.write_atomic(result, out)
         return
     atomic.write_text_atomic(to_csv(result) if fmt == "csv" else to_json(result) + "\n", out)
+
+
+def _write_stdout(result: pa.Table, fmt: str) -> None:
+    if fmt != "parquet":
+        sys.stdout.write(to_csv(result) if fmt == "csv" else to_json(result) + "\n")
+        sys.stdout.flush()
+        return
+    buffer = pa.BufferOutputStream()
+    pq.write_table(result, buffer, compression="zstd")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(buffer.getvalue().to_pybytes())
+    sys.stdout.buffer.flush()

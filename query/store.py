@@ -10,10 +10,11 @@ reader's private copy), `sandbox` (what user SQL may do), `serialise` (results a
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,18 @@ from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
 from polysem.query.diagnostics import damaged_catalog, query_error
 from polysem.query.meta import meta_complete, prepare_catalog, read_meta
+from polysem.query.outputs import check_output
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
 from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import bind
 from polysem.query.transaction import Transaction
+from polysem.util.atomic import disk_full, is_disk_full
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
 
 STORE_ENV = "POLYSEM_STORE"
 DEFAULT_STORE = "polysem-store"
-_SYSTEM_DIRS = (Path("/proc"), Path("/sys"))
 
 
 def default_store_path() -> Path:
@@ -97,6 +99,10 @@ class Store:
             record_pending(conn, self.path)
             sweep(conn, self.path)
             yield conn
+        except duckdb.Error as error:
+            if is_disk_full(error):  # DuckDB's "Error writing bytes to file ...": name the store and the fix
+                raise disk_full(f"the store {self.path}", self.path) from error
+            raise
         finally:
             conn.close()
 
@@ -217,7 +223,9 @@ class Store:
             with self.connect() as cursor:
                 cursor.begin()
                 try:
-                    return cursor.sql(query, params=params).to_arrow_table()
+                    return _interruptible(cursor, functools.partial(_fetch, cursor, query, params))
+                except duckdb.InterruptException as error:
+                    raise KeyboardInterrupt(INTERRUPTED) from error
                 except duckdb.IOException as error:
                     # a compaction swapped the split's files after this query listed them (query.compact)
                     if attempt == 0 and "no such file" in str(error).lower():
@@ -239,13 +247,13 @@ class Store:
                fmt: str | None = None) -> int:
         """Write a table, view, macro call or query to Parquet, CSV or JSON (`fmt`, else the suffix's).
 
-        Returns the number of rows written. The file appears only when complete.
+        Returns the number of rows written. The file appears only when complete. `out` "-" writes
+        to standard output (`fmt` required; parquet only when standard output is not a terminal).
         """
-        out = Path(out)
-        self.check_outside(out)
-        fmt = out_format(out, fmt)
+        target = self.check_outside(out, stdout=True)
+        fmt = out_format(os.fspath(out), fmt)
         result = self.table(name_or_query, params)
-        write_result(result, out, fmt)
+        write_result(result, target, fmt)
         return result.num_rows
 
     def info(self) -> dict[str, Any]:
@@ -271,21 +279,13 @@ class Store:
             return self.run("class_list")
         return self.run("class_counts")
 
-    def check_outside(self, out: str | os.PathLike, folder: bool = False) -> None:
-        """Refuse an output path before anything is written: a folder where a file is
-        expected (or the reverse), a path in /proc or /sys, or anything inside the store,
-        where it could replace a file the store reads."""
-        path = Path(out).expanduser().absolute()
-        resolved = path.resolve()
-        if any(resolved.is_relative_to(system) for system in _SYSTEM_DIRS):
-            raise QueryError(f"{out} is a system path ({resolved}), not a place for results; "
-                             "choose a path in one of your folders")
-        if resolved.is_relative_to(self.path.resolve()):
-            raise QueryError(f"{out} is inside the store {self.path}; write results somewhere else")
-        if not folder and path.is_dir():
-            raise QueryError(f"{out} is a folder; give a file name, e.g. {path / 'result.parquet'}")
-        if folder and path.exists() and not path.is_dir():
-            raise QueryError(f"{out} is a file; give a folder (for the plots or the report)")
+    def check_outside(self, out: str | os.PathLike, folder: bool = False, *, stdout: bool = False,
+                      name: str = "out") -> Path | None:
+        """Refuse an output path before anything is written (see `query.outputs`): an empty one, a
+        special file (FIFO, device, socket, also behind a link), anything under /dev, /proc or /sys, a
+        folder where a file is expected (or the reverse), or anything inside the store, where it could
+        replace a file the store reads. Returns the absolute path, or None for `-` when `stdout`."""
+        return check_output(out, self.path, folder=folder, stdout=stdout, name=name)
 
     def check(self, repair: bool = False) -> CheckReport:
         """Verify every Parquet file's footer and row counts against the catalog; see `query.check`."""
@@ -293,6 +293,46 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def _fetch(cursor: duckdb.DuckDBPyConnection, query: str, params: list | dict | None) -> pa.Table:
+    return cursor.sql(query, params=params).to_arrow_table()
+
+
+INTERRUPTED = "the query stopped before it finished; the store is unchanged"
+
+
+def _interruptible(cursor: duckdb.DuckDBPyConnection, work: Callable[[], pa.Table]) -> pa.Table:
+    """`work()` on `cursor`, stopped by Ctrl-C (a KeyboardInterrupt naming what happened).
+
+    DuckDB's Python client does not see SIGINT while a query runs (the main thread waits in C), so
+    in the main thread the query runs in a helper thread while the main thread waits where Python
+    delivers signals; a KeyboardInterrupt there interrupts the query. Elsewhere `work` runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C may later return too early
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # noqa: BLE001  handed to the waiting thread, which raises it
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="polysem-query", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        cursor.interrupt()
+        done.wait()
+        raise KeyboardInterrupt(INTERRUPTED) from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def as_store(store: Store | str | os.PathLike | None) -> Store:

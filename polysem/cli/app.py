@@ -58,8 +58,10 @@ def command(group: typer.Typer = app, name: str | None = None):
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt:
-                typer.echo("Interrupted: what was complete is stored; run the same command again to resume.", err=True)
+            except KeyboardInterrupt as interrupt:  # Ctrl-C: exit 130, as a shell reports SIGINT
+                # a library interrupt says what it means (a query: the store is unchanged)
+                what = str(interrupt) or "what was complete is stored; run the same command again to resume"
+                typer.echo(f"Interrupted: {what}.", err=True)
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort):
                 raise
@@ -96,9 +98,12 @@ FLAGS = {
     "max_pixels": "--max-pixels",
     "method": "--method",
     "model": "--model",
+    "fmt": "--format",
     "num_workers": "--num-workers",
     "objective": "--objective",
+    "out": "--out",
     "p": "--p",
+    "plots_dir": "--plots",
     "rho": "--rho",
     "rows_per_part": "--rows-per-part",
     "run_id": "RUN_ID",

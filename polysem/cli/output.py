@@ -1,5 +1,6 @@
 """Printing Arrow results for a person: rich tables and summaries. CSV and JSON text come from the one
-serialiser, `polysem.query.serialise`, so the terminal and files never disagree."""
+serialiser, `polysem.query.serialise`, so the terminal and files never disagree. Every name and value
+is shown with its control and bidirectional characters escaped (`polysem.util.text`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from polysem.query.serialise import to_csv, to_json
 from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED, fractions_outside
+from polysem.util.text import escape_controls
 
 FORMATS = ("table", "csv", "json")
 NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
@@ -27,7 +29,7 @@ def _cell(value) -> str:
     if isinstance(value, list):
         shown = ", ".join(_cell(v) for v in value[:6])
         return f"[{shown}, ...] ({len(value)})" if len(value) > 6 else f"[{shown}]"
-    return str(value)
+    return escape_controls(str(value))
 
 
 def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> None:
@@ -37,9 +39,9 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
     elif fmt == "csv":
         sys.stdout.write(to_csv(result))
     else:
-        table = Table(title=title)
+        table = Table(title=Text(escape_controls(title)) if title else None)
         for name in result.column_names:
-            table.add_column(name, no_wrap=True)
+            table.add_column(Text(escape_controls(name)), no_wrap=True)
         for row in result.to_pylist():
             # Text, not str: a value like [blue] is data, not rich markup
             table.add_row(*(Text(_cell(row[name])) for name in result.column_names))
@@ -72,6 +74,7 @@ def _narrow_console() -> Console:
 def _print_summary(title: str, headers: list[tuple[str, str]], rows: list[list[str]], n: int) -> None:
     """headers: (name, kind); kind "id" is never cut, "name" is cut with an ellipsis when the
     terminal is too narrow, "number" is right-aligned."""
+    rows = [[escape_controls(cell) for cell in row] for row in rows]
     table = Table(pad_edge=False, box=None, header_style="bold")
     for name, kind in headers:
         if kind == "id":
@@ -82,9 +85,9 @@ def _print_summary(title: str, headers: list[tuple[str, str]], rows: list[list[s
         else:
             table.add_column(name, no_wrap=True, justify="right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # Text, not str: a name like [blue] is not markup
     console = _narrow_console()
-    console.print(title, markup=False, highlight=False)
+    console.print(escape_controls(title), markup=False, highlight=False)
     console.print(table)
     console.print(f"{n} row{'s' if n != 1 else ''}", style="dim")
 
@@ -180,7 +183,7 @@ def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
             text = f"{value:.6g}"
         else:
             text = "" if value is None else str(value)
-        console.print(f"{key:<{width}}  {text}", markup=False, highlight=False)
+        console.print(escape_controls(f"{key:<{width}}  {text}"), markup=False, highlight=False)
 
 
 def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, str], title: str) -> None:

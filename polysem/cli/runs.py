@@ -132,7 +132,7 @@ def _print_runs(runs: list, fmt: str, store_path: Path) -> None:
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     tau: TauOption = TAU,
-    plots: Annotated[Path | None, typer.Option(help="Write the density, panel, top-image and visualisation figures into this folder.")] = None,
+    plots: Annotated[str | None, typer.Option(metavar="FOLDER", help="Write the density, panel, top-image and visualisation figures into this folder.")] = None,
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
     figure_format: Annotated[str, typer.Option(help="png, svg or pdf for the --plots.")] = "png",
@@ -251,7 +251,7 @@ def visualize(
 
 @command()
 def report(
-    out: Annotated[Path, typer.Option(help="Folder for index.html and its images.")] = Path("polysem-report"),
+    out: Annotated[str, typer.Option(metavar="FOLDER", help="Folder for index.html and its images.")] = "polysem-report",
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
     figure_format: Annotated[str, typer.Option(help="png or svg for the page's figures.")] = "png",

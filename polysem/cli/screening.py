@@ -87,7 +87,7 @@ def wordnet(
 
 @command(plot_app, name="wordnet")
 def plot_wordnet(
-    out: Annotated[Path, typer.Option(help="Figure file to write (.png, .svg or .pdf).")] = Path("wordnet.png"),
+    out: Annotated[str, typer.Option(metavar="FILE", help="Figure file to write (.png, .svg or .pdf).")] = "wordnet.png",
     tau: TauOption = TAU,
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Draw the gamma line here.")] = GAMMA,
@@ -99,10 +99,10 @@ def plot_wordnet(
     from polysem.method.wordnet import similarity_points
 
     target = _store(store)
-    target.check_outside(out)
-    fmt = _figure_format(out, figure_format)
+    path = target.check_outside(out)
+    fmt = _figure_format(path, figure_format)
     points = similarity_points(target, tau, p)
-    drawn = wordnet_scatter(points, out, tau, p, gamma, figure_format=fmt)
+    drawn = wordnet_scatter(points, path, tau, p, gamma, figure_format=fmt)
     typer.echo(f"{len(points)} points ({len({(c1, c2) for _, _, c1, c2 in points})} distinct class pairs) -> {drawn}")
 
 

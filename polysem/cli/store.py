@@ -124,7 +124,7 @@ def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
 def sql(
     query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
     fmt: Annotated[str | None, typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json).")] = None,
+    out: Annotated[str | None, typer.Option(metavar="FILE", help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json); - for standard output (with --format).")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run a read-only SQL query against the store."""
@@ -137,23 +137,25 @@ def sql(
         _check_format(fmt or "table")
         render(target.sql(query), fmt or "table")
         return
-    target.check_outside(out)
+    path = target.check_outside(out, stdout=True)  # None: standard output
     file_format = out_format(out, fmt)  # refuses a format that is no file format, or a suffix it cannot tell
     result = target.sql(query)
-    write_result(result, out, file_format)
-    typer.echo(f"{result.num_rows} rows -> {out} ({file_format})")
+    write_result(result, path, file_format)
+    if path is not None:  # on standard output the result alone
+        typer.echo(f"{result.num_rows} rows -> {out} ({file_format})")
 
 
 @command()
 def export(
     name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
-    out: Annotated[Path, typer.Option(help="Output file; --format, else its suffix: .parquet, .csv or .json.")],
+    out: Annotated[str, typer.Option(metavar="FILE", help="Output file; --format, else its suffix: .parquet, .csv or .json; - for standard output (with --format).")],
     fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
     rows = _store(store).export(name_or_query, out, fmt=fmt)
-    typer.echo(f"{rows} rows -> {out}")
+    if out != "-":  # on standard output the result alone
+        typer.echo(f"{rows} rows -> {out}")
 
 
 @command()

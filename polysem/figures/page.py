@@ -16,6 +16,7 @@ from pathlib import Path
 from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.figures import plots
 from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED
+from polysem.util.text import escape_controls
 
 __all__ = ["write_page"]
 
@@ -31,13 +32,14 @@ section { border-top: 2px solid #ccc; margin-top: 2em; }
 
 
 def _e(value) -> str:
+    """A value as HTML text: markup escaped, control and bidirectional characters shown as escapes."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
-        return html.escape(", ".join(str(v) for v in value))
-    return html.escape(str(value))
+        return html.escape(escape_controls(", ".join(str(v) for v in value)))
+    return html.escape(escape_controls(str(value)))
 
 
 def _table(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -11,9 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polysem.errors import DiskFull
+
 __all__ = [
     "atomic_path",
+    "disk_full",
     "fsync_dir",
+    "is_disk_full",
     "write_atomic",
     "write_bytes_atomic",
     "write_row_groups_atomic",
@@ -21,19 +27,63 @@ __all__ = [
 ]
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says the disk (or the user's quota) is full: an OSError with ENOSPC/EDQUOT, or
+    the text Arrow and DuckDB give it ("Error writing bytes to file ... No space left on device")."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def disk_full(what: str, folder: Path, needed: int | None = None) -> DiskFull:
+    """The one message for a full disk: what was being written, the space free there and, when known,
+    the space needed, and the fix. Nothing was written: the atomic write removed its temporary file."""
+    try:
+        free = f"{_size(shutil.disk_usage(_existing(folder)).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f", about {_size(needed)} needed" if needed else ""
+    return DiskFull(f"no space left on the disk holding {what} ({free}{need}); nothing was written: "
+                    "free space on that disk (or write to another disk) and run the command again")
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 @contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = ".tmp", needed: int | None = None) -> Iterator[Path]:
     """The one atomic write: yields a hidden temporary name in the same folder (which no
     `*.parquet` glob matches and the store's sweep recognises); once the block has written
-    it, it is flushed to disk and renamed to `path`. On failure it is removed.
+    it, it is flushed to disk and renamed to `path`. On failure it is removed; a full disk
+    becomes `DiskFull` naming `path` (`needed`: the bytes to write, when known).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full(str(path), path.parent, needed) from error
+        raise
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
     try:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full(str(path), path.parent, needed) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -53,8 +103,9 @@ def write_row_groups_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path:
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    data = text.encode()
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def _encodings(schema: pa.Schema) -> dict:
@@ -78,7 +129,7 @@ def _encodings(schema: pa.Schema) -> dict:
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
