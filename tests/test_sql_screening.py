@@ -20,7 +20,10 @@ def tiny_store(fixture_store):
 def test_every_view_and_macro_runs(colour_store):
     from polysem.method.runs import disentangle
 
+    from polysem.method.verification import verify
+
     run_id = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)["run_id"]
+    verify(colour_store, run_id, progress=False)  # for verification_verdicts
     store = Store(colour_store)
     calls = {  # macros that need arguments
         "arv_of": "SELECT arv_of([1.0, 2, 3, 4], [1.0, 1, 2, 2], 2) AS r",
@@ -31,6 +34,8 @@ def test_every_view_and_macro_runs(colour_store):
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
         "weight_arv_cosine": "SELECT * FROM weight_arv_cosine([1.0, 1, 0], [0, 1, 2])",
+        "screen_sweep": "SELECT * FROM screen_sweep([0.03], [0.75], [0.5])",
+        "unit_verdicts": "SELECT * FROM unit_verdicts([[1], [2]], [[1], [2]], [NULL, NULL]::DOUBLE[], 0.5)",
     }
     for block in load_blocks():
         if block.kind == "TABLE":
