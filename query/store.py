@@ -32,6 +32,7 @@ from polysem.query.sandbox import SANDBOX, as_select, check_read_only
 from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import bind
 from polysem.query.transaction import Transaction
+from polysem.util.imports import code_status
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
 
@@ -45,11 +46,18 @@ def default_store_path() -> Path:
 
 
 class Store:
-    """A polysem store directory. Cheap to create; nothing is opened until used."""
+    """A polysem store directory. Cheap to create; nothing is opened until used.
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    `trust_code`: the folder (or folders) to import the model and transform code the store names from,
+    instead of the folder its first ingest recorded (`polysem.util.imports.code_folder`); default
+    POLYSEM_TRUST_CODE. Only a folder outside the store is ever imported from.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None,
+                 trust_code: str | os.PathLike | list[str | os.PathLike] | None = None):
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
+        self.trust_code = trust_code
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
         self._reader_stamp: tuple | None = None
         self._reader_lock = threading.Lock()
@@ -252,6 +260,8 @@ class Store:
     def info(self) -> dict[str, Any]:
         """What the store holds: its metadata, images per split, classes, runs and size on disk."""
         info = self.meta()
+        info["code"] = {what: code_status(str(info[what]), what, info.get(f"{what}_import_root"), self.path,
+                                          self.trust_code) for what in ("model", "transform")}
         info["splits"] = {
             row["split"]: {"images": row["n_images"], "unreadable": row["n_errors"], "classes": row["n_classes"]}
             for row in self.run("split_summary").to_pylist()
