@@ -379,7 +379,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
                 ),
                 store.path / "layer_weights.parquet",
             )
-        with store.transaction() as tx:
+        with store.transaction(create=True) as tx:
             if not meta_complete(read_meta(tx.conn)):
                 write_meta(tx.conn, wanted)
             recorded = read_meta(tx.conn)["dataset_roots"].get(split)
