@@ -133,7 +133,7 @@ def test_info_shows_the_code_and_its_folder(cli, evil, tmp_path):
 
 
 def test_named_code_outside_the_store_runs(cli, evil, tmp_path, monkeypatch):
-    store, run_id, marker, data = evil
+    store, run_id, marker, _ = evil
     trusted = tmp_path / "code"
     trusted.mkdir()
     shutil.copy(store / "artifacts" / "evilmod.py", trusted)  # the user read it and keeps a copy
