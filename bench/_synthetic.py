@@ -59,7 +59,7 @@ def write_part(path: Path, ids: np.ndarray, targets: np.ndarray, attribution: np
 def finish_store(path: Path, channels: int, inputs: int) -> Store:
     """The catalog and the metadata a first ingest writes, for a 1x1 layer of `channels` x `inputs`."""
     store = Store(path)
-    with store.connect(write=True) as conn:
+    with store.connect(write=True, create=True) as conn:  # as the first ingest: the store is not created yet
         write_meta(conn, {"schema_version": SCHEMA_VERSION, "model": "synthetic", "weights": "synthetic",
                           "weights_sha256": "0" * 64, "layer": "synthetic",
                           "layer_shape": {"out_channels": channels, "in_channels": inputs, "kernel_size": [1, 1],

@@ -20,9 +20,10 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
-from polysem.util.imports import importable_from
+from polysem.util.imports import code_folder, importable_from
 
-__all__ = ["DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "ResolvedModel", "ResolvedTransform", "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256"]
+__all__ = ["DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "ResolvedModel", "ResolvedTransform", "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code",
+           "stored_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,19 +47,22 @@ class ResolvedTransform:
     import_root: str | None = None
 
 
-def resolve_model(model_spec: str, weights_spec: str | None, import_root: str | None = None) -> ResolvedModel:
+def resolve_model(model_spec: str, weights_spec: str | None, import_root: str | None = None,
+                  store_dir: str | os.PathLike | None = None) -> ResolvedModel:
     """Build the model in eval mode with frozen parameters.
 
     model_spec: a torchvision classification model name (`resnet50`) or
     `package.module:callable` returning an `nn.Module`.
     weights_spec: `imagenet`, `random` / `random:SEED`, a state_dict path, or
     None (torchvision: imagenet; callable: its own weights).
+    import_root: the folder a store's code was cleared to come from (`stored_code`); None for code the
+    user names (imported from the current folder and PYTHONPATH). Nothing inside `store_dir` is imported.
     """
     root = None
     if ":" in model_spec:
-        factory, root = _load_callable(model_spec, "model", import_root)
+        factory, root = _load_callable(model_spec, "model", import_root, store_dir)
         try:
-            with importable_from(root):  # the factory may import more of its package
+            with importable_from(root, outside=store_dir):  # the factory may import more of its package
                 model = factory()
         except (Exception, SystemExit) as error:  # a user's callable may even call sys.exit
             raise ModelError(f"model callable {model_spec} failed: {type(error).__name__}: {error}; "
@@ -237,12 +241,35 @@ def layer_shape(layer: nn.Conv2d) -> dict:
     }
 
 
-def resolve_transform(spec: str | None, import_root: str | None = None) -> ResolvedTransform:
-    """The image transform and its recorded spec (`imagenet` or `module:name`)."""
+def resolve_transform(spec: str | None, import_root: str | None = None,
+                      store_dir: str | os.PathLike | None = None) -> ResolvedTransform:
+    """The image transform and its recorded spec (`imagenet` or `module:name`); `import_root` and
+    `store_dir` as for `resolve_model`."""
     if spec is None or spec == DEFAULT_TRANSFORM:
         return ResolvedTransform(imagenet_transform(), DEFAULT_TRANSFORM)
-    fn, root = _load_callable(spec, "transform", import_root)
+    fn, root = _load_callable(spec, "transform", import_root, store_dir)
     return ResolvedTransform(fn, spec, root)
+
+
+def _cleared(store, meta: dict, what: str) -> str | None:
+    return code_folder(meta[what], what, meta.get(f"{what}_import_root"), store.path,
+                       getattr(store, "trust_code", None))
+
+
+def stored_code(store, meta: dict | None = None) -> tuple[ResolvedModel, ResolvedTransform]:
+    """The model (with its recorded weights) and the transform a store names. The folders of both are
+    cleared (`polysem.util.imports.code_folder`) before either is imported: a store never runs code on
+    its own say-so."""
+    meta = store.meta() if meta is None else meta
+    model_root, transform_root = _cleared(store, meta, "model"), _cleared(store, meta, "transform")
+    return (resolve_model(meta["model"], meta["weights"], model_root, store.path),
+            resolve_transform(meta["transform"], transform_root, store.path))
+
+
+def stored_transform(store, meta: dict | None = None) -> ResolvedTransform:
+    """The transform a store names, its folder cleared before it is imported (`stored_code`)."""
+    meta = store.meta() if meta is None else meta
+    return resolve_transform(meta["transform"], _cleared(store, meta, "transform"), store.path)
 
 
 def imagenet_transform() -> Callable:
@@ -268,17 +295,25 @@ def _import_root(module, module_name: str) -> str | None:
     return str(path.parents[len(module_name.split(".")) - 1])
 
 
-def _load_callable(spec: str, what: str, import_root: str | None = None):
-    """(callable, import root) for `package.module:name`, imported from `import_root` (recorded by the
-    first ingest) or from the current folder and PYTHONPATH."""
+def _inside(path: Path, folder: str | os.PathLike) -> bool:
+    return path.resolve().is_relative_to(Path(folder).resolve())
+
+
+def _load_callable(spec: str, what: str, import_root: str | None = None,
+                   store_dir: str | os.PathLike | None = None):
+    """(callable, import root) for `package.module:name`, imported from `import_root` (a store's folder,
+    cleared by `code_folder`) or from the current folder and PYTHONPATH; never from inside `store_dir`."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad {what} '{spec}': write it as package.module:name")
+    folder: str | None = import_root or os.getcwd()
+    if import_root is None and store_dir is not None and _inside(Path(os.getcwd()), store_dir):
+        folder = None  # the current folder is inside the store: not a place to import code from
     try:
-        with importable_from(import_root or os.getcwd()):
+        with importable_from(folder, outside=store_dir):
             module = importlib.import_module(module_name)
     except (Exception, SystemExit) as error:
-        where = f"from {import_root} (where the store's first ingest found it)" if import_root else \
+        where = f"from {import_root} (the folder of the store's code)" if import_root else \
             "run from the folder that holds it or add it to PYTHONPATH"
         raise ModelError(
             f"cannot import {module_name} for {what} '{spec}': {type(error).__name__}: {error}; {where}"
@@ -289,4 +324,8 @@ def _load_callable(spec: str, what: str, import_root: str | None = None):
         raise ModelError(f"module {module_name} has no '{attr}' (from {what} '{spec}')") from None
     if not callable(target):
         raise ModelError(f"{what} '{spec}' is a {type(target).__name__}, not callable")
-    return target, _import_root(module, module_name)
+    root = import_root or _import_root(module, module_name)
+    if store_dir is not None and root is not None and _inside(Path(root), store_dir):
+        raise ModelError(f"{what} '{spec}' comes from {root}, inside the store {store_dir}; the store would "
+                         "refuse to run it later: keep the code in a folder outside the store")
+    return target, root

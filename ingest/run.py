@@ -23,6 +23,7 @@ from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import SplitListing, class_rows, list_split
 from polysem.ingest.models import (
+    DEFAULT_TRANSFORM,
     ResolvedModel,
     ResolvedTransform,
     layer_shape,
@@ -41,6 +42,7 @@ from polysem.query.sqlfiles import run_statement
 from polysem.query.store import as_store
 from polysem.util import atomic
 from polysem.util.images import ImageRecords, collate, pillow_max_pixels
+from polysem.util.imports import code_folder
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
 
@@ -155,11 +157,15 @@ class _Setup:
 def _load_setup(store: Store, existing: dict | None, model: str, weights: str | None, layer: str,
                 transform: str | None, listing: SplitListing, data_dir: str | os.PathLike,
                 max_pixels: int | None = None) -> _Setup:
-    model_root = existing.get("model_import_root") if existing else None
-    transform_root = existing.get("transform_import_root") if existing else None
-    resolved = resolve_model(model, weights, import_root=model_root)
+    if existing is not None:  # the store's own code: its folders are cleared before anything is imported
+        model_root = code_folder(model, "model", existing.get("model_import_root"), store.path, store.trust_code)
+        transform_root = code_folder(transform or DEFAULT_TRANSFORM, "transform",
+                                     existing.get("transform_import_root"), store.path, store.trust_code)
+    else:  # code the user names: from the current folder or PYTHONPATH, never from inside the store
+        model_root = transform_root = None
+    resolved = resolve_model(model, weights, import_root=model_root, store_dir=store.path)
     conv = resolve_layer(resolved.model, layer)
-    image_transform = resolve_transform(transform, import_root=transform_root)
+    image_transform = resolve_transform(transform, import_root=transform_root, store_dir=store.path)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
@@ -393,7 +399,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
                 ),
                 store.path / "layer_weights.parquet",
             )
-        with store.transaction() as tx:
+        with store.transaction(create=True) as tx:
             if not meta_complete(read_meta(tx.conn)):
                 write_meta(tx.conn, wanted)
             recorded = read_meta(tx.conn)["dataset_roots"].get(split)

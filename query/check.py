@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
+from polysem.query.meta import IncompleteStore
 
 __all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
 
@@ -41,6 +42,15 @@ def check_store(store, repair: bool = False) -> CheckReport:
     store.require()
     report = CheckReport()
     root = store.path
+    try:
+        store.meta()
+    except IncompleteStore as error:
+        # A first ingest stopped: what is missing (the metadata, maybe classes and layer weights) is made
+        # from the images and the model, which only ingest has; --repair leaves the store as it is.
+        report.problems.append(f"{error}{' (check --repair cannot: the store records no model yet)' if repair else ''}")
+        return report
+    except PolysemError:
+        pass  # a damaged catalog: reported below, after the files it may name
     if repair:
         layout.write_schema_files(root)
     damaged_parts = []

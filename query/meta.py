@@ -15,6 +15,8 @@ from polysem.version import __version__
 __all__ = [
     "REQUIRED_META",
     "SCHEMA_VERSION",
+    "IncompleteStore",
+    "catalog_created",
     "dataset_root_key",
     "meta_complete",
     "prepare_catalog",
@@ -37,8 +39,26 @@ def dataset_root_key(split: str) -> str:
     return f"dataset_root:{split}"
 
 
+class IncompleteStore(StoreError):
+    """The store's first ingest stopped before its metadata was committed: the next ingest completes it."""
+
+    def __init__(self, store: object):
+        super().__init__(f"the store {store} was never completely created (its first ingest stopped); "
+                         "run `polysem ingest` again to complete it")
+
+
 def meta_complete(meta: dict[str, Any]) -> bool:
     return all(key in meta for key in REQUIRED_META)
+
+
+def catalog_created(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Did a first ingest commit this catalog's metadata? False for a catalog with no tables, with some
+    tables but no `store_meta`, or with part of the metadata. Reads nothing but `store_meta`, so it
+    answers before any view (which needs the store's Parquet files) is defined."""
+    meta = read_meta(conn)
+    if "schema_version" not in meta and "format" in meta:  # format 2 named it `format`
+        meta["schema_version"] = meta["format"]
+    return meta_complete(meta)
 
 
 def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
@@ -51,9 +71,15 @@ def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}."""
-    meta, roots = {}, {}
-    for key, value in run_statement(conn, "store_meta_rows").fetchall():
+    """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}.
+    A catalog without a store_meta table (a first ingest stopped before creating it) has none."""
+    meta: dict[str, Any] = {}
+    roots: dict[str, Any] = {}
+    try:
+        rows = run_statement(conn, "store_meta_rows").fetchall()
+    except duckdb.CatalogException:
+        rows = []
+    for key, value in rows:
         if key.startswith("dataset_root:"):
             roots[key.partition(":")[2]] = json.loads(value)
         else:

@@ -27,7 +27,7 @@ from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
 from polysem.query.diagnostics import damaged_catalog, query_error
-from polysem.query.meta import meta_complete, prepare_catalog, read_meta
+from polysem.query.meta import IncompleteStore, catalog_created, meta_complete, prepare_catalog, read_meta
 from polysem.query.outputs import check_output
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
@@ -35,6 +35,7 @@ from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import bind
 from polysem.query.transaction import Transaction
 from polysem.util.atomic import disk_full, is_disk_full
+from polysem.util.imports import code_status
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
 
@@ -47,11 +48,18 @@ def default_store_path() -> Path:
 
 
 class Store:
-    """A polysem store directory. Cheap to create; nothing is opened until used."""
+    """A polysem store directory. Cheap to create; nothing is opened until used.
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    `trust_code`: the folder (or folders) to import the model and transform code the store names from,
+    instead of the folder its first ingest recorded (`polysem.util.imports.code_folder`); default
+    POLYSEM_TRUST_CODE. Only a folder outside the store is ever imported from.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None,
+                 trust_code: str | os.PathLike | list[str | os.PathLike] | None = None):
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
+        self.trust_code = trust_code
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
         self._reader_stamp: tuple | None = None
         self._reader_lock = threading.Lock()
@@ -75,13 +83,16 @@ class Store:
     # -- connections ---------------------------------------------------------
 
     @contextmanager
-    def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, write: bool = False, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection with every view and macro of `sql/` defined.
 
         A reader gets a cursor on an in-memory copy of the catalog (see `_reader`):
         it never holds the catalog file, so writers never wait for it. A writer opens
         the catalog itself (waiting up to 30 s for another writer), records runs left
-        pending by a busy catalog and sweeps files left by a killed command.
+        pending by a busy catalog and sweeps files left by a killed command. Only a
+        writer with `create` (the first ingest) may open a store that is missing or was
+        never completely created; every other connection refuses it (`IncompleteStore`)
+        before defining anything.
         """
         if not write:
             cursor = self._reader().cursor()
@@ -90,9 +101,13 @@ class Store:
             finally:
                 cursor.close()
             return
+        if not create:
+            self.require()
         self.create_directory()
         conn = open_for_writing(self.catalog_path, self.path)
         try:
+            if not create and not catalog_created(conn):
+                raise IncompleteStore(self.path)
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
@@ -150,15 +165,18 @@ class Store:
         """Migrate the private copy and define this polysem's views and macros in it."""
         try:
             with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
+                if not catalog_created(conn):  # before any view: they need files such a store may lack
+                    raise IncompleteStore(self.path)
                 prepare_catalog(conn, self.path)
         except duckdb.Error as error:
             raise damaged_catalog(self.catalog_path, error) from error
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, create: bool = False) -> Iterator[Transaction]:
         """Named statements on the catalog, committed together when the block ends, rolled back
-        when it raises. The one way polysem records anything."""
-        with self.connect(write=True) as conn:
+        when it raises. The one way polysem records anything. `create`: the first ingest's, which
+        may meet a store that is missing or was never completely created (`connect`)."""
+        with self.connect(write=True, create=create) as conn:
             conn.begin()
             try:
                 yield Transaction(conn)
@@ -189,15 +207,36 @@ class Store:
     def meta(self, require_complete: bool = True) -> dict[str, Any]:
         """The store's metadata: model, weights, layer, transform, dataset roots, versions.
 
-        A store whose first ingest stopped before its metadata was committed is refused
-        (unless require_complete is false, as ingest does to complete it).
+        A store whose first ingest stopped before its metadata was committed (its catalog may even
+        lack the store_meta table) is refused with `IncompleteStore`, unless require_complete is
+        false, as ingest asks to complete it: then its partial metadata, read without defining views.
         """
-        with self.connect() as conn:
-            meta = read_meta(conn)
+        try:
+            with self.connect() as conn:
+                meta = read_meta(conn)
+        except IncompleteStore:
+            if require_complete:
+                raise
+            return self._raw_meta()
         if require_complete and not meta_complete(meta):
-            raise StoreError(f"the store {self.path} was never completely created (its first ingest stopped); "
-                             "run `polysem ingest` again to complete it")
+            raise IncompleteStore(self.path)
         return meta
+
+    def _raw_meta(self) -> dict[str, Any]:
+        """store_meta of a private copy of the catalog, read as it is: no migration, no views."""
+        fd, name = tempfile.mkstemp(prefix="polysem-catalog-", suffix=".duckdb")
+        os.close(fd)
+        copy = Path(name)
+        try:
+            copy_catalog(self.catalog_path, copy, self.path)
+            try:
+                with duckdb.connect(str(copy), read_only=True) as conn:
+                    return read_meta(conn)
+            except duckdb.Error as error:
+                raise damaged_catalog(self.catalog_path, error) from error
+        finally:
+            copy.unlink(missing_ok=True)
+            copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
 
     # -- queries -------------------------------------------------------------
 
@@ -259,6 +298,8 @@ class Store:
     def info(self) -> dict[str, Any]:
         """What the store holds: its metadata, images per split, classes, runs and size on disk."""
         info = self.meta()
+        info["code"] = {what: code_status(str(info[what]), what, info.get(f"{what}_import_root"), self.path,
+                                          self.trust_code) for what in ("model", "transform")}
         info["splits"] = {
             row["split"]: {"images": row["n_images"], "unreadable": row["n_errors"], "classes": row["n_classes"]}
             for row in self.run("split_summary").to_pylist()

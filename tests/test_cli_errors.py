@@ -69,10 +69,10 @@ def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_p
 
     original = Store.connect
 
-    def no_writes(self, write=False):
+    def no_writes(self, write=False, create=False):
         if write:  # recording is the last step
             raise OSError(28, "No space left on device")
-        return original(self, write)
+        return original(self, write, create)
 
     monkeypatch.setattr(Store, "connect", no_writes)
     result = cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots)

@@ -12,6 +12,7 @@ from polysem.ingest.writer import list_column
 from polysem.query import Store, layout
 from polysem.query import compact as compaction
 from polysem.query.compact import compact
+from polysem.query.meta import REQUIRED_META, SCHEMA_VERSION, write_meta
 
 from polysem.util import atomic
 
@@ -46,8 +47,8 @@ def parts_store(tmp_path):
                         path / "classes.parquet")
     atomic.write_atomic(layout.LAYER_WEIGHTS.empty_table(), path / "layer_weights.parquet")
     write_parts(path)
-    with Store(path).connect(write=True):
-        pass
+    with Store(path).transaction(create=True) as tx:  # metadata a first ingest would record: a complete store
+        write_meta(tx.conn, {key: "test" for key in REQUIRED_META} | {"schema_version": SCHEMA_VERSION})
     return Store(path)
 
 

@@ -176,7 +176,7 @@ def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir):
     val = polysem("ingest", data_dir, "--split", "val", "--store", store, cwd=elsewhere)
     assert val.returncode == 0, val.stdout + val.stderr
     info = polysem("info", "--store", store, cwd=elsewhere)
-    assert f"imports    {project}" in info.stdout
+    assert f"mynets:colour_net imported from {project}" in info.stdout
     run = polysem("disentangle", "--channel", 0, "--concept1", 0, "--concept2", 1, "--force", "--rho", "0.5",
                   "--store", store, "--format", "json", cwd=elsewhere)
     assert run.returncode == 0, run.stdout + run.stderr

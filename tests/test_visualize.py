@@ -114,10 +114,10 @@ def test_a_failed_record_leaves_the_store_as_it_was(opponent_run, monkeypatch):
     before_rows = Store(store).query("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py()
     real_connect = Store.connect
 
-    def busy(self, write=False):
+    def busy(self, write=False, create=False):
         if write:
             raise StoreBusy("busy")
-        return real_connect(self, write)
+        return real_connect(self, write, create)
 
     monkeypatch.setattr(Store, "connect", busy)
     with pytest.raises(StoreBusy):

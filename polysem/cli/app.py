@@ -48,6 +48,12 @@ StoreOption = Annotated[
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
 DEFAULT_STORE = Path("polysem-store")
+TrustOption = Annotated[
+    Path | None,
+    typer.Option("--trust-code", help="Import the model and transform code the store names from this folder "
+                                      "(outside the store; read the code first) instead of the folder its first "
+                                      "ingest recorded. [default: POLYSEM_TRUST_CODE, else the recorded folder]"),
+]
 
 
 def command(group: typer.Typer = app, name: str | None = None):
@@ -116,6 +122,7 @@ FLAGS = {
     "tau": "--tau",
     "threads": "--threads",
     "transform": "--transform",
+    "trust_code": "--trust-code",
     "weights": "--weights",
     "wordnet_dir": "--wordnet-dir",
 }
@@ -147,10 +154,10 @@ def error_line(error: Exception) -> str:
     return f"{type(error).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)"
 
 
-def _store(path: Path):
+def _store(path: Path, trust_code: Path | None = None):
     from polysem.query import Store
 
-    return Store(path)
+    return Store(path, trust_code=trust_code.absolute() if trust_code is not None else None)
 
 
 def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:

@@ -15,6 +15,7 @@ from polysem.cli.app import (
     StoreOption,
     TableJsonOption,
     TauOption,
+    TrustOption,
     _check_format,
     _store,
     as_flags,
@@ -54,6 +55,7 @@ def disentangle(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
     fmt: TableJsonOption = "table",
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Split a channel into one channel per concept plus a residual; the model's outputs stay the same.
@@ -65,7 +67,7 @@ def disentangle(
 
     from polysem.method.runs import disentangle_candidates, disentangle_channels
 
-    target = _store(store)
+    target = _store(store, trust_code)
     options: dict[str, Any] = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
                "batch_size": batch_size, "tau": tau, "p": p}
     with warnings.catch_warnings(record=True) as caught:
@@ -137,13 +139,14 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
     figure_format: Annotated[str, typer.Option(help="png, svg or pdf for the --plots.")] = "png",
     fmt: TableJsonOption = "table",
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
     _check_format(fmt, ("table", "json"))
     from polysem.reporting import evaluate as run_evaluate
 
-    result = run_evaluate(_store(store), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
+    result = run_evaluate(_store(store, trust_code), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
                           figure_format=figure_format)
     if fmt == "json":
         typer.echo(json.dumps(result))
@@ -167,13 +170,14 @@ def verify(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     fmt: TableJsonOption = "table",
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Screen the new channels of a run: does each serve its concept only, and is it monosemantic? (recorded in `verifications`)"""
     _check_format(fmt, ("table", "json"))
     from polysem.method.verification import verify as run_verify
 
-    result = run_verify(_store(store), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data, device=device,
+    result = run_verify(_store(store, trust_code), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data, device=device,
                         batch_size=batch_size, progress=fmt == "table")
     if fmt == "json":
         typer.echo(json.dumps({k: result[k] for k in ("run_id", "resolved", "channels", "classes", "n_images")}
@@ -229,6 +233,7 @@ def visualize(
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fmt: TableJsonOption = "table",
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Feature visualisations of the original channel, c'1, c'2 and r of a run, in one batch.
@@ -239,7 +244,7 @@ def visualize(
     _check_format(fmt, ("table", "json"))
     from polysem.method.visualize import visualize as run_visualize
 
-    result = run_visualize(_store(store), run_id, channel=channel, method=method.value, steps=steps, size=size,
+    result = run_visualize(_store(store, trust_code), run_id, channel=channel, method=method.value, steps=steps, size=size,
                            seed=seed, device=device, data_dir=data)
     if fmt == "json":
         typer.echo(json.dumps(result))
@@ -255,10 +260,11 @@ def report(
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the panels).")] = "auto",
     figure_format: Annotated[str, typer.Option(help="png or svg for the page's figures.")] = "png",
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
     from polysem.reporting import write_report
 
-    index = write_report(_store(store), out, data_dir=data, device=device, figure_format=figure_format)
+    index = write_report(_store(store, trust_code), out, data_dir=data, device=device, figure_format=figure_format)
     typer.echo(f"report -> {index}")

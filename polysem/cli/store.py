@@ -13,6 +13,7 @@ from polysem.cli.app import (
     FormatOption,
     StoreOption,
     TableJsonOption,
+    TrustOption,
     _check_format,
     _class_list,
     _store,
@@ -42,6 +43,7 @@ def ingest(
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
     compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     max_pixels: Annotated[int | None, typer.Option(help="Images of more pixels are listed as unreadable, not decoded. [default: Pillow's limit, 89478485]")] = None,
+    trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run the model over DATA_DIR/SPLIT and store per-image attributions and input sums.
@@ -51,7 +53,7 @@ def ingest(
     from polysem.ingest import ingest as run_ingest
 
     summary = run_ingest(
-        _store(store), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
+        _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
         classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact, max_pixels=max_pixels,
     )
@@ -84,10 +86,11 @@ def compact(
 
 
 @command()
-def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
-    """What the store holds: model, layer, splits and image counts, classes, runs, size on disk."""
+def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table", trust_code: TrustOption = None):
+    """What the store holds: model, layer, splits and image counts, classes, runs, size on disk, and which
+    code it names, from where, and whether that code would be imported or refused."""
     _check_format(fmt, ("table", "json"))
-    details = _store(store).info()
+    details = _store(store, trust_code).info()
     if fmt == "json":
         typer.echo(json.dumps(details, default=str))
         return
@@ -98,9 +101,7 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
         (f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, "
          f"kernel {shape['kernel_size']}, stride {shape['stride']}, padding {shape['padding']}"),
         f"transform  {details['transform']}",
-        *([(f"imports    {details['model_import_root'] or details['transform_import_root']}  "
-            "(where module:callable model and transform are imported from, whatever the working folder)")]
-          if details.get("model_import_root") or details.get("transform_import_root") else []),
+        *(_code_line(what, details["code"][what]) for what in ("model", "transform")),
         f"classes    {details['classes']}",
     ]
     for split, counts in details["splits"].items():
@@ -111,6 +112,17 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table"):
               + (f", {details['bytes_per_image']:,} bytes per stored image" if details["bytes_per_image"] else ""),
               f"created    {details['created_at']} by polysem {details['polysem_version']}"]
     typer.echo("\n".join(lines))
+
+
+def _code_line(what: str, code: dict) -> str:
+    """Which code the store names for `what`, where it would be imported from, or why it is refused."""
+    head = f"{what + ' code':<15}"
+    if code["status"] == "no code":
+        return f"{head}none: {code['spec']} is {'a torchvision model' if what == 'model' else 'built in'}"
+    if code["status"] == "refused":
+        return f"{head}{code['spec']} REFUSED (recorded folder {code['import_root']}): {as_flags(code['reason'])}"
+    whose = "the folder you named" if code["status"] == "trusted (named)" else "the folder its first ingest recorded"
+    return f"{head}{code['spec']} imported from {code['imports_from']} ({whose}, outside the store)"
 
 
 @command()

@@ -91,7 +91,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     activations: rows of `run_activations` (every val image of the run's concept classes).
     Returns ({unit: UnitImages}, caption facts).
     """
-    from polysem.ingest.models import resolve_device, resolve_transform
+    from polysem.ingest.models import resolve_device, stored_transform
     from polysem.method.disentangling import DisentangledConv
     from polysem.method.features import remap_paths
     from polysem.method.receptive_field import receptive_fields
@@ -102,7 +102,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     names = class_names(store)
     labels = unit_labels(run, names)
     meta = store.meta()
-    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
+    transform = stored_transform(store, meta).fn
     k = len(run["concepts"])
     chosen = {}
     for j, unit in enumerate(["original", *(f"c{j}" for j in range(1, k + 1))]):

@@ -29,8 +29,7 @@ from polysem.ingest.attribution import exact_math
 from polysem.ingest.models import (
     resolve_device,
     resolve_layer,
-    resolve_model,
-    resolve_transform,
+    stored_code,
 )
 from polysem.method.concepts import channel_concepts
 from polysem.method.disentangling import (
@@ -103,12 +102,11 @@ class Run(dict):
 def base_model(store: Store):
     """The store's model with its recorded weights, the layer of interest and the transform."""
     meta = store.meta()
-    resolved = resolve_model(meta["model"], meta["weights"], meta.get("model_import_root"))
+    resolved, transform = stored_code(store, meta)  # refuses code the store names from inside itself
     if resolved.weights_sha256 != meta["weights_sha256"]:
         raise RunError(f"the weights of {meta['model']} ({meta['weights']}) changed since ingest; restore them")
     layer = resolve_layer(resolved.model, meta["layer"])
-    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
-    return resolved.model, meta["layer"], layer, transform
+    return resolved.model, meta["layer"], layer, transform.fn
 
 
 def resolve_classes(store: Store, values: list) -> list[int]:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import RunError
 from polysem.ingest.attribution import attribute_batch
-from polysem.ingest.models import resolve_device, resolve_transform
+from polysem.ingest.models import resolve_device, stored_transform
 from polysem.method.disentangling import DisentangledConv
 from polysem.method.features import cached_array, remap_paths
 from polysem.method.runs import load_model, run_row
@@ -110,7 +110,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     expanded = new_layer.expanded
     units = [f"c{j}" for j in range(1, len(run["concepts"]) + 1)]
     indices = [new_layer.unit_index(run["channel"], unit) for unit in units]
-    transform = resolve_transform(meta["transform"], meta.get("transform_import_root")).fn
+    transform = stored_transform(store, meta).fn
     run_device = resolve_device(device)
     model.to(run_device)
 

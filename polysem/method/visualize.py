@@ -318,7 +318,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
     own on its own image, "activations" those of every unit on it.
     """
-    from polysem.ingest.models import resolve_device, resolve_transform
+    from polysem.ingest.models import resolve_device, stored_transform
     from polysem.method.runs import base_model, load_model, run_row
 
     store = store if isinstance(store, Store) else Store(store)
@@ -335,7 +335,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     if run_id is not None:
         run = run_row(store, run_id)
         model = load_model(store, run_id)
-        transform = resolve_transform(store.meta()["transform"], store.meta().get("transform_import_root")).fn
+        transform = stored_transform(store).fn
         target = run_target(model, layer_name, run["channel"], run_id)
     else:
         assert channel is not None  # given when run_id is not (checked above)
