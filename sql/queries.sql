@@ -176,3 +176,7 @@ SELECT any_value(tau) AS tau FROM evaluations WHERE run_id = $run_id HAVING coun
 -- name: sweep
 -- screen_sweep over a grid of settings (one scan of the attributions).
 SELECT * FROM screen_sweep($taus, $ps, $gammas, split_name := $split, correct_only := $correct_only);
+
+-- name: run_list
+-- Every run of `runs`, by run id.
+SELECT * FROM runs ORDER BY run_id;

@@ -183,3 +183,20 @@ def test_verify_uses_its_cache_and_refuses_bad_input(cli, tri_store, monkeypatch
                           ([run["run_id"], "--limit", 0], "--limit")):
         refused = cli("verify", *args, "--store", tri_store)
         assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_a_repeated_from_screen_returns_the_identical_run_unless_asked_again(cli, tri_store):
+    first = cli("disentangle", "--from-screen", "--store", tri_store, "--format", "json")
+    assert first.exit_code == 0, first.output
+    run_id = json.loads(first.stdout)["run_id"]
+    repeated = cli("disentangle", "--from-screen", "--store", tri_store, "--format", "json")
+    assert repeated.exit_code == 0 and json.loads(repeated.stdout)["run_id"] == run_id
+    assert f"an identical run exists: {run_id}" in repeated.stderr and "pass --again" in repeated.stderr
+    assert Store(tri_store).sql("SELECT count(*) AS n FROM runs").column("n")[0].as_py() == 1
+    again = cli("disentangle", "--from-screen", "--again", "--store", tri_store, "--format", "json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["run_id"] != run_id
+    other = cli("disentangle", "--from-screen", "--objective", "positive", "--store", tri_store, "--format", "json")
+    assert other.exit_code == 0 and "identical" not in other.stderr  # other settings: a new run
+    assert Store(tri_store).sql("SELECT count(*) AS n FROM runs").column("n")[0].as_py() == 3
+    named = cli("disentangle", "--channel", 0, "--concept1", 0, "--concept2", 1, "--again", "--store", tri_store)
+    assert named.exit_code == 2 and "--again is for --from-screen" in named.output

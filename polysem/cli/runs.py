@@ -54,6 +54,7 @@ def disentangle(
     force: Annotated[bool, typer.Option(help="Proceed when the channel is not relevant for a concept class, or a fixed --rho leaves a concept without sources.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per batch for feature maps and the check.")] = 64,
+    again: Annotated[bool, typer.Option(help="With --from-screen: run again even when an identical run exists (by default its id is returned).")] = False,
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
@@ -75,8 +76,11 @@ def disentangle(
         if from_screen:
             runs = disentangle_candidates(target, _screen_candidates(target, channel, concept1, concept2, concept,
                                                                      tau=tau, p=p, gamma=gamma),
-                                          take=limit, **options)
+                                          take=limit, again=again, **options)
         else:
+            if again:
+                raise PolysemError("--again is for --from-screen, which looks for an identical run; a run of named "
+                                   "channels is always made anew")
             runs = disentangle_channels(target, [_named_request(channel, concept1, concept2, concept, limit, gamma)],
                                         **options)
     for warning in caught:

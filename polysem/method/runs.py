@@ -145,11 +145,12 @@ class _Options:
     tau: float
     p: float
 
-    def parameters(self, check_images: int) -> dict:
+    def parameters(self, check_images: int, from_screen: bool = False) -> dict:
         """The run's recorded `parameters`."""
         return {"tau": self.tau, "p": self.p, "force": self.force,
                 "data_dir": str(self.data_dir) if self.data_dir else None,
-                "grid": list(RHO_GRID) if self.fixed_rho is None else None, "check_images": check_images}
+                "grid": list(RHO_GRID) if self.fixed_rho is None else None, "check_images": check_images,
+                "from_screen": from_screen}
 
 
 def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | None, force: bool, batch_size: int,
@@ -299,7 +300,8 @@ def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
         plan.warnings.append(message)
 
 
-def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: _Options) -> list[Run]:
+def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: _Options,
+                        from_screen: bool = False) -> list[Run]:
     """One model with every plan's channel disentangled, checked against the original, saved and recorded."""
     # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
     new_layer = DisentangledConv(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans],
@@ -309,7 +311,7 @@ def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: 
     max_diff, n_checked = check_equivalence(store, base.model, disentangled, plans, base.transform, base.device,
                                             options.data_dir, options.batch_size)
     return _record(store, plans, new_layer, base.layer_name, options.objective, max_diff, n_checked,
-                   options.parameters(n_checked))
+                   options.parameters(n_checked, from_screen))
 
 
 def disentangle(store: Store | str | os.PathLike, channel: int, *, concept1: list | None = None,
@@ -357,11 +359,13 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
                            rho: float | str = "auto", objective: str = "abs",
                            data_dir: str | os.PathLike | None = None, force: bool = False, device: str = "auto",
                            batch_size: int = 64, progress: bool = True, tau: float = TAU,
-                           p: float = P) -> list[Run]:
+                           p: float = P, again: bool = False) -> list[Run]:
     """`--from-screen`: candidates in order of preference; the first `take` that split are disentangled into
     one model, checked, saved and recorded, and a candidate no rho splits is passed over with a warning.
 
-    A candidate is checked when its turn comes, after the model loads.
+    A candidate is checked when its turn comes, after the model loads. When an identical run exists (the
+    same first `take` candidates with the same settings, from the screening) its runs are returned, with a
+    warning, unless `again`.
     """
     store = as_store(store)
     store.require()
@@ -369,6 +373,13 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
                        progress=progress, tau=tau, p=p)
     if take < 1:
         raise RunError(f"`take` must be at least 1, got {take}")
+    if not again:
+        existing = identical_screen_run(store, candidates[:take], options)
+        if existing:
+            warnings.warn(f"an identical run exists: {existing[0]['group_id']} (the same channels, concepts and "
+                          "settings from the screening); it is returned as it is: pass `again` to run it again",
+                          RelevanceWarning, stacklevel=2)
+            return existing
     out_channels = _check_channels(store, candidates)
     base = _Base.load(store, device)
     plans: list[_Plan] = []
@@ -385,7 +396,27 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     if not plans:
         raise RunError("no candidate channel splits at any rho of the grid (each leaves a concept without an l-1 "
                        "channel of its own); try a smaller `gamma` or name channels and concepts yourself")
-    return _build_check_record(store, base, plans, options)
+    return _build_check_record(store, base, plans, options, from_screen=True)
+
+
+def identical_screen_run(store: Store, candidates: list[ChannelRequest], options: _Options) -> list[Run]:
+    """The runs of a recorded `--from-screen` group with exactly these candidates (channels and concepts, in
+    order) and these settings; [] when there is none."""
+    wanted = [(c.channel, [sorted(concept) for concept in c.concepts]) for c in candidates]
+    settings = {"tau": options.tau, "p": options.p, "force": options.force,
+                "grid": list(RHO_GRID) if options.fixed_rho is None else None, "from_screen": True}
+    groups: dict[str, list[Run]] = {}
+    for row in store.run("run_list").to_pylist():
+        run = Run.from_row(row)
+        groups.setdefault(run["group_id"], []).append(run)
+    for runs in groups.values():
+        runs.sort(key=lambda r: r["run_id"])
+        same_settings = all(runs[0]["parameters"].get(k) == v for k, v in settings.items())
+        same_rho = runs[0]["objective"] == options.objective and (
+            options.fixed_rho is None or all(r["rho"] == options.fixed_rho for r in runs))
+        if same_settings and same_rho and [(r["channel"], [sorted(c) for c in r["concepts"]]) for r in runs] == wanted:
+            return runs
+    return []
 
 
 def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, plans, transform, device,
