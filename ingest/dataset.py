@@ -16,7 +16,8 @@ from torchvision.datasets import ImageFolder
 from polysem.errors import DataError
 from polysem.util.images import ImageRecord, file_kind
 
-__all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file"]
+__all__ = ["CLASS_FILE", "WNID", "SplitListing", "check_split_name", "class_rows", "image_id", "imagenet_index", "list_split", "read_class_file",
+           "read_class_json", "relabel_classes"]
 
 WNID = re.compile(r"^n\d{8}$")
 CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "wnid": ..., "logit": ...}}
@@ -150,6 +151,13 @@ def read_class_file(data_dir: str | os.PathLike[str]) -> dict[str, dict]:
     path = Path(data_dir) / CLASS_FILE
     if not path.exists():
         return {}
+    return read_class_json(path)
+
+
+def read_class_json(path: Path) -> dict[str, dict]:
+    """A classes.json file, checked like DATA_DIR/classes.json."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give the path of a classes.json file")
     kind = file_kind(path.stat().st_mode)
     if kind is not None:  # a FIFO would block the read
         raise DataError(f"{path} is not a regular file ({kind}); replace it by a JSON file or remove it")
@@ -226,3 +234,44 @@ def class_rows(data_dir: str | os.PathLike[str], folders: list[str], n_outputs: 
                             f"give each folder its own \"logit\" in {Path(data_dir) / CLASS_FILE}")
         seen[row["logit"]] = row["folder"]
     return rows
+
+
+def relabel_classes(store, class_file: str | os.PathLike[str]) -> list[dict]:
+    """Set class names and WordNet ids after ingest from a classes.json ({"folder": {"name", "wnid"}}); the
+    logits stay as ingested (a different one is refused). Returns the classes that changed. WordNet
+    similarities of classes whose wnid changed are forgotten (run `polysem wordnet` again)."""
+    import pyarrow as pa
+
+    from polysem.query import layout
+    from polysem.query.store import as_store
+    from polysem.util import atomic
+
+    store = as_store(store)
+    store.meta()
+    path = Path(class_file)
+    entries = read_class_json(path)
+    rows = store.run("class_list").to_pylist()
+    folders = [row["folder"] for row in rows]
+    unknown = [key for key in entries if key not in folders]
+    if unknown:
+        raise DataError(f"{path} names '{unknown[0]}', which is no class folder of the store (it has: "
+                        f"{', '.join(folders[:6])}{', ...' if len(folders) > 6 else ''}); fix or remove that entry")
+    changed, rewired = [], []
+    for row in rows:
+        info = entries.get(row["folder"], {})
+        if "logit" in info and info["logit"] != row["logit"]:
+            raise DataError(f"{path}: '{row['folder']}' has logit {info['logit']}, but the store attributed it to "
+                            f"logit {row['logit']}; logits stay as ingested: drop the logit, or ingest into a new "
+                            "store")
+        new = {**row, "name": info.get("name", row["name"]), "wnid": info.get("wnid", row["wnid"])}
+        if new != row:
+            changed.append(new)
+            if new["wnid"] != row["wnid"]:
+                rewired.append(row["class_id"])
+        row.update(new)
+    if not changed:
+        return []
+    with store.transaction() as tx:  # first the similarities of changed wnids go: a rerun finishes the job
+        tx.run("forget_class_similarity", classes=rewired)
+    atomic.write_atomic(pa.Table.from_pylist(rows, schema=layout.CLASSES), store.path / "classes.parquet")
+    return changed

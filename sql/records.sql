@@ -78,3 +78,7 @@ VALUES ($tau, $p, $gamma, $split, $correct_only, $channel, $concepts, $names, $s
 -- name: put_class_similarity
 -- The WordNet path similarity of one class pair.
 INSERT OR REPLACE INTO class_similarity (class1, class2, path_similarity) VALUES ($class1, $class2, $path_similarity);
+
+-- name: forget_class_similarity
+-- Remove the WordNet similarities of pairs with one of $classes (their wnid changed).
+DELETE FROM class_similarity WHERE list_contains($classes, class1) OR list_contains($classes, class2);

@@ -88,6 +88,7 @@ DEBUG_ENV = "POLYSEM_DEBUG"
 # notebook reads the names it passes; the command line shows the flag that sets it instead. This is the
 # one place that knows which flag sets which parameter.
 FLAGS = {
+    "class_file": "--set",
     "again": "--again",
     "batch_size": "--batch-size",
     "channel": "--channel",

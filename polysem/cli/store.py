@@ -126,10 +126,22 @@ def _code_line(what: str, code: dict) -> str:
 
 
 @command()
-def classes(store: StoreOption = DEFAULT_STORE, fmt: FormatOption = "table"):
-    """The store's classes with their image counts in every split it holds (n_<split>)."""
+def classes(
+    set_from: Annotated[Path | None, typer.Option("--set", help="A classes.json whose names and WordNet ids replace the store's ({\"folder\": {\"name\": ..., \"wnid\": ...}}); logits stay as ingested.")] = None,
+    store: StoreOption = DEFAULT_STORE,
+    fmt: FormatOption = "table",
+):
+    """The store's classes with their image counts in every split it holds (n_<split>); --set renames them."""
     _check_format(fmt)
-    render(_store(store).classes(), fmt)
+    target = _store(store)
+    if set_from is not None:
+        from polysem.ingest.dataset import relabel_classes
+
+        changed = relabel_classes(target, set_from)
+        typer.echo(f"{len(changed)} classes changed" + ("" if not changed else
+                   f" ({', '.join(str(r['class_id']) for r in changed[:8])}{', ...' if len(changed) > 8 else ''}); "
+                   "run `polysem wordnet` again for classes whose wnid changed"), err=True)
+    render(target.classes(), fmt)
 
 
 @command()
