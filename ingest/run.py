@@ -117,7 +117,8 @@ def ingest(
     classes = check_class_list("classes", classes, none=True)
     check_bool("progress", progress)
     check_bool("compact", compact)
-    num_workers, threads = _check_options(batch_size, num_workers, limit, rows_per_part, threads)
+    batch_size, num_workers, limit, rows_per_part, threads = _check_options(batch_size, num_workers, limit,
+                                                                            rows_per_part, threads)
     max_pixels = _check_max_pixels(max_pixels)
     store.check_writable()
     existing = _existing_meta(store)
@@ -283,19 +284,20 @@ ROWS_PER_PART_MAX = 2**20  # rows a part holds in memory before it is written (a
 
 
 def _check_options(batch_size: int, num_workers: int | None, limit: int | None, rows_per_part: int,
-                   threads: int | None) -> tuple[int, int | None]:
-    """The counts of an ingest, each in its range (README, Ingest); returns num_workers (its default when
-    None) and threads. Workers and threads: at most 4 x the cores this process may use."""
+                   threads: int | None) -> tuple[int, int, int | None, int, int | None]:
+    """The counts of an ingest, each in its range (README, Ingest), as ints: batch_size, num_workers (its
+    default when None), limit, rows_per_part, threads. Workers and threads: at most 4 x the cores here."""
     cores = cores_per_process()
     most = f" (4 x the {cores} cores this process may use)"
-    check_int("batch_size", batch_size, 1, BATCH_MAX)
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
     num_workers = check_int("num_workers", num_workers, 0, 4 * cores, none=True,
                             hint=f"; 0 loads the images in this process, at most 4 x the {cores} cores here")
-    check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
     threads = check_int("threads", threads, 1, 4 * cores, none=True,
                         hint=f"{most}; omit it to choose from the cores")
-    check_int("rows_per_part", rows_per_part, 1, ROWS_PER_PART_MAX)
-    return default_num_workers() if num_workers is None else num_workers, threads
+    rows_per_part = check_int("rows_per_part", rows_per_part, 1, ROWS_PER_PART_MAX)
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    return batch_size, num_workers, limit, rows_per_part, threads
 
 
 def _check_max_pixels(max_pixels: int | None) -> int | None:

@@ -31,7 +31,7 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     check_path("out", out)
     check_path("data_dir", data_dir, none=True)
     check_text("device", device)
-    check_real("tau", tau, 0, 1)
+    tau = check_real("tau", tau, 0, 1)
     check_text("figure_format", figure_format)
     if figure_format not in REPORT_FORMATS:
         raise PolysemError(f"`figure_format` of a report must be one of {', '.join(REPORT_FORMATS)} (what a browser "
@@ -68,7 +68,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     after, so a failure leaves the store and the plot folder as they were.
     """
     store = as_store(store)
-    evaluation.check_arguments(run_id, tau, device)
+    tau = evaluation.check_arguments(run_id, tau, device)
     check_path("plots_dir", plots_dir, none=True)
     check_path("data_dir", data_dir, none=True)
     check_text("figure_format", figure_format)

@@ -108,8 +108,8 @@ def channel_concepts(store: Store | str, *, tau: float = TAU, p: float = P, gamm
     """Per polysemantic channel: channel, concepts (lists of class ids), names, sizes, min_cosine; the lowest
     min_cosine first. With `record`, the result replaces the rows of the same parameters in `channel_concepts`."""
     store = as_store(store)
-    check_thresholds(tau, p, gamma)
-    check_limit(limit)
+    tau, p, gamma = check_thresholds(tau, p, gamma)
+    limit = check_limit(limit)
     check_bool("correct_only", correct_only)
     check_bool("record", record)
     cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()

@@ -25,17 +25,17 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     Returns {"concept1": {...}, ...} and records the numbers in `evaluations`.
     """
     store = as_store(store)
-    check_arguments(run_id, tau, device)
+    tau = check_arguments(run_id, tau, device)
     result = evaluation_numbers(store, run_id, tau=tau, device=device)
     record_evaluation(store, run_id, tau, result)
     return result
 
 
-def check_arguments(run_id: str, tau: float, device: str) -> None:
-    """`run_id` text, `tau` in [0, 1] (Ineq. 2's threshold), `device` text."""
+def check_arguments(run_id: str, tau: float, device: str) -> float:
+    """`run_id` text, `tau` in [0, 1] (Ineq. 2's threshold), `device` text; returns tau as a float."""
     check_text("run_id", run_id)
-    check_real("tau", tau, 0, 1)
     check_text("device", device)
+    return check_real("tau", tau, 0, 1)
 
 
 def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
@@ -43,7 +43,7 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     from polysem.ingest.models import resolve_device
     from polysem.method.runs import run_row
 
-    check_arguments(run_id, tau, device)
+    tau = check_arguments(run_id, tau, device)
     store.require()
     resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)

@@ -175,8 +175,8 @@ def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | 
             raise ArgumentError(f"`rho` must be \"auto\" or a number in (0, 1] (int or float), got str {rho!r}")
     else:
         fixed_rho = check_real("rho", rho, 0, 1, low_open=True, hint="; or \"auto\" for Eq. 6 over the grid")
-    check_int("batch_size", batch_size, 1, BATCH_MAX)
-    check_thresholds(tau, p)
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
+    tau, p, _ = check_thresholds(tau, p)
     check_path("data_dir", data_dir, none=True)
     check_bool("force", force)
     check_bool("progress", progress)
@@ -236,7 +236,7 @@ def requests_from_screen(store: Store, *, limit: int | None = None, tau: float =
                          gamma: float = GAMMA) -> list[ChannelRequest]:
     """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
     with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
-    check_int("limit", limit, 1, COUNT_MAX, none=True, hint="; omit it for every channel")
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint="; omit it for every channel")
     rows = channel_concepts(store, tau=tau, p=p, gamma=gamma, limit=limit).to_pylist()
     if not rows:
         raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "

@@ -325,13 +325,13 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
 
     store = as_store(store)
     check_text("run_id", run_id, none=True)
-    check_int("channel", channel, 0, COUNT_MAX, none=True)
+    channel = check_int("channel", channel, 0, COUNT_MAX, none=True)
     check_text("method", method)
     if method not in METHODS:
         raise RunError(f"unknown `method` '{method}'; use one of {', '.join(METHODS)}")
-    check_int("steps", steps, 1, MAX_STEPS, hint=" optimisation steps")
-    check_int("size", size, 8, MAX_SIZE, hint=" pixels a side")
-    check_int("seed", seed, 0, COUNT_MAX)
+    steps = check_int("steps", steps, 1, MAX_STEPS, hint=" optimisation steps")
+    size = check_int("size", size, 8, MAX_SIZE, hint=" pixels a side")
+    seed = check_int("seed", seed, 0, COUNT_MAX)
     check_text("device", device)
     check_path("data_dir", data_dir, none=True)
     check_bool("progress", progress)
