@@ -32,7 +32,7 @@ from polysem.ingest.models import (
     resolve_model,
     resolve_transform,
 )
-from polysem.ingest.threads import default_num_workers, default_threads, torch_threads
+from polysem.ingest.threads import cores_per_process, default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
@@ -41,6 +41,15 @@ from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, 
 from polysem.query.sqlfiles import run_statement
 from polysem.query.store import as_store
 from polysem.util import atomic
+from polysem.util.checks import (
+    BATCH_MAX,
+    COUNT_MAX,
+    check_bool,
+    check_class_list,
+    check_int,
+    check_path,
+    check_text,
+)
 from polysem.util.images import ImageRecords, collate, pillow_max_pixels
 from polysem.util.imports import code_folder
 from polysem.util.progress import progress_bar
@@ -100,8 +109,16 @@ def ingest(
     listed in ingest_errors, as is a FIFO, socket or device among the images.
     """
     store = as_store(store)
-    num_workers = default_num_workers() if num_workers is None else num_workers
-    _check_options(batch_size, num_workers, limit, rows_per_part, threads)
+    check_path("data_dir", data_dir)
+    check_text("split", split)
+    for name, value in (("model", model), ("weights", weights), ("layer", layer), ("transform", transform)):
+        check_text(name, value, none=True)
+    check_text("device", device)
+    classes = check_class_list("classes", classes, none=True)
+    check_bool("progress", progress)
+    check_bool("compact", compact)
+    batch_size, num_workers, limit, rows_per_part, threads = _check_options(batch_size, num_workers, limit,
+                                                                            rows_per_part, threads)
     max_pixels = _check_max_pixels(max_pixels)
     store.check_writable()
     existing = _existing_meta(store)
@@ -263,30 +280,32 @@ def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
     return lock
 
 
-def _check_options(batch_size: int, num_workers: int, limit: int | None, rows_per_part: int,
-                   threads: int | None) -> None:
-    if batch_size < 1:
-        raise DataError(f"`batch_size` must be at least 1, got {batch_size}")
-    if num_workers < 0:
-        raise DataError(f"`num_workers` must be 0 (load in this process) or more, got {num_workers}")
-    if limit is not None and limit < 1:
-        raise DataError(f"`limit` must be at least 1 image per class, got {limit}; omit it for all images")
-    if threads is not None and threads < 1:
-        raise DataError(f"`threads` must be at least 1, got {threads}; omit it to choose from the cores")
-    if rows_per_part < 1:
-        raise DataError(f"`rows_per_part` must be at least 1, got {rows_per_part}")
+ROWS_PER_PART_MAX = 2**20  # rows a part holds in memory before it is written (about 10 GB at ResNet-50's layer4)
+
+
+def _check_options(batch_size: int, num_workers: int | None, limit: int | None, rows_per_part: int,
+                   threads: int | None) -> tuple[int, int, int | None, int, int | None]:
+    """The counts of an ingest, each in its range (README, Ingest), as ints: batch_size, num_workers (its
+    default when None), limit, rows_per_part, threads. Workers and threads: at most 4 x the cores here."""
+    cores = cores_per_process()
+    most = f" (4 x the {cores} cores this process may use)"
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
+    num_workers = check_int("num_workers", num_workers, 0, 4 * cores, none=True,
+                            hint=f"; 0 loads the images in this process, at most 4 x the {cores} cores here")
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
+    threads = check_int("threads", threads, 1, 4 * cores, none=True,
+                        hint=f"{most}; omit it to choose from the cores")
+    rows_per_part = check_int("rows_per_part", rows_per_part, 1, ROWS_PER_PART_MAX)
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    return batch_size, num_workers, limit, rows_per_part, threads
 
 
 def _check_max_pixels(max_pixels: int | None) -> int | None:
     """The pixel limit of this ingest: `max_pixels`, or Pillow's (None when Pillow's is turned off)."""
     if max_pixels is None:
         return pillow_max_pixels()
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
-        raise DataError(f"`max_pixels` must be a whole number of pixels, got {max_pixels!r}")
-    if max_pixels < 1:
-        raise DataError(f"`max_pixels` must be at least 1, got {max_pixels}; omit it for Pillow's limit "
-                        f"({pillow_max_pixels()})")
-    return max_pixels
+    return check_int("max_pixels", max_pixels, 1, COUNT_MAX,
+                     hint=f" pixels; omit it for Pillow's limit ({pillow_max_pixels()})")
 
 
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable

@@ -35,3 +35,11 @@ class RunError(PolysemError):
 
 class DiskFull(PolysemError):
     """A write found no space left on its disk; the message names the file or store, the space and the fix."""
+
+
+class ArgumentError(PolysemError, TypeError):
+    """An argument of the wrong type: the message names the parameter and the type expected."""
+
+
+class ArgumentRange(PolysemError, ValueError):
+    """An argument outside its range: the message names the parameter and the range."""

@@ -15,6 +15,7 @@ from polysem.method import evaluation
 from polysem.method.figure_data import report_data, run_figure_data
 from polysem.method.runs import run_row
 from polysem.query.store import Store, as_store
+from polysem.util.checks import check_path, check_real, check_text
 
 __all__ = ["REPORT_FORMATS", "evaluate", "write_report"]
 
@@ -26,6 +27,12 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
                  figure_format: str = "png") -> Path:
     """Write OUT/index.html and OUT/img/*.png; returns the path of index.html. OUT may be an existing
     folder (an earlier report is replaced); nothing in it changes unless the whole report is made."""
+    store = as_store(store)
+    check_path("out", out)
+    check_path("data_dir", data_dir, none=True)
+    check_text("device", device)
+    tau = check_real("tau", tau, 0, 1)
+    check_text("figure_format", figure_format)
     if figure_format not in REPORT_FORMATS:
         raise PolysemError(f"`figure_format` of a report must be one of {', '.join(REPORT_FORMATS)} (what a browser "
                            f"shows in a page), got {figure_format!r}")
@@ -61,6 +68,10 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     after, so a failure leaves the store and the plot folder as they were.
     """
     store = as_store(store)
+    tau = evaluation.check_arguments(run_id, tau, device)
+    check_path("plots_dir", plots_dir, none=True)
+    check_path("data_dir", data_dir, none=True)
+    check_text("figure_format", figure_format)
     if plots_dir is None:
         return evaluation.evaluate(store, run_id, tau=tau, device=device)
     if figure_format not in plots.FIGURE_FORMATS:

@@ -6,26 +6,28 @@ return Arrow tables, so a notebook gets exactly what `polysem screen` prints.
 
 from __future__ import annotations
 
+from typing import overload
+
 import pyarrow as pa
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError
-from polysem.query.store import Store
+from polysem.query.store import Store, as_store
+from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_real, check_text
 
 __all__ = ["arv_cosines", "check_limit", "check_thresholds", "class_pairs_sharing_a_channel", "polysemantic_pairs",
            "sweep", "why_empty"]
 
 
-def check_thresholds(tau: float, p: float, gamma: float | None = None) -> None:
-    for name, value in (("tau", tau), ("p", p), ("gamma", gamma)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise QueryError(f"`{name}` must be a number, got {value!r}")
-    if not 0 <= tau <= 1:
-        raise QueryError(f"`tau` must be in [0, 1], got {tau}")
-    if not 0 < p <= 1:
-        raise QueryError(f"`p` must be in (0, 1], got {p}")
-    if gamma is not None and not -1 <= gamma <= 1:
-        raise QueryError(f"`gamma` is a cosine threshold in [-1, 1], got {gamma}")
+@overload
+def check_thresholds(tau: float, p: float) -> tuple[float, float, None]: ...
+@overload
+def check_thresholds(tau: float, p: float, gamma: float) -> tuple[float, float, float]: ...
+def check_thresholds(tau: float, p: float, gamma: float | None = None) -> tuple[float, float, float | None]:
+    """Ineq. 2's tau in [0, 1] and p in (0, 1], and the cosine threshold gamma in [-1, 1] (None: not used);
+    returns them as Python floats (what DuckDB binds)."""
+    return (check_real("tau", tau, 0, 1), check_real("p", p, 0, 1, low_open=True),
+            check_real("gamma", gamma, -1, 1, none=True, hint=" (a cosine threshold)"))
 
 
 def _require_split(store: Store, split: str) -> None:
@@ -34,16 +36,19 @@ def _require_split(store: Store, split: str) -> None:
         raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
 
 
-def check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise QueryError(f"`limit` must be at least 1, got {limit}; omit it for all rows")
+def check_limit(limit: int | None) -> int | None:
+    """At most this many rows: a whole number from 1 to 2**63 - 1, or None for all."""
+    return check_int("limit", limit, 1, COUNT_MAX, none=True, hint="; omit it for all rows")
 
 
 def polysemantic_pairs(store: Store, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
                        limit: int | None = None, correct_only: bool = False, split: str = SCREEN_SPLIT) -> pa.Table:
     """Candidate (channel, class1, class2) triples with ARV cosine below gamma, lowest first."""
-    check_thresholds(tau, p, gamma)
-    check_limit(limit)
+    store = as_store(store)
+    tau, p, gamma = check_thresholds(tau, p, gamma)
+    limit = check_limit(limit)
+    check_bool("correct_only", correct_only)
+    check_text("split", split)
     _require_split(store, split)
     return store.run("screen_pairs", tau=tau, p=p, gamma=gamma, split=split, correct_only=correct_only,
                      limit=limit if limit is not None else 2**62)

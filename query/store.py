@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from polysem.errors import QueryError, StoreError
+from polysem.errors import StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
@@ -35,6 +35,7 @@ from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import bind
 from polysem.query.transaction import Transaction
 from polysem.util.atomic import disk_full, is_disk_full
+from polysem.util.checks import check_bool, check_params, check_path, check_text
 from polysem.util.imports import code_status
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
@@ -57,6 +58,12 @@ class Store:
 
     def __init__(self, path: str | os.PathLike | None = None,
                  trust_code: str | os.PathLike | list[str | os.PathLike] | None = None):
+        check_path("path", path, none=True)
+        if isinstance(trust_code, (list, tuple)):
+            for folder in trust_code:
+                check_path("trust_code", folder)
+        else:
+            check_path("trust_code", trust_code, none=True)
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
         self.trust_code = trust_code
@@ -94,6 +101,8 @@ class Store:
         never completely created; every other connection refuses it (`IncompleteStore`)
         before defining anything.
         """
+        check_bool("write", write)
+        check_bool("create", create)
         if not write:
             cursor = self._reader().cursor()
             try:
@@ -176,6 +185,7 @@ class Store:
         """Named statements on the catalog, committed together when the block ends, rolled back
         when it raises. The one way polysem records anything. `create`: the first ingest's, which
         may meet a store that is missing or was never completely created (`connect`)."""
+        check_bool("create", create)
         with self.connect(write=True, create=create) as conn:
             conn.begin()
             try:
@@ -211,6 +221,7 @@ class Store:
         lack the store_meta table) is refused with `IncompleteStore`, unless require_complete is
         false, as ingest asks to complete it: then its partial metadata, read without defining views.
         """
+        check_bool("require_complete", require_complete)
         try:
             with self.connect() as conn:
                 meta = read_meta(conn)
@@ -247,13 +258,14 @@ class Store:
         in a transaction that is always rolled back, on the sandboxed in-memory
         connection of `connect()`; see `check_read_only` for what is allowed.
         """
-        if not isinstance(query, str):
-            raise QueryError(f"query must be SQL text, got {type(query).__name__}")
+        check_text("query", query)
+        check_params("params", params)
         check_read_only(query)
         return self._read(query, params)
 
     def run(self, name: str, **params: Any) -> pa.Table:
         """Run polysem's own named read `name` (a block of sql/queries.sql) with named parameters."""
+        check_text("name", name)
         sql, bound = bind(name, params)
         return self._read(sql, bound or None)
 
@@ -280,6 +292,8 @@ class Store:
 
     def table(self, name_or_query: str, params: list | dict | None = None) -> pa.Table:
         """A table, view, macro call (`relevant_pairs(p := 0.8)`) or SELECT, as Arrow."""
+        check_text("name_or_query", name_or_query)
+        check_params("params", params)
         return self.query(as_select(name_or_query), params)
 
     def export(self, name_or_query: str, out: str | os.PathLike, params: list | dict | None = None, *,
@@ -289,6 +303,9 @@ class Store:
         Returns the number of rows written. The file appears only when complete. `out` "-" writes
         to standard output (`fmt` required; parquet only when standard output is not a terminal).
         """
+        check_text("name_or_query", name_or_query)
+        check_params("params", params)
+        check_text("fmt", fmt, none=True)
         target = self.check_outside(out, stdout=True)
         fmt = out_format(os.fspath(out), fmt)
         result = self.table(name_or_query, params)
@@ -326,10 +343,15 @@ class Store:
         special file (FIFO, device, socket, also behind a link), anything under /dev, /proc or /sys, a
         folder where a file is expected (or the reverse), or anything inside the store, where it could
         replace a file the store reads. Returns the absolute path, or None for `-` when `stdout`."""
+        check_text("name", name)
+        check_path(name, out)
+        check_bool("folder", folder)
+        check_bool("stdout", stdout)
         return check_output(out, self.path, folder=folder, stdout=stdout, name=name)
 
     def check(self, repair: bool = False) -> CheckReport:
         """Verify every Parquet file's footer and row counts against the catalog; see `query.check`."""
+        check_bool("repair", repair)
         return check_store(self, repair)
 
     def size_bytes(self) -> int:
@@ -378,4 +400,6 @@ def _interruptible(cursor: duckdb.DuckDBPyConnection, work: Callable[[], pa.Tabl
 
 def as_store(store: Store | str | os.PathLike | None) -> Store:
     """A Store from a Store, a path, or None (POLYSEM_STORE or ./polysem-store): the one coercion."""
+    if not isinstance(store, Store):
+        check_path("store", store, none=True)
     return store if isinstance(store, Store) else Store(store)

@@ -111,11 +111,11 @@ def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
 
     run = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)
     before = snapshot(colour_store)
-    assert_refused(cli("visualize", run.run_id, "--size", 100000, "--store", colour_store), "--size from 8 to 1024")
+    assert_refused(cli("visualize", run.run_id, "--size", 100000, "--store", colour_store), "--size must be from 8 to 1024")
     assert_refused(cli("visualize", run.run_id, "--seed", 10**20, "--store", colour_store), "--seed must be from 0")
     assert_refused(cli("disentangle", "--channel", 0, "--concept1", 1, "--concept2", 2, "--gamma", 0.3,
                        "--store", colour_store), "--limit and --gamma choose channels for --from-screen")
-    assert_refused(cli("screen", "--limit", -1, "--store", colour_store), "--limit must be at least 1")
+    assert_refused(cli("screen", "--limit", -1, "--store", colour_store), "--limit must be from 1 to 2**63 - 1")
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")
     assert_refused(cli("report", "--out", a_file, "--store", colour_store), "is a file; give a folder")

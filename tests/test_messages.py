@@ -20,9 +20,9 @@ def test_batch_size_named_once_per_face(colour_store):
     from polysem.cli.app import as_flags
     from polysem.method.runs import disentangle
 
-    with pytest.raises(PolysemError, match="`batch_size` must be at least 1") as raised:
+    with pytest.raises(PolysemError, match="`batch_size` must be from 1 to 65536") as raised:
         disentangle(colour_store, 0, concept1=["green"], concept2=["red"], batch_size=0, progress=False)
-    assert as_flags(str(raised.value)).startswith("--batch-size must be at least 1")
+    assert as_flags(str(raised.value)).startswith("--batch-size must be from 1 to 65536")
 
 
 def test_as_flags_rewrites_only_known_parameters():

@@ -37,6 +37,16 @@ def _split_values(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+def _rho(text: str) -> str | float:
+    """--rho as the library takes it: "auto" or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise PolysemError(f"bad --rho '{text}': use auto or a number in (0, 1]") from None
+
+
 @command()
 def disentangle(
     channel: Annotated[int | None, typer.Option(help="Channel of the layer of interest to split.")] = None,
@@ -66,14 +76,15 @@ def disentangle(
     _check_format(fmt, ("table", "json"))
     import warnings
 
-    from polysem.method.runs import disentangle_candidates, disentangle_channels
+    from polysem.method.runs import check_candidate_options, disentangle_candidates, disentangle_channels
 
     target = _store(store, trust_code)
-    options: dict[str, Any] = {"rho": rho, "objective": objective, "data_dir": data, "force": force, "device": device,
-               "batch_size": batch_size, "tau": tau, "p": p}
+    options: dict[str, Any] = {"rho": _rho(rho), "objective": objective, "data_dir": data, "force": force,
+                               "device": device, "batch_size": batch_size, "tau": tau, "p": p}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if from_screen:
+            check_candidate_options(take=limit, progress=True, **options)  # before the screening records anything
             runs = disentangle_candidates(target, _screen_candidates(target, channel, concept1, concept2, concept,
                                                                      tau=tau, p=p, gamma=gamma),
                                           take=limit, again=again, **options)

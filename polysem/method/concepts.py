@@ -24,6 +24,7 @@ from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.query.records import now, record_channel_concepts
 from polysem.query.screening import arv_cosines, check_limit, check_thresholds
 from polysem.query.store import Store, as_store
+from polysem.util.checks import check_bool
 
 __all__ = ["SCHEMA", "channel_concepts", "complete_linkage", "group_channels", "min_cosine_between"]
 
@@ -107,8 +108,10 @@ def channel_concepts(store: Store | str, *, tau: float = TAU, p: float = P, gamm
     """Per polysemantic channel: channel, concepts (lists of class ids), names, sizes, min_cosine; the lowest
     min_cosine first. With `record`, the result replaces the rows of the same parameters in `channel_concepts`."""
     store = as_store(store)
-    check_thresholds(tau, p, gamma)
-    check_limit(limit)
+    tau, p, gamma = check_thresholds(tau, p, gamma)
+    limit = check_limit(limit)
+    check_bool("correct_only", correct_only)
+    check_bool("record", record)
     cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()
     names = {r["class_id"]: r["name"] for r in store.run("class_list").to_pylist()}
     rows = group_channels(cosines, gamma, names)

@@ -13,6 +13,7 @@ from polysem.constants import EVAL_SPLIT, TAU
 from polysem.errors import RunError
 from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
+from polysem.util.checks import check_real, check_text
 
 __all__ = ["evaluate", "evaluation_numbers", "record_evaluation"]
 
@@ -24,9 +25,17 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     Returns {"concept1": {...}, ...} and records the numbers in `evaluations`.
     """
     store = as_store(store)
+    tau = check_arguments(run_id, tau, device)
     result = evaluation_numbers(store, run_id, tau=tau, device=device)
     record_evaluation(store, run_id, tau, result)
     return result
+
+
+def check_arguments(run_id: str, tau: float, device: str) -> float:
+    """`run_id` text, `tau` in [0, 1] (Ineq. 2's threshold), `device` text; returns tau as a float."""
+    check_text("run_id", run_id)
+    check_text("device", device)
+    return check_real("tau", tau, 0, 1)
 
 
 def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
@@ -34,11 +43,10 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     from polysem.ingest.models import resolve_device
     from polysem.method.runs import run_row
 
+    tau = check_arguments(run_id, tau, device)
     store.require()
     resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)
-    if not 0 <= tau <= 1:
-        raise RunError(f"`tau` must be in [0, 1], got {tau}")
     n_val = store.run("split_images", split=EVAL_SPLIT).column("n")[0].as_py()
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
-from polysem.errors import RunError, StoreBusy
+from polysem.errors import ArgumentError, RunError, StoreBusy
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.models import (
     resolve_device,
@@ -48,10 +48,21 @@ from polysem.query.recovery import write_pending
 from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
+from polysem.util.checks import (
+    BATCH_MAX,
+    COUNT_MAX,
+    check_bool,
+    check_class_list,
+    check_class_lists,
+    check_int,
+    check_path,
+    check_real,
+    check_text,
+)
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.version import __version__
 
-__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
+__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
 
 LOGIT_TOLERANCE = 1e-4  # max |logit change| allowed, relative to max(1, max |logit|): float32 rounding
 CHECK_IMAGES = 32
@@ -154,20 +165,23 @@ class _Options:
 
 
 def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | None, force: bool, batch_size: int,
-             progress: bool, tau: float, p: float) -> _Options:
+             progress: bool, tau: float, p: float, device: str) -> _Options:
+    """The settings every channel of a run shares, each checked (README "Arguments") before anything runs."""
+    check_text("objective", objective)
     if objective not in OBJECTIVES:
         raise RunError(f"unknown `objective` '{objective}'; use abs (paper) or positive (reference code)")
     fixed_rho = None
-    if rho != "auto":
-        try:
-            fixed_rho = float(rho)
-        except ValueError:
-            raise RunError(f"bad `rho` '{rho}': use auto or a number in (0, 1]") from None
-        if not 0 < fixed_rho <= 1:
-            raise RunError(f"`rho` must be in (0, 1], got {fixed_rho}")
-    if batch_size < 1:
-        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
-    check_thresholds(tau, p)
+    if isinstance(rho, str):
+        if rho != "auto":
+            raise ArgumentError(f"`rho` must be \"auto\" or a number in (0, 1] (int or float), got str {rho!r}")
+    else:
+        fixed_rho = check_real("rho", rho, 0, 1, low_open=True, hint="; or \"auto\" for Eq. 6 over the grid")
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
+    tau, p, _ = check_thresholds(tau, p)
+    check_path("data_dir", data_dir, none=True)
+    check_bool("force", force)
+    check_bool("progress", progress)
+    check_text("device", device)
     if data_dir is not None:
         check_data_dir(data_dir)  # named as missing now, not as a missing image once the model has run
     return _Options(fixed_rho, objective, force, data_dir, batch_size, progress, tau, p)
@@ -175,8 +189,6 @@ def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | 
 
 def _validate(store: Store, request: ChannelRequest, out_channels: int, options: _Options) -> _Plan:
     force, tau, p = options.force, options.tau, options.p
-    if isinstance(request.channel, bool) or not isinstance(request.channel, (int, np.integer)):
-        raise RunError(f"channel must be an integer channel number, got {request.channel!r}")
     if not 0 <= request.channel < out_channels:
         raise RunError(f"channel {request.channel} is out of range; the layer has channels 0..{out_channels - 1}")
     concepts = [resolve_classes(store, concept) for concept in request.concepts]
@@ -209,6 +221,11 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
 
 def _check_channels(store: Store, requests: list[ChannelRequest]) -> int:
     """The layer's number of output channels, once each request names a channel of its own."""
+    for request in requests:
+        if not isinstance(request, ChannelRequest):
+            raise RunError(f"a request must be a ChannelRequest(channel, concepts), got {request!r}")
+        request.channel = check_int("channel", request.channel, 0, COUNT_MAX)
+        request.concepts = check_class_lists("concepts", request.concepts)
     channels = [r.channel for r in requests]
     if len(set(channels)) != len(channels):
         raise RunError("a channel can be disentangled once per model; give each channel one request")
@@ -220,8 +237,7 @@ def requests_from_screen(store: Store, *, limit: int | None = None, tau: float =
                          gamma: float = GAMMA) -> list[ChannelRequest]:
     """`--from-screen`: the polysemantic channels, lowest between-concept cosine first (at most `limit`), each
     with all its concepts (`polysem screen --concepts`; recorded in `channel_concepts`)."""
-    if limit is not None and limit < 1:
-        raise RunError(f"`limit` must be at least 1, got {limit}")
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint="; omit it for every channel")
     rows = channel_concepts(store, tau=tau, p=p, gamma=gamma, limit=limit).to_pylist()
     if not rows:
         raise RunError(f"the screening (tau {tau}, p {p}, gamma {gamma}) finds no channel with two or more concepts "
@@ -326,11 +342,16 @@ def disentangle(store: Store | str | os.PathLike, channel: int, *, concept1: lis
     images are now, if they moved since ingest; force: proceed when the channel is not relevant for a
     concept's class (tau, p) or a fixed rho leaves a concept without sources.
     """
+    channel = check_int("channel", channel, 0, COUNT_MAX)
+    concept1 = check_class_list("concept1", concept1, names=True, none=True)
+    concept2 = check_class_list("concept2", concept2, names=True, none=True)
     if concepts is None:
         concepts = [concept1 or [], concept2 or []]
     elif concept1 is not None or concept2 is not None:
         raise RunError("give concept1 and concept2, or concepts, not both")
-    request = ChannelRequest(channel, [list(c) for c in concepts])
+    else:
+        concepts = check_class_lists("concepts", concepts)
+    request = ChannelRequest(channel, concepts)
     return disentangle_channels(store, [request], rho=rho, objective=objective, data_dir=data_dir, force=force,
                                 device=device, batch_size=batch_size, progress=progress, tau=tau, p=p)[0]
 
@@ -346,13 +367,24 @@ def disentangle_channels(store: Store | str | os.PathLike, requests: list[Channe
     store = as_store(store)
     store.require()
     options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
-                       progress=progress, tau=tau, p=p)
+                       progress=progress, tau=tau, p=p, device=device)
     out_channels = _check_channels(store, requests)
     plans = [_validate(store, request, out_channels, options) for request in requests]
     base = _Base.load(store, device)
     for plan in plans:
         _split(store, base, plan, options)
     return _build_check_record(store, base, plans, options)
+
+
+def check_candidate_options(*, take: int, rho: float | str, objective: str, data_dir: str | os.PathLike | None,
+                            force: bool, batch_size: int, progress: bool, tau: float, p: float,
+                            device: str) -> _Options:
+    """The checks of `disentangle_candidates`' settings, for a caller to run before it screens for candidates
+    (which records `channel_concepts`): a bad setting then changes nothing."""
+    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
+                       progress=progress, tau=tau, p=p, device=device)
+    check_int("take", take, 1, COUNT_MAX)
+    return options
 
 
 def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[ChannelRequest], *, take: int = 1,
@@ -369,10 +401,9 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     """
     store = as_store(store)
     store.require()
-    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
-                       progress=progress, tau=tau, p=p)
-    if take < 1:
-        raise RunError(f"`take` must be at least 1, got {take}")
+    options = check_candidate_options(take=take, rho=rho, objective=objective, data_dir=data_dir, force=force,
+                                      batch_size=batch_size, progress=progress, tau=tau, p=p, device=device)
+    again = check_bool("again", again)
     if not again:
         existing = identical_screen_run(store, candidates[:take], options)
         if existing:
@@ -498,6 +529,7 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     disentangled layer is read from the run's artifact (a weights-only state_dict).
     """
     store = as_store(store)
+    check_text("run_id", run_id)
     run = run_row(store, run_id)
     model, layer_name, layer, _ = base_model(store)
     artifact = store.path / run["artifact"]

@@ -46,6 +46,7 @@ from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
 from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store
+from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_bool, check_int, check_path, check_text
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
@@ -91,12 +92,14 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     limit: at most this many train images per class (the first by image id); None for all.
     """
     store = as_store(store)
+    check_text("run_id", run_id)
+    tau, p, gamma = check_thresholds(tau, p, gamma)
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
+    check_path("data_dir", data_dir, none=True)
+    check_text("device", device)
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
+    check_bool("progress", progress)
     store.require()
-    check_thresholds(tau, p, gamma)
-    if limit is not None and limit < 1:
-        raise RunError(f"`limit` must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     run = run_row(store, run_id)
     relevant = store.run("relevant_classes", tau=tau, p=p, split=SCREEN_SPLIT,
                          channel=run["channel"]).column("class_id").to_pylist()

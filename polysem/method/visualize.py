@@ -39,12 +39,13 @@ from polysem.constants import SCREEN_SPLIT
 from polysem.errors import RunError
 from polysem.method.disentangling import DisentangledConv
 from polysem.query.records import now, record_visualizations
-from polysem.query.store import Store
+from polysem.query.store import Store, as_store
 from polysem.util import atomic
+from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_path, check_text
 from polysem.util.hooks import forward_to
 from polysem.util.readings import selectivity_reading
 
-__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
@@ -181,6 +182,7 @@ def augment(images: torch.Tensor, method: str, generator: torch.Generator) -> to
     return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
 
 
+MAX_STEPS = 100_000  # optimisation steps: the paper's visualisations take a few hundred to a few thousand
 MAX_SIZE = 1024  # pixels a side: far beyond what feature visualisation uses, well inside memory
 
 
@@ -321,14 +323,19 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     from polysem.ingest.models import resolve_device, stored_transform
     from polysem.method.runs import base_model, load_model, run_row
 
-    store = store if isinstance(store, Store) else Store(store)
-    store.require()
+    store = as_store(store)
+    check_text("run_id", run_id, none=True)
+    channel = check_int("channel", channel, 0, COUNT_MAX, none=True)
+    check_text("method", method)
     if method not in METHODS:
         raise RunError(f"unknown `method` '{method}'; use one of {', '.join(METHODS)}")
-    if steps < 1 or not 8 <= size <= MAX_SIZE:
-        raise RunError(f"`steps` must be at least 1 and `size` from 8 to {MAX_SIZE} pixels, got {steps} and {size}")
-    if not 0 <= seed < 2**63:
-        raise RunError(f"`seed` must be from 0 to 2**63 - 1, got {seed}")
+    steps = check_int("steps", steps, 1, MAX_STEPS, hint=" optimisation steps")
+    size = check_int("size", size, 8, MAX_SIZE, hint=" pixels a side")
+    seed = check_int("seed", seed, 0, COUNT_MAX)
+    check_text("device", device)
+    check_path("data_dir", data_dir, none=True)
+    check_bool("progress", progress)
+    store.require()
     if (run_id is None) == (channel is None):
         raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
     layer_name = store.meta()["layer"]
