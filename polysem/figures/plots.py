@@ -215,7 +215,7 @@ def whole_picture(data, out: Path) -> Path:
     units = list(data.units.values())
     shown = max([len(u.shown) for u in units] + [1])
     rows = max(len(units), 1)
-    figure = Figure(figsize=(1.7 * shown + 5.5, 2.4 * rows + 1.6))
+    figure = Figure(figsize=(1.7 * shown + 5.5, 2.2 * rows + 1.2))
     grid = figure.add_gridspec(rows, shown + 1, width_ratios=[1.0] * shown + [3.2])
     for row, unit in enumerate(units):
         for col in range(shown):
@@ -270,7 +270,7 @@ def whole_picture(data, out: Path) -> Path:
     figure.suptitle(f"run {data.run['run_id']}: channel {data.run['channel']} and its units over every class of "
                     f"the {data.split} split (top {data.n} per unit, not only the concept classes); "
                     f"{data.photo_note or 'photos as files'}", fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 1.0 / figure.get_figheight()))
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.75 / figure.get_figheight()))
     return save(figure, out)
 
 
