@@ -1,25 +1,49 @@
+-- name: channel_activation
+-- scalar: the spatially summed activation of a conv channel on one image, from the image's stored input sums and no model pass (docs/method.md section 3): weight . input_sum + bias x positions. weight is a `layer_weights.weight` row (or a rewired unit's, flattened the same way), input_sum and positions the image's `samples` columns (S(x) and the output positions); a NULL bias counts as 0.
+CREATE OR REPLACE MACRO channel_activation(weight, input_sum, bias, positions) AS
+    list_inner_product(weight::DOUBLE[], input_sum::DOUBLE[]) + coalesce(bias, 0) * positions;
+
+-- name: channel_top_images
+-- The n most activating images of channel ch of the stored model over every class of a split (ties by image id): rank (1..n), image_id, path, class_id, name, activation (channel_activation, no model pass).
+CREATE OR REPLACE MACRO channel_top_images(ch, n, split_name := 'val') AS TABLE
+SELECT row_number() OVER (ORDER BY a.activation DESC, a.image_id) AS rank, a.image_id, a.path, a.class_id, c.name,
+       a.activation
+FROM (SELECT s.image_id, s.path, s.target AS class_id,
+             channel_activation(lw.weight, s.input_sum, lw.bias, s.positions) AS activation
+      FROM samples s JOIN layer_weights lw ON lw.channel = ch
+      WHERE s.split = split_name) a
+JOIN classes c USING (class_id)
+QUALIFY rank <= n
+ORDER BY rank;
+
+-- name: run_unit_weights
+-- The weight rows of a run's units, from `runs.sources` and the stored weight (one row): w0 (the original channel), wj (c'_1..c'_k: each keeps its own l-1 channels' and the shared ones' weights, 0 elsewhere), wr (the residual r: the shared ones only), b (the bias, 0 when NULL; every unit carries it), flattened like `layer_weights.weight`.
+CREATE OR REPLACE MACRO run_unit_weights(run) AS TABLE
+WITH weights AS (
+    SELECT lw.weight::DOUBLE[] AS w0, coalesce(lw.bias, 0) AS b, li."window" AS k, r.sources,
+           -- owner of each l-1 channel: the concept (1..k) it feeds alone, 0 when shared
+           list_transform(range(li.in_channels),
+                          lambda i: coalesce(list_position(list_transform(r.sources, lambda s: list_contains(s, i)), true), 0))
+               AS owner
+    FROM runs r JOIN layer_weights lw ON lw.channel = r.channel CROSS JOIN layer_info li
+    WHERE r.run_id = run
+)
+SELECT w0, b,
+       -- c'_j keeps its own and the shared inputs; r keeps the shared ones
+       list_transform(range(1, len(sources) + 1),
+                      lambda j: list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] IN (0, j) THEN x ELSE 0 END))
+           AS wj,
+       list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] = 0 THEN x ELSE 0 END) AS wr
+FROM weights;
+
 -- name: run_activations
 -- Per image of a run's concept classes in a split: concept (1..k), relative_attribution of the original channel, and the spatially summed activations of the original channel, of c'_1..c'_k (the list `activations`; activation1 and activation2 are its first two), of the residual r, and bias_term (the bias times the positions). All are linear in input_sum, so no model runs.
 CREATE OR REPLACE MACRO run_activations(run, split_name := 'val') AS TABLE
 WITH r AS (
     SELECT * FROM runs WHERE run_id = run
 ),
-weights AS (
-    SELECT lw.weight::DOUBLE[] AS w0, coalesce(lw.bias, 0) AS b, li."window" AS k, r.sources,
-           -- owner of each l-1 channel: the concept (1..k) it feeds alone, 0 when shared
-           list_transform(range(li.in_channels),
-                          lambda i: coalesce(list_position(list_transform(r.sources, lambda s: list_contains(s, i)), true), 0))
-               AS owner
-    FROM r JOIN layer_weights lw ON lw.channel = r.channel CROSS JOIN layer_info li
-),
 masked AS (
-    SELECT w0, b,
-           -- c'_j keeps its own and the shared inputs; r keeps the shared ones
-           list_transform(range(1, len(sources) + 1),
-                          lambda j: list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] IN (0, j) THEN x ELSE 0 END))
-               AS wj,
-           list_transform(w0, lambda x, i: CASE WHEN owner[(i - 1) // k + 1] = 0 THEN x ELSE 0 END) AS wr
-    FROM weights
+    SELECT * FROM run_unit_weights(run)
 ),
 images AS (
     SELECT s.image_id, s.path, s.target,
@@ -112,3 +136,35 @@ FROM runs r
 LEFT JOIN evaluations e ON e.run_id = r.run_id
 GROUP BY ALL
 ORDER BY r.created_at, r.channel;
+
+-- name: unit_top_images
+-- The n most activating images of each unit of a run (original, then c'_1..c'_k) over every class of a split, not only the run's concept classes (ties by image id): unit, rank (1..n), image_id, path, class_id, name, concept (the run's concept the class belongs to, 1..k; NULL for a class of no concept), activation (channel_activation of the unit's weight row, run_unit_weights; no model pass).
+CREATE OR REPLACE MACRO unit_top_images(run, n, split_name := 'val') AS TABLE
+WITH units AS (
+    SELECT 0 AS unit_index, w0 AS w, b FROM run_unit_weights(run)
+    UNION ALL
+    SELECT j, u.wj[j], u.b FROM run_unit_weights(run) u, range(1, len(u.wj) + 1) t(j)
+),
+ranked AS (
+    SELECT u.unit_index, s.image_id, s.path, s.target AS class_id,
+           channel_activation(u.w, s.input_sum, u.b, s.positions) AS activation,
+           row_number() OVER (PARTITION BY u.unit_index ORDER BY activation DESC, s.image_id) AS rank
+    FROM samples s CROSS JOIN units u
+    WHERE s.split = split_name
+    QUALIFY rank <= n
+)
+SELECT CASE WHEN x.unit_index = 0 THEN 'original' ELSE 'c' || x.unit_index END AS unit, x.rank, x.image_id, x.path,
+       x.class_id, c.name,
+       list_position(list_transform(r.concepts, lambda k: list_contains(k, x.class_id)), true) AS concept,
+       x.activation
+FROM ranked x JOIN classes c USING (class_id) CROSS JOIN (SELECT concepts FROM runs WHERE run_id = run) r
+ORDER BY x.unit_index, x.rank;
+
+-- name: unit_class_histogram
+-- The class histogram of each unit's n most activating images of a split (unit_top_images; all of the split's images when it has fewer than n): unit (original, c1..ck), class_id, name, concept (1..k, NULL for none), n_images (of the unit's top n), share (n_images over the unit's top images), most frequent class first.
+CREATE OR REPLACE MACRO unit_class_histogram(run, n, split_name := 'val') AS TABLE
+SELECT unit, class_id, any_value(name) AS name, any_value(concept) AS concept, count(*) AS n_images,
+       count(*) / any_value(n_top) AS share
+FROM (SELECT *, count(*) OVER (PARTITION BY unit) AS n_top FROM unit_top_images(run, n, split_name := split_name))
+GROUP BY unit, class_id
+ORDER BY CASE WHEN unit = 'original' THEN 0 ELSE unit[2:]::INTEGER END, n_images DESC, class_id;

@@ -102,6 +102,14 @@ SELECT * FROM run_activations($run_id, split_name := $split);
 -- The evaluation_summary macro for one run at $tau on $split: per concept, images and fractions.
 SELECT * FROM evaluation_summary($run_id, tau := $tau, split_name := $split);
 
+-- name: top_images_of_run
+-- The unit_top_images macro for one run: each unit's $limit most activating images of $split over every class.
+SELECT * FROM unit_top_images($run_id, $limit, split_name := $split);
+
+-- name: top_classes_of_run
+-- The unit_class_histogram macro for one run: the classes of each unit's $limit most activating images of $split.
+SELECT * FROM unit_class_histogram($run_id, $limit, split_name := $split);
+
 -- name: latest_visualizations
 -- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model): one row per unit.
 SELECT * FROM visualizations

@@ -136,8 +136,9 @@ def test_three_unrelated_concepts_are_found_split_and_verified(cli, tri_store):
     for j in range(3):
         fractions = numbers[f"concept{j + 1}"]["fractions"]
         assert len(fractions) == 3 and fractions[j] > 0.9 and sum(fractions) - fractions[j] < 0.1
-    assert len(numbers["plots"]) == 6  # density, the panel, the top images of original, c1, c2, c3
+    assert len(numbers["plots"]) == 7  # density, the panel, the top images of original, c1, c2, c3, the whole picture
     assert sum("panel" in p for p in numbers["plots"]) == 1 and sum("top-c3" in p for p in numbers["plots"]) == 1
+    assert set(numbers["top_classes"]["units"]) == {"original", "c1", "c2", "c3"}  # one histogram per unit
 
 
 def test_two_similar_classes_form_one_concept(cli, pair_store):

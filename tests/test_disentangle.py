@@ -209,7 +209,7 @@ def test_evaluate_writes_plots(cli, colour_store, tmp_path):
     result = cli("evaluate", run["run_id"], "--plots", tmp_path / "plots", "--store", colour_store)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == [f"run-{run['run_id']}-{kind}.png" for kind in ("density", "panel", "top-c1", "top-c2", "top-original")]
+    assert names == [f"run-{run['run_id']}-{kind}.png" for kind in ("density", "panel", "top-c1", "top-c2", "top-original", "whole")]
     assert all(p.stat().st_size > 10_000 for p in (tmp_path / "plots").iterdir())
 
 

@@ -33,6 +33,11 @@ def test_every_view_and_macro_runs(colour_store):
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",
         "run_activations": f"SELECT * FROM run_activations('{run_id}')",
         "evaluation_summary": f"SELECT * FROM evaluation_summary('{run_id}')",
+        "channel_activation": "SELECT channel_activation([1.0, 2], [3.0, 4], 0.5, 4) AS a",
+        "channel_top_images": "SELECT * FROM channel_top_images(0, 3)",
+        "run_unit_weights": f"SELECT * FROM run_unit_weights('{run_id}')",
+        "unit_top_images": f"SELECT * FROM unit_top_images('{run_id}', 3)",
+        "unit_class_histogram": f"SELECT * FROM unit_class_histogram('{run_id}', 3)",
         "weight_arv_cosine": "SELECT * FROM weight_arv_cosine([1.0, 1, 0], [0, 1, 2])",
         "screen_sweep": "SELECT * FROM screen_sweep([0.03], [0.75], [0.5])",
         "unit_verdicts": "SELECT * FROM unit_verdicts([[1], [2]], [[1], [2]], [NULL, NULL]::DOUBLE[], 0.5)",
@@ -51,6 +56,7 @@ def test_every_view_and_macro_runs(colour_store):
     assert store.query(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
     assert store.query(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
     assert store.query(calls["channel_attribution"]).to_pylist() == [{"a": 0.25}]  # channel 1 is the second
+    assert store.query(calls["channel_activation"]).to_pylist() == [{"a": 13.0}]  # 3 + 8 + 0.5 x 4 positions
     means = store.query("SELECT mean_attribution AS m FROM class_channel_means WHERE class_id = 1 AND channel = 2")
     direct = store.query("SELECT avg(channel_attribution(attribution, 2)) AS m FROM samples "
                          "WHERE split = 'train' AND target = 1")

@@ -3,7 +3,8 @@
 No server, no JavaScript, no file outside the folder: a researcher opens it in a
 browser or sends the folder to a colleague. It shows what the store holds, the
 screening table, the WordNet-vs-cosine figure and, per run, its numbers, the Fig. 1
-panel, the densities and the feature visualisations. Runs come in the order of the
+panel, the whole picture (each unit's top images over every class), the densities and the
+feature visualisations. Runs come in the order of the
 paper's table (its channels first, for its model and layer), then as `polysem runs`
 lists them.
 """
@@ -130,6 +131,31 @@ def _verification(report, names: dict[int, str]) -> list[str]:
 _VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
 
 
+def _whole_picture(whole, drawn: list[Path], out: Path) -> list[str]:
+    """Beside the panel (the concept classes only): each unit's top images over every class of the split, the
+    figure and per unit the classes of its top n that lie outside its concept."""
+    if whole is None or not drawn:
+        return []
+    rows = []
+    for unit in whole.units.values():
+        own = [h for h in unit.histogram if h["concept"] is not None and (unit.own is None or h["concept"] == unit.own)]
+        outside = [h for h in unit.histogram if h not in own]
+        rows.append({"unit": unit.label, "top images": len(unit.top),
+                     "from its concept": f"{sum(h['n_images'] for h in own)} ({sum(h['share'] for h in own):.0%})",
+                     "outside its concept": ", ".join(f"{h['name']} {h['n_images']}"
+                                                      + (f" (concept {h['concept']})" if h["concept"] else "")
+                                                      for h in outside) or "-"})
+    return [f"<h4>Whole picture: top images over every {_e(whole.split)} class</h4>",
+            _img(drawn[0], out, "top images over every class"),
+            _table(rows),
+            (f'<p class="note">The panel above ranks only the {_e(whole.split)} images of the run\'s concept classes; '
+            f"here each unit ranks all {_e(whole.n_images)} {_e(whole.split)} images (its top {_e(whole.n)}, or all "
+            "when fewer), with the class histogram of its top images (the original channel's concept: any of the "
+            "run's). Colours: the run's concepts; red: a class of no concept; hatched: a class of another concept "
+            "than the unit's. A unit whose top images come from outside its concept fires for more than its "
+            "concept.</p>")]
+
+
 def _run_section(report, names: dict[int, str], tau: float, images: Path, out: Path,
                  figure_format: str = "png") -> list[str]:
     run = report.run
@@ -158,6 +184,7 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
     else:
         parts.append(f'<p class="note">none yet: polysem visualize {_e(run["run_id"])}</p>')
     parts.append("<h4>Panel (paper Fig. 1)</h4>" + _img(figures["panel"][0], out, "panel"))
+    parts += _whole_picture(report.figures.whole, figures["whole"], out)
     parts.append("<h4>Activation densities</h4>" + _img(figures["density"][0], out, "densities"))
     parts.append("<details><summary>most activating images, whole</summary>"
                  + "".join(_img(p, out, "top images") for p in figures["top"]) + "</details></section>")

@@ -1,5 +1,6 @@
 """Figures, drawn from the data handed to them: the WordNet-over-cosine scatter (supplement Fig. 4),
-the activation densities, the Fig. 1 panel, the top images and the feature visualisations of a run.
+the activation densities, the Fig. 1 panel, the top images, the whole picture (each unit's top images over
+every class, with their class histogram) and the feature visualisations of a run.
 
 Figures are built with matplotlib's object API (`Figure`), never pyplot, so nothing
 here chooses a backend or keeps global state; `savefig` renders PNGs with Agg.
@@ -16,7 +17,7 @@ from matplotlib.patches import Rectangle
 
 from polysem.constants import GAMMA, TAU, P
 
-__all__ = ["FIGURE_FORMATS", "activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "wordnet_scatter"]
+__all__ = ["FIGURE_FORMATS", "activation_density", "panel", "run_figures", "save", "selection_caption", "top_images", "visualizations", "whole_picture", "wordnet_scatter"]
 
 
 def wordnet_scatter(points: list[tuple[float, float, int, int]], out: str | Path, tau: float = TAU, p: float = P,
@@ -187,6 +188,92 @@ def top_images(run: dict, images, facts: dict, out: Path) -> Path:
     return save(figure, out)
 
 
+# the run's concepts j = 1, 2, ... in these colours; a class of no concept in NO_CONCEPT, which stands out
+CONCEPT_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+NO_CONCEPT = "tab:red"
+MAX_BARS = 10  # classes drawn per histogram; the rest are one bar
+
+
+def _concept_colour(concept: int | None) -> str:
+    return NO_CONCEPT if concept is None else CONCEPT_COLOURS[(concept - 1) % len(CONCEPT_COLOURS)]
+
+
+def _own_share(unit, histogram: list[dict]) -> float:
+    """The share of a unit's top images from its own concept (any concept of the run for the original)."""
+    return sum(h["share"] for h in histogram
+               if h["concept"] is not None and (unit.own is None or h["concept"] == unit.own))
+
+
+def whole_picture(data, out: Path) -> Path:
+    """Each unit (original, c'1..c'k) of a run over every class of the split, one row per unit: its first
+    most activating images (class name under each, coloured by the run's concept of the class, red for a
+    class of no concept) and the class histogram of its top n, bars coloured the same way (hatched: a class
+    of another concept than the unit's). A unit whose top images come from outside its concept shows red
+    or hatched bars. `data` is a `polysem.method.figure_data.WholePicture`."""
+    from matplotlib.patches import Patch as LegendPatch
+
+    units = list(data.units.values())
+    shown = max([len(u.shown) for u in units] + [1])
+    rows = max(len(units), 1)
+    figure = Figure(figsize=(1.7 * shown + 5.5, 2.2 * rows + 1.2))
+    grid = figure.add_gridspec(rows, shown + 1, width_ratios=[1.0] * shown + [3.2])
+    for row, unit in enumerate(units):
+        for col in range(shown):
+            ax = figure.add_subplot(grid[row, col])
+            if col >= len(unit.shown):
+                ax.axis("off")
+                continue
+            image = unit.shown[col]
+            _show(ax, image.photo)
+            colour = _concept_colour(image.concept)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3)
+            ax.set_xlabel(f"{textwrap.shorten(image.class_name, 18, placeholder='...')}\nact {image.activation:.3g}",
+                          fontsize=7, color=colour)
+            if col == 0:
+                ax.set_ylabel("\n".join(textwrap.wrap(unit.label, 22)), fontsize=8)
+        bars = figure.add_subplot(grid[row, shown])
+        drawn = unit.histogram[:MAX_BARS]
+        rest = unit.histogram[MAX_BARS:]
+        labels = [textwrap.shorten(f"{h['class_id']} {h['name']}", 24, placeholder="...") for h in drawn]
+        counts = [h["n_images"] for h in drawn]
+        colours = [_concept_colour(h["concept"]) for h in drawn]
+        hatches = ["//" if unit.own is not None and h["concept"] is not None and h["concept"] != unit.own else ""
+                   for h in drawn]
+        if rest:
+            labels.append(f"{len(rest)} other classes")
+            counts.append(sum(h["n_images"] for h in rest))
+            colours.append("lightgray")
+            hatches.append("")
+        positions = list(range(len(counts)))
+        for y, count, colour, hatch in zip(positions, counts, colours, hatches, strict=True):
+            bars.barh(y, count, color=colour, hatch=hatch, edgecolor="black", linewidth=0.5)
+            bars.text(count, y, f" {count}", va="center", fontsize=7)
+        bars.set_yticks(positions, labels, fontsize=7)
+        bars.invert_yaxis()
+        bars.set_xlim(0, max(counts + [1]) * 1.2)
+        bars.tick_params(axis="x", labelsize=7)
+        n_top = len(unit.top)
+        whose = "the run's concepts" if unit.own is None else f"concept {unit.own}"
+        bars.set_title(f"classes of its top {n_top} of {data.n_images} {data.split} images: "
+                       f"{_own_share(unit, unit.histogram):.0%} from {whose}", fontsize=8)
+        bars.set_xlabel("images among its top", fontsize=7)
+    legend = [LegendPatch(facecolor=_concept_colour(j), edgecolor="black",
+                          label=f"concept {j}: {textwrap.shorten(' + '.join(names), 40, placeholder='...')}")
+              for j, names in data.concepts.items()]
+    legend.append(LegendPatch(facecolor=NO_CONCEPT, edgecolor="black", label="class of no concept of the run"))
+    legend.append(LegendPatch(facecolor="white", hatch="//", edgecolor="black",
+                              label="class of another concept than the unit's"))
+    figure.legend(handles=legend, loc="upper center", ncol=min(len(legend), 4), fontsize=7,
+                  bbox_to_anchor=(0.5, 1 - 0.45 / figure.get_figheight()))
+    figure.suptitle(f"run {data.run['run_id']}: channel {data.run['channel']} and its units over every class of "
+                    f"the {data.split} split (top {data.n} per unit, not only the concept classes); "
+                    f"{data.photo_note or 'photos as files'}", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.75 / figure.get_figheight()))
+    return save(figure, out)
+
+
 def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dict[str, str], out: Path) -> Path:
     """The recorded feature visualisations side by side, with their activations and selectivity."""
     units = [r for r in rows if r["unit"] in images]
@@ -206,7 +293,7 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
 
 def run_figures(data, tau: float, out_dir: Path, figure_format: str = "png") -> dict[str, list[Path]]:
     """Every figure of a run into out_dir from its `RunFigures`: densities, the Fig. 1 panel, the top
-    images and the visualisations, as png, svg or pdf."""
+    images, the whole picture (top images over every class) and the visualisations, as png, svg or pdf."""
     if figure_format not in FIGURE_FORMATS:
         raise ValueError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {figure_format!r}")
     out_dir = Path(out_dir)
@@ -217,6 +304,8 @@ def run_figures(data, tau: float, out_dir: Path, figure_format: str = "png") -> 
                                out_dir / f"run-{run_id}-panel.{figure_format}")],
                "top": [top_images(run, unit_images, data.facts, out_dir / f"run-{run_id}-top-{unit}.{figure_format}")
                        for unit, unit_images in data.units.items()]}
+    figures["whole"] = ([whole_picture(data.whole, out_dir / f"run-{run_id}-whole.{figure_format}")]
+                        if data.whole is not None else [])
     figures["visualizations"] = ([visualizations(run, data.vis_rows, data.vis_images, data.labels,
                                                  out_dir / f"run-{run_id}-visualizations.{figure_format}")]
                                  if data.vis_images else [])

@@ -15,14 +15,19 @@ from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
 from polysem.util.checks import check_real, check_text
 
-__all__ = ["evaluate", "evaluation_numbers", "record_evaluation"]
+__all__ = ["WHOLE_TOP", "evaluate", "evaluation_numbers", "record_evaluation", "top_class_histograms"]
+
+# the whole picture: each unit's WHOLE_TOP most activating val images over every class (`top_classes`)
+WHOLE_TOP = 100
 
 
 def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto") -> dict:
     """Per concept j (1..k): images (relative attribution >= tau), the mean fraction of the original
-    activation on each new channel (`fractions`, `frac1`..`frack`) and on r, and `bias_only`.
+    activation on each new channel (`fractions`, `frac1`..`frack`) and on r, and `bias_only`; and, under
+    `top_classes`, the class histogram of each unit's 100 most activating val images over every class
+    (`top_class_histograms`), which shows a unit that fires for classes outside its concept.
 
-    Returns {"concept1": {...}, ...} and records the numbers in `evaluations`.
+    Returns {"concept1": {...}, ..., "top_classes": {...}} and records the concepts' numbers in `evaluations`.
     """
     store = as_store(store)
     tau = check_arguments(run_id, tau, device)
@@ -61,6 +66,8 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
         result[f"concept{j}"] = {"n_images": row.get("n_images", 0), "fractions": fractions,
                                  **{f"frac{u}": fractions[u - 1] for u in range(1, k + 1)},
                                  "frac_residual": row.get("frac_residual"), "bias_only": row.get("bias_only")}
+    # beside the paper's numbers (concept classes only): which classes each unit fires for over the whole split
+    result["top_classes"] = top_class_histograms(store, run_id, WHOLE_TOP, EVAL_SPLIT)
     return result
 
 
@@ -73,3 +80,17 @@ def record_evaluation(store: Store, run_id: str, tau: float, result: dict) -> No
             for j in concepts]
     with store.transaction() as tx:
         record_evaluations(tx, run_id, rows)
+
+
+def top_class_histograms(store: Store, run_id: str, n: int = WHOLE_TOP, split: str = EVAL_SPLIT) -> dict:
+    """The class histogram of each unit's (original, c1..ck) `n` most activating images of `split` over every
+    class (`unit_class_histogram`; all of the split's images when it has fewer than n), as plain data:
+    {"split", "n", "n_images" (the split's), "units": {unit: [{class_id, name, concept, n_images, share}]}},
+    most frequent class first; concept is the run's concept of the class (1..k) or None."""
+    if n < 1:
+        raise RunError(f"`n` (the top images per unit) must be at least 1, got {n}")
+    units: dict[str, list[dict]] = {}
+    for row in store.run("top_classes_of_run", run_id=run_id, limit=n, split=split).to_pylist():
+        units.setdefault(row.pop("unit"), []).append(row)
+    n_images = store.run("split_images", split=split).column("n")[0].as_py()
+    return {"split": split, "n": n, "n_images": n_images, "units": units}

@@ -15,11 +15,13 @@ import torch
 
 from polysem.constants import EVAL_SPLIT
 from polysem.errors import PolysemError, RunError
+from polysem.method.evaluation import WHOLE_TOP, top_class_histograms
 from polysem.query.store import Store
 
-__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "class_names", "photo_as_input", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images"]
+__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "WHOLE_SHOWN", "WHOLE_TOP", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "WholeImage", "WholePicture", "WholeUnit", "class_names", "photo_as_input", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images", "whole_top_images"]
 
 TOP, SHOWN = 16, 6
+WHOLE_SHOWN = 6  # of each unit's WHOLE_TOP most activating val images over every class, drawn with their photos
 
 
 @dataclass
@@ -174,6 +176,87 @@ def _balanced(ranked: list[dict], shown: int) -> list[dict]:
     return [r for r in ranked if id(r) in chosen]
 
 
+@dataclass
+class WholeImage:
+    """One shown image of a unit's whole-split top: its class, the run's concept of the class (None: none)."""
+
+    image_id: int
+    class_id: int
+    class_name: str
+    concept: int | None
+    activation: float
+    photo: np.ndarray
+
+
+@dataclass
+class WholeUnit:
+    """A unit's top images over every class of the split: `top` (rank, image_id, class_id, name, concept,
+    activation; its n most activating), `histogram` (their classes, `top_class_histograms`) and `shown`
+    (the first few, with photos). own: the run's concept the unit stands for (None for the original
+    channel, which stands for all of them)."""
+
+    unit: str
+    label: str
+    own: int | None
+    top: list[dict]
+    histogram: list[dict]
+    shown: list[WholeImage] = field(default_factory=list)
+
+
+@dataclass
+class WholePicture:
+    """What `polysem.figures.plots.whole_picture` draws: per unit its top images over every class of the split."""
+
+    run: dict
+    split: str
+    n: int  # the top n asked for
+    n_images: int  # images of the split
+    concepts: dict[int, list[str]]  # concept j -> its class names
+    units: dict[str, WholeUnit]
+    photo_note: str = ""
+
+
+def whole_top_images(store: Store, run: dict, data_dir=None, n: int = WHOLE_TOP, shown: int = WHOLE_SHOWN,
+                     split: str = EVAL_SPLIT) -> WholePicture:
+    """For the original channel and c'1..c'k: the `n` most activating images of `split` over every class (not
+    only the run's concept classes), their class histogram, and the photos of the first `shown`.
+
+    The activations are SQL (`unit_top_images`: the units' weight rows against the stored input sums);
+    only the photos of the shown images are read, no model runs.
+    """
+    from polysem.ingest.models import stored_transform
+    from polysem.method.features import remap_paths
+    from polysem.util.images import ImageRecord, ImageRecords
+
+    names = class_names(store)
+    labels = unit_labels(run, names)
+    histograms = top_class_histograms(store, run["run_id"], n, split)
+    tops: dict[str, list[dict]] = {}
+    for row in store.run("top_images_of_run", run_id=run["run_id"], limit=n, split=split).to_pylist():
+        tops.setdefault(row.pop("unit"), []).append(row)
+    units = {u: WholeUnit(u, labels[u], None if u == "original" else int(u[1:]), top, histograms["units"].get(u, []))
+             for u, top in tops.items()}
+    picture = WholePicture(run, split, n, histograms["n_images"],
+                           {j: [names[c] for c in concept] for j, concept in enumerate(run["concepts"], start=1)},
+                           units)
+    wanted = {r["image_id"]: r for unit in units.values() for r in unit.top[:shown]}
+    if not wanted:
+        return picture
+    rows = remap_paths(store, sorted(wanted.values(), key=lambda r: r["image_id"]), split, data_dir)
+    transform = stored_transform(store, store.meta()).fn
+    records = ImageRecords([ImageRecord(r["image_id"], r["path"], r["class_id"]) for r in rows], transform)
+    photos = {}
+    for i, row in enumerate(rows):
+        _, tensor, error = records[i]
+        if error is not None:
+            raise RunError(f"cannot read {row['path']}: {error}")
+        photos[row["image_id"]], picture.photo_note = photo_as_input(row["path"], transform, *tensor.shape[-2:])
+    for unit in units.values():
+        unit.shown = [WholeImage(r["image_id"], r["class_id"], r["name"], r["concept"], float(r["activation"]),
+                                 photos[r["image_id"]]) for r in unit.top[:shown]]
+    return picture
+
+
 def visualisation_images(store: Store, rows: list[dict]) -> dict[str, np.ndarray]:
     """{unit: pixels} of recorded visualisation rows (`visualize.latest_visualizations`)."""
     from PIL import Image
@@ -200,6 +283,7 @@ class RunFigures:
     vis_rows: list[dict]
     vis_images: dict[str, np.ndarray]
     layer: str
+    whole: WholePicture | None = None  # every unit's top images over all classes of the split
 
 
 def run_figure_data(store: Store, run: dict, activations: list[dict], data_dir=None,
@@ -211,7 +295,8 @@ def run_figure_data(store: Store, run: dict, activations: list[dict], data_dir=N
     units, facts = top_images(store, run, activations, data_dir, device)
     vis_rows = latest_visualizations(store, run["run_id"])
     return RunFigures(run, names, unit_labels(run, names), activations, units, facts, vis_rows,
-                      visualisation_images(store, vis_rows), store.meta()["layer"])
+                      visualisation_images(store, vis_rows), store.meta()["layer"],
+                      whole_top_images(store, run, data_dir))
 
 
 @dataclass
