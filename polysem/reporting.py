@@ -61,9 +61,13 @@ def _publish(staging: Path, target: Path) -> Path:
 
 def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
              plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-             device: str = "auto", figure_format: str = "png") -> dict:
+             device: str = "auto", figure_format: str = "png", selection: str = "ineq2",
+             progress: bool = True) -> dict:
     """`polysem.method.evaluation.evaluate`, with the run's figures written into `plots_dir` when given.
 
+    selection: `ineq2` (the paper's Ineq. 2, default) or `authors` (the authors' get_results.py: clamped
+    per position; runs the original model over the evaluated images once, then cached). The densities
+    are drawn over the images the selection chose.
     The figures are drawn into a staging folder before the numbers are recorded and placed only
     after, so a failure leaves the store and the plot folder as they were.
     """
@@ -73,19 +77,24 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     check_path("data_dir", data_dir, none=True)
     check_text("figure_format", figure_format)
     if plots_dir is None:
-        return evaluation.evaluate(store, run_id, tau=tau, device=device)
+        return evaluation.evaluate(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
+                                   progress=progress)
     if figure_format not in plots.FIGURE_FORMATS:
         raise PolysemError(f"`figure_format` must be one of {', '.join(plots.FIGURE_FORMATS)}, got {figure_format!r}")
+    evaluation.check_selection(selection)
     store.require()
     folder = store.check_outside(plots_dir, folder=True, name="plots_dir")
     assert folder is not None  # None only for standard output, which a folder never is
-    result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device)
+    result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device, selection=selection,
+                                           data_dir=data_dir, progress=progress)
     plots_dir = folder
     plots_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
     try:
         run = run_row(store, run_id)
-        activations = store.run("activations_of_run", run_id=run_id, split=EVAL_SPLIT).to_pylist()
+        params = evaluation.selection_params(store, run, selection, data_dir=data_dir, device=device,
+                                             progress=progress)  # cached by evaluation_numbers
+        activations = store.run("selected_activations_of_run", run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()
         figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging,
                                     figure_format)
         evaluation.record_evaluation(store, run_id, tau, result)

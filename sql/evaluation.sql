@@ -62,11 +62,31 @@ SELECT image_id, path, target, concept, relative_attribution,
        bias_term
 FROM images;
 
+-- name: clamped_relative_attributions
+-- The authors' relative attribution (their get_results.py) per image, from sums polysem computes with a model pass (polysem/method/evaluation.py): image_id and relative_attribution(channel_sum, total), where channel_sum = sum over positions of max(a_hw, 0) for the run's channel and total = the same summed over every channel of layer l (a_hw: gradient x activation at position hw). Ineq. 2 clamps the spatial sums instead: the two differ where a channel's positions have mixed signs.
+CREATE OR REPLACE MACRO clamped_relative_attributions(image_ids, channel_sums, totals) AS TABLE
+SELECT image_ids[i] AS image_id, relative_attribution(channel_sums[i], totals[i]) AS relative_attribution
+FROM range(1, len(image_ids) + 1) t(i);
+
+-- name: selected_activations
+-- run_activations with relative_attribution by the evaluation's selection: 'ineq2' (the paper's Ineq. 2 on the stored spatial sums, the default, as screening uses) or 'authors' (clamped per position before the spatial sum: clamped_relative_attributions of the given per-image sums; an image not given has none).
+CREATE OR REPLACE MACRO selected_activations(run, split_name := 'val', selection := 'ineq2', image_ids := [],
+                                             channel_sums := [], totals := []) AS TABLE
+SELECT a.* REPLACE (CASE selection WHEN 'ineq2' THEN a.relative_attribution
+                                   WHEN 'authors' THEN g.relative_attribution
+                                   ELSE error('unknown selection ' || selection || '; use ineq2 or authors')
+                    END AS relative_attribution)
+FROM run_activations(run, split_name := split_name) a
+LEFT JOIN clamped_relative_attributions(image_ids, channel_sums, totals) g USING (image_id);
+
 -- name: evaluation_summary
--- docs/method.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau, n_images, the mean fraction of the original activation on each of c'_1..c'_k (`fractions`; frac1, frac2 are the first two) and on r, and bias_only (the original channel carries only its bias on every such image).
-CREATE OR REPLACE MACRO evaluation_summary(run, tau := 0.03, split_name := 'val') AS TABLE
+-- docs/method.md section 7 per concept of a run: over its images whose original channel has relative attribution >= tau (by `selection`, see selected_activations: Ineq. 2 by default), n_images, the mean fraction of the original activation on each of c'_1..c'_k (`fractions`; frac1, frac2 are the first two) and on r, and bias_only (the original channel carries only its bias on every such image).
+CREATE OR REPLACE MACRO evaluation_summary(run, tau := 0.03, split_name := 'val', selection := 'ineq2', image_ids := [],
+                                           channel_sums := [], totals := []) AS TABLE
 WITH selected AS (
-    SELECT * FROM run_activations(run, split_name := split_name) WHERE relative_attribution >= tau
+    SELECT * FROM selected_activations(run, split_name := split_name, selection := selection, image_ids := image_ids,
+                                       channel_sums := channel_sums, totals := totals)
+    WHERE relative_attribution >= tau
 ),
 per_unit AS (
     SELECT concept, generate_subscripts(activations, 1) AS unit, unnest(activations) / activation AS fraction
@@ -122,7 +142,7 @@ FROM verifications v JOIN runs r USING (run_id),
      unit_verdicts(r.concepts, v.relevant_classes, v.min_cosines, v.gamma) u;
 
 -- name: run_summary
--- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels), and resolved: every new unit serves its concept and is monosemantic (verification_verdicts; NULL until `polysem verify` ran).
+-- One row per run with its evaluation: the paper's quantitative table (per concept j: its images and the fraction of their activation on c'_j and on the other new channels), the selection of its recorded evaluation ('ineq2' or 'authors'), and resolved: every new unit serves its concept and is monosemantic (verification_verdicts; NULL until `polysem verify` ran).
 CREATE OR REPLACE VIEW run_summary AS
 SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
        list_transform(r.sources, lambda s: len(s)) AS n_sources, len(r.shared) AS n_shared, r.max_logit_diff,
@@ -130,6 +150,7 @@ SELECT r.run_id, r.created_at, r.channel, r.concepts, r.rho, r.objective,
        list(e.n_images ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS n_images,
        list(e.fractions ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS fractions,
        list(e.bias_only ORDER BY e.concept) FILTER (e.concept IS NOT NULL) AS bias_only,
+       any_value(e.selection) AS selection,
        (SELECT bool_and(u.serves AND u.monosemantic) FROM verification_verdicts u WHERE u.run_id = r.run_id)
            AS resolved
 FROM runs r

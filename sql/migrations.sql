@@ -9,3 +9,9 @@
 ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS act_concepts DOUBLE[];
 INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '3'::JSON);
 DELETE FROM store_meta WHERE key = 'format';
+
+-- name: migrate_4
+-- Format 4: `evaluations.selection`, how an evaluation chose its images; every evaluation before it used Ineq. 2.
+ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS selection VARCHAR DEFAULT 'ineq2';
+UPDATE evaluations SET selection = 'ineq2' WHERE selection IS NULL;
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '4'::JSON);

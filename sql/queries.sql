@@ -99,8 +99,14 @@ SELECT concepts FROM runs WHERE run_id = $run_id;
 SELECT * FROM run_activations($run_id, split_name := $split);
 
 -- name: evaluation_of_run
--- The evaluation_summary macro for one run at $tau on $split: per concept, images and fractions.
-SELECT * FROM evaluation_summary($run_id, tau := $tau, split_name := $split);
+-- The evaluation_summary macro for one run at $tau on $split by $selection ('ineq2', or 'authors' with the per-image clamped sums $image_ids, $channel_sums, $totals): per concept, images and fractions.
+SELECT * FROM evaluation_summary($run_id, tau := $tau, split_name := $split, selection := $selection,
+                                 image_ids := $image_ids, channel_sums := $channel_sums, totals := $totals);
+
+-- name: selected_activations_of_run
+-- selected_activations for one run on $split: run_activations with relative_attribution by $selection.
+SELECT * FROM selected_activations($run_id, split_name := $split, selection := $selection, image_ids := $image_ids,
+                                   channel_sums := $channel_sums, totals := $totals);
 
 -- name: top_images_of_run
 -- The unit_top_images macro for one run: each unit's $limit most activating images of $split over every class.
@@ -178,8 +184,9 @@ SELECT * FROM verification_verdicts WHERE run_id = $run_id ORDER BY concept;
 SELECT tau, p, gamma, n_images, verified_at FROM verifications WHERE run_id = $run_id;
 
 -- name: evaluation_tau_of_run
--- The tau of a run's recorded evaluation (none before `polysem evaluate`).
-SELECT any_value(tau) AS tau FROM evaluations WHERE run_id = $run_id HAVING count(*) > 0;
+-- The tau and selection of a run's recorded evaluation (none before `polysem evaluate`).
+SELECT any_value(tau) AS tau, any_value(selection) AS selection FROM evaluations WHERE run_id = $run_id
+HAVING count(*) > 0;
 
 -- name: sweep
 -- screen_sweep over a grid of settings (one scan of the attributions).

@@ -31,8 +31,8 @@ DELETE FROM evaluations WHERE run_id = $run_id;
 
 -- name: insert_evaluation
 -- One concept's evaluation of a run.
-INSERT INTO evaluations (run_id, concept, tau, n_images, fractions, frac_residual, bias_only, evaluated_at)
-VALUES ($run_id, $concept, $tau, $n_images, $fractions, $frac_residual, $bias_only, $evaluated_at);
+INSERT INTO evaluations (run_id, concept, tau, n_images, fractions, frac_residual, bias_only, evaluated_at, selection)
+VALUES ($run_id, $concept, $tau, $n_images, $fractions, $frac_residual, $bias_only, $evaluated_at, $selection);
 
 -- name: delete_verification
 -- Remove a run's verification (before recording a new one).

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS rho_scores (
 );
 
 -- name: evaluations
--- Quantitative evaluation (docs/method.md section 7) per run and concept on the val split: fractions of the original activation on c'_1..c'_k (a list) and on r, and bias_only when the original channel carries only its bias on every evaluated image of the concept.
+-- Quantitative evaluation (docs/method.md section 7) per run and concept on the val split: fractions of the original activation on c'_1..c'_k (a list) and on r, and bias_only when the original channel carries only its bias on every evaluated image of the concept; selection: how the evaluated images were chosen ('ineq2': the paper's Ineq. 2, 'authors': the authors' get_results.py, clamped per position).
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id        VARCHAR NOT NULL,
     concept       INTEGER NOT NULL,
@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     frac_residual DOUBLE,
     bias_only     BOOLEAN,
     evaluated_at  TIMESTAMP NOT NULL,
+    selection     VARCHAR NOT NULL DEFAULT 'ineq2',
     PRIMARY KEY (run_id, concept)
 );
 

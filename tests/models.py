@@ -1,6 +1,7 @@
 """Small models and transforms the tests import by `tests.models:NAME`, like a user's own."""
 
 import time
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -205,3 +206,41 @@ def yellow_net() -> nn.Module:
     reads channel 0 alone. Split into {green, yellow} / {red}, c'2 (the R input) stays relevant for yellow,
     a class of the other concept: the split does not resolve the channel."""
     return _DetectorNet([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]], [[2.0, 0, -3], [1, 0, 1], [1, 0, 0]])
+
+
+class MixedSignNet(nn.Module):
+    """A known answer for the two evaluation selections: classes blue, green, red (folder order) of 2 x 2 images.
+
+    stem (1x1, 3 -> 3, ReLU): the R, G and B detectors (l-1 channels 0, 1, 2); `probe` (1x1, no bias) the layer of
+    interest: channel 0 = R + G (polysemantic: red through R, green through G), 1 = B, 2 = R. The head reads every
+    position with its own weight (flatten, then a linear map without bias), so a channel's attribution can be
+    positive at one position and negative at another:
+      blue  = sum B
+      green = ch0 at positions (0, 0), (0, 1), (1, 0) minus ch0 at (1, 1), + sum B
+      red   = minus ch0 at (0, 0), + ch0 at the other three, + sum B
+    Ineq. 2 nets channel 0's positions out before it clamps; the authors' get_results.py clamps each position
+    first, so an image with much of its R + G at the negative position is relevant only under the latter.
+    """
+
+    SIGNS: ClassVar[dict[str, tuple[float, ...]]] = {"green": (1.0, 1, 1, -1), "red": (-1.0, 1, 1, 1)}
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.ReLU())
+        self.probe = nn.Conv2d(3, 3, 1, bias=False)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(12, 3, bias=False))
+        with torch.no_grad():
+            self.stem[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.probe.weight.copy_(torch.tensor([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]]).view(3, 3, 1, 1))
+            head = torch.zeros(3, 3, 4)  # logit x channel x position (flattened C x H x W)
+            head[:, 1] = 1  # every logit reads B everywhere
+            head[1, 0] = torch.tensor(self.SIGNS["green"])
+            head[2, 0] = torch.tensor(self.SIGNS["red"])
+            self.head[1].weight.copy_(head.flatten(1))
+
+    def forward(self, x):
+        return self.head(self.probe(self.stem(x)))
+
+
+def mixed_sign_net() -> nn.Module:
+    return MixedSignNet()

@@ -38,6 +38,8 @@ def test_every_view_and_macro_runs(colour_store):
         "run_unit_weights": f"SELECT * FROM run_unit_weights('{run_id}')",
         "unit_top_images": f"SELECT * FROM unit_top_images('{run_id}', 3)",
         "unit_class_histogram": f"SELECT * FROM unit_class_histogram('{run_id}', 3)",
+        "clamped_relative_attributions": "SELECT * FROM clamped_relative_attributions([7], [1.0], [4.0])",
+        "selected_activations": f"SELECT * FROM selected_activations('{run_id}')",
         "weight_arv_cosine": "SELECT * FROM weight_arv_cosine([1.0, 1, 0], [0, 1, 2])",
         "screen_sweep": "SELECT * FROM screen_sweep([0.03], [0.75], [0.5])",
         "unit_verdicts": "SELECT * FROM unit_verdicts([[1], [2]], [[1], [2]], [NULL, NULL]::DOUBLE[], 0.5)",

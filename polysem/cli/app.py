@@ -121,6 +121,7 @@ FLAGS = {
     "rows_per_part": "--rows-per-part",
     "run_id": "RUN_ID",
     "seed": "--seed",
+    "selection": "--selection",
     "size": "--size",
     "split": "--split",
     "steps": "--steps",

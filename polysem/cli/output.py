@@ -146,9 +146,10 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
     for r in result.to_pylist():
         own = "/".join(_number(row[j]) for j, row in enumerate(r["fractions"] or []))
         resolved = {True: "yes", False: "no"}.get(r.get("resolved"), "")
-        rows.append([r["run_id"], str(r["channel"]), _concepts(r["concepts"], names), _number(r["rho"]), own, resolved])
+        rows.append([r["run_id"], str(r["channel"]), _concepts(r["concepts"], names), _number(r["rho"]), own,
+                     r.get("selection") or "", resolved])
     headers = [("run", "id"), ("channel", "id"), ("concepts", "name"), ("rho", "number"), ("c_j -> c'_j", "number"),
-               ("resolved", "number")]
+               ("selection", "id"), ("resolved", "number")]
     _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
                    result.num_rows)
     if fractions_outside(row for r in result.to_pylist() for row in (r["fractions"] or [])):

@@ -145,6 +145,13 @@ def _print_runs(runs: list, fmt: str, store_path: Path) -> None:
             typer.echo(f"Warning: {message}", err=True)
 
 
+class Selection(str, Enum):
+    """How `evaluate` selects its val images (a closed set: the help lists them, the parser refuses others)."""
+
+    ineq2 = "ineq2"
+    authors = "authors"
+
+
 @command()
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
@@ -153,6 +160,7 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the plots).")] = "auto",
     figure_format: Annotated[str, typer.Option(help="png, svg or pdf for the --plots.")] = "png",
+    selection: Annotated[Selection, typer.Option(help="Which val images are evaluated: ineq2 (the paper's Ineq. 2, as screening) or authors (the authors' get_results.py: attribution clamped per position; one model pass over the images, then cached).")] = Selection.ineq2,
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
@@ -162,14 +170,15 @@ def evaluate(
     from polysem.reporting import evaluate as run_evaluate
 
     result = run_evaluate(_store(store, trust_code), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
-                          figure_format=figure_format)
+                          figure_format=figure_format, selection=selection.value, progress=fmt == "table")
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
     target = _store(store)
     concepts = target.run("run_concepts", run_id=run_id).column("concepts")[0].as_py()
     render_evaluation(result, concepts, _class_names(target),
-                      f"run {run_id}: fraction of the original activation (val, tau={tau})")
+                      f"run {run_id}: fraction of the original activation (val, tau={tau}, selection "
+                      f"{selection.value})")
     for path in result.get("plots", []):
         typer.echo(f"plot -> {path}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.figures import plots
-from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED
+from polysem.util.readings import FRACTIONS_NOTE, SELECTION_TEXT, UNBOUNDED
 from polysem.util.text import escape_controls
 
 __all__ = ["write_page"]
@@ -167,9 +167,11 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
                      "for the panel and densities.</p></section>")
         return parts
     run_tau = report.tau if report.tau is not None else tau  # each run drawn at the tau it was evaluated with
+    chosen = SELECTION_TEXT.get(report.selection, report.selection)
     parts.append(f'<p class="note">densities and fractions at tau {_e(run_tau)}'
                  + (" (the run's recorded evaluation)" if report.tau is not None else
-                    f" (not evaluated yet: polysem evaluate {_e(run['run_id'])})") + "</p>")
+                    f" (not evaluated yet: polysem evaluate {_e(run['run_id'])})")
+                 + f", images selected by {_e(chosen)}</p>")
     figures = plots.run_figures(report.figures, run_tau, images, figure_format)
     vis = [{c: row[c] for c in _VIS_COLUMNS} for row in report.figures.vis_rows] if figures["visualizations"] else []
     parts.append("<h4>Feature visualisations</h4>")

@@ -305,6 +305,7 @@ class RunReport:
     figures: RunFigures | None  # None when the store has no val images of the run's classes
     verification: dict | None = None  # tau, p, gamma, n_images of the recorded `polysem verify`
     tau: float | None = None  # the tau of the run's recorded evaluation (None: not evaluated)
+    selection: str = "ineq2"  # how the recorded evaluation selected its images (ineq2 or authors)
     verdicts: list[dict] = field(default_factory=list)  # per new unit (verification_verdicts)
 
 
@@ -324,6 +325,7 @@ class ReportData:
 
 def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData:
     """Everything the report page shows; a screening or WordNet step that cannot run leaves its reason."""
+    from polysem.method.evaluation import selection_params
     from polysem.method.runs import run_row
     from polysem.method.wordnet import similarity_points
     from polysem.query.screening import polysemantic_pairs
@@ -342,13 +344,16 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
     runs = []
     for row in run_order(store.run("run_summaries").to_pylist(), meta):
         run = {**run_row(store, row["run_id"]), "summary": row}
-        activations = store.run("activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT).to_pylist()
         settings = store.run("verification_of_run", run_id=run["run_id"]).to_pylist()
         evaluated = store.run("evaluation_tau_of_run", run_id=run["run_id"]).to_pylist()
+        selection = evaluated[0]["selection"] if evaluated else "ineq2"
+        params = selection_params(store, run, selection, data_dir=data_dir, device=device, progress=False)
+        activations = store.run("selected_activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT,
+                                **params).to_pylist()  # densities over the images the evaluation selected
         runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None,
                               verification=settings[0] if settings else None,
                               verdicts=store.run("run_verdicts", run_id=run["run_id"]).to_pylist(),
-                              tau=evaluated[0]["tau"] if evaluated else None))
+                              tau=evaluated[0]["tau"] if evaluated else None, selection=selection))
     return ReportData(info, store.run("class_list").select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 

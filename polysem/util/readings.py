@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["FRACTIONS_NOTE", "UNBOUNDED", "fractions_outside", "selectivity_reading"]
+__all__ = ["FRACTIONS_NOTE", "SELECTION_TEXT", "UNBOUNDED", "fractions_outside", "selectivity_reading"]
 
 # the evaluation's fractions are legal outside [0, 1]: the merge is c = sum_j c'_j - (k - 1) r
 FRACTIONS_NOTE = ("fractions outside [0, 1] are legal: the original channel is c'1 + ... + c'k - (k - 1) r, so a "
                   "new unit can carry more than the whole activation (> 1) or work against it (< 0)")
+# how an evaluation selected its val images (evaluations.selection; docs/method.md section 7)
+SELECTION_TEXT = {
+    "ineq2": "Ineq. 2 (the paper's: spatial sums clamped, as screening)",
+    "authors": "the authors' get_results.py (attribution clamped per position before the spatial sum)",
+}
 UNBOUNDED = "unbounded: the other new units' activation on this image is <= 0"
 
 
