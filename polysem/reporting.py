@@ -15,7 +15,7 @@ from polysem.method import evaluation
 from polysem.method.figure_data import report_data, run_figure_data
 from polysem.method.runs import run_row
 from polysem.query.store import Store, as_store
-from polysem.util.checks import check_path, check_real, check_text
+from polysem.util.checks import check_bool, check_path, check_real, check_text
 
 __all__ = ["REPORT_FORMATS", "evaluate", "write_report"]
 
@@ -76,6 +76,9 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     check_path("plots_dir", plots_dir, none=True)
     check_path("data_dir", data_dir, none=True)
     check_text("figure_format", figure_format)
+    check_text("selection", selection)
+    evaluation.check_selection(selection)
+    check_bool("progress", progress)
     if plots_dir is None:
         return evaluation.evaluate(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
                                    progress=progress)

@@ -192,6 +192,8 @@ CASES = [
     ("evaluate", {"data_dir": 5}, "data_dir", WRONG, "a path"),
     ("evaluate", {"device": 5}, "device", WRONG, "text (str)"),
     ("evaluate", {"figure_format": None}, "figure_format", WRONG, "text (str)"),
+    ("evaluate", {"selection": 1}, "selection", WRONG, "text (str)"),
+    ("evaluate", {"progress": "yes"}, "progress", WRONG, "True or False (bool)"),
     ("verify", {"store": 5}, "store", WRONG, "a path"),
     ("verify", {"run_id": None}, "run_id", WRONG, "text (str), got None"),
     ("verify", {"tau": None}, "tau", WRONG, "a number"),
