@@ -9,3 +9,10 @@
 ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS act_concepts DOUBLE[];
 INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '3'::JSON);
 DELETE FROM store_meta WHERE key = 'format';
+
+-- name: migrate_4
+-- Format 4: `visualizations.failure` (why a unit's visualisation failed: it never activated), and `image` may be
+-- NULL (a failed unit has no picture).
+ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS failure VARCHAR;
+ALTER TABLE visualizations ALTER COLUMN image DROP NOT NULL;
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '4'::JSON);

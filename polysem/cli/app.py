@@ -114,6 +114,7 @@ FLAGS = {
     "rows_per_part": "--rows-per-part",
     "run_id": "RUN_ID",
     "seed": "--seed",
+    "seeds": "--seeds",
     "size": "--size",
     "split": "--split",
     "steps": "--steps",
