@@ -269,9 +269,10 @@ def test_a_unit_that_never_activates_is_reported_failed_and_not_drawn(cli, dark_
             "--store", store)
     result = cli(*args)
     assert result.exit_code == 0, result.output
-    failed = [line for line in result.stdout.splitlines() if line.startswith("failed: ")]
+    assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
+    failed = " ".join(result.stdout.split("failed (below)")[1].split()).split("failed: ")[1:]  # an entry per unit
     assert len(failed) == 1 and "original never activated" in failed[0] and "--seeds" in failed[0], result.stdout
-    assert "`" not in failed[0] and "failed (below)" in result.stdout
+    assert "`" not in failed[0]
     row = Store(store).query("SELECT * FROM visualizations WHERE channel = 3").to_pylist()
     assert len(row) == 1 and row[0]["image"] is None and "never activated" in row[0]["failure"]
     assert not (Path(store) / "artifacts" / "visualizations" / "channel-3").exists() or not any(

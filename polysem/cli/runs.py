@@ -265,8 +265,10 @@ def visualize(
     render_visualization(per_seed, f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, "
                                    f"{first['size']} px, seed{'s' if len(per_seed) > 1 else ''} {shown}, "
                                    f"{sum(next(iter(r.values()))['seconds'] for r in per_seed):.1f} s on {first['device']}")
-    for line in (v["reason"] for r in per_seed for v in r.values() if v["failed"]):
-        print(f"failed: {as_flags(line)}")
+    import textwrap
+
+    for reason in (v["reason"] for r in per_seed for v in r.values() if v["failed"]):  # an entry per unit, 100 columns
+        print(textwrap.fill(f"failed: {as_flags(reason)}", 100, subsequent_indent="  "))
 
 
 @command()
