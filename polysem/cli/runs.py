@@ -267,8 +267,9 @@ def visualize(
                                    f"{sum(next(iter(r.values()))['seconds'] for r in per_seed):.1f} s on {first['device']}")
     import textwrap
 
-    for reason in (v["reason"] for r in per_seed for v in r.values() if v["failed"]):  # an entry per unit, 100 columns
-        print(textwrap.fill(f"failed: {as_flags(reason)}", 100, subsequent_indent="  "))
+    for v in (v for r in per_seed for v in r.values() if v["failed"]):  # an entry per unit and seed, 100 columns
+        seed_text = f"(seed {v['seed']}) " if len(per_seed) > 1 else ""
+        print(textwrap.fill(f"failed: {seed_text}{as_flags(v['reason'])}", 100, subsequent_indent="  "))
 
 
 @command()
