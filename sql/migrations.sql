@@ -15,3 +15,10 @@ DELETE FROM store_meta WHERE key = 'format';
 ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS selection VARCHAR DEFAULT 'ineq2';
 UPDATE evaluations SET selection = 'ineq2' WHERE selection IS NULL;
 INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '4'::JSON);
+
+-- name: migrate_5
+-- Format 5: `visualizations.failure` (why a unit's visualisation failed: it never activated), and `image` may be
+-- NULL (a failed unit has no picture).
+ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS failure VARCHAR;
+ALTER TABLE visualizations ALTER COLUMN image DROP NOT NULL;
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '5'::JSON);

@@ -117,11 +117,12 @@ SELECT * FROM unit_top_images($run_id, $limit, split_name := $split);
 SELECT * FROM unit_class_histogram($run_id, $limit, split_name := $split);
 
 -- name: latest_visualizations
--- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model): one row per unit.
+-- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model): one row per unit and
+-- seed (a call with several seeds records them at one created_at).
 SELECT * FROM visualizations
 WHERE run_id IS NOT DISTINCT FROM $run_id AND ($channel IS NULL OR channel = $channel)
 QUALIFY created_at = max(created_at) OVER ()
-ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit), unit;
+ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit), unit, seed;
 
 -- name: screen_pairs
 -- polysemantic_pairs at the given settings, lowest cosine first, at most $limit rows.

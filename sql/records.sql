@@ -58,11 +58,11 @@ WHERE run_id IS NOT DISTINCT FROM $run_id AND channel = $channel AND method = $m
   AND size = $size AND seed = $seed;
 
 -- name: insert_visualization
--- One unit's visualisation.
+-- One unit's visualisation at one seed (image NULL and failure its reason when it failed).
 INSERT INTO visualizations (run_id, channel, unit, method, steps, size, seed, device, image, act_original, act_c1,
-                            act_c2, act_r, selectivity, seconds, created_at, act_concepts)
+                            act_c2, act_r, selectivity, seconds, created_at, act_concepts, failure)
 VALUES ($run_id, $channel, $unit, $method, $steps, $size, $seed, $device, $image, $act_original, $act_c1,
-        $act_c2, $act_r, $selectivity, $seconds, $created_at, $act_concepts);
+        $act_c2, $act_r, $selectivity, $seconds, $created_at, $act_concepts, $failure);
 
 -- name: delete_channel_concepts
 -- Remove the concepts recorded at one parameter set.

@@ -45,7 +45,7 @@ GROUP BY split
 ORDER BY split;
 
 -- name: visualizations
--- Feature visualisations (`polysem visualize`), one row per optimised image: run_id (NULL for a channel of the stored model), channel, unit (original, c1, c2, r), method, steps, size, seed, device, image (PNG path in the store), the spatially summed activations of the original channel, c'1, c'2 and r on it (NULL without a run), selectivity (c_j: act(c'_j) over the largest act of the other new channels), seconds of optimisation, created_at, act_concepts (the activations of c'_1..c'_k: all of them when k > 2).
+-- Feature visualisations (`polysem visualize`), one row per optimised image: run_id (NULL for a channel of the stored model), channel, unit (original, c1, c2, r), method, steps, size, seed, device, image (PNG path in the store; NULL when the unit's visualisation failed), the spatially summed activations of the original channel, c'1, c'2 and r on it (NULL without a run), selectivity (c_j: act(c'_j) over the largest act of the other new channels), seconds of optimisation, created_at, act_concepts (the activations of c'_1..c'_k: all of them when k > 2), failure (NULL, or why this unit has no picture: it never activated).
 CREATE TABLE IF NOT EXISTS visualizations (
     run_id       VARCHAR,
     channel      INTEGER NOT NULL,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS visualizations (
     size         INTEGER NOT NULL,
     seed         BIGINT NOT NULL,
     device       VARCHAR NOT NULL,
-    image        VARCHAR NOT NULL,
+    image        VARCHAR,
     act_original DOUBLE NOT NULL,
     act_c1       DOUBLE,
     act_c2       DOUBLE,
@@ -63,5 +63,6 @@ CREATE TABLE IF NOT EXISTS visualizations (
     selectivity  DOUBLE,
     seconds      DOUBLE NOT NULL,
     created_at   TIMESTAMP NOT NULL,
-    act_concepts DOUBLE[]
+    act_concepts DOUBLE[],
+    failure      VARCHAR
 );

@@ -230,6 +230,7 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
     "tri-colour": _ingested("colour-images-quiet", "tri_colour_net"),
     "pair-colour": _ingested("pair-colour-images-quiet", "pair_colour_net"),
     "opponent-colour-run": _ingested("colour-images", "opponent_colour_net", then=_opponent_run),
+    "dark-opponent-run": _ingested("colour-images", "dark_opponent_net", ("train",), then=_opponent_run),
     # TinyNet through the CLI
     "tiny": _cli_ingested("tiny-images-abc", ["--split", "train", *TINY], ["--split", "val", *TINY]),
     "tiny-train-8": _cli_ingested("tiny-images-abc-8", [*TINY, "--batch-size", 5]),

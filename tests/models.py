@@ -242,5 +242,33 @@ class MixedSignNet(nn.Module):
         return self.head(self.probe(self.stem(x)))
 
 
+class DarkOpponentNet(nn.Module):
+    """OpponentColourNet whose colour-opponent detectors are off on grey: relu(1.5 x - (R + G + B) / 2 - 1/4),
+    so an optimisation that starts from a grey image starts dead (every detector 0, a zero gradient), and
+    a fourth probe channel, -(R + G + B) of the detectors, that never activates on any image.
+
+    probe channel 0 = R + G (polysemantic: green and red), 1 = B, 2 = R, 3 = -(R + G + B) (never above 0);
+    logits blue = ch1, green = 2 ch0 - 3 ch2, red = ch0 + ch2, as in ColourNet.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+        self.probe = nn.Conv2d(3, 4, 1, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3, bias=False))
+        with torch.no_grad():
+            self.stem[0].weight.copy_((1.5 * torch.eye(3) - 0.5).view(3, 3, 1, 1))
+            self.stem[0].bias.fill_(-0.25)
+            self.probe.weight.copy_(torch.tensor([[1.0, 1, 0], [0, 0, 1], [1, 0, 0], [-1, -1, -1]]).view(4, 3, 1, 1))
+            self.head[3].weight.copy_(torch.tensor([[0.0, 1, 0, 0], [2, 0, -3, 0], [1, 0, 1, 0]]))
+
+    def forward(self, x):
+        return self.head(self.probe(self.stem(x)))
+
+
 def mixed_sign_net() -> nn.Module:
     return MixedSignNet()
+
+
+def dark_opponent_net() -> nn.Module:
+    return DarkOpponentNet()

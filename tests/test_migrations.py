@@ -155,3 +155,15 @@ def test_a_format_2_store_without_act_concepts_gains_it(old_store):
     columns = [row[0] for row in con.execute("DESCRIBE visualizations").fetchall()]
     con.close()
     assert "act_concepts" in columns
+
+
+def test_migrate_5_lets_a_failed_visualisation_be_recorded(old_store):
+    """Format 4: `visualizations.failure`, and `image` may be NULL (a unit that never activated has no picture)."""
+    store = Store(old_store)
+    with store.transaction() as tx:  # the first writer migrates
+        row = tx.run("visualization_images", run_id=RUN, channel=0, method="maco", steps=8, size=16, seed=0)
+        assert row
+    con = duckdb.connect(str(old_store / "catalog.duckdb"), read_only=True)
+    columns = {r[0]: r[2] for r in con.execute("DESCRIBE visualizations").fetchall()}
+    con.close()
+    assert columns["failure"] == "YES" and columns["image"] == "YES"  # both nullable

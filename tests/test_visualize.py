@@ -49,7 +49,9 @@ def test_known_answer_each_new_channel_shows_its_concept(opponent_run, method):
     rows = Store(store).query("SELECT * FROM visualizations WHERE run_id = ? AND method = ? ORDER BY unit",
                               [run_id, method]).to_pylist()
     assert [r["unit"] for r in rows] == ["c1", "c2", "original", "r"]
-    assert all((Path(store) / r["image"]).is_file() for r in rows)
+    assert all((Path(store) / r["image"]).is_file() and r["failure"] is None for r in rows[:3])
+    # r has no weights here (the split gave R and G to the concepts, B's weight is 0): no picture, and why
+    assert rows[3]["image"] is None and "no weights" in rows[3]["failure"] and result["r"]["failed"]
     assert rows[0]["selectivity"] == pytest.approx(c1["selectivity"])
 
 
@@ -59,7 +61,7 @@ def test_deterministic_for_a_seed(opponent_run, method):
     runs, pixels = [], []
     for seed in (3, 3, 4):  # read each run's images before the next run replaces them
         runs.append(visualize(store, run_id, method=method, steps=8, size=12, seed=seed, device="cpu", progress=False))
-        pixels.append([np.asarray(Image.open(runs[-1][u]["image"])) for u in ("original", "c1", "c2", "r")])
+        pixels.append([np.asarray(Image.open(runs[-1][u]["image"])) for u in ("original", "c1", "c2")])  # r: no weights
     assert all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[2]))
     # a rerun of the same configuration replaces its rows and images
@@ -215,3 +217,93 @@ def test_the_report_draws_each_run_with_its_own_parameters_and_warns_nothing(opp
     assert "densities and fractions at tau 0.005 (the run's recorded evaluation)" in page
     assert "Verification: resolved" in page and "tau 0.02, p 0.7, gamma 0.4" in page
     assert "serves concept 1 only, monosemantic" in page
+
+
+@pytest.fixture
+def dark_run(fixture_store):
+    """DarkOpponentNet (every detector off on grey, probe channel 3 never above 0) with channel 0 split into
+    green / red, train images only."""
+    built = fixture_store("dark-opponent-run")
+    return built.store, built.info["run_id"]
+
+
+def _greenish(path) -> bool:
+    r, g, b = mean_colour(path)
+    return g > r + 0.2 and g > b + 0.2
+
+
+def _reddish(path) -> bool:
+    r, g, b = mean_colour(path)
+    return r > g + 0.2 and r > b + 0.2
+
+
+@pytest.mark.parametrize("method", ["maco", "fourier"])
+def test_default_steps_at_the_models_size_find_each_concept(opponent_run, method):
+    store, run_id = opponent_run
+    result = visualize(store, run_id, method=method, size=8, device="cpu", progress=False)
+    assert _greenish(result["c1"]["image"]) and _reddish(result["c2"]["image"])
+    assert [u for u, v in result.items() if v["failed"]] == ["r"]  # r: no weights, nothing to show
+    assert all(result[u]["activation"] > 0 for u in ("original", "c1", "c2"))
+
+
+def test_a_dead_start_is_restarted_from_a_store_image(dark_run):
+    """Fourier starts from an almost grey image, on which every detector of DarkOpponentNet is off: every unit
+    has a zero gradient from the first step. Each restarts from the store image it activates most on."""
+    store, run_id = dark_run
+    result = visualize(store, run_id, method="fourier", size=8, device="cpu", progress=False)
+    assert result["c1"]["restarted"] and result["c2"]["restarted"] and not result["c1"]["failed"]
+    assert _greenish(result["c1"]["image"]) and _reddish(result["c2"]["image"])
+    assert result["c1"]["activations"]["c1"] > 0 and result["c2"]["activations"]["c2"] > 0
+    # without the restart the same optimisation never moves: zero gradient at every step
+    from polysem.method.runs import load_model
+    from polysem.method.visualize import optimise_units, run_target
+
+    target = run_target(load_model(store, run_id), "probe", 0, run_id)
+    _, live = optimise_units(target, channels=3, method="fourier", steps=16, size=8, progress=False)
+    assert live == [False, False, False, False]
+
+
+def test_a_unit_that_never_activates_is_reported_failed_and_not_drawn(cli, dark_run):
+    store, _ = dark_run
+    args = ("visualize", "--channel", 3, "--method", "fourier", "--steps", 16, "--size", 8, "--device", "cpu",
+            "--store", store)
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 100 for line in result.stdout.splitlines()), result.stdout
+    failed = " ".join(result.stdout.split("failed (below)")[1].split()).split("failed: ")[1:]  # an entry per unit
+    assert len(failed) == 1 and "original never activated" in failed[0] and "--seeds" in failed[0], result.stdout
+    assert "`" not in failed[0]
+    row = Store(store).query("SELECT * FROM visualizations WHERE channel = 3").to_pylist()
+    assert len(row) == 1 and row[0]["image"] is None and "never activated" in row[0]["failure"]
+    assert not (Path(store) / "artifacts" / "visualizations" / "channel-3").exists() or not any(
+        (Path(store) / "artifacts" / "visualizations" / "channel-3").iterdir())
+    units = json.loads(cli(*args, "--format", "json").stdout)
+    assert units["original"]["failed"] is True and units["original"]["image"] is None
+    assert "never activated" in units["original"]["reason"]
+
+
+def test_several_seeds_recorded_and_drawn_side_by_side(cli, opponent_run, tmp_path):
+    from polysem.figures.plots import visualizations
+    from polysem.method.figure_data import visualisation_images
+    from polysem.method.visualize import latest_visualizations
+
+    store, run_id = opponent_run
+    base = ("visualize", run_id, "--method", "fourier", "--steps", 8, "--size", 8, "--device", "cpu", "--store", store)
+    per_seed = json.loads(cli(*base, "--seeds", "0,1,2", "--format", "json").stdout)
+    assert [next(iter(r.values()))["seed"] for r in per_seed] == [0, 1, 2]
+    pixels = [np.asarray(Image.open(r["c1"]["image"])) for r in per_seed]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+    rows = latest_visualizations(Store(store), run_id)
+    assert sorted({r["seed"] for r in rows}) == [0, 1, 2] and len(rows) == 12
+    out = visualizations({"run_id": run_id}, rows, visualisation_images(Store(store), rows), {}, tmp_path / "three.png")
+    table = cli(*base, "--seeds", "4,5")
+    assert table.exit_code == 0 and "seeds 4, 5" in table.stdout and " seed " in table.stdout, table.output
+    one = cli(*base, "--seed", "7")  # --seed still gives one seed, the dict of units
+    assert one.exit_code == 0 and "seed 7" in one.stdout
+    rows = latest_visualizations(Store(store), run_id)
+    assert {r["seed"] for r in rows} == {7}
+    single = visualizations({"run_id": run_id}, rows, visualisation_images(Store(store), rows), {}, tmp_path / "one.png")
+    assert Image.open(out).height > 2 * Image.open(single).height
+    for bad, text in (("0,0", "repeats"), ("a,1", "--seeds"), (",", "--seeds")):
+        result = cli(*base, "--seeds", bad)
+        assert result.exit_code == 2 and result.stderr.startswith("Error: ") and text in result.stderr, result.output

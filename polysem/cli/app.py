@@ -122,6 +122,7 @@ FLAGS = {
     "run_id": "RUN_ID",
     "seed": "--seed",
     "selection": "--selection",
+    "seeds": "--seeds",
     "size": "--size",
     "split": "--split",
     "steps": "--steps",

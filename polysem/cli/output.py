@@ -156,15 +156,24 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
         print(f"note: {FRACTIONS_NOTE}")
 
 
-def render_visualization(result: dict, title: str) -> None:
-    """`polysem visualize`: per unit its activation on its own image, the selectivity (or why it has none)
-    and the image's file name, in 100 columns."""
-    rows = [[unit, _number(v["activation"], 4),
-             "-" if not unit.startswith("c") else ("unbounded" if v["selectivity"] is None else _number(v["selectivity"], 3)),
-             v["image"].rsplit("/", 1)[-1]] for unit, v in result.items()]
-    _print_summary(title, [("unit", "id"), ("activation", "number"), ("selectivity", "number"), ("image", "name")],
-                   rows, len(rows))
-    if any(unit.startswith("c") and v["selectivity"] is None for unit, v in result.items()):
+def render_visualization(result: dict | list[dict], title: str) -> None:
+    """`polysem visualize`: per unit (and seed) its activation on its own image, the selectivity (or why it has
+    none) and the image's file name, or "failed" for a unit with no picture, in 100 columns.
+    result: one seed's {unit: {...}} or a list of them (`seeds`)."""
+    per_seed = result if isinstance(result, list) else [result]
+    several = len(per_seed) > 1
+    rows = []
+    for one in per_seed:
+        for unit, v in one.items():
+            selectivity = ("-" if not unit.startswith("c") or v.get("failed") else
+                           "unbounded" if v["selectivity"] is None else _number(v["selectivity"], 3))
+            image = "failed (below)" if v.get("failed") else v["image"].rsplit("/", 1)[-1]
+            rows.append([unit, *([str(v["seed"])] if several else []), _number(v["activation"], 4), selectivity, image])
+    headers = [("unit", "id"), *([("seed", "id")] if several else []), ("activation", "number"),
+               ("selectivity", "number"), ("image", "name")]
+    _print_summary(title, headers, rows, len(rows))
+    if any(unit.startswith("c") and not v.get("failed") and v["selectivity"] is None
+           for one in per_seed for unit, v in one.items()):
         print(f"unbounded selectivity: {UNBOUNDED}")
 
 

@@ -254,6 +254,8 @@ def visualize(
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
     size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
+    seeds: Annotated[str | None, typer.Option(metavar="S,S,...", help="Several seeds in one call, e.g. 0,1,2 "
+                                              "(instead of --seed): recorded per seed, drawn side by side.")] = None,
     data: Annotated[Path | None, typer.Option(help="DATA_DIR now holding the images, if they moved since ingest.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fmt: TableJsonOption = "table",
@@ -263,19 +265,35 @@ def visualize(
     """Feature visualisations of the original channel, c'1, c'2 and r of a run, in one batch.
 
     Each image maximises one unit's spatially summed activation; every unit's activation on every
-    image is recorded in the store's `visualizations` table, the PNGs under its artifacts.
+    image is recorded in the store's `visualizations` table, the PNGs under its artifacts. A unit
+    that never activated is restarted from a store image; if it still fails it is reported failed
+    with the reason, and no picture is recorded for it.
     """
     _check_format(fmt, ("table", "json"))
     from polysem.method.visualize import visualize as run_visualize
 
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(part) for part in seeds.split(",") if part.strip()]
+        except ValueError:
+            raise PolysemError(f"bad --seeds '{seeds}': give seeds separated by commas, e.g. 0,1,2") from None
     result = run_visualize(_store(store, trust_code), run_id, channel=channel, method=method.value, steps=steps, size=size,
-                           seed=seed, device=device, data_dir=data)
+                           seed=seed, seeds=seed_list, device=device, data_dir=data)
     if fmt == "json":
         typer.echo(json.dumps(result))
         return
-    first = next(iter(result.values()))
-    render_visualization(result, f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, "
-                                 f"{first['size']} px, seed {first['seed']}, {first['seconds']:.1f} s on {first['device']}")
+    per_seed = result if isinstance(result, list) else [result]
+    first = next(iter(per_seed[0].values()))
+    shown = ", ".join(str(next(iter(r.values()))["seed"]) for r in per_seed)
+    render_visualization(per_seed, f"{run_id or f'channel {channel}'}: {first['method']}, {first['steps']} steps, "
+                                   f"{first['size']} px, seed{'s' if len(per_seed) > 1 else ''} {shown}, "
+                                   f"{sum(next(iter(r.values()))['seconds'] for r in per_seed):.1f} s on {first['device']}")
+    import textwrap
+
+    for v in (v for r in per_seed for v in r.values() if v["failed"]):  # an entry per unit and seed, 100 columns
+        seed_text = f"(seed {v['seed']}) " if len(per_seed) > 1 else ""
+        print(textwrap.fill(f"failed: {seed_text}{as_flags(v['reason'])}", 100, subsequent_indent="  "))
 
 
 @command()

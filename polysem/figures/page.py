@@ -128,7 +128,8 @@ def _verification(report, names: dict[int, str]) -> list[str]:
     return [f"<h4>Verification: {'resolved' if resolved else 'not resolved'}</h4>", note, _table(rows)]
 
 
-_VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity")
+_VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_c1", "act_c2", "act_r", "selectivity",
+                "failure")
 
 
 def _whole_picture(whole, drawn: list[Path], out: Path) -> list[str]:
@@ -178,7 +179,7 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
     if vis:
         parts.append(_img(figures["visualizations"][0], out, "feature visualisations"))
         for v in vis:  # the other unit's activation is not positive on this image: no finite ratio
-            if v["unit"].startswith("c") and v["selectivity"] is None:
+            if v["unit"].startswith("c") and v["selectivity"] is None and v["failure"] is None:
                 v["selectivity"] = UNBOUNDED
         parts.append(_table(vis))
         parts.append('<p class="note">act_*: spatially summed activation of each unit on the unit\'s image; '

@@ -145,12 +145,17 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
     shown = max([len(u.patches) for u in units.values()] + [1])
     figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
     grid = figure.subplots(len(units), shown + 1, squeeze=False)
-    by_unit = {r["unit"]: r for r in vis_rows}
+    by_unit: dict[str, dict] = {}
+    for r in vis_rows:  # the first seed's visualisation of each unit
+        by_unit.setdefault(r["unit"], r)
     for axes, (unit, images) in zip(grid, units.items(), strict=True):
         first = axes[0]
-        if unit in vis_images:
-            _show(first, vis_images[unit])
-            first.set_title(_vis_title(by_unit[unit]), fontsize=7)
+        row = by_unit.get(unit)
+        if row is not None and row.get("image") in vis_images:
+            _show(first, vis_images[row["image"]])
+            first.set_title(_vis_title(row), fontsize=7)
+        elif row is not None and row.get("failure"):
+            _failed(first, row["failure"])
         else:
             first.set_xticks([])
             first.set_yticks([])
@@ -274,20 +279,46 @@ def whole_picture(data, out: Path) -> Path:
     return save(figure, out)
 
 
+def _failed(ax, reason: str) -> None:
+    """An empty cell that says why a unit has no feature visualisation."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap("failed: " + (reason or "no image"), 26)), ha="center", va="center",
+            fontsize=6, transform=ax.transAxes)
+
+
 def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dict[str, str], out: Path) -> Path:
-    """The recorded feature visualisations side by side, with their activations and selectivity."""
-    units = [r for r in rows if r["unit"] in images]
-    figure = Figure(figsize=(3.0 * max(len(units), 1), 3.6))
-    for ax, row in zip(figure.subplots(1, max(len(units), 1), squeeze=False)[0], units, strict=False):
-        _show(ax, images[row["unit"]])
-        shown = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
-        acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in shown if _unit_activation(row, u) is not None)
-        ax.set_title("\n".join(textwrap.wrap(labels.get(row["unit"], row["unit"]), 30)) + "\n" + _vis_title(row)
-                     .replace("feature visualisation\n", ""), fontsize=7)
-        ax.set_xlabel("\n".join(textwrap.wrap(acts, 36)), fontsize=6)
+    """The recorded feature visualisations side by side: a column per unit, a row per seed, with their
+    activations and selectivity; a unit whose visualisation failed shows why instead of a picture.
+
+    images: {image path: pixels} (`figure_data.visualisation_images`)."""
+    units = list(dict.fromkeys(r["unit"] for r in rows))
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    by_cell = {(r["seed"], r["unit"]): r for r in rows}
+    figure = Figure(figsize=(3.0 * max(len(units), 1), 3.4 * max(len(seeds), 1) + 0.4))
+    grid = figure.subplots(max(len(seeds), 1), max(len(units), 1), squeeze=False)
+    for axes, seed in zip(grid, seeds, strict=False):
+        for ax, unit in zip(axes, units, strict=False):
+            row = by_cell.get((seed, unit))
+            if row is None:
+                ax.axis("off")
+                continue
+            label = "\n".join(textwrap.wrap(labels.get(unit, unit), 30)) + (f" (seed {seed})" if len(seeds) > 1 else "")
+            if row.get("image") in images:
+                _show(ax, images[row["image"]])
+                ax.set_title(label + "\n" + _vis_title(row).replace("feature visualisation\n", ""), fontsize=7)
+            else:
+                _failed(ax, row.get("failure") or "")
+                ax.set_title(label, fontsize=7)
+                continue
+            shown = ["original", *(f"c{j}" for j in range(1, len(row.get("act_concepts") or []) + 1)), "r"]
+            acts = ", ".join(f"{u} {_unit_activation(row, u):.3g}" for u in shown
+                             if _unit_activation(row, u) is not None)
+            ax.set_xlabel("\n".join(textwrap.wrap(acts, 36)), fontsize=6)
     subject = f"run {run['run_id']}" if run else f"channel {rows[0]['channel']}"
-    figure.suptitle(f"{subject}: feature visualisations ({rows[0]['size']} px, seed {rows[0]['seed']})", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    seed_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    figure.suptitle(f"{subject}: feature visualisations ({rows[0]['size']} px, {seed_text})", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.4 * max(len(seeds), 1) + 0.4)))
     return save(figure, out)
 
 
@@ -308,5 +339,5 @@ def run_figures(data, tau: float, out_dir: Path, figure_format: str = "png") -> 
                         if data.whole is not None else [])
     figures["visualizations"] = ([visualizations(run, data.vis_rows, data.vis_images, data.labels,
                                                  out_dir / f"run-{run_id}-visualizations.{figure_format}")]
-                                 if data.vis_images else [])
+                                 if data.vis_rows else [])
     return figures

@@ -258,15 +258,18 @@ def whole_top_images(store: Store, run: dict, data_dir=None, n: int = WHOLE_TOP,
 
 
 def visualisation_images(store: Store, rows: list[dict]) -> dict[str, np.ndarray]:
-    """{unit: pixels} of recorded visualisation rows (`visualize.latest_visualizations`)."""
+    """{image path: pixels} of recorded visualisation rows (`visualize.latest_visualizations`): one per unit
+    and seed; a failed unit (image NULL) has none."""
     from PIL import Image
 
     images = {}
     for row in rows:
+        if row["image"] is None:
+            continue
         path = store.path / row["image"]
         if path.is_file():
             with Image.open(path) as opened:
-                images[row["unit"]] = np.asarray(opened.convert("L") if opened.mode == "L" else opened.convert("RGB"))
+                images[row["image"]] = np.asarray(opened.convert("L") if opened.mode == "L" else opened.convert("RGB"))
     return images
 
 

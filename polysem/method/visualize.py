@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polysem.constants import SCREEN_SPLIT
-from polysem.errors import RunError
+from polysem.errors import ArgumentError, RunError
 from polysem.method.disentangling import DisentangledConv
 from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store, as_store
@@ -45,7 +45,7 @@ from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_path, ch
 from polysem.util.hooks import forward_to
 from polysem.util.readings import selectivity_reading
 
-__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "optimise", "png_bytes", "recorrelate", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "RESTART_IMAGES", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "maco_phase", "optimise", "optimise_units", "png_bytes", "recorrelate", "resize_images", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
@@ -196,6 +196,7 @@ class Target:
     readout: Callable[[torch.Tensor], torch.Tensor]
     channel: int
     run_id: str | None = None
+    constant: tuple[str, ...] = ()  # units with no weights and no bias: 0 on every image
 
 
 def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None) -> Target:
@@ -210,7 +211,12 @@ def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | No
         units = [out[:, i] for i in index]
         return torch.stack([sum(units) - (len(units) - 1) * out[:, ir], *units, out[:, ir]], 1)
 
-    return Target(model, layer.expanded, ("original", *concepts, "r"), readout, channel, run_id)
+    def empty(i: int) -> bool:
+        bias = layer.expanded.bias
+        return not layer.expanded.weight[i].any() and (bias is None or not bias[i])
+
+    return Target(model, layer.expanded, ("original", *concepts, "r"), readout, channel, run_id,
+                  ("r",) if empty(ir) else ())
 
 
 def channel_target(model: nn.Module, layer_name: str, channel: int) -> Target:
@@ -225,35 +231,76 @@ def optimise(target: Target, *, channels: int, method: str = "maco", steps: int 
     to_input maps display-space images to the model's input (its normalisation);
     magnitude (channels x H x W//2+1) is required for maco.
     """
+    return optimise_units(target, channels=channels, method=method, steps=steps, size=size, seed=seed, device=device,
+                          to_input=to_input, magnitude=magnitude, progress=progress)[0]
+
+
+def optimise_units(target: Target, *, channels: int, method: str = "maco", steps: int = 512, size: int = 224,
+                   seed: int = 0, device: torch.device = CPU, to_input: Callable = lambda x: x,
+                   magnitude: torch.Tensor | None = None, progress: bool = True, units: list[int] | None = None,
+                   start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[bool]]:
+    """`optimise` for the units at indices `units` (default all), one image each, and for each whether
+    its gradient was ever non-zero (False: the unit never activated, the image is its starting one).
+
+    start (len(units) x channels x size x size, display space): the images to start from instead of
+    random ones (fourier: the spectrum that gives them; maco: their phase with the fixed magnitude).
+    """
     from polysem.util.progress import progress_bar
 
-    n = len(target.units)
+    chosen = list(range(len(target.units))) if units is None else list(units)
+    n = len(chosen)
     generator = torch.Generator().manual_seed(seed)
     image: FourierImage | MacoImage
     optimiser_class: type[torch.optim.Adam | torch.optim.NAdam]
     if method == "fourier":
         image = FourierImage(n, channels, size, generator)
+        if start is not None:
+            image = FourierImage.from_image(start.clamp(1 / 512, 1 - 1 / 512), generator)
         optimiser_class, lr = torch.optim.Adam, 0.05  # Lucid's default
     elif method == "maco":
         if magnitude is None:
             raise RunError("maco needs a magnitude spectrum")
         image = MacoImage(n, resize_spectrum(magnitude, size), generator)
+        if start is not None:
+            with torch.no_grad():
+                image.phase.copy_(maco_phase(start))
         optimiser_class, lr = torch.optim.NAdam, 0.3  # MaCo's 1.0 overshoots with this spectrum's units
     else:
         raise RunError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     image.to(device)
+    parameter = next(image.parameters())
     optimiser = optimiser_class(image.parameters(), lr=lr)
-    own = torch.arange(n, device=device)
+    rows = torch.arange(n, device=device)
+    columns = torch.tensor(chosen, device=device)
+    live = torch.zeros(n, dtype=torch.bool, device=device)
     with progress_bar(f"visualize {n} unit{'s' if n > 1 else ''} ({method})", steps, progress, unit="steps") as advance:
         for _ in range(steps):
             optimiser.zero_grad()
             views = augment(image(), method, generator)
             maps = target.readout(_forward(target, to_input(views)))
-            (-maps[own, own].sum()).backward()
+            (-maps[rows, columns].sum()).backward()
+            assert parameter.grad is not None  # the image's parameter is in the graph
+            live |= parameter.grad.reshape(n, -1).abs().amax(1) > 0
             optimiser.step()
             advance(1)
     with torch.no_grad():
-        return image().detach().cpu()
+        return image().detach().cpu(), live.cpu().tolist()
+
+
+def maco_phase(images: torch.Tensor) -> torch.Tensor:
+    """The phase of images (N x C x S x S, display space) in MacoImage's space: with MaCo's fixed
+    magnitude it gives an image with their structure (where the edges and colours are)."""
+    eps = 1 / 512
+    logits = torch.logit(images.double().clamp(eps, 1 - eps))
+    return torch.fft.rfft2(decorrelate(logits), norm="ortho").angle().float()
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """N x C x H x W -> N x C x size x size (antialiased when shrinking)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True).clamp(0, 1)
 
 
 def _forward(target: Target, x: torch.Tensor) -> torch.Tensor:
@@ -312,13 +359,20 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
 
 
 def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, channel: int | None = None,
-              method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0, device: str = "auto",
-              data_dir=None, progress: bool = True) -> dict:
+              method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0, seeds: list[int] | None = None,
+              device: str = "auto", data_dir=None, progress: bool = True) -> dict | list[dict]:
     """Feature visualisations of a run's units (or of one channel of the stored model), recorded in the store.
 
-    Returns {unit: {"image", "activation", "activations", "selectivity", ...}} for the units
-    original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
-    own on its own image, "activations" those of every unit on it.
+    Returns {unit: {"image", "activation", "activations", "selectivity", "failed", "reason", ...}} for the
+    units original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
+    own on its own image, "activations" those of every unit on it. With `seeds` (several seeds in one
+    call, recorded together) it returns one such dict per seed, in their order.
+
+    A unit whose optimisation ends with its own activation at or below 0, or whose gradient was zero
+    at every step (it never activated: the image is only its starting point), is restarted from the
+    store image it activates most on; if that fails too, or no store image activates it, the unit is
+    reported failed with the reason ("failed": True, "reason", "image": None) and no picture is
+    written or recorded for it.
     """
     from polysem.ingest.models import resolve_device, stored_transform
     from polysem.method.runs import base_model, load_model, run_row
@@ -332,10 +386,16 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     steps = check_int("steps", steps, 1, MAX_STEPS, hint=" optimisation steps")
     size = check_int("size", size, 8, MAX_SIZE, hint=" pixels a side")
     seed = check_int("seed", seed, 0, COUNT_MAX)
+    if seeds is not None:
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)):
+            raise ArgumentError(f"`seeds` must be a list of whole numbers, got {type(seeds).__name__}")
+        seeds = [check_int("seeds", s, 0, COUNT_MAX) for s in seeds]
     check_text("device", device)
     check_path("data_dir", data_dir, none=True)
     check_bool("progress", progress)
     store.require()
+    several = seeds is not None
+    seed_list = _seed_list(seed, seeds)
     if (run_id is None) == (channel is None):
         raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
     layer_name = store.meta()["layer"]
@@ -355,24 +415,94 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     to_display, to_input = input_display(transform), input_normalisation(transform)
     samples = to_display(store_images(store, transform, SPECTRUM_IMAGES if method == "maco" else 1, data_dir))
     magnitude = amplitude_spectrum(samples) if method == "maco" else None
-    start = time.perf_counter()
-    images = optimise(target, channels=samples.shape[1], method=method, steps=steps, size=size, seed=seed,
-                      device=torch_device, to_input=to_input, magnitude=magnitude, progress=progress)
-    seconds = time.perf_counter() - start
-    acts = unit_activations(target, images, to_input, torch_device)
+    pool: list[torch.Tensor] = []  # the store images a dead unit restarts from, read when first needed
+
+    def restart_images() -> torch.Tensor:
+        if not pool:
+            found = samples if len(samples) >= RESTART_IMAGES else to_display(
+                store_images(store, transform, RESTART_IMAGES, data_dir))
+            pool.append(resize_images(found[:RESTART_IMAGES], size))
+        return pool[0]
+
+    options = {"channels": samples.shape[1], "method": method, "steps": steps, "size": size, "device": torch_device,
+               "to_input": to_input, "magnitude": magnitude, "progress": progress}
+    done = []
+    for s in seed_list:
+        start = time.perf_counter()
+        images, acts, failures, restarted = _optimise_with_restarts(target, restart_images, seed=s, **options)
+        seconds = time.perf_counter() - start
+        config = {"method": method, "steps": steps, "size": size, "seed": s, "device": str(torch_device)}
+        result = {}
+        for i, unit in enumerate(target.units):
+            own = {u: float(acts[i, j]) for j, u in enumerate(target.units)}
+            selectivity = _selectivity(unit, own)
+            result[unit] = {"activation": own[unit], "activations": own, "selectivity": selectivity,
+                            "selectivity_reading": selectivity_reading(unit, selectivity), **config,
+                            "seconds": seconds, "failed": unit in failures, "reason": failures.get(unit),
+                            "restarted": unit in restarted}
+        done.append((config, images, result, seconds))
     model.cpu()
-    config = {"method": method, "steps": steps, "size": size, "seed": seed, "device": str(torch_device)}
-    result = {}
-    for i, unit in enumerate(target.units):
-        own = {u: float(acts[i, j]) for j, u in enumerate(target.units)}
-        selectivity = _selectivity(unit, own)
-        result[unit] = {"activation": own[unit], "activations": own, "selectivity": selectivity,
-                        "selectivity_reading": selectivity_reading(unit, selectivity), **config,
-                        "seconds": seconds}
-    paths = _record(store, target, images, result, config, seconds)
-    for unit, path in paths.items():
-        result[unit]["image"] = str(store.path / path)
-    return result
+    paths = _record(store, target, done)
+    for (_, _, result, _), seed_paths in zip(done, paths, strict=True):
+        for unit in result:
+            result[unit]["image"] = str(store.path / seed_paths[unit]) if unit in seed_paths else None
+    results = [result for _, _, result, _ in done]
+    return results if several else results[0]
+
+
+def _seed_list(seed: int, seeds: list[int] | None) -> list[int]:
+    seed_list = list(seeds) if seeds is not None else [seed]
+    if not seed_list:
+        raise RunError("`seeds` is empty; give at least one seed, e.g. 0,1,2")
+    if len(set(seed_list)) != len(seed_list):
+        raise RunError(f"`seeds` repeats a seed ({', '.join(map(str, seed_list))}); give each seed once")
+    for s in seed_list:
+        if not 0 <= s < 2**63:
+            raise RunError(f"`{'seeds' if seeds is not None else 'seed'}` must be from 0 to 2**63 - 1, got {s}")
+    return seed_list
+
+
+RESTART_IMAGES = 64  # store images scored to restart a unit that never activated
+
+
+def _optimise_with_restarts(target: Target, restart_images: Callable[[], torch.Tensor], *, seed: int, **options):
+    """optimise_units for every unit; a unit that did not activate (own activation <= 0 at the end, or a zero
+    gradient at every step) starts again from the store image it activates most on. Returns the images,
+    the U x U activations on them, {unit: reason} of the units that failed even so, and the restarted units."""
+    device, to_input = options["device"], options["to_input"]
+    images, live = optimise_units(target, seed=seed, **options)
+    acts = unit_activations(target, images, to_input, device)
+    dead = [i for i in range(len(target.units)) if acts[i, i] <= 0 or not live[i]]
+    failures = {unit: f"{unit} has no weights (channel {target.channel}'s inputs all went to concepts): 0 on every image, "
+                      "nothing to show" for unit in target.constant}
+    dead = [i for i in dead if target.units[i] not in failures]
+    restarted: list[str] = []
+    if not dead:
+        return images, acts, failures, restarted
+    pool = restart_images()
+    pool_acts = unit_activations(target, pool, to_input, device)  # image x unit
+    fix = "try other `seeds`, the other `method` or the model's input `size`"
+    for i in dead:
+        if pool_acts[:, i].max() <= 0:
+            unit = target.units[i]
+            failures[unit] = (f"{unit} never activated (activation {acts[i, i]:.3g}{'' if live[i] else ', gradient 0'}), "
+                              f"nor on any of {len(pool)} store images: it may never activate; if it should, {fix}")
+    again = [i for i in dead if target.units[i] not in failures]
+    if again:
+        start = pool[[int(np.argmax(pool_acts[:, i])) for i in again]]
+        new, new_live = optimise_units(target, seed=seed, **{**options, "progress": False}, units=again, start=start)
+        new_acts = unit_activations(target, new, to_input, device)
+        for k, i in enumerate(again):
+            unit = target.units[i]
+            if new_acts[k, i] > 0 and new_live[k]:
+                images[i], acts[i] = new[k], new_acts[k]
+                restarted.append(unit)
+            else:
+                acts[i] = new_acts[k]
+                failures[unit] = (f"{unit} never activated (activation {new_acts[k, i]:.3g}"
+                                  f"{'' if new_live[k] else ', gradient 0'}), even restarted from the store image it "
+                                  f"activates most on; {fix}")
+    return images, acts, failures, restarted
 
 
 def _selectivity(unit: str, acts: dict) -> float | None:
@@ -394,38 +524,50 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _record(store: Store, target: Target, images: torch.Tensor, result: dict, config: dict, seconds: float) -> dict:
-    """PNGs first (new names), then one transaction; on failure the new PNGs go and the store is as it was."""
+def _record(store: Store, target: Target, done: list) -> list[dict]:
+    """PNGs first (new names), then one transaction for every seed; on failure the new PNGs go and the store
+    is as it was. A failed unit gets a row (its reason in `failure`) but no PNG (`image` NULL).
+
+    done: (config, images, result, seconds) per seed. Returns {unit: PNG path in the store} per seed."""
     subject = target.run_id if target.run_id is not None else f"channel-{target.channel}"
     token = uuid.uuid4().hex[:8]
-    paths = {unit: ARTIFACTS / subject / f"{config['method']}-{config['steps']}steps-{config['size']}px-seed{config['seed']}"
-             f"-{token}-{unit}.png" for unit in target.units}
-    written = []
     created_at = now()
-    key = {"run_id": target.run_id, "channel": target.channel,
-           **{name: config[name] for name in ("method", "steps", "size", "seed")}}
+    written = []
+    every_paths, every_rows = [], []
     try:
-        for unit, image in zip(target.units, images, strict=True):
-            with atomic.atomic_path(store.path / paths[unit]) as tmp:
-                tmp.write_bytes(png_bytes(image))
-            written.append(store.path / paths[unit])
-        rows = []
-        for unit in target.units:
-            acts = result[unit]["activations"]
-            rows.append({"unit": unit, "device": config["device"], "image": str(paths[unit]),
-                         "act_original": acts["original"], "act_c1": acts.get("c1"), "act_c2": acts.get("c2"),
-                         "act_r": acts.get("r"), "selectivity": result[unit]["selectivity"], "seconds": seconds,
-                         "created_at": created_at,
-                         "act_concepts": [a for u, a in acts.items() if u.startswith("c")] or None})
+        for config, images, result, seconds in done:
+            paths = {unit: ARTIFACTS / subject / f"{config['method']}-{config['steps']}steps-{config['size']}px-"
+                     f"seed{config['seed']}-{token}-{unit}.png" for unit in target.units if not result[unit]["failed"]}
+            for unit, image in zip(target.units, images, strict=True):
+                if unit in paths:
+                    with atomic.atomic_path(store.path / paths[unit]) as tmp:
+                        tmp.write_bytes(png_bytes(image))
+                    written.append(store.path / paths[unit])
+            rows = []
+            for unit in target.units:
+                acts = result[unit]["activations"]
+                rows.append({"unit": unit, "device": config["device"],
+                             "image": str(paths[unit]) if unit in paths else None,
+                             "act_original": acts["original"], "act_c1": acts.get("c1"), "act_c2": acts.get("c2"),
+                             "act_r": acts.get("r"), "selectivity": result[unit]["selectivity"], "seconds": seconds,
+                             "created_at": created_at, "failure": result[unit]["reason"],
+                             "act_concepts": [a for u, a in acts.items() if u.startswith("c")] or None})
+            key = {"run_id": target.run_id, "channel": target.channel,
+                   **{name: config[name] for name in ("method", "steps", "size", "seed")}}
+            every_paths.append(paths)
+            every_rows.append((key, rows))
+        old = []
         with store.transaction() as tx:
-            old = record_visualizations(tx, key, rows)
+            for key, rows in every_rows:
+                old += record_visualizations(tx, key, rows)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    for image_path in old:  # the images these rows replaced
-        (store.path / image_path).unlink(missing_ok=True)
-    return paths
+    for image_path in old:  # the images these rows replaced (NULL for a unit that failed)
+        if image_path:
+            (store.path / image_path).unlink(missing_ok=True)
+    return every_paths
 
 
 def latest_visualizations(store: Store, run_id: str | None = None, channel: int | None = None) -> list[dict]:
