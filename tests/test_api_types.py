@@ -231,6 +231,8 @@ CASES = [
     ("visualize", {"seed": np.float64(1)}, "seed", WRONG, "a whole number"),
     ("visualize", {"seed": -1}, "seed", RANGE, "from 0 to 2**63 - 1"),
     ("visualize", {"seed": 2**63}, "seed", RANGE, "from 0 to 2**63 - 1"),
+    ("visualize", {"seeds": "0,1"}, "seeds", WRONG, "a list of whole numbers"),
+    ("visualize", {"seeds": [0, -1]}, "seeds", RANGE, "from 0 to 2**63 - 1"),
     ("visualize", {"device": 5}, "device", WRONG, "text (str)"),
     ("visualize", {"data_dir": 5}, "data_dir", WRONG, "a path"),
     ("visualize", {"progress": "x"}, "progress", WRONG, "True or False"),
