@@ -117,3 +117,31 @@ def test_figures_as_svg_and_pdf_and_the_wordnet_legend_counts_distinct_pairs(tmp
     assert pdf == tmp_path / "w.pdf" and pdf.read_bytes().startswith(b"%PDF")
     again = wordnet_scatter(points, tmp_path / "again.svg")
     assert again.read_bytes() == svg.read_bytes()  # no date in the file: the same figure, the same bytes
+
+
+def test_feature_visualisation_captions_fit_their_figure(tmp_path, monkeypatch):
+    """Every caption of the visualisation figure lies inside the figure (a cut caption hid c2's and r's numbers)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from polysem.figures import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda figure, out, figure_format=None: figures.append(figure) or out)
+    units = ["original", "c1", "c2", "c3", "r"]
+    rows = [{"unit": u, "seed": s, "method": "maco", "steps": 512, "size": 224, "image": f"{u}-{s}.png",
+             "act_original": 1234.5678, "act_r": -98.7654, "act_concepts": [262.125, 17.5, -3.25],
+             "selectivity": None if u == "c2" else 14.9876, "failure": None} for u in units for s in (0, 1)]
+    images = {r["image"]: np.zeros((8, 8, 3), dtype=np.uint8) for r in rows}
+    labels = {u: f"{u} (concept: a very long class name + another very long class name)" for u in units}
+    plots.visualizations({"run_id": "abcdef0123"}, rows, images, labels, tmp_path / "v.png")
+    figure = figures[0]
+    FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text")) if getattr(a := t, "get_text")()]
+    assert any("r -98.8" in t.get_text() for t in texts)  # the last unit's number is drawn
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1 and extent.y0 >= box.y0 - 1 and \
+            extent.y1 <= box.y1 + 1, text.get_text()
