@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one go: installs polysem from this checkout into the machine's
 # python (python3, or $PYTHON: `make bench` passes its .venv's), then runs the model tests on the
-# GPU, ingest throughput and visualisation speed.
+# GPU, ingest throughput, visualisation speed, the per-stage ingest profile and the whole paper study
+# (bench/paper_study.py at 1000 classes x 4 images).
 # Writes the numbers and logs into $OUT (or bench/out/). Usage: bash bench/device_check.sh
 #
 # Nothing outside the repository is required. pip resolves the dependencies of pyproject.toml as
@@ -51,3 +52,11 @@ timeout 200 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch
 timeout 100 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 --workers 15 --ingest-only 2>&1 | tee "$out/ingest-15-workers.json" | tail -5
 # 3. feature visualisation: steps/s for 4 units in one batch
 timeout 90 "$py" bench/visualize_speed.py --device cuda --steps 64 2>&1 | tee "$out/visualize.json" | tail -25
+# 4. where an ingest's time goes on the GPU: torch.profiler ranges (CPU and CUDA time) and the loading stages
+timeout 150 "$py" bench/ingest_profile.py --device cuda --images 1024 --batch-size 256 --json "$out/ingest-profile.json" \
+  2>&1 | tee "$out/ingest-profile.txt" | tail -25
+# 5. the paper's whole study at ImageNet shape (1000 wnid classes, 4 train + 1 val JPEG each, about 50 s to
+#    write), every stage a `polysem` process, visualize at its defaults; steady-state ingest and the
+#    extrapolation to ImageNet's 1,331,167 images are in the JSON
+timeout 420 "$py" bench/paper_study.py --device cuda --classes 1000 --per-class 4 --val-per-class 1 --batch-size 256 \
+  --steps 512 --size 224 --json "$out/paper-study.json" 2>&1 | tee "$out/paper-study.txt" | tail -25

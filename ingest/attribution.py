@@ -15,6 +15,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from polysem.util.hooks import hooked
 
@@ -118,14 +119,18 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, ta
     Images do not interact (eval mode), so the gradient of the summed target
     logits gives every image's own gradient in one backward pass.
     """
+    # record_function: named ranges for torch.profiler (bench/ingest_profile.py); no cost without a profiler
     with torch.enable_grad(), exact_math(), layer_probe(layer) as seen:
-        logits = model(images)
+        with record_function("ingest.forward"):
+            logits = model(images)
         if "output" not in seen:
             raise RuntimeError("the layer of interest did not run in the model's forward pass")
         activation = seen["output"]
-        target_logits = logits.gather(1, targets.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(target_logits, activation)
-    attribution = (activation.detach() * grad).sum(dim=(2, 3))
-    input_sum = input_window_sums(seen["input"], layer)
+        with record_function("ingest.backward"):
+            target_logits = logits.gather(1, targets.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(target_logits, activation)
+    with record_function("ingest.attribution_and_input_sums"):
+        attribution = (activation.detach() * grad).sum(dim=(2, 3))
+        input_sum = input_window_sums(seen["input"], layer)
     positions = activation.shape[2] * activation.shape[3]
     return BatchAttribution(attribution, input_sum, logits.detach(), positions)

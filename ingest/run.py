@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
@@ -188,7 +189,8 @@ def _load_setup(store: Store, existing: dict | None, model: str, weights: str | 
             f"store {store.path} holds attributions of other weights ({existing['weights']}); "
             "use the same weights or another `store`"
         )
-    n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing, max_pixels)
+    with record_function("ingest.probe"):
+        n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing, max_pixels)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
     return _Setup(resolved, layer, conv, image_transform, class_table)
 
@@ -251,7 +253,8 @@ def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
-            compact_split(store.path, split)
+            with record_function("ingest.compact"):
+                compact_split(store.path, split)
         return summary
     finally:
         if lock is not None:
@@ -267,8 +270,9 @@ def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
     if rank == 0:  # nothing before wrote anything; from here on the store is created or extended
         setup = job.setup
         try:
-            _prepare_store(job.store, setup.resolved, setup.layer, setup.conv, setup.transform, setup.class_table,
-                           job.split, job.listing)
+            with record_function("ingest.prepare_store"):  # the DuckDB catalog and the store's tables
+                _prepare_store(job.store, setup.resolved, setup.layer, setup.conv, setup.transform,
+                               setup.class_table, job.split, job.listing)
             lock = lock_split(job.store.path, job.split)
         except PolysemError as error:
             failure = error
@@ -462,7 +466,14 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
         # would be a guess; the label says so.
         label = f"ingest {split}" + (f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else "")
         with progress_bar(label, len(records), show_progress) as advance:
-            for groups, failures in loader:
+            # named ranges for torch.profiler (bench/ingest_profile.py: where the time goes); free without one
+            batches = iter(loader)
+            while True:
+                with record_function("ingest.load_batch"):  # read, decode, transform, collate (or wait for workers)
+                    loaded = next(batches, None)
+                if loaded is None:
+                    break
+                groups, failures = loaded
                 for index, message in failures:
                     record = records[index]
                     writer.add_error(record.image_id, record.path, record.target, message)
@@ -471,27 +482,35 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
                         summary.errors.append(f"{record.path}: {message}")
                 for indices, images in groups:
                     batch = [records[i] for i in indices]
-                    targets = torch.tensor([logits[r.target] for r in batch], device=device)
-                    result = attribute_batch(model, conv, images.to(device, non_blocking=True), targets)
-                    predicted = result.logits.argmax(1).cpu().numpy()
+                    with record_function("ingest.host_to_device"):
+                        targets = torch.tensor([logits[r.target] for r in batch], device=device)
+                        images = images.to(device, non_blocking=True)
+                    result = attribute_batch(model, conv, images, targets)
+                    with record_function("ingest.device_to_host"):
+                        predicted = result.logits.argmax(1).cpu().numpy()
+                        target_logit = result.logits.gather(1, targets.view(-1, 1)).squeeze(1).cpu().numpy()
+                        attribution = result.attribution.cpu().numpy()
+                        input_sum = result.input_sum.cpu().numpy()
                     known = predicted < len(class_of_logit)
-                    writer.add_samples(
-                        image_id=np.array([r.image_id for r in batch], dtype=np.int64),
-                        path=np.array([r.path for r in batch], dtype=object),
-                        target=np.array([r.target for r in batch], dtype=np.int32),
-                        prediction=np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
-                        predicted_logit=predicted.astype(np.int32),
-                        target_logit=result.logits.gather(1, targets.view(-1, 1)).squeeze(1).cpu().numpy(),
-                        attribution=result.attribution.cpu().numpy(),
-                        input_sum=result.input_sum.cpu().numpy(),
-                        positions=np.full(len(batch), result.positions, dtype=np.int32),
-                    )
+                    with record_function("ingest.write"):  # buffered; a full part is written as Parquet here
+                        writer.add_samples(
+                            image_id=np.array([r.image_id for r in batch], dtype=np.int64),
+                            path=np.array([r.path for r in batch], dtype=object),
+                            target=np.array([r.target for r in batch], dtype=np.int32),
+                            prediction=np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
+                            predicted_logit=predicted.astype(np.int32),
+                            target_logit=target_logit,
+                            attribution=attribution,
+                            input_sum=input_sum,
+                            positions=np.full(len(batch), result.positions, dtype=np.int32),
+                        )
                     summary.n_written += len(batch)
                 advance(sum(len(i) for i, _ in groups) + len(failures))
     except KeyboardInterrupt:
         writer.flush()  # keep the finished rows: the next run resumes after them
         raise
-    writer.flush()
+    with record_function("ingest.write"):
+        writer.flush()
     summary.parts = writer.parts_written
 
 
