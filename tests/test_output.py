@@ -139,7 +139,7 @@ def test_feature_visualisation_captions_fit_their_figure(tmp_path, monkeypatch):
     FigureCanvasAgg(figure)
     renderer = figure.canvas.get_renderer()
     box = figure.bbox
-    texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text")) if getattr(a := t, "get_text")()]
+    texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]
     assert any("r -98.8" in t.get_text() for t in texts)  # the last unit's number is drawn
     for text in texts:
         extent = text.get_window_extent(renderer)
