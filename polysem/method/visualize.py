@@ -482,11 +482,19 @@ def _optimise_with_restarts(target: Target, restart_images: Callable[[], torch.T
     pool = restart_images()
     pool_acts = unit_activations(target, pool, to_input, device)  # image x unit
     fix = "try other `seeds`, the other `method` or the model's input `size`"
+
+    def dead_reason(unit: str, activation: float, moved: bool) -> str:
+        """Why a unit's optimisation had nothing to follow: no activation, or one the image does not change."""
+        if activation > 0 and not moved:
+            return (f"{unit} does not respond to the image (its activation stays {activation:.3g}, its bias and "
+                    "constant inputs; the gradient was 0 at every step)")
+        return f"{unit} never activated (activation {activation:.3g}{'' if moved else ', gradient 0'})"
+
     for i in dead:
         if pool_acts[:, i].max() <= 0:
             unit = target.units[i]
-            failures[unit] = (f"{unit} never activated (activation {acts[i, i]:.3g}{'' if live[i] else ', gradient 0'}), "
-                              f"nor on any of {len(pool)} store images: it may never activate; if it should, {fix}")
+            failures[unit] = (f"{dead_reason(unit, float(acts[i, i]), bool(live[i]))}, nor on any of {len(pool)} "
+                              f"store images: it may never activate; if it should, {fix}")
     again = [i for i in dead if target.units[i] not in failures]
     if again:
         start = pool[[int(np.argmax(pool_acts[:, i])) for i in again]]
@@ -499,9 +507,8 @@ def _optimise_with_restarts(target: Target, restart_images: Callable[[], torch.T
                 restarted.append(unit)
             else:
                 acts[i] = new_acts[k]
-                failures[unit] = (f"{unit} never activated (activation {new_acts[k, i]:.3g}"
-                                  f"{'' if new_live[k] else ', gradient 0'}), even restarted from the store image it "
-                                  f"activates most on; {fix}")
+                failures[unit] = (f"{dead_reason(unit, float(new_acts[k, i]), bool(new_live[k]))}, even restarted "
+                                  f"from the store image it activates most on; {fix}")
     return images, acts, failures, restarted
 
 
