@@ -508,7 +508,7 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
                 advance(sum(len(i) for i, _ in groups) + len(failures))
     except KeyboardInterrupt:
         writer.flush()  # keep the finished rows: the next run resumes after them
-        raise
+        raise KeyboardInterrupt("what was complete is stored; run the same command again to resume") from None
     with record_function("ingest.write"):
         writer.flush()
     summary.parts = writer.parts_written

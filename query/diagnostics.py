@@ -12,6 +12,9 @@ from polysem.query import layout
 
 __all__ = ["damaged_catalog", "damaged_file", "first_line", "query_error"]
 
+# DuckDB's "Catalog Error: Table with name X does not exist!" (tables, views, functions, macros)
+_MISSING_NAME = re.compile(r"Catalog Error: (Table|Scalar Function|Table Function|Macro Function) with name (\w+) "
+                           r"does not exist", re.IGNORECASE)
 _FILE_IN_ERROR = re.compile(r"""(?:file|pattern)\s+['"]([^'"]+\.parquet)['"]""", re.IGNORECASE)
 
 
@@ -33,6 +36,12 @@ def query_error(error: duckdb.Error, store: Path) -> PolysemError:
             relative = None
         if relative is not None:
             return damaged_file(store, relative, first_line(error))
+    missing = _MISSING_NAME.search(str(error))
+    if missing:
+        kind, name = missing.groups()
+        return QueryError(f"no {kind.lower().replace('scalar function', 'function').replace('table function', 'macro')} "
+                          f"named {name} in the store; `polysem sql \"SHOW ALL TABLES\"` lists the tables and views, "
+                          "README's SQL interface the macros")
     return QueryError(first_line(error))
 
 

@@ -104,7 +104,7 @@ def schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:
     return int(value) if value is not None else None
 
 
-def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object) -> list[int]:
+def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object, *, redefine: bool = False) -> list[int]:
     """Bring a catalog opened read-write to this polysem: refuse a newer format, create missing
     tables, run the migrations an older format needs and (re)define every view and macro, in one
     transaction. Returns the formats migrated to ([] when nothing was older)."""
@@ -113,7 +113,7 @@ def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object) -> list[int]
         raise StoreError(f"the store {store} is in format {version}, made by a newer polysem; this polysem "
                          f"{__version__} reads formats up to {SCHEMA_VERSION}: upgrade polysem to use it")
     pending = [(n, block) for n, block in load_migrations() if version is not None and version < n <= SCHEMA_VERSION]
-    if not pending and stored_digest(conn) == sql_digest():
+    if not pending and not redefine and stored_digest(conn) == sql_digest():
         return []  # the catalog's objects are this polysem's: trust them
     conn.begin()
     try:

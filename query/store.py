@@ -171,12 +171,14 @@ class Store:
         return conn
 
     def _prepare_copy(self, copy: Path) -> None:
-        """Migrate the private copy and define this polysem's views and macros in it."""
+        """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone
+        sent may carry other definitions under polysem's names (and polysem's digest), and reads must run
+        polysem's own SQL."""
         try:
             with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
                 if not catalog_created(conn):  # before any view: they need files such a store may lack
                     raise IncompleteStore(self.path)
-                prepare_catalog(conn, self.path)
+                prepare_catalog(conn, self.path, redefine=True)
         except duckdb.Error as error:
             raise damaged_catalog(self.catalog_path, error) from error
 

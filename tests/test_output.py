@@ -113,8 +113,12 @@ def test_figures_as_svg_and_pdf_and_the_wordnet_legend_counts_distinct_pairs(tmp
     text = svg.read_text()
     assert svg.suffix == ".svg" and text.lstrip().startswith("<?xml") and "3 points" in text
     assert "2 distinct class pairs" in text
-    pdf = wordnet_scatter(points, tmp_path / "w.png", figure_format="pdf")
+    pdf = wordnet_scatter(points, tmp_path / "w.pdf", figure_format="pdf")
     assert pdf == tmp_path / "w.pdf" and pdf.read_bytes().startswith(b"%PDF")
+    (tmp_path / "w.png").write_text("the user's")
+    with pytest.raises(ValueError, match="does not end in .pdf"):  # never a sibling file with another suffix
+        wordnet_scatter(points, tmp_path / "w.png", figure_format="pdf")
+    assert (tmp_path / "w.png").read_text() == "the user's"
     again = wordnet_scatter(points, tmp_path / "again.svg")
     assert again.read_bytes() == svg.read_bytes()  # no date in the file: the same figure, the same bytes
 

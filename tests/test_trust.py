@@ -183,3 +183,38 @@ def test_a_first_ingest_never_imports_from_inside_the_store(cli, tmp_path, fixtu
     result = cli("ingest", images, "--store", store, "--model", "mine:build", "--layer", "probe",
                  "--transform", "tests.models:to_tensor")
     assert_refused(result, "cannot import mine", "PYTHONPATH")
+
+
+def test_a_received_catalogs_own_view_definitions_are_not_trusted(cli, colour_store):
+    """A catalog may redefine `classes` (keeping polysem's digest) to read a local file: reads run polysem's SQL."""
+    import duckdb
+
+    secret = colour_store.parent / "secret.txt"
+    secret.write_text("not for the report")
+    con = duckdb.connect(str(colour_store / "catalog.duckdb"))
+    con.execute(f"CREATE OR REPLACE VIEW classes AS SELECT 0 AS class_id, content AS folder, content AS name, "
+                f"NULL AS wnid, 0 AS logit FROM read_text('{secret}')")
+    con.close()
+    shown = cli("classes", "--store", colour_store, "--format", "csv")
+    assert shown.exit_code == 0 and "not for the report" not in shown.output and "green" in shown.output
+
+
+def test_a_run_id_or_file_path_polysem_never_writes_is_refused(cli, colour_store, tmp_path):
+    import duckdb
+
+    from polysem.method.runs import disentangle
+    from tests.helpers import snapshot
+
+    run_id = disentangle(colour_store, 0, concept1=["green"], concept2=["red"], progress=False)["run_id"]
+    for column, value in (("run_id", "../../../../tmp/pwn"), ("artifact", "/etc/passwd")):
+        con = duckdb.connect(str(colour_store / "catalog.duckdb"))
+        con.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", [value, run_id])
+        con.close()
+        before = snapshot(colour_store)
+        result = cli("report", "--store", colour_store, "--out", tmp_path / "report")
+        assert result.exit_code == 2 and "damaged or was edited" in result.output, result.output
+        assert snapshot(colour_store) == before and not (tmp_path / "tmp").exists()
+        con = duckdb.connect(str(colour_store / "catalog.duckdb"))
+        con.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", [run_id if column == "run_id" else
+                                                                          f"artifacts/{run_id[:10]}.pt", value])
+        con.close()

@@ -66,7 +66,8 @@ def command(group: typer.Typer = app, name: str | None = None):
                 return fn(*args, **kwargs)
             except KeyboardInterrupt as interrupt:  # Ctrl-C: exit 130, as a shell reports SIGINT
                 # a library interrupt says what it means (a query: the store is unchanged)
-                what = str(interrupt) or "what was complete is stored; run the same command again to resume"
+                what = str(interrupt) or ("the command stopped before it finished; what it records is recorded "
+                                          "whole or not at all, so run it again")
                 typer.echo(f"Interrupted: {what}.", err=True)
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort):

@@ -152,6 +152,8 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
                ("selection", "id"), ("resolved", "number")]
     _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
                    result.num_rows)
+    print("c_j -> c'_j: per concept j, the mean fraction of the original activation that its own new channel "
+          "carries (the evaluation's diagonal; 1 is a clean split); resolved: `polysem verify`'s verdict")
     if fractions_outside(row for r in result.to_pylist() for row in (r["fractions"] or [])):
         print(f"note: {FRACTIONS_NOTE}")
 
@@ -172,6 +174,8 @@ def render_visualization(result: dict | list[dict], title: str) -> None:
     headers = [("unit", "id"), *([("seed", "id")] if several else []), ("activation", "number"),
                ("selectivity", "number"), ("image", "name")]
     _print_summary(title, headers, rows, len(rows))
+    print("activation: the unit's spatially summed activation on its own image; selectivity (c'j only): that "
+          "activation over the largest other new unit's on the same image")
     if any(unit.startswith("c") and not v.get("failed") and v["selectivity"] is None
            for one in per_seed for unit, v in one.items()):
         print(f"unbounded selectivity: {UNBOUNDED}")
@@ -227,5 +231,6 @@ def render_sweep(result: pa.Table, fmt: str) -> None:
             for (tau, p), line in lines.items()]
     headers = [("tau", "number"), ("p", "number"), ("relevant", "number"), ("shared", "number"),
                ("min cos", "number"), *((f"g<{_number(g)}", "number") for g in gammas)]
-    _print_summary("screening over a grid: relevant (channel, class) pairs, channels relevant for 2+ classes, their "
-                   "lowest ARV cosine, and candidates (channels/pairs) below each gamma", headers, rows, len(rows))
+    _print_summary("screening over a grid (one scan of the attributions)", headers, rows, len(rows))
+    print("relevant: (channel, class) pairs meeting Ineq. 2; shared: channels relevant for 2+ classes; min cos: their "
+          "lowest ARV cosine; g<G: candidate channels/pairs below gamma G")

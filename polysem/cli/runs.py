@@ -169,6 +169,8 @@ def evaluate(
     _check_format(fmt, ("table", "json"))
     from polysem.reporting import evaluate as run_evaluate
 
+    if plots is None and figure_format != "png":
+        raise PolysemError("--figure-format is the format of the --plots figures; add --plots FOLDER or drop it")
     result = run_evaluate(_store(store, trust_code), run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
                           figure_format=figure_format, selection=selection.value, progress=fmt == "table")
     if fmt == "json":
@@ -274,10 +276,12 @@ def visualize(
 
     seed_list = None
     if seeds is not None:
-        try:
-            seed_list = [int(part) for part in seeds.split(",") if part.strip()]
-        except ValueError:
-            raise PolysemError(f"bad --seeds '{seeds}': give seeds separated by commas, e.g. 0,1,2") from None
+        if seed != 0:
+            raise PolysemError("give --seed or --seeds, not both (--seeds lists every seed to run)")
+        parts = [part.strip() for part in seeds.split(",")]
+        if not all(part.lstrip("-").isdigit() for part in parts):
+            raise PolysemError(f"bad --seeds '{seeds}': give whole numbers separated by commas, e.g. 0,1,2")
+        seed_list = [int(part) for part in parts]
     result = run_visualize(_store(store, trust_code), run_id, channel=channel, method=method.value, steps=steps, size=size,
                            seed=seed, seeds=seed_list, device=device, data_dir=data)
     if fmt == "json":

@@ -42,8 +42,9 @@ def screen(
 
     target = _store(store)
     if sweep:
-        if concepts or limit is not None:
-            raise PolysemError("--sweep counts candidates over its own grid; drop --concepts and --limit")
+        if concepts or limit is not None or (tau, p, gamma) != (TAU, P, GAMMA):
+            raise PolysemError("--sweep counts candidates over its own grid of tau, p and gamma; drop --concepts, "
+                               "--limit, --tau, --p and --gamma")
         from polysem.query.screening import sweep as run_sweep
 
         render_sweep(run_sweep(target, correct_only=correct_only), fmt)
@@ -113,6 +114,8 @@ def _figure_format(out: Path, figure_format: str | None) -> str:
     suffix = out.suffix.lower().lstrip(".")
     if figure_format is not None and figure_format not in FIGURE_FORMATS:
         raise PolysemError(f"--figure-format must be one of {', '.join(FIGURE_FORMATS)}, got '{figure_format}'")
-    if figure_format is not None and suffix in FIGURE_FORMATS and suffix != figure_format:
+    if suffix not in FIGURE_FORMATS:
+        raise PolysemError(f"--out {out}: name a .png, .svg or .pdf file (the figure is written to exactly that path)")
+    if figure_format is not None and suffix != figure_format:
         raise PolysemError(f"--out {out} names a .{suffix} file but --figure-format is {figure_format}; make them agree")
-    return figure_format or (suffix if suffix in FIGURE_FORMATS else "png")
+    return suffix

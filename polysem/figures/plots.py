@@ -50,11 +50,12 @@ def save(figure: Figure, out: str | Path, figure_format: str | None = None) -> P
     from polysem.util.atomic import atomic_path
 
     out = Path(out)
-    fmt = figure_format or (out.suffix.lower().lstrip(".") if out.suffix.lower().lstrip(".") in FIGURE_FORMATS
-                            else "png")
+    suffix = out.suffix.lower().lstrip(".")
+    fmt = figure_format or (suffix if suffix in FIGURE_FORMATS else "png")
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {fmt!r}")
-    out = out.with_suffix(f".{fmt}")
+    if suffix != fmt:  # write exactly the path asked for, never a sibling with another suffix
+        raise ValueError(f"{out} does not end in .{fmt}; name the file for its format")
     # fixed metadata: the same figure gives the same bytes (no creation date in SVG or PDF)
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt, {})
     import matplotlib

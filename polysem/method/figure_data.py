@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from polysem.constants import EVAL_SPLIT
-from polysem.errors import PolysemError, RunError
+from polysem.errors import PolysemError, RunError, StoreError
 from polysem.method.evaluation import WHOLE_TOP, top_class_histograms
 from polysem.query.store import Store
 
@@ -266,7 +266,10 @@ def visualisation_images(store: Store, rows: list[dict]) -> dict[str, np.ndarray
     for row in rows:
         if row["image"] is None:
             continue
-        path = store.path / row["image"]
+        path = (store.path / row["image"]).resolve()
+        if not path.is_relative_to((store.path / "artifacts" / "visualizations").resolve()):
+            raise StoreError(f"a visualisation row names the image {row['image']!r}, outside the store's "
+                             "artifacts/visualizations; the store is damaged or was edited: restore it from a backup")
         if path.is_file():
             with Image.open(path) as opened:
                 images[row["image"]] = np.asarray(opened.convert("L") if opened.mode == "L" else opened.convert("RGB"))

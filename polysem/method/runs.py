@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from polysem.constants import GAMMA, RHO_GRID, SCREEN_SPLIT, TAU, P
-from polysem.errors import ArgumentError, RunError, StoreBusy
+from polysem.errors import ArgumentError, RunError, StoreBusy, StoreError
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.models import (
     resolve_device,
@@ -64,6 +65,9 @@ from polysem.version import __version__
 
 __all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
 
+# what `_record` writes: a 10-hex group id, "-j" for the j-th channel of a group; its model in artifacts/
+RUN_ID = re.compile(r"[0-9a-f]{10}(-[0-9]+)?")
+ARTIFACT = re.compile(r"artifacts/[0-9a-f]{10}\.pt")
 LOGIT_TOLERANCE = 1e-4  # max |logit change| allowed, relative to max(1, max |logit|): float32 rounding
 CHECK_IMAGES = 32
 
@@ -101,6 +105,15 @@ class Run(dict):
 
     @classmethod
     def from_row(cls, row: dict) -> Run:
+        """A run from its catalog row; a run id or artifact that polysem cannot have written (a damaged or
+        hostile catalog) is refused before it names a file."""
+        if not isinstance(row.get("run_id"), str) or not RUN_ID.fullmatch(row["run_id"]):
+            raise StoreError(f"the catalog holds a run id polysem never writes ({row.get('run_id')!r}); the store "
+                             "is damaged or was edited: restore it from a backup, or run `polysem check`")
+        artifact = row.get("artifact")
+        if not isinstance(artifact, str) or not ARTIFACT.fullmatch(artifact):
+            raise StoreError(f"run {row['run_id']} names the model file {artifact!r}, not one of the store's "
+                             "artifacts/<id>.pt; the store is damaged or was edited: restore it from a backup")
         run = cls(row)
         if isinstance(run.get("parameters"), str):
             run["parameters"] = json.loads(run["parameters"])
