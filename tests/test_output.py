@@ -88,7 +88,7 @@ def test_fractions_outside_zero_one_are_explained_where_shown(capsys):
                "concept2": {"n_images": 3, "fractions": [0.2, 0.8], "frac_residual": 0.0}}
     render_evaluation(outside, [[1], [2]], {1: "a", 2: "b"}, "outside")
     shown = capsys.readouterr().out
-    assert "2.515" in shown and f"note: {FRACTIONS_NOTE}" in shown
+    assert "2.515" in shown and f"note: {FRACTIONS_NOTE}" in " ".join(shown.split()) and lines_fit(shown)
 
 
 def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
@@ -100,7 +100,7 @@ def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
               "c2": {"activation": 2.0, "selectivity": 4.0, "image": "a/c2.png"}}
     render_visualization(result, "title")
     shown = capsys.readouterr().out
-    assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in shown
+    assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in " ".join(shown.split())
     assert selectivity_reading("c1", None) == UNBOUNDED and "not defined" in selectivity_reading("r", None)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 
 import pyarrow as pa
 from rich.console import Console
@@ -30,6 +31,11 @@ def _cell(value) -> str:
         shown = ", ".join(_cell(v) for v in value[:6])
         return f"[{shown}, ...] ({len(value)})" if len(value) > 6 else f"[{shown}]"
     return escape_controls(str(value))
+
+
+def _note(text: str) -> None:
+    """A note under a table, wrapped to the width the tables keep."""
+    print(textwrap.fill(text, NARROW, break_on_hyphens=False))
 
 
 def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> None:
@@ -133,7 +139,7 @@ def render_verification(result: dict, title: str) -> None:
     _print_summary(title, [("unit", "id"), ("own concept", "name"), ("other concept", "name"), ("no concept", "name"),
                            ("min cosine", "number"), ("ok", "id")], rows, len(rows))
     for c in result["channels"]:
-        print(f"{c['unit']}: {c['reason']}")
+        _note(f"{c['unit']}: {c['reason']}")
 
 
 def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
@@ -152,10 +158,10 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
                ("selection", "id"), ("resolved", "number")]
     _print_summary("disentanglement runs (`polysem runs RUN_ID` for one run's full record)", headers, rows,
                    result.num_rows)
-    print("c_j -> c'_j: per concept j, the mean fraction of the original activation that its own new channel "
+    _note("c_j -> c'_j: per concept j, the mean fraction of the original activation that its own new channel "
           "carries (the evaluation's diagonal; 1 is a clean split); resolved: `polysem verify`'s verdict")
     if fractions_outside(row for r in result.to_pylist() for row in (r["fractions"] or [])):
-        print(f"note: {FRACTIONS_NOTE}")
+        _note(f"note: {FRACTIONS_NOTE}")
 
 
 def render_visualization(result: dict | list[dict], title: str) -> None:
@@ -174,11 +180,11 @@ def render_visualization(result: dict | list[dict], title: str) -> None:
     headers = [("unit", "id"), *([("seed", "id")] if several else []), ("activation", "number"),
                ("selectivity", "number"), ("image", "name")]
     _print_summary(title, headers, rows, len(rows))
-    print("activation: the unit's spatially summed activation on its own image; selectivity (c'j only): that "
+    _note("activation: the unit's spatially summed activation on its own image; selectivity (c'j only): that "
           "activation over the largest other new unit's on the same image")
     if any(unit.startswith("c") and not v.get("failed") and v["selectivity"] is None
            for one in per_seed for unit, v in one.items()):
-        print(f"unbounded selectivity: {UNBOUNDED}")
+        _note(f"unbounded selectivity: {UNBOUNDED}")
 
 
 def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
@@ -212,7 +218,7 @@ def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, 
     _print_summary(title, headers, rows, len(rows))
     if fractions_outside([result[f"concept{j}"]["fractions"] + [result[f"concept{j}"]["frac_residual"]]
                           for j in range(1, k + 1)]):
-        print(f"note: {FRACTIONS_NOTE}")
+        _note(f"note: {FRACTIONS_NOTE}")
 
 
 def render_sweep(result: pa.Table, fmt: str) -> None:
@@ -232,5 +238,5 @@ def render_sweep(result: pa.Table, fmt: str) -> None:
     headers = [("tau", "number"), ("p", "number"), ("relevant", "number"), ("shared", "number"),
                ("min cos", "number"), *((f"g<{_number(g)}", "number") for g in gammas)]
     _print_summary("screening over a grid (one scan of the attributions)", headers, rows, len(rows))
-    print("relevant: (channel, class) pairs meeting Ineq. 2; shared: channels relevant for 2+ classes; min cos: their "
+    _note("relevant: (channel, class) pairs meeting Ineq. 2; shared: channels relevant for 2+ classes; min cos: their "
           "lowest ARV cosine; g<G: candidate channels/pairs below gamma G")
