@@ -333,6 +333,10 @@ class Store:
         info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
         return info
 
+    def class_names(self) -> dict[int, str]:
+        """{class_id: name} of every class (the names every table and figure shows next to ids)."""
+        return {row["class_id"]: row["name"] for row in self.run("class_list").to_pylist()}
+
     def classes(self) -> pa.Table:
         """Every class with its image count in each split the store holds (n_<split> columns)."""
         if self.run("split_summary").num_rows == 0:  # no images yet: nothing to count per split

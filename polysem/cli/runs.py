@@ -238,7 +238,7 @@ def runs(
 
 
 def _class_names(target) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in target.run("class_list").to_pylist()}
+    return target.class_names()
 
 
 class Method(str, Enum):

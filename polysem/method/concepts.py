@@ -113,7 +113,7 @@ def channel_concepts(store: Store | str, *, tau: float = TAU, p: float = P, gamm
     check_bool("correct_only", correct_only)
     check_bool("record", record)
     cosines = arv_cosines(store, tau, p, correct_only=correct_only).to_pylist()
-    names = {r["class_id"]: r["name"] for r in store.run("class_list").to_pylist()}
+    names = store.class_names()
     rows = group_channels(cosines, gamma, names)
     if record:
         key = {"tau": tau, "p": p, "gamma": gamma, "split": SCREEN_SPLIT, "correct_only": correct_only}

@@ -22,7 +22,6 @@ import os
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from polysem.constants import EVAL_SPLIT, TAU
 from polysem.errors import RunError
@@ -30,8 +29,7 @@ from polysem.ingest.attribution import exact_math, layer_probe
 from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
 from polysem.util.checks import check_real, check_text
-from polysem.util.images import ImageRecord, ImageRecords, collate
-from polysem.util.progress import progress_bar
+from polysem.util.images import ImageRecord
 
 __all__ = ["SELECTIONS", "WHOLE_TOP", "check_selection", "clamped_attribution_sums", "evaluate", "evaluation_numbers",
            "record_evaluation", "selection_params", "top_class_histograms"]
@@ -181,18 +179,12 @@ def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d, records: list[Image
                          device: torch.device, batch_size: int = 64, progress: bool = True,
                          label: str = "") -> np.ndarray:
     """N x C_l float32 `clamped_attribution_sums` of logit `logit` for each record, in order (tests count calls)."""
-    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
-    result = np.zeros((len(records), layer.out_channels), np.float32)
-    with progress_bar(f"per-position attributions {label}", len(records), progress) as advance:
-        for groups, failures in loader:
-            if failures:
-                index, message = failures[0]
-                raise RunError(f"cannot read {records[index].path}: {message}")
-            for indices, images in groups:  # one group per image size
-                targets = torch.full((len(indices),), logit, dtype=torch.long, device=device)
-                result[list(indices)] = clamped_attribution_sums(model, layer, images.to(device), targets).cpu().numpy()
-                advance(len(indices))
-    return result
+    from polysem.method.features import per_image_attributions
+
+    return per_image_attributions(records, transform, logit, device,
+                                  lambda images, targets: clamped_attribution_sums(model, layer, images, targets),
+                                  out_channels=layer.out_channels, batch_size=batch_size, progress=progress,
+                                  label=f"per-position attributions {label}")
 
 
 def record_evaluation(store: Store, run_id: str, tau: float, result: dict) -> None:

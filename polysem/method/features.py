@@ -9,6 +9,7 @@ loads them instead of running the model again.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
-__all__ = ["cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps", "remap_paths"]
+__all__ = ["cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps",
+           "per_image_attributions", "remap_paths"]
 
 
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
@@ -117,3 +119,22 @@ def cached_array(path: Path, ids: np.ndarray, name: str, compute) -> np.ndarray:
 def compute_feature_maps(*args, **kwargs) -> np.ndarray:
     """Indirection so tests can check that a cached class never reaches the model."""
     return feature_maps(*args, **kwargs)
+
+
+def per_image_attributions(records: list[ImageRecord], transform, logit: int, device: torch.device,
+                           attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, out_channels: int,
+                           batch_size: int = 64, progress: bool = True, label: str = "") -> np.ndarray:
+    """N x out_channels float32: `attribute(images, targets)` (one row per image) of logit `logit` for each
+    record, in order; the images of a batch are grouped by size. An unreadable image is refused."""
+    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
+    result = np.zeros((len(records), out_channels), np.float32)
+    with progress_bar(label, len(records), progress) as advance:
+        for groups, failures in loader:
+            if failures:
+                index, message = failures[0]
+                raise RunError(f"cannot read {records[index].path}: {message}")
+            for indices, images in groups:  # one group per image size
+                targets = torch.full((len(indices),), logit, dtype=torch.long, device=device)
+                result[list(indices)] = attribute(images.to(device), targets).cpu().numpy()
+                advance(len(indices))
+    return result

@@ -53,7 +53,7 @@ class UnitImages:
 
 
 def class_names(store: Store) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in store.run("class_list").to_pylist()}
+    return store.class_names()
 
 
 def unit_labels(run: dict, names: dict[int, str]) -> dict[str, str]:

@@ -34,21 +34,18 @@ from typing import cast
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
-from polysem.errors import RunError
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.models import resolve_device, stored_transform
 from polysem.method.disentangling import DisentangledConv
-from polysem.method.features import cached_array, remap_paths
+from polysem.method.features import cached_array, per_image_attributions, remap_paths
 from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
 from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store
 from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_bool, check_int, check_path, check_text
-from polysem.util.images import ImageRecord, ImageRecords, collate
-from polysem.util.progress import progress_bar
+from polysem.util.images import ImageRecord
 
 __all__ = ["layer_attributions", "relevant_fraction", "verify"]
 
@@ -58,19 +55,10 @@ def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRe
                        label: str = "") -> np.ndarray:
     """N x C float32: gradient x activation of logit `logit` at `layer`'s output (C channels), summed over
     space, for each record in order."""
-    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
-    result = np.zeros((len(records), layer.out_channels), np.float32)
-    with progress_bar(f"verify {label}", len(records), progress) as advance:
-        for groups, failures in loader:
-            if failures:
-                index, message = failures[0]
-                raise RunError(f"cannot read {records[index].path}: {message}")
-            for indices, images in groups:  # one group per image size
-                targets = torch.full((len(indices),), logit, dtype=torch.long, device=device)
-                attribution = attribute_batch(model, layer, images.to(device), targets).attribution
-                result[list(indices)] = attribution.cpu().numpy()
-                advance(len(indices))
-    return result
+    return per_image_attributions(records, transform, logit, device,
+                                  lambda images, targets: attribute_batch(model, layer, images, targets).attribution,
+                                  out_channels=layer.out_channels, batch_size=batch_size, progress=progress,
+                                  label=f"verify {label}")
 
 
 def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
