@@ -195,6 +195,9 @@ def main() -> None:
 
     import click
 
+    from polysem.util.memory import keep_freed_memory
+
+    keep_freed_memory()  # a command's model passes reuse freed activations (polysem.util.memory)
     # typer vendors its own click from 0.20 on: catch its exceptions and click's
     usage_errors = tuple(c for c in (click.ClickException, getattr(typer, "TyperException", None)) if c)
     try:
