@@ -52,6 +52,7 @@ def write_part(path: Path, ids: np.ndarray, targets: np.ndarray, attribution: np
         "attribution": list_column(attribution.astype(np.float32)),
         "input_sum": list_column(input_sum.astype(np.float32)),
         "positions": np.full(n, positions, np.int32),
+        "positive_sum": pa.nulls(n, pa.float64()),  # as ingest: compaction fills it
     }, schema=layout.SAMPLES)
     atomic.write_atomic(table, layout.new_part_path(path, "samples", split, rank))
 

@@ -60,6 +60,7 @@ class PartWriter:
                     list_column(chunk["attribution"]),
                     list_column(chunk["input_sum"]),
                     pa.array(chunk["positions"], pa.int32()),
+                    pa.nulls(n, pa.float64()),  # positive_sum: compaction computes it, in SQL
                 ],
                 schema=layout.SAMPLES,
             )

@@ -53,12 +53,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
         pass  # a damaged catalog: reported below, after the files it may name
     if repair:
         layout.write_schema_files(root)
-    damaged_parts = []
-    for table in layout.PART_TABLES:
-        for path in sorted((root / table).glob("*/*.parquet")):
-            is_part = path.parent.name != layout.SCHEMA_DIR
-            if _footer_rows(path, root, report, record=not (repair and is_part)) is None and is_part:
-                damaged_parts.append(path)
+    damaged_parts = _check_parts(root, report, repair)
     class_rows = _footer_rows(root / "classes.parquet", root, report)
     weight_rows = _footer_rows(root / "layer_weights.parquet", root, report)
 
@@ -66,7 +61,8 @@ def check_store(store, repair: bool = False) -> CheckReport:
         meta = store.meta()
         runs = store.run("run_artifacts").to_pylist()
     except PolysemError as error:
-        report.problems.append(str(error))
+        if not any(str(path) in str(error) for path in damaged_parts):  # a damaged part fails the catalog too
+            report.problems.append(str(error))
         return report
     out_channels = meta.get("layer_shape", {}).get("out_channels")
     if weight_rows is not None and out_channels is not None and weight_rows != out_channels:
@@ -84,14 +80,27 @@ def check_store(store, repair: bool = False) -> CheckReport:
                                    "run `polysem disentangle` again for it")
 
     if repair:
-        for path in damaged_parts:
+        with store.connect(write=True):
+            pass  # records pending runs and sweeps leftovers
+    return report
+
+
+def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
+    """Every part's footer; the damaged parts, set aside with `repair` (before the catalog is opened:
+    defining the samples view reads every part's schema)."""
+    damaged = []
+    for table in layout.PART_TABLES:
+        for path in sorted((root / table).glob("*/*.parquet")):
+            is_part = path.parent.name != layout.SCHEMA_DIR
+            if _footer_rows(path, root, report, record=not (repair and is_part)) is None and is_part:
+                damaged.append(path)
+    if repair:
+        for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             path.rename(aside)
             report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{path.parent.name}' again "
                                    "to store its images")
-        with store.connect(write=True):
-            pass  # records pending runs and sweeps leftovers
-    return report
+    return damaged
 
 
 def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = True) -> int | None:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from polysem.errors import StoreBusy, StoreError
 from polysem.query import layout
-from polysem.query.sqlfiles import query_statement, run_statement
+from polysem.query.sqlfiles import define, query_statement, run_statement
 from polysem.util import atomic
 
 __all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactSummary", "compact", "compact_split", "lock_split"]
@@ -137,6 +137,7 @@ def _write_class_ordered(files: list[Path], out: Path) -> int:
     parts are class-ordered runs (per rank), so each range query reads few of them."""
     con = duckdb.connect()
     try:
+        define(con, "positive_sum", "sample_rows")  # positive_sum is stored here, computed by the store's macro
         names = [str(f) for f in files]
         counts = run_statement(con, "parquet_class_sizes", files=names).fetchall()
         ranges = _class_ranges(counts)

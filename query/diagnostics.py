@@ -58,6 +58,12 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
 
 
-def damaged_catalog(catalog: Path, error: Exception) -> StoreError:
+def damaged_catalog(catalog: Path, error: Exception) -> PolysemError:
+    """The catalog cannot be opened or prepared. Defining the samples view reads every part's schema,
+    so a damaged part can fail here too: that file is named, with its own fix."""
+    if isinstance(error, duckdb.Error) and _FILE_IN_ERROR.search(str(error)):
+        translated = query_error(error, catalog.parent)
+        if isinstance(translated, StoreError):
+            return translated
     return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "
                       "or ingest into a new `store`")

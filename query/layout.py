@@ -43,6 +43,7 @@ SAMPLES = pa.schema(
         ("attribution", pa.list_(pa.float32())),
         ("input_sum", pa.list_(pa.float32())),
         ("positions", pa.int32()),
+        ("positive_sum", pa.float64()),  # NULL in ingest parts: compaction fills it (the `sample_rows` macro)
     ]
 )
 

@@ -28,8 +28,8 @@ __all__ = [
 
 # The store format this polysem writes; sql/migrations.sql brings older ones here.
 # 2: classes.logit, samples.predicted_logit, per-split dataset roots; 3: schema_version, act_concepts;
-# 4: evaluations.selection; 5: visualizations.failure, image nullable.
-SCHEMA_VERSION = 5
+# 4: evaluations.selection; 5: visualizations.failure, image nullable; 6: samples.positive_sum (stored by compaction).
+SCHEMA_VERSION = 6
 # the metadata a store must hold to count as created (written in one transaction by the first ingest)
 REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
                  "polysem_version", "created_at")

@@ -232,5 +232,13 @@ def apply_blocks(conn, *, persistent: bool, kinds: tuple[str, ...] = ("TABLE", "
             conn.execute(block.sql if persistent else block.temp_sql())
 
 
+def define(conn, *names: str) -> None:
+    """Create the named views and macros (as TEMP objects) on a connection without a store catalog,
+    e.g. compaction's: it computes what the store's own definitions compute, with their SQL."""
+    blocks = {block.name: block for block in load_blocks()}
+    for name in names:
+        conn.execute(blocks[name].temp_sql())
+
+
 def sql_dir() -> Path:
     return Path(str(resources.files("polysem.sql")))

@@ -48,7 +48,7 @@ masked AS (
 images AS (
     SELECT s.image_id, s.path, s.target,
            list_position(list_transform(r.concepts, lambda c: list_contains(c, s.target)), true) AS concept,
-           relative_attribution(s.attribution[r.channel + 1], positive_sum(s.attribution)) AS relative_attribution,
+           relative_attribution(s.attribution[r.channel + 1], s.positive_sum) AS relative_attribution,
            s.input_sum::DOUBLE[] AS x, m.b * s.positions AS bias_term, m.w0, m.wj, m.wr
     FROM samples s CROSS JOIN r CROSS JOIN masked m
     WHERE s.split = split_name AND list_contains(flatten(r.concepts), s.target)

@@ -22,3 +22,9 @@ INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '4'::JS
 ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS failure VARCHAR;
 ALTER TABLE visualizations ALTER COLUMN image DROP NOT NULL;
 INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '5'::JSON);
+
+-- name: migrate_6
+-- Format 6: samples' Parquet files carry positive_sum (Ineq. 2's denominator), stored by compaction so that the
+-- screening does not sum every attribution list again. Files written before it lack the column: the samples view
+-- computes it for them with the same macro. Nothing in the catalog changes.
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '6'::JSON);

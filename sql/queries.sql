@@ -161,8 +161,8 @@ SELECT image_id FROM read_parquet($files);
 SELECT target, count(*) AS n FROM read_parquet($files) GROUP BY target ORDER BY target;
 
 -- name: parquet_class_range
--- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id (compaction).
-SELECT * FROM read_parquet($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
+-- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id, positive_sum filled (compaction).
+SELECT * FROM sample_rows($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
 
 -- name: meta_value
 -- One store_meta value as text (value), none when the key is absent.

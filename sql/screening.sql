@@ -1,10 +1,5 @@
--- name: positive_sum
--- Scalar: the sum of the positive entries of an image's attribution vector (0 when none is positive), the denominator of Ineq. 2.
-CREATE OR REPLACE MACRO positive_sum(attribution) AS
-coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0);
-
 -- name: relative_attribution
--- Scalar: one channel's attribution relative to the image's positive sum; NULL when that sum is 0 (no positive attribution: no channel is relevant for the image). Ineq. 2 is relative_attribution(a, positive_sum(attribution)) >= tau, here, in evaluation and in disentangle's relevance check.
+-- Scalar: one channel's attribution relative to the image's positive sum; NULL when that sum is 0 (no positive attribution: no channel is relevant for the image). Ineq. 2 is relative_attribution(a, positive_sum) >= tau (samples.positive_sum), here, in evaluation and in disentangle's relevance check.
 CREATE OR REPLACE MACRO relative_attribution(a, total) AS
 CASE WHEN total > 0 THEN a / total END;
 
@@ -12,7 +7,7 @@ CASE WHEN total > 0 THEN a / total END;
 -- Ineq. 2 counted per (class, channel) over one split: class_id, channel, n_images (of the class), n_relevant, fraction = n_relevant / n_images. Pairs without any relevant image are left out (their fraction is 0).
 CREATE OR REPLACE MACRO class_channel_relevance(tau := 0.03, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
-    SELECT target AS class_id, attribution, positive_sum(attribution) AS total
+    SELECT target AS class_id, attribution, positive_sum AS total
     FROM samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
@@ -133,7 +128,7 @@ GROUP BY class_id, channel;
 -- The screening at every combination of $taus x $ps x $gammas in one scan of the attributions: tau, p, gamma, relevant_pairs ((channel, class) pairs meeting Ineq. 2), shared_channels (channels relevant for two or more classes), min_cosine (lowest ARV cosine among their class pairs), candidate_pairs and candidate_channels (pairs below gamma and their channels: what `polysem screen` would list).
 CREATE OR REPLACE MACRO screen_sweep(taus, ps, gammas, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
-    SELECT target AS class_id, attribution, positive_sum(attribution) AS total
+    SELECT target AS class_id, attribution, positive_sum AS total
     FROM samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),

@@ -1,13 +1,28 @@
+-- name: positive_sum
+-- Scalar: the sum of the positive entries of an image's attribution vector (0 when none is positive), the denominator of Ineq. 2.
+CREATE OR REPLACE MACRO positive_sum(attribution) AS
+coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0);
+
+-- name: sample_rows
+-- The rows of samples' Parquet files (`files`: a glob or list) with positive_sum filled: compaction stores it (format 6); for an ingest part or a file compacted before format 6 it is computed here, by the same macro, so the value is the same either way.
+CREATE OR REPLACE MACRO sample_rows(files) AS TABLE
+SELECT * REPLACE (coalesce(positive_sum, positive_sum(attribution)) AS positive_sum)
+FROM (
+    SELECT * FROM read_parquet(files, union_by_name = true)
+    UNION ALL BY NAME
+    SELECT NULL::DOUBLE AS positive_sum WHERE false  -- the column, for stores whose files all predate it
+);
+
 -- name: samples
--- One row per ingested image: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l).
+-- One row per ingested image: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator).
 CREATE OR REPLACE VIEW samples AS
-SELECT * FROM read_parquet('samples/*/*.parquet');
+SELECT * FROM sample_rows('samples/*/*.parquet');
 
 -- name: ingest_errors
 -- Images that could not be read or transformed and are still not stored: the latest attempt's reason per image (a later ingest retries them).
 CREATE OR REPLACE VIEW ingest_errors AS
 SELECT e.* FROM read_parquet('ingest_errors/*/*.parquet') e
-ANTI JOIN read_parquet('samples/*/*.parquet') s ON s.split = e.split AND s.image_id = e.image_id
+ANTI JOIN samples s ON s.split = e.split AND s.image_id = e.image_id
 QUALIFY row_number() OVER (PARTITION BY e.split, e.image_id ORDER BY e.failed_at DESC) = 1;
 
 -- name: classes

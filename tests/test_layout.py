@@ -34,6 +34,7 @@ def write_parts(store: Path, n_parts_per_rank: int = 3, ranks: int = 2, seed: in
                 pa.array(rng.normal(size=n).astype(np.float32)),
                 list_column(rng.random((n, CHANNELS), dtype=np.float32)),
                 list_column(rng.random((n, 8), dtype=np.float32)), pa.array(np.ones(n, np.int32)),
+                pa.nulls(n, pa.float64()),
             ], schema=layout.SAMPLES), layout.new_part_path(store, "samples", "train", rank))
 
 
@@ -163,3 +164,30 @@ def test_compact_refuses_a_split_being_ingested_and_an_unknown_split(parts_store
         compact(parts_store, "val")
     result = cli("compact", "--split", "train", "--store", parts_store.path)
     assert result.exit_code == 0 and "train: 600 rows rewritten, 6 files -> 1" in result.output
+
+
+def positive_sums(attribution) -> np.ndarray:
+    """Ineq. 2's denominator by numpy: the positive entries of each float32 list, summed in float64."""
+    return np.array([np.sum(a[a > 0], dtype=np.float64) for a in map(np.asarray, attribution)])
+
+
+def test_compaction_stores_positive_sum_and_the_view_computes_it_where_a_file_lacks_it(parts_store):
+    folder = parts_store.path / "samples" / "train"
+    old_schema = pa.schema([f for f in layout.SAMPLES if f.name != "positive_sum"])  # a file of format 5 or older
+    old = pq.read_table(next(folder.glob("part-*.parquet"))).select(old_schema.names)
+    old = old.set_column(0, "image_id", pa.array(np.arange(len(old)) + 10_000, pa.int64()))
+    atomic.write_atomic(old.cast(old_schema), folder / "part-r000-oldformat0000.parquet")
+    parts = [pq.read_table(f) for f in folder.glob("part-*.parquet")]
+    assert all("positive_sum" not in t.column_names or t.column("positive_sum").null_count == len(t) for t in parts)
+
+    viewed = parts_store.query("SELECT image_id, attribution, positive_sum FROM samples ORDER BY image_id")
+    expected = positive_sums(viewed.column("attribution").to_pylist())
+    assert np.allclose(viewed.column("positive_sum").to_numpy(), expected, rtol=1e-12, atol=0)
+
+    compact(parts_store)
+    stored = pa.concat_tables(pq.read_table(f, columns=["image_id", "positive_sum"]) for f in folder.glob("*.parquet"))
+    stored = stored.sort_by("image_id")
+    assert stored.column("positive_sum").null_count == 0  # every file compacted carries it, the old one too
+    assert stored.column("image_id").to_pylist() == viewed.column("image_id").to_pylist()
+    # stored by the same macro the view used: the same doubles, not just close ones
+    assert stored.column("positive_sum").to_pylist() == viewed.column("positive_sum").to_pylist()
