@@ -99,17 +99,20 @@ def input_differences(data: Path, device: torch.device) -> dict:
 
     paths = sorted(str(p) for p in (data / "train").rglob("*.JPEG"))
     grey = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255  # normalised units -> grey levels, per channel
-    worst, total, differing, values = 0.0, 0.0, 0, 0
+    worst, total, differing, values, same_decode = 0.0, 0.0, 0, 0, 0
     for start in range(0, len(paths), 32):
         chunk = paths[start:start + 32]
         pil = torch.stack([imagenet_transform()(Image.open(p).convert("RGB")) for p in chunk])
-        tensor = imagenet_batch(decode_images([read_for_decoding(p, None) for p in chunk], device)).cpu()
+        decoded = decode_images([read_for_decoding(p, None) for p in chunk], device)
+        same_decode += sum(torch.equal(image.cpu().permute(1, 2, 0), torch.from_numpy(np.array(Image.open(p).convert(
+            "RGB")))) for p, image in zip(chunk, decoded, strict=True) if isinstance(image, torch.Tensor))
+        tensor = imagenet_batch(decoded).cpu()
         levels = (tensor - pil).abs() * grey
         worst = max(worst, levels.max().item())
         total += levels.sum().item()
         differing += int((levels > 0.5).sum())
         values += levels.numel()
-    return {"max_grey_levels": round(worst, 3), "mean_grey_levels": round(total / values, 5),
+    return {"decoded_like_pillow": f"{same_decode} of {len(paths)} images", "max_grey_levels": round(worst, 3), "mean_grey_levels": round(total / values, 5),
             "fraction_differing": round(differing / values, 5)}
 
 
