@@ -159,9 +159,10 @@ def errors(store: Path) -> dict[str, str]:
 
 def test_mixed_files_fall_back_or_become_errors_as_with_pil(tmp_path):
     data = make_mixed(tmp_path)
+    # the files are read in a DataLoader worker (as on a GPU machine), the JPEGs decoded here
     tensor = polysem.ingest(tmp_path / "tensor", data, **TINY_DEFAULT, decode="tensor", max_pixels=100_000,
-                            batch_size=16)
-    pil = polysem.ingest(tmp_path / "pil", data, **TINY_DEFAULT, max_pixels=100_000, batch_size=16)
+                            batch_size=16, num_workers=1)
+    pil = polysem.ingest(tmp_path / "pil", data, **TINY_DEFAULT, max_pixels=100_000, batch_size=16, num_workers=0)
     assert (tensor.n_written, tensor.n_errors) == (pil.n_written, pil.n_errors) == (7, 3)
     by_tensor, by_pil = rows(tmp_path / "tensor"), rows(tmp_path / "pil")
     assert sorted(by_tensor) == sorted(by_pil)
