@@ -56,8 +56,9 @@ def check_device_decoder(device: torch.device) -> None:
     try:
         images = decode_images([_tiny_jpeg()], device, retry=False)
     except Exception as error:  # noqa: BLE001 -- whatever torchvision raises, the fix is the same
+        other = "" if device.type == "cpu" else ", or `device`=cpu"
         raise ModelError(f"`decode`=tensor cannot decode JPEGs on {device} ({type(error).__name__}: "
-                         f"{_message(error)}); use `decode`=pil, or `device`=cpu") from None
+                         f"{_message(error)}); use `decode`=pil{other}") from None
     if not isinstance(images[0], torch.Tensor) or tuple(images[0].shape) != (3, 16, 16):
         raise ModelError(f"`decode`=tensor decoded a 16 x 16 JPEG on {device} as {images[0]!r}; use `decode`=pil")
 
