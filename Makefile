@@ -76,6 +76,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/visualize_speed.py
 	PYTHONPATH=. $(PY) bench/ingest_profile.py
 	PYTHONPATH=. $(PY) bench/captum_ratio.py
+	PYTHONPATH=. $(PY) bench/decode_effect.py
 	PYTHONPATH=. $(PY) bench/paper_study.py --classes 1000 --per-class 1 --val-per-class 1
 	@if command -v nvidia-smi >/dev/null; then PYTHON=$(abspath $(PY)) bash bench/device_check.sh; \
 	 else echo "no nvidia-smi: bench/device_check.sh (the CUDA path) skipped"; fi

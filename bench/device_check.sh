@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one go: installs polysem from this checkout into the machine's
 # python (python3, or $PYTHON: `make bench` passes its .venv's), then runs the model tests on the
-# GPU, ingest throughput, visualisation speed, the per-stage ingest profile and the whole paper study
-# (bench/paper_study.py at 1000 classes x 4 images).
+# GPU, ingest throughput, visualisation speed, the per-stage ingest profile, the whole paper study
+# (bench/paper_study.py at 1000 classes x 4 images) and the tensor decoder (`--decode tensor`) on the GPU.
 # Writes the numbers and logs into $OUT (or bench/out/). Usage: bash bench/device_check.sh
 #
 # Nothing outside the repository is required. pip resolves the dependencies of pyproject.toml as
@@ -60,3 +60,8 @@ timeout 150 "$py" bench/ingest_profile.py --device cuda --images 1024 --batch-si
 #    extrapolation to ImageNet's 1,331,167 images are in the JSON
 timeout 420 "$py" bench/paper_study.py --device cuda --classes 1000 --per-class 4 --val-per-class 1 --batch-size 256 \
   --steps 512 --size 224 --json "$out/paper-study.json" 2>&1 | tee "$out/paper-study.txt" | tail -25
+# 6. the tensor decoder on the GPU (nvJPEG; not measured on a CPU): its CUDA test, then its effect on the stored
+#    attributions and the screening against the default decoder (200 ImageNet-shaped JPEGs, ResNet-50)
+timeout 120 "$py" -m pytest -q -p no:cacheprovider tests/test_decode.py -k cuda 2>&1 | tee "$out/pytest-decode-cuda.log" | tail -3
+timeout 240 "$py" bench/decode_effect.py --device cuda --classes 100 --per-class 2 --batch-size 64 \
+  --json "$out/decode-effect.json" 2>&1 | tee "$out/decode-effect.txt" | tail -40

@@ -22,11 +22,12 @@ from torchvision import transforms
 from polysem.errors import ModelError
 from polysem.util.imports import code_folder, importable_from
 
-__all__ = ["DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "ResolvedModel", "ResolvedTransform", "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code",
-           "stored_transform"]
+__all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
+           "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_SIZE, CROP_SIZE = 256, 224  # the default transform: shorter side to 256, centre crop 224 x 224
 DEFAULT_TRANSFORM = "imagenet"  # resize 256, center crop 224, ImageNet normalisation
 OFFLINE_ENV = "POLYSEM_OFFLINE"
 
@@ -276,8 +277,8 @@ def imagenet_transform() -> Callable:
     """docs/method.md's preprocessing: resize 256, center crop 224, ImageNet mean/std."""
     return transforms.Compose(
         [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
+            transforms.Resize(RESIZE_SIZE),
+            transforms.CenterCrop(CROP_SIZE),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from polysem.errors import DataError, ModelError, PolysemError, StoreMismatch
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import SplitListing, class_rows, list_split
+from polysem.ingest.decode import check_decode, check_device_decoder, loading
 from polysem.ingest.models import (
     DEFAULT_TRANSFORM,
     ResolvedModel,
@@ -38,7 +39,15 @@ from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
 from polysem.query.diagnostics import query_error
-from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, read_meta, write_meta
+from polysem.query.meta import (
+    DEFAULT_DECODE,
+    SCHEMA_VERSION,
+    dataset_root_key,
+    meta_complete,
+    read_meta,
+    recorded_decode,
+    write_meta,
+)
 from polysem.query.sqlfiles import run_statement
 from polysem.query.store import as_store
 from polysem.util import atomic
@@ -51,7 +60,7 @@ from polysem.util.checks import (
     check_path,
     check_text,
 )
-from polysem.util.images import ImageRecords, collate, pillow_max_pixels
+from polysem.util.images import ImageRecords, pillow_max_pixels
 from polysem.util.imports import code_folder
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
@@ -96,6 +105,7 @@ def ingest(
     progress: bool = True,
     compact: bool = True,
     max_pixels: int | None = None,
+    decode: str | None = None,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
@@ -107,7 +117,9 @@ def ingest(
     leave (`ingest.threads`); threads are restored afterwards. With `compact`, rank 0
     compacts the split's parts when the ingest succeeded (`query.compact`). An image of more
     than `max_pixels` pixels (default: Pillow's limit, Image.MAX_IMAGE_PIXELS) is not decoded but
-    listed in ingest_errors, as is a FIFO, socket or device among the images.
+    listed in ingest_errors, as is a FIFO, socket or device among the images. `decode`: pil (torchvision's
+    PIL pipeline) or tensor (batched decode_jpeg and the default transform as tensors on the ingest's
+    device; ingest/decode.py); default the store's, else pil. A store holds one decoder's rows only.
     """
     store = as_store(store)
     check_path("data_dir", data_dir)
@@ -121,15 +133,20 @@ def ingest(
     batch_size, num_workers, limit, rows_per_part, threads = _check_options(batch_size, num_workers, limit,
                                                                             rows_per_part, threads)
     max_pixels = _check_max_pixels(max_pixels)
+    check_decode(decode, transform)
     store.check_writable()
     existing = _existing_meta(store)
-    model, weights, layer, transform = _settings(existing, model, weights, layer, transform)
+    check_decode(decode, transform or (existing or {}).get("transform"))  # the store's transform, if it has one
+    model, weights, layer, transform, decode = _settings(existing, model, weights, layer, transform, decode)
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     _check_listing(store, existing, listing, split)
     setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir, max_pixels)
     job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact,
-               max_pixels)
-    return _run_job(job, resolve_device(device))
+               max_pixels, decode)
+    run_device = resolve_device(device)
+    if decode == "tensor":
+        check_device_decoder(run_device)
+    return _run_job(job, run_device)
 
 
 def _existing_meta(store: Store) -> dict | None:
@@ -224,6 +241,7 @@ class _Job:
     progress: bool
     compact: bool
     max_pixels: int | None = None  # the pixel limit; None: Pillow's
+    decode: str = DEFAULT_DECODE  # pil or tensor (ingest/decode.py)
 
 
 def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
@@ -243,9 +261,10 @@ def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
                                 rank=rank, world_size=world_size, device=str(run_device))
         setup = job.setup
         with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):
-            _run(setup.resolved.model.to(run_device), setup.conv, setup.transform, mine, setup.logits, split,
-                 store.path, rank, job.rows_per_part, job.batch_size, job.num_workers, run_device,
-                 job.progress and rank == 0, summary, job.max_pixels)
+            _run(setup.resolved.model.to(run_device), setup.conv,
+                 loading(job.decode, mine, setup.transform.fn, setup.transform.import_root, job.max_pixels),
+                 mine, setup.logits, split, store.path, rank, job.rows_per_part, job.batch_size, job.num_workers,
+                 run_device, job.progress and rank == 0, summary)
         _barrier(world_size)
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
@@ -272,7 +291,7 @@ def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
         try:
             with record_function("ingest.prepare_store"):  # the DuckDB catalog and the store's tables
                 _prepare_store(job.store, setup.resolved, setup.layer, setup.conv, setup.transform,
-                               setup.class_table, job.split, job.listing)
+                               setup.class_table, job.split, job.listing, job.decode)
             lock = lock_split(job.store.path, job.split)
         except PolysemError as error:
             failure = error
@@ -359,16 +378,22 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def _settings(existing, model, weights, layer, transform):
+def _settings(existing, model, weights, layer, transform, decode):
     if existing is None:
-        return model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform
+        return model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE
     for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
-                                    ("transform", transform, existing["transform"])):
+                                    ("transform", transform, existing["transform"]),
+                                    ("decode", decode, recorded_decode(existing))):
         if given is not None and given != recorded:
+            why = ""
+            if option == "decode":  # the pixels differ: a store's rows must all come from one decoder
+                why = " (a store made before `decode` existed was decoded with pil)" if "decode" not in existing \
+                    else " (one decoder per store: their pixels differ)"
             raise StoreMismatch(
-                f"the store holds `{option}`={recorded}, not {given}; omit `{option}` or use another `store`"
+                f"the store holds `{option}`={recorded}{why}, not {given}; omit `{option}` or use another `store`"
             )
-    return existing["model"], weights or existing["weights"], existing["layer"], existing["transform"]
+    return (existing["model"], weights or existing["weights"], existing["layer"], existing["transform"],
+            recorded_decode(existing))
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
@@ -378,7 +403,8 @@ def _first_difference(a: list[str], b: list[str]) -> str:
     return f"{len(a)} classes in the store, {len(b)} here"
 
 
-def _prepare_store(store, resolved, layer_name, conv, image_transform, class_table, split, listing) -> None:
+def _prepare_store(store, resolved, layer_name, conv, image_transform, class_table, split, listing,
+                   decode=DEFAULT_DECODE) -> None:
     """Create the store on first ingest and record the split's dataset root, in one transaction.
 
     Creation is serialised by a file lock, so two first ingests (say train and val at once)
@@ -402,13 +428,15 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
             "layer_shape": layer_shape(conv),
             "transform": image_transform.spec,
             "transform_import_root": image_transform.import_root,
+            "decode": decode,
             "polysem_version": __version__,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if meta_complete(meta):  # another ingest created it since we looked
-            for key in ("model", "weights_sha256", "layer", "transform"):
-                if meta[key] != wanted[key]:
-                    raise StoreMismatch(f"the store was just created by another ingest with {key} {meta[key]}, "
+            for key, recorded in (*((key, meta[key]) for key in ("model", "weights_sha256", "layer", "transform")),
+                                  ("decode", recorded_decode(meta))):
+                if recorded != wanted[key]:
+                    raise StoreMismatch(f"the store was just created by another ingest with {key} {recorded}, "
                                         f"not {wanted[key]}; use the same settings or another `store`")
         else:
             layout.write_schema_files(store.path)
@@ -446,17 +474,18 @@ def stored_ids(store_path: Path, split: str) -> set[int]:
     return set(rows.tolist())
 
 
-def _run(model, conv, transform, records, logits, split, store_path, rank, rows_per_part, batch_size, num_workers,
-         device, show_progress, summary, max_pixels=None) -> None:
-    """Attribute each image to its class's logit (`logits[class_id]`) and write the rows."""
+def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_part, batch_size, num_workers,
+         device, show_progress, summary) -> None:
+    """Attribute each image to its class's logit (`logits[class_id]`) and write the rows; `load`: how the
+    images become inputs (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here)."""
     writer = PartWriter(store_path, split, rank, rows_per_part)
     class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
     class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
     loader = DataLoader(
-        ImageRecords(records, transform.fn, import_root=transform.import_root, max_pixels=max_pixels),
+        load.dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=load.collate_fn,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         multiprocessing_context=worker_context(num_workers),
@@ -473,7 +502,7 @@ def _run(model, conv, transform, records, logits, split, store_path, rank, rows_
                     loaded = next(batches, None)
                 if loaded is None:
                     break
-                groups, failures = loaded
+                groups, failures = load.finish(loaded, device)  # tensor: decode and transform on the device
                 for index, message in failures:
                     record = records[index]
                     writer.add_error(record.image_id, record.path, record.target, message)

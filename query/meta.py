@@ -13,6 +13,8 @@ from polysem.query.sqlfiles import apply_blocks, load_migrations, run_statement,
 from polysem.version import __version__
 
 __all__ = [
+    "DECODERS",
+    "DEFAULT_DECODE",
     "REQUIRED_META",
     "SCHEMA_VERSION",
     "IncompleteStore",
@@ -21,6 +23,7 @@ __all__ = [
     "meta_complete",
     "prepare_catalog",
     "read_meta",
+    "recorded_decode",
     "schema_version",
     "stored_digest",
     "write_meta",
@@ -33,6 +36,16 @@ SCHEMA_VERSION = 6
 # the metadata a store must hold to count as created (written in one transaction by the first ingest)
 REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
                  "polysem_version", "created_at")
+
+# How ingest decodes images (`decode`, ingest/decode.py). An optional key, like the code folders: a store made
+# before it existed has none and was decoded with pil, so no migration writes it.
+DECODERS = ("pil", "tensor")
+DEFAULT_DECODE = "pil"
+
+
+def recorded_decode(meta: dict[str, Any]) -> str:
+    """The decoder a store's images went through: its `decode` key, or pil for a store without one."""
+    return meta.get("decode", DEFAULT_DECODE)
 
 
 def dataset_root_key(split: str) -> str:

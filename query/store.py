@@ -27,7 +27,14 @@ from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
 from polysem.query.diagnostics import damaged_catalog, query_error
-from polysem.query.meta import IncompleteStore, catalog_created, meta_complete, prepare_catalog, read_meta
+from polysem.query.meta import (
+    IncompleteStore,
+    catalog_created,
+    meta_complete,
+    prepare_catalog,
+    read_meta,
+    recorded_decode,
+)
 from polysem.query.outputs import check_output
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
@@ -317,6 +324,7 @@ class Store:
     def info(self) -> dict[str, Any]:
         """What the store holds: its metadata, images per split, classes, runs and size on disk."""
         info = self.meta()
+        info["decode"] = recorded_decode(info)  # a store made before the key: pil
         info["code"] = {what: code_status(str(info[what]), what, info.get(f"{what}_import_root"), self.path,
                                           self.trust_code) for what in ("model", "transform")}
         info["splits"] = {

@@ -41,6 +41,26 @@ def make_image_folder(root: Path, split: str, counts: dict[str, int], size=(20, 
     return root
 
 
+def jpeg_pixels(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """height x width x 3 uint8: a smooth random colour field with grain, like a photograph to a JPEG decoder."""
+    base = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC), dtype=np.int16)
+    return np.clip(smooth + rng.normal(0, 12, size=smooth.shape), 0, 255).astype(np.uint8)
+
+
+def make_jpeg_folder(root: Path, split: str, counts: dict[str, int], sizes=((300, 220),), seed=0) -> Path:
+    """JPEGs (quality 90): root/split/<class>/<i>.jpg, the (width, height) of each taken in turn from `sizes`."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    for folder, count in counts.items():
+        (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            width, height = sizes[n % len(sizes)]
+            Image.fromarray(jpeg_pixels(rng, width, height)).save(root / split / folder / f"{i:03d}.jpg", quality=90)
+            n += 1
+    return root
+
+
 def map_logits(root: Path, split: str = "train") -> Path:
     """classes.json giving class folder i the logit i: for folders fewer than the model's outputs."""
     folders = sorted(p.name for p in (root / split).iterdir() if p.is_dir())

@@ -47,6 +47,20 @@ def slow(image):
     return small(image)
 
 
+class SlowTinyNet(TinyNet):
+    """TinyNet (the same weights) that sleeps 0.1 s in every forward pass, so that a test can kill an ingest
+    mid-way when the transform is the default one (`--decode tensor` takes no other)."""
+
+    def forward(self, x):
+        time.sleep(0.1)
+        return super().forward(x)
+
+
+def slow_tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return SlowTinyNet()
+
+
 class _DetectorNet(nn.Module):
     """stem (1x1, 3 -> 3, ReLU): R, G and B detectors (l-1 channels 0, 1, 2); `probe` (1x1, 3 -> 3, no bias)
     the layer of interest; head: ReLU, mean over space, a linear map without bias to one logit per class."""

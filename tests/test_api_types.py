@@ -125,6 +125,8 @@ CASES = [
     ("ingest", {"compact": "no"}, "compact", WRONG, "True or False"),
     ("ingest", {"max_pixels": 1.5}, "max_pixels", WRONG, "a whole number (int)"),
     ("ingest", {"max_pixels": 0}, "max_pixels", RANGE, "from 1 to 2**63 - 1"),
+    ("ingest", {"decode": 5}, "decode", WRONG, "text (str) or None, got int 5"),
+    ("ingest", {"decode": "gpu"}, "decode", RANGE, "pil or tensor, got str 'gpu'"),
     # screen and channel_concepts
     ("screen", {"store": 1.5}, "store", WRONG, "a path"),
     ("screen", {"tau": "0.1"}, "tau", WRONG, "a number (int or float), got str '0.1'"),
@@ -347,6 +349,7 @@ def test_numbers_of_other_kinds_are_taken(built):
     (["ingest", "IMAGES", "--threads", 10**4], ["--threads must be from 1 to"]),
     (["ingest", "IMAGES", "--limit", BIG], ["--limit must be from 1 to 2**63 - 1"]),
     (["ingest", "IMAGES", "--max-pixels", BIG], ["--max-pixels must be from 1 to 2**63 - 1"]),
+    (["ingest", "IMAGES", "--decode", "nvjpeg"], ["--decode must be pil or tensor, got str 'nvjpeg'"]),
 ], ids=lambda value: None)
 def test_the_command_line_names_the_flag_and_the_range(cli, built, args, fragments):
     before = snapshot(built.store)

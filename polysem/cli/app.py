@@ -100,6 +100,7 @@ FLAGS = {
     "compact": "--compact",
     "correct_only": "--correct-only",
     "data_dir": "--data",
+    "decode": "--decode",
     "device": "--device",
     "figure_format": "--figure-format",
     "force": "--force",

@@ -43,6 +43,7 @@ def ingest(
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
     compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     max_pixels: Annotated[int | None, typer.Option(help="Images of more pixels are listed as unreadable, not decoded. [default: Pillow's limit, 89478485]")] = None,
+    decode: Annotated[str | None, typer.Option(help="pil: torchvision's PIL pipeline; tensor: batched decode_jpeg and the default transform as tensors on --device (nvJPEG on a GPU; other pixels than pil's). [default: pil, or the store's]")] = None,
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -56,6 +57,7 @@ def ingest(
         _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
         classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact, max_pixels=max_pixels,
+        decode=decode,
     )
     if summary.rank == 0:
         typer.echo(
@@ -100,7 +102,7 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table", tru
         f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
         (f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, "
          f"kernel {shape['kernel_size']}, stride {shape['stride']}, padding {shape['padding']}"),
-        f"transform  {details['transform']}",
+        f"transform  {details['transform']}  (decoded with {details['decode']})",
         *(_code_line(what, details["code"][what]) for what in ("model", "transform")),
         f"classes    {details['classes']}",
     ]

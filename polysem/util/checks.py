@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from polysem.errors import ArgumentError, ArgumentRange
 
-__all__ = ["BATCH_MAX", "COUNT_MAX", "check_bool", "check_class_list", "check_class_lists", "check_int",
+__all__ = ["BATCH_MAX", "COUNT_MAX", "check_bool", "check_choice", "check_class_list", "check_class_lists", "check_int",
            "check_params", "check_path", "check_real", "check_text"]
 
 COUNT_MAX = 2**63 - 1  # a count, limit, id or seed: at most a 63-bit integer (DuckDB's BIGINT)
@@ -105,6 +105,14 @@ def check_text(name: str, value: Any, *, none: bool = False) -> Any:
     if not isinstance(value, str):
         expected = "text (str)" + (" or None" if none else "")
         raise ArgumentError(f"`{name}` must be {expected}, got {_got(value)}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...], *, none: bool = False) -> Any:
+    """One of `choices` (text; None too with `none`): a str that is none of them is out of range."""
+    check_text(name, value, none=none)
+    if value is not None and value not in choices:
+        raise ArgumentRange(f"`{name}` must be {' or '.join(choices)}, got {_got(value)}")
     return value
 
 

@@ -10,7 +10,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -18,8 +20,9 @@ from torch.utils.data import Dataset
 from polysem.errors import DataError
 from polysem.util.imports import importable_from
 
-__all__ = ["ImageRecord", "ImageRecords", "ImageRefused", "collate", "collate_one_size", "file_kind", "open_image",
-           "pillow_max_pixels"]
+__all__ = ["TORCHVISION_FORMATS", "EncodedImages", "ImageRecord", "ImageRecords", "ImageRefused", "collate",
+           "collate_encoded", "collate_one_size", "file_kind", "open_image", "opened_image", "pillow_max_pixels",
+           "read_for_decoding"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,12 @@ def _pillow_allows(max_pixels: int | None) -> Iterator[None]:
                 Image.MAX_IMAGE_PIXELS = pillow
 
 
-def open_image(path: str, max_pixels: int | None) -> Image.Image:
-    """The RGB image at `path`, or ImageRefused: a FIFO, socket or device is never opened for reading
-    (it could block forever, or act on a device), and an image above `max_pixels` is never decoded
-    (its size comes from the header). max_pixels None: no limit."""
+@contextmanager
+def opened_image(path: str, max_pixels: int | None) -> Iterator[tuple[Image.Image, BinaryIO]]:
+    """The image at `path` opened by Pillow, not yet decoded (its header read: size, format, mode), and
+    its open file; or ImageRefused: a FIFO, socket or device is never opened for reading (it could block
+    forever, or act on a device), and an image above `max_pixels` is never decoded (its size comes from
+    the header). max_pixels None: no limit. Pillow's own limit is ours while the block runs."""
     kind = file_kind(os.stat(path).st_mode)  # follows links: the file that would be read
     if kind is not None:
         raise ImageRefused(f"not a regular file ({kind})")
@@ -93,7 +98,41 @@ def open_image(path: str, max_pixels: int | None) -> Image.Image:
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageRefused(f"{width} x {height} = {width * height:,} pixels, above the pixel limit of "
                                    f"{max_pixels:,}; ingest with a larger --max-pixels (max_pixels=) to read it")
-            return image.convert("RGB")
+            yield image, handle
+
+
+def open_image(path: str, max_pixels: int | None) -> Image.Image:
+    """The RGB image at `path`, decoded by Pillow, or ImageRefused (`opened_image`)."""
+    with opened_image(path, max_pixels) as (image, _):
+        return image.convert("RGB")
+
+
+# What torchvision.io.decode_image reads of the formats Pillow names; Pillow decodes the others (BMP, PPM,
+# TIFF, GIF's first frame) for the tensor decoder, as the default decoder would.
+TORCHVISION_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+def read_for_decoding(path: str, max_pixels: int | None) -> torch.Tensor:
+    """The image at `path` for the batched tensor decoder (`--decode tensor`): the file's bytes (a 1-D uint8
+    tensor) when it is a three-component JPEG, which decode_jpeg takes in a batch on any device; any other
+    image (PNG, a grayscale or CMYK JPEG, ...) decoded here on the CPU, a 3 x H x W uint8 tensor, by
+    torchvision.io.decode_image (Pillow for the formats torchvision does not read). The same refusals as
+    `open_image`: special files, and images above `max_pixels` (from the header, before any decoding)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    with opened_image(path, max_pixels) as (image, handle):
+        handle.seek(0)
+        data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        if image.format == "JPEG" and image.mode == "RGB":
+            return data
+        if image.format in TORCHVISION_FORMATS:
+            decoded = decode_image(data, mode=ImageReadMode.RGB)
+            if decoded.dtype != torch.uint8:  # a 16-bit PNG: its top 8 bits
+                from torchvision.transforms.v2.functional import to_dtype
+
+                decoded = to_dtype(decoded, torch.uint8, scale=True)
+            return decoded
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class ImageRecords(Dataset):
@@ -135,6 +174,35 @@ class ImageRecords(Dataset):
             return index, None, str(refused)
         except Exception as error:  # noqa: BLE001 -- corrupt, truncated, unreadable: recorded, not fatal
             return index, None, f"{type(error).__name__}: {error}"
+
+
+class EncodedImages(Dataset):
+    """The tensor decoder's dataset: each image as `read_for_decoding` gives it (file bytes of a JPEG, or an
+    image decoded on the CPU); a failure becomes an error message, never an exception, as in ImageRecords.
+    The JPEGs are decoded in the ingest process, in batches, on the ingest's device (ingest/decode.py)."""
+
+    def __init__(self, records: list[ImageRecord], max_pixels: int | None = None):
+        self.records = records
+        self.max_pixels = pillow_max_pixels() if max_pixels is None else max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, read_for_decoding(self.records[index].path, self.max_pixels), None
+        except ImageRefused as refused:
+            return index, None, str(refused)
+        except Exception as error:  # noqa: BLE001 -- corrupt, truncated, unreadable: recorded, not fatal
+            return index, None, f"{type(error).__name__}: {error}"
+
+
+def collate_encoded(items):
+    """(groups, failures) as `collate` gives them, with one group whose images are a list: JPEG bytes and
+    decoded images of any size, in the order of their indices (the tensor decoder batches them)."""
+    read = [(i, data) for i, data, err in items if err is None]
+    groups = [([i for i, _ in read], [data for _, data in read])] if read else []
+    return groups, [(i, err) for i, _, err in items if err is not None]
 
 
 def collate(items):

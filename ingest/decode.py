@@ -1,0 +1,167 @@
+"""How ingest turns image files into model inputs: `pil` (the default) or `tensor` (`--decode`).
+
+`pil`: torchvision's PIL pipeline, in the DataLoader (workers or this process): Pillow decodes, then the
+store's transform (for `imagenet`: Resize(256), CenterCrop(224), ToTensor, Normalize).
+
+`tensor`, for the `imagenet` transform only: the DataLoader reads each file's bytes (and checks its header
+for the pixel limit); this process decodes every batch's JPEGs at once with torchvision.io.decode_jpeg on
+the ingest's device (nvJPEG on CUDA, libjpeg-turbo on the CPU), then resizes (shorter side 256, bilinear,
+antialiased), centre-crops 224 and normalises with ImageNet's mean and std, all as tensors on that device
+(torchvision.transforms.v2.functional). The CPU and CUDA run this same code; only `device` differs. Images
+decode_jpeg does not take in a batch (PNG, grayscale or CMYK JPEGs) are decoded on the CPU in the
+DataLoader (`polysem.util.images.read_for_decoding`); a JPEG the batch decoder refuses is decoded alone,
+then on the CPU (decode_image), and is an ingest error when that fails too.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import record_function
+
+from polysem.errors import ModelError
+from polysem.ingest.models import CROP_SIZE, DEFAULT_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
+from polysem.query.meta import DECODERS, DEFAULT_DECODE
+from polysem.util.checks import check_choice
+from polysem.util.images import EncodedImages, ImageRecord, ImageRecords, collate, collate_encoded
+
+__all__ = ["DECODERS", "DEFAULT_DECODE", "Loading", "check_decode", "check_device_decoder", "decode_images",
+           "imagenet_batch", "loading"]
+
+
+def check_decode(decode: str | None, transform: str | None) -> None:
+    """`decode` is pil, tensor or None (the store's, else pil); tensor only with the default transform."""
+    check_choice("decode", decode, DECODERS, none=True)
+    if decode == "tensor" and transform not in (None, DEFAULT_TRANSFORM):
+        raise ModelError(f"`decode`=tensor decodes and preprocesses for the default transform only (resize "
+                         f"{RESIZE_SIZE}, crop {CROP_SIZE}, ImageNet normalisation), not `transform`={transform}; "
+                         "use `decode`=pil with your own transform")
+
+
+def _tiny_jpeg() -> torch.Tensor:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buffer, format="JPEG", quality=90)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def check_device_decoder(device: torch.device) -> None:
+    """A JPEG made here is decoded in a batch on `device` before anything is written: a torchvision without
+    nvJPEG (or a device it cannot decode on) is refused in one line, not found at the first batch."""
+    try:
+        images = decode_images([_tiny_jpeg()], device, retry=False)
+    except Exception as error:  # noqa: BLE001 -- whatever torchvision raises, the fix is the same
+        other = "" if device.type == "cpu" else ", or `device`=cpu"
+        raise ModelError(f"`decode`=tensor cannot decode JPEGs on {device} ({type(error).__name__}: "
+                         f"{_message(error)}); use `decode`=pil{other}") from None
+    if not isinstance(images[0], torch.Tensor) or tuple(images[0].shape) != (3, 16, 16):
+        raise ModelError(f"`decode`=tensor decoded a 16 x 16 JPEG on {device} as {images[0]!r}; use `decode`=pil")
+
+
+_SOURCE = re.compile(r"^\w+, \S+:\d+, ")  # torchvision's "decode_jpeg, /path/decode_jpeg.cpp:171, " prefix
+
+
+def _message(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+    return _SOURCE.sub("", text)
+
+
+def decode_images(payloads: list[torch.Tensor], device: torch.device, *, retry: bool = True
+                  ) -> list[torch.Tensor | str]:
+    """Each payload as a 3 x H x W uint8 image on `device`, or the reason it is unreadable.
+
+    A 1-D payload is a JPEG's bytes: all of them go to one batched decode_jpeg on `device`. When that
+    fails (a corrupt or truncated file among them), each is decoded alone on `device`, then, if that
+    fails, by decode_image on the CPU; a file that fails both is unreadable. A 3-D payload was decoded on
+    the CPU already (read_for_decoding) and is moved to `device`. `retry` False: a failure raises."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images: list[torch.Tensor | str] = [p.to(device, non_blocking=True) if p.dim() == 3 else "" for p in payloads]
+    encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
+    if not encoded:
+        return images
+    try:
+        decoded: list = decode_jpeg([payloads[i] for i in encoded], mode=ImageReadMode.RGB, device=device)
+    except Exception:
+        if not retry:
+            raise
+        decoded = [_decode_alone(payloads[i], device) for i in encoded]  # one bad file fails the batch
+    for i, image in zip(encoded, decoded, strict=True):
+        images[i] = image
+    return images
+
+
+def _decode_alone(data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+    """A JPEG the batch refused: alone on `device`, else by decode_image on the CPU, else the reason."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except Exception:  # noqa: BLE001 -- not for decode_jpeg: the CPU's decode_image next
+        try:
+            return decode_image(data, mode=ImageReadMode.RGB).to(device)
+        except Exception as error:  # noqa: BLE001 -- corrupt or truncated: an ingest error, as with PIL
+            return f"{type(error).__name__}: {_message(error)}"
+
+
+def imagenet_batch(images: list[torch.Tensor]) -> torch.Tensor:
+    """The default transform on uint8 3 x H x W images, as tensors on their device: shorter side to 256
+    (bilinear, antialiased; the longer side int(256 * long / short), as Resize(256)), centre crop 224 (the
+    same anchor as CenterCrop), scaled to [0, 1], normalised with ImageNet's mean and std. Images of one
+    size are resized together. Returns N x 3 x 224 x 224 float32, in the order given."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    out = torch.empty(len(images), 3, CROP_SIZE, CROP_SIZE, dtype=torch.float32, device=images[0].device)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    for members in by_size.values():
+        batch = torch.stack([images[i] for i in members])
+        batch = F.resize(batch, [RESIZE_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        batch = F.center_crop(batch, [CROP_SIZE, CROP_SIZE])
+        batch = F.to_dtype(batch, torch.float32, scale=True)
+        out[members] = F.normalize(batch, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return out
+
+
+@dataclass
+class Loading:
+    """What the DataLoader runs (`dataset`, `collate_fn`) and what this process does to each loaded batch
+    (`finish(loaded, device)` -> (groups, failures): groups of (indices, N x C x H x W tensor))."""
+
+    dataset: torch.utils.data.Dataset
+    collate_fn: Callable
+    finish: Callable
+
+
+def _pil_finish(loaded, device: torch.device):
+    return loaded  # decoded and transformed in the DataLoader already
+
+
+def _tensor_finish(loaded, device: torch.device):
+    groups, failures = loaded
+    out = []
+    with record_function("ingest.decode"):
+        for indices, payloads in groups:
+            images = decode_images(payloads, device)
+            failures = failures + [(i, image) for i, image in zip(indices, images, strict=True)
+                                   if isinstance(image, str)]
+            kept = [(i, image) for i, image in zip(indices, images, strict=True) if isinstance(image, torch.Tensor)]
+            if kept:
+                out.append(([i for i, _ in kept], imagenet_batch([image for _, image in kept])))
+    return out, failures
+
+
+def loading(decode: str, records: list[ImageRecord], transform: Callable, import_root: str | None,
+            max_pixels: int | None) -> Loading:
+    """The ingest's loading for `decode` (pil or tensor) over `records`."""
+    if decode == "tensor":
+        return Loading(EncodedImages(records, max_pixels=max_pixels), collate_encoded, _tensor_finish)
+    return Loading(ImageRecords(records, transform, import_root=import_root, max_pixels=max_pixels), collate,
+                   _pil_finish)
