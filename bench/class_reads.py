@@ -13,6 +13,7 @@ other image, parts of 4096 rows. Then `polysem compact`.
    split sizes. They should grow with k, not with the split.
 
 Usage: python bench/class_reads.py [--per-class 1300] [--imagenet-per-class 10,30] [--keep DIR] [--tiny]
+       python bench/class_reads.py --store DIR [--ks 1,2,8]   (step 2's queries on an existing store)
 
 `--tiny` (10 images per class, 2 per class at 1000 classes, k = 2) only checks that the
 script still runs; tests/test_bench.py runs it so.
@@ -105,16 +106,22 @@ def imagenet_shape(work: Path, per_class_sizes: list[int], ks: list[int]) -> lis
     for per_class in per_class_sizes:
         path = work / f"in1k-{per_class}"
         build_store(path, 1000, per_class)
-        store = Store(path)
-        compact(store)
-        split_bytes = sum(f.stat().st_size for f in (path / "samples" / "train").glob("*.parquet"))
-        for k in ks:
-            for name, sql in concept_queries(k, 1000).items():
-                profile(store, sql)  # warm the page cache: time the query, not the disk
-                best = min((profile(store, sql) for _ in range(3)), key=lambda r: r["seconds"])
-                rows.append({"images": 1000 * per_class, "split_mb": round(split_bytes / 1e6), "k": k, "query": name,
-                             **best})
+        compact(Store(path))
+        rows += concept_reads(path, ks)
         shutil.rmtree(path)
+    return rows
+
+
+def concept_reads(path: Path, ks: list[int]) -> list[dict]:
+    """The concept queries on k classes of a compacted 1000-class store, best of 3 after a warm-up."""
+    store, rows = Store(path), []
+    split_bytes = sum(f.stat().st_size for f in (path / "samples" / "train").glob("*.parquet"))
+    images = store.query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    for k in ks:
+        for name, sql in concept_queries(k, 1000).items():
+            profile(store, sql)  # warm the page cache: time the query, not the disk
+            best = min((profile(store, sql) for _ in range(3)), key=lambda r: r["seconds"])
+            rows.append({"images": images, "split_mb": round(split_bytes / 1e6), "k": k, "query": name, **best})
     return rows
 
 
@@ -125,7 +132,13 @@ def main() -> None:
     parser.add_argument("--ks", default="1,2,8")
     parser.add_argument("--keep", type=Path, help="work in this folder (default: a temporary one)")
     parser.add_argument("--tiny", action="store_true", help="a few images per class: a smoke test")
+    parser.add_argument("--store", type=Path, help="only the concept queries, on this compacted 1000-class store "
+                        "(e.g. one bench/screening_scale.py --keep made at ImageNet's size)")
     args = parser.parse_args()
+    if args.store:
+        for row in concept_reads(args.store, [int(k) for k in args.ks.split(",")]):
+            print(json.dumps(row), flush=True)
+        return
     if args.tiny:
         args.per_class, args.imagenet_per_class, args.ks = 10, "2", "2"
     work = args.keep or Path(tempfile.mkdtemp(prefix="polysem-class-reads-"))

@@ -1,10 +1,12 @@
 """Screening cost at ImageNet shape: 2048 channels, 512 inputs, 1000 classes.
 
 For each size (default 10k, 30k, 100k images) a synthetic store is written
-straight in the store's Parquet format. Each image has a few channels far above
-tau (three per class, as the method expects of real data) and small noise
-elsewhere. In one run the script times, each query in a fresh process (so peak
-memory is per query):
+straight in the store's Parquet format, in ImageFolder order (sorted by class, as
+an ingest writes it). Each image has a few channels far above tau (three per
+class, as the method expects of real data) and small noise elsewhere. The split is
+then compacted in a fresh process, as ingest does at its end (timed: wall and CPU
+seconds, peak memory), and each query below runs on the compacted store in a
+fresh process (so peak memory is per query):
 
 - the bare scan: `SELECT sum(list_sum(attribution)) FROM samples` (every value read once);
 - class_channel_relevance, arv_cosine and polysemantic_pairs (the whole screening);
@@ -36,6 +38,7 @@ CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
 QUERIES = {
     "bare_scan": "SELECT sum(list_sum(attribution)) FROM samples",
     "class_channel_relevance": "SELECT count(*) FROM class_channel_relevance()",
+    "class_means_of": "SELECT count(*) FROM class_means_of()",
     "arv_cosine": "SELECT count(*) FROM arv_cosine()",
     "polysemantic_pairs": "SELECT count(*) FROM polysemantic_pairs()",
     "arv_one_row": "SELECT arv FROM arv WHERE channel = 1660 AND class_id = 530",
@@ -58,6 +61,21 @@ def build_store(path: Path, n_images: int, seed: int = 0) -> None:
         input_sum[np.arange(n)[:, None], own_inputs[targets]] += rng.exponential(5.0, size=(n, 24)).astype(np.float32)
         write_part(path, np.arange(start, start + n), targets, attribution, input_sum, rng.normal(5, 1, n))
     finish_store(path, CHANNELS, INPUTS)
+
+
+def time_compaction(store: Path) -> dict:
+    """Compact the split in a fresh process, as ingest does at its end: wall and CPU seconds, peak RSS."""
+    code = (
+        "import resource, sys, time; from pathlib import Path; from polysem.query.compact import compact_split, lock_split\n"
+        "t = time.perf_counter(); lock = lock_split(Path(sys.argv[1]), 'train'); s = compact_split(Path(sys.argv[1]), 'train')\n"
+        "dt = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(dt, u.ru_utime + u.ru_stime, hwm, s.files_before, s.files_after)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
+    seconds, cpu, peak_kb, before, after = out.stdout.split()[-5:]
+    return {"seconds": round(float(seconds), 2), "cpu_seconds": round(float(cpu), 2), "peak_rss_mb": int(peak_kb) // 1024,
+            "files_before": int(before), "files_after": int(after)}
 
 
 def time_query(store: Path, sql: str) -> dict:
@@ -114,7 +132,9 @@ def main() -> None:
                 start = time.perf_counter()
                 build_store(path, size)
                 print(f"built {size} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-            row = {name: time_query(path, sql) for name, sql in QUERIES.items()}
+            compacted = any((path / "samples" / "train").glob("compact-*"))
+            row = {} if compacted else {"compaction": time_compaction(path)}  # as ingest leaves a store
+            row |= {name: time_query(path, sql) for name, sql in QUERIES.items()}
             row["samples_bytes"] = sum(p.stat().st_size for p in (path / "samples" / "train").glob("*.parquet"))
             row["class_size"] = size / CLASSES
             results[size] = row
