@@ -196,9 +196,9 @@ def main() -> None:
 
     import click
 
-    from polysem.util.memory import keep_freed_memory
+    from polysem.util.process import configure_cli_process
 
-    keep_freed_memory()  # a command's model passes reuse freed activations (polysem.util.memory)
+    configure_cli_process()  # freed memory kept, short OpenMP spins: before torch loads (polysem.util.process)
     # typer vendors its own click from 0.20 on: catch its exceptions and click's
     usage_errors = tuple(c for c in (click.ClickException, getattr(typer, "TyperException", None)) if c)
     try:
