@@ -78,7 +78,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/captum_ratio.py
 	PYTHONPATH=. $(PY) bench/decode_effect.py
 	PYTHONPATH=. $(PY) bench/paper_study.py --classes 1000 --per-class 1 --val-per-class 1
-	@if command -v nvidia-smi >/dev/null; then PYTHON=$(abspath $(PY)) bash bench/device_check.sh; \
+	@if command -v nvidia-smi >/dev/null; then PYTHON=$(abspath $(PY)) bash bench/device_check.sh all; \
 	 else echo "no nvidia-smi: bench/device_check.sh (the CUDA path) skipped"; fi
 
 clean:
