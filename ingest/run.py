@@ -538,6 +538,9 @@ def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_p
     except KeyboardInterrupt:
         writer.flush()  # keep the finished rows: the next run resumes after them
         raise KeyboardInterrupt("what was complete is stored; run the same command again to resume") from None
+    except BaseException:
+        writer.settle()  # the part being written is complete: let it land before the store is released
+        raise
     with record_function("ingest.write"):
         writer.flush()
     summary.parts = writer.parts_written
