@@ -495,6 +495,9 @@ def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_p
         num_workers=num_workers,
         collate_fn=load.collate_fn,
         pin_memory=device.type == "cuda",
+        # `load.prefetch_factor` batches per worker are loaded ahead (ingest/decode.py says why its value).
+        # Not persistent: an ingest is one pass over its images, so workers have no second epoch to serve.
+        prefetch_factor=load.prefetch_factor if num_workers > 0 else None,
         persistent_workers=False,
         multiprocessing_context=worker_context(num_workers),
     )
