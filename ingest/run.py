@@ -520,6 +520,8 @@ def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_p
                 for indices, images in groups:
                     flow.started(_Attributed(model, conv, [records[i] for i in indices], images, logits, device))
             flow.drain()
+            with record_function("ingest.write"):
+                writer.flush()  # the last part, and every part handed over before it, on disk
         except KeyboardInterrupt:
             flow.drain()  # the batch in flight is complete: keep it too
             writer.flush()  # keep the finished rows: the next run resumes after them
@@ -527,8 +529,6 @@ def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_p
         except BaseException:
             writer.settle()  # the part being written is complete: let it land before the store is released
             raise
-    with record_function("ingest.write"):
-        writer.flush()
     summary.parts = writer.parts_written
 
 
