@@ -130,14 +130,24 @@ def imagenet_batch(images: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+# Batches each DataLoader worker loads ahead (DataLoader's prefetch_factor; with workers only). `pil`: torch's
+# default, 2: its batches are decoded float images (0.6 MB per 224 x 224 image) held in shared memory, and
+# pinned again on a GPU, so 8 workers x 2 batches of 256 already hold 2.5 GB; when the workers are the limit
+# (ImageNet on a GPU, docs/benchmarks.md) more batches ahead add memory, not speed. `tensor`: 4: its batches
+# are the files' bytes (about a tenth of that), the workers only read, and this process decodes; 4 per worker
+# keep a batch ready through a slow read (a cold file, a network disk) at a tenth of `pil`'s memory per batch.
+PREFETCH = {"pil": 2, "tensor": 4}
+
+
 @dataclass
 class Loading:
-    """What the DataLoader runs (`dataset`, `collate_fn`) and what this process does to each loaded batch
-    (`finish(loaded, device)` -> (groups, failures): groups of (indices, N x C x H x W tensor))."""
+    """What the DataLoader runs (`dataset`, `collate_fn`, `prefetch_factor`) and what this process does to each
+    loaded batch (`finish(loaded, device)` -> (groups, failures): groups of (indices, N x C x H x W tensor))."""
 
     dataset: torch.utils.data.Dataset
     collate_fn: Callable
     finish: Callable
+    prefetch_factor: int = PREFETCH[DEFAULT_DECODE]
 
 
 def _pil_finish(loaded, device: torch.device):
@@ -162,6 +172,7 @@ def loading(decode: str, records: list[ImageRecord], transform: Callable, import
             max_pixels: int | None) -> Loading:
     """The ingest's loading for `decode` (pil or tensor) over `records`."""
     if decode == "tensor":
-        return Loading(EncodedImages(records, max_pixels=max_pixels), collate_encoded, _tensor_finish)
+        return Loading(EncodedImages(records, max_pixels=max_pixels), collate_encoded, _tensor_finish,
+                       PREFETCH["tensor"])
     return Loading(ImageRecords(records, transform, import_root=import_root, max_pixels=max_pixels), collate,
-                   _pil_finish)
+                   _pil_finish, PREFETCH["pil"])

@@ -60,7 +60,7 @@ from polysem.util.checks import (
     check_path,
     check_text,
 )
-from polysem.util.images import ImageRecords, pillow_max_pixels
+from polysem.util.images import ImageRecord, ImageRecords, pillow_max_pixels
 from polysem.util.imports import code_folder
 from polysem.util.progress import progress_bar
 from polysem.version import __version__
@@ -474,27 +474,39 @@ def stored_ids(store_path: Path, split: str) -> set[int]:
     return set(rows.tolist())
 
 
+# Whether `_run` overlaps its stages: one batch in flight on the device and parts written by a helper
+# thread. False runs them one after the other (the loop before the overlap; the tests' reference run).
+_OVERLAP = True
+
+
 def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_part, batch_size, num_workers,
          device, show_progress, summary) -> None:
     """Attribute each image to its class's logit (`logits[class_id]`) and write the rows; `load`: how the
-    images become inputs (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here)."""
-    writer = PartWriter(store_path, split, rank, rows_per_part)
-    class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
-    class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
+    images become inputs (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here).
+
+    Input, compute and writing overlap (issue 17): the DataLoader's workers load ahead (`prefetch_factor`),
+    one batch is in flight on the device while this process turns the batch before into rows
+    (`_Lookahead`), and full parts are written by a helper thread (`PartWriter`). The rows, their order and
+    the parts they fall into are those of the serial loop (`_OVERLAP` False)."""
+    writer = PartWriter(store_path, split, rank, rows_per_part, background=_OVERLAP)
     loader = DataLoader(
         load.dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=load.collate_fn,
         pin_memory=device.type == "cuda",
+        # `load.prefetch_factor` batches per worker are loaded ahead (ingest/decode.py says why its value).
+        # Not persistent: an ingest is one pass over its images, so workers have no second epoch to serve.
+        prefetch_factor=load.prefetch_factor if num_workers > 0 else None,
         persistent_workers=False,
         multiprocessing_context=worker_context(num_workers),
     )
-    try:
-        # Rank 0 counts its own images only: every rank has its share, and a rate scaled by world_size
-        # would be a guess; the label says so.
-        label = f"ingest {split}" + (f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else "")
-        with progress_bar(label, len(records), show_progress) as advance:
+    # Rank 0 counts its own images only: every rank has its share, and a rate scaled by world_size
+    # would be a guess; the label says so.
+    label = f"ingest {split}" + (f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else "")
+    with progress_bar(label, len(records), show_progress) as advance:
+        flow = _Lookahead(writer, records, logits, summary, advance, depth=1 if _OVERLAP else 0)
+        try:
             # named ranges for torch.profiler (bench/ingest_profile.py: where the time goes); free without one
             batches = iter(loader)
             while True:
@@ -504,43 +516,129 @@ def _run(model, conv, load, records, logits, split, store_path, rank, rows_per_p
                     break
                 groups, failures = load.finish(loaded, device)  # tensor: decode and transform on the device
                 for index, message in failures:
-                    record = records[index]
-                    writer.add_error(record.image_id, record.path, record.target, message)
-                    summary.n_errors += 1
-                    if len(summary.errors) < 5:
-                        summary.errors.append(f"{record.path}: {message}")
+                    flow.failed(index, message)
                 for indices, images in groups:
-                    batch = [records[i] for i in indices]
-                    with record_function("ingest.host_to_device"):
-                        targets = torch.tensor([logits[r.target] for r in batch], device=device)
-                        images = images.to(device, non_blocking=True)
-                    result = attribute_batch(model, conv, images, targets)
-                    with record_function("ingest.device_to_host"):
-                        predicted = result.logits.argmax(1).cpu().numpy()
-                        target_logit = result.logits.gather(1, targets.view(-1, 1)).squeeze(1).cpu().numpy()
-                        attribution = result.attribution.cpu().numpy()
-                        input_sum = result.input_sum.cpu().numpy()
-                    known = predicted < len(class_of_logit)
-                    with record_function("ingest.write"):  # buffered; a full part is written as Parquet here
-                        writer.add_samples(
-                            image_id=np.array([r.image_id for r in batch], dtype=np.int64),
-                            path=np.array([r.path for r in batch], dtype=object),
-                            target=np.array([r.target for r in batch], dtype=np.int32),
-                            prediction=np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
-                            predicted_logit=predicted.astype(np.int32),
-                            target_logit=target_logit,
-                            attribution=attribution,
-                            input_sum=input_sum,
-                            positions=np.full(len(batch), result.positions, dtype=np.int32),
-                        )
-                    summary.n_written += len(batch)
-                advance(sum(len(i) for i, _ in groups) + len(failures))
-    except KeyboardInterrupt:
-        writer.flush()  # keep the finished rows: the next run resumes after them
-        raise KeyboardInterrupt("what was complete is stored; run the same command again to resume") from None
-    with record_function("ingest.write"):
-        writer.flush()
+                    flow.started(_Attributed(model, conv, [records[i] for i in indices], images, logits, device))
+            flow.drain()
+            with record_function("ingest.write"):
+                writer.flush()  # the last part, and every part handed over before it, on disk
+        except KeyboardInterrupt:
+            flow.drain()  # the batch in flight is complete: keep it too
+            writer.flush()  # keep the finished rows: the next run resumes after them
+            raise KeyboardInterrupt("what was complete is stored; run the same command again to resume") from None
+        except BaseException:
+            writer.settle()  # the part being written is complete: let it land before the store is released
+            raise
     summary.parts = writer.parts_written
+
+
+class _Attributed:
+    """One batch whose attribution has been started on `device`, its results on their way to host memory.
+
+    On a GPU the constructor only queues work on the device's stream and returns: the images' copy (the
+    DataLoader pinned them) and the targets' (pinned here), forward and backward (`attribute_batch`), and
+    non-blocking copies of the small results (argmax and target logit, attributions, input sums) into
+    pinned host buffers, after which an event is recorded; `columns()` waits for that event alone, not for
+    the batches queued since. On a CPU every step runs when called and the results are the tensors
+    themselves, as in the serial loop."""
+
+    def __init__(self, model, conv, batch: list[ImageRecord], images: torch.Tensor, logits: list[int],
+                 device: torch.device):
+        self.batch = batch
+        with record_function("ingest.host_to_device"):
+            targets = _to_device(torch.tensor([logits[r.target] for r in batch]), device)
+            images = images.to(device, non_blocking=True)
+        result = attribute_batch(model, conv, images, targets)
+        self.positions = result.positions
+        with record_function("ingest.device_to_host"):
+            outputs = (result.logits.argmax(1), result.logits.gather(1, targets.view(-1, 1)).squeeze(1),
+                       result.attribution, result.input_sum)
+            self.host = [_to_host(t) for t in outputs]
+            self.ready = None
+            if device.type == "cuda":
+                self.ready = torch.cuda.Event()
+                self.ready.record()
+
+    def columns(self, class_of_logit: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch's rows as the writer's columns; waits for the batch's results on a GPU."""
+        with record_function("ingest.device_to_host"):
+            if self.ready is not None:
+                self.ready.synchronize()
+            predicted, target_logit, attribution, input_sum = (t.numpy() for t in self.host)
+        known = predicted < len(class_of_logit)
+        batch = self.batch
+        return {
+            "image_id": np.array([r.image_id for r in batch], dtype=np.int64),
+            "path": np.array([r.path for r in batch], dtype=object),
+            "target": np.array([r.target for r in batch], dtype=np.int32),
+            "prediction": np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
+            "predicted_logit": predicted.astype(np.int32),
+            "target_logit": target_logit,
+            "attribution": attribution,
+            "input_sum": input_sum,
+            "positions": np.full(len(batch), self.positions, dtype=np.int32),
+        }
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; on a GPU from pinned memory without waiting (a copy from pageable memory
+    would wait for the batch before to finish on the device)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A device tensor's copy in a fresh pinned host buffer, started without waiting (CUDA); on other
+    devices `.cpu()` (on a CPU the tensor itself). Fresh buffers: the writer keeps the arrays it is given."""
+    if tensor.device.type == "cuda":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
+    return tensor.cpu()
+
+
+class _Lookahead:
+    """Keeps `depth` batches (1, or 0 for the serial loop) in flight: a batch's rows go to the writer once
+    the next batch has been started, so that on a GPU the device computes while this process writes rows.
+
+    Rows and error rows reach the writer in the serial loop's order (a loaded batch's unreadable images,
+    then its rows), so the parts hold the same rows in the same order whatever the depth."""
+
+    def __init__(self, writer: PartWriter, records: list[ImageRecord], logits: list[int], summary: IngestSummary,
+                 advance, depth: int):
+        self.writer, self.records, self.summary, self.advance, self.depth = writer, records, summary, advance, depth
+        self.class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
+        self.class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
+        self.pending: _Attributed | None = None
+        self.failures: list[tuple[int, str]] = []  # loaded since `pending` was started: written after it
+
+    def failed(self, index: int, message: str) -> None:
+        self.failures.append((index, message))
+
+    def started(self, batch: _Attributed) -> None:
+        self.drain()  # the batch before, and the failures loaded after it
+        self.pending = batch
+        if self.depth == 0:
+            self.drain()
+
+    def drain(self) -> None:
+        """Write the batch in flight (waiting for it) and the failures loaded since, in that order."""
+        pending, self.pending = self.pending, None  # taken first: an interrupted drain never writes it twice
+        if pending is not None:
+            columns = pending.columns(self.class_of_logit)
+            with record_function("ingest.write"):  # buffered; a full part goes to the writer's thread
+                self.writer.add_samples(**columns)
+            self.summary.n_written += len(pending.batch)
+            self.advance(len(pending.batch))
+        failures, self.failures = self.failures, []
+        for index, message in failures:
+            record = self.records[index]
+            self.writer.add_error(record.image_id, record.path, record.target, message)
+            self.summary.n_errors += 1
+            if len(self.summary.errors) < 5:
+                self.summary.errors.append(f"{record.path}: {message}")
+        if failures:
+            self.advance(len(failures))
 
 
 WORKER_PRELOAD = ["torch", "torchvision.transforms", "PIL.Image", "polysem.util.images"]
