@@ -54,7 +54,7 @@ if [ "$part" != 2 ]; then
   timeout 180 "$py" -m pytest -q -x -p no:cacheprovider tests/test_logits.py tests/test_attribution.py \
     tests/test_edge_cases.py tests/test_disentangle.py tests/test_visualize.py -k "not report and not chromium" \
     2>&1 | tee "$out/pytest-cuda.log" | tail -5
-  timeout 60 "$py" -m pytest -q -p no:cacheprovider tests/test_decode.py tests/test_overlap.py -k cuda 2>&1 | tee "$out/pytest-decode-cuda.log" | tail -3
+  POLYSEM_CUDA_TESTS=1 timeout 60 "$py" -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$out/pytest-decode-cuda.log" | tail -3
   # 1b. ingest throughput, ResNet-50 at 224 px, steady state against the bare loops on the same batches
   timeout 180 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 2>&1 | tee "$out/ingest.json" | tail -25
   timeout 90 "$py" bench/ingest_throughput.py --device cuda --images 4096 --batch-size 256 --workers 15 --ingest-only 2>&1 | tee "$out/ingest-15-workers.json" | tail -5

@@ -20,6 +20,9 @@ from tests.helpers import (  # noqa: F401  re-exported: tests import these from 
 
 os.environ.setdefault("POLYSEM_OFFLINE", "1")  # never try to download weights in tests
 
+# tests/cuda runs on a GPU machine only (bench/device_check.sh sets this): on a CPU its tests could only fail
+collect_ignore = [] if os.environ.get("POLYSEM_CUDA_TESTS") == "1" else ["cuda"]
+
 
 def pytest_configure(config):
     """Under pytest-xdist (`-n N`, one worker per core) each worker runs torch on one thread, unless the user

@@ -299,18 +299,3 @@ def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
     polysem.ingest(tmp_path / "reference", data, **TINY_DEFAULT, decode="tensor", batch_size=2)
     order = "SELECT * EXCLUDE (split) FROM samples ORDER BY image_id"
     assert_same_rows(Store(killed).query(order).to_pylist(), Store(tmp_path / "reference").query(order).to_pylist())
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/device_check.sh runs it on a GPU)")
-def test_on_cuda_the_same_code_decodes_with_nvjpeg(tmp_path):
-    """Not measured here: nvJPEG's pixels may differ from libjpeg-turbo's; the bound is loose (a grey level on
-    average) and the rows must be the same images."""
-    data = make_mixed(tmp_path)
-    paths = sorted((jpegs(tmp_path) / "train").rglob("*.jpg"))
-    on_gpu, on_cpu = tensor_inputs(paths, torch.device("cuda")).cpu(), tensor_inputs(paths)
-    assert (on_gpu - on_cpu).abs().mean().item() <= GREY
-    gpu = polysem.ingest(tmp_path / "gpu", data, **TINY_DEFAULT, decode="tensor", device="cuda", max_pixels=100_000)
-    cpu = polysem.ingest(tmp_path / "cpu", data, **TINY_DEFAULT, decode="tensor", device="cpu", max_pixels=100_000)
-    assert (gpu.n_written, gpu.n_errors) == (cpu.n_written, cpu.n_errors) == (7, 3)
-    assert sorted(rows(tmp_path / "gpu")) == sorted(rows(tmp_path / "cpu"))
-    assert set(errors(tmp_path / "gpu")) == set(errors(tmp_path / "cpu"))

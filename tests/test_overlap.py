@@ -200,19 +200,3 @@ def test_ctrl_c_keeps_the_batch_in_flight_and_the_part_being_written_then_resume
     ingest(reference, data, **options)
     assert all_rows(store) == all_rows(reference)
     assert sorted(map(len, parts(store))) == [2] * 6
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/device_check.sh runs it on a GPU)")
-def test_on_cuda_the_overlapped_rows_equal_the_serial_loops(images, tmp_path, monkeypatch):
-    """Pinned buffers, non-blocking copies and the event: the rows and parts of the serial loop on the GPU."""
-    options = {**TINY_API, "batch_size": 3, "rows_per_part": 4, "compact": False, "device": "cuda"}
-    ingest(tmp_path / "overlapped", images, **options)
-    with monkeypatch.context() as patched:
-        patched.setattr(ingest_run, "_OVERLAP", False)
-        ingest(tmp_path / "serial", images, **options)
-    assert parts(tmp_path / "overlapped") == parts(tmp_path / "serial")
-    got, reference = all_rows(tmp_path / "overlapped"), all_rows(tmp_path / "serial")
-    assert [r["image_id"] for r in got] == [r["image_id"] for r in reference]
-    for x, y in zip(got, reference, strict=True):
-        np.testing.assert_allclose(x["attribution"], y["attribution"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(x["input_sum"], y["input_sum"], rtol=1e-5, atol=1e-6)
