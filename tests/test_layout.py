@@ -191,3 +191,16 @@ def test_compaction_stores_positive_sum_and_the_view_computes_it_where_a_file_la
     assert stored.column("image_id").to_pylist() == viewed.column("image_id").to_pylist()
     # stored by the same macro the view used: the same doubles, not just close ones
     assert stored.column("positive_sum").to_pylist() == viewed.column("positive_sum").to_pylist()
+
+
+def test_the_readme_query_finds_a_forged_positive_sum(parts_store):
+    """README, Known limits: a received store's stored denominators are checked by one query."""
+    query = "SELECT count(*) AS n FROM samples WHERE positive_sum IS DISTINCT FROM positive_sum(attribution)"
+    assert "positive_sum IS DISTINCT FROM positive_sum(attribution)" in (Path(__file__).parents[1] / "README.md").read_text()
+    compact(parts_store)
+    assert parts_store.query(query).column("n")[0].as_py() == 0
+    [first, *_] = sorted((parts_store.path / "samples" / "train").glob("compact-*.parquet"))
+    table = pq.read_table(first)
+    forged = pyarrow.compute.multiply(table.column("positive_sum"), 2.0)
+    atomic.write_atomic(table.set_column(table.schema.get_field_index("positive_sum"), "positive_sum", forged), first)
+    assert parts_store.query(query).column("n")[0].as_py() == len(table)
