@@ -257,3 +257,16 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
     "tiny-two-classes": _cli_ingested("tiny-images-ab-mapped", [*TINY]),
     "resnet50": _resnet50,
 }
+
+
+def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:
+    """SIGKILL the process `run` once `folder` holds `count` Parquet parts (or after `timeout` s): a kill
+    in the middle of an ingest, with some parts written."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(folder.glob("*.parquet"))) < count:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()

@@ -7,10 +7,8 @@ The same code runs on CUDA (device="cuda"); the test marked for CUDA runs where 
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -26,7 +24,7 @@ from polysem.ingest.decode import decode_images, imagenet_batch
 from polysem.ingest.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 from polysem.query import Store
 from polysem.util.images import read_for_decoding
-from tests.helpers import ROOT, assert_refused, jpeg_pixels, make_jpeg_folder, snapshot
+from tests.helpers import ROOT, assert_refused, jpeg_pixels, kill_when_parts, make_jpeg_folder, snapshot
 from tests.models import tiny_net
 
 CPU = torch.device("cpu")
@@ -283,13 +281,7 @@ def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
     killed = tmp_path / "killed"
     args = ["ingest", data, "--model", "tests.models:slow_tiny_net", "--layer", "probe", "--decode", "tensor",
             "--batch-size", 2, "--rows-per-part", 4, "--store", killed]
-    run = polysem_process(*args)
-    parts = killed / "samples" / "train"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(parts.glob("*.parquet"))) < 2:
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_when_parts(polysem_process(*args), killed / "samples" / "train")
     stored = Store(killed).query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
     assert 8 <= stored < 36, "the run must be killed mid-way"
     resumed = polysem_process(*args)

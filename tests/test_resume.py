@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from polysem.query import Store
 
-from tests.helpers import ROOT, TINY, make_image_folder
+from tests.helpers import ROOT, TINY, kill_when_parts, make_image_folder
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
 
@@ -43,13 +43,7 @@ def many_images(tmp_path):
 def test_kill_and_resume_gives_identical_rows(many_images, tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     args = ["ingest", many_images, *SLOW, "--batch-size", 2, "--rows-per-part", 4]
-    run = polysem(*args, "--store", killed)
-    parts_dir = killed / "samples" / "train"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(parts_dir.glob("*.parquet"))) < 2:
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_when_parts(polysem(*args, "--store", killed), killed / "samples" / "train")
     stored = len(rows(killed))
     assert 8 <= stored < 36, "the run must be killed mid-way"
     resumed = polysem(*args, "--store", killed)
