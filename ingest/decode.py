@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
-from polysem.errors import ModelError
+from polysem.errors import ModelError, StoreMismatch
 from polysem.ingest.models import CROP_SIZE, DEFAULT_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
 from polysem.query.meta import DECODERS, DEFAULT_DECODE
 from polysem.util.checks import check_choice
@@ -33,10 +33,14 @@ __all__ = ["DECODERS", "DEFAULT_DECODE", "Loading", "check_decode", "check_devic
            "imagenet_batch", "loading"]
 
 
-def check_decode(decode: str | None, transform: str | None) -> None:
-    """`decode` is pil, tensor or None (the store's, else pil); tensor only with the default transform."""
+def check_decode(decode: str | None, transform: str | None, *, stored: bool = False) -> None:
+    """`decode` is pil, tensor or None (the store's, else pil); tensor only with the default transform.
+    `stored`: both are the store's, which were edited if they disagree (ingest never records the pair)."""
     check_choice("decode", decode, DECODERS, none=True)
     if decode == "tensor" and transform not in (None, DEFAULT_TRANSFORM):
+        if stored:
+            raise StoreMismatch(f"the store records decode tensor with its own transform {transform}, a pair ingest "
+                                "never records (the catalog was edited); ingest into a new `store`")
         raise ModelError(f"`decode`=tensor decodes and preprocesses for the default transform only (resize "
                          f"{RESIZE_SIZE}, crop {CROP_SIZE}, ImageNet normalisation), not `transform`={transform}; "
                          "use `decode`=pil with your own transform")

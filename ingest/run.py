@@ -138,6 +138,7 @@ def ingest(
     existing = _existing_meta(store)
     check_decode(decode, transform or (existing or {}).get("transform"))  # the store's transform, if it has one
     model, weights, layer, transform, decode = _settings(existing, model, weights, layer, transform, decode)
+    check_decode(decode, transform, stored=existing is not None)  # a received store's pair, too
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     _check_listing(store, existing, listing, split)
     setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir, max_pixels)

@@ -37,6 +37,11 @@ class DiskFull(PolysemError):
     """A write found no space left on its disk; the message names the file or store, the space and the fix."""
 
 
+class NotWritable(PolysemError):
+    """A write was refused by the file system (permissions, an immutable or read-only folder); the message
+    names the folder and the fix."""
+
+
 class ArgumentError(PolysemError, TypeError):
     """An argument of the wrong type: the message names the parameter and the type expected."""
 

@@ -52,7 +52,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
     except PolysemError:
         pass  # a damaged catalog: reported below, after the files it may name
     if repair:
-        layout.write_schema_files(root)
+        layout.write_schema_files(root, replace=True)
     damaged_parts = _check_parts(root, report, repair)
     class_rows = _footer_rows(root / "classes.parquet", root, report)
     weight_rows = _footer_rows(root / "layer_weights.parquet", root, report)
@@ -92,7 +92,7 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
     for table in layout.PART_TABLES:
         for path in sorted((root / table).glob("*/*.parquet")):
             is_part = path.parent.name != layout.SCHEMA_DIR
-            if _footer_rows(path, root, report, record=not (repair and is_part)) is None and is_part:
+            if _footer_rows(path, root, report, record=not (repair and is_part), table=table) is None and is_part:
                 damaged.append(path)
     if repair:
         for path in damaged:
@@ -103,10 +103,14 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
     return damaged
 
 
-def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = True) -> int | None:
-    """Rows the file's footer promises, checked against its row groups; None (and a problem,
-    unless `record` is false) if unreadable."""
+def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = True, table: str | None = None
+                 ) -> int | None:
+    """Rows the file's footer promises, checked against its row groups (and, for a part of `table`, its
+    columns against polysem's); None (and a problem, unless `record` is false) if unreadable."""
     try:
+        problem = layout.schema_problem(table, path) if table is not None else None
+        if problem is not None:
+            raise OSError(problem)
         metadata = pq.read_metadata(path)
         rows = sum(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
         if rows != metadata.num_rows:

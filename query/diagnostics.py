@@ -58,6 +58,19 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
 
 
+def _misfit_part(store: Path) -> StoreError | None:
+    """The first part file whose columns are not polysem's, named with its fix; None when all fit."""
+    for table in layout.PART_TABLES:
+        for path in sorted((store / table).glob("*/*.parquet")):
+            try:
+                problem = layout.schema_problem(table, path)
+            except (OSError, ValueError) as unreadable:  # pyarrow: ArrowInvalid is a ValueError
+                problem = first_line(unreadable)
+            if problem is not None:
+                return damaged_file(store, path.relative_to(store), problem)
+    return None
+
+
 def damaged_catalog(catalog: Path, error: Exception) -> PolysemError:
     """The catalog cannot be opened or prepared. Defining the samples view reads every part's schema,
     so a damaged part can fail here too: that file is named, with its own fix."""
@@ -65,5 +78,9 @@ def damaged_catalog(catalog: Path, error: Exception) -> PolysemError:
         translated = query_error(error, catalog.parent)
         if isinstance(translated, StoreError):
             return translated
+    if isinstance(error, duckdb.BinderException):  # a part whose columns are not polysem's (hand-edited)
+        misfit = _misfit_part(catalog.parent)
+        if misfit is not None:
+            return misfit
     return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "
                       "or ingest into a new `store`")

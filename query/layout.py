@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_glob", "split_folders", "split_lock_path", "write_schema_files"]
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_glob", "schema_problem", "split_folders", "split_lock_path", "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
@@ -68,6 +68,7 @@ LAYER_WEIGHTS = pa.schema(
 )
 
 PART_TABLES = {"samples": SAMPLES, "ingest_errors": INGEST_ERRORS}
+OPTIONAL_COLUMNS = {"samples": {"positive_sum"}}  # files of format 5 or older lack it; the samples view fills it
 
 
 def part_dir(store: Path, table: str, split: str) -> Path:
@@ -94,8 +95,35 @@ def split_folders(store: Path, table: str = "samples") -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name != SCHEMA_DIR) if root.is_dir() else []
 
 
-def write_schema_files(store: Path) -> None:
+def write_schema_files(store: Path, *, replace: bool = False) -> None:
+    """Each part table's zero-row schema file, where it is missing (`replace`: also where it is not this
+    polysem's schema, e.g. hand-edited)."""
     for table, schema in PART_TABLES.items():
         path = store / table / SCHEMA_DIR / "empty.parquet"
-        if not path.exists():
+        if not path.exists() or (replace and schema_problem(table, path) is not None):
             atomic.write_atomic(schema.empty_table(), path)
+
+
+def schema_problem(table: str, path: Path) -> str | None:
+    """What is wrong with the columns of a Parquet file of a part table (`table`), or None: a column
+    polysem writes that is missing (but the optional ones), of another type, or one it never writes.
+    Reads the footer only. A file that cannot be read at all is the caller's to report."""
+    import pyarrow.parquet as pq
+
+    expected = PART_TABLES[table]
+    found = pq.read_schema(path)
+    for field in expected:
+        if field.name not in found.names:
+            if field.name not in OPTIONAL_COLUMNS.get(table, set()):
+                return f"it has no column {field.name}"
+        elif not _same_type(found.field(field.name).type, field.type):
+            return f"its column {field.name} is {found.field(field.name).type}, not {field.type}"
+    extra = [name for name in found.names if name not in expected.names]
+    return f"it has a column polysem never writes, {extra[0]}" if extra else None
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal types, a list's element named either way (`item` by Arrow, `element` by Parquet readers)."""
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return _same_type(a.value_type, b.value_type)
+    return a == b

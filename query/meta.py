@@ -44,8 +44,13 @@ DEFAULT_DECODE = "pil"
 
 
 def recorded_decode(meta: dict[str, Any]) -> str:
-    """The decoder a store's images went through: its `decode` key, or pil for a store without one."""
-    return meta.get("decode", DEFAULT_DECODE)
+    """The decoder a store's images went through: its `decode` key, or pil for a store without one.
+    Any other value is refused: polysem never writes one, so the catalog was edited."""
+    value = meta.get("decode", DEFAULT_DECODE)
+    if value not in DECODERS:
+        raise StoreError(f"the store's metadata names decode {value!r}, which is neither of {', '.join(DECODERS)}: "
+                         "polysem never writes that; ingest into a new `store`, or restore the catalog from a backup")
+    return value
 
 
 def dataset_root_key(split: str) -> str:
@@ -114,7 +119,17 @@ def schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:
     except duckdb.CatalogException:  # no store_meta table yet
         return None
     value = rows.get("schema_version", rows.get("format"))  # format 2 kept it as `format`
-    return int(value) if value is not None else None
+    if value is None:
+        return None
+    try:
+        version = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        version = value
+    if isinstance(version, bool) or not isinstance(version, int) or version < 2:
+        raise StoreError(f"the store's metadata names format {value!r}, which no polysem writes (formats are whole "
+                         f"numbers from 2 to {SCHEMA_VERSION}); restore the catalog from a backup, or ingest into a "
+                         "new `store`")
+    return version
 
 
 def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object, *, redefine: bool = False) -> list[int]:

@@ -24,7 +24,7 @@ from polysem.ingest.decode import decode_images, imagenet_batch
 from polysem.ingest.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 from polysem.query import Store
 from polysem.util.images import read_for_decoding
-from tests.helpers import ROOT, assert_refused, jpeg_pixels, kill_when_parts, make_jpeg_folder, snapshot
+from tests.helpers import ROOT, TINY, assert_refused, jpeg_pixels, kill_when_parts, make_jpeg_folder, snapshot
 from tests.models import tiny_net
 
 CPU = torch.device("cpu")
@@ -252,6 +252,33 @@ def test_a_store_without_the_key_was_decoded_with_pil(cli, tmp_path):
     result = cli("ingest", data, "--store", store)  # the rest of the split, with pil
     assert result.exit_code == 0 and "4 images stored, 3 already there" in result.output
     assert "decode" not in Store(store).meta()
+
+
+@pytest.mark.parametrize("value", ["'nvjpeg'", "5", "'PIL'", "'tensor '"])
+def test_a_decoder_polysem_never_records_is_refused(cli, tmp_path, value):
+    """A received store's `decode` that is neither pil nor tensor: refused, never read as pil."""
+    data, store = jpegs(tmp_path), tmp_path / "store"
+    assert cli("ingest", data, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
+               "--limit", "1").exit_code == 0
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute(f"UPDATE store_meta SET value = to_json({value}) WHERE key = 'decode'")
+    before = snapshot(store)
+    for command in (["info"], ["ingest", data]):
+        assert_refused(cli(*command, "--store", store), "names decode", "neither of pil, tensor", "new --store")
+    assert snapshot(store) == before
+
+
+def test_a_received_store_pairing_tensor_with_its_own_transform_is_refused(cli, tmp_path):
+    """Ingest never records decode tensor with a transform of the store's own; an edited catalog that does
+    is refused before a row is written, not ingested through the default transform."""
+    data, store = jpegs(tmp_path), tmp_path / "store"
+    assert cli("ingest", data, "--store", store, *TINY, "--limit", "1").exit_code == 0
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE store_meta SET value = to_json('tensor') WHERE key = 'decode'")
+    before = snapshot(store)
+    assert_refused(cli("ingest", data, "--store", store), "records decode tensor with its own transform",
+                   "new --store")
+    assert snapshot(store) == before
 
 
 def test_the_device_decoder_is_checked_before_anything_is_written(tmp_path, monkeypatch):

@@ -142,6 +142,21 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(cli, old_store):
     assert digest(old_store) == before
 
 
+@pytest.mark.parametrize("value", ["'6.5'", "'\"abc\"'", "'-1'", "'1'", "'true'"])
+def test_a_format_no_polysem_writes_is_refused_in_one_line(cli, old_store, value):
+    """Formats are whole numbers from 2 up: anything else in a received catalog is refused, not migrated."""
+    con = duckdb.connect(str(old_store / "catalog.duckdb"))
+    con.execute(f"INSERT OR REPLACE INTO store_meta VALUES ('format', {value})")
+    con.close()
+    before = digest(old_store)
+    for args in (("info",), ("screen",), ("compact",)):
+        result = cli(*args, "--store", old_store)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "which no polysem writes" in lines[0] and "restore the catalog from a backup" in lines[0], lines[0]
+    assert digest(old_store) == before
+
+
 def test_a_format_2_store_without_act_concepts_gains_it(old_store):
     """Format-2 stores made before k > 2 runs have no visualizations.act_concepts: migrate_3 adds it."""
     con = duckdb.connect(str(old_store / "catalog.duckdb"))

@@ -112,7 +112,7 @@ def test_images_of_several_sizes_give_the_serial_loops_parts(tmp_path, monkeypat
 def fail_second_part(kind, monkeypatch):
     """Make the second samples part's write fail in the writer's thread: `disk-full` when the finished
     temporary file is flushed to disk (atomic_path turns it into DiskFull and removes the file), `permission`
-    before anything is written. Returns the names of the threads the failures happened in."""
+    there too (into NotWritable). Returns the names of the threads the failures happened in."""
     seen, real_write, real_fsync = [], atomic.write_atomic, atomic.os.fsync
     writing = threading.local()
 
@@ -120,18 +120,17 @@ def fail_second_part(kind, monkeypatch):
         if path.parent.name == "train" and path.parent.parent.name == "samples":  # a part, not a schema file
             seen.append(path)
             writing.part = len(seen)
-            if kind == "permission" and len(seen) == 2:
-                failed.append(threading.current_thread().name)
-                raise PermissionError(errno.EACCES, "Permission denied", str(path.parent))
         try:
             real_write(table, path)
         finally:
             writing.part = None
 
     def fsync(fd):
-        if kind == "disk-full" and getattr(writing, "part", None) == 2:
+        if getattr(writing, "part", None) == 2:
             failed.append(threading.current_thread().name)
-            raise OSError(errno.ENOSPC, "No space left on device")
+            if kind == "disk-full":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise PermissionError(errno.EPERM, "Operation not permitted")  # an immutable folder (chattr +i)
         return real_fsync(fd)
 
     failed: list[str] = []
@@ -152,9 +151,9 @@ def test_a_write_failing_in_the_thread_is_one_error_line_and_leaves_no_half_part
     assert failed and all(name.startswith("polysem-parts") for name in failed)  # it failed in the thread
     if kind == "disk-full":
         assert_refused_last_line(result, "no space left on the disk holding", str(store / "samples" / "train"),
-                                 "nothing was written")
+                                 "that file was not written (what was stored before it is kept)")
     else:
-        assert_refused_last_line(result, "Permission denied", str(store / "samples" / "train"))
+        assert_refused_last_line(result, "the file system refused to write", str(store / "samples" / "train"), "writable")
     assert result.output.count("Error") == 1 and "Traceback" not in result.output  # one line after the progress
     folder = store / "samples" / "train"
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left

@@ -135,7 +135,23 @@ def train_part(store: Path) -> Path:
     return next((store / "samples" / "train").glob("*.parquet"))  # compacted after ingest: compact-*
 
 
+def rewrite_column(path: Path, name: str, values=None) -> None:
+    """Hand-edit a part: its column `name` replaced by `values` (None: the column dropped)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = table.schema.get_field_index(name)
+    table = table.remove_column(index) if values is None else table.set_column(index, name, values(table))
+    pq.write_table(table, path)
+
+
 DAMAGE = {
+    "part with a column of another type": (
+        lambda s: rewrite_column(train_part(s), "positive_sum", lambda t: t.column("positive_sum").cast("string")),
+        "samples/train/", "--split train",
+        [["sql", "SELECT count(*) FROM samples"], ["info"], ["screen"], ["runs"]]),
+    "part without its attributions": (lambda s: rewrite_column(train_part(s), "attribution"), "samples/train/",
+                                      "--split train", []),  # the view still binds: `check` is what finds it
     "truncated classes.parquet": (lambda s: truncate(s / "classes.parquet"), "classes.parquet", "backup",
                                   [["classes"], ["sql", "SELECT * FROM classes"], ["export", "classes", "--out", "{out}"],
                                    ["ingest", "{data}", "--split", "val"]]),
@@ -185,6 +201,16 @@ def test_check_passes_a_sound_store_and_repair_lets_a_split_be_ingested_again(cl
     counts = Store(store).sql("SELECT split, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
     assert counts == [{"split": "train", "n": 18}, {"split": "val", "n": 12}]
     assert cli("check", "--store", store).exit_code == 0
+
+
+def test_repair_sets_a_part_of_other_columns_aside_and_the_store_opens_again(cli, built, store):
+    part = train_part(store)
+    rewrite_column(part, "target", lambda t: t.column("target").cast("string"))
+    assert_refused(cli("screen", "--store", store), str(part), "its column target is string", "--repair")
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0 and f"set aside {part}" in repaired.output, repaired.output
+    assert cli("ingest", built[1], "--split", "train", "--store", store).exit_code == 0
+    assert cli("screen", "--store", store).exit_code == 0 and cli("check", "--store", store).exit_code == 0
 
 
 def test_leftovers_of_a_kill_are_swept_on_the_next_write(store):

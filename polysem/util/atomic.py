@@ -13,13 +13,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from polysem.errors import DiskFull
+from polysem.errors import DiskFull, NotWritable
 
 __all__ = [
     "atomic_path",
     "disk_full",
     "fsync_dir",
     "is_disk_full",
+    "is_refused",
     "write_atomic",
     "write_bytes_atomic",
     "write_row_groups_atomic",
@@ -34,6 +35,19 @@ def is_disk_full(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return "no space left on device" in text or "disk quota exceeded" in text
+
+
+def is_refused(error: BaseException) -> bool:
+    """Whether `error` says the file system refused the write: EACCES, EPERM or EROFS, as an OSError or in the
+    text Arrow gives ("Failed to open local file ... [errno 1] Operation not permitted")."""
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return True
+    text = str(error).lower()
+    return any(f"[errno {code}]" in text for code in (errno.EACCES, errno.EPERM, errno.EROFS))
+
+
+def _reason(error: BaseException) -> str:
+    return os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error).split("Detail: ")[-1]
 
 
 def _size(n: int) -> str:
@@ -51,8 +65,9 @@ def disk_full(what: str, folder: Path, needed: int | None = None) -> DiskFull:
     except OSError:
         free = "free space unknown"
     need = f", about {_size(needed)} needed" if needed else ""
-    return DiskFull(f"no space left on the disk holding {what} ({free}{need}); nothing was written: "
-                    "free space on that disk (or write to another disk) and run the command again")
+    return DiskFull(f"no space left on the disk holding {what} ({free}{need}); that file was not written (what "
+                    "was stored before it is kept): free space on that disk (or write to another disk) and run the "
+                    "command again")
 
 
 def _existing(folder: Path) -> Path:
@@ -83,6 +98,10 @@ def atomic_path(path: Path, suffix: str = ".tmp", needed: int | None = None) -> 
     except OSError as error:
         if is_disk_full(error):
             raise disk_full(str(path), path.parent, needed) from error
+        if is_refused(error):
+            raise NotWritable(f"the file system refused to write {path} ({_reason(error)}); that file was not "
+                              f"written (what was stored before it is kept): make {path.parent} writable (its "
+                              "permissions, `chattr -i`, a read-write mount) and run the command again") from error
         raise
     finally:
         tmp.unlink(missing_ok=True)
