@@ -117,6 +117,8 @@ def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = Tru
             raise OSError(f"footer says {metadata.num_rows} rows, its row groups hold {rows}")
         if _data_end(metadata) > path.stat().st_size:
             raise OSError("the file is shorter than its column chunks")
+        if table == "samples" and (forged := _impossible_positive_sums(metadata)):
+            raise OSError(forged)
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for a bad footer
         why = "missing" if not path.exists() else str(error).strip().splitlines()[0]
         if record:
@@ -125,6 +127,25 @@ def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = Tru
     report.files += 1
     report.rows += rows
     return rows
+
+
+def _impossible_positive_sums(metadata) -> str | None:
+    """positive_sum values no attribution gives, from the footer's statistics alone (no data read): below 0,
+    or NaN (a row group with values but no min/max). Other forged values take a scan: README, Known limits."""
+    names = [metadata.schema.column(j).name for j in range(metadata.num_columns)]
+    if "positive_sum" not in names:
+        return None
+    column = names.index("positive_sum")
+    for i in range(metadata.num_row_groups):
+        chunk = metadata.row_group(i).column(column)
+        stats = chunk.statistics
+        if stats is None:
+            continue
+        if stats.has_min_max and stats.min < 0:
+            return f"its positive_sum holds {stats.min}, below 0, which no attribution gives"
+        if not stats.has_min_max and stats.null_count < chunk.num_values:
+            return "its positive_sum holds NaN, which no attribution gives"
+    return None
 
 
 def _data_end(metadata) -> int:

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute
 import pytest
 from polysem.query import Store
 from polysem.query import catalog as catalog_module
@@ -152,6 +154,12 @@ DAMAGE = {
         [["sql", "SELECT count(*) FROM samples"], ["info"], ["screen"], ["runs"]]),
     "part without its attributions": (lambda s: rewrite_column(train_part(s), "attribution"), "samples/train/",
                                       "--split train", []),  # the view still binds: `check` is what finds it
+    "part with a negative positive_sum": (  # no attribution gives one; `check` sees it in the footer's statistics
+        lambda s: rewrite_column(train_part(s), "positive_sum", lambda t: pa.compute.negate(t.column("positive_sum"))),
+        "samples/train/", "--split train", []),
+    "part with NaN for positive_sum": (
+        lambda s: rewrite_column(train_part(s), "positive_sum", lambda t: pa.array([float("nan")] * len(t))),
+        "samples/train/", "--split train", []),
     "truncated classes.parquet": (lambda s: truncate(s / "classes.parquet"), "classes.parquet", "backup",
                                   [["classes"], ["sql", "SELECT * FROM classes"], ["export", "classes", "--out", "{out}"],
                                    ["ingest", "{data}", "--split", "val"]]),
