@@ -33,16 +33,19 @@ __all__ = ["DECODERS", "DEFAULT_DECODE", "Loading", "check_decode", "check_devic
            "imagenet_batch", "loading"]
 
 
-def check_decode(decode: str | None, transform: str | None, *, stored: bool = False) -> None:
+def check_decode(decode: str | None, transform: str | None, *, stored: bool = False,
+                 stores_transform: bool = False) -> None:
     """`decode` is pil, tensor or None (the store's, else pil); tensor only with the default transform.
-    `stored`: both are the store's, which were edited if they disagree (ingest never records the pair)."""
+    `stored`: both are the store's, which were edited if they disagree (ingest never records the pair);
+    `stores_transform`: the transform is the store's, not one the user gave."""
     check_choice("decode", decode, DECODERS, none=True)
     if decode == "tensor" and transform not in (None, DEFAULT_TRANSFORM):
         if stored:
             raise StoreMismatch(f"the store records decode tensor with its own transform {transform}, a pair ingest "
                                 "never records (the catalog was edited); ingest into a new `store`")
+        given = f"the store's transform {transform}" if stores_transform else f"`transform`={transform}"
         raise ModelError(f"`decode`=tensor decodes and preprocesses for the default transform only (resize "
-                         f"{RESIZE_SIZE}, crop {CROP_SIZE}, ImageNet normalisation), not `transform`={transform}; "
+                         f"{RESIZE_SIZE}, crop {CROP_SIZE}, ImageNet normalisation), not {given}; "
                          "use `decode`=pil with your own transform")
 
 

@@ -136,7 +136,8 @@ def ingest(
     check_decode(decode, transform)
     store.check_writable()
     existing = _existing_meta(store)
-    check_decode(decode, transform or (existing or {}).get("transform"))  # the store's transform, if it has one
+    check_decode(decode, transform or (existing or {}).get("transform"),  # the store's transform, if it has one
+                 stores_transform=transform is None and existing is not None)
     model, weights, layer, transform, decode = _settings(existing, model, weights, layer, transform, decode)
     check_decode(decode, transform, stored=existing is not None)  # a received store's pair, too
     listing = list_split(data_dir, split, classes=classes, limit=limit)

@@ -199,7 +199,8 @@ def test_tensor_is_refused_with_a_custom_transform(cli, tmp_path):
     assert cli("ingest", data, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
                "--transform", "tests.models:small", "--limit", "1").exit_code == 0
     before = snapshot(store)
-    assert_refused(cli("ingest", data, "--store", store, "--decode", "tensor"), "default transform only")
+    assert_refused(cli("ingest", data, "--store", store, "--decode", "tensor"), "default transform only",
+                   "not the store's transform tests.models:small")
     assert snapshot(store) == before
     with pytest.raises(ArgumentRange, match="`decode` must be pil or tensor, got str 'nvjpeg'"):
         polysem.ingest(store, data, decode="nvjpeg")
