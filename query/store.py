@@ -181,13 +181,21 @@ class Store:
         """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone
         sent may carry other definitions under polysem's names (and polysem's digest), and reads must run
         polysem's own SQL."""
-        try:
-            with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
-                if not catalog_created(conn):  # before any view: they need files such a store may lack
-                    raise IncompleteStore(self.path)
-                prepare_catalog(conn, self.path, redefine=True)
-        except duckdb.Error as error:
-            raise damaged_catalog(self.catalog_path, error) from error
+        for attempt in range(3):
+            try:
+                with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
+                    if not catalog_created(conn):  # before any view: they need files such a store may lack
+                        raise IncompleteStore(self.path)
+                    prepare_catalog(conn, self.path, redefine=True)  # rolled back if it fails
+                return
+            except duckdb.IOException as error:
+                # defining the samples view reads every part's schema: a compaction that swapped the split's
+                # files meanwhile (query.compact) removed one; the next attempt lists the new ones
+                if attempt < 2 and "no such file" in str(error).lower():
+                    continue
+                raise damaged_catalog(self.catalog_path, error) from error
+            except duckdb.Error as error:
+                raise damaged_catalog(self.catalog_path, error) from error
 
     @contextmanager
     def transaction(self, create: bool = False) -> Iterator[Transaction]:

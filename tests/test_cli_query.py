@@ -162,3 +162,24 @@ def test_outputs_inside_the_store_are_refused(cli, colour_store):
                        "--store", colour_store), "inside the store")
     assert (colour_store / "classes.parquet").read_bytes() == before
     assert not (colour_store / "samples" / "x.parquet").exists()
+
+
+def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_store, monkeypatch):
+    """Defining the samples view reads every part's schema; a compaction that swaps the split's files at that
+    moment removes one (the race of the test above): the reader lists the parts again, not a damaged store."""
+    import duckdb
+
+    from polysem.query import store as store_module
+
+    real, calls = store_module.prepare_catalog, []
+
+    def swapped_once(conn, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise duckdb.IOException('IO Error: Cannot open file "samples/train/part-r000-gone.parquet": '
+                                     "No such file or directory")
+        return real(conn, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "prepare_catalog", swapped_once)
+    assert Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
+    assert len(calls) == 2
