@@ -89,11 +89,10 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
     """Every part's footer; the damaged parts, set aside with `repair` (before the catalog is opened:
     defining the samples view reads every part's schema)."""
     damaged = []
-    for table in layout.PART_TABLES:
-        for path in sorted((root / table).glob("*/*.parquet")):
-            is_part = path.parent.name != layout.SCHEMA_DIR
-            if _footer_rows(path, root, report, record=not (repair and is_part), table=table) is None and is_part:
-                damaged.append(path)
+    for table, path in layout.part_files(root):
+        is_part = path.parent.name != layout.SCHEMA_DIR
+        if _footer_rows(path, root, report, record=not (repair and is_part), table=table) is None and is_part:
+            damaged.append(path)
     if repair:
         for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)

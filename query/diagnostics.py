@@ -60,14 +60,13 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
 
 def _misfit_part(store: Path) -> StoreError | None:
     """The first part file whose columns are not polysem's, named with its fix; None when all fit."""
-    for table in layout.PART_TABLES:
-        for path in sorted((store / table).glob("*/*.parquet")):
-            try:
-                problem = layout.schema_problem(table, path)
-            except (OSError, ValueError) as unreadable:  # pyarrow: ArrowInvalid is a ValueError
-                problem = first_line(unreadable)
-            if problem is not None:
-                return damaged_file(store, path.relative_to(store), problem)
+    for table, path in layout.part_files(store):
+        try:
+            problem = layout.schema_problem(table, path)
+        except (OSError, ValueError) as unreadable:  # pyarrow: ArrowInvalid is a ValueError
+            problem = first_line(unreadable)
+        if problem is not None:
+            return damaged_file(store, path.relative_to(store), problem)
     return None
 
 

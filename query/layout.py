@@ -20,13 +20,14 @@ table's schema, so its view is valid (and typed) before the first part exists.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_glob", "schema_problem", "split_folders", "split_lock_path", "write_schema_files"]
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
@@ -102,6 +103,13 @@ def write_schema_files(store: Path, *, replace: bool = False) -> None:
         path = store / table / SCHEMA_DIR / "empty.parquet"
         if not path.exists() or (replace and schema_problem(table, path) is not None):
             atomic.write_atomic(schema.empty_table(), path)
+
+
+def part_files(store: Path) -> Iterator[tuple[str, Path]]:
+    """(table, path) of every Parquet file of the part tables, schema files included, in a stable order."""
+    for table in PART_TABLES:
+        for path in sorted((store / table).glob("*/*.parquet")):
+            yield table, path
 
 
 def schema_problem(table: str, path: Path) -> str | None:
