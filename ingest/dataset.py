@@ -163,7 +163,8 @@ def read_class_json(path: Path) -> dict[str, dict]:
         raise DataError(f"{path} is not a regular file ({kind}); replace it by a JSON file or remove it")
     fix = 'write it as {"folder": {"name": "...", "wnid": "n01440764", "logit": 0}, ...}'
     try:
-        extra = json.loads(path.read_bytes().decode("utf-8"))
+        # utf-8-sig: a leading byte order mark (Notepad and Excel write one) is not JSON, so it is dropped
+        extra = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"{path} is not valid UTF-8 JSON ({type(error).__name__}); {fix}") from None
     if not isinstance(extra, dict):

@@ -11,6 +11,12 @@ antialiased), centre-crops 224 and normalises with ImageNet's mean and std, all 
 decode_jpeg does not take in a batch (PNG, grayscale or CMYK JPEGs) are decoded on the CPU in the
 DataLoader (`polysem.util.images.read_for_decoding`); a JPEG the batch decoder refuses is decoded alone,
 then on the CPU (decode_image), and is an ingest error when that fails too.
+
+A batch is decoded and preprocessed in chunks of at most `DECODE_BUDGET` pixels, counted as each image's
+header declares them before anything is allocated (`decode_batch`), so that the decoded images held at once
+stay bounded whatever the batch size; the model still gets the whole batch at once. An image above the
+budget on its own, and a JPEG too short for the size it declares (`declared_jpeg_frame`, the check Pillow's
+path makes too), is an ingest error.
 """
 
 from __future__ import annotations
@@ -27,10 +33,24 @@ from polysem.errors import ModelError, StoreMismatch
 from polysem.ingest.models import CROP_SIZE, DEFAULT_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
 from polysem.query.meta import DECODERS, DEFAULT_DECODE
 from polysem.util.checks import check_choice
-from polysem.util.images import EncodedImages, ImageRecord, ImageRecords, collate, collate_encoded
+from polysem.util.images import (
+    EncodedImages,
+    ImageRecord,
+    ImageRecords,
+    ImageRefused,
+    collate,
+    collate_encoded,
+    declared_jpeg_frame,
+)
 
-__all__ = ["DECODERS", "DEFAULT_DECODE", "Loading", "check_decode", "check_device_decoder", "decode_images",
-           "imagenet_batch", "loading"]
+__all__ = ["DECODERS", "DECODE_BUDGET", "DEFAULT_DECODE", "Loading", "check_decode", "check_device_decoder",
+           "decode_batch", "decode_images", "imagenet_batch", "loading"]
+
+# Pixels (width x height, as the headers declare them) that one chunk of a batch decodes at once, which bounds
+# the decoded images held at once: 3 bytes a pixel (384 MiB), twice while images of one size are stacked for
+# their resize. Above Pillow's limit (the default --max-pixels, 89,478,485), so every image that limit admits
+# fits in a chunk; an ImageNet batch of 256 (about 28 million pixels) is decoded in one call.
+DECODE_BUDGET = 2**27
 
 
 def check_decode(decode: str | None, transform: str | None, *, stored: bool = False,
@@ -116,6 +136,72 @@ def _decode_alone(data: torch.Tensor, device: torch.device) -> torch.Tensor | st
             return f"{type(error).__name__}: {_message(error)}"
 
 
+def _declared_pixels(payload: torch.Tensor, budget: int) -> int | str:
+    """The pixels decoding `payload` yields (a JPEG's as its header declares them; an image decoded already, its
+    own), or why it is refused: a JPEG too short for its declared size, or more pixels than `budget`."""
+    if payload.dim() == 3:
+        width, height = payload.shape[2], payload.shape[1]
+    else:
+        try:
+            frame = declared_jpeg_frame(io.BytesIO(payload.numpy().data), payload.numel())
+        except ImageRefused as refused:
+            return str(refused)
+        if frame is None:  # no frame header: decode_jpeg fails on it; alone in its chunk all the same
+            return budget
+        width, height = frame.width, frame.height
+    if width * height > budget:
+        return (f"{width} x {height} = {width * height:,} pixels, above the {budget:,} that --decode tensor decodes "
+                "at once; shrink the image, or ingest it into a store decoded with --decode pil")
+    return width * height
+
+
+def _chunks(pixels: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """The positions of (position, pixels) in runs, in order, each of at most `budget` pixels."""
+    chunks: list[list[int]] = []
+    total = budget + 1
+    for position, count in pixels:
+        if total + count > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(position)
+        total += count
+    return chunks
+
+
+def decode_batch(payloads: list[torch.Tensor], device: torch.device, budget: int | None = None
+                 ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """A loaded batch (JPEG bytes and images decoded already, as `read_for_decoding` gives them) as the default
+    transform's inputs on `device`: (positions kept, N x 3 x 224 x 224 float32 in that order or None, and
+    (position, reason) for each image refused or unreadable, in order).
+
+    Decoded and preprocessed in chunks of at most `budget` pixels (default `DECODE_BUDGET`), counted from
+    each JPEG's header before anything is allocated, so that a batch of large images, or of files whose headers
+    declare sizes their data cannot fill, never asks for more memory than one chunk. A JPEG that cannot fill
+    its declared size (`declared_jpeg_frame`) and an image above `budget` are refused. The inputs equal those
+    of one chunk: each image is decoded and resized on its own either way."""
+    budget = DECODE_BUDGET if budget is None else budget
+    failures: list[tuple[int, str]] = []
+    pixels: list[tuple[int, int]] = []
+    for position, payload in enumerate(payloads):
+        counted = _declared_pixels(payload, budget)
+        if isinstance(counted, str):
+            failures.append((position, counted))
+        else:
+            pixels.append((position, counted))
+    kept: list[int] = []
+    inputs: list[torch.Tensor] = []
+    for chunk in _chunks(pixels, budget):
+        images = decode_images([payloads[p] for p in chunk], device)
+        failures += [(p, image) for p, image in zip(chunk, images, strict=True) if isinstance(image, str)]
+        decoded = [(p, image) for p, image in zip(chunk, images, strict=True) if isinstance(image, torch.Tensor)]
+        if decoded:
+            kept += [p for p, _ in decoded]
+            inputs.append(imagenet_batch([image for _, image in decoded]))
+        del images, decoded  # the chunk's decoded images go before the next chunk's are made
+    batch = None if not inputs else inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+    return kept, batch, sorted(failures)
+
+
 def imagenet_batch(images: list[torch.Tensor]) -> torch.Tensor:
     """The default transform on uint8 3 x H x W images, as tensors on their device: shorter side to 256
     (bilinear, antialiased; the longer side int(256 * long / short), as Resize(256)), centre crop 224 (the
@@ -166,12 +252,10 @@ def _tensor_finish(loaded, device: torch.device):
     out = []
     with record_function("ingest.decode"):
         for indices, payloads in groups:
-            images = decode_images(payloads, device)
-            failures = failures + [(i, image) for i, image in zip(indices, images, strict=True)
-                                   if isinstance(image, str)]
-            kept = [(i, image) for i, image in zip(indices, images, strict=True) if isinstance(image, torch.Tensor)]
-            if kept:
-                out.append(([i for i, _ in kept], imagenet_batch([image for _, image in kept])))
+            kept, inputs, failed = decode_batch(payloads, device)
+            failures = failures + [(indices[p], reason) for p, reason in failed]
+            if inputs is not None:
+                out.append(([indices[p] for p in kept], inputs))
     return out, failures
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
-from polysem.util.imports import code_folder, importable_from
+from polysem.util.imports import code_folder, import_from_folder, importable_from
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
            "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
@@ -312,7 +312,9 @@ def _load_callable(spec: str, what: str, import_root: str | None = None,
         folder = None  # the current folder is inside the store: not a place to import code from
     try:
         with importable_from(folder, outside=store_dir):
-            module = importlib.import_module(module_name)
+            # a store's cleared folder: the module from that folder alone; the user's own code: as Python finds it
+            module = import_from_folder(module_name, import_root) if import_root else \
+                importlib.import_module(module_name)
     except (Exception, SystemExit) as error:
         where = f"from {import_root} (the folder of the store's code)" if import_root else \
             "run from the folder that holds it or add it to PYTHONPATH"

@@ -16,7 +16,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
@@ -34,10 +33,12 @@ from polysem.ingest.models import (
     resolve_model,
     resolve_transform,
 )
+from polysem.ingest.ranks import DEFAULT_RANK_TIMEOUT, RANK_TIMEOUT_MAX, Ranks, start_ranks
 from polysem.ingest.threads import cores_per_process, default_num_workers, default_threads, torch_threads
 from polysem.ingest.writer import PartWriter, list_column
 from polysem.query import Store, layout
 from polysem.query.compact import compact_split, lock_split
+from polysem.query.confine import check_tree, open_lock
 from polysem.query.diagnostics import query_error
 from polysem.query.meta import (
     DEFAULT_DECODE,
@@ -58,6 +59,7 @@ from polysem.util.checks import (
     check_class_list,
     check_int,
     check_path,
+    check_real,
     check_text,
 )
 from polysem.util.images import ImageRecord, ImageRecords, pillow_max_pixels
@@ -106,6 +108,7 @@ def ingest(
     compact: bool = True,
     max_pixels: int | None = None,
     decode: str | None = None,
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
@@ -120,6 +123,8 @@ def ingest(
     listed in ingest_errors, as is a FIFO, socket or device among the images. `decode`: pil (torchvision's
     PIL pipeline) or tensor (batched decode_jpeg and the default transform as tensors on the ingest's
     device; ingest/decode.py); default the store's, else pil. A store holds one decoder's rows only.
+    `rank_timeout` (seconds, under torchrun): how long the ranks wait for a rank to join, and for a rank that
+    gives no sign of life, before they stop naming it (ingest/ranks.py).
     """
     store = as_store(store)
     check_path("data_dir", data_dir)
@@ -133,6 +138,7 @@ def ingest(
     batch_size, num_workers, limit, rows_per_part, threads = _check_options(batch_size, num_workers, limit,
                                                                             rows_per_part, threads)
     max_pixels = _check_max_pixels(max_pixels)
+    rank_timeout = check_real("rank_timeout", rank_timeout, 0, RANK_TIMEOUT_MAX, low_open=True, hint=" seconds")
     check_decode(decode, transform)
     store.check_writable()
     existing = _existing_meta(store)
@@ -144,7 +150,7 @@ def ingest(
     _check_listing(store, existing, listing, split)
     setup = _load_setup(store, existing, model, weights, layer, transform, listing, data_dir, max_pixels)
     job = _Job(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress, compact,
-               max_pixels, decode)
+               max_pixels, decode, rank_timeout)
     run_device = resolve_device(device)
     if decode == "tensor":
         check_device_decoder(run_device)
@@ -152,7 +158,9 @@ def ingest(
 
 
 def _existing_meta(store: Store) -> dict | None:
-    """The store's recorded metadata; None for a new store."""
+    """The store's recorded metadata; None for a new store. A store holding a link or a special file is
+    refused first (`query.confine`): a FIFO catalog is no missing one."""
+    check_tree(store.path)
     existing = store.meta(require_complete=False) if store.exists() else None
     if existing is not None and not meta_complete(existing):
         existing = None  # a first ingest stopped before its metadata was committed: start over
@@ -244,18 +252,20 @@ class _Job:
     compact: bool
     max_pixels: int | None = None  # the pixel limit; None: Pillow's
     decode: str = DEFAULT_DECODE  # pil or tensor (ingest/decode.py)
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds (ingest/ranks.py)
 
 
 def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
     """Every rank attributes its share of the images not yet stored; rank 0 creates the store first,
     holds the split's lock throughout, and compacts the split at the end."""
     store, split = job.store, job.split
-    rank, world_size, own_group = _init_distributed(run_device)
+    ranks = start_ranks(run_device, job.rank_timeout)  # all ranks join in time, or one line names who did not
+    rank, world_size = ranks.rank, ranks.world_size
     lock = None
     try:
-        lock = _prepare_on_rank0(job, rank, world_size)
+        lock = _prepare_on_rank0(job, ranks)
         stored = stored_ids(store.path, split)
-        _barrier(world_size)  # every rank read the same `stored` before any rank writes
+        ranks.barrier("reading what is stored")  # every rank read the same `stored` before any rank writes
         records = job.listing.records
         todo = [r for r in records if r.image_id not in stored]  # unreadable ones are retried
         mine = todo[rank::world_size]
@@ -267,7 +277,7 @@ def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
                  loading(job.decode, mine, setup.transform.fn, setup.transform.import_root, job.max_pixels),
                  mine, setup.logits, split, store.path, rank, job.rows_per_part, job.batch_size, job.num_workers,
                  run_device, job.progress and rank == 0, summary)
-        _barrier(world_size)
+        ranks.barrier("writing their shares")  # a rank still working is waited for; a silent one is named
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
             summary.n_written = len(stored_ids(store.path, split)) - len(stored)
         if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
@@ -277,18 +287,20 @@ def _run_job(job: _Job, run_device: torch.device) -> IngestSummary:
             with record_function("ingest.compact"):
                 compact_split(store.path, split)
         return summary
+    except BaseException as error:
+        ranks.failed(error)  # the other ranks stop at their next meeting, naming this rank and why
+        raise
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
-        if own_group:
-            dist.destroy_process_group()
+        ranks.close()
 
 
-def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
+def _prepare_on_rank0(job: _Job, ranks: Ranks):
     """Rank 0 creates or extends the store and takes the split's lock (returned); a failure there
     is raised on every rank, so no rank waits for a rank that gave up."""
     failure, lock = None, None
-    if rank == 0:  # nothing before wrote anything; from here on the store is created or extended
+    if ranks.rank == 0:  # nothing before wrote anything; from here on the store is created or extended
         setup = job.setup
         try:
             with record_function("ingest.prepare_store"):  # the DuckDB catalog and the store's tables
@@ -297,7 +309,7 @@ def _prepare_on_rank0(job: _Job, rank: int, world_size: int):
             lock = lock_split(job.store.path, job.split)
         except PolysemError as error:
             failure = error
-    failure = _shared_from_rank0(failure, world_size)
+    failure = ranks.shared_from_rank0(failure, "rank 0 preparing the store")
     if failure is not None:
         if lock is not None:
             lock.close()
@@ -417,7 +429,7 @@ def _prepare_store(store, resolved, layer_name, conv, image_transform, class_tab
     import fcntl
 
     store.create_directory()
-    with open(store.path / ".create.lock", "w") as creating:
+    with open_lock(store.path, store.path / ".create.lock") as creating:
         fcntl.flock(creating, fcntl.LOCK_EX)
         meta = store.meta(require_complete=False) if store.exists() else {}
         wanted = {
@@ -668,32 +680,3 @@ def worker_context(num_workers: int):
     if method == "forkserver":
         context.set_forkserver_preload(WORKER_PRELOAD)
     return context
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world_size, whether we created the process group). torchrun sets the env.
-
-    nccl only when the ranks compute on GPUs: with --device cpu on a GPU machine, gloo."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # nccl's collectives use the current device: this rank's own
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _shared_from_rank0(value, world_size: int):
-    """Rank 0's value on every rank (a barrier as well)."""
-    if world_size <= 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()

@@ -48,3 +48,7 @@ class ArgumentError(PolysemError, TypeError):
 
 class ArgumentRange(PolysemError, ValueError):
     """An argument outside its range: the message names the parameter and the range."""
+
+
+class RankError(PolysemError):
+    """A torchrun rank did not join the others in time, or stopped: the message names the ranks and the fix."""

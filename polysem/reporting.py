@@ -15,6 +15,7 @@ from polysem.method import evaluation
 from polysem.method.figure_data import report_data, run_figure_data
 from polysem.method.runs import run_row
 from polysem.query.store import Store, as_store
+from polysem.util import atomic
 from polysem.util.checks import check_bool, check_path, check_real, check_text
 
 __all__ = ["REPORT_FORMATS", "evaluate", "write_report"]
@@ -41,13 +42,15 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     target = store.check_outside(out, folder=True)
     assert target is not None  # None only for standard output, which a folder never is
     data = report_data(store, data_dir, device)
-    target.mkdir(parents=True, exist_ok=True)
-    # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
-    staging = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
-    try:
-        return _publish(page.write_page(data, staging, tau, figure_format), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # a failure to write names the report folder, not its hidden staging folder or the files in it
+    with atomic.writing(target, into_folder=True):
+        target.mkdir(parents=True, exist_ok=True)
+        # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
+        staging = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
+        try:
+            return _publish(page.write_page(data, staging, tau, figure_format), target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(staging: Path, target: Path) -> Path:
@@ -91,20 +94,24 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     result = evaluation.evaluation_numbers(store, run_id, tau=tau, device=device, selection=selection,
                                            data_dir=data_dir, progress=progress)
     plots_dir = folder
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
+    # failures to write name the plot folder, not its hidden staging folder; the store's own are not in these blocks
+    with atomic.writing(plots_dir, into_folder=True):
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
     try:
         run = run_row(store, run_id)
         params = evaluation.selection_params(store, run, selection, data_dir=data_dir, device=device,
                                              progress=progress)  # cached by evaluation_numbers
         activations = store.run("selected_activations_of_run", run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()
-        figures = plots.run_figures(run_figure_data(store, run, activations, data_dir, device), tau, staging,
-                                    figure_format)
+        figure_data = run_figure_data(store, run, activations, data_dir, device)
+        with atomic.writing(plots_dir, into_folder=True):
+            figures = plots.run_figures(figure_data, tau, staging, figure_format)
         evaluation.record_evaluation(store, run_id, tau, result)
         result["plots"] = []
-        for path in (path for paths in figures.values() for path in paths):
-            os.replace(path, plots_dir / path.name)
-            result["plots"].append(str(plots_dir / path.name))
+        with atomic.writing(plots_dir, into_folder=True):
+            for path in (path for paths in figures.values() for path in paths):
+                os.replace(path, plots_dir / path.name)
+                result["plots"].append(str(plots_dir / path.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

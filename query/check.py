@@ -9,6 +9,8 @@ files, records pending runs and sweeps files left by a killed command.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 from polysem.query.meta import IncompleteStore
+from polysem.query.split_lock import lock_split
 
 __all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
 
@@ -51,9 +54,10 @@ def check_store(store, repair: bool = False) -> CheckReport:
         return report
     except PolysemError:
         pass  # a damaged catalog: reported below, after the files it may name
-    if repair:
-        layout.write_schema_files(root, replace=True)
-    damaged_parts = _check_parts(root, report, repair)
+    with _split_locks(root, repair):
+        if repair:
+            layout.write_schema_files(root, replace=True)
+        damaged_parts = _check_parts(root, report, repair)
     class_rows = _footer_rows(root / "classes.parquet", root, report)
     weight_rows = _footer_rows(root / "layer_weights.parquet", root, report)
 
@@ -85,14 +89,38 @@ def check_store(store, repair: bool = False) -> CheckReport:
     return report
 
 
+@contextmanager
+def _split_locks(root: Path, repair: bool) -> Iterator[None]:
+    """With `repair`, every split's lock (query.split_lock.lock_split), so that no ingest or compaction changes
+    a split's files while they are checked and set aside; without it, nothing (`_check_parts` lists again
+    when a compaction removed a file it was reading)."""
+    with ExitStack() as locks:
+        if repair:
+            for folder in layout.split_folders(root):
+                locks.enter_context(lock_split(root, folder.name))
+        yield
+
+
 def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
-    """Every part's footer; the damaged parts, set aside with `repair` (before the catalog is opened:
-    defining the samples view reads every part's schema)."""
-    damaged = []
-    for table, path in layout.part_files(root):
-        is_part = path.parent.name != layout.SCHEMA_DIR
-        if _footer_rows(path, root, report, record=not (repair and is_part), table=table) is None and is_part:
-            damaged.append(path)
+    """Every part's footer, checked for its columns and for images that another part holds too; the
+    damaged parts, set aside with `repair` (before the catalog is opened: defining the samples view reads
+    every part's schema). A file that vanished while it was read was removed by a concurrent compaction,
+    which swapped in the same rows: the split is listed and read again."""
+    for _attempt in range(5):
+        attempt = CheckReport()
+        damaged = []
+        for table, path in layout.part_files(root):
+            is_part = path.parent.name != layout.SCHEMA_DIR
+            if _footer_rows(path, root, attempt, record=not (repair and is_part), table=table) is None and is_part:
+                damaged.append(path)
+        if all(path.exists() for path in damaged):
+            break
+    repeating = _duplicated_parts(root, damaged)
+    if not repair:
+        attempt.problems += repeating.values()
+    damaged += repeating
+    report.files, report.rows = report.files + attempt.files, report.rows + attempt.rows
+    report.problems += attempt.problems
     if repair:
         for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
@@ -100,6 +128,33 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
             report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{path.parent.name}' again "
                                    "to store its images")
     return damaged
+
+
+def _duplicated_parts(root: Path, damaged: list[Path]) -> dict[Path, str]:
+    """The samples parts that repeat images another part of the same split holds (a part copied under a
+    second name, say), each with its problem: every query would count those images twice. Of the files
+    sharing an image, the first by name keeps it. Reads the image ids only."""
+    import duckdb
+
+    from polysem.query.sqlfiles import run_statement
+
+    problems: dict[Path, str] = {}
+    for folder in layout.split_folders(root, "samples"):
+        files = sorted(p for p in folder.glob("*.parquet") if p not in damaged)
+        if len(files) < 2:
+            continue
+        with duckdb.connect() as con:
+            rows = run_statement(con, "parquet_repeated_images", files=[str(f) for f in files]).fetchall()
+        repeats: dict[Path, tuple[str, int]] = {}  # a repeating file: the first file holding its images, how many
+        for _image_id, holders in rows:
+            for other in holders[1:]:
+                keeper, n = repeats.get(Path(other), (Path(holders[0]).name, 0))
+                repeats[Path(other)] = (keeper, n + 1)
+        for path, (keeper, n) in sorted(repeats.items()):
+            problems[path] = (f"{path.relative_to(root)} repeats {n} image{'s' if n != 1 else ''} that {keeper} "
+                              "holds too (a copied part), which every query would count twice; "
+                              "`polysem check --repair` sets it aside")
+    return problems
 
 
 def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = True, table: str | None = None

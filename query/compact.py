@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import itertools
 import os
 import shutil
@@ -35,8 +34,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from polysem.errors import StoreBusy, StoreError
+from polysem.errors import StoreError
 from polysem.query import layout
+from polysem.query.confine import check_entry
+from polysem.query.split_lock import STAGING, lock_split, staging_folder
 from polysem.query.sqlfiles import define, query_statement, run_statement
 from polysem.util import atomic
 
@@ -45,7 +46,6 @@ __all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactS
 COMPACT_PREFIX = "compact-"
 FILE_ROWS = 16_384  # rows per compacted file: about 160 MB of ResNet-50 rows, what one rewrite holds in memory
 ROW_GROUP_ROWS = 4_096  # a class with more images gets several row groups, each still of that class only
-STAGING = ".compact"
 
 
 @dataclass
@@ -67,7 +67,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
     store = as_store(store)
     store.meta(require_complete=False)  # refuses a missing store, or one of a newer format (its files)
     staged = store.path / STAGING / "samples"
-    # a split whose folder a killed compaction left in staging only is still a split (`_recover`)
+    # a split whose folder a killed compaction left in staging only is still a split (`recover_staging`)
     splits = sorted({f.name for f in layout.split_folders(store.path)}
                     | ({p.name.removesuffix(".old") for p in staged.iterdir()} if staged.is_dir() else set()))
     if split is not None:
@@ -84,51 +84,29 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
     return summaries
 
 
-def lock_split(store_path: Path, split: str):
-    """An open file holding the split's exclusive lock (closing it releases it): one ingest or
-    compaction per split at a time, or two ingests would store the same missing images twice.
-
-    Whoever takes the lock first undoes what a killed compaction left (`_recover`), so an ingest
-    never reads a split whose folder is, for the moment, in staging."""
-    path = layout.split_lock_path(store_path, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "w")  # noqa: SIM115 -- returned: the open handle is the held lock
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreBusy(f"another ingest of split '{split}' into {store_path} is running (or a compaction of it); "
-                        "wait for it, or stop it and run this again to resume") from None
-    _recover(layout.part_dir(store_path, "samples", split), _staging(store_path, split))
-    return handle
-
-
 def compact_split(store_path: Path, split: str) -> CompactSummary:
     """Rewrite the split's ingest parts (and compacted files under half size) class-ordered.
 
     The caller holds the split's lock. Files already compacted and large enough stay as they are.
     """
-    folder = layout.part_dir(store_path, "samples", split)
-    staging = _staging(store_path, split)
+    folder = check_entry(store_path, layout.part_dir(store_path, "samples", split))
+    staging = check_entry(store_path, staging_folder(store_path, split))
     files = sorted(folder.glob("*.parquet"))
     rows = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
     rewrite = [f for f in files if not f.name.startswith(COMPACT_PREFIX) or rows[f] < FILE_ROWS // 2]
     if all(f.name.startswith(COMPACT_PREFIX) for f in rewrite):
         return CompactSummary(split, len(files), len(files), 0)  # no new parts since the last compaction
-    staging.mkdir(parents=True)
-    for f in files:
-        if f not in rewrite:
-            os.link(f, staging / f.name)
-    written = _write_class_ordered(rewrite, staging)
-    atomic.fsync_dir(staging)
-    _exchange(staging, folder)
-    atomic.fsync_dir(folder.parent)
-    shutil.rmtree(staging)  # the old files
+    with atomic.writing(folder, folder=store_path, into_folder=True):  # named for the split, not the staging
+        staging.mkdir(parents=True)
+        for f in files:
+            if f not in rewrite:
+                os.link(f, staging / f.name)
+        written = _write_class_ordered(rewrite, staging)
+        atomic.fsync_dir(staging)
+        _exchange(staging, folder)
+        atomic.fsync_dir(folder.parent)
+        shutil.rmtree(staging)  # the old files
     return CompactSummary(split, len(files), len(files) - len(rewrite) + written, sum(rows[f] for f in rewrite))
-
-
-def _staging(store_path: Path, split: str) -> Path:
-    return store_path / STAGING / "samples" / split
 
 
 def _write_class_ordered(files: list[Path], out: Path) -> int:
@@ -173,17 +151,6 @@ def _per_class(table: pa.Table):
     bounds = [0, *(i for i in range(1, len(targets)) if targets[i] != targets[i - 1]), len(targets)]
     for start, stop in itertools.pairwise(bounds):
         yield table.slice(start, stop - start)
-
-
-def _recover(folder: Path, staging: Path) -> None:
-    """Undo what a killed compaction left: the staging folder is garbage whether it holds an
-    incomplete new set (killed before the swap) or the old set (killed after it)."""
-    moved = staging.with_name(staging.name + ".old")
-    if not folder.exists() and moved.exists():  # killed inside the two-rename fallback: put the old set back
-        os.rename(moved, folder)
-    for leftover in (staging, moved):
-        if leftover.exists():
-            shutil.rmtree(leftover)
 
 
 _RENAME_EXCHANGE = 2

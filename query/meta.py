@@ -99,10 +99,15 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     except duckdb.CatalogException:
         rows = []
     for key, value in rows:
+        try:
+            decoded = json.loads(value) if value is not None else None
+        except (TypeError, ValueError):
+            raise StoreError(f"the store's metadata holds {key} = {value!r}, which is not JSON: polysem never writes "
+                             "that; restore the catalog from a backup, or ingest into a new `store`") from None
         if key.startswith("dataset_root:"):
-            roots[key.partition(":")[2]] = json.loads(value)
+            roots[key.partition(":")[2]] = decoded
         else:
-            meta[key] = json.loads(value)
+            meta[key] = decoded
     meta["dataset_roots"] = roots
     return meta
 
@@ -118,9 +123,10 @@ def schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:
         rows = dict(run_statement(conn, "format_keys").fetchall())
     except duckdb.CatalogException:  # no store_meta table yet
         return None
-    value = rows.get("schema_version", rows.get("format"))  # format 2 kept it as `format`
-    if value is None:
+    key = next((key for key in ("schema_version", "format") if key in rows), None)  # format 2 kept `format`
+    if key is None:
         return None
+    value = rows[key]  # a key present with SQL NULL or JSON null names no format: refused below
     try:
         version = json.loads(value) if isinstance(value, str) else value
     except ValueError:

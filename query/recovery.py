@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import stat
 import time
 from pathlib import Path
 
 import duckdb
 
+from polysem.query.confine import check_tree
 from polysem.query.records import record_runs
 from polysem.query.transaction import Transaction
 from polysem.util import atomic
@@ -15,6 +18,10 @@ from polysem.util import atomic
 __all__ = ["PENDING_SUFFIX", "record_pending", "sweep", "write_pending"]
 
 PENDING_SUFFIX = ".pending.json"
+# the only names the sweep removes: atomic writes' temporary files (polysem.util.atomic.atomic_path) and
+# disentangled models (polysem.method.runs), so a file of the user's that happens to lie in the store stays
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}\.tmp(\.npz)?")
+ARTIFACT_NAME = re.compile(r"[0-9a-f]{10}\.pt")
 _PENDING_TABLES = ("runs", "rho_scores")
 SWEEP_AFTER_S = 60.0
 
@@ -63,17 +70,20 @@ def sweep(conn: duckdb.DuckDBPyConnection, store: Path, older_than_s: float = SW
     command writing right now (an ingest's next part) keeps its own. Returns what went."""
     cutoff = time.time() - older_than_s
     referenced = {Path(artifact).name for (artifact,) in Transaction(conn).run("referenced_artifacts")}
-    candidates = [p for p in store.rglob(".*.tmp*") if p.name.endswith((".tmp", ".tmp.npz"))]
+    check_tree(store)  # nothing below leads out of the store
+    candidates = [p for p in store.rglob(".*.tmp*") if TEMPORARY.fullmatch(p.name)]
     artifacts = store / "artifacts"
     if artifacts.is_dir():
-        candidates += [p for p in artifacts.glob("*.pt") if p.name not in referenced
-                       and not p.with_name(p.name + PENDING_SUFFIX).exists()]
+        candidates += [p for p in artifacts.glob("*.pt") if ARTIFACT_NAME.fullmatch(p.name)
+                       and p.name not in referenced and not p.with_name(p.name + PENDING_SUFFIX).exists()]
         candidates += [p for p in artifacts.glob(f"*{PENDING_SUFFIX}")
-                       if not p.with_name(p.name[: -len(PENDING_SUFFIX)]).exists()]
+                       if ARTIFACT_NAME.fullmatch(p.name[: -len(PENDING_SUFFIX)])
+                       and not p.with_name(p.name[: -len(PENDING_SUFFIX)]).exists()]
     removed = []
     for path in candidates:
         try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
                 path.unlink()
                 removed.append(path)
         except FileNotFoundError:

@@ -11,12 +11,13 @@ from typing import overload
 import pyarrow as pa
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
-from polysem.errors import QueryError
+from polysem.errors import QueryError, StoreError
+from polysem.query import layout
 from polysem.query.store import Store, as_store
 from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_real, check_text
 
 __all__ = ["arv_cosines", "check_limit", "check_thresholds", "class_pairs_sharing_a_channel", "polysemantic_pairs",
-           "sweep", "why_empty"]
+           "require_counted_once", "sweep", "why_empty"]
 
 
 @overload
@@ -34,6 +35,28 @@ def _require_split(store: Store, split: str) -> None:
     n = store.run("split_images", split=split).column("n")[0].as_py()
     if n == 0:
         raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
+    require_counted_once(store, split)
+
+
+def require_counted_once(store: Store, split: str) -> None:
+    """Refuse to count a split whose parts would miscount: a part without one of polysem's columns (its
+    attributions would read as NULL, and every channel as irrelevant) or an image stored twice (a part
+    copied under a second name: its images would count twice in every fraction and mean). Reads the
+    parts' footers and the image ids only."""
+    folder = layout.part_dir(store.path, "samples", split)
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            problem = layout.schema_problem("samples", path)
+        except (OSError, ValueError):
+            problem = "it cannot be read"
+        if problem is not None:
+            raise StoreError(f"{path.relative_to(store.path)}: {problem}; polysem never writes such a part, so the "
+                             "store is damaged or was edited: `polysem check --repair` sets the part aside (then "
+                             f"ingest split '{split}' again to store its images)")
+    for row in store.run("repeated_image", split=split).to_pylist():
+        raise StoreError(f"split '{split}' holds image {row['image_id']} ({row['path']}) {row['n']} times (a part "
+                         "copied under a second name?), so screening would count it more than once: `polysem check` "
+                         "names the part and `polysem check --repair` sets it aside")
 
 
 def check_limit(limit: int | None) -> int | None:
@@ -65,6 +88,7 @@ def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool
 def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, split: str = SCREEN_SPLIT) -> pa.Table:
     """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
     check_thresholds(tau, p)
+    _require_split(store, split)
     return store.run("class_pairs_sharing_a_channel", tau=tau, p=p, split=split)
 
 

@@ -3,13 +3,12 @@
 JSON is strict everywhere (NaN and infinities are null; a run's `parameters`, JSON text in the
 store, are the object they hold); CSV writes NULL as empty, lists and objects as JSON and booleans
 as true/false, as DuckDB's own CSV does, and text with its control and bidirectional characters
-escaped (JSON escapes them itself). `-` as the output is standard output.
+escaped (JSON escapes them itself); a text cell a spreadsheet would run as a formula is quoted
+and prefixed with `'` (`_csv_text`). `-` as the output is standard output.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -68,17 +67,31 @@ def to_json(result: pa.Table) -> str:
 
 
 def to_csv(result: pa.Table) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([escape_controls(n) for n in result.column_names])
+    lines = [_csv_line([_csv_text(n) for n in result.column_names])]
     for row in result.to_pylist():
-        writer.writerow([_csv_cell(row[n]) for n in result.column_names])
-    return buffer.getvalue()
+        lines.append(_csv_line([_csv_cell(row[n]) for n in result.column_names]))
+    return "".join(lines)
 
 
-def _csv_cell(value):
+# The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): `=cmd|' /C
+# calc'!A0` would start a program when the file is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _Quoted(str):
+    """A cell written between quotes whatever it holds: a formula made inert stays one text cell."""
+
+
+def _csv_text(text: str) -> str:
+    """Text as a CSV cell: control and bidirectional characters escaped, and a formula made inert."""
+    if text.startswith(FORMULA_STARTS):
+        return _Quoted("'" + escape_controls(text))
+    return escape_controls(text)
+
+
+def _csv_cell(value) -> str:
     """Empty for NULL; lists and objects as JSON and booleans as true/false, as DuckDB's own CSV writes them;
-    control and bidirectional characters in text escaped (\\n, \\x1b, \\u202e: `polysem.util.text`)."""
+    text as `_csv_text` writes it; numbers as Python's csv writes them (a negative number stays a number)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -86,8 +99,21 @@ def _csv_cell(value):
     if isinstance(value, (list, dict)):
         return json.dumps(strict(value), default=str)  # escapes control characters itself (ensure_ascii)
     if isinstance(value, str):
-        return escape_controls(value)
-    return value
+        return _csv_text(value)
+    return str(value)
+
+
+def _csv_line(cells: list[str]) -> str:
+    """One CSV line as Python's csv writes it with minimal quoting (a lone empty cell quoted, so the line is
+    not blank), with the cells of `_Quoted` always quoted, which the csv module cannot do per cell."""
+    if len(cells) == 1 and cells[0] == "":
+        return '""\n'
+    return ",".join(_csv_quoted(c) if isinstance(c, _Quoted) or any(ch in c for ch in ',"\r\n') else c
+                    for c in cells) + "\n"
+
+
+def _csv_quoted(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def _stdout_is_terminal() -> bool:

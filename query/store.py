@@ -26,6 +26,7 @@ from polysem.errors import StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.check import CheckReport, check_store
+from polysem.query.confine import check_tree
 from polysem.query.diagnostics import damaged_catalog, query_error
 from polysem.query.meta import (
     IncompleteStore,
@@ -89,6 +90,8 @@ class Store:
         return self.catalog_path.is_file()
 
     def require(self) -> None:
+        """Refuse a missing store, and one holding a link or a special file (`query.confine`)."""
+        check_tree(self.path)
         if not self.exists():
             raise StoreError(
                 f"no polysem store at {self.path}; run `polysem ingest` first, or pass --store / set {STORE_ENV}"
@@ -221,6 +224,7 @@ class Store:
             raise StoreError(f"store directory {self.path} is not writable; fix its permissions or choose another --store")
 
     def create_directory(self) -> None:
+        check_tree(self.path)
         self.check_writable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,11 @@ SELECT count(*) AS n FROM classes;
 -- The number of stored images of one split (n).
 SELECT count(*) AS n FROM samples WHERE split = $split;
 
+-- name: repeated_image
+-- One image that a split holds more than once (a copied part), or no row: image_id, path, n.
+SELECT image_id, any_value(path) AS path, count(*) AS n FROM samples WHERE split = $split
+GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id LIMIT 1;
+
 -- name: split_summary
 -- Images per split: split, n_images, n_errors, n_classes (the split_counts view).
 SELECT * FROM split_counts;
@@ -159,6 +164,11 @@ SELECT image_id FROM read_parquet($files);
 -- name: parquet_class_sizes
 -- Rows per class in Parquet files ($files), by class (compaction's plan): target, n.
 SELECT target, count(*) AS n FROM read_parquet($files) GROUP BY target ORDER BY target;
+
+-- name: parquet_repeated_images
+-- Images that more than one of the Parquet files ($files) hold, with the files holding each (check): image_id, files.
+SELECT image_id, list(DISTINCT filename ORDER BY filename) AS files
+FROM read_parquet($files, filename = true) GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id;
 
 -- name: parquet_class_range
 -- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id, positive_sum filled (compaction).

@@ -127,6 +127,8 @@ CASES = [
     ("ingest", {"max_pixels": 0}, "max_pixels", RANGE, "from 1 to 2**63 - 1"),
     ("ingest", {"decode": 5}, "decode", WRONG, "text (str) or None, got int 5"),
     ("ingest", {"decode": "gpu"}, "decode", RANGE, "pil or tensor, got str 'gpu'"),
+    ("ingest", {"rank_timeout": "30"}, "rank_timeout", WRONG, "a number (int or float), got str '30'"),
+    ("ingest", {"rank_timeout": 0}, "rank_timeout", RANGE, "in (0, 604800], got 0 seconds"),
     # screen and channel_concepts
     ("screen", {"store": 1.5}, "store", WRONG, "a path"),
     ("screen", {"tau": "0.1"}, "tau", WRONG, "a number (int or float), got str '0.1'"),

@@ -22,8 +22,9 @@ def all_options():
             else:
                 for param in command.params:
                     yield from getattr(param, "opts", [])
-    # torchrun's own option, named where it is the fix
-    return set(walk(typer.main.get_command(app))) | {"--help", "--version", "--nproc-per-node"}
+    # torchrun's own options, named where they are the fix
+    return set(walk(typer.main.get_command(app))) | {"--help", "--version", "--nproc-per-node", "--nnodes",
+                                                      "--master-port"}
 
 
 def message_strings():
@@ -79,8 +80,9 @@ def test_evaluate_that_fails_at_the_end_changes_nothing(cli, colour_store, tmp_p
     assert_refused(result, "No space left on device")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()
-    monkeypatch.setattr("polysem.figures.plots.top_images", fail)  # the last figures fail
-    assert_refused(cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots), "No space left on device")
+    monkeypatch.setattr("polysem.figures.plots.top_images", fail)  # the last figures fail: named for the plot folder
+    assert_refused(cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots),
+                   f"no space left on the disk holding {plots} (", "nothing was written there")
     assert (snapshot(colour_store), snapshot(plots)) == before
     monkeypatch.undo()
     done = cli("evaluate", run.run_id, "--store", colour_store, "--plots", plots)

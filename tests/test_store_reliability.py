@@ -222,23 +222,29 @@ def test_repair_sets_a_part_of_other_columns_aside_and_the_store_opens_again(cli
 
 
 def test_leftovers_of_a_kill_are_swept_on_the_next_write(store):
+    """Only names polysem writes go: an atomic write's temporary file, a model without a run, a pending
+    record without its model; a user's own files in the store, however old and however named, stay."""
     old = time.time() - 3600
-    leftovers = [store / "samples" / "train" / ".part-r000-abc.parquet.0123.tmp",
-                 store / "cache" / "features" / "train" / ".class-1.npz.0123.tmp.npz",
-                 store / "artifacts" / ".g1.pt.0123.tmp",
-                 store / "artifacts" / "orphan.pt",
-                 store / "artifacts" / "gone.pt.pending.json",
-                 store / ".result.csv.tmp"]
-    fresh = store / "samples" / "val" / ".part-r000-new.parquet.4567.tmp"  # an ingest writing right now
-    for path in [*leftovers, fresh]:
+    tmp = "0123456789abcdef0123456789abcdef.tmp"  # atomic_path's uuid4 hex
+    leftovers = [store / "samples" / "train" / f".part-r000-abc.parquet.{tmp}",
+                 store / "cache" / "features" / "train" / f".class-1.npz.{tmp}.npz",
+                 store / "artifacts" / f".0123456789.pt.{tmp}",
+                 store / "artifacts" / "0123456789.pt",
+                 store / "artifacts" / "abcdef0123.pt.pending.json",
+                 store / f".result.csv.{tmp}"]
+    users = [store / "artifacts" / "model.pt", store / "artifacts" / "mine.pt.pending.json",
+             store / ".result.csv.tmp", store / "samples" / "train" / ".notes.0123.tmp"]
+    fresh = store / "samples" / "val" / f".part-r000-new.parquet.{tmp}"  # an ingest writing right now
+    for path in [*leftovers, *users, fresh]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
-    for path in leftovers:
+    for path in [*leftovers, *users]:
         os.utime(path, (old, old))
     parts = sorted(store.glob("samples/*/*.parquet"))
     with Store(store).connect(write=True):
         pass
     assert [p for p in leftovers if p.exists()] == []
+    assert all(p.exists() for p in users)
     assert fresh.exists() and sorted(store.glob("samples/*/*.parquet")) == parts
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from polysem.errors import ModelError
+from polysem.errors import ModelError, RunError
 from polysem.method.runs import load_model
 from polysem.query import Store
 from polysem.util.imports import TRUST_ENV, code_folder
-from tests.helpers import assert_refused, snapshot
+from tests.helpers import ROOT, assert_refused, snapshot
 
 EVIL = """\
 from pathlib import Path
@@ -95,7 +95,7 @@ def test_other_recorded_folders_are_refused_before_import(cli, evil, tmp_path, m
     outside.mkdir()
     recorded, expected = {
         "relative": ("artifacts", "relative folder 'artifacts'"),
-        "link": (str(outside / "link"), "inside the store"),
+        "link": (str(outside / "link"), "through a link or /proc"),
         "missing": ("/nonexistent/alice/code", "does not exist on this machine"),
         "linked-module": (str(outside), "inside the store"),
         "none": (None, "without the folder it was imported from"),
@@ -128,7 +128,8 @@ def test_info_shows_the_code_and_its_folder(cli, evil, tmp_path):
     shutil.copy(store / "artifacts" / "evilmod.py", trusted)
     code = json.loads(cli("info", "--store", store, "--format", "json", "--trust-code", trusted).output)["code"]
     assert code["model"] == {"spec": "evilmod:build", "import_root": str(store / "artifacts"),
-                             "imports_from": str(trusted), "status": "trusted (named)", "reason": None}
+                             "imports_from": str(trusted), "module_file": str(trusted / "evilmod.py"),
+                             "status": "trusted (named)", "reason": None}
     assert not marker.exists()  # info imports nothing
 
 
@@ -218,3 +219,102 @@ def test_a_run_id_or_file_path_polysem_never_writes_is_refused(cli, colour_store
         con.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", [run_id if column == "run_id" else
                                                                           f"artifacts/{run_id[:10]}.pt", value])
         con.close()
+
+
+# -- recorded folders that are real, private and outside the interpreter ---------------------------
+
+def test_a_recorded_folder_through_proc_is_not_the_current_folder(cli, evil, tmp_path, monkeypatch):
+    """/proc/self/cwd leads to whatever folder the user runs from, where a received bundle may have left
+    evilmod.py: refused, and `info` says so, without importing anything."""
+    store, run_id, marker, _ = evil
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "evilmod.py").write_text((store / "artifacts" / "evilmod.py").read_text())
+    set_meta(store, model_import_root="/proc/self/cwd")
+    monkeypatch.chdir(here)
+    with pytest.raises(ModelError, match=r"/proc/self/cwd, which leads to .*here \(through a link or /proc\)"):
+        load_model(store, run_id)
+    monkeypatch.chdir(ROOT)
+    assert_refused(cli("verify", run_id, "--store", store), "/proc/self/cwd", "through a link or /proc")
+    line = next(ln for ln in cli("info", "--store", store).output.splitlines() if ln.startswith("model code"))
+    assert "REFUSED" in line and "through a link or /proc" in line
+    assert not marker.exists() and "evilmod" not in sys.modules
+
+
+def test_a_namespace_package_is_imported_from_the_recorded_folder_alone(evil, tmp_path, monkeypatch):
+    """srv.evilmod recorded from a folder whose srv/ holds no evilmod: the current folder's srv/ (a namespace
+    portion Python would merge) is never searched."""
+    store, run_id, marker, _ = evil
+    recorded = tmp_path / "recorded"
+    (recorded / "srv").mkdir(parents=True)
+    (recorded / "srv" / "other.py").write_text("")
+    here = tmp_path / "here"
+    (here / "srv").mkdir(parents=True)
+    (here / "srv" / "evilmod.py").write_text((store / "artifacts" / "evilmod.py").read_text())
+    set_meta(store, model="srv.evilmod:build", model_import_root=str(recorded))
+    monkeypatch.chdir(here)
+    monkeypatch.syspath_prepend(str(here))  # as a notebook started in that folder has it
+    with pytest.raises(ModelError, match=r"cannot import srv\.evilmod"):
+        load_model(store, run_id)
+    assert not marker.exists() and "srv.evilmod" not in sys.modules
+    sys.modules.pop("srv", None)
+
+
+def test_a_folder_every_user_can_write_is_refused_unless_named(evil, tmp_path):
+    store, run_id, marker, _ = evil
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "evilmod.py").write_text((store / "artifacts" / "evilmod.py").read_text())
+    shared.chmod(0o777)
+    set_meta(store, model_import_root=str(shared))
+    with pytest.raises(ModelError, match=r"can be written by every user of this machine"):
+        load_model(store, run_id)
+    assert not marker.exists()
+    assert load_model(Store(store, trust_code=shared), run_id) is not None and marker.exists()
+    sys.modules.pop("evilmod", None)
+
+
+def test_the_interpreters_own_library_is_no_recorded_folder(cli, evil):
+    """A store naming `code:interact` (a console on stdin) or `os:abort` from the standard library."""
+    import sysconfig
+
+    store, run_id, _, _ = evil
+    for spec in ("code:interact", "os:abort", "venv:main"):
+        set_meta(store, model=spec, model_import_root=sysconfig.get_paths()["stdlib"])
+        with pytest.raises(ModelError, match=r"is part of the Python installation"):
+            load_model(store, run_id)
+        assert_refused(cli("verify", run_id, "--store", store), spec, "part of the Python installation")
+
+
+def test_info_names_the_file_that_would_run(cli, evil, tmp_path):
+    store, _, marker, _ = evil
+    trusted = tmp_path / "code"
+    trusted.mkdir()
+    shutil.copy(store / "artifacts" / "evilmod.py", trusted)
+    shown = cli("info", "--store", store, "--trust-code", trusted).output
+    line = next(ln for ln in shown.splitlines() if ln.startswith("model code"))
+    assert f"runs {trusted / 'evilmod.py'}" in line
+    assert not marker.exists()
+
+
+class Poison:
+    """Any object: a pickle of it runs code of the pickler's choosing when loaded unsafely."""
+
+
+def test_a_poisoned_model_file_is_named_without_torchs_advice(evil):
+    """A run's model file that holds objects (a pickle of anything): torch's weights-only loader refuses it;
+    polysem names the file and says it is not one it wrote, never to load it unsafely."""
+    import torch
+
+    store, run_id, _, _ = evil
+    artifact = next((store / "artifacts").glob("*.pt"))
+    torch.save({"channels": Poison()}, artifact)
+    trusted = store.parent / "code"
+    trusted.mkdir()
+    shutil.copy(store / "artifacts" / "evilmod.py", trusted)
+    with pytest.raises(RunError) as refused:
+        load_model(Store(store, trust_code=trusted), run_id)
+    message = str(refused.value)
+    assert str(artifact) in message and "not a file polysem wrote" in message
+    assert "weights_only" not in message and "Weights only" not in message
+    sys.modules.pop("evilmod", None)

@@ -15,6 +15,7 @@ from typing import Annotated, cast
 import typer
 
 from polysem.errors import PolysemError
+from polysem.util.text import escape_controls
 
 app = typer.Typer(
     name="polysem",
@@ -68,14 +69,14 @@ def command(group: typer.Typer = app, name: str | None = None):
                 # a library interrupt says what it means (a query: the store is unchanged)
                 what = str(interrupt) or ("the command stopped before it finished; what it records is recorded "
                                           "whole or not at all, so run it again")
-                typer.echo(f"Interrupted: {what}.", err=True)
+                typer.echo(f"Interrupted: {escape_controls(what)}.", err=True)
                 raise typer.Exit(130) from None
             except (typer.Exit, typer.Abort):
                 raise
             except Exception as error:
                 if os.environ.get(DEBUG_ENV) and not isinstance(error, PolysemError):
                     raise
-                typer.echo(f"Error: {error_line(error)}", err=True)
+                echo_error(error_line(error))
                 raise typer.Exit(2) from None
 
         return group.command(name=name)(wrapper)
@@ -118,6 +119,7 @@ FLAGS = {
     "p": "--p",
     "plots_dir": "--plots",
     "query": "QUERY",
+    "rank_timeout": "--rank-timeout",
     "repair": "--repair",
     "rho": "--rho",
     "rows_per_part": "--rows-per-part",
@@ -150,6 +152,13 @@ def as_flags(message: str) -> str:
         return FLAGS[name] + (f" {value}" if value else "")
 
     return _PARAMETER.sub(flag, message)
+
+
+def echo_error(text: str) -> None:
+    """Print the one `Error:` line on stderr, the one place the CLI prints an error. Its text may quote
+    anything a user or a data set named (a path, a class, a module, an option): control and bidirectional
+    characters are escaped (\\x1b, \\u202e), so that none can reorder, restyle or break the terminal's line."""
+    typer.echo(f"Error: {escape_controls(text)}", err=True)
 
 
 def error_line(error: Exception) -> str:
@@ -209,7 +218,7 @@ def main() -> None:
         message = (error.format_message() if hasattr(error, "format_message") else str(error)).rstrip(".")
         known = cast("typer.core.TyperGroup", typer.main.get_command(app)).commands  # an app of several commands
         command = next((a for a in sys.argv[1:2] if a in known), None)
-        typer.echo(f"Error: {message}; see `polysem {command + ' ' if command else ''}--help`", err=True)
+        echo_error(f"{message}; see `polysem {command + ' ' if command else ''}--help`")
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 

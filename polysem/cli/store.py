@@ -44,6 +44,7 @@ def ingest(
     compact: Annotated[bool, typer.Option(help="When done, rewrite the split's parts class-ordered (as `polysem compact`).")] = True,
     max_pixels: Annotated[int | None, typer.Option(help="Images of more pixels are listed as unreadable, not decoded. [default: Pillow's limit, 89478485]")] = None,
     decode: Annotated[str | None, typer.Option(help="pil: torchvision's PIL pipeline; tensor: batched decode_jpeg and the default transform as tensors on --device (nvJPEG on a GPU; other pixels than pil's). [default: pil, or the store's]")] = None,
+    rank_timeout: Annotated[float, typer.Option(help="Under torchrun: seconds the ranks wait for every rank to join, and for a rank that gives no sign of life, before they stop naming it.")] = 300.0,
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -57,7 +58,7 @@ def ingest(
         _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
         classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact, max_pixels=max_pixels,
-        decode=decode,
+        decode=decode, rank_timeout=rank_timeout,
     )
     if summary.rank == 0:
         typer.echo(
@@ -124,7 +125,8 @@ def _code_line(what: str, code: dict) -> str:
     if code["status"] == "refused":
         return f"{head}{code['spec']} REFUSED (recorded folder {code['import_root']}): {as_flags(code['reason'])}"
     whose = "the folder you named" if code["status"] == "trusted (named)" else "the folder its first ingest recorded"
-    return f"{head}{code['spec']} imported from {code['imports_from']} ({whose}, outside the store)"
+    return (f"{head}{code['spec']} imported from {code['imports_from']} ({whose}, outside the store): "
+            f"runs {code['module_file'] or 'a namespace package of that folder'}")
 
 
 @command()

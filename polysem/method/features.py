@@ -9,6 +9,7 @@ loads them instead of running the model again.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,9 +108,12 @@ def cached_array(path: Path, ids: np.ndarray, name: str, compute) -> np.ndarray:
     images); it is written under a temporary name and renamed, so a crash leaves no half file.
     """
     if path.is_file():
-        with np.load(path) as cached:
-            if name in cached.files and np.array_equal(cached["image_id"], ids):
-                return cached[name]
+        try:
+            with np.load(path) as cached:  # no pickled objects (allow_pickle is off): a cache holds arrays only
+                if name in cached.files and np.array_equal(cached["image_id"], ids):
+                    return cached[name]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # damaged, or not what polysem writes: computed again and replaced
     values = compute()
     with atomic.atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez would add .npz to any other name
         np.savez(tmp, image_id=ids, **{name: values})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import re
 import uuid
 import warnings
@@ -46,7 +47,7 @@ from polysem.method.disentangling import (
 )
 from polysem.method.features import cached_class_maps, check_data_dir, remap_paths
 from polysem.query.recovery import write_pending
-from polysem.query.screening import check_thresholds
+from polysem.query.screening import check_thresholds, require_counted_once
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
 from polysem.util.checks import (
@@ -212,6 +213,7 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
     twice = sorted({c for c in everything if everything.count(c) > 1})
     if twice:
         raise RunError(f"class {twice[0]} is in two concepts; a class belongs to one concept")
+    require_counted_once(store, SCREEN_SPLIT)
     counts = {r["target"]: r["n"] for r in store.run("class_sizes", split=SCREEN_SPLIT).to_pylist()}
     for class_id in everything:
         if not counts.get(class_id):
@@ -501,9 +503,11 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
     """
     group_id = uuid.uuid4().hex[:10]
     artifact = Path("artifacts") / f"{group_id}.pt"
-    with atomic.atomic_path(store.path / artifact) as tmp:
+    # an open file, not its name: torch.save reports a failure to open or write a name as RuntimeError, which
+    # atomic_path could not tell a full disk or a refused write by
+    with atomic.atomic_path(store.path / artifact) as tmp, open(tmp, "wb") as handle:
         torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
-                    "state_dict": new_layer.state_dict()}, tmp)
+                    "state_dict": new_layer.state_dict()}, handle)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     runs, scores = [], []
     for j, plan in enumerate(plans):
@@ -548,6 +552,10 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     artifact = store.path / run["artifact"]
     try:
         saved = torch.load(artifact, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only loader met objects polysem never saves
+        raise RunError(f"the model of run {run_id} in {artifact} is not a file polysem wrote: it holds objects "
+                       "other than tensors, so it was not loaded; disentangle the channel again (`polysem runs "
+                       "RUN_ID` shows its settings)") from None
     except (OSError, RuntimeError, EOFError, ValueError) as error:  # missing, truncated, not a torch file
         raise RunError(f"the model of run {run_id} in {artifact} cannot be read ({type(error).__name__}); "
                        "disentangle the channel again (`polysem runs RUN_ID` shows its settings)") from None

@@ -42,7 +42,7 @@ from polysem.method.disentangling import DisentangledConv
 from polysem.method.features import cached_array, per_image_attributions, remap_paths
 from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
-from polysem.query.screening import check_thresholds
+from polysem.query.screening import check_thresholds, require_counted_once
 from polysem.query.store import Store, as_store
 from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_bool, check_int, check_path, check_text
 from polysem.util.images import ImageRecord
@@ -89,6 +89,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     check_bool("progress", progress)
     store.require()
     run = run_row(store, run_id)
+    require_counted_once(store, SCREEN_SPLIT)
     relevant = store.run("relevant_classes", tau=tau, p=p, split=SCREEN_SPLIT,
                          channel=run["channel"]).column("class_id").to_pylist()
     # a forced run's concept classes need not be relevant; they are checked all the same

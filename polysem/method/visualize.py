@@ -38,6 +38,7 @@ from torch import nn
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import ArgumentError, RunError
 from polysem.method.disentangling import DisentangledConv
+from polysem.query.confine import recorded_path
 from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
@@ -572,8 +573,9 @@ def _record(store: Store, target: Target, done: list) -> list[dict]:
             path.unlink(missing_ok=True)
         raise
     for image_path in old:  # the images these rows replaced (NULL for a unit that failed)
-        if image_path:
-            (store.path / image_path).unlink(missing_ok=True)
+        replaced = recorded_path(store.path, image_path, str(ARTIFACTS))  # only a file polysem could have written
+        if replaced is not None:
+            replaced.unlink(missing_ok=True)
     return every_paths
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from polysem.constants import TAU, P
+from polysem.constants import SCREEN_SPLIT, TAU, P
 from polysem.errors import PolysemError
 from polysem.query.records import record_class_similarity
 from polysem.query.screening import class_pairs_sharing_a_channel
@@ -88,9 +88,10 @@ def synset(wordnet, wnid: str):
 def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tuple[float, float, int, int]]:
     """(ARV cosine, WordNet path similarity) of every class pair sharing a relevant channel, once per
     channel: the points of the supplement's Fig. 4. Refuses when `polysem wordnet` has not run."""
-    from polysem.query.screening import check_thresholds
+    from polysem.query.screening import check_thresholds, require_counted_once
 
     check_thresholds(tau, p)
+    require_counted_once(store, SCREEN_SPLIT)
     rows = store.run("wordnet_points", tau=tau, p=p).to_pylist()
     if not rows:
         raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -21,10 +22,13 @@ __all__ = [
     "fsync_dir",
     "is_disk_full",
     "is_refused",
+    "not_writable",
     "write_atomic",
     "write_bytes_atomic",
+    "write_failure",
     "write_row_groups_atomic",
     "write_text_atomic",
+    "writing",
 ]
 
 
@@ -57,17 +61,77 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def disk_full(what: str, folder: Path, needed: int | None = None) -> DiskFull:
+def disk_full(what: str, folder: Path, needed: int | None = None, kept: str | None = None) -> DiskFull:
     """The one message for a full disk: what was being written, the space free there and, when known,
-    the space needed, and the fix. Nothing was written: the atomic write removed its temporary file."""
+    the space needed, and the fix. Nothing was written: the atomic write removed its temporary file.
+    `kept`: what became of the target, when it is not a file that was not written."""
     try:
         free = f"{_size(shutil.disk_usage(_existing(folder)).free)} free"
     except OSError:
         free = "free space unknown"
     need = f", about {_size(needed)} needed" if needed else ""
-    return DiskFull(f"no space left on the disk holding {what} ({free}{need}); that file was not written (what "
-                    "was stored before it is kept): free space on that disk (or write to another disk) and run the "
-                    "command again")
+    return DiskFull(f"no space left on the disk holding {what} ({free}{need}); {kept or _FILE_KEPT}: free space on "
+                    "that disk (or write to another disk) and run the command again")
+
+
+_FILE_KEPT = "that file was not written (what was stored before it is kept)"
+_FOLDER_KEPT = "nothing was written there (what it held before is kept)"
+
+
+def not_writable(path: Path, error: BaseException, folder: Path | None = None,
+                 into_folder: bool = False) -> NotWritable:
+    """The one message for a refused write: the user's target `path` (never the temporary file or lock that
+    met the refusal), the reason, and the fix: make `folder` writable (by default the one a new file there
+    needs: the nearest existing folder holding `path`). `into_folder`: `path` is a folder written into."""
+    fix = _existing(folder if folder is not None else _home(path, into_folder))
+    return NotWritable(f"the file system refused to write {path} ({_reason(error)}); {_kept(into_folder)}: make "
+                       f"{fix} writable (its permissions, `chattr -i`, a read-write mount) and run the command again")
+
+
+def _kept(into_folder: bool) -> str:
+    return _FOLDER_KEPT if into_folder else _FILE_KEPT
+
+
+def _home(path: Path, into_folder: bool) -> Path:
+    """The folder a write of `path` creates its files in: `path` itself when it is a folder written into."""
+    return path if into_folder else path.parent
+
+
+def write_failure(path: Path, error: BaseException, needed: int | None = None, folder: Path | None = None,
+                  into_folder: bool = False) -> DiskFull | NotWritable | None:
+    """`error` as the failure to write `path` it is: DiskFull for a full disk, NotWritable for a refused
+    write (`not_writable`), None for anything else."""
+    if is_disk_full(error):
+        return disk_full(str(path), folder if folder is not None else _home(path, into_folder), needed,
+                         _kept(into_folder))
+    if is_refused(error):
+        return not_writable(path, error, folder, into_folder)
+    return None
+
+
+@contextmanager
+def writing(path: Path, needed: int | None = None, folder: Path | None = None,
+            into_folder: bool = False) -> Iterator[None]:
+    """The block writes `path` for the user, through whatever files it needs (a temporary file, a lock, a
+    staging folder): a full disk or a refused write in it becomes DiskFull or NotWritable naming `path`, so a
+    message never names a hidden file the user did not ask for. A DiskFull or NotWritable raised inside for
+    one of those files (an inner `atomic_path`) is named for `path` too. `folder`: the one to make writable;
+    `into_folder`: `path` is a folder the block writes into (a split, a report), not a file.
+
+    Keep reads out of the block where they can fail with EACCES: that would read as a refused write."""
+    try:
+        yield
+    except (DiskFull, NotWritable) as error:
+        cause = error.__cause__
+        failure = write_failure(path, cause, needed, folder, into_folder) if isinstance(cause, OSError) else None
+        if failure is None:
+            raise
+        raise failure from cause
+    except OSError as error:
+        failure = write_failure(path, error, needed, folder, into_folder)
+        if failure is None:
+            raise
+        raise failure from error
 
 
 def _existing(folder: Path) -> Path:
@@ -81,30 +145,24 @@ def atomic_path(path: Path, suffix: str = ".tmp", needed: int | None = None) -> 
     """The one atomic write: yields a hidden temporary name in the same folder (which no
     `*.parquet` glob matches and the store's sweep recognises); once the block has written
     it, it is flushed to disk and renamed to `path`. On failure it is removed; a full disk
-    becomes `DiskFull` naming `path` (`needed`: the bytes to write, when known).
+    becomes `DiskFull` and a refused write `NotWritable`, each naming `path`, never the temporary
+    name (`needed`: the bytes to write, when known). A writer that raises no OSError of its own
+    (torch.save given a file name raises RuntimeError) should be given an open file instead.
     """
-    try:
+    with writing(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        if is_disk_full(error):
-            raise disk_full(str(path), path.parent, needed) from error
-        raise
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{suffix}"
     try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        if is_disk_full(error):
-            raise disk_full(str(path), path.parent, needed) from error
-        if is_refused(error):
-            raise NotWritable(f"the file system refused to write {path} ({_reason(error)}); that file was not "
-                              f"written (what was stored before it is kept): make {path.parent} writable (its "
-                              "permissions, `chattr -i`, a read-write mount) and run the command again") from error
-        raise
+        with writing(path, needed):
+            yield tmp
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        # on a read-only file system even removing a file that was never made fails (EROFS); that must not
+        # hide the failure being raised, and a temporary file that stays is swept by the store's next write
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import stat
@@ -20,9 +21,9 @@ from torch.utils.data import Dataset
 from polysem.errors import DataError
 from polysem.util.imports import importable_from
 
-__all__ = ["TORCHVISION_FORMATS", "EncodedImages", "ImageRecord", "ImageRecords", "ImageRefused", "collate",
-           "collate_encoded", "collate_one_size", "file_kind", "open_image", "opened_image", "pillow_max_pixels",
-           "read_for_decoding"]
+__all__ = ["TORCHVISION_FORMATS", "EncodedImages", "ImageRecord", "ImageRecords", "ImageRefused", "JpegFrame",
+           "collate", "collate_encoded", "collate_one_size", "declared_jpeg_frame", "file_kind", "jpeg_frame",
+           "open_image", "opened_image", "pillow_max_pixels", "read_for_decoding"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,95 @@ def file_kind(mode: int) -> str | None:
     return "special file"
 
 
+@dataclass(frozen=True)
+class JpegFrame:
+    """What a JPEG's frame header (its SOFn segment) declares: the SOF marker's second byte (0xC0 to 0xCF),
+    the size in pixels, and each component's (horizontal, vertical) sampling factors."""
+
+    marker: int
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]
+
+    @property
+    def arithmetic(self) -> bool:
+        """Arithmetic-coded (SOF9 to SOF11, SOF13 to SOF15): its scans may hold less than a bit per block."""
+        return self.marker >= 0xC9
+
+
+# SOF0 to SOF15 but DHT (0xC4), JPG (0xC8) and DAC (0xCC), which share the range
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length follows
+
+
+def jpeg_frame(stream: BinaryIO) -> JpegFrame | None:
+    """The frame header of the JPEG that starts at `stream`'s position, found by stepping over the segments
+    before it (their lengths, never their contents, and never the scan); None when the stream is no JPEG or
+    holds no frame header before its first scan. Bytes between segments are skipped, as Pillow and libjpeg
+    skip them; the first frame header counts, as in libjpeg, which refuses a second one."""
+    if stream.read(2) != b"\xff\xd8":
+        return None
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            return None
+        if byte != b"\xff":  # junk between segments
+            continue
+        while byte == b"\xff":  # fill bytes may precede a marker
+            byte = stream.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker == 0x00 or marker in _STANDALONE_MARKERS:  # 0x00: an escaped 0xFF in the junk
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or SOS before any frame header
+            return None
+        length = int.from_bytes(stream.read(2), "big")
+        if length < 2:
+            return None
+        if marker not in _SOF_MARKERS:
+            stream.seek(length - 2, io.SEEK_CUR)
+            continue
+        body = stream.read(length - 2)  # precision, height, width, components, then 3 bytes a component
+        if len(body) < 6 or len(body) < 6 + 3 * body[5]:
+            return None
+        sampling = tuple((body[7 + 3 * i] >> 4, body[7 + 3 * i] & 15) for i in range(body[5]))
+        return JpegFrame(marker, int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"), sampling)
+
+
+def declared_jpeg_frame(stream: BinaryIO, n_bytes: int) -> JpegFrame | None:
+    """The frame that the JPEG file `stream` (`n_bytes` long) declares, read from its start by `jpeg_frame`
+    (the stream's position is left as it was); ImageRefused when the file is too short to fill that frame.
+    The one check of a JPEG's declared size against its data, made before anything is allocated, for both
+    decoders: Pillow (`opened_image`) and decode_jpeg (`ingest/decode.py`).
+
+    A Huffman-coded JPEG codes every 8 x 8 block of every component with at least one bit (each block's DC
+    difference is a Huffman code of one bit or more), so a file of fewer bytes than ceil(blocks / 8), blocks
+    being those of its first component, cannot hold the image its header declares. Decoders fill what is
+    missing with grey and only warn: a 631-byte file whose header was edited to say 9000 x 9000 would become
+    81 million grey pixels (and a batch of such files gigabytes). Arithmetic-coded JPEGs (SOF9 to SOF11, SOF13
+    to SOF15) may code a block in less than a bit: they are not checked. None: no frame header was found
+    (the decoder then fails on its own)."""
+    start = stream.tell()
+    try:
+        stream.seek(0)
+        frame = jpeg_frame(stream)
+    finally:
+        stream.seek(start)
+    if frame is None or frame.arithmetic or not frame.sampling:
+        return frame
+    # the first component's size: the image's, scaled by its sampling factors (a factor of 0 is invalid: as 1)
+    most_h = max(max(h for h, _ in frame.sampling), 1)
+    most_v = max(max(v for _, v in frame.sampling), 1)
+    first_h, first_v = (max(f, 1) for f in frame.sampling[0])
+    width, height = -(-frame.width * first_h // most_h), -(-frame.height * first_v // most_v)
+    least = -(-(-(-width // 8) * -(-height // 8)) // 8)  # bytes: one bit per block, rounded up
+    if n_bytes < least:
+        raise ImageRefused(f"declares {frame.width}x{frame.height} pixels but holds {n_bytes:,} bytes, too few for "
+                           f"that size (a JPEG of that size holds at least {least:,}: a damaged or forged image)")
+    return frame
+
+
 _PILLOW_LIMIT = threading.Lock()
 
 
@@ -77,8 +167,9 @@ def _pillow_allows(max_pixels: int | None) -> Iterator[None]:
 def opened_image(path: str, max_pixels: int | None) -> Iterator[tuple[Image.Image, BinaryIO]]:
     """The image at `path` opened by Pillow, not yet decoded (its header read: size, format, mode), and
     its open file; or ImageRefused: a FIFO, socket or device is never opened for reading (it could block
-    forever, or act on a device), and an image above `max_pixels` is never decoded (its size comes from
-    the header). max_pixels None: no limit. Pillow's own limit is ours while the block runs."""
+    forever, or act on a device), and an image above `max_pixels`, or a JPEG too short for the size it
+    declares (`declared_jpeg_frame`), is never decoded (its size comes from the header). max_pixels None: no
+    limit. Pillow's own limit is ours while the block runs."""
     kind = file_kind(os.stat(path).st_mode)  # follows links: the file that would be read
     if kind is not None:
         raise ImageRefused(f"not a regular file ({kind})")
@@ -98,6 +189,8 @@ def opened_image(path: str, max_pixels: int | None) -> Iterator[tuple[Image.Imag
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageRefused(f"{width} x {height} = {width * height:,} pixels, above the pixel limit of "
                                    f"{max_pixels:,}; ingest with a larger --max-pixels (max_pixels=) to read it")
+            if image.format in ("JPEG", "MPO"):  # MPO: a JPEG with more pictures after the first
+                declared_jpeg_frame(handle, os.fstat(handle.fileno()).st_size)
             yield image, handle
 
 

@@ -8,16 +8,20 @@ absolute folder outside the store, either the folder its first ingest recorded o
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.machinery import PathFinder
 from pathlib import Path
+from types import ModuleType
 
 from polysem.errors import ModelError
 
-__all__ = ["TRUST_ENV", "code_folder", "code_status", "importable_from", "trusted_folders"]
+__all__ = ["TRUST_ENV", "code_folder", "code_status", "import_from_folder", "importable_from", "library_folders",
+           "trusted_folders"]
 
 TRUST_ENV = "POLYSEM_TRUST_CODE"  # folders (absolute, ':'-separated) a store's code may be imported from
 
@@ -36,6 +40,51 @@ def importable_from(folder: str | None, outside: str | os.PathLike | None = None
         yield
     finally:
         sys.path[:] = saved
+
+
+def import_from_folder(module_name: str, folder: str) -> ModuleType:
+    """Import `module_name` from `folder` alone: each package level is looked up in `folder` (then in its
+    parent package's folders) and nowhere else, so a namespace package is never merged with same-named
+    folders elsewhere on sys.path (the current folder, say). A level already imported must come from
+    `folder` too. The module's own imports see sys.path with `folder` first (`importable_from`)."""
+    parts = module_name.split(".")
+    locations = [folder]
+    module: ModuleType | None = None
+    for depth in range(len(parts)):
+        name = ".".join(parts[: depth + 1])
+        existing = sys.modules.get(name)
+        if existing is not None:
+            if not _comes_from(existing, Path(folder)):
+                where = getattr(existing, "__file__", None) or list(getattr(existing, "__path__", []))
+                raise ModelError(f"{name} is already imported from {where}, not from {folder}; start a new "
+                                 "process to import the store's code")
+            module = existing
+        else:
+            spec = PathFinder.find_spec(name, locations)
+            if spec is None or spec.loader is None:
+                raise ModuleNotFoundError(f"no module named {name!r} in {folder}", name=name)
+            if spec.submodule_search_locations is not None:  # a namespace's portions: this folder's only
+                spec.submodule_search_locations = list(spec.submodule_search_locations)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            if depth:
+                setattr(sys.modules[".".join(parts[:depth])], parts[depth], module)
+        locations = list(getattr(module, "__path__", None) or [])
+    if module is None:
+        raise ModelError(f"bad module name {module_name!r}")
+    return module
+
+
+def _comes_from(module: ModuleType, folder: Path) -> bool:
+    """Whether an imported module's file (or each folder of a package) lies in `folder`, links resolved."""
+    file = getattr(module, "__file__", None)
+    places = [file] if isinstance(file, str) else list(getattr(module, "__path__", []))
+    return bool(places) and all(_inside(Path(place), folder) for place in places)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -123,11 +172,15 @@ def code_folder(spec: str, what: str, recorded_root: str | None, store_dir: str 
         if paths is not None:
             _check_outside(paths, store, what, spec, module_name, folder)
             return str(folder)
-    if not recorded_root:
+    if not isinstance(recorded_root, str) or not recorded_root:
         raise _refusal(what, spec, "without the folder it was imported from", module_name, folders)
     if not os.path.isabs(recorded_root):
         raise _refusal(what, spec, f"from the relative folder '{recorded_root}'", module_name, folders)
     root = Path(recorded_root)
+    real = Path(os.path.realpath(root))
+    if real != Path(os.path.normpath(root)):  # /proc/self/cwd, a link: polysem records the real folder
+        raise _refusal(what, spec, f"from {root}, which leads to {real} (through a link or /proc)", module_name,
+                       folders)
     if _inside(root, store):
         raise _refusal(what, spec, f"from {root}, inside the store", module_name, folders)
     if not root.is_dir():
@@ -136,7 +189,46 @@ def code_folder(spec: str, what: str, recorded_root: str | None, store_dir: str 
     if paths is None:
         raise _refusal(what, spec, f"from {root}, which holds no {top} now", module_name, folders)
     _check_outside(paths, store, what, spec, module_name, root)
+    problem = _unsafe_folder(root, paths)
+    if problem is not None:
+        raise _refusal(what, spec, f"from {root}, {problem}", module_name, folders)
     return str(root)
+
+
+def library_folders() -> list[Path]:
+    """The Python installation's own folders: the standard library, site-packages and the prefixes'
+    library folders. Their modules are anyone's to name, so a store's recorded folder may not be one."""
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    folders |= {entry for entry in sys.path if entry and Path(entry).name in ("site-packages", "dist-packages")}
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        folders |= {os.path.join(prefix, "lib"), os.path.join(prefix, "lib64")}
+    return sorted({Path(os.path.realpath(folder)) for folder in folders if folder})
+
+
+def _unsafe_folder(root: Path, paths: list[Path]) -> str | None:
+    """Why a store's recorded folder (`root`, holding the module at `paths`) is no place to import from
+    without the user naming it, or None: a folder other users may write to (the module's own files and
+    package folders too), or the Python installation's own library. (The current folder reached through
+    /proc or a link is refused before: a recorded folder must be its own real path.)"""
+    for path in paths:
+        if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+            return f"where {path} leads outside it, to {os.path.realpath(path)}"
+    for path in [root, *paths]:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH:
+            return f"where {path} can be written by every user of this machine"
+    for library in library_folders():
+        for path in [root, *paths]:
+            if Path(os.path.realpath(path)).is_relative_to(library):
+                return f"where {path} is part of the Python installation ({library})"
+    return None
 
 
 def _check_outside(paths: list[Path], store: Path, what: str, spec: str, module_name: str, folder: Path) -> None:
@@ -160,4 +252,19 @@ def code_status(spec: str, what: str, recorded_root: str | None, store_dir: str 
                 "reason": None}
     named = folder != recorded_root or Path(folder) in trusted_folders(trust_code)
     return {"spec": spec, "import_root": recorded_root, "imports_from": folder,
+            "module_file": module_file(spec.partition(":")[0], Path(folder)),
             "status": "trusted (named)" if named else "trusted (recorded)", "reason": None}
+
+
+def module_file(module_name: str, folder: Path) -> str | None:
+    """The file `import_from_folder` would run for `module_name` from `folder` (a package's __init__.py;
+    None for a namespace package or a module not found), looked up without running anything."""
+    locations = [str(folder)]
+    origin = None
+    for depth, _ in enumerate(module_name.split(".")):
+        spec = PathFinder.find_spec(".".join(module_name.split(".")[: depth + 1]), locations)
+        if spec is None:
+            return None
+        origin = spec.origin if spec.origin not in (None, "namespace") else None
+        locations = list(spec.submodule_search_locations or [])
+    return origin

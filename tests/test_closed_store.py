@@ -1,0 +1,240 @@
+"""A received store is a closed world: whatever it holds, polysem deletes, truncates, renames or writes
+nothing outside it, and nothing in it can hang a command.
+
+Each case is a store someone could send: one of its entries (a staging folder, a lock file, the models
+folder, the cache, a split, the catalog) is a link to a file or folder of the user's own, or a FIFO where
+polysem expects a file. Every command is refused in one `Error:` line naming the entry and the fix, exit 2,
+before anything is written: the user's files and the store stay byte-identical."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from polysem.query import Store
+from polysem.query.compact import compact, lock_split
+from polysem.query.screening import sweep
+from tests.helpers import ROOT, assert_refused, snapshot
+
+OLD = time.time() - 3600  # older than the sweep's minute: a file the sweep would take if it were the store's
+
+
+def users_folder(tmp_path: Path) -> Path:
+    """A folder of the user's, next to the received store: an old model file and a sibling store's split."""
+    mine = tmp_path / "mine"
+    (mine / "samples" / "val").mkdir(parents=True)
+    (mine / "model.pt").write_bytes(b"the user's own model")
+    (mine / "samples" / "val" / "part-r000-0123456789ab.parquet").write_bytes(b"the user's own part")
+    (mine / "catalog.duckdb").write_bytes(b"the user's own catalog")
+    for path in mine.rglob("*"):
+        os.utime(path, (OLD, OLD))
+    return mine
+
+
+def plant(store: Path, entry: str, target: Path) -> None:
+    """Replace `entry` of the store by a link to `target` (the received store's trick)."""
+    path = store / entry
+    if path.is_dir():
+        os.rename(path, path.with_name(path.name + ".real"))  # kept aside, inside the store's folder
+    elif path.exists():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+LINKS = {  # entry -> (what it points to in the user's folder, the commands that each once reached it)
+    ".compact": (".", [["compact"], ["ingest", "{images}", "--split", "val"]]),
+    ".create.lock": ("model.pt", [["ingest", "{images}", "--split", "val"]]),
+    "samples/.val.lock": ("model.pt", [["compact"], ["ingest", "{images}", "--split", "val"]]),
+    "samples/.train.lock": ("model.pt", [["compact", "--split", "train"]]),
+    "artifacts": (".", [["screen", "--concepts"], ["check", "--repair"]]),
+    "cache": (".", [["screen"], ["info"]]),
+    "samples/train": ("samples/val", [["check", "--repair"], ["sql", "SELECT count(*) FROM samples"]]),
+    "catalog.duckdb": ("catalog.duckdb", [["check", "--repair"], ["runs"]]),
+}
+
+
+@pytest.mark.parametrize("entry", list(LINKS))
+def test_a_link_in_a_received_store_is_refused_and_reaches_nothing(cli, fixture_store, tmp_path, entry):
+    built = fixture_store("tiny")
+    store, mine = built.store, users_folder(tmp_path)
+    target, commands = LINKS[entry]
+    plant(store, entry, mine / target)
+    before_store, before_mine = snapshot(store), snapshot(mine)
+    for command in commands:
+        args = [str(a).format(images=built.images) for a in command]
+        result = cli(*args, "--store", store)
+        assert_refused(result, f"{entry} in the store", "is a symbolic link", "remove it")
+        assert snapshot(mine) == before_mine, args
+        assert snapshot(store) == before_store, args
+    assert (mine / "model.pt").read_bytes() == b"the user's own model"
+
+
+def test_the_api_refuses_a_linked_store_too(fixture_store, tmp_path):
+    built = fixture_store("tiny")
+    mine = users_folder(tmp_path)
+    plant(built.store, ".compact", mine)
+    with pytest.raises(Exception, match=r"\.compact in the store .* is a symbolic link"):
+        compact(built.store)
+    assert (mine / "samples" / "val").is_dir()
+
+
+def test_the_sweep_takes_only_what_polysem_writes(fixture_store):
+    """A user's file lying in the store's models folder, old and in no run, stays."""
+    store = fixture_store("tiny").store
+    (store / "artifacts").mkdir(exist_ok=True)
+    own = store / "artifacts" / "model.pt"
+    own.write_bytes(b"mine")
+    os.utime(own, (OLD, OLD))
+    with Store(store).connect(write=True):
+        pass
+    assert own.read_bytes() == b"mine"
+
+
+# Each FIFO case runs in a child process with a time limit: a regression would hang, not fail.
+FIFO_DRIVER = """
+import json, sys
+from typer.testing import CliRunner
+from polysem.cli import app
+out = {}
+for name, args in json.loads(sys.argv[1]).items():
+    result = CliRunner().invoke(app, args)
+    out[name] = [result.exit_code, result.output]
+print(json.dumps(out))
+"""
+
+
+def run_cases(cases: dict[str, list[str]]) -> dict[str, list]:
+    done = subprocess.run([sys.executable, "-c", FIFO_DRIVER, json.dumps(cases)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_special_files_in_a_store_never_hang_a_command(fixture_store, tmp_path):
+    """A FIFO as the catalog's write-ahead log, as a part and as the catalog: every command answers in one
+    line naming the entry, without opening it (an open would wait for a writer forever)."""
+    built = {name: fixture_store("tiny") for name in ("wal", "part", "catalog")}
+    wal, part, catalog = (b.store for b in built.values())
+    os.mkfifo(wal / "catalog.duckdb.wal")
+    os.mkfifo(part / "samples" / "train" / "part-r000-fifo00000000.parquet")
+    (catalog / "catalog.duckdb").unlink()
+    os.mkfifo(catalog / "catalog.duckdb")
+    images = str(built["wal"].images)
+    cases = {
+        "wal info": ["info", "--store", str(wal)],
+        "wal screen": ["screen", "--store", str(wal)],
+        "part check": ["check", "--store", str(part)],
+        "part repair": ["check", "--repair", "--store", str(part)],
+        "part compact": ["compact", "--store", str(part)],
+        "catalog info": ["info", "--store", str(catalog)],
+        "catalog ingest": ["ingest", images, "--split", "val", "--store", str(catalog)],
+    }
+    before = {name: snapshot(b.store) for name, b in built.items()}
+    answers = run_cases(cases)
+    entry = {"wal": "catalog.duckdb.wal", "part": "samples/train/part-r000-fifo00000000.parquet",
+             "catalog": "catalog.duckdb"}
+    for name, (code, output) in answers.items():
+        lines = [ln for ln in output.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1, (name, output)
+        assert lines[0].startswith("Error: ") and f"{entry[name.split()[0]]} in the store" in lines[0], lines[0]
+        assert "is a FIFO (named pipe)" in lines[0], lines[0]
+    assert {name: snapshot(b.store) for name, b in built.items()} == before
+
+
+# -- counted once ---------------------------------------------------------------------------------
+
+def test_a_copied_part_is_named_by_check_and_refused_by_screening(cli, fixture_store):
+    store = fixture_store("tiny").store
+    honest = sweep(Store(store)).to_pylist()
+    part = sorted((store / "samples" / "train").glob("*.parquet"))[0]
+    copy = part.with_name("part-r000-copy00000000.parquet")
+    copy.write_bytes(part.read_bytes())
+    n = pq.read_metadata(part).num_rows
+
+    checked = cli("check", "--store", store)
+    assert checked.exit_code != 0
+    assert f"{copy.relative_to(store)} repeats {n} images that {part.name} holds too" in checked.output
+    before = snapshot(store)
+    for command in (["screen"], ["screen", "--sweep"], ["wordnet"]):
+        assert_refused(cli(*command, "--store", store), "split 'train' holds image", "2 times",
+                       "polysem check --repair")
+    assert snapshot(store) == before
+
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    assert not copy.exists() and copy.with_name(copy.name + ".damaged").exists()
+    assert sweep(Store(store)).to_pylist() == honest  # every count as before the copy
+
+
+def test_a_part_without_its_attributions_is_named_not_read_as_irrelevant(cli, fixture_store):
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(part).drop_columns(["attribution"]), part)
+    before = snapshot(store)
+    assert_refused(cli("screen", "--store", store), part.name, "it has no column attribution",
+                   "polysem check --repair")
+    assert snapshot(store) == before
+    checked = cli("check", "--store", store)
+    assert checked.exit_code != 0 and "it has no column attribution" in checked.output
+
+
+def test_a_format_of_null_is_refused(cli, fixture_store):
+    """JSON null names no format: refused in one line, never taken as the current one."""
+    import duckdb
+
+    store = fixture_store("tiny").store
+    con = duckdb.connect(str(store / "catalog.duckdb"))
+    con.execute("UPDATE store_meta SET value = 'null' WHERE key = 'schema_version'")
+    con.close()
+    before = snapshot(store)
+    for command in (["info"], ["screen"], ["check", "--repair"]):
+        result = cli(*command, "--store", store)
+        assert result.exit_code == 2 and "Error: " in result.output, result.output
+        assert "no polysem writes" in result.output or "not JSON" in result.output, result.output
+        assert "Binder Error" not in result.output
+    assert snapshot(store) == before
+
+
+def test_check_during_a_compaction_calls_nothing_damaged(fixture_store, monkeypatch):
+    """A compaction that swaps the split's files while check reads them: the vanished file is not damage,
+    and the split is read again."""
+    import polysem.query.check as check_module
+
+    store = fixture_store("tiny-train-8").store
+    (compacted,) = (store / "samples" / "train").glob("*.parquet")
+    table = pq.read_table(compacted)
+    for i, start in enumerate((0, 12)):  # two ingest parts again, which a compaction rewrites
+        pq.write_table(table.slice(start, 12), compacted.with_name(f"part-r000-{i:012d}.parquet"))
+    compacted.unlink()
+    real = check_module._footer_rows
+    swapped = []
+
+    def footer_rows(path, *args, **kwargs):
+        if not swapped and path.parent.name == "train":
+            swapped.append(compact(store, "train"))  # the concurrent compaction, between listing and reading
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(check_module, "_footer_rows", footer_rows)
+    report = Store(store).check()
+    assert swapped[0][0].rows_rewritten > 0
+    assert report.ok, report.problems
+    images = Store(store).sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    assert report.rows >= images == 24  # the compacted files, read again, hold every image once
+
+
+def test_check_repair_waits_for_no_compaction_it_would_race(cli, fixture_store):
+    store = fixture_store("tiny").store
+    held = lock_split(store, "train")  # an ingest or compaction of train is running
+    try:
+        before = snapshot(store)
+        assert_refused(cli("check", "--repair", "--store", store), "another ingest of split 'train'")
+        assert snapshot(store) == before
+    finally:
+        held.close()
+    assert cli("check", "--repair", "--store", store).exit_code == 0

@@ -1,0 +1,165 @@
+"""Ranks that cannot hang: they join within `--rank-timeout` or one line names the missing ranks; a rank killed
+later is named by the others; a rank still working is waited for; Ctrl-C ends a wait (exit 130).
+
+Each rank here is started as torchrun starts it, by its environment (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT),
+so that a test can leave a rank out or kill one: torchrun's agent would wait for a missing node itself, and
+stop every rank when one dies. tests/test_resume.py runs whole worlds under torchrun.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import polysem
+from polysem.errors import ArgumentError, ArgumentRange
+from polysem.query import Store
+from tests.helpers import ROOT, TINY, assert_refused, make_image_folder
+
+SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
+STARTUP = 12  # seconds a rank may take to import torch, load the model and probe it on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rank(number: int, world_size: int, port: int, *args, pythonpath: str = "") -> subprocess.Popen:
+    """`polysem ingest ...` as rank `number` of `world_size`, meeting at 127.0.0.1:`port`."""
+    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), pythonpath])),
+           "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(world_size), "RANK": str(number), "LOCAL_RANK": str(number),
+           "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for name in ("TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT"):
+        env.pop(name, None)
+    return subprocess.Popen([sys.executable, "-m", "polysem.cli", "ingest", *map(str, args), "--device", "cpu"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lines(output: str) -> list[str]:
+    """The output's lines but the progress bar's."""
+    return [line for line in output.splitlines() if line.strip() and not line.startswith("ingest ")]
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data", "train", {"a": 4, "b": 4, "c": 4})
+
+
+def test_a_lone_rank_names_the_ranks_that_did_not_join(images, tmp_path):
+    """Rank 0 alone, and rank 1 alone (in another world), each with a 3 s timeout: one line each, exit 2."""
+    started = time.monotonic()
+    runs = {number: rank(number, 2, free_port(), images, "--store", tmp_path / f"s{number}", *TINY,
+                         "--rank-timeout", 3) for number in (0, 1)}
+    outputs = {number: run.communicate(timeout=60)[0] for number, run in runs.items()}
+    elapsed = time.monotonic() - started
+    for number, run in runs.items():
+        assert run.returncode == 2, outputs[number]
+    assert lines(outputs[0]) == [
+        ("Error: rank 1 of 2 did not join within 3 s: start every rank (torchrun --nproc-per-node 2 on one machine, "
+         "or on every node with --nnodes) or raise --rank-timeout")]
+    assert len(lines(outputs[1])) == 1, outputs[1]
+    assert lines(outputs[1])[0].startswith("Error: rank 0 of 2 did not join within 3 s (nothing listens at "
+                                           "127.0.0.1:"), outputs[1]
+    assert "raise --rank-timeout" in outputs[1]
+    assert elapsed < 3 + STARTUP, elapsed
+    assert not (tmp_path / "s0" / "samples").exists()  # nothing written
+
+
+def test_ctrl_c_ends_a_rank_waiting_for_the_others(images, tmp_path):
+    port = free_port()
+    run = rank(0, 2, port, images, "--store", tmp_path / "s", *TINY, "--rank-timeout", 600)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # rank 0 serves the store once it waits for the others to join
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert run.poll() is None, run.communicate()[0]
+            time.sleep(0.1)
+    time.sleep(0.5)
+    run.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    output = run.communicate(timeout=30)[0]
+    assert run.returncode == 130, output
+    assert time.monotonic() - sent < 5
+    assert lines(output) == ["Interrupted: stopped while waiting for rank 1 to join; nothing was written."]
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_killed_rank_is_named_and_the_parts_are_kept(tmp_path, killed):
+    """Rank 1 killed: rank 0 names it once it has been silent for the timeout. Rank 0 killed (it serves the
+    ranks' store, as without torchrun's agent): rank 1 names it at the next meeting, without waiting."""
+    data = make_image_folder(tmp_path / "data", "train", {"a": 12, "b": 12, "c": 12})
+    store, port = tmp_path / "s", free_port()
+    args = [data, "--store", store, *SLOW, "--batch-size", 2, "--rows-per-part", 4, "--rank-timeout", 6]
+    runs = [rank(0, 2, port, *args), rank(1, 2, port, *args)]
+    parts = store / "samples" / "train"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(parts.glob(f"part-r00{killed}-*.parquet")):
+        time.sleep(0.05)
+    runs[killed].send_signal(signal.SIGKILL)
+    runs[killed].wait()
+    stopped = time.monotonic()
+    survivor = runs[1 - killed]
+    output = survivor.communicate(timeout=60)[0]
+    assert survivor.returncode == 2, output
+    kept = "the parts written so far are kept: run the same command again to resume"
+    if killed == 1:
+        assert lines(output) == [f"Error: rank 1 stopped (no sign of it for 6 s: killed, or its machine lost); {kept}"]
+    else:
+        assert lines(output) == [(f"Error: rank 0 stopped (the ranks' store at 127.0.0.1:{port} is gone: its "
+                                  f"connection closed); {kept}")]
+    assert time.monotonic() - stopped < 6 + 10
+    stored = Store(store).query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    assert 4 <= stored < 36
+
+
+def test_a_rank_still_working_is_waited_for_past_the_timeout(tmp_path):
+    """Rank 1 takes 8 s longer than rank 0 with a 5 s timeout: its heartbeat keeps rank 0 waiting."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "uneven.py").write_text(
+        "import os, time\n"
+        "from tests.models import small\n"
+        "calls = []\n"
+        "def slow_on_rank1(image):\n"
+        "    calls.append(1)\n"
+        "    if os.environ.get('RANK') == '1' and len(calls) > 1:  # not the probe's image: rank 1 joins in time\n"
+        "        time.sleep(2)\n"
+        "    return small(image)\n")
+    data = make_image_folder(tmp_path / "data", "train", {"a": 3, "b": 3, "c": 3})
+    store, port = tmp_path / "s", free_port()
+    args = [data, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe", "--transform",
+            "uneven:slow_on_rank1", "--num-workers", 0, "--rank-timeout", 5]
+    runs = [rank(number, 2, port, *args, pythonpath=str(tmp_path / "code")) for number in (0, 1)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert "train: 9 images stored, 0 already there, 0 unreadable" in outputs[0]
+    assert len(Store(store).query("SELECT image_id FROM samples")) == 9
+
+
+@pytest.mark.parametrize(("value", "error", "message"), [
+    (0, ArgumentRange, "`rank_timeout` must be in (0, 604800], got 0 seconds"),
+    (-5.0, ArgumentRange, "`rank_timeout` must be in (0, 604800], got -5.0 seconds"),
+    (float("nan"), ArgumentRange, "`rank_timeout` must be in (0, 604800], got nan seconds"),
+    ("30", ArgumentError, "`rank_timeout` must be a number (int or float), got str '30'"),
+    (True, ArgumentError, "`rank_timeout` must be a number (int or float), got bool True"),
+])
+def test_the_rank_timeout_is_checked_before_anything_is_written(images, tmp_path, value, error, message):
+    with pytest.raises(error) as raised:
+        polysem.ingest(tmp_path / "s", images, model="tests.models:tiny_net", layer="probe",
+                       transform="tests.models:small", rank_timeout=value, progress=False)
+    assert str(raised.value) == message
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_cli_names_the_option(images, tmp_path, cli):
+    assert_refused(cli("ingest", images, "--store", tmp_path / "s", *TINY, "--rank-timeout", 0),
+                   "--rank-timeout must be in (0, 604800], got 0.0 seconds")
+    assert not (tmp_path / "s").exists()
