@@ -7,3 +7,4 @@ GAMMA = 0.5  # Theorem 3.1: a channel is a polysemantic candidate when the ARV c
 RHO_GRID = tuple(round(0.05 * k, 2) for k in range(1, 21))  # Eq. 6: 0.05, 0.10, ..., 1.00
 SCREEN_SPLIT = "train"
 EVAL_SPLIT = "val"
+DEFAULT_STORE = "polysem-store"  # the store folder when neither --store nor POLYSEM_STORE names one

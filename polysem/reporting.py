@@ -66,7 +66,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
              plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
              device: str = "auto", figure_format: str = "png", selection: str = "ineq2",
              progress: bool = True) -> dict:
-    """`polysem.method.evaluation.evaluate`, with the run's figures written into `plots_dir` when given.
+    """`polysem.method.evaluation.evaluate_activations`, with the run's figures written into `plots_dir` when given.
 
     selection: `ineq2` (the paper's Ineq. 2, default) or `authors` (the authors' get_results.py: clamped
     per position; runs the original model over the evaluated images once, then cached). The densities
@@ -83,7 +83,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     evaluation.check_selection(selection)
     check_bool("progress", progress)
     if plots_dir is None:
-        return evaluation.evaluate(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
+        return evaluation.evaluate_activations(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
                                    progress=progress)
     if figure_format not in plots.FIGURE_FORMATS:
         raise PolysemError(f"`figure_format` must be one of {', '.join(plots.FIGURE_FORMATS)}, got {figure_format!r}")

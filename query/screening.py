@@ -1,6 +1,6 @@
 """Screening for polysemantic channels (docs/method.md sections 2-4) as calls of the `sql/` macros.
 
-The maths is in `sql/screening.sql`; these functions bind the parameters and
+The maths is in `sql/screening_macros.sql`; these functions bind the parameters and
 return Arrow tables, so a notebook gets exactly what `polysem screen` prints.
 """
 

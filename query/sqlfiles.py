@@ -35,7 +35,7 @@ import duckdb
 from polysem.errors import PolysemError
 
 # Order matters: later files use objects of earlier ones.
-SQL_FILES = ("schema.sql", "store.sql", "screening.sql", "disentangle.sql", "evaluation.sql")
+SQL_FILES = ("tables.sql", "store_views.sql", "screening_macros.sql", "disentangle_macros.sql", "evaluation_macros.sql")
 STATEMENT_FILES = ("queries.sql", "records.sql")
 MIGRATION_FILE = "migrations.sql"
 _PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")

@@ -22,12 +22,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from polysem.constants import DEFAULT_STORE
 from polysem.errors import StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
-from polysem.query.check import CheckReport, check_store
 from polysem.query.confine import check_tree
 from polysem.query.diagnostics import damaged_catalog, query_error
+from polysem.query.integrity import CheckReport, check_store
 from polysem.query.meta import (
     IncompleteStore,
     catalog_created,
@@ -36,7 +37,7 @@ from polysem.query.meta import (
     read_meta,
     recorded_decode,
 )
-from polysem.query.outputs import check_output
+from polysem.query.output_paths import check_output
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
 from polysem.query.serialise import out_format, write_result
@@ -49,7 +50,6 @@ from polysem.util.imports import code_status
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
 
 STORE_ENV = "POLYSEM_STORE"
-DEFAULT_STORE = "polysem-store"
 
 
 def default_store_path() -> Path:
@@ -365,7 +365,7 @@ class Store:
 
     def check_outside(self, out: str | os.PathLike, folder: bool = False, *, stdout: bool = False,
                       name: str = "out") -> Path | None:
-        """Refuse an output path before anything is written (see `query.outputs`): an empty one, a
+        """Refuse an output path before anything is written (see `query.output_paths`): an empty one, a
         special file (FIFO, device, socket, also behind a link), anything under /dev, /proc or /sys, a
         folder where a file is expected (or the reverse), or anything inside the store, where it could
         replace a file the store reads. Returns the absolute path, or None for `-` when `stdout`."""
@@ -376,7 +376,7 @@ class Store:
         return check_output(out, self.path, folder=folder, stdout=stdout, name=name)
 
     def check(self, repair: bool = False) -> CheckReport:
-        """Verify every Parquet file's footer and row counts against the catalog; see `query.check`."""
+        """Verify every Parquet file's footer and row counts against the catalog; see `query.integrity`."""
         check_bool("repair", repair)
         return check_store(self, repair)
 

@@ -204,7 +204,7 @@ def test_a_format_of_null_is_refused(cli, fixture_store):
 def test_check_during_a_compaction_calls_nothing_damaged(fixture_store, monkeypatch):
     """A compaction that swaps the split's files while check reads them: the vanished file is not damage,
     and the split is read again."""
-    import polysem.query.check as check_module
+    import polysem.query.integrity as check_module
 
     store = fixture_store("tiny-train-8").store
     (compacted,) = (store / "samples" / "train").glob("*.parquet")

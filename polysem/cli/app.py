@@ -14,6 +14,7 @@ from typing import Annotated, cast
 
 import typer
 
+from polysem import constants
 from polysem.errors import PolysemError
 from polysem.util.text import escape_controls
 
@@ -48,7 +49,7 @@ StoreOption = Annotated[
 ]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
-DEFAULT_STORE = Path("polysem-store")
+DEFAULT_STORE = Path(constants.DEFAULT_STORE)
 TrustOption = Annotated[
     Path | None,
     typer.Option("--trust-code", help="Import the model and transform code the store names from this folder "

@@ -1,6 +1,6 @@
 """Evaluation of a disentanglement run (docs/method.md section 7), recorded in `evaluations`.
 
-The quantitative part is SQL (`sql/evaluation.sql`): the spatially summed
+The quantitative part is SQL (`sql/evaluation_macros.sql`): the spatially summed
 activations of c'_1..c'_k and r are linear in the stored input sums, so no model
 runs. The plots of the most activating images (`polysem.reporting.evaluate`) run the model.
 
@@ -31,7 +31,7 @@ from polysem.query.store import Store, as_store
 from polysem.util.checks import check_real, check_text
 from polysem.util.images import ImageRecord
 
-__all__ = ["SELECTIONS", "WHOLE_TOP", "check_selection", "clamped_attribution_sums", "evaluate", "evaluation_numbers",
+__all__ = ["SELECTIONS", "WHOLE_TOP", "check_selection", "clamped_attribution_sums", "evaluate_activations", "evaluation_numbers",
            "record_evaluation", "selection_params", "top_class_histograms"]
 
 SELECTIONS = ("ineq2", "authors")
@@ -45,7 +45,7 @@ def check_selection(selection: str) -> None:
                        f"clamped per position), got {selection!r}")
 
 
-def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto",
+def evaluate_activations(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto",
              selection: str = "ineq2", data_dir: str | os.PathLike | None = None, batch_size: int = 64,
              progress: bool = True) -> dict:
     """Per concept j (1..k): images (relative attribution >= tau, by `selection`), the mean fraction of the

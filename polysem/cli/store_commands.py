@@ -20,7 +20,7 @@ from polysem.cli.app import (
     as_flags,
     command,
 )
-from polysem.cli.output import (
+from polysem.cli.printing import (
     render,
 )
 from polysem.errors import PolysemError

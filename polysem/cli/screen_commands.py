@@ -19,7 +19,7 @@ from polysem.cli.app import (
     command,
     plot_app,
 )
-from polysem.cli.output import render_concepts, render_screen, render_sweep
+from polysem.cli.printing import render_concepts, render_screen, render_sweep
 from polysem.constants import GAMMA, TAU, P
 from polysem.errors import PolysemError
 

@@ -21,7 +21,7 @@ from polysem.cli.app import (
     as_flags,
     command,
 )
-from polysem.cli.output import (
+from polysem.cli.printing import (
     render_evaluation,
     render_record,
     render_runs,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from polysem.query import Store
 
 WIDTH = 100
@@ -35,7 +36,7 @@ def test_screen_fits_and_names_classes(cli, colour_store):
 
 
 def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
-    from polysem.cli import output
+    from polysem.cli import printing as output
 
     long = "a class name far longer than any terminal column should ever have to hold, really"
     real = Store.run
@@ -77,7 +78,7 @@ def test_runs_list_record_and_evaluate(cli, colour_store, run_id):
 
 
 def test_fractions_outside_zero_one_are_explained_where_shown(capsys):
-    from polysem.cli.output import render_evaluation
+    from polysem.cli.printing import render_evaluation
     from polysem.util.readings import FRACTIONS_NOTE
 
     inside = {"concept1": {"n_images": 3, "fractions": [0.9, 0.1], "frac_residual": 0.0},
@@ -92,7 +93,7 @@ def test_fractions_outside_zero_one_are_explained_where_shown(capsys):
 
 
 def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
-    from polysem.cli.output import render_visualization
+    from polysem.cli.printing import render_visualization
     from polysem.util.readings import UNBOUNDED, selectivity_reading
 
     result = {"original": {"activation": 5.0, "selectivity": None, "image": "a/original.png"},
