@@ -5,7 +5,7 @@ the library's defaults for workers and threads. Three ingests of the same images
 in one process after a warm-up ingest (imports and first-call costs are reported apart):
 
 1. unprofiled: the wall time of the call;
-2. torch.profiler (CPU, and CUDA where the device is a GPU): the named ranges that ingest/run.py and
+2. torch.profiler (CPU, and CUDA where the device is a GPU): the named ranges that ingest/pipeline.py and
    ingest/attribution.py open (`ingest.load_batch`, `ingest.host_to_device`, `ingest.forward`,
    `ingest.backward`, `ingest.attribution_and_input_sums`, `ingest.device_to_host`, `ingest.write`,
    `ingest.compact`, `ingest.probe`, `ingest.prepare_store`);

@@ -104,7 +104,7 @@ POINTS = {  # where a first ingest stops: the function that raises instead
     "writing classes.parquet": "polysem.util.atomic.write_atomic",
     "opening the catalog": "polysem.query.store.open_for_writing",
     "setting up the catalog": "polysem.query.store.prepare_catalog",
-    "writing the metadata": "polysem.ingest.run.write_meta",
+    "writing the metadata": "polysem.ingest.store_setup.write_meta",
     "writing the parts": "polysem.ingest.writer.PartWriter.add_samples",
 }
 

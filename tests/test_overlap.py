@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from polysem.ingest import ingest
-from polysem.ingest import run as ingest_run
+from polysem.ingest import pipeline
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.dataset import list_split
 from polysem.query import Store
@@ -59,7 +59,7 @@ def test_overlapped_parts_equal_the_serial_loop_and_attribute_batch(images, tmp_
     options = {**TINY_API, "batch_size": 3, "rows_per_part": 4, "compact": False, "num_workers": 0}
     summary = ingest(overlapped, images, **options)
     with monkeypatch.context() as patched:
-        patched.setattr(ingest_run, "_OVERLAP", False)
+        patched.setattr(pipeline, "OVERLAP", False)
         ingest(serial, images, **options)
     records = list_split(images, "train").records
     failed = {str(images / "train" / name) for name in CORRUPT}
@@ -102,7 +102,7 @@ def test_images_of_several_sizes_give_the_serial_loops_parts(tmp_path, monkeypat
                "progress": False, "batch_size": 5, "rows_per_part": 3, "compact": False, "num_workers": 0}
     ingest(tmp_path / "overlapped", data, **options)
     with monkeypatch.context() as patched:
-        patched.setattr(ingest_run, "_OVERLAP", False)
+        patched.setattr(pipeline, "OVERLAP", False)
         ingest(tmp_path / "serial", data, **options)
     assert parts(tmp_path / "overlapped") == parts(tmp_path / "serial")
     assert sum(map(len, parts(tmp_path / "serial"))) == 27
@@ -188,7 +188,7 @@ def test_ctrl_c_keeps_the_batch_in_flight_and_the_part_being_written_then_resume
         real_write(table, path)
 
     with monkeypatch.context() as patched:
-        patched.setattr(ingest_run, "attribute_batch", interrupting)
+        patched.setattr(pipeline, "attribute_batch", interrupting)
         patched.setattr(atomic, "write_atomic", slow_write)
         with pytest.raises(KeyboardInterrupt, match="what was complete is stored"):
             ingest(store, data, **options)

@@ -1,7 +1,7 @@
 """Ingest's CPU defaults: workers and torch threads share the cores; threads are restored."""
 
 import torch
-from polysem.ingest import run as ingest_run
+from polysem.ingest import pipeline
 from polysem.ingest.threads import default_num_workers, default_threads
 
 from tests.helpers import TINY, make_image_folder
@@ -23,8 +23,8 @@ def test_ingest_sets_threads_for_the_run_and_restores_them(tmp_path, monkeypatch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     root = make_image_folder(tmp_path / "d", "train", {"a": 2, "b": 2, "c": 1})
-    seen, real_run = [], ingest_run._run
-    monkeypatch.setattr(ingest_run, "_run", lambda *a: (seen.append(torch.get_num_threads()), real_run(*a)))
+    seen, real_run = [], pipeline.run_batches
+    monkeypatch.setattr(pipeline, "run_batches", lambda *a: (seen.append(torch.get_num_threads()), real_run(*a)))
     before = torch.get_num_threads()
     model, layer, transform = TINY[1], TINY[3], TINY[5]
     ingest(tmp_path / "s", root, model=model, layer=layer, transform=transform, device="cpu", threads=1,

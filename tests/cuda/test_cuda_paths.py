@@ -11,7 +11,7 @@ import torch
 
 import polysem
 from polysem.ingest import ingest
-from polysem.ingest import run as ingest_run
+from polysem.ingest import pipeline
 from tests.test_decode import GREY, TINY_DEFAULT, errors, jpegs, make_mixed, rows, tensor_inputs
 from tests.test_overlap import TINY_API, all_rows, images, parts  # noqa: F401  images: the fixture
 
@@ -37,7 +37,7 @@ def test_on_cuda_the_overlapped_rows_equal_the_serial_loops(images, tmp_path, mo
     options = {**TINY_API, "batch_size": 3, "rows_per_part": 4, "compact": False, "device": "cuda"}
     ingest(tmp_path / "overlapped", images, **options)
     with monkeypatch.context() as patched:
-        patched.setattr(ingest_run, "_OVERLAP", False)
+        patched.setattr(pipeline, "OVERLAP", False)
         ingest(tmp_path / "serial", images, **options)
     assert parts(tmp_path / "overlapped") == parts(tmp_path / "serial")
     got, reference = all_rows(tmp_path / "overlapped"), all_rows(tmp_path / "serial")

@@ -1,0 +1,51 @@
+"""What one ingest writes and how (`IngestJob`), and what it reports (`IngestSummary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polysem.ingest.dataset import SplitListing
+from polysem.ingest.probe import Setup
+from polysem.ingest.ranks import DEFAULT_RANK_TIMEOUT
+from polysem.query import Store
+from polysem.query.meta import DEFAULT_DECODE
+
+__all__ = ["IngestJob", "IngestSummary"]
+
+
+@dataclass
+class IngestSummary:
+    """What this process wrote: images already stored before it (`n_already`), rows written, images that
+    could not be read (`n_errors`, the first few in `errors`), Parquet parts, and where it ran."""
+
+    store: Path
+    split: str
+    n_listed: int
+    n_already: int
+    n_written: int = 0
+    n_errors: int = 0
+    parts: int = 0
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestJob:
+    """What one ingest writes, and how."""
+
+    store: Store
+    split: str
+    listing: SplitListing
+    setup: Setup
+    batch_size: int
+    num_workers: int
+    threads: int | None
+    rows_per_part: int
+    progress: bool
+    compact: bool
+    max_pixels: int | None = None  # the pixel limit; None: Pillow's
+    decode: str = DEFAULT_DECODE  # pil or tensor (ingest/decode.py)
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds (ingest/ranks.py)

@@ -1,0 +1,111 @@
+"""What an ingest is asked for, checked and reconciled with what the store recorded, before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from polysem.errors import DataError, StoreMismatch
+from polysem.ingest.dataset import SplitListing
+from polysem.ingest.threads import cores_per_process, default_num_workers
+from polysem.query import Store
+from polysem.query.confine import check_tree
+from polysem.query.meta import DEFAULT_DECODE, meta_complete, recorded_decode
+from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_int
+from polysem.util.images import pillow_max_pixels
+
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "ROWS_PER_PART_MAX", "Settings", "check_counts", "check_listing",
+           "check_max_pixels", "existing_meta", "reconcile_settings"]
+
+DEFAULT_MODEL = "resnet50"
+DEFAULT_LAYER = "layer4.2.conv3"
+ROWS_PER_PART_MAX = 2**20  # rows a part holds in memory before it is written (about 10 GB at ResNet-50's layer4)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The model, weights, layer, transform and decoder an ingest runs with: the user's, or the store's."""
+
+    model: str
+    weights: str | None
+    layer: str
+    transform: str | None
+    decode: str
+
+
+def existing_meta(store: Store) -> dict | None:
+    """The store's recorded metadata; None for a new store. A store holding a link or a special file is
+    refused first (`query.confine`): a FIFO catalog is no missing one."""
+    check_tree(store.path)
+    existing = store.meta(require_complete=False) if store.exists() else None
+    if existing is not None and not meta_complete(existing):
+        existing = None  # a first ingest stopped before its metadata was committed: start over
+    return existing
+
+
+def check_listing(store: Store, existing: dict | None, listing: SplitListing, split: str) -> None:
+    """A split of an existing store has the store's class folders, and comes from the folder it came from."""
+    if existing is None:
+        return
+    known = store.run("class_list").column("folder").to_pylist()
+    if known != listing.folders:
+        raise DataError(
+            f"class folders of {listing.root} differ from the store's {len(known)} classes "
+            f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
+        )
+    recorded_root = existing["dataset_roots"].get(split)
+    if recorded_root is not None and recorded_root != str(listing.root):
+        raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
+                        "ingest this folder as another `split`, or into another `store`")
+
+
+def check_counts(batch_size: int, num_workers: int | None, limit: int | None, rows_per_part: int,
+                   threads: int | None) -> tuple[int, int, int | None, int, int | None]:
+    """The counts of an ingest, each in its range (README, Ingest), as ints: batch_size, num_workers (its
+    default when None), limit, rows_per_part, threads. Workers and threads: at most 4 x the cores here."""
+    cores = cores_per_process()
+    most = f" (4 x the {cores} cores this process may use)"
+    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
+    num_workers = check_int("num_workers", num_workers, 0, 4 * cores, none=True,
+                            hint=f"; 0 loads the images in this process, at most 4 x the {cores} cores here")
+    limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
+    threads = check_int("threads", threads, 1, 4 * cores, none=True,
+                        hint=f"{most}; omit it to choose from the cores")
+    rows_per_part = check_int("rows_per_part", rows_per_part, 1, ROWS_PER_PART_MAX)
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    return batch_size, num_workers, limit, rows_per_part, threads
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """The pixel limit of this ingest: `max_pixels`, or Pillow's (None when Pillow's is turned off)."""
+    if max_pixels is None:
+        return pillow_max_pixels()
+    return check_int("max_pixels", max_pixels, 1, COUNT_MAX,
+                     hint=f" pixels; omit it for Pillow's limit ({pillow_max_pixels()})")
+
+
+def reconcile_settings(existing: dict | None, model: str | None, weights: str | None, layer: str | None,
+                       transform: str | None, decode: str | None) -> Settings:
+    """The settings of this ingest: the options given, else the store's (a new store: the defaults). An option
+    that contradicts what the store recorded is refused."""
+    if existing is None:
+        return Settings(model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE)
+    for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
+                                    ("transform", transform, existing["transform"]),
+                                    ("decode", decode, recorded_decode(existing))):
+        if given is not None and given != recorded:
+            why = ""
+            if option == "decode":  # the pixels differ: a store's rows must all come from one decoder
+                why = " (a store made before `decode` existed was decoded with pil)" if "decode" not in existing \
+                    else " (one decoder per store: their pixels differ)"
+            raise StoreMismatch(
+                f"the store holds `{option}`={recorded}{why}, not {given}; omit `{option}` or use another `store`"
+            )
+    return Settings(existing["model"], weights or existing["weights"], existing["layer"], existing["transform"],
+                    recorded_decode(existing))
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"first difference: class {i} is '{x}' in the store, '{y}' here"
+    return f"{len(a)} classes in the store, {len(b)} here"

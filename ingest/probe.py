@@ -1,0 +1,128 @@
+"""The model, layer and transform resolved, and one image run through them, before anything is written."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+from torch.profiler import record_function
+
+from polysem.errors import DataError, ModelError, StoreMismatch
+from polysem.ingest.dataset import SplitListing, class_rows
+from polysem.ingest.models import (
+    DEFAULT_TRANSFORM,
+    ResolvedModel,
+    ResolvedTransform,
+    resolve_layer,
+    resolve_model,
+    resolve_transform,
+)
+from polysem.ingest.options import Settings
+from polysem.query import Store, layout
+from polysem.util.images import ImageRecords
+from polysem.util.imports import code_folder
+
+__all__ = ["PROBE_TRIES", "Setup", "load_setup", "probe_model"]
+
+
+@dataclass
+class Setup:
+    """The model, layer and transform resolved and probed, and the store's class table."""
+
+    resolved: ResolvedModel
+    layer: str
+    conv: torch.nn.Conv2d
+    transform: ResolvedTransform
+    class_table: pa.Table
+
+    @property
+    def logits(self) -> list[int]:
+        """class id -> model output index"""
+        return self.class_table.column("logit").to_pylist()
+
+
+def load_setup(store: Store, existing: dict | None, settings: Settings, listing: SplitListing,
+               data_dir: str | os.PathLike, max_pixels: int | None = None) -> Setup:
+    """The store's code (its folders cleared first) or the user's, resolved and probed on one image."""
+    model, weights, layer, transform = settings.model, settings.weights, settings.layer, settings.transform
+    if existing is not None:  # the store's own code: its folders are cleared before anything is imported
+        model_root = code_folder(model, "model", existing.get("model_import_root"), store.path, store.trust_code)
+        transform_root = code_folder(transform or DEFAULT_TRANSFORM, "transform",
+                                     existing.get("transform_import_root"), store.path, store.trust_code)
+    else:  # code the user names: from the current folder or PYTHONPATH, never from inside the store
+        model_root = transform_root = None
+    resolved = resolve_model(model, weights, import_root=model_root, store_dir=store.path)
+    conv = resolve_layer(resolved.model, layer)
+    image_transform = resolve_transform(transform, import_root=transform_root, store_dir=store.path)
+    if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
+        raise StoreMismatch(
+            f"store {store.path} holds attributions of other weights ({existing['weights']}); "
+            "use the same weights or another `store`"
+        )
+    with record_function("ingest.probe"):
+        n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing, max_pixels)
+    class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
+    return Setup(resolved, layer, conv, image_transform, class_table)
+
+
+def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike, listing: SplitListing,
+                 resolved: ResolvedModel) -> pa.Table:
+    """The store's classes, or, for a new store, the classes of the listing with their logits."""
+    if existing is None:
+        return pa.Table.from_pylist(
+            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
+    class_table = store.run("class_list")
+    bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
+    if bad:
+        raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "
+                         "use the model the store was made with")
+    return class_table
+
+
+PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
+
+
+def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, transform, listing,
+                max_pixels: int | None = None) -> int:
+    """Run one image of the split through transform and model; return the number of outputs.
+
+    Catches, before anything is written: a transform that gives no C x H x W tensor, a model
+    that fails on it, a layer the forward pass never uses, an output that is not N x K logits.
+    """
+    from polysem.ingest.attribution import layer_probe
+
+    errors = []
+    for record in listing.records[:PROBE_TRIES]:
+        _, image, error = ImageRecords([record], transform, max_pixels=max_pixels)[0]
+        if error is not None:
+            if error.startswith("transform returned"):
+                raise ModelError(f"`transform` on {record.path}: {error}; it must return a C x H x W tensor")
+            errors.append(f"{record.path}: {error}")
+            continue
+        if image.dim() != 3:
+            raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
+                             "it must return C x H x W")
+        try:
+            with torch.no_grad(), layer_probe(conv) as seen:
+                output = model(image.unsqueeze(0))
+        except (Exception, SystemExit) as failure:
+            raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
+                             f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
+                             ) from failure
+        if "output" not in seen:
+            raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a conv layer that "
+                             "the forward pass uses")
+        if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "
+                             "batch x classes tensor")
+        return int(output.shape[1])
+    raise DataError(f"the first {len(errors)} images of {listing.root} cannot be read ({errors[0]}); "
+                    "fix or remove them")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
