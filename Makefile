@@ -58,13 +58,23 @@ demo: $(STAMP) system-packages
 	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
 # one pytest worker per core: most of the suite's time is subprocesses importing torch
-# ruff (pyproject's rules on the package; undefined and unused names in tests, bench and examples) and mypy
-# (tools/typecheck.py: the package laid out as installed) before the tests
+# ruff (pyproject's rules on the package; undefined and unused names in tests, bench and examples), mypy
+# (tools/typecheck.py: the package laid out as installed) and vulture (no dead code: unused functions, methods,
+# attributes and variables, all reported at confidence 60; false positives in tools/vulture_whitelist.py)
+# before the tests
 test: $(STAMP) system-packages
 	$(PY) -m ruff check polysem ingest query sql
 	$(PY) -m ruff check --select F tests bench examples
 	$(PY) tools/typecheck.py
+	$(PY) -m vulture polysem ingest query sql tools/vulture_whitelist.py --min-confidence 60
 	$(PY) -m pytest -q -n auto
+
+# the generated pages: docs/cli-reference.md from the command line, docs/store.md's second half from
+# query/layout.py and sql/ (tests/test_docs.py fails when either is stale)
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) tools/cli_reference.py
+	$(PY) tools/store_reference.py
 
 # every script in bench/ (tests/test_bench.py checks this list and runs each at a tiny size);
 # the CUDA path only where there is a GPU. Numbers: docs/benchmarks.md.

@@ -116,7 +116,7 @@ def concept_reads(path: Path, ks: list[int]) -> list[dict]:
     """The concept queries on k classes of a compacted 1000-class store, best of 3 after a warm-up."""
     store, rows = Store(path), []
     split_bytes = sum(f.stat().st_size for f in (path / "samples" / "train").glob("*.parquet"))
-    images = store.query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    images = store.sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
     for k in ks:
         for name, sql in concept_queries(k, 1000).items():
             profile(store, sql)  # warm the page cache: time the query, not the disk

@@ -56,14 +56,14 @@ def summary(values: list[float]) -> dict:
 
 
 def rows(store) -> dict:
-    return {r["path"]: r for r in store.query("SELECT path, prediction, attribution, input_sum FROM samples").to_pylist()}
+    return {r["path"]: r for r in store.sql("SELECT path, prediction, attribution, input_sum FROM samples").to_pylist()}
 
 
 def pair_sets(store, tau: float, p: float) -> tuple[set, set]:
     """(relevant (channel, class) pairs, candidate (channel, class1, class2) triples at gamma 0.5)."""
     bound = {"tau": tau, "p": p}
-    relevant = store.query("SELECT channel, class_id FROM relevant_pairs(tau := $tau, p := $p)", bound)
-    candidates = store.query("SELECT channel, class1, class2 FROM polysemantic_pairs(tau := $tau, p := $p, "
+    relevant = store.sql("SELECT channel, class_id FROM relevant_pairs(tau := $tau, p := $p)", bound)
+    candidates = store.sql("SELECT channel, class1, class2 FROM polysemantic_pairs(tau := $tau, p := $p, "
                              "gamma := 0.5)", bound)
     return (set(zip(*relevant.to_pydict().values(), strict=True)),
             set(zip(*candidates.to_pydict().values(), strict=True)))

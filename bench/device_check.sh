@@ -4,7 +4,7 @@
 # installs polysem from this checkout into the machine's python (python3, or $PYTHON: `make bench`
 # passes its .venv's), then:
 #   part 1 (about 8 minutes): the model tests on the GPU, the tensor decoder's CUDA test, ingest
-#          throughput in steady state against the bare loops (issue 17's done-criterion), with 15 workers;
+#          throughput in steady state against the bare loops (the goal: 0.9 of their rate), with 15 workers;
 #   part 2 (about 9 minutes): the per-stage ingest profile, the whole paper study (bench/paper_study.py
 #          at 1000 classes x 4 images), the tensor decoder's effect, visualisation speed.
 # Writes the numbers and logs into $OUT (or bench/out/). Usage: bash bench/device_check.sh [1|2|all]

@@ -97,7 +97,7 @@ def main() -> None:
                device=str(device.type))
         ingest_s = time.perf_counter() - start
         if args.ingest_only:
-            n = Store(work / "store").query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
+            n = Store(work / "store").sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
             print(json.dumps({"workers": args.workers, "threads": args.threads, "images": n,
                               "ingest_img_s": round(n / ingest_s, 2)}))
             return
@@ -120,7 +120,7 @@ def main() -> None:
 
         store = Store(work / "store")
         sample_bytes = sum(p.stat().st_size for p in (work / "store" / "samples" / "train").glob("*.parquet"))
-        n = store.query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
+        n = store.sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"]
         result = {
             "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "model": args.model, "layer": args.layer, "images": n, "batch_size": args.batch_size, "workers": args.workers,

@@ -83,8 +83,8 @@ def time_query(store: Path, sql: str) -> dict:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
     code = (
         "import sys, time; from polysem.query import Store\n"
-        "s = Store(sys.argv[1]); s.query('SELECT 1')\n"
-        "t = time.perf_counter(); rows = s.query(sys.argv[2]).num_rows; dt = time.perf_counter() - t\n"
+        "s = Store(sys.argv[1]); s.sql('SELECT 1')\n"
+        "t = time.perf_counter(); rows = s.sql(sys.argv[2]).num_rows; dt = time.perf_counter() - t\n"
         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "print(dt, rows, hwm)"
     )

@@ -251,7 +251,7 @@ def relabel_classes(store, class_file: str | os.PathLike[str]) -> list[dict]:
     store.meta()
     path = Path(class_file)
     entries = read_class_json(path)
-    rows = store.run("class_list").to_pylist()
+    rows = store.reads.class_list().to_pylist()
     folders = [row["folder"] for row in rows]
     unknown = [key for key in entries if key not in folders]
     if unknown:
@@ -273,6 +273,6 @@ def relabel_classes(store, class_file: str | os.PathLike[str]) -> list[dict]:
     if not changed:
         return []
     with store.transaction() as tx:  # first the similarities of changed wnids go: a rerun finishes the job
-        tx.run("forget_class_similarity", classes=rewired)
+        tx.forget_class_similarity(classes=rewired)
     atomic.write_atomic(pa.Table.from_pylist(rows, schema=layout.CLASSES), store.path / "classes.parquet")
     return changed

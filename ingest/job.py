@@ -21,7 +21,6 @@ class IngestSummary:
 
     store: Path
     split: str
-    n_listed: int
     n_already: int
     n_written: int = 0
     n_errors: int = 0

@@ -46,7 +46,7 @@ def check_listing(store: Store, existing: dict | None, listing: SplitListing, sp
     """A split of an existing store has the store's class folders, and comes from the folder it came from."""
     if existing is None:
         return
-    known = store.run("class_list").column("folder").to_pylist()
+    known = store.reads.class_list().column("folder").to_pylist()
     if known != listing.folders:
         raise DataError(
             f"class folders of {listing.root} differ from the store's {len(known)} classes "
@@ -60,7 +60,7 @@ def check_listing(store: Store, existing: dict | None, listing: SplitListing, sp
 
 def check_counts(batch_size: int, num_workers: int | None, limit: int | None, rows_per_part: int,
                    threads: int | None) -> tuple[int, int, int | None, int, int | None]:
-    """The counts of an ingest, each in its range (README, Ingest), as ints: batch_size, num_workers (its
+    """The counts of an ingest, each in its range (docs/ingest.md), as ints: batch_size, num_workers (its
     default when None), limit, rows_per_part, threads. Workers and threads: at most 4 x the cores here."""
     cores = cores_per_process()
     most = f" (4 x the {cores} cores this process may use)"

@@ -73,7 +73,7 @@ def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: 
     if existing is None:
         return pa.Table.from_pylist(
             class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
-    class_table = store.run("class_list")
+    class_table = store.reads.class_list()
     bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
     if bad:
         raise ModelError(f"the model now has {n_outputs} outputs but the store maps a class to logit {bad[0]}; "

@@ -125,7 +125,7 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
         records = job.listing.records
         todo = remaining(records, stored)
         mine = todo[rank::world_size]
-        summary = IngestSummary(store.path, split, len(records), len(records) - len(todo),
+        summary = IngestSummary(store.path, split, len(records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
         setup = job.setup
         with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):

@@ -82,7 +82,7 @@ class PartWriter:
     `add_error` or `flush`, as the exception it raised (`DiskFull` with its one-line message). `flush` hands
     over what is buffered and waits: when it returns, every row added is in a complete part. Each part
     appears whole or not at all (`atomic.write_atomic`), also when the process is killed while writing it.
-    `background=False` writes in the caller's thread, as the ingest did before the thread existed.
+    `background=False` writes in the caller's thread: the serial loop, the reference the overlap is tested against.
     """
 
     def __init__(self, store: Path, split: str, rank: int, rows_per_part: int, *, background: bool = True):
@@ -94,10 +94,6 @@ class PartWriter:
         self._errors: list[tuple[int, str, int, str]] = []
         self._writes = _InTurn(f"polysem-parts-{split}")
         self.parts_written = 0
-
-    @property
-    def buffered(self) -> int:
-        return self._buffered
 
     def add_samples(self, **columns: np.ndarray) -> None:
         """Buffer one batch's rows (the arrays are kept as they are: do not change them afterwards)."""
@@ -118,7 +114,7 @@ class PartWriter:
 
     def settle(self) -> None:
         """Wait for the write in hand, keeping quiet about its failure: for a caller that is failing already.
-        What is buffered is dropped, as it was before the thread."""
+        What is buffered is dropped."""
         self._samples, self._buffered, self._errors = [], 0, []
         with contextlib.suppress(Exception):  # the caller raises its own failure, which came first
             self._writes.wait()

@@ -7,10 +7,13 @@ The notebook API (each name is one function or class, never a module):
     polysem.ingest(store, "DATA_DIR", split="train", model="resnet50", weights="imagenet")
     polysem.screen(store)                                   # -> pyarrow.Table
     polysem.channel_concepts(store)                         # each polysemantic channel's concepts
-    run = polysem.disentangle(store, channel=1660, concept1=[530], concept2=[938])
-    polysem.evaluate(store, run.run_id)
-    polysem.verify(store, run.run_id)                       # does each new channel serve one concept?
+    run = polysem.disentangle(store, channel=1660, concept1=[530], concept2=[938])  # -> Run
+    polysem.evaluate(store, run.run_id)                     # -> Evaluation: where each concept's activation went
+    polysem.verify(store, run.run_id).resolved              # -> Verification: does each new channel serve one concept?
     model = polysem.load_model(store, run.run_id)
+
+Results are frozen dataclasses (polysem.util.results.Result): their fields are documented and type-checked,
+and `to_dict()` gives the plain data the command line prints as JSON.
 
 Names are resolved on first use so that `import polysem` stays cheap (no torch).
 """

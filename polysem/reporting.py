@@ -1,24 +1,29 @@
 """Gathering a store's data through the method layer and handing it to the figures: the report
-page and `evaluate` with its plots. The face: the CLI and notebooks call these."""
+page, `evaluate` with its plots and the WordNet scatter. The face: the CLI and notebooks call these."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from polysem.constants import EVAL_SPLIT, TAU
+from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.errors import PolysemError
 from polysem.figures import page, plots
-from polysem.method import evaluation
-from polysem.method.figure_data import report_data, run_figure_data
-from polysem.method.runs import run_row
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
 from polysem.util.checks import check_bool, check_path, check_real, check_text
+from polysem.util.results import Result
 
-__all__ = ["REPORT_FORMATS", "evaluate", "write_report"]
+if TYPE_CHECKING:
+    from polysem.method.evaluation import Evaluation
+# the method layer (torch) is imported where a function needs it: `polysem plot wordnet` starts without torch
+
+__all__ = ["REPORT_FORMATS", "WordnetFigure", "evaluate", "plot_wordnet", "write_report"]
 
 REPORT_FORMATS = ("png", "svg")  # what a browser shows in an <img>
 
@@ -41,6 +46,8 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     store.require()
     target = store.check_outside(out, folder=True)
     assert target is not None  # None only for standard output, which a folder never is
+    from polysem.method.figure_data import report_data
+
     data = report_data(store, data_dir, device)
     # a failure to write names the report folder, not its hidden staging folder or the files in it
     with atomic.writing(target, into_folder=True):
@@ -51,6 +58,68 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
             return _publish(page.write_page(data, staging, tau, figure_format), target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class WordnetFigure(Result):
+    """The WordNet scatter that `plot_wordnet` wrote.
+
+    Args (fields):
+        path: the figure file, absolute.
+        points: the points drawn, one per (channel, class pair) sharing the channel.
+        pairs: the distinct class pairs among them.
+    """
+
+    path: Path
+    points: int
+    pairs: int
+
+
+def plot_wordnet(store: Store | str | os.PathLike, out: str | os.PathLike = "wordnet.png", *, tau: float = TAU,
+                 p: float = P, gamma: float = GAMMA, figure_format: str | None = None) -> WordnetFigure:
+    """Draw WordNet path similarity over ARV cosine for every class pair sharing a relevant channel
+    (supplement Fig. 4) into the file `out`; `polysem wordnet` must have run.
+
+    Args:
+        store: the store, or its folder.
+        out: the figure file, named .png, .svg or .pdf (outside the store).
+        tau, p: Ineq. 2's relevance threshold and fraction that decide which channels a class pair shares.
+        gamma: where the dashed line of Theorem 3.1's cosine threshold is drawn.
+        figure_format: png, svg or pdf; it must agree with the suffix of `out`. None: the suffix's.
+
+    Returns:
+        A `WordnetFigure`: the file written and the points and class pairs drawn.
+
+    Example:
+        >>> drawn = plot_wordnet(store, "plots/wordnet.svg")
+        >>> drawn.path.name, drawn.points >= drawn.pairs
+        ('wordnet.svg', True)
+    """
+    from polysem.method.wordnet import similarity_points
+    from polysem.query.screening import check_thresholds
+
+    store = as_store(store)
+    tau, p, gamma = check_thresholds(tau, p, gamma)
+    check_text("figure_format", figure_format, none=True)
+    path = store.check_outside(out)
+    assert path is not None  # None only for standard output, which check_outside refuses here
+    fmt = _figure_format(path, figure_format)
+    points = similarity_points(store, tau, p)
+    drawn = plots.wordnet_scatter(points, path, tau, p, gamma, figure_format=fmt)
+    return WordnetFigure(drawn, len(points), len({(c1, c2) for _, _, c1, c2 in points}))
+
+
+def _figure_format(out: Path, figure_format: str | None) -> str:
+    """`figure_format`, else the suffix of `out`; a suffix that names another figure format is refused."""
+    suffix = out.suffix.lower().lstrip(".")
+    if figure_format is not None and figure_format not in plots.FIGURE_FORMATS:
+        raise PolysemError(f"`figure_format` must be one of {', '.join(plots.FIGURE_FORMATS)}, got '{figure_format}'")
+    if suffix not in plots.FIGURE_FORMATS:
+        raise PolysemError(f"`out` {out}: name a .png, .svg or .pdf file (the figure is written to exactly that path)")
+    if figure_format is not None and suffix != figure_format:
+        raise PolysemError(f"`out` {out} names a .{suffix} file but `figure_format` is {figure_format}; make them "
+                           "agree")
+    return suffix
 
 
 def _publish(staging: Path, target: Path) -> Path:
@@ -65,15 +134,40 @@ def _publish(staging: Path, target: Path) -> Path:
 def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
              plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
              device: str = "auto", figure_format: str = "png", selection: str = "ineq2",
-             progress: bool = True) -> dict:
-    """`polysem.method.evaluation.evaluate_activations`, with the run's figures written into `plots_dir` when given.
+             progress: bool = True) -> Evaluation:
+    """How much of each concept's activation moved to its own new channel, on the val split; recorded in
+    `evaluations` (`polysem.method.evaluation.evaluate_activations`), with the run's figures written into
+    `plots_dir` when given.
 
-    selection: `ineq2` (the paper's Ineq. 2, default) or `authors` (the authors' get_results.py: clamped
-    per position; runs the original model over the evaluated images once, then cached). The densities
-    are drawn over the images the selection chose.
     The figures are drawn into a staging folder before the numbers are recorded and placed only
     after, so a failure leaves the store and the plot folder as they were.
+
+    Args:
+        store: the store, or its folder.
+        run_id: a run id from `disentangle` (or `polysem runs`).
+        tau: Ineq. 2's relevance threshold that selects a concept's val images, in [0, 1].
+        plots_dir: write the density, panel, top-image and visualisation figures into this folder.
+        data_dir: the folder that holds the images now, if they moved since ingest (for the figures).
+        device: "auto", "cpu" or "cuda" (the figures, and the `authors` selection, run the model).
+        figure_format: png, svg or pdf, the format of the figures (only with `plots_dir`).
+        selection: `ineq2` (the paper's Ineq. 2, default) or `authors` (the authors' get_results.py: clamped
+            per position; runs the original model over the evaluated images once, then cached). The
+            densities are drawn over the images the selection chose.
+        progress: show progress bars.
+
+    Returns:
+        An `Evaluation`: per concept the selected images and the fractions of the original activation on
+        c'_1 .. c'_k and on r; `plots` lists the figure files written.
+
+    Example:
+        >>> result = polysem.evaluate(store, run.run_id, plots_dir="plots")
+        >>> result.per_concept[0].fractions, len(result.plots)
+        ([0.93, 0.02], 6)
     """
+    from polysem.method import evaluation
+    from polysem.method.figure_data import run_figure_data
+    from polysem.method.runs import run_row
+
     store = as_store(store)
     tau = evaluation.check_arguments(run_id, tau, device)
     check_path("plots_dir", plots_dir, none=True)
@@ -82,6 +176,9 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     check_text("selection", selection)
     evaluation.check_selection(selection)
     check_bool("progress", progress)
+    if plots_dir is None and figure_format != "png":
+        raise PolysemError("`figure_format` is the format of the `plots_dir` figures; add `plots_dir`=FOLDER or "
+                           "drop it")
     if plots_dir is None:
         return evaluation.evaluate_activations(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
                                    progress=progress)
@@ -102,16 +199,16 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
         run = run_row(store, run_id)
         params = evaluation.selection_params(store, run, selection, data_dir=data_dir, device=device,
                                              progress=progress)  # cached by evaluation_numbers
-        activations = store.run("selected_activations_of_run", run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()
-        figure_data = run_figure_data(store, run, activations, data_dir, device)
+        activations = store.reads.selected_activations_of_run(run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()
+        figure_data = run_figure_data(store, run.to_dict(), activations, data_dir, device)
         with atomic.writing(plots_dir, into_folder=True):
             figures = plots.run_figures(figure_data, tau, staging, figure_format)
-        evaluation.record_evaluation(store, run_id, tau, result)
-        result["plots"] = []
+        evaluation.record_evaluation(store, result)
+        written = []
         with atomic.writing(plots_dir, into_folder=True):
             for path in (path for paths in figures.values() for path in paths):
                 os.replace(path, plots_dir / path.name)
-                result["plots"].append(str(plots_dir / path.name))
+                written.append(str(plots_dir / path.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return result
+    return dataclasses.replace(result, plots=written)

@@ -38,7 +38,7 @@ from polysem.errors import StoreError
 from polysem.query import layout
 from polysem.query.confine import check_entry
 from polysem.query.split_lock import STAGING, lock_split, staging_folder
-from polysem.query.sqlfiles import define, query_statement, run_statement
+from polysem.query.sqlfiles import Statements, define
 from polysem.util import atomic
 
 __all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactSummary", "compact", "compact_split", "lock_split"]
@@ -116,12 +116,11 @@ def _write_class_ordered(files: list[Path], out: Path) -> int:
     con = duckdb.connect()
     try:
         define(con, "positive_sum", "sample_rows")  # positive_sum is stored here, computed by the store's macro
-        names = [str(f) for f in files]
-        counts = run_statement(con, "parquet_class_sizes", files=names).fetchall()
-        ranges = _class_ranges(counts)
+        names, statements = [str(f) for f in files], Statements(con)
+        sizes = statements.parquet_class_sizes(files=names).to_pylist()
+        ranges = _class_ranges([(row["target"], row["n"]) for row in sizes])
         for first, last in ranges:
-            table = query_statement(con, "parquet_class_range", files=names, first=first,
-                                    last=last).to_arrow_table().cast(layout.SAMPLES)
+            table = statements.parquet_class_range(files=names, first=first, last=last).cast(layout.SAMPLES)
             atomic.write_row_groups_atomic(_per_class(table), layout.SAMPLES,
                                            out / f"{COMPACT_PREFIX}{uuid.uuid4().hex[:12]}.parquet", ROW_GROUP_ROWS)
         return len(ranges)

@@ -10,8 +10,9 @@ socket or device would hang a reader or feed it. So:
 - `open_lock` opens a lock file without following a link, without blocking on a FIFO and without
   truncating it (opening with "w" would empty whatever a link points to).
 
-The store's own folder may itself be a link: the user named it. Hard links are harmless here: polysem
-replaces files by rename and never writes into an existing one.
+The store's own folder may itself be a link: the user named it. Hard links matter only where a file is
+written in place: polysem replaces its own files by rename, but DuckDB writes the catalog and its
+write-ahead log in place, so those two must have no other name (`IN_PLACE`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import IO
 
 from polysem.errors import StoreError
 
-__all__ = ["UnsafeStore", "check_entry", "check_tree", "open_lock"]
+__all__ = ["IN_PLACE", "UnsafeStore", "check_entry", "check_tree", "open_lock", "recorded_path"]
+
+IN_PLACE = ("catalog.duckdb", "catalog.duckdb.wal")  # written in place by DuckDB: a second name would change too
 
 
 class UnsafeStore(StoreError):
@@ -89,6 +92,11 @@ def check_tree(store: Path) -> None:
             kind = _kind(mode)
             if kind is not None:
                 raise _refusal(store, Path(entry.path), kind)
+            if folder == store and entry.name in IN_PLACE and (links := entry.stat(follow_symlinks=False).st_nlink) > 1:
+                raise UnsafeStore(f"{entry.name} in the store {store} has {links} names (hard links): DuckDB writes it "
+                                  "in place, so a file elsewhere would change with it; give the store its own copy "
+                                  f"(copy '{entry.path}' to a new file, then move the copy over it), then run the "
+                                  "command again")
             if stat.S_ISDIR(mode):
                 pending.append(Path(entry.path))
 

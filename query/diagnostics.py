@@ -41,7 +41,7 @@ def query_error(error: duckdb.Error, store: Path) -> PolysemError:
         kind, name = missing.groups()
         return QueryError(f"no {kind.lower().replace('scalar function', 'function').replace('table function', 'macro')} "
                           f"named {name} in the store; `polysem sql \"SHOW ALL TABLES\"` lists the tables and views, "
-                          "README's SQL interface the macros")
+                          "docs/sql.md the macros")
     return QueryError(first_line(error))
 
 

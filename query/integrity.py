@@ -9,6 +9,7 @@ files, records pending runs and sweeps files left by a killed command.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 from polysem.query.meta import IncompleteStore
+from polysem.query.recovery import BadPending, pending_records
 from polysem.query.split_lock import lock_split
 
 __all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
 
+ARTIFACT_PATH = re.compile(r"artifacts/[0-9a-f]{10}\.pt")  # the model files polysem writes (method.runs)
 DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
 
 
@@ -63,7 +66,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
 
     try:
         meta = store.meta()
-        runs = store.run("run_artifacts").to_pylist()
+        runs = store.reads.run_artifacts().to_pylist()
     except PolysemError as error:
         if not any(str(path) in str(error) for path in damaged_parts):  # a damaged part fails the catalog too
             report.problems.append(str(error))
@@ -75,6 +78,10 @@ def check_store(store, repair: bool = False) -> CheckReport:
     if class_rows == 0:
         report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:
+        if not isinstance(run["artifact"], str) or not ARTIFACT_PATH.fullmatch(run["artifact"]):
+            report.problems.append(f"run {run['run_id']} names the model file {run['artifact']!r}, not one of the "
+                                   "store's artifacts/<id>.pt: the catalog was edited; restore it from a backup")
+            continue
         artifact = root / run["artifact"]
         if not artifact.is_file():
             report.problems.append(f"run {run['run_id']}: its model {artifact} is missing; "
@@ -83,10 +90,27 @@ def check_store(store, repair: bool = False) -> CheckReport:
             report.problems.append(f"run {run['run_id']}: its model {artifact} is damaged; "
                                    "run `polysem disentangle` again for it")
 
+    _check_pending(root, report, repair)
     if repair:
         with store.connect(write=True):
             pass  # records pending runs and sweeps leftovers
     return report
+
+
+def _check_pending(root: Path, report: CheckReport, repair: bool) -> None:
+    """Pending records polysem cannot have written: named, or, with `repair`, set aside (every command that
+    writes would refuse them)."""
+    while True:
+        try:
+            pending_records(root)
+            return
+        except BadPending as bad:
+            if not repair:
+                report.problems.append(str(bad))
+                return
+            aside = bad.path.with_name(bad.path.name + DAMAGED_SUFFIX)
+            bad.path.rename(aside)
+            report.repaired.append(f"set aside {bad.path} as {aside.name}: not a pending record polysem wrote")
 
 
 @contextmanager
@@ -136,7 +160,7 @@ def _duplicated_parts(root: Path, damaged: list[Path]) -> dict[Path, str]:
     sharing an image, the first by name keeps it. Reads the image ids only."""
     import duckdb
 
-    from polysem.query.sqlfiles import run_statement
+    from polysem.query.sqlfiles import Statements
 
     problems: dict[Path, str] = {}
     for folder in layout.split_folders(root, "samples"):
@@ -144,9 +168,9 @@ def _duplicated_parts(root: Path, damaged: list[Path]) -> dict[Path, str]:
         if len(files) < 2:
             continue
         with duckdb.connect() as con:
-            rows = run_statement(con, "parquet_repeated_images", files=[str(f) for f in files]).fetchall()
+            rows = Statements(con).parquet_repeated_images(files=[str(f) for f in files]).to_pylist()
         repeats: dict[Path, tuple[str, int]] = {}  # a repeating file: the first file holding its images, how many
-        for _image_id, holders in rows:
+        for holders in (row["files"] for row in rows):
             for other in holders[1:]:
                 keeper, n = repeats.get(Path(other), (Path(holders[0]).name, 0))
                 repeats[Path(other)] = (keeper, n + 1)
@@ -185,7 +209,7 @@ def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = Tru
 
 def _impossible_positive_sums(metadata) -> str | None:
     """positive_sum values no attribution gives, from the footer's statistics alone (no data read): below 0,
-    or NaN (a row group with values but no min/max). Other forged values take a scan: README, Known limits."""
+    or NaN (a row group with values but no min/max). Other forged values take a scan: docs/reliability.md, Known limits."""
     names = [metadata.schema.column(j).name for j in range(metadata.num_columns)]
     if "positive_sum" not in names:
         return None

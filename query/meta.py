@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 
 from polysem.errors import StoreError
-from polysem.query.sqlfiles import apply_blocks, load_migrations, run_statement, sql_digest
+from polysem.query.sqlfiles import Statements, apply_blocks, load_migrations, sql_digest
 from polysem.version import __version__
 
 __all__ = [
@@ -83,10 +83,9 @@ def catalog_created(conn: duckdb.DuckDBPyConnection) -> bool:
 def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
     """The digest of the SQL that defined the catalog's views and macros (None in a new catalog)."""
     try:
-        rows = run_statement(conn, "meta_value", key="sql_digest").fetchall()
+        return Statements(conn).meta_value(key="sql_digest")
     except duckdb.CatalogException:
         return None
-    return rows[0][0] if rows else None
 
 
 def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -95,10 +94,10 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     roots: dict[str, Any] = {}
     try:
-        rows = run_statement(conn, "store_meta_rows").fetchall()
+        rows = Statements(conn).store_meta_rows().to_pylist()
     except duckdb.CatalogException:
         rows = []
-    for key, value in rows:
+    for key, value in ((row["key"], row["value"]) for row in rows):
         try:
             decoded = json.loads(value) if value is not None else None
         except (TypeError, ValueError):
@@ -113,14 +112,15 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 
 def write_meta(conn: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> None:
+    statements = Statements(conn)
     for key, value in values.items():
-        run_statement(conn, "put_meta", key=key, value=json.dumps(value))
+        statements.put_meta(key=key, value=json.dumps(value))
 
 
 def schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:
     """The catalog's store format; None for a catalog that no first ingest completed yet."""
     try:
-        rows = dict(run_statement(conn, "format_keys").fetchall())
+        rows = {row["key"]: row["value"] for row in Statements(conn).format_keys().to_pylist()}
     except duckdb.CatalogException:  # no store_meta table yet
         return None
     key = next((key for key in ("schema_version", "format") if key in rows), None)  # format 2 kept `format`
@@ -155,7 +155,7 @@ def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object, *, redefine:
         for _, block in pending:
             conn.execute(block.sql)
         apply_blocks(conn, persistent=True, kinds=("VIEW", "MACRO"))
-        run_statement(conn, "put_meta", key="sql_digest", value=json.dumps(sql_digest()))
+        Statements(conn).put_meta(key="sql_digest", value=json.dumps(sql_digest()))
         conn.commit()
     except BaseException:
         conn.rollback()

@@ -17,17 +17,12 @@ from pathlib import Path
 
 from polysem.errors import QueryError
 
-__all__ = ["STDOUT", "SYSTEM_DIRS", "check_output", "is_stdout"]
+__all__ = ["STDOUT", "SYSTEM_DIRS", "check_output"]
 
 STDOUT = "-"
 SYSTEM_DIRS = (Path("/dev"), Path("/proc"), Path("/sys"))
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFSOCK: "a socket"}
-
-
-def is_stdout(out: object) -> bool:
-    """Whether `out` asks for standard output (`-`)."""
-    return isinstance(out, (str, os.PathLike)) and os.fspath(out) == STDOUT
 
 
 def check_output(out: str | os.PathLike, store: Path | None = None, *, folder: bool = False,

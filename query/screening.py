@@ -32,8 +32,7 @@ def check_thresholds(tau: float, p: float, gamma: float | None = None) -> tuple[
 
 
 def _require_split(store: Store, split: str) -> None:
-    n = store.run("split_images", split=split).column("n")[0].as_py()
-    if n == 0:
+    if store.reads.split_images(split=split) == 0:
         raise QueryError(f"the store has no {split} images; ingest them first: polysem ingest DATA_DIR --split {split}")
     require_counted_once(store, split)
 
@@ -53,7 +52,8 @@ def require_counted_once(store: Store, split: str) -> None:
             raise StoreError(f"{path.relative_to(store.path)}: {problem}; polysem never writes such a part, so the "
                              "store is damaged or was edited: `polysem check --repair` sets the part aside (then "
                              f"ingest split '{split}' again to store its images)")
-    for row in store.run("repeated_image", split=split).to_pylist():
+    row = store.reads.repeated_image(split=split)
+    if row is not None:
         raise StoreError(f"split '{split}' holds image {row['image_id']} ({row['path']}) {row['n']} times (a part "
                          "copied under a second name?), so screening would count it more than once: `polysem check` "
                          "names the part and `polysem check --repair` sets it aside")
@@ -73,8 +73,8 @@ def polysemantic_pairs(store: Store, *, tau: float = TAU, p: float = P, gamma: f
     check_bool("correct_only", correct_only)
     check_text("split", split)
     _require_split(store, split)
-    return store.run("screen_pairs", tau=tau, p=p, gamma=gamma, split=split, correct_only=correct_only,
-                     limit=limit if limit is not None else 2**62)
+    return store.reads.screen_pairs(tau=tau, p=p, gamma=gamma, split=split, correct_only=correct_only,
+                                    limit=limit if limit is not None else 2**62)
 
 
 def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool = False,
@@ -82,14 +82,14 @@ def arv_cosines(store: Store, tau: float = TAU, p: float = P, correct_only: bool
     """Every pair of classes relevant for the same channel, with the cosine of their ARVs."""
     check_thresholds(tau, p)
     _require_split(store, split)
-    return store.run("screen_cosines", tau=tau, p=p, split=split, correct_only=correct_only)
+    return store.reads.screen_cosines(tau=tau, p=p, split=split, correct_only=correct_only)
 
 
 def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, split: str = SCREEN_SPLIT) -> pa.Table:
     """Distinct class pairs (class1 < class2) relevant for at least one common channel, with their wnids."""
     check_thresholds(tau, p)
     _require_split(store, split)
-    return store.run("class_pairs_sharing_a_channel", tau=tau, p=p, split=split)
+    return store.reads.class_pairs_sharing_a_channel(tau=tau, p=p, split=split)
 
 
 SWEEP_TAUS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -107,8 +107,8 @@ def sweep(store: Store, *, taus: tuple[float, ...] = SWEEP_TAUS, ps: tuple[float
     for gamma in gammas:
         check_thresholds(taus[0], ps[0], gamma)
     _require_split(store, split)
-    return store.run("sweep", taus=list(taus), ps=list(ps), gammas=list(gammas), split=split,
-                     correct_only=correct_only)
+    return store.reads.sweep(taus=list(taus), ps=list(ps), gammas=list(gammas), split=split,
+                             correct_only=correct_only)
 
 
 def why_empty(store: Store, *, tau: float, p: float, gamma: float, correct_only: bool = False,

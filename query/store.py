@@ -41,13 +41,13 @@ from polysem.query.output_paths import check_output
 from polysem.query.recovery import record_pending, sweep
 from polysem.query.sandbox import SANDBOX, as_select, check_read_only
 from polysem.query.serialise import out_format, write_result
-from polysem.query.sqlfiles import bind
+from polysem.query.sqlfiles import READS_FILE, NamedStatements, bind, result
 from polysem.query.transaction import Transaction
 from polysem.util.atomic import disk_full, is_disk_full
 from polysem.util.checks import check_bool, check_params, check_path, check_text
 from polysem.util.imports import code_status
 
-__all__ = ["DEFAULT_STORE", "STORE_ENV", "Store", "Transaction", "as_store", "default_store_path"]
+__all__ = ["DEFAULT_STORE", "STORE_ENV", "Reads", "Store", "Transaction", "as_store", "default_store_path"]
 
 STORE_ENV = "POLYSEM_STORE"
 
@@ -62,6 +62,11 @@ class Store:
     `trust_code`: the folder (or folders) to import the model and transform code the store names from,
     instead of the folder its first ingest recorded (`polysem.util.imports.code_folder`); default
     POLYSEM_TRUST_CODE. Only a folder outside the store is ever imported from.
+
+    `reads`: polysem's own reads (the blocks of sql/queries.sql) as methods, each returning what its block's mark
+    says: `store.reads.class_count()` -> int, `store.reads.run_by_id(run_id="...")` -> dict or None,
+    `store.reads.class_list()` -> pyarrow.Table (see `Reads`); `run(name, **params)` is the same by name.
+    User SQL runs with `sql(query, params)`.
     """
 
     def __init__(self, path: str | os.PathLike | None = None,
@@ -78,6 +83,8 @@ class Store:
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
         self._reader_stamp: tuple | None = None
         self._reader_lock = threading.Lock()
+        # an attribute, not a property: completion (IPython, Jupyter, jedi) evaluates it and lists the reads
+        self.reads: Reads = Reads(self)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -273,7 +280,7 @@ class Store:
     # -- queries -------------------------------------------------------------
 
     def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
-        """Run one read-only statement and return its result as an Arrow table.
+        """Run one read-only statement (user SQL) and return its result as an Arrow table.
 
         `params` are bound to `?` (a list) or `$name` (a dict). The statement runs
         in a transaction that is always rolled back, on the sandboxed in-memory
@@ -284,11 +291,13 @@ class Store:
         check_read_only(query)
         return self._read(query, params)
 
-    def run(self, name: str, **params: Any) -> pa.Table:
-        """Run polysem's own named read `name` (a block of sql/queries.sql) with named parameters."""
+    def run(self, name: str, **params: Any) -> Any:
+        """Polysem's own read `name` (a block of sql/queries.sql) with its parameters by name: the by-name
+        form of `store.reads.NAME(**params)`, which calls it. Returns what the block's mark says: rows as an
+        Arrow table, one row as a dict (or None), one value (or None)."""
         check_text("name", name)
-        sql, bound = bind(name, params)
-        return self._read(sql, bound or None)
+        block, bound = bind(name, params, (READS_FILE,))
+        return result(block, self._read(block.sql, bound or None))
 
     def _read(self, query: str, params: list | dict | None) -> pa.Table:
         for attempt in range(2):
@@ -309,13 +318,12 @@ class Store:
                     cursor.rollback()
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    query = sql  # the name older code and notebooks use
-
     def table(self, name_or_query: str, params: list | dict | None = None) -> pa.Table:
-        """A table, view, macro call (`relevant_pairs(p := 0.8)`) or SELECT, as Arrow."""
+        """A table/view name or macro call as a SELECT (`runs` is `SELECT * FROM runs`, `relevant_pairs(p := 0.8)`
+        is `SELECT * FROM relevant_pairs(p := 0.8)`), run by `sql` as Arrow; any other text is run as it is."""
         check_text("name_or_query", name_or_query)
         check_params("params", params)
-        return self.query(as_select(name_or_query), params)
+        return self.sql(as_select(name_or_query), params)
 
     def export(self, name_or_query: str, out: str | os.PathLike, params: list | dict | None = None, *,
                fmt: str | None = None) -> int:
@@ -341,10 +349,10 @@ class Store:
                                           self.trust_code) for what in ("model", "transform")}
         info["splits"] = {
             row["split"]: {"images": row["n_images"], "unreadable": row["n_errors"], "classes": row["n_classes"]}
-            for row in self.run("split_summary").to_pylist()
+            for row in self.reads.split_summary().to_pylist()
         }
-        info["classes"] = self.run("class_count").column("n")[0].as_py()
-        info["runs"] = self.run("run_count").column("n")[0].as_py()
+        info["classes"] = self.reads.class_count()
+        info["runs"] = self.reads.run_count()
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
         n_images = sum(split["images"] for split in info["splits"].values())
@@ -355,13 +363,13 @@ class Store:
 
     def class_names(self) -> dict[int, str]:
         """{class_id: name} of every class (the names every table and figure shows next to ids)."""
-        return {row["class_id"]: row["name"] for row in self.run("class_list").to_pylist()}
+        return {row["class_id"]: row["name"] for row in self.reads.class_list().to_pylist()}
 
     def classes(self) -> pa.Table:
         """Every class with its image count in each split the store holds (n_<split> columns)."""
-        if self.run("split_summary").num_rows == 0:  # no images yet: nothing to count per split
-            return self.run("class_list")
-        return self.run("class_counts")
+        if self.reads.split_summary().num_rows == 0:  # no images yet: nothing to count per split
+            return self.reads.class_list()
+        return self.reads.class_counts()
 
     def check_outside(self, out: str | os.PathLike, folder: bool = False, *, stdout: bool = False,
                       name: str = "out") -> Path | None:
@@ -382,6 +390,25 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class Reads(NamedStatements):
+    """`store.reads`: polysem's reads (the blocks of sql/queries.sql) as methods, run on the store's sandboxed read
+    connection by `Store.run` (the by-name form), e.g. `store.reads.class_count()` -> int,
+    `store.reads.run_by_id(run_id="...")` -> dict or None, `store.reads.class_list()` -> pyarrow.Table. Each takes
+    its block's parameters by name and has the block's comment as its docstring."""
+
+    FILES = (READS_FILE,)
+    store: Store
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def run(self, name: str, **params: Any) -> Any:
+        return self.store.run(name, **params)
+
+    def __repr__(self) -> str:
+        return f"<{self.store!r}.reads: {len(self._blocks)} reads of sql/{READS_FILE} as methods>"
 
 
 def _fetch(cursor: duckdb.DuckDBPyConnection, query: str, params: list | dict | None) -> pa.Table:

@@ -1,24 +1,16 @@
-"""What `Store.transaction()` yields: polysem's named statements on the catalog, committed together."""
+"""What `Store.transaction()` yields: polysem's writes (sql/records.sql) as methods on the catalog, committed together."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import duckdb
-
-from polysem.query.sqlfiles import run_statement, run_statement_many
+from polysem.query.sqlfiles import WRITES_FILE, Statements
 
 __all__ = ["Transaction"]
 
 
-class Transaction:
-    """What `Store.transaction()` yields: polysem's named statements (sql/records.sql) on the catalog."""
+class Transaction(Statements):
+    """What `Store.transaction()` yields: the blocks of sql/records.sql as methods on the catalog (`conn`), e.g.
+    `tx.put_meta(key="model", value='"resnet18"')`, `tx.known_runs(run_ids=[...])` -> int, and for a block
+    marked '*!' `tx.insert_run(rows)`, a list of parameter dicts. `tx.run(name, **params)` and
+    `tx.run_many(name, rows)` are the by-name forms the methods call."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection):
-        self.conn = conn
-
-    def run(self, name: str, **params: Any) -> list[tuple]:
-        return run_statement(self.conn, name, **params).fetchall()
-
-    def run_many(self, name: str, rows: list[dict[str, Any]]) -> None:
-        run_statement_many(self.conn, name, rows)
+    FILES = (WRITES_FILE,)

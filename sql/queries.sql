@@ -1,5 +1,10 @@
--- The reads polysem runs, each called by name with named parameters ($name), e.g.
--- store.run("class_images", split="train", class_id=3, limit=100). Each block is one statement.
+-- The reads polysem runs: each block is one SELECT with named parameters ($name) and becomes a method of
+-- store.reads (and of Statements(conn)), e.g. store.reads.class_images(split="train", class_id=3, limit=100);
+-- store.run("class_images", ...) is the same call by name. The mark after a block's name says what it returns:
+--   no mark  rows, as a pyarrow.Table          (class_list: store.reads.class_list() -> Table)
+--   ^        one row as a dict, None for none  (run_by_id^: store.reads.run_by_id(run_id=...) -> dict | None)
+--   $        one value: the first column of the first row, None for no row (class_count$ -> int)
+-- Writes ('!', '*!') belong in records.sql: these run on the store's read-only connection.
 
 -- name: class_list
 -- Every class of the store in id order: class_id, folder, name, wnid, logit.
@@ -14,16 +19,16 @@ SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, coalesce(COLUMNS(lambda co
 FROM classes c LEFT JOIN counts ON counts.target = c.class_id
 ORDER BY c.class_id;
 
--- name: class_count
--- The number of classes (n).
+-- name: class_count$
+-- The number of classes.
 SELECT count(*) AS n FROM classes;
 
--- name: split_images
--- The number of stored images of one split (n).
+-- name: split_images$
+-- The number of stored images of one split.
 SELECT count(*) AS n FROM samples WHERE split = $split;
 
--- name: repeated_image
--- One image that a split holds more than once (a copied part), or no row: image_id, path, n.
+-- name: repeated_image^
+-- One image that a split holds more than once (a copied part), or none: image_id, path, n.
 SELECT image_id, any_value(path) AS path, count(*) AS n FROM samples WHERE split = $split
 GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id LIMIT 1;
 
@@ -58,20 +63,20 @@ ORDER BY class_id;
 SELECT class_id FROM relevant_pairs(tau := $tau, p := $p, split_name := $split)
 WHERE channel = $channel AND list_contains($classes, class_id) ORDER BY class_id;
 
--- name: concept_arv_of
--- The ARV (list of C_{l-1} doubles) of a channel for the union of $classes' images of $split.
+-- name: concept_arv_of$
+-- The ARV (a list of C_{l-1} doubles) of a channel for the union of $classes' images of $split.
 SELECT arv FROM concept_arv($channel, $classes, split_name := $split);
 
 -- name: unit_arv_cosines
 -- Cosines of the ARVs of $classes under one weight row (a new channel of a run): class1, class2, cosine.
 SELECT class1, class2, cosine FROM weight_arv_cosine($weight, $classes, split_name := $split);
 
--- name: out_channels
--- The number of output channels of the layer of interest (out_channels).
+-- name: out_channels$
+-- The number of output channels of the layer of interest.
 SELECT out_channels FROM layer_info;
 
--- name: run_by_id
--- One run's row of `runs` (none when the id is unknown).
+-- name: run_by_id^
+-- One run's row of `runs`, or none when the id is unknown.
 SELECT * FROM runs WHERE run_id = $run_id;
 
 -- name: runs_of_group
@@ -82,26 +87,18 @@ SELECT * FROM runs WHERE group_id = $group_id ORDER BY run_id;
 -- Every run's id and the store path of its model: run_id, artifact.
 SELECT run_id, artifact FROM runs ORDER BY run_id;
 
--- name: run_count
--- The number of runs (n).
+-- name: run_count$
+-- The number of runs.
 SELECT count(*) AS n FROM runs;
 
 -- name: run_summaries
 -- Every run with its evaluation and verification (the run_summary view).
 SELECT * FROM run_summary;
 
--- name: run_record
--- One run in full: its row of `runs` and of run_summary.
+-- name: run_record^
+-- One run in full: its row of `runs` and of run_summary, or none when the id is unknown.
 SELECT r.*, s.* EXCLUDE (run_id, created_at, channel, concepts, rho, objective, max_logit_diff, warnings)
 FROM runs r JOIN run_summary s USING (run_id) WHERE run_id = $run_id;
-
--- name: run_concepts
--- The concepts (lists of class ids) of one run.
-SELECT concepts FROM runs WHERE run_id = $run_id;
-
--- name: activations_of_run
--- The run_activations macro on one split: every image of the run's concept classes with each unit's activation.
-SELECT * FROM run_activations($run_id, split_name := $split);
 
 -- name: evaluation_of_run
 -- The evaluation_summary macro for one run at $tau on $split by $selection ('ineq2', or 'authors' with the per-image clamped sums $image_ids, $channel_sums, $totals): per concept, images and fractions.
@@ -174,8 +171,8 @@ FROM read_parquet($files, filename = true) GROUP BY image_id HAVING count(*) > 1
 -- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id, positive_sum filled (compaction).
 SELECT * FROM sample_rows($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
 
--- name: meta_value
--- One store_meta value as text (value), none when the key is absent.
+-- name: meta_value$
+-- One store_meta value as text, or none when the key is absent.
 SELECT value ->> '$' AS value FROM store_meta WHERE key = $key;
 
 -- name: format_keys
@@ -190,12 +187,12 @@ SELECT * FROM unit_verdicts($concepts, $relevant_classes, $min_cosines, $gamma);
 -- The recorded verification's verdict of each new unit of a run (none before `polysem verify`).
 SELECT * FROM verification_verdicts WHERE run_id = $run_id ORDER BY concept;
 
--- name: verification_of_run
--- A run's recorded verification settings: tau, p, gamma, n_images, verified_at (none before `polysem verify`).
+-- name: verification_of_run^
+-- A run's recorded verification settings: tau, p, gamma, n_images, verified_at, or none before `polysem verify`.
 SELECT tau, p, gamma, n_images, verified_at FROM verifications WHERE run_id = $run_id;
 
--- name: evaluation_tau_of_run
--- The tau and selection of a run's recorded evaluation (none before `polysem evaluate`).
+-- name: evaluation_tau_of_run^
+-- The tau and selection of a run's recorded evaluation, or none before `polysem evaluate`.
 SELECT any_value(tau) AS tau, any_value(selection) AS selection FROM evaluations WHERE run_id = $run_id
 HAVING count(*) > 0;
 

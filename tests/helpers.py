@@ -216,8 +216,8 @@ def _opponent_run(store: Path) -> dict:
     from polysem.method.runs import disentangle
 
     run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
-    assert (run["sources1"], run["sources2"]) == ([1], [0])  # G detector / R detector
-    return {"run_id": run["run_id"]}
+    assert (run.sources1, run.sources2) == ([1], [0])  # G detector / R detector
+    return {"run_id": run.run_id}
 
 
 def _resnet50(cache: StoreCache, base: Path) -> dict:

@@ -274,7 +274,7 @@ def _public():
     functions |= {name: getattr(polysem, name) for name in polysem.__all__ if name not in ("Store", "ingest",
                                                                                             "__version__")}
     for name, member in vars(Store).items():
-        if not name.startswith("_") and callable(member) and name != "query":  # query: the same as sql
+        if not name.startswith("_") and callable(member):
             functions[f"Store.{name}"] = member
     for name, function in functions.items():
         parameters = {p.name: str(p.annotation) for p in inspect.signature(inspect.unwrap(function)).parameters.values()
@@ -300,8 +300,9 @@ def test_every_parameter_of_the_public_api_is_tried():
     assert len(numeric) > 30 and sorted(numeric - ranged) == []
 
 
-def test_the_issue_list(built, tmp_path):
-    """Issue 15's list, each as the issue wrote it; the ones silently accepted before record nothing now."""
+def test_arguments_of_the_wrong_kind_are_refused_and_record_nothing(built, tmp_path):
+    """Strings for numbers and lists, booleans and floats for counts, None for a store or a query: each is refused
+    before anything runs, and the store stays byte-identical."""
     store, run_id, images = built.store, built.info["run_id"], built.images
     before = snapshot(store)
     calls = [

@@ -79,12 +79,12 @@ def test_stored_sums_give_brute_force_arv_for_3x3_strided_conv(cli, data_dir, st
     result = cli("ingest", data_dir, "--store", store_path, *TINY)
     assert result.exit_code == 0, result.output
     store = Store(store_path)
-    weights = np.stack(store.query("SELECT weight FROM layer_weights ORDER BY channel").column("weight").to_pylist())
+    weights = np.stack(store.sql("SELECT weight FROM layer_weights ORDER BY channel").column("weight").to_pylist())
     net = tiny_net().eval()
     listing = list_split(data_dir, "train")
     images = ImageRecords(listing.records, small)
     for target in (0, 2):
-        sums = np.stack(store.query("SELECT input_sum FROM samples WHERE target = ?", [target]).column("input_sum").to_pylist())
+        sums = np.stack(store.sql("SELECT input_sum FROM samples WHERE target = ?", [target]).column("input_sum").to_pylist())
         paths = [r for r in listing.records if r.target == target]
         for channel in (0, 4):
             identity = (weights[channel] * sums.mean(0)).reshape(6, 9).sum(1)

@@ -120,7 +120,7 @@ def expected(rows, rule):
 
 def test_the_model_is_a_known_answer_for_both_rules(made):
     data, store, run_id = made
-    run = Store(store).run("run_record", run_id=run_id).to_pylist()[0]
+    run = Store(store).reads.run_record(run_id=run_id)
     # green keeps the G input, red the R input; B (weight 0 in channel 0) is shared, so r is 0
     assert run["sources"] == [[1], [0]] and run["shared"] == [2]
     truth = independent(data, run["sources"])
@@ -134,14 +134,14 @@ def test_the_model_is_a_known_answer_for_both_rules(made):
 def test_each_selection_equals_the_independent_computation(copy, selection, rule):
     data, store, run_id = copy
     result = polysem.evaluate(store, run_id, tau=TAU, selection=selection, progress=False)
-    assert result["selection"] == selection
-    sources = Store(store).run("run_record", run_id=run_id).to_pylist()[0]["sources"]
+    assert result.selection == selection
+    sources = Store(store).reads.run_record(run_id=run_id)["sources"]
     for j, rows in independent(data, sources).items():
         n, fractions = expected(rows, rule)
-        got = result[f"concept{j}"]
-        assert got["n_images"] == n
-        assert got["fractions"] == pytest.approx(fractions, abs=1e-5)
-        assert got["frac_residual"] == pytest.approx(0, abs=1e-6)  # no shared input: r carries nothing
+        got = result.per_concept[j - 1]
+        assert got.n_images == n
+        assert got.fractions == pytest.approx(fractions, abs=1e-5)
+        assert got.frac_residual == pytest.approx(0, abs=1e-6)  # no shared input: r carries nothing
     recorded = Store(store).sql("SELECT DISTINCT selection, tau FROM evaluations").to_pylist()
     assert recorded == [{"selection": selection, "tau": TAU}]
 
@@ -150,9 +150,9 @@ def test_the_two_selections_differ_and_the_default_is_ineq2(copy):
     _, store, run_id = copy
     default = polysem.evaluate(store, run_id, tau=TAU, progress=False)
     authors = polysem.evaluate(store, run_id, tau=TAU, selection="authors", progress=False)
-    assert default["selection"] == "ineq2"
-    assert [default[f"concept{j}"]["n_images"] for j in (1, 2)] != [authors[f"concept{j}"]["n_images"] for j in (1, 2)]
-    assert default["concept1"]["fractions"] != pytest.approx(authors["concept1"]["fractions"])
+    assert default.selection == "ineq2"
+    assert [c.n_images for c in default.per_concept] != [c.n_images for c in authors.per_concept]
+    assert default.per_concept[0].fractions != pytest.approx(authors.per_concept[0].fractions)
 
 
 def test_ineq2_runs_no_model_and_authors_runs_it_once(copy, monkeypatch):
@@ -178,7 +178,7 @@ def test_ineq2_runs_no_model_and_authors_runs_it_once(copy, monkeypatch):
     monkeypatch.setattr(evaluation, "compute_clamped_sums", no_model)
     monkeypatch.setattr("polysem.method.runs.base_model", no_model)
     again = polysem.evaluate(store, run_id, tau=0.5, selection="authors", progress=False)  # another tau: same cache
-    assert again["selection"] == "authors"
+    assert again.selection == "authors"
     assert polysem.evaluate(store, run_id, tau=TAU, selection="authors", progress=False) == first
     assert {p.name: p.stat().st_mtime_ns for p in (store / "cache" / "authors" / "val").iterdir()} == cached
 
@@ -188,7 +188,7 @@ def test_the_cache_holds_the_clamped_sums_per_channel(copy):
     polysem.evaluate(store, run_id, tau=TAU, selection="authors", progress=False)
     with np.load(store / "cache" / "authors" / "val" / "class-1.npz") as cached:
         sums = cached["clamped_sums"]
-    sources = Store(store).run("run_record", run_id=run_id).to_pylist()[0]["sources"]
+    sources = Store(store).reads.run_record(run_id=run_id)["sources"]
     rows = independent(data, sources)[1]
     assert sums.shape == (12, 3) and (sums >= 0).all()
     # in image id order; compared as sets of values, as the ids need not follow the file names
@@ -226,7 +226,7 @@ def test_the_plots_draw_the_selected_images(copy, tmp_path):
     _, store, run_id = copy
     result = polysem.evaluate(store, run_id, tau=TAU, selection="authors", plots_dir=tmp_path / "plots",
                               progress=False)
-    assert result["plots"] and result["concept1"]["n_images"] == 12
+    assert result.plots and result.per_concept[0].n_images == 12
 
 
 def test_an_unknown_selection_is_refused_and_writes_nothing(copy, capsys, monkeypatch):

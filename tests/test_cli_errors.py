@@ -107,8 +107,9 @@ def test_usage_errors_are_one_line_from_the_command_line(args, fragment, tmp_pat
     assert "--help`" in lines[0]
 
 
-def test_hostile_values_found_in_review(cli, colour_store, tmp_path):
-    """Values a hostile review tried after the first round: each one line, exit 2, or a sound answer."""
+def test_values_out_of_range_are_refused_and_answers_stay_sound(cli, colour_store, tmp_path):
+    """Out-of-range sizes and seeds, options of another mode, a file for a folder, a damaged model: each one line,
+    exit 2, the store unchanged; an empty screening, NaN and lists in JSON and CSV are sound answers."""
     from polysem.method.runs import disentangle
 
     run = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)

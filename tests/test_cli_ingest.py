@@ -16,17 +16,17 @@ def test_ingest_writes_samples_classes_weights_and_metadata(cli, data_dir, store
     assert result.exit_code == 0, result.output
     assert "10 images stored" in result.output
     store = Store(store_path)
-    rows = store.query("SELECT * FROM samples ORDER BY path").to_pylist()
+    rows = store.sql("SELECT * FROM samples ORDER BY path").to_pylist()
     assert len(rows) == 10
     assert {r["split"] for r in rows} == {"train"}
     assert [r["target"] for r in rows] == [0] * 4 + [1] * 3 + [2] * 3
     assert all(len(r["attribution"]) == 5 and len(r["input_sum"]) == 6 * 9 for r in rows)
     assert all(r["positions"] == 8 * 8 for r in rows)
     assert len({r["image_id"] for r in rows}) == 10
-    classes = store.query("SELECT * FROM classes ORDER BY class_id").to_pylist()
+    classes = store.sql("SELECT * FROM classes ORDER BY class_id").to_pylist()
     assert [c["folder"] for c in classes] == ["cat", "dog", "emu"]
     assert all(c["wnid"] is None for c in classes)
-    weights = store.query("SELECT * FROM layer_weights ORDER BY channel").to_pylist()
+    weights = store.sql("SELECT * FROM layer_weights ORDER BY channel").to_pylist()
     assert len(weights) == 5 and len(weights[0]["weight"]) == 54 and weights[0]["bias"] is not None
     meta = store.meta()
     assert meta["model"] == "tests.models:tiny_net" and meta["layer"] == "probe"
@@ -45,14 +45,14 @@ def test_rerun_resumes_and_never_duplicates(cli, data_dir, store_path):
     again = ingest(cli, data_dir, store_path)  # options come from the store
     assert again.exit_code == 0, again.output
     assert "0 images stored, 10 already there" in again.output
-    n, distinct = Store(store_path).query("SELECT count(*), count(DISTINCT image_id) FROM samples").to_pylist()[0].values()
+    n, distinct = Store(store_path).sql("SELECT count(*), count(DISTINCT image_id) FROM samples").to_pylist()[0].values()
     assert n == distinct == 10
 
 
 def test_second_split_and_limit_and_classes(cli, data_dir, store_path):
     assert ingest(cli, data_dir, store_path, *TINY, "--limit", 2).exit_code == 0
     assert ingest(cli, data_dir, store_path, "--classes", "0,2", split="val").exit_code == 0
-    counts = Store(store_path).query("SELECT split, target, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
+    counts = Store(store_path).sql("SELECT split, target, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
     assert counts == [
         {"split": "train", "target": 0, "n": 2}, {"split": "train", "target": 1, "n": 2}, {"split": "train", "target": 2, "n": 2},
         {"split": "val", "target": 0, "n": 2}, {"split": "val", "target": 2, "n": 2},
@@ -65,25 +65,25 @@ def test_corrupt_image_is_recorded_not_fatal(cli, data_dir, store_path):
     result = ingest(cli, data_dir, store_path, *TINY)
     assert result.exit_code == 0, result.output
     assert "1 unreadable" in result.output
-    errors = Store(store_path).query("SELECT path, error FROM ingest_errors").to_pylist()
+    errors = Store(store_path).sql("SELECT path, error FROM ingest_errors").to_pylist()
     assert len(errors) == 1 and errors[0]["path"] == str(bad) and "UnidentifiedImageError" in errors[0]["error"]
-    assert Store(store_path).query("SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 10}]
+    assert Store(store_path).sql("SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 10}]
     # a rerun tries it again (it may have been repaired) and lists it once
     again = ingest(cli, data_dir, store_path)
     assert again.exit_code == 0 and "0 images stored, 10 already there, 1 unreadable" in again.output
-    assert Store(store_path).query("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]
+    assert Store(store_path).sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]
     # repaired, the next ingest stores it and it leaves ingest_errors
     from PIL import Image
     Image.new("RGB", (20, 20), (9, 9, 9)).save(bad, format="PNG")
     assert "1 images stored, 10 already there, 0 unreadable" in ingest(cli, data_dir, store_path).output
-    assert Store(store_path).query("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 0}]
+    assert Store(store_path).sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 0}]
 
 
 def test_empty_class_folder_is_kept(cli, data_dir, store_path):
     for image in (data_dir / "train" / "emu").iterdir():
         image.unlink()
     assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
-    classes = Store(store_path).query("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
+    classes = Store(store_path).sql("SELECT folder FROM classes ORDER BY class_id").column("folder").to_pylist()
     assert classes == ["cat", "dog", "emu"]
 
 
@@ -94,7 +94,7 @@ def test_classes_json_and_imagenet_names(cli, tmp_path, store_path):
     (root / "classes.json").write_text(json.dumps({"n01440764": {"logit": 0},
                                                    "tabby": {"name": "tabby cat", "wnid": "n02123045", "logit": 2}}))
     assert ingest(cli, root, store_path, *TINY).exit_code == 0
-    rows = Store(store_path).query("SELECT folder, name, wnid FROM classes ORDER BY class_id").to_pylist()
+    rows = Store(store_path).sql("SELECT folder, name, wnid FROM classes ORDER BY class_id").to_pylist()
     assert rows == [{"folder": "n01440764", "name": "tench", "wnid": "n01440764"},
                     {"folder": "tabby", "name": "tabby cat", "wnid": "n02123045"}]
 
@@ -227,11 +227,11 @@ def test_imagenet_defaults_with_resnet50(cli, tmp_path, store_path):
     result = cli("ingest", root, "--model", "resnet50", "--weights", "random:3", "--store", store_path)
     assert result.exit_code == 0, result.output
     store = Store(store_path)
-    row = store.query("SELECT len(attribution) AS a, len(input_sum) AS s, positions FROM samples LIMIT 1").to_pylist()[0]
+    row = store.sql("SELECT len(attribution) AS a, len(input_sum) AS s, positions FROM samples LIMIT 1").to_pylist()[0]
     assert row == {"a": 2048, "s": 512, "positions": 49}
     meta = store.meta()
     assert (meta["layer"], meta["transform"], meta["weights"]) == ("layer4.2.conv3", "imagenet", "random:3")
-    assert store.query("SELECT name FROM classes ORDER BY class_id").column("name").to_pylist() == ["tench", "goldfish"]
+    assert store.sql("SELECT name FROM classes ORDER BY class_id").column("name").to_pylist() == ["tench", "goldfish"]
 
 
 def test_dataloader_workers_give_the_same_rows(cli, data_dir, tmp_path):
@@ -239,7 +239,7 @@ def test_dataloader_workers_give_the_same_rows(cli, data_dir, tmp_path):
     for workers, store in ((0, tmp_path / "w0"), (2, tmp_path / "w2")):
         result = ingest(cli, data_dir, store, *TINY, "--num-workers", workers)
         assert result.exit_code == 0, result.output
-    one, two = (Store(tmp_path / name).query("SELECT * EXCLUDE (path) FROM samples ORDER BY image_id").to_pylist()
+    one, two = (Store(tmp_path / name).sql("SELECT * EXCLUDE (path) FROM samples ORDER BY image_id").to_pylist()
                 for name in ("w0", "w2"))
     assert one == two and len(one) == 10
-    assert Store(tmp_path / "w2").query("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]
+    assert Store(tmp_path / "w2").sql("SELECT count(*) AS n FROM ingest_errors").to_pylist() == [{"n": 1}]

@@ -36,10 +36,10 @@ def test_sql_to_parquet_file(cli, colour_store, tmp_path):
                                        "COPY classes TO 'x.csv'", "INSERT INTO runs SELECT * FROM runs",
                                        "SELECT 1; SELECT 2"])
 def test_sql_is_read_only(cli, colour_store, statement):
-    before = Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist()
+    before = Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist()
     result = cli("sql", statement, "--store", colour_store)
     assert result.exit_code == 2 and "Error:" in result.output
-    assert Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist() == before
+    assert Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist() == before
 
 
 def test_sql_error_is_one_line(cli, colour_store):
@@ -91,7 +91,7 @@ def test_wordnet_similarity_and_plot(cli, colour_store, tmp_path, monkeypatch):
 
     with load_wordnet("/usr/share/wordnet") as wordnet:
         expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))
-    rows = Store(colour_store).query("SELECT * FROM class_similarity").to_pylist()
+    rows = Store(colour_store).sql("SELECT * FROM class_similarity").to_pylist()
     assert rows == [{"class1": 1, "class2": 2, "path_similarity": pytest.approx(expected)}]
     pairs = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)
     assert pairs[0]["wordnet_similarity"] == pytest.approx(expected)
@@ -132,7 +132,7 @@ def test_queries_during_an_ingest_see_complete_parts(tmp_path):
         while run.poll() is None:
             if (store / "catalog.duckdb").exists():
                 try:
-                    seen.append(Store(store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"])
+                    seen.append(Store(store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"])
                 except Exception as error:  # only a clear "busy" refusal is acceptable
                     assert "another process holds its catalog" in str(error)
             time.sleep(0.1)
@@ -141,7 +141,7 @@ def test_queries_during_an_ingest_see_complete_parts(tmp_path):
     assert run.returncode == 0
     assert seen == sorted(seen) and all(n % 4 == 0 or n == 30 for n in seen)  # whole parts only
     assert len(set(seen)) >= 3  # it really ran alongside the ingest
-    assert Store(store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] == 30
+    assert Store(store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] == 30
 
 
 def test_sql_allows_reading_statements_of_every_shape(cli, colour_store):
@@ -181,5 +181,5 @@ def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_s
         return real(conn, *args, **kwargs)
 
     monkeypatch.setattr(store_module, "prepare_catalog", swapped_once)
-    assert Store(colour_store).query("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
+    assert Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
     assert len(calls) == 2

@@ -238,3 +238,54 @@ def test_check_repair_waits_for_no_compaction_it_would_race(cli, fixture_store):
     finally:
         held.close()
     assert cli("check", "--repair", "--store", store).exit_code == 0
+
+
+@pytest.mark.parametrize("entry", ["catalog.duckdb", "catalog.duckdb.wal"])
+def test_a_hard_linked_catalog_is_refused(cli, fixture_store, tmp_path, entry):
+    """DuckDB writes the catalog and its log in place: a second name of either (a user's file) would change."""
+    built = fixture_store("tiny")
+    store, mine = built.store, users_folder(tmp_path)
+    (store / entry).unlink(missing_ok=True)
+    os.link(mine / "catalog.duckdb", store / entry)
+    before = (mine / "catalog.duckdb").read_bytes()
+    for command in (["info"], ["check", "--repair"], ["compact"]):
+        assert_refused(cli(*command, "--store", store), f"{entry} in the store", "has 2 names (hard links)")
+    assert (mine / "catalog.duckdb").read_bytes() == before
+
+
+def test_a_forged_pending_record_is_named_and_set_aside(cli, fixture_store):
+    """A pending record polysem cannot have written stops no command with a raw message: each write names it,
+    before any work; `check` names it and `check --repair` sets it aside."""
+    store = fixture_store("opponent-colour-run").store
+    forged = [("{not json", "it is not JSON"),
+              ('{"runs": [{"run_id": "x", "artifact": "/etc/passwd"}]}', "names a model file other than")]
+    for text, why in forged:
+        pending = store / "artifacts" / "0123456789.pt.pending.json"
+        pending.write_text(text)
+        (store / "artifacts" / "0123456789.pt").write_bytes(b"x")
+        before = snapshot(store)
+        refused = cli("disentangle", "--channel", 0, "--concept1", "green", "--concept2", "red", "--store", store)
+        assert_refused(refused, str(pending), why, "check --repair")
+        assert snapshot(store) == before  # refused before any work: no model, cache or record left behind
+        checked = cli("check", "--store", store)
+        assert checked.exit_code != 0 and why in checked.output
+        repaired = cli("check", "--repair", "--store", store)
+        assert repaired.exit_code == 0, repaired.output
+        assert not pending.exists() and pending.with_name(pending.name + ".damaged").exists()
+        pending.with_name(pending.name + ".damaged").unlink()
+        (store / "artifacts" / "0123456789.pt").unlink(missing_ok=True)
+
+
+def test_a_run_row_naming_another_file_never_costs_the_real_model(cli, fixture_store):
+    import duckdb
+
+    built = fixture_store("opponent-colour-run")
+    store, run_id = built.store, built.info["run_id"]
+    (model,) = (store / "artifacts").glob("*.pt")
+    os.utime(model, (OLD, OLD))
+    con = duckdb.connect(str(store / "catalog.duckdb"))
+    con.execute("UPDATE runs SET artifact = '/etc/passwd' WHERE run_id = ?", [run_id])
+    con.close()
+    checked = cli("check", "--repair", "--store", store)
+    assert checked.exit_code != 0 and "names the model file '/etc/passwd'" in checked.output, checked.output
+    assert model.is_file()  # the sweep removes no model while a row names a file it cannot have written

@@ -107,7 +107,7 @@ def test_three_unrelated_concepts_are_found_split_and_verified(cli, tri_store):
     assert rows == [{"channel": 0, "concepts": [[0], [1], [2]], "names": [["blue"], ["green"], ["red"]],
                      "min_cosine": pytest.approx(rows[0]["min_cosine"])}]
     assert rows[0]["min_cosine"] < 0.1
-    recorded = Store(tri_store).query("SELECT channel, concepts, sizes, gamma FROM channel_concepts").to_pylist()
+    recorded = Store(tri_store).sql("SELECT channel, concepts, sizes, gamma FROM channel_concepts").to_pylist()
     assert recorded == [{"channel": 0, "concepts": [[0], [1], [2]], "sizes": [1, 1, 1], "gamma": 0.5}]
     table = cli("screen", "--concepts", "--store", tri_store)
     assert table.exit_code == 0 and "0 blue / 1 green / 2 red" in table.stdout, table.output  # ids, names, concepts
@@ -126,7 +126,7 @@ def test_three_unrelated_concepts_are_found_split_and_verified(cli, tri_store):
     assert report["run_id"] == run["run_id"] and report["resolved"] is True
     assert [(c["unit"], c["relevant_classes"], c["min_cosine"]) for c in report["channels"]] == [
         ("c1", [0], None), ("c2", [1], None), ("c3", [2], None)]
-    assert Store(tri_store).query("SELECT resolved FROM run_summary").to_pylist() == [{"resolved": True}]
+    assert Store(tri_store).sql("SELECT resolved FROM run_summary").to_pylist() == [{"resolved": True}]
 
     # the k x (k + 1) evaluation table and the plots with one row per new channel
     evaluation = cli("evaluate", run["run_id"], "--store", tri_store, "--format", "json", "--plots",
@@ -151,9 +151,9 @@ def test_two_similar_classes_form_one_concept(cli, pair_store):
     assert run["concepts"] == [[0], [1, 2]] and (run["sources1"], run["sources2"], run["shared"]) == ([2], [0], [1])
     assert_logits_unchanged(pair_store, run["run_id"])
     report = verify(pair_store, run["run_id"], progress=False)
-    assert report["resolved"] is True
-    assert [c["relevant_classes"] for c in report["channels"]] == [[0], [1, 2]]
-    assert report["channels"][1]["min_cosine"] > 0.99  # darkred and red read the same R detector
+    assert report.resolved is True
+    assert [c.relevant_classes for c in report.channels] == [[0], [1, 2]]
+    assert report.channels[1].min_cosine > 0.99  # darkred and red read the same R detector
 
 
 def test_a_split_that_shares_everything_is_unresolved(cli, tri_store):

@@ -73,7 +73,7 @@ def tensor_inputs(paths, device=CPU) -> torch.Tensor:
 
 
 def rows(store: Path) -> dict[str, dict]:
-    table = Store(store).query("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
+    table = Store(store).sql("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
     return {r["path"]: r for r in table}
 
 
@@ -151,7 +151,7 @@ def make_mixed(tmp_path: Path, max_pixels_image: bool = True) -> Path:
 
 
 def errors(store: Path) -> dict[str, str]:
-    found = Store(store).query("SELECT path, error FROM ingest_errors").to_pylist()
+    found = Store(store).sql("SELECT path, error FROM ingest_errors").to_pylist()
     return {Path(r["path"]).name: r["error"] for r in found}
 
 
@@ -230,8 +230,8 @@ def test_the_store_records_its_decoder_and_refuses_another(cli, tmp_path):
     # without --decode a later ingest takes the store's: the val rows are the tensor path's
     assert cli("ingest", data, "--store", tensor, "--split", "val").exit_code == 0
     polysem.ingest(tmp_path / "fresh", data, "val", **TINY_DEFAULT, decode="tensor")
-    later = Store(tensor).query("SELECT path, attribution FROM samples WHERE split = 'val' ORDER BY path").to_pylist()
-    fresh = Store(tmp_path / "fresh").query("SELECT path, attribution FROM samples ORDER BY path").to_pylist()
+    later = Store(tensor).sql("SELECT path, attribution FROM samples WHERE split = 'val' ORDER BY path").to_pylist()
+    fresh = Store(tmp_path / "fresh").sql("SELECT path, attribution FROM samples ORDER BY path").to_pylist()
     assert [r["path"] for r in later] == [r["path"] for r in fresh] and len(later) == 3
     for a, b in zip(later, fresh, strict=True):
         assert relative(a["attribution"], b["attribution"]) <= 1e-6
@@ -310,7 +310,7 @@ def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
     args = ["ingest", data, "--model", "tests.models:slow_tiny_net", "--layer", "probe", "--decode", "tensor",
             "--batch-size", 2, "--rows-per-part", 4, "--store", killed]
     kill_when_parts(polysem_process(*args), killed / "samples" / "train")
-    stored = Store(killed).query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    stored = Store(killed).sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
     assert 8 <= stored < 36, "the run must be killed mid-way"
     resumed = polysem_process(*args)
     output = resumed.communicate(timeout=120)[0].decode()
@@ -318,4 +318,4 @@ def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
     assert f"{36 - stored} images stored, {stored} already there" in output
     polysem.ingest(tmp_path / "reference", data, **TINY_DEFAULT, decode="tensor", batch_size=2)
     order = "SELECT * EXCLUDE (split) FROM samples ORDER BY image_id"
-    assert_same_rows(Store(killed).query(order).to_pylist(), Store(tmp_path / "reference").query(order).to_pylist())
+    assert_same_rows(Store(killed).sql(order).to_pylist(), Store(tmp_path / "reference").sql(order).to_pylist())

@@ -50,12 +50,12 @@ def forged_message(data: bytes, declared=(9000, 9000)) -> str:
 
 
 def errors(store: Path) -> dict[str, str]:
-    found = Store(store).query("SELECT path, error FROM ingest_errors").to_pylist()
+    found = Store(store).sql("SELECT path, error FROM ingest_errors").to_pylist()
     return {Path(r["path"]).name: r["error"] for r in found}
 
 
 def stored_paths(store: Path) -> list[str]:
-    return sorted(Path(r["path"]).name for r in Store(store).query("SELECT path FROM samples").to_pylist())
+    return sorted(Path(r["path"]).name for r in Store(store).sql("SELECT path FROM samples").to_pylist())
 
 
 def good_and_forged(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -85,7 +85,7 @@ def test_forged_jpegs_are_ingest_errors_and_the_good_ones_are_stored(tmp_path, d
     summary = polysem.ingest(store, data, **TINY_DEFAULT, decode=decoder, batch_size=16)
     assert (summary.n_written, summary.n_errors) == (6, 3)
     found = {f"{Path(r['path']).parent.name}/{Path(r['path']).name}": r["error"]
-             for r in Store(store).query("SELECT path, error FROM ingest_errors").to_pylist()}
+             for r in Store(store).sql("SELECT path, error FROM ingest_errors").to_pylist()}
     assert found == expected
     assert stored_paths(store) == sorted(["good0.jpg", "good1.jpg"] * 3)
 
@@ -102,7 +102,7 @@ def test_a_batch_of_forged_jpegs_leaves_the_tensor_ingest_going(tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert "train: 6 images stored, 0 already there, 18 unreadable" in result.output
     found = errors(store)
-    assert len(Store(store).query("SELECT * FROM ingest_errors")) == 18
+    assert len(Store(store).sql("SELECT * FROM ingest_errors")) == 18
     assert all(TOO_FEW in message and "forged image" in message for message in found.values())
 
 
@@ -179,7 +179,7 @@ def test_an_ingest_in_chunks_stores_the_rows_of_one(tmp_path, monkeypatch):
     summary = polysem.ingest(tmp_path / "chunked", data, **TINY_DEFAULT, decode="tensor", batch_size=7)
     assert (summary.n_written, summary.n_errors) == (7, 0) and len(calls) >= 3
     order = "SELECT * EXCLUDE (split) FROM samples ORDER BY image_id"
-    whole, chunked = (Store(tmp_path / s).query(order).to_pylist() for s in ("whole", "chunked"))
+    whole, chunked = (Store(tmp_path / s).sql(order).to_pylist() for s in ("whole", "chunked"))
     assert len(whole) == len(chunked) == 7
     for a, b in zip(whole, chunked, strict=True):
         assert a == b

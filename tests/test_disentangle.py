@@ -20,7 +20,7 @@ from tests.helpers import TINY, assert_refused, assert_refused_last_line, make_i
 
 
 def runs_count(store_path):
-    return Store(store_path).query("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
+    return Store(store_path).sql("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
 
 
 def test_split_sources_follows_ineq_5():
@@ -52,7 +52,7 @@ def test_known_answer_split_and_evaluation(cli, colour_store):
     assert green["frac1"] > 0.95 and green["frac2"] < 0.05
     assert red["frac2"] > 0.95 and red["frac1"] < 0.05
     assert abs(green["frac_residual"]) < 1e-6  # r keeps only the B input, which channel 0 ignores
-    stored = Store(colour_store).query("SELECT concept, n_images, fractions[1] AS frac1 FROM evaluations "
+    stored = Store(colour_store).sql("SELECT concept, n_images, fractions[1] AS frac1 FROM evaluations "
                                        "ORDER BY concept").to_pylist()
     assert stored == [{"concept": 1, "n_images": 4, "frac1": pytest.approx(green["frac1"])},
                       {"concept": 2, "n_images": 4, "frac1": pytest.approx(red["frac1"])}]
@@ -75,18 +75,18 @@ def original_and_new_logits(store, run_id, images):
 
 def test_resnet50_logits_unchanged_for_any_channel_and_class_sets(resnet_store):
     run = disentangle(resnet_store, 1234, concept1=["a", "b"], concept2=[2], force=True, progress=False)
-    assert run["max_logit_diff"] <= 1e-4 * 100
+    assert run.max_logit_diff <= 1e-4 * 100
     torch.manual_seed(5)
     images = torch.randn(4, 3, 64, 64)
-    old, new = original_and_new_logits(resnet_store, run["run_id"], images)
+    old, new = original_and_new_logits(resnet_store, run.run_id, images)
     torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4 * float(old.abs().max()))
     # several channels in one model, a fixed rho
     runs = disentangle_channels(resnet_store, [ChannelRequest(7, [[0], [1]]), ChannelRequest(2047, [[2], [0, 1]])],
                                 rho=0.6, force=True, progress=False)
-    assert len({r["group_id"] for r in runs}) == 1 and [r["rho"] for r in runs] == [0.6, 0.6]
-    old, new = original_and_new_logits(resnet_store, runs[1]["run_id"], images)
+    assert len({r.group_id for r in runs}) == 1 and [r.rho for r in runs] == [0.6, 0.6]
+    old, new = original_and_new_logits(resnet_store, runs[1].run_id, images)
     torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4 * float(old.abs().max()))
-    layer = load_model(resnet_store, runs[0]["run_id"]).layer4[2].conv3
+    layer = load_model(resnet_store, runs[0].run_id).layer4[2].conv3
     assert layer.expanded.out_channels == 2048 + 4 and layer.channels == [7, 2047]
 
 
@@ -99,23 +99,23 @@ def test_layer_with_bias_keeps_logits_and_artifact_survives_reopen(tiny_store):
     run = disentangle(tiny_store, 3, concept1=[0], concept2=[1, 2], force=True, progress=False)
     torch.manual_seed(0)
     images = torch.rand(6, 3, 16, 16)
-    old, new = original_and_new_logits(tiny_store, run["run_id"], images)
+    old, new = original_and_new_logits(tiny_store, run.run_id, images)
     torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5)
     # rebuilt from a fresh Store object: the layer is exactly the recorded split of the original weights
     from tests.models import tiny_net
 
-    layer = load_model(Store(tiny_store), run["run_id"]).probe
+    layer = load_model(Store(tiny_store), run.run_id).probe
     original = tiny_net().probe
     w = original.weight.detach()[3]
     expected_c1, expected_c2, expected_r = w.clone(), w.clone(), w.clone()
-    expected_c1[run["sources2"]] = 0
-    expected_c2[run["sources1"]] = 0
-    expected_r[run["sources1"] + run["sources2"]] = 0
+    expected_c1[run.sources2] = 0
+    expected_c2[run.sources1] = 0
+    expected_r[run.sources1 + run.sources2] = 0
     torch.testing.assert_close(layer.expanded.weight[3], expected_c1)
     torch.testing.assert_close(layer.expanded.weight[5], expected_c2)
     torch.testing.assert_close(layer.expanded.weight[6], expected_r)
     torch.testing.assert_close(layer.expanded.bias[[3, 5, 6]], original.bias.detach()[[3, 3, 3]])
-    saved = torch.load(Store(tiny_store).path / run["artifact"], weights_only=True)
+    saved = torch.load(Store(tiny_store).path / run.artifact, weights_only=True)
     for key, value in saved["state_dict"].items():
         torch.testing.assert_close(layer.state_dict()[key], value)
 
@@ -150,8 +150,8 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
 
     run = disentangle(tiny_store, 1, concept1=[0], concept2=[2], objective=objective, force=True, progress=False)
     store = Store(tiny_store)
-    recorded = store.query("SELECT rho, objective_value FROM rho_scores WHERE run_id = ? ORDER BY rho",
-                           [run["run_id"]]).to_pylist()
+    recorded = store.sql("SELECT rho, objective_value FROM rho_scores WHERE run_id = ? ORDER BY rho",
+                           [run.run_id]).to_pylist()
     net = tiny_net().eval()
     maps = []
     for class_id in (0, 2):
@@ -159,8 +159,8 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
         images = torch.stack([ImageRecords(records, small)[i][1] for i in range(len(records))])
         with torch.no_grad():
             maps.append(net.stem(images).numpy())
-    arv1 = np.array(store.query("SELECT arv FROM concept_arv(1, [0])").to_pylist()[0]["arv"])
-    arv2 = np.array(store.query("SELECT arv FROM concept_arv(1, [2])").to_pylist()[0]["arv"])
+    arv1 = np.array(store.sql("SELECT arv FROM concept_arv(1, [0])").to_pylist()[0]["arv"])
+    arv2 = np.array(store.sql("SELECT arv FROM concept_arv(1, [2])").to_pylist()[0]["arv"])
     expected = brute_force_eq6(maps[0], maps[1], net.probe, 1, arv1, arv2, objective)
     assert [r["rho"] for r in recorded] == list(RHO_GRID)
     # a rho that leaves a concept without a source of its own is skipped, and only such a rho
@@ -168,7 +168,7 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
     assert any(usable) and [r["objective_value"] is not None for r in recorded] == usable
     np.testing.assert_allclose([r["objective_value"] for r, ok in zip(recorded, usable) if ok],
                                [e for e, ok in zip(expected, usable) if ok], rtol=1e-4)
-    assert run["rho"] == RHO_GRID[int(np.argmax([e if ok else -np.inf for e, ok in zip(expected, usable)]))]
+    assert run.rho == RHO_GRID[int(np.argmax([e if ok else -np.inf for e, ok in zip(expected, usable)]))]
 
 
 def test_feature_maps_are_cached(tiny_store, monkeypatch):
@@ -180,7 +180,7 @@ def test_feature_maps_are_cached(tiny_store, monkeypatch):
 
     monkeypatch.setattr("polysem.method.features.compute_feature_maps", no_model)
     again = disentangle(tiny_store, 1, concept1=[0], concept2=[2], objective="positive", force=True, progress=False)
-    assert again["run_id"] and runs_count(tiny_store) == 2
+    assert again.run_id and runs_count(tiny_store) == 2
 
 
 def test_run_activations_equal_the_model(tiny_store):
@@ -190,9 +190,9 @@ def test_run_activations_equal_the_model(tiny_store):
     from tests.models import small
 
     run = disentangle(tiny_store, 2, concept1=[1], concept2=[0], force=True, progress=False)
-    model = load_model(tiny_store, run["run_id"])
+    model = load_model(tiny_store, run.run_id)
     layer = model.probe
-    rows = Store(tiny_store).query("SELECT * FROM run_activations(?) ORDER BY image_id", [run["run_id"]]).to_pylist()
+    rows = Store(tiny_store).sql("SELECT * FROM run_activations(?) ORDER BY image_id", [run.run_id]).to_pylist()
     assert len(rows) == 6 and {r["concept"] for r in rows} == {1, 2}
     for row in rows:
         image = small(Image.open(row["path"]).convert("RGB")).unsqueeze(0)
@@ -250,7 +250,7 @@ def test_force_proceeds_with_a_warning(cli, colour_store):
     assert "Warning: channel 1 is not relevant (tau 0.03, p 0.75) for class 2" in result.output
     assert "Warning: at rho 0.5 concept 2 of channel 1 has no l-1 channel of its own" in result.output
     assert runs_count(colour_store) == 1
-    recorded = Store(colour_store).query("SELECT warnings FROM runs").to_pylist()[0]["warnings"]
+    recorded = Store(colour_store).sql("SELECT warnings FROM runs").to_pylist()[0]["warnings"]
     assert len(recorded) == 1 and "concept 2 of channel 1 has no l-1 channel of its own" in recorded[0]
 
 
@@ -268,7 +268,7 @@ def test_evaluate_bad_input(cli, colour_store, tmp_path):
     store = tmp_path / "s"
     assert cli("ingest", root, "--store", store, *TINY).exit_code == 0
     run = disentangle(store, 0, concept1=[0], concept2=[1], force=True, progress=False)
-    assert_refused(cli("evaluate", run["run_id"], "--store", store), "no val images", "--split val")
+    assert_refused(cli("evaluate", run.run_id, "--store", store), "no val images", "--split val")
 
 
 def test_moved_images(cli, tmp_path):

@@ -1,4 +1,4 @@
-"""The method's edge cases (README: where the paper is silent) on hand-built known-answer models."""
+"""The method's edge cases (docs/method.md: where the paper is silent) on hand-built known-answer models."""
 
 import json
 
@@ -14,7 +14,7 @@ def test_a_class_whose_logit_ignores_the_features_is_relevant_for_no_channel(fix
     store = Store(fixture_store("blind-colour-train").store)
     red = store.sql("SELECT attribution FROM samples WHERE target = 2").column("attribution").to_pylist()
     assert red and all(a == [0.0, 0.0, 0.0] for a in red)  # the known answer: no attribution at all
-    # 0 >= tau * 0 held for every channel before; now no channel is relevant for these images
+    # the reference code's 0 >= tau * 0 would make every channel relevant; polysem makes none relevant
     assert store.sql("SELECT count(*) AS n FROM class_channel_relevance() WHERE class_id = 2").column("n")[0].as_py() == 0
     pairs = store.sql("SELECT channel, class_id FROM relevant_pairs() ORDER BY ALL").to_pylist()
     assert pairs and all(p["class_id"] != 2 for p in pairs)

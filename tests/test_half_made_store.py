@@ -1,5 +1,4 @@
-"""A first ingest that fails at any point leaves no store, or one the next ingest completes (issue 15,
-point 8): a catalog with no tables at all, or with some tables but no `store_meta`, is answered by every
+"""A first ingest that fails at any point leaves no store, or one the next ingest completes: a catalog with no tables at all, or with some tables but no `store_meta`, is answered by every
 reading command with one line saying the store was never completely created and to run ingest; `check`
 reports it (and `check --repair` leaves it to ingest, byte-identical); the next `polysem ingest` completes it."""
 

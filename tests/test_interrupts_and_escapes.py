@@ -1,4 +1,4 @@
-"""Issue 15, point 6 (output side): statements DuckDB's enum does not name, Ctrl-C on a long query, a full
+"""Messages on the output side: statements DuckDB's enum does not name, Ctrl-C on a long query, a full
 disk, and control or bidirectional characters in names, each one clear line or shown escaped."""
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def parts_store(tmp_path):
 
 
 def rows(store: Store):
-    return store.query("SELECT * FROM samples ORDER BY image_id").to_pylist()
+    return store.sql("SELECT * FROM samples ORDER BY image_id").to_pylist()
 
 
 def profile(store: Store, where: str = "") -> dict:
@@ -180,7 +180,7 @@ def test_compaction_stores_positive_sum_and_the_view_computes_it_where_a_file_la
     parts = [pq.read_table(f) for f in folder.glob("part-*.parquet")]
     assert all("positive_sum" not in t.column_names or t.column("positive_sum").null_count == len(t) for t in parts)
 
-    viewed = parts_store.query("SELECT image_id, attribution, positive_sum FROM samples ORDER BY image_id")
+    viewed = parts_store.sql("SELECT image_id, attribution, positive_sum FROM samples ORDER BY image_id")
     expected = positive_sums(viewed.column("attribution").to_pylist())
     assert np.allclose(viewed.column("positive_sum").to_numpy(), expected, rtol=1e-12, atol=0)
 
@@ -193,14 +193,15 @@ def test_compaction_stores_positive_sum_and_the_view_computes_it_where_a_file_la
     assert stored.column("positive_sum").to_pylist() == viewed.column("positive_sum").to_pylist()
 
 
-def test_the_readme_query_finds_a_forged_positive_sum(parts_store):
-    """README, Known limits: a received store's stored denominators are checked by one query."""
+def test_the_documented_query_finds_a_forged_positive_sum(parts_store):
+    """docs/reliability.md, Known limits: a received store's stored denominators are checked by one query."""
     query = "SELECT count(*) AS n FROM samples WHERE positive_sum IS DISTINCT FROM positive_sum(attribution)"
-    assert "positive_sum IS DISTINCT FROM positive_sum(attribution)" in (Path(__file__).parents[1] / "README.md").read_text()
+    limits = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
+    assert "positive_sum IS DISTINCT FROM positive_sum(attribution)" in limits
     compact(parts_store)
-    assert parts_store.query(query).column("n")[0].as_py() == 0
+    assert parts_store.sql(query).column("n")[0].as_py() == 0
     [first, *_] = sorted((parts_store.path / "samples" / "train").glob("compact-*.parquet"))
     table = pq.read_table(first)
     forged = pyarrow.compute.multiply(table.column("positive_sum"), 2.0)
     atomic.write_atomic(table.set_column(table.schema.get_field_index("positive_sum"), "positive_sum", forged), first)
-    assert parts_store.query(query).column("n")[0].as_py() == len(table)
+    assert parts_store.sql(query).column("n")[0].as_py() == len(table)

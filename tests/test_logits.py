@@ -35,12 +35,12 @@ def test_imagenet_subset_uses_each_images_imagenet_logit(cli, tmp_path, store_pa
                  "--layer", "layer4.1.conv2", "--transform", "tests.models:resnet_small", "--batch-size", 3)
     assert result.exit_code == 0, result.output
     store = Store(store_path)
-    classes = store.query("SELECT folder, logit FROM classes ORDER BY class_id").to_pylist()
+    classes = store.sql("SELECT folder, logit FROM classes ORDER BY class_id").to_pylist()
     assert {c["folder"]: c["logit"] for c in classes} == SUBSET
     torch.manual_seed(1)
     model = torchvision.models.resnet18(weights=None).eval()
     layer = model.layer4[1].conv2
-    rows = store.query("SELECT * FROM samples ORDER BY image_id").to_pylist()
+    rows = store.sql("SELECT * FROM samples ORDER BY image_id").to_pylist()
     logit_of = [c["logit"] for c in classes]
     from PIL import Image
 
@@ -59,11 +59,11 @@ def test_classes_json_logits_and_prediction_of_no_class(cli, tmp_path, store_pat
     (root / "classes.json").write_text(json.dumps({"a": {"logit": 2}, "b": {"logit": 0}}))
     assert cli("ingest", root, "--store", store_path, *TINY).exit_code == 0
     store = Store(store_path)
-    assert store.query("SELECT logit FROM classes ORDER BY class_id").column("logit").to_pylist() == [2, 0]
+    assert store.sql("SELECT logit FROM classes ORDER BY class_id").column("logit").to_pylist() == [2, 0]
     model = tiny_net().eval()
     from PIL import Image
 
-    for row in store.query("SELECT * FROM samples").to_pylist():
+    for row in store.sql("SELECT * FROM samples").to_pylist():
         logit = [2, 0][row["target"]]
         expected, logits = brute_force_attribution(model, model.probe, small(Image.open(row["path"]).convert("RGB")), logit)
         np.testing.assert_allclose(row["attribution"], expected, rtol=1e-4, atol=1e-6)

@@ -165,7 +165,7 @@ def test_a_format_2_store_without_act_concepts_gains_it(old_store):
     store = Store(old_store)
     assert store.sql("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py() == 4  # a reader copes
     with store.transaction() as tx:  # the first writer migrates
-        assert tx.run("visualization_images", run_id=RUN, channel=0, method="maco", steps=8, size=16, seed=0)
+        assert tx.visualization_images(run_id=RUN, channel=0, method="maco", steps=8, size=16, seed=0).num_rows
     con = duckdb.connect(str(old_store / "catalog.duckdb"), read_only=True)
     columns = [row[0] for row in con.execute("DESCRIBE visualizations").fetchall()]
     con.close()
@@ -176,8 +176,7 @@ def test_migrate_5_lets_a_failed_visualisation_be_recorded(old_store):
     """Format 4: `visualizations.failure`, and `image` may be NULL (a unit that never activated has no picture)."""
     store = Store(old_store)
     with store.transaction() as tx:  # the first writer migrates
-        row = tx.run("visualization_images", run_id=RUN, channel=0, method="maco", steps=8, size=16, seed=0)
-        assert row
+        assert tx.visualization_images(run_id=RUN, channel=0, method="maco", steps=8, size=16, seed=0).num_rows
     con = duckdb.connect(str(old_store / "catalog.duckdb"), read_only=True)
     columns = {r[0]: r[2] for r in con.execute("DESCRIBE visualizations").fetchall()}
     con.close()

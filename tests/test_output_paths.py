@@ -1,4 +1,4 @@
-"""Outputs go only to regular files, folders or new paths (issue 15, point 2).
+"""Outputs go only to regular files, folders or new paths.
 
 Real special files: a FIFO (os.mkfifo), a character device node (os.mknod; the tests run as root, and a
 failing mknod fails the test), a unix socket, /dev/null, and links to each. Every refusal is one line,

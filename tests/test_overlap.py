@@ -1,4 +1,4 @@
-"""Ingest overlaps loading, compute and writing (issue 17): one batch in flight on the device, parts written
+"""Ingest overlaps loading, compute and writing: one batch in flight on the device, parts written
 by a helper thread. The stored rows and parts are those of the serial loop, a failed write in the thread is
 one `Error:` line with no half-written part, and an interrupted ingest keeps what was complete."""
 
@@ -39,7 +39,7 @@ def parts(store, table="samples"):
 
 
 def all_rows(store):
-    return Store(store).query("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
+    return Store(store).sql("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
 
 
 def expected_parts(records, failed, batch_size, rows_per_part):

@@ -27,7 +27,7 @@ def test_screen_fits_and_names_classes(cli, colour_store):
     result = cli("screen", "--store", colour_store)
     assert result.exit_code == 0, result.output
     assert lines_fit(result.output), result.output
-    names = Store(colour_store).query("SELECT class_id, name FROM classes").to_pylist()
+    names = Store(colour_store).sql("SELECT class_id, name FROM classes").to_pylist()
     shown = [n for n in names if f"{n['class_id']} {n['name'][:5]}" in result.output]
     assert len(shown) >= 2, result.output
     full = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)
@@ -42,11 +42,11 @@ def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
     real = Store.run
 
     def with_long_names(self, name, **params):
-        table = real(self, name, **params)
-        for column in ("name1", "name2"):
-            if column in table.column_names:
-                import pyarrow as pa
+        import pyarrow as pa
 
+        table = real(self, name, **params)  # a table, or one row or value (a block marked '^' or '$')
+        for column in ("name1", "name2"):
+            if isinstance(table, pa.Table) and column in table.column_names:
                 table = table.set_column(table.column_names.index(column), column, pa.array([long] * table.num_rows))
         return table
 
@@ -60,7 +60,7 @@ def test_runs_list_record_and_evaluate(cli, colour_store, run_id):
     listed = cli("runs", "--store", colour_store)
     assert listed.exit_code == 0 and lines_fit(listed.output), listed.output
     assert run_id in listed.output
-    names = {r["class_id"]: r["name"] for r in Store(colour_store).query("SELECT * FROM classes").to_pylist()}
+    names = {r["class_id"]: r["name"] for r in Store(colour_store).sql("SELECT * FROM classes").to_pylist()}
     assert f"1 {names[1]}"[:12] in listed.output
     record = cli("runs", run_id, "--store", colour_store)
     assert record.exit_code == 0, record.output
@@ -79,30 +79,38 @@ def test_runs_list_record_and_evaluate(cli, colour_store, run_id):
 
 def test_fractions_outside_zero_one_are_explained_where_shown(capsys):
     from polysem.cli.printing import render_evaluation
+    from polysem.method.evaluation import ConceptEvaluation, Evaluation, TopClasses
     from polysem.util.readings import FRACTIONS_NOTE
 
-    inside = {"concept1": {"n_images": 3, "fractions": [0.9, 0.1], "frac_residual": 0.0},
-              "concept2": {"n_images": 3, "fractions": [0.2, 0.8], "frac_residual": 0.0}}
-    render_evaluation(inside, [[1], [2]], {1: "a", 2: "b"}, "inside")
+    def evaluation(*concepts):
+        return Evaluation("run", 0.03, "ineq2", [[1], [2]], [ConceptEvaluation(3, f, r, False) for f, r in concepts],
+                          TopClasses("val", 100, 6, {}))
+
+    render_evaluation(evaluation(([0.9, 0.1], 0.0), ([0.2, 0.8], 0.0)), "table", {1: "a", 2: "b"})
     assert "note:" not in capsys.readouterr().out
-    outside = {"concept1": {"n_images": 3, "fractions": [2.515, -0.103], "frac_residual": 1.4},
-               "concept2": {"n_images": 3, "fractions": [0.2, 0.8], "frac_residual": 0.0}}
-    render_evaluation(outside, [[1], [2]], {1: "a", 2: "b"}, "outside")
+    render_evaluation(evaluation(([2.515, -0.103], 1.4), ([0.2, 0.8], 0.0)), "table", {1: "a", 2: "b"})
     shown = capsys.readouterr().out
     assert "2.515" in shown and f"note: {FRACTIONS_NOTE}" in " ".join(shown.split()) and lines_fit(shown)
+    assert "1 a" in shown and "run run: fraction of the original activation" in shown
 
 
 def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
     from polysem.cli.printing import render_visualization
+    from polysem.method.visualize import UnitImage, Visualization
     from polysem.util.readings import UNBOUNDED, selectivity_reading
 
-    result = {"original": {"activation": 5.0, "selectivity": None, "image": "a/original.png"},
-              "c1": {"activation": 3.0, "selectivity": None, "image": "a/c1.png"},
-              "c2": {"activation": 2.0, "selectivity": 4.0, "image": "a/c2.png"}}
-    render_visualization(result, "title")
+    def unit(name, activation, selectivity):
+        return UnitImage(activation, {}, selectivity, selectivity_reading(name, selectivity), "maco", 8, 8, 0, "cpu",
+                         0.5, False, None, False, f"a/{name}.png")
+
+    result = Visualization({"original": unit("original", 5.0, None), "c1": unit("c1", 3.0, None),
+                            "c2": unit("c2", 2.0, 4.0)})
+    render_visualization(result, "table", "title")
     shown = capsys.readouterr().out
     assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in " ".join(shown.split())
     assert selectivity_reading("c1", None) == UNBOUNDED and "not defined" in selectivity_reading("r", None)
+    render_visualization(result, "json", "title")
+    assert json.loads(capsys.readouterr().out)["c1"]["selectivity_reading"] == UNBOUNDED
 
 
 def test_figures_as_svg_and_pdf_and_the_wordnet_legend_counts_distinct_pairs(tmp_path):

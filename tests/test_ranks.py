@@ -117,7 +117,7 @@ def test_a_killed_rank_is_named_and_the_parts_are_kept(tmp_path, killed):
         assert lines(output) == [(f"Error: rank 0 stopped (the ranks' store at 127.0.0.1:{port} is gone: its "
                                   f"connection closed); {kept}")]
     assert time.monotonic() - stopped < 6 + 10
-    stored = Store(store).query("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
+    stored = Store(store).sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
     assert 4 <= stored < 36
 
 
@@ -141,7 +141,7 @@ def test_a_rank_still_working_is_waited_for_past_the_timeout(tmp_path):
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert "train: 9 images stored, 0 already there, 0 unreadable" in outputs[0]
-    assert len(Store(store).query("SELECT image_id FROM samples")) == 9
+    assert len(Store(store).sql("SELECT image_id FROM samples")) == 9
 
 
 @pytest.mark.parametrize(("value", "error", "message"), [

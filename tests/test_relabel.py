@@ -8,7 +8,7 @@ from tests.helpers import assert_refused, snapshot
 
 def test_names_and_wnids_are_set_after_ingest_and_logits_stay(cli, colour_store, tmp_path):
     store = Store(colour_store)
-    before = store.run("class_list").to_pylist()
+    before = store.reads.class_list().to_pylist()
     assert cli("wordnet", "--store", colour_store, "--wordnet-dir", "/usr/share/wordnet").exit_code == 0
     assert store.sql("SELECT count(*) AS n FROM class_similarity").column("n")[0].as_py() == 1  # green-red
     labels = tmp_path / "classes.json"

@@ -23,7 +23,7 @@ def polysem(*args, extra_env=None, **kwargs):
 
 
 def rows(store_path):
-    return Store(store_path).query("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
+    return Store(store_path).sql("SELECT * EXCLUDE (split) FROM samples ORDER BY image_id").to_pylist()
 
 
 def assert_same_rows(a, b):

@@ -44,7 +44,7 @@ def big_png(path: Path, size=(10_000, 10_000)) -> Path:
 
 
 def errors_of(store: Path) -> dict[str, str]:
-    rows = Store(store).query("SELECT path, error FROM ingest_errors").to_pylist()
+    rows = Store(store).sql("SELECT path, error FROM ingest_errors").to_pylist()
     return {Path(r["path"]).name: r["error"] for r in rows}
 
 
@@ -198,7 +198,7 @@ def test_a_file_link_inside_its_class_is_an_image_of_the_class(cli, data_dir, st
     os.symlink(elsewhere, data_dir / "train" / "emu")
     result = cli("ingest", data_dir, "--store", store_path, *TINY)
     assert result.exit_code == 0, result.output
-    rows = Store(store_path).query("SELECT path, target FROM samples").to_pylist()
+    rows = Store(store_path).sql("SELECT path, target FROM samples").to_pylist()
     stored = {Path(r["path"]).relative_to(data_dir / "train").as_posix(): r["target"] for r in rows}
     assert stored["cat/copy.png"] == 0 and stored["emu/again.png"] == 2
     assert len(stored) == 12

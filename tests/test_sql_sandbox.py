@@ -108,7 +108,8 @@ def test_reads_still_work_and_local_files_are_readable(sandbox_store, tmp_path):
     assert rows == [{"name": "blue", "label": "sky"}, {"name": "red", "label": "fire"}]
     assert store.sql("SELECT ? + 1 AS x", [41]).to_pylist() == [{"x": 42}]
     assert store.sql("EXPLAIN ANALYZE SELECT count(*) FROM samples").num_rows >= 1
-    assert store.query("WITH a AS (SELECT 1 AS x) SELECT * FROM a").to_pylist() == [{"x": 1}]  # the old name
+    assert store.sql("WITH a AS (SELECT 1 AS x) SELECT * FROM a").to_pylist() == [{"x": 1}]
+    assert not hasattr(store, "query")  # one way to run user SQL: `sql` (the old alias `query` is gone)
 
 
 def test_configuration_is_locked_on_the_query_connection(sandbox_store):

@@ -22,7 +22,7 @@ def test_every_view_and_macro_runs(colour_store):
 
     from polysem.method.verification import verify
 
-    run_id = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False)["run_id"]
+    run_id = disentangle(colour_store, 0, concept1=[1], concept2=[2], progress=False).run_id
     verify(colour_store, run_id, progress=False)  # for verification_verdicts
     store = Store(colour_store)
     calls = {  # macros that need arguments
@@ -54,25 +54,25 @@ def test_every_view_and_macro_runs(colour_store):
             sql = f"SELECT * FROM {block.name}"
         else:
             sql = f"SELECT * FROM {block.name}()"
-        result = store.query(sql)
+        result = store.sql(sql)
         assert result.num_rows > 0 or block.name == "ingest_errors", block.name  # no unreadable colour image
-    assert store.query(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
-    assert store.query(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
-    assert store.query(calls["channel_attribution"]).to_pylist() == [{"a": 0.25}]  # channel 1 is the second
-    assert store.query(calls["channel_activation"]).to_pylist() == [{"a": 13.0}]  # 3 + 8 + 0.5 x 4 positions
-    means = store.query("SELECT mean_attribution AS m FROM class_channel_means WHERE class_id = 1 AND channel = 2")
-    direct = store.query("SELECT avg(channel_attribution(attribution, 2)) AS m FROM samples "
+    assert store.sql(calls["arv_of"]).to_pylist() == [{"r": [3.0, 14.0]}]
+    assert store.sql(calls["positive_sum"]).to_pylist() == [{"s": 4.0}]
+    assert store.sql(calls["channel_attribution"]).to_pylist() == [{"a": 0.25}]  # channel 1 is the second
+    assert store.sql(calls["channel_activation"]).to_pylist() == [{"a": 13.0}]  # 3 + 8 + 0.5 x 4 positions
+    means = store.sql("SELECT mean_attribution AS m FROM class_channel_means WHERE class_id = 1 AND channel = 2")
+    direct = store.sql("SELECT avg(channel_attribution(attribution, 2)) AS m FROM samples "
                          "WHERE split = 'train' AND target = 1")
     assert means.column("m")[0].as_py() == pytest.approx(direct.column("m")[0].as_py())
     # channel 0's own weight row gives arv_cosine's cosines
-    expected = store.query("SELECT class1, class2, cosine FROM arv_cosine(p := 0.0) WHERE channel = 0 "
+    expected = store.sql("SELECT class1, class2, cosine FROM arv_cosine(p := 0.0) WHERE channel = 0 "
                            "ORDER BY class1, class2").to_pylist()
-    got = store.query(calls["weight_arv_cosine"]).to_pylist()
+    got = store.sql(calls["weight_arv_cosine"]).to_pylist()
     assert [(r["class1"], r["class2"]) for r in got] == [(0, 1), (0, 2), (1, 2)]
     assert {(r["class1"], r["class2"]): pytest.approx(r["cosine"]) for r in expected} == \
         {(r["class1"], r["class2"]): r["cosine"] for r in got if (r["class1"], r["class2"]) in
          {(e["class1"], e["class2"]) for e in expected}}
-    assert store.query("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
+    assert store.sql("SELECT positive_sum([-1.0, 0]) AS s, relative_attribution(0.0, 0.0) AS r, "
                        "relative_attribution(-1.0, 4.0) AS n").to_pylist() == [{"s": 0, "r": None, "n": -0.25}]
 
 
@@ -93,13 +93,13 @@ def test_known_answer_model_reports_exactly_the_planted_channel(cli, colour_stor
     assert [(p["channel"], p["name1"], p["name2"]) for p in pairs] == [(0, "green", "red")]
     assert pairs[0]["cosine"] < 0.1
     # the monosemantic channels are relevant for one class each, so never a pair
-    relevant = Store(colour_store).query("SELECT channel, class_id FROM relevant_pairs() ORDER BY ALL").to_pylist()
+    relevant = Store(colour_store).sql("SELECT channel, class_id FROM relevant_pairs() ORDER BY ALL").to_pylist()
     assert relevant == [{"channel": 0, "class_id": 1}, {"channel": 0, "class_id": 2},
                         {"channel": 1, "class_id": 0}, {"channel": 2, "class_id": 2}]
 
 
 def numpy_relevance(store, tau, correct_only=False):
-    rows = store.query("SELECT target, prediction, attribution FROM samples WHERE split = 'train'").to_pylist()
+    rows = store.sql("SELECT target, prediction, attribution FROM samples WHERE split = 'train'").to_pylist()
     if correct_only:
         rows = [r for r in rows if r["prediction"] == r["target"]]
     expected = {}
@@ -117,11 +117,11 @@ def numpy_relevance(store, tau, correct_only=False):
 @pytest.mark.parametrize("correct_only", [False, True])
 def test_relevance_equals_numpy_reimplementation(tiny_store, tau, correct_only):
     store = Store(tiny_store)
-    got = store.query("SELECT * FROM class_channel_relevance(tau := ?, correct_only := ?)", [tau, correct_only]).to_pylist()
+    got = store.sql("SELECT * FROM class_channel_relevance(tau := ?, correct_only := ?)", [tau, correct_only]).to_pylist()
     assert {(r["class_id"], r["channel"]): (r["n_images"], r["n_relevant"]) for r in got} == numpy_relevance(store, tau, correct_only)
     assert all(r["fraction"] == pytest.approx(r["n_relevant"] / r["n_images"]) for r in got)
     if not correct_only:
-        p_rows = store.query("SELECT * FROM relevant_pairs(tau := ?, p := 0.5)", [tau]).to_pylist()
+        p_rows = store.sql("SELECT * FROM relevant_pairs(tau := ?, p := 0.5)", [tau]).to_pylist()
         assert {(r["class_id"], r["channel"]) for r in p_rows} == {(r["class_id"], r["channel"]) for r in got if r["fraction"] >= 0.5}
 
 
@@ -138,7 +138,7 @@ def brute_force_arv(net, image_tensors, channel):
 def class_images(store, target, transform):
     from PIL import Image
 
-    paths = store.query("SELECT path FROM samples WHERE split = 'train' AND target = ?", [target]).column("path").to_pylist()
+    paths = store.sql("SELECT path FROM samples WHERE split = 'train' AND target = ?", [target]).column("path").to_pylist()
     return [transform(Image.open(p).convert("RGB")) for p in paths]
 
 
@@ -148,7 +148,7 @@ def test_arv_view_equals_brute_force_autograd(which, tiny_store, colour_store):
 
     store, net, transform = (Store(tiny_store), tiny_net(), small) if which == "tiny" else (Store(colour_store), colour_net(), to_tensor)
     for channel, target in [(0, 0), (2, 1), (4 if which == "tiny" else 1, 2)]:
-        got = store.query("SELECT arv FROM arv WHERE channel = ? AND class_id = ?", [channel, target]).to_pylist()
+        got = store.sql("SELECT arv FROM arv WHERE channel = ? AND class_id = ?", [channel, target]).to_pylist()
         assert len(got) == 1
         expected = brute_force_arv(net.eval(), class_images(store, target, transform), channel)
         np.testing.assert_allclose(got[0]["arv"], expected, rtol=1e-4, atol=1e-5)
@@ -156,9 +156,9 @@ def test_arv_view_equals_brute_force_autograd(which, tiny_store, colour_store):
 
 def test_arv_cosine_matches_numpy(colour_store):
     store = Store(colour_store)
-    row = store.query("SELECT * FROM arv_cosine()").to_pylist()[0]
-    a = np.array(store.query("SELECT arv FROM arv WHERE channel = 0 AND class_id = 1").to_pylist()[0]["arv"])
-    b = np.array(store.query("SELECT arv FROM arv WHERE channel = 0 AND class_id = 2").to_pylist()[0]["arv"])
+    row = store.sql("SELECT * FROM arv_cosine()").to_pylist()[0]
+    a = np.array(store.sql("SELECT arv FROM arv WHERE channel = 0 AND class_id = 1").to_pylist()[0]["arv"])
+    b = np.array(store.sql("SELECT arv FROM arv WHERE channel = 0 AND class_id = 2").to_pylist()[0]["arv"])
     assert row["cosine"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
@@ -172,8 +172,8 @@ def test_arv_is_lazy(colour_store):
 
 def test_class_means_are_means(tiny_store):
     store = Store(tiny_store)
-    rows = store.query("SELECT target, input_sum FROM samples").to_pylist()
-    for mean in store.query("SELECT * FROM class_means").to_pylist():
+    rows = store.sql("SELECT target, input_sum FROM samples").to_pylist()
+    for mean in store.sql("SELECT * FROM class_means").to_pylist():
         sums = np.array([r["input_sum"] for r in rows if r["target"] == mean["class_id"]])
         assert mean["n_images"] == len(sums)
         np.testing.assert_allclose(mean["mean_input_sum"], sums.mean(0), rtol=1e-6)

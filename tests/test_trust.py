@@ -1,4 +1,4 @@
-"""A store never runs code on its own say-so (issue 15, point 1).
+"""A store never runs code on its own say-so.
 
 The attack: a received store whose store_meta names the model `evilmod:build`, to be imported from a
 folder inside the store (`STORE/artifacts`), where an `evilmod.py` writes a marker file when imported.
@@ -7,6 +7,7 @@ anything is imported (the marker never appears), and leaves the store byte-ident
 copied to a folder outside the store and named by `--trust-code` (or POLYSEM_TRUST_CODE) it runs."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -206,7 +207,7 @@ def test_a_run_id_or_file_path_polysem_never_writes_is_refused(cli, colour_store
     from polysem.method.runs import disentangle
     from tests.helpers import snapshot
 
-    run_id = disentangle(colour_store, 0, concept1=["green"], concept2=["red"], progress=False)["run_id"]
+    run_id = disentangle(colour_store, 0, concept1=["green"], concept2=["red"], progress=False).run_id
     for column, value in (("run_id", "../../../../tmp/pwn"), ("artifact", "/etc/passwd")):
         con = duckdb.connect(str(colour_store / "catalog.duckdb"))
         con.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", [value, run_id])
@@ -318,3 +319,24 @@ def test_a_poisoned_model_file_is_named_without_torchs_advice(evil):
     assert str(artifact) in message and "not a file polysem wrote" in message
     assert "weights_only" not in message and "Weights only" not in message
     sys.modules.pop("evilmod", None)
+
+
+def test_a_folder_of_another_user_or_below_an_open_folder_is_refused(evil, tmp_path):
+    """A store sent by another user of this machine names their folder: refused, as is a folder below one that
+    every user may rename things in (no sticky bit)."""
+    store, run_id, marker, _ = evil
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "evilmod.py").write_text((store / "artifacts" / "evilmod.py").read_text())
+    os.chown(theirs, 65534, 65534)
+    set_meta(store, model_import_root=str(theirs))
+    with pytest.raises(ModelError, match=r"belongs to another user \(uid 65534\)"):
+        load_model(store, run_id)
+    open_folder = tmp_path / "open"
+    (open_folder / "sub").mkdir(parents=True)
+    (open_folder / "sub" / "evilmod.py").write_text((store / "artifacts" / "evilmod.py").read_text())
+    open_folder.chmod(0o777)
+    set_meta(store, model_import_root=str(open_folder / "sub"))
+    with pytest.raises(ModelError, match=r"which every user can write \(without the sticky bit\)"):
+        load_model(store, run_id)
+    assert not marker.exists() and "evilmod" not in sys.modules

@@ -99,7 +99,7 @@ def test_images_of_mixed_sizes_without_resizing_are_batched_per_size(cli, tmp_pa
     result = cli("ingest", root, "--store", store_path, *with_model("tests.models:tiny_net", "tests.models:to_tensor"),
                  "--batch-size", 4)
     assert result.exit_code == 0, result.output
-    positions = Store(store_path).query("SELECT positions, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
+    positions = Store(store_path).sql("SELECT positions, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL").to_pylist()
     assert positions == [{"positions": 64, "n": 3}, {"positions": 120, "n": 4}]  # 16x16 -> 8x8, 24x20 -> 12x10
 
 
@@ -134,7 +134,7 @@ def test_concurrent_first_ingests_of_two_splits_keep_both_roots(data_dir, store_
         assert run.returncode == 0, output
     meta = Store(store_path).meta()
     assert meta["dataset_roots"] == {"train": str(data_dir / "train"), "val": str(data_dir / "val")}
-    counts = Store(store_path).query("SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split").to_pylist()
+    counts = Store(store_path).sql("SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split").to_pylist()
     assert counts == [{"split": "train", "n": 10}, {"split": "val", "n": 6}]
 
 

@@ -22,8 +22,8 @@ RGB = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
     ([[1, 3], [2]], [0.7, None], [True, True], [True, True], ["serves concept 1 only", "serves"]),  # 3: no concept
 ])
 def test_the_verdict_rule(colour_store, relevant, cosines, serves, monosemantic, reason):
-    rows = Store(colour_store).run("verdicts_of", concepts=[[1], [2]], relevant_classes=relevant,
-                                   min_cosines=cosines, gamma=0.5).to_pylist()
+    rows = Store(colour_store).reads.verdicts_of(concepts=[[1], [2]], relevant_classes=relevant,
+                                                 min_cosines=cosines, gamma=0.5).to_pylist()
     assert [r["serves"] for r in rows] == serves and [r["monosemantic"] for r in rows] == monosemantic
     assert all(part in r["reason"] for r, part in zip(rows, reason, strict=True))
 
@@ -59,7 +59,7 @@ def test_a_unit_that_keeps_the_other_concepts_class_is_not_resolved(cli, tmp_pat
     assert [r["resolved"] for r in runs] == [False]
     import polysem
 
-    assert polysem.verify(store, run_id)["resolved"] is False
+    assert polysem.verify(store, run_id).resolved is False
 
 
 def test_a_unit_that_picks_up_an_unrelated_dissimilar_class_is_not_monosemantic(cli, tmp_path):

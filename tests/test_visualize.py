@@ -1,4 +1,4 @@
-"""Feature visualisation (issue 10) on the known-answer OpponentColourNet, the Fourier inverse,
+"""Feature visualisation on the known-answer OpponentColourNet, the Fourier inverse,
 determinism, the record in `visualizations`, and the receptive field against hand-computed boxes."""
 
 import json
@@ -34,25 +34,25 @@ def mean_colour(path) -> np.ndarray:
 def test_known_answer_each_new_channel_shows_its_concept(opponent_run, method):
     store, run_id = opponent_run
     result = visualize(store, run_id, method=method, steps=512, size=16, seed=0, device="cpu", progress=False)
-    c1, c2, original = result["c1"], result["c2"], result["original"]
+    c1, c2, original = result.units["c1"], result.units["c2"], result.units["original"]
     # c'1's image drives c'1 far more than c'2 and is green; c'2's the reverse and red
-    assert c1["selectivity"] > 3 and c1["activations"]["c1"] > 3 * c1["activations"]["c2"]
-    assert c2["selectivity"] > 3 and c2["activations"]["c2"] > 3 * c2["activations"]["c1"]
-    r, g, b = mean_colour(c1["image"])
+    assert c1.selectivity > 3 and c1.activations["c1"] > 3 * c1.activations["c2"]
+    assert c2.selectivity > 3 and c2.activations["c2"] > 3 * c2.activations["c1"]
+    r, g, b = mean_colour(c1.image)
     assert g > r + 0.3 and g > b + 0.2
-    r, g, b = mean_colour(c2["image"])
+    r, g, b = mean_colour(c2.image)
     assert r > g + 0.3 and r > b + 0.2
     # the original channel's image (yellow: R and G) drives both
-    acts = original["activations"]
+    acts = original.activations
     assert acts["c1"] > 0.3 * acts["original"] and acts["c2"] > 0.3 * acts["original"]
-    assert original["activation"] == pytest.approx(acts["c1"] + acts["c2"] - acts["r"], rel=1e-5)
-    rows = Store(store).query("SELECT * FROM visualizations WHERE run_id = ? AND method = ? ORDER BY unit",
+    assert original.activation == pytest.approx(acts["c1"] + acts["c2"] - acts["r"], rel=1e-5)
+    rows = Store(store).sql("SELECT * FROM visualizations WHERE run_id = ? AND method = ? ORDER BY unit",
                               [run_id, method]).to_pylist()
     assert [r["unit"] for r in rows] == ["c1", "c2", "original", "r"]
     assert all((Path(store) / r["image"]).is_file() and r["failure"] is None for r in rows[:3])
     # r has no weights here (the split gave R and G to the concepts, B's weight is 0): no picture, and why
-    assert rows[3]["image"] is None and "no weights" in rows[3]["failure"] and result["r"]["failed"]
-    assert rows[0]["selectivity"] == pytest.approx(c1["selectivity"])
+    assert rows[3]["image"] is None and "no weights" in rows[3]["failure"] and result.units["r"].failed
+    assert rows[0]["selectivity"] == pytest.approx(c1.selectivity)
 
 
 @pytest.mark.parametrize("method", ["maco", "fourier"])
@@ -61,14 +61,14 @@ def test_deterministic_for_a_seed(opponent_run, method):
     runs, pixels = [], []
     for seed in (3, 3, 4):  # read each run's images before the next run replaces them
         runs.append(visualize(store, run_id, method=method, steps=8, size=12, seed=seed, device="cpu", progress=False))
-        pixels.append([np.asarray(Image.open(runs[-1][u]["image"])) for u in ("original", "c1", "c2")])  # r: no weights
+        pixels.append([np.asarray(Image.open(runs[-1].units[u].image)) for u in ("original", "c1", "c2")])  # r: no weights
     assert all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(pixels[0], pixels[2]))
     # a rerun of the same configuration replaces its rows and images
-    n = Store(store).query("SELECT count(*) AS n FROM visualizations WHERE method = ? AND steps = 8 AND seed = 3",
+    n = Store(store).sql("SELECT count(*) AS n FROM visualizations WHERE method = ? AND steps = 8 AND seed = 3",
                            [method]).column("n")[0].as_py()
     assert n == 4
-    assert not Path(runs[0]["c1"]["image"]).exists() and Path(runs[1]["c1"]["image"]).exists()
+    assert not Path(runs[0].units["c1"].image).exists() and Path(runs[1].units["c1"].image).exists()
 
 
 def test_fourier_parameterisation_inverts_a_known_image():
@@ -96,7 +96,7 @@ def test_a_channel_of_the_stored_model_and_json(cli, opponent_run):
     assert list(units) == ["original"] and units["original"]["activation"] > 0
     r, g, b = mean_colour(units["original"]["image"])
     assert b > r and b > g  # channel 1 is the blue detector
-    row = Store(store).query("SELECT * FROM visualizations WHERE run_id IS NULL").to_pylist()[0]
+    row = Store(store).sql("SELECT * FROM visualizations WHERE run_id IS NULL").to_pylist()[0]
     assert row["channel"] == 1 and row["act_c1"] is None
 
 
@@ -113,7 +113,7 @@ def test_a_failed_record_leaves_the_store_as_it_was(opponent_run, monkeypatch):
     store, run_id = opponent_run
     folder = Path(store) / "artifacts" / "visualizations" / run_id
     before_files = sorted(folder.glob("*")) if folder.exists() else []
-    before_rows = Store(store).query("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py()
+    before_rows = Store(store).sql("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py()
     real_connect = Store.connect
 
     def busy(self, write=False, create=False):
@@ -126,7 +126,7 @@ def test_a_failed_record_leaves_the_store_as_it_was(opponent_run, monkeypatch):
         visualize(store, run_id, method="fourier", steps=2, size=12, seed=99, device="cpu", progress=False)
     monkeypatch.undo()
     assert (sorted(folder.glob("*")) if folder.exists() else []) == before_files
-    assert Store(store).query("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py() == before_rows
+    assert Store(store).sql("SELECT count(*) AS n FROM visualizations").column("n")[0].as_py() == before_rows
 
 
 def test_forward_stops_at_the_layer_and_leaves_no_hook(opponent_run):
@@ -241,9 +241,9 @@ def _reddish(path) -> bool:
 def test_default_steps_at_the_models_size_find_each_concept(opponent_run, method):
     store, run_id = opponent_run
     result = visualize(store, run_id, method=method, size=8, device="cpu", progress=False)
-    assert _greenish(result["c1"]["image"]) and _reddish(result["c2"]["image"])
-    assert [u for u, v in result.items() if v["failed"]] == ["r"]  # r: no weights, nothing to show
-    assert all(result[u]["activation"] > 0 for u in ("original", "c1", "c2"))
+    assert _greenish(result.units["c1"].image) and _reddish(result.units["c2"].image)
+    assert [u for u, v in result.units.items() if v.failed] == ["r"]  # r: no weights, nothing to show
+    assert all(result.units[u].activation > 0 for u in ("original", "c1", "c2"))
 
 
 def test_a_dead_start_is_restarted_from_a_store_image(dark_run):
@@ -251,9 +251,10 @@ def test_a_dead_start_is_restarted_from_a_store_image(dark_run):
     has a zero gradient from the first step. Each restarts from the store image it activates most on."""
     store, run_id = dark_run
     result = visualize(store, run_id, method="fourier", size=8, device="cpu", progress=False)
-    assert result["c1"]["restarted"] and result["c2"]["restarted"] and not result["c1"]["failed"]
-    assert _greenish(result["c1"]["image"]) and _reddish(result["c2"]["image"])
-    assert result["c1"]["activations"]["c1"] > 0 and result["c2"]["activations"]["c2"] > 0
+    c1, c2 = result.units["c1"], result.units["c2"]
+    assert c1.restarted and c2.restarted and not c1.failed
+    assert _greenish(c1.image) and _reddish(c2.image)
+    assert c1.activations["c1"] > 0 and c2.activations["c2"] > 0
     # without the restart the same optimisation never moves: zero gradient at every step
     from polysem.method.runs import load_model
     from polysem.method.visualize import optimise_units, run_target
@@ -273,7 +274,7 @@ def test_a_unit_that_never_activates_is_reported_failed_and_not_drawn(cli, dark_
     failed = " ".join(result.stdout.split("failed (below)")[1].split()).split("failed: ")[1:]  # an entry per unit
     assert len(failed) == 1 and "original never activated" in failed[0] and "--seeds" in failed[0], result.stdout
     assert "`" not in failed[0]
-    row = Store(store).query("SELECT * FROM visualizations WHERE channel = 3").to_pylist()
+    row = Store(store).sql("SELECT * FROM visualizations WHERE channel = 3").to_pylist()
     assert len(row) == 1 and row[0]["image"] is None and "never activated" in row[0]["failure"]
     assert not (Path(store) / "artifacts" / "visualizations" / "channel-3").exists() or not any(
         (Path(store) / "artifacts" / "visualizations" / "channel-3").iterdir())

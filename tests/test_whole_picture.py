@@ -1,4 +1,4 @@
-"""The whole picture (issue 16 point 2): each unit's top images over every val class, not only the run's concept
+"""The whole picture: each unit's top images over every val class, not only the run's concept
 classes, and the class histogram of its top N, in SQL, as data, in the figures and in the report.
 
 Known answers: `channel_activation` against a model pass (TinyNet: a 3x3 conv with stride, padding and bias;
@@ -95,8 +95,8 @@ def rgb_run(tmp_path_factory):
         ingest(store, data, split, model="tests.models:rgb_sum_net", layer="probe",
                transform="tests.models:to_tensor", progress=False)
     run = disentangle(store, 0, concept1=["green"], concept2=["red"], progress=False)
-    assert run["sources"] == [[1, 2], [0]] and run["shared"] == []  # c'1 takes the G and the B input
-    return store, run["run_id"], run
+    assert run.sources == [[1, 2], [0]] and run.shared == []  # c'1 takes the G and the B input
+    return store, run.run_id, run.to_dict()  # plain data, as the figures read it
 
 
 def _expected(store_path: Path, run: dict) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -172,7 +172,7 @@ def test_all_val_images_when_fewer_than_n(rgb_run):
 
     store_path, run_id, _ = rgb_run
     result = top_class_histograms(Store(store_path), run_id, 1000)
-    for unit in result["units"].values():
+    for unit in result.units.values():
         assert sorted((h["name"], h["n_images"]) for h in unit) == [("blue", 40), ("green", 40), ("red", 40)]
 
 

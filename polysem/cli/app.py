@@ -43,10 +43,13 @@ def _main(
     """Find and disentangle polysemantic CNN channels from attributions kept in a DuckDB store."""
 app.add_typer(plot_app, name="plot")
 
+# the options many commands share, each defined once
 StoreOption = Annotated[
     Path,
     typer.Option("--store", envvar="POLYSEM_STORE", help="Store directory (or set POLYSEM_STORE).", show_default=True),
 ]
+DataOption = Annotated[Path | None, typer.Option("--data", help="DATA_DIR now holding the images, if they moved since ingest.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
 DEFAULT_STORE = Path(constants.DEFAULT_STORE)
@@ -94,6 +97,7 @@ FLAGS = {
     "class_file": "--set",
     "again": "--again",
     "batch_size": "--batch-size",
+    "by_concept": "--concepts",
     "channel": "--channel",
     "classes": "--classes",
     "concept1": "--concept1",
@@ -106,6 +110,7 @@ FLAGS = {
     "device": "--device",
     "figure_format": "--figure-format",
     "force": "--force",
+    "from_screen": "--from-screen",
     "gamma": "--gamma",
     "layer": "--layer",
     "limit": "--limit",
@@ -132,6 +137,7 @@ FLAGS = {
     "split": "--split",
     "steps": "--steps",
     "store": "--store",
+    "sweep": "--sweep",
     "take": "--limit",  # disentangle --from-screen --limit N takes the first N candidates that split
     "tau": "--tau",
     "threads": "--threads",
@@ -184,15 +190,6 @@ def _store(path: Path, trust_code: Path | None = None):
 def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:
     if fmt not in allowed:
         raise PolysemError(f"unknown --format '{fmt}'; use one of {', '.join(allowed)}")
-
-
-def _class_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise PolysemError(f"bad --classes '{text}': give class ids separated by commas, e.g. 0,5,17") from None
 
 
 TauOption = Annotated[float, typer.Option(help="Ineq. 2: relevance threshold relative to the positive attribution sum.")]

@@ -1,6 +1,8 @@
-"""Printing Arrow results for a person: rich tables and summaries. CSV and JSON text come from the one
-serialiser, `polysem.query.serialise`, so the terminal and files never disagree. Every name and value
-is shown with its control and bidirectional characters escaped (`polysem.util.text`)."""
+"""Printing the library's results for a person: rich tables and summaries of Arrow tables and of the typed
+results (`Run`, `Evaluation`, `Verification`, `Visualization`, ...), whose fields mypy checks here. CSV and JSON
+text of tables come from the one serialiser, `polysem.query.serialise`, so the terminal and files never
+disagree; the JSON of a typed result is its `to_dict()`. Every name and value is shown with its control and
+bidirectional characters escaped (`polysem.util.text`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 import math
 import sys
 import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from rich.console import Console
@@ -18,7 +22,15 @@ from polysem.query.serialise import to_csv, to_json
 from polysem.util.readings import FRACTIONS_NOTE, UNBOUNDED, fractions_outside
 from polysem.util.text import escape_controls
 
-FORMATS = ("table", "csv", "json")
+if TYPE_CHECKING:  # the CLI starts without torch: the result types are imported where they are made
+    from polysem.method.concepts import Screening
+    from polysem.method.evaluation import Evaluation
+    from polysem.method.runs import Run
+    from polysem.method.verification import Verification
+    from polysem.method.visualize import Visualization
+    from polysem.method.wordnet import SimilarityCounts
+    from polysem.reporting import WordnetFigure
+
 NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
 
 
@@ -127,19 +139,30 @@ def render_concepts(result: pa.Table, fmt: str, title: str) -> None:
     _print_summary(title, [("channel", "id"), ("concepts", "name"), ("min cosine", "number")], rows, result.num_rows)
 
 
-def render_verification(result: dict, title: str) -> None:
+def render_verification(result: Verification, fmt: str) -> None:
     """`polysem verify`: per new channel, the classes it is relevant for grouped by concept (its own, another
-    concept's, no concept's), the lowest ARV cosine among them, and its verdict with the reason."""
-    def ids(values) -> str:
+    concept's, no concept's), the lowest ARV cosine among them, and its verdict with the reason; then the run's."""
+    if fmt == "json":
+        print(json.dumps(result.to_dict()))
+        return
+
+    def ids(values: list[int]) -> str:
         return ", ".join(map(str, values)) or "-"
 
-    rows = [[c["unit"], ids(c["own_classes"]), ids(c["other_concept_classes"]), ids(c["unrelated_classes"]),
-             _number(c["min_cosine"], 3), "yes" if c["serves"] and c["monosemantic"] else "no"]
-            for c in result["channels"]]
-    _print_summary(title, [("unit", "id"), ("own concept", "name"), ("other concept", "name"), ("no concept", "name"),
-                           ("min cosine", "number"), ("ok", "id")], rows, len(rows))
-    for c in result["channels"]:
-        _note(f"{c['unit']}: {c['reason']}")
+    rows = [[c.unit, ids(c.own_classes), ids(c.other_concept_classes), ids(c.unrelated_classes),
+             _number(c.min_cosine, 3), "yes" if c.ok else "no"] for c in result.channels]
+    title = (f"run {result.run_id}: new channels on {result.n_images} train images of classes "
+             f"{', '.join(map(str, result.classes))} (tau={result.tau}, p={result.p})")
+    _print_summary(title, [("unit", "id"), ("own concept", "name"), ("other concept", "name"),
+                           ("no concept", "name"), ("min cosine", "number"), ("ok", "id")], rows, len(rows))
+    for c in result.channels:
+        _note(f"{c.unit}: {c.reason}")
+    if result.resolved:
+        print(f"run {result.run_id}: resolved (every new channel serves its concept and is monosemantic at "
+              f"gamma={result.gamma})")
+    else:
+        failing = [f"{c.unit}: {c.reason}" for c in result.channels if not c.ok]
+        print(escape_controls(f"run {result.run_id}: not resolved: {'; '.join(failing)}"))
 
 
 def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
@@ -164,27 +187,41 @@ def render_runs(result: pa.Table, fmt: str, names: dict[int, str]) -> None:
         _note(f"note: {FRACTIONS_NOTE}")
 
 
-def render_visualization(result: dict | list[dict], title: str) -> None:
+def render_visualization(result: Visualization | list[Visualization], fmt: str, subject: str) -> None:
     """`polysem visualize`: per unit (and seed) its activation on its own image, the selectivity (or why it has
-    none) and the image's file name, or "failed" for a unit with no picture, in 100 columns.
-    result: one seed's {unit: {...}} or a list of them (`seeds`)."""
+    none) and the image's file name, or "failed" for a unit with no picture, in 100 columns; then why each
+    failed unit failed. result: one seed's visualisation or a list of them (`seeds`); subject: the run id, or
+    "channel C"."""
+    from polysem.cli.app import as_flags
+
+    if fmt == "json":
+        print(json.dumps([r.to_dict() for r in result] if isinstance(result, list) else result.to_dict()))
+        return
     per_seed = result if isinstance(result, list) else [result]
     several = len(per_seed) > 1
     rows = []
     for one in per_seed:
-        for unit, v in one.items():
-            selectivity = ("-" if not unit.startswith("c") or v.get("failed") else
-                           "unbounded" if v["selectivity"] is None else _number(v["selectivity"], 3))
-            image = "failed (below)" if v.get("failed") else v["image"].rsplit("/", 1)[-1]
-            rows.append([unit, *([str(v["seed"])] if several else []), _number(v["activation"], 4), selectivity, image])
+        for unit, v in one.units.items():
+            selectivity = ("-" if not unit.startswith("c") or v.failed else
+                           "unbounded" if v.selectivity is None else _number(v.selectivity, 3))
+            image = "failed (below)" if v.failed or v.image is None else v.image.rsplit("/", 1)[-1]
+            rows.append([unit, *([str(v.seed)] if several else []), _number(v.activation, 4), selectivity, image])
     headers = [("unit", "id"), *([("seed", "id")] if several else []), ("activation", "number"),
                ("selectivity", "number"), ("image", "name")]
+    first = per_seed[0].first()
+    seeds = ", ".join(str(r.first().seed) for r in per_seed)
+    title = (f"{subject}: {first.method}, {first.steps} steps, {first.size} px, seed{'s' if several else ''} "
+             f"{seeds}, {sum(r.first().seconds for r in per_seed):.1f} s on {first.device}")
     _print_summary(title, headers, rows, len(rows))
     _note("activation: the unit's spatially summed activation on its own image; selectivity (c'j only): that "
           "activation over the largest other new unit's on the same image")
-    if any(unit.startswith("c") and not v.get("failed") and v["selectivity"] is None
-           for one in per_seed for unit, v in one.items()):
+    if any(unit.startswith("c") and not v.failed and v.selectivity is None
+           for one in per_seed for unit, v in one.units.items()):
         _note(f"unbounded selectivity: {UNBOUNDED}")
+    for v in (v for r in per_seed for v in r.units.values() if v.failed):  # an entry per unit and seed
+        seed_text = f"(seed {v.seed}) " if several else ""
+        print(textwrap.fill(escape_controls(f"failed: {seed_text}{as_flags(v.reason or '')}"), NARROW,
+                            subsequent_indent="  "))
 
 
 def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
@@ -206,19 +243,75 @@ def render_record(record: dict, fmt: str, names: dict[int, str]) -> None:
         console.print(escape_controls(f"{key:<{width}}  {text}"), markup=False, highlight=False)
 
 
-def render_evaluation(result: dict, concepts: list[list[int]], names: dict[int, str], title: str) -> None:
+def render_evaluation(result: Evaluation, fmt: str, names: dict[int, str]) -> None:
     """`polysem evaluate`: per concept j, its classes by name, images counted, the fractions of its
-    activation on each new channel c'_1..c'_k and on r (a k x (k + 1) table)."""
-    k = len(concepts)
-    rows = [[str(j), _concept(concepts[j - 1], names), str(result[f"concept{j}"]["n_images"]),
-             *(_number(f, 3) for f in result[f"concept{j}"]["fractions"]), _number(result[f"concept{j}"]["frac_residual"], 3)]
-            for j in range(1, k + 1)]
+    activation on each new channel c'_1..c'_k and on r (a k x (k + 1) table); then the plots written."""
+    if fmt == "json":
+        print(json.dumps(result.to_dict()))
+        return
+    k = len(result.per_concept)
+    rows = [[str(j), _concept(classes, names), str(c.n_images), *(_number(f, 3) for f in c.fractions),
+             _number(c.frac_residual, 3)]
+            for j, (classes, c) in enumerate(zip(result.concepts, result.per_concept, strict=True), start=1)]
     headers = [("concept", "id"), ("classes", "name"), ("images", "number"),
                *((f"on c'{u}", "number") for u in range(1, k + 1)), ("on r", "number")]
-    _print_summary(title, headers, rows, len(rows))
-    if fractions_outside([result[f"concept{j}"]["fractions"] + [result[f"concept{j}"]["frac_residual"]]
-                          for j in range(1, k + 1)]):
+    _print_summary(f"run {result.run_id}: fraction of the original activation (val, tau={result.tau}, selection "
+                   f"{result.selection})", headers, rows, len(rows))
+    if fractions_outside([[*c.fractions, c.frac_residual] for c in result.per_concept]):
         _note(f"note: {FRACTIONS_NOTE}")
+    for path in result.plots or []:
+        print(escape_controls(f"plot -> {path}"))
+
+
+def render_disentangled(runs: list[Run], fmt: str, store_path: Path) -> None:
+    """`polysem disentangle`: one line per run (its concepts, rho, sources, the logit check, the model's file),
+    its warnings on stderr; in JSON the run (`Run.to_dict()`), or a list of them for a model of several."""
+    if fmt == "json":
+        rows = [json.loads(json.dumps(run.to_dict(), default=str)) for run in runs]  # times as text
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+    for run in runs:
+        concepts_text = " / ".join(",".join(map(str, c)) for c in run.concepts)
+        sources_text = " / ".join(str(len(s)) for s in run.sources)
+        print(escape_controls(
+            f"run {run.run_id}: channel {run.channel}, concepts {concepts_text}, "
+            f"rho {run.rho} ({run.objective}), sources {sources_text} / {len(run.shared)} shared, "
+            f"max |logit change| {run.max_logit_diff:.2g} "
+            f"on {run.parameters['check_images']} images -> {store_path / run.artifact}"))
+        for message in run.warnings:
+            print(escape_controls(f"Warning: {message}"), file=sys.stderr)
+
+
+def render_screening(found: Screening, fmt: str) -> None:
+    """`polysem screen`: the pairs, the concepts (`--concepts`) or the sweep (`--sweep`)."""
+    thresholds = f"tau={found.tau}, p={found.p}, gamma={found.gamma}"
+    if found.kind == "sweep":
+        render_sweep(found.table, fmt)
+    elif found.kind == "concepts":
+        result = found.table
+        if fmt == "json":  # one object per channel; the sizes are the lengths of the concepts
+            result = result.select(["channel", "concepts", "names", "min_cosine"])
+        render_concepts(result, fmt, title=f"concepts of polysemantic channels ({thresholds})")
+    else:
+        render_screen(found.table, fmt, title=f"polysemantic pairs ({thresholds})")
+
+
+def render_similarity(counts: SimilarityCounts, tau: float, p: float) -> None:
+    """`polysem wordnet`: the class pairs scored, and those skipped; or why there was nothing to score."""
+    from polysem.cli.app import as_flags
+
+    skipped = counts.skipped_without_wnid
+    if counts.pairs == 0 and not skipped:
+        print(as_flags(f"nothing to score: no two classes share a relevant channel at tau {tau}, p {p}; lower "
+                       "`tau` or `p` (`polysem screen --sweep` shows the counts)"))
+        return
+    print(f"{counts.pairs} class pairs scored into class_similarity"
+          + (f"; {skipped} skipped (class without wnid)" if skipped else ""))
+
+
+def render_wordnet_figure(drawn: WordnetFigure) -> None:
+    """`polysem plot wordnet`: the points drawn and the file."""
+    print(escape_controls(f"{drawn.points} points ({drawn.pairs} distinct class pairs) -> {drawn.path}"))
 
 
 def render_sweep(result: pa.Table, fmt: str) -> None:

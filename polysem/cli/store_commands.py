@@ -10,12 +10,12 @@ import typer
 
 from polysem.cli.app import (
     DEFAULT_STORE,
+    DeviceOption,
     FormatOption,
     StoreOption,
     TableJsonOption,
     TrustOption,
     _check_format,
-    _class_list,
     _store,
     as_flags,
     command,
@@ -24,11 +24,13 @@ from polysem.cli.printing import (
     render,
 )
 from polysem.errors import PolysemError
+from polysem.util.parsing import whole_numbers
 
 
 @command()
 def ingest(
     data_dir: Annotated[Path, typer.Argument(help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
+    *,
     split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
     model: Annotated[str | None, typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
     weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
@@ -37,7 +39,7 @@ def ingest(
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads. [default: on a CPU, the cores the workers leave (OMP_NUM_THREADS wins); on a GPU, torch's]")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     limit: Annotated[int | None, typer.Option(help="At most N images per class (a quick subset).")] = None,
     classes: Annotated[str | None, typer.Option(help="Only these class ids, e.g. 0,5,17.")] = None,
     rows_per_part: Annotated[int, typer.Option(help="Images per Parquet part file (the unit of resume).", hidden=True)] = 4096,
@@ -57,8 +59,8 @@ def ingest(
     summary = run_ingest(
         _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
-        classes=_class_list(classes), rows_per_part=rows_per_part, compact=compact, max_pixels=max_pixels,
-        decode=decode, rank_timeout=rank_timeout,
+        classes=whole_numbers("classes", classes, "class ids", "0,5,17"), rows_per_part=rows_per_part,
+        compact=compact, max_pixels=max_pixels, decode=decode, rank_timeout=rank_timeout,
     )
     if summary.rank == 0:
         typer.echo(

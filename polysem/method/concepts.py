@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
+from polysem.errors import PolysemError
 from polysem.query.records import now, record_channel_concepts
 from polysem.query.screening import arv_cosines, check_limit, check_thresholds
 from polysem.query.store import Store, as_store
 from polysem.util.checks import check_bool
+from polysem.util.results import Result
 
-__all__ = ["SCHEMA", "channel_concepts", "complete_linkage", "group_channels", "min_cosine_between"]
+__all__ = ["SCHEMA", "Screening", "channel_concepts", "complete_linkage", "group_channels", "min_cosine_between",
+           "screening"]
 
 SCHEMA = pa.schema([
     ("channel", pa.int32()),
@@ -123,3 +127,65 @@ def channel_concepts(store: Store | str, *, tau: float = TAU, p: float = P, gamm
                                                                     "min_cosine")}, "computed_at": computed_at}
                                               for r in rows])
     return pa.Table.from_pylist(rows[:limit] if limit is not None else rows, schema=SCHEMA)
+
+
+@dataclass(frozen=True)
+class Screening(Result):
+    """What `screening` found, one of three answers (`kind`).
+
+    Args (fields):
+        kind: "pairs" (`polysemantic_pairs`: channel, class1, class2, names, cosine, wordnet_similarity,
+            fraction1, fraction2), "concepts" (`channel_concepts`: channel, concepts, names, sizes, min_cosine)
+            or "sweep" (`sweep`: the candidate counts per tau, p and gamma of the grid).
+        table: the answer, one row per pair, channel or grid point.
+        tau, p, gamma: the thresholds (the grid's own for a sweep).
+        why_empty: for pairs or concepts with no row, why (the counts along the way and what to change).
+    """
+
+    kind: str
+    table: pa.Table
+    tau: float
+    p: float
+    gamma: float
+    why_empty: str | None = None
+
+
+def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA, by_concept: bool = False,
+              sweep: bool = False, limit: int | None = None, correct_only: bool = False) -> Screening:
+    """What `polysem screen` does, as one call: the polysemantic pairs, or (`by_concept`) each polysemantic
+    channel's concepts, or (`sweep`) the candidate counts over a grid of tau x p x gamma in one scan.
+
+    Args:
+        store: the store, or its folder.
+        tau, p: Ineq. 2's relevance threshold and fraction of a class's images.
+        gamma: Theorem 3.1's cosine threshold: pairs below it are candidates (classes at or above it share a
+            concept).
+        by_concept: group each polysemantic channel's classes into concepts (recorded in `channel_concepts`).
+        sweep: count the candidates over the grid instead (its own tau, p and gamma: give none of them, nor
+            `by_concept` or `limit`).
+        limit: at most this many pairs (lowest cosine first), or channels with `by_concept`.
+        correct_only: use only correctly classified train images.
+
+    Returns:
+        A `Screening`; an empty answer says why in `why_empty`.
+
+    Example:
+        >>> found = screening(store, by_concept=True, limit=5)
+        >>> found.table.column("channel").to_pylist()
+        [1660, 522, 895, 242, 1404]
+    """
+    from polysem.query import screening as screen
+
+    store = as_store(store)
+    sweep = check_bool("sweep", sweep)
+    if sweep:
+        if by_concept or limit is not None or (tau, p, gamma) != (TAU, P, GAMMA):
+            raise PolysemError("`sweep` counts candidates over its own grid of tau, p and gamma; drop `by_concept`, "
+                               "`limit`, `tau`, `p` and `gamma`")
+        return Screening("sweep", screen.sweep(store, correct_only=correct_only), tau, p, gamma)
+    if check_bool("by_concept", by_concept):
+        table = channel_concepts(store, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
+    else:
+        table = screen.polysemantic_pairs(store, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
+    why = None if table.num_rows else screen.why_empty(store, tau=tau, p=p, gamma=gamma, correct_only=correct_only)
+    return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why)

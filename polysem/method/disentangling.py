@@ -102,7 +102,7 @@ def rho_scores(maps, layer: nn.Conv2d, channel: int, arvs, objective: str = "abs
     s = sum over positions of |f| (objective 'abs', the paper) or of max(f, 0) with 1e-5 added to each
     denominator ('positive', the reference code). For k = 2 this is the paper's Eq. 6.
 
-    Rules where the paper is silent (the README states them):
+    Rules where the paper is silent (docs/method.md states them):
     - a zero denominator with a positive numerator is a perfect separation of that image, not an error:
       `separated` is the sum over concepts of the fraction of such images, and the mean runs over the
       other images; 0/0 counts as 0. rhos rank by `separated`, then by the objective.

@@ -18,6 +18,8 @@ Which val images are evaluated (`selection`):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,17 +28,106 @@ from torch import nn
 from polysem.constants import EVAL_SPLIT, TAU
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math, layer_probe
+from polysem.method.features import ModelPass
 from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
 from polysem.util.checks import check_real, check_text
 from polysem.util.images import ImageRecord
+from polysem.util.results import Result
 
-__all__ = ["SELECTIONS", "WHOLE_TOP", "check_selection", "clamped_attribution_sums", "evaluate_activations", "evaluation_numbers",
+if TYPE_CHECKING:
+    from polysem.method.runs import Run
+
+__all__ = ["SELECTIONS", "WHOLE_TOP", "ConceptEvaluation", "Evaluation", "TopClasses", "check_selection", "clamped_attribution_sums", "evaluate_activations", "evaluation_numbers",
            "record_evaluation", "selection_params", "top_class_histograms"]
 
 SELECTIONS = ("ineq2", "authors")
 # the whole picture: each unit's WHOLE_TOP most activating val images over every class (`top_classes`)
 WHOLE_TOP = 100
+
+
+@dataclass(frozen=True)
+class ConceptEvaluation(Result):
+    """One concept j of an evaluated run: where its activation went (docs/method.md section 7).
+
+    Args (fields):
+        n_images: the val images of concept j's classes selected (relative attribution of the original channel
+            >= tau, by the evaluation's `selection`).
+        fractions: k numbers, the mean fraction of the original channel's activation that c'_1 .. c'_k carry on
+            those images (1 on c'_j and 0 elsewhere is a clean split); None each when no image was selected.
+        frac_residual: the mean fraction on r, the residual (enters with the factor -(k - 1)); None likewise.
+        bias_only: the original channel carries only its bias on every selected image (its fractions then
+            say nothing about the split); None when no image was selected.
+
+    Returns (of `to_dict()`): the fields and, after `fractions`, `frac1` .. `frack` (its items one by one).
+    """
+
+    n_images: int
+    fractions: list[float | None]
+    frac_residual: float | None
+    bias_only: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "fractions": list(self.fractions),
+                **{f"frac{u}": f for u, f in enumerate(self.fractions, start=1)},
+                "frac_residual": self.frac_residual, "bias_only": self.bias_only}
+
+
+@dataclass(frozen=True)
+class TopClasses(Result):
+    """Which classes each unit of a run fires for over a whole split: the class histogram of the unit's `n`
+    most activating images (`top_class_histograms`).
+
+    Args (fields):
+        split: the split the images are from ("val").
+        n: the top images per unit (all of the split's images when it has fewer).
+        n_images: the split's images.
+        units: per unit ("original", "c1" .. "ck"), its classes, most frequent first, each a dict of class_id,
+            name, concept (the run's concept of the class, 1..k, or None), n_images (of the unit's top n) and
+            share (n_images / n, in [0, 1]).
+    """
+
+    split: str
+    n: int
+    n_images: int
+    units: dict[str, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Evaluation(Result):
+    """`evaluate`'s answer for a run: per concept the fractions of the original activation on each new
+    channel and on r, over the val images the selection chose; recorded in `evaluations`.
+
+    Args (fields):
+        run_id: the evaluated run.
+        tau: Ineq. 2's relevance threshold that selected the images.
+        selection: "ineq2" (the paper's Ineq. 2, as screening) or "authors" (clamped per position).
+        concepts: the run's k concepts, each a list of class ids (as `Run.concepts`).
+        per_concept: k evaluations, concept 1 .. k in order (a k x (k + 1) table with the residual).
+        top_classes: the class histogram of each unit's top images over the whole split.
+        plots: the figure files written (with `plots_dir`), else None.
+
+    Returns (of `to_dict()`): the JSON of `polysem evaluate --format json`: selection, concept1 .. conceptk
+    (`ConceptEvaluation.to_dict()`), top_classes, and plots when there are plots.
+
+    Example:
+        >>> result = polysem.evaluate(store, run.run_id)
+        >>> [(c.n_images, c.fractions) for c in result.per_concept]
+        [(50, [0.93, 0.02]), (50, [0.01, 0.96])]
+    """
+
+    run_id: str
+    tau: float
+    selection: str
+    concepts: list[list[int]]
+    per_concept: list[ConceptEvaluation]
+    top_classes: TopClasses
+    plots: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"selection": self.selection,
+                **{f"concept{j}": c.to_dict() for j, c in enumerate(self.per_concept, start=1)},
+                "top_classes": self.top_classes.to_dict(), **({} if self.plots is None else {"plots": self.plots})}
 
 
 def check_selection(selection: str) -> None:
@@ -47,22 +138,20 @@ def check_selection(selection: str) -> None:
 
 def evaluate_activations(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto",
              selection: str = "ineq2", data_dir: str | os.PathLike | None = None, batch_size: int = 64,
-             progress: bool = True) -> dict:
+             progress: bool = True) -> Evaluation:
     """Per concept j (1..k): images (relative attribution >= tau, by `selection`), the mean fraction of the
-    original activation on each new channel (`fractions`, `frac1`..`frack`) and on r, and `bias_only`; and,
-    under `top_classes`, the class histogram of each unit's 100 most activating val images over every class
-    (`top_class_histograms`), which shows a unit that fires for classes outside its concept.
+    original activation on each new channel and on r, and `bias_only`; and, under `top_classes`, the class
+    histogram of each unit's 100 most activating val images over every class (`top_class_histograms`), which
+    shows a unit that fires for classes outside its concept. Records the concepts' numbers in `evaluations`.
 
     selection: `ineq2` (the paper's Ineq. 2, as screening) or `authors` (clamped per position, as the
     authors' get_results.py; runs the original model over the evaluated images once, then cached).
-    Returns {"selection": ..., "concept1": {...}, ..., "top_classes": {...}} and records the concepts'
-    numbers in `evaluations`.
     """
     store = as_store(store)
     tau = check_arguments(run_id, tau, device)
     result = evaluation_numbers(store, run_id, tau=tau, device=device, selection=selection, data_dir=data_dir,
                                 batch_size=batch_size, progress=progress)
-    record_evaluation(store, run_id, tau, result)
+    record_evaluation(store, result)
     return result
 
 
@@ -75,7 +164,7 @@ def check_arguments(run_id: str, tau: float, device: str) -> float:
 
 def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto",
                        selection: str = "ineq2", data_dir: str | os.PathLike | None = None, batch_size: int = 64,
-                       progress: bool = True) -> dict:
+                       progress: bool = True) -> Evaluation:
     """The numbers of `evaluate`, computed in SQL and not recorded."""
     from polysem.ingest.models import resolve_device
     from polysem.method.runs import run_row
@@ -87,28 +176,26 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     run = run_row(store, run_id)
     if batch_size < 1:
         raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
-    n_val = store.run("split_images", split=EVAL_SPLIT).column("n")[0].as_py()
+    n_val = store.reads.split_images(split=EVAL_SPLIT)
     if n_val == 0:
         raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "
                        f"polysem ingest DATA_DIR --split {EVAL_SPLIT}")
-    k = len(run["concepts"])
+    k = len(run.concepts)
     params = selection_params(store, run, selection, data_dir=data_dir, device=device, batch_size=batch_size,
                               progress=progress)
-    rows = {r["concept"]: r for r in store.run(
-        "evaluation_of_run", run_id=run_id, tau=tau, split=EVAL_SPLIT, **params).to_pylist()}
-    result: dict = {"selection": selection}
+    rows = {r["concept"]: r for r in store.reads.evaluation_of_run(
+        run_id=run_id, tau=tau, split=EVAL_SPLIT, **params).to_pylist()}
+    per_concept = []
     for j in range(1, k + 1):
         row = rows.get(j, {})
-        fractions = row.get("fractions") or [None] * k
-        result[f"concept{j}"] = {"n_images": row.get("n_images", 0), "fractions": fractions,
-                                 **{f"frac{u}": fractions[u - 1] for u in range(1, k + 1)},
-                                 "frac_residual": row.get("frac_residual"), "bias_only": row.get("bias_only")}
+        per_concept.append(ConceptEvaluation(row.get("n_images", 0), row.get("fractions") or [None] * k,
+                                             row.get("frac_residual"), row.get("bias_only")))
     # beside the paper's numbers (concept classes only): which classes each unit fires for over the whole split
-    result["top_classes"] = top_class_histograms(store, run_id, WHOLE_TOP, EVAL_SPLIT)
-    return result
+    return Evaluation(run_id, tau, selection, run.concepts, per_concept,
+                      top_class_histograms(store, run_id, WHOLE_TOP, EVAL_SPLIT))
 
 
-def selection_params(store: Store, run: dict, selection: str, *, data_dir=None, device: str = "auto",
+def selection_params(store: Store, run: Run, selection: str, *, data_dir=None, device: str = "auto",
                      batch_size: int = 64, progress: bool = True) -> dict:
     """The parameters of the SQL blocks `evaluation_of_run` and `selected_activations_of_run` for a selection:
     for `authors`, per val image of the run's concept classes its clamped sum of the run's channel and the
@@ -118,12 +205,12 @@ def selection_params(store: Store, run: dict, selection: str, *, data_dir=None, 
     channel_sums: list[float] = []
     totals: list[float] = []
     if selection == "authors":
-        classes = sorted({c for concept in run["concepts"] for c in concept})
+        classes = sorted({c for concept in run.concepts for c in concept})
         sums = cached_clamped_sums(store, classes, EVAL_SPLIT, data_dir=data_dir, device=device,
                                    batch_size=batch_size, progress=progress)
         for image_ids, positive in sums:
             ids += image_ids.tolist()
-            channel_sums += positive[:, run["channel"]].astype(np.float64).tolist()
+            channel_sums += positive[:, run.channel].astype(np.float64).tolist()
             totals += positive.astype(np.float64).sum(axis=1).tolist()
     return {"selection": selection, "image_ids": ids, "channel_sums": channel_sums, "totals": totals}
 
@@ -136,7 +223,7 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
     from polysem.method.features import cached_array, class_records
     from polysem.method.runs import base_model
 
-    logit_of = {r["class_id"]: r["logit"] for r in store.run("class_list").to_pylist()}
+    logit_of = {r["class_id"]: r["logit"] for r in store.reads.class_list().to_pylist()}
     loaded: dict = {}
 
     def model_and_layer():  # loaded only when a class is not cached yet
@@ -148,7 +235,7 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
 
     result = []
     for class_id in classes:
-        rows = store.run("class_images", split=split, class_id=class_id, limit=2**62).to_pylist()
+        rows = store.reads.class_images(split=split, class_id=class_id, limit=2**62).to_pylist()
         ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
         path = store.path / "cache" / "authors" / split / f"class-{class_id}.npz"
 
@@ -156,7 +243,7 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
             m = model_and_layer()
             records = class_records(store, class_id, split, data_dir, rows)
             return compute_clamped_sums(m["model"], m["layer"], records, m["transform"], logit_of[class_id],
-                                        m["device"], batch_size, progress, f"class {class_id}")
+                                        ModelPass(m["device"], batch_size, progress, f"class {class_id}"))
 
         result.append((ids, cached_array(path, ids, "clamped_sums", compute)))
     return result
@@ -176,37 +263,34 @@ def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d, images: torch.T
 
 
 def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
-                         device: torch.device, batch_size: int = 64, progress: bool = True,
-                         label: str = "") -> np.ndarray:
+                         run: ModelPass) -> np.ndarray:
     """N x C_l float32 `clamped_attribution_sums` of logit `logit` for each record, in order (tests count calls)."""
     from polysem.method.features import per_image_attributions
 
-    return per_image_attributions(records, transform, logit, device,
+    return per_image_attributions(records, transform, logit,
                                   lambda images, targets: clamped_attribution_sums(model, layer, images, targets),
-                                  out_channels=layer.out_channels, batch_size=batch_size, progress=progress,
-                                  label=f"per-position attributions {label}")
+                                  out_channels=layer.out_channels, run=run.named(f"per-position attributions {run.label}"))
 
 
-def record_evaluation(store: Store, run_id: str, tau: float, result: dict) -> None:
+def record_evaluation(store: Store, result: Evaluation) -> None:
     """Replace the run's rows of `evaluations` with `result` (from `evaluation_numbers`)."""
     evaluated_at = now()
-    concepts = sorted(int(key[len("concept"):]) for key in result if key.startswith("concept"))
-    rows = [{"concept": j, "tau": tau, "evaluated_at": evaluated_at, "selection": result.get("selection", "ineq2"),
-             **{c: result[f"concept{j}"][c] for c in ("n_images", "fractions", "frac_residual", "bias_only")}}
-            for j in concepts]
+    rows = [{"concept": j, "tau": result.tau, "evaluated_at": evaluated_at, "selection": result.selection,
+             "n_images": c.n_images, "fractions": c.fractions, "frac_residual": c.frac_residual,
+             "bias_only": c.bias_only}
+            for j, c in enumerate(result.per_concept, start=1)]
     with store.transaction() as tx:
-        record_evaluations(tx, run_id, rows)
+        record_evaluations(tx, result.run_id, rows)
 
 
-def top_class_histograms(store: Store, run_id: str, n: int = WHOLE_TOP, split: str = EVAL_SPLIT) -> dict:
+def top_class_histograms(store: Store, run_id: str, n: int = WHOLE_TOP, split: str = EVAL_SPLIT) -> TopClasses:
     """The class histogram of each unit's (original, c1..ck) `n` most activating images of `split` over every
-    class (`unit_class_histogram`; all of the split's images when it has fewer than n), as plain data:
-    {"split", "n", "n_images" (the split's), "units": {unit: [{class_id, name, concept, n_images, share}]}},
-    most frequent class first; concept is the run's concept of the class (1..k) or None."""
+    class (`unit_class_histogram`; all of the split's images when it has fewer than n): `TopClasses`, each
+    unit's classes most frequent first."""
     if n < 1:
         raise RunError(f"`n` (the top images per unit) must be at least 1, got {n}")
     units: dict[str, list[dict]] = {}
-    for row in store.run("top_classes_of_run", run_id=run_id, limit=n, split=split).to_pylist():
+    for row in store.reads.top_classes_of_run(run_id=run_id, limit=n, split=split).to_pylist():
         units.setdefault(row.pop("unit"), []).append(row)
-    n_images = store.run("split_images", split=split).column("n")[0].as_py()
-    return {"split": split, "n": n, "n_images": n_images, "units": units}
+    n_images = store.reads.split_images(split=split)
+    return TopClasses(split, n, n_images, units)

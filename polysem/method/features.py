@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,27 @@ from polysem.util.hooks import input_of
 from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.progress import progress_bar
 
-__all__ = ["cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps",
+__all__ = ["ModelPass", "cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps",
            "per_image_attributions", "remap_paths"]
 
 
+@dataclass(frozen=True)
+class ModelPass:
+    """How a model runs over a list of images: on `device`, `batch_size` images at a time, with a progress bar
+    named `label` when `progress`."""
+
+    device: torch.device
+    batch_size: int = 64
+    progress: bool = True
+    label: str = ""
+
+    def named(self, label: str) -> ModelPass:
+        """The same pass with its progress bar named `label`."""
+        return replace(self, label=label)
+
+
 def _class_rows(store: Store, class_id: int, split: str) -> list[dict]:
-    return store.run("class_images", split=split, class_id=class_id, limit=2**62).to_pylist()
+    return store.reads.class_images(split=split, class_id=class_id, limit=2**62).to_pylist()
 
 
 def class_records(store: Store, class_id: int, split: str, data_dir: str | os.PathLike | None = None,
@@ -69,12 +85,13 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
     return rows
 
 
-def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, device: torch.device,
-                 batch_size: int = 64, progress: bool = True, label: str = "") -> np.ndarray:
+def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform,
+                 run: ModelPass) -> np.ndarray:
     """N x C_{l-1} x H x W float32: the layer's input for each record, in order."""
-    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
+    label = run.label
+    loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
     maps = []
-    with progress_bar(f"feature maps {label}", len(records), progress) as advance, torch.no_grad():
+    with progress_bar(f"feature maps {label}", len(records), run.progress) as advance, torch.no_grad():
         for groups, failures in loader:
             if failures:
                 index, message = failures[0]
@@ -84,21 +101,21 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
                                "needs one size: use a `transform` that resizes")
             indices, images = groups[0]
             with exact_math():
-                layer_input = input_of(model, layer, images.to(device))
+                layer_input = input_of(model, layer, images.to(run.device))
             maps.append(layer_input.float().cpu().numpy())
             advance(len(indices))
     return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
 
 
 def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transform, class_id: int, split: str,
-                      device: torch.device, data_dir=None, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Feature maps of all stored images of a class; computed once, then read from the store's cache."""
+                      run: ModelPass, data_dir=None) -> np.ndarray:
+    """N x C_{l-1} x H x W float32: the feature maps of all N stored images of a class (`feature_maps`), in
+    image id order; computed once, then read from the store's cache."""
     rows = _class_rows(store, class_id, split)
     ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
     path = store.path / "cache" / "features" / split / f"class-{class_id}.npz"
     return cached_array(path, ids, "maps", lambda: compute_feature_maps(
-        model, layer, class_records(store, class_id, split, data_dir, rows), transform, device, batch_size, progress,
-        f"class {class_id}"))
+        model, layer, class_records(store, class_id, split, data_dir, rows), transform, run.named(f"class {class_id}")))
 
 
 def cached_array(path: Path, ids: np.ndarray, name: str, compute) -> np.ndarray:
@@ -125,14 +142,15 @@ def compute_feature_maps(*args, **kwargs) -> np.ndarray:
     return feature_maps(*args, **kwargs)
 
 
-def per_image_attributions(records: list[ImageRecord], transform, logit: int, device: torch.device,
+def per_image_attributions(records: list[ImageRecord], transform, logit: int,
                            attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, out_channels: int,
-                           batch_size: int = 64, progress: bool = True, label: str = "") -> np.ndarray:
+                           run: ModelPass) -> np.ndarray:
     """N x out_channels float32: `attribute(images, targets)` (one row per image) of logit `logit` for each
     record, in order; the images of a batch are grouped by size. An unreadable image is refused."""
-    loader = DataLoader(ImageRecords(records, transform), batch_size=batch_size, collate_fn=collate)
+    device = run.device
+    loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
     result = np.zeros((len(records), out_channels), np.float32)
-    with progress_bar(label, len(records), progress) as advance:
+    with progress_bar(run.label, len(records), run.progress) as advance:
         for groups, failures in loader:
             if failures:
                 index, message = failures[0]

@@ -232,11 +232,11 @@ def whole_top_images(store: Store, run: dict, data_dir=None, n: int = WHOLE_TOP,
     labels = unit_labels(run, names)
     histograms = top_class_histograms(store, run["run_id"], n, split)
     tops: dict[str, list[dict]] = {}
-    for row in store.run("top_images_of_run", run_id=run["run_id"], limit=n, split=split).to_pylist():
+    for row in store.reads.top_images_of_run(run_id=run["run_id"], limit=n, split=split).to_pylist():
         tops.setdefault(row.pop("unit"), []).append(row)
-    units = {u: WholeUnit(u, labels[u], None if u == "original" else int(u[1:]), top, histograms["units"].get(u, []))
+    units = {u: WholeUnit(u, labels[u], None if u == "original" else int(u[1:]), top, histograms.units.get(u, []))
              for u, top in tops.items()}
-    picture = WholePicture(run, split, n, histograms["n_images"],
+    picture = WholePicture(run, split, n, histograms.n_images,
                            {j: [names[c] for c in concept] for j, concept in enumerate(run["concepts"], start=1)},
                            units)
     wanted = {r["image_id"]: r for unit in units.values() for r in unit.top[:shown]}
@@ -348,19 +348,19 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
     except PolysemError as error:
         points_error = str(error)
     runs = []
-    for row in run_order(store.run("run_summaries").to_pylist(), meta):
-        run = {**run_row(store, row["run_id"]), "summary": row}
-        settings = store.run("verification_of_run", run_id=run["run_id"]).to_pylist()
-        evaluated = store.run("evaluation_tau_of_run", run_id=run["run_id"]).to_pylist()
-        selection = evaluated[0]["selection"] if evaluated else "ineq2"
-        params = selection_params(store, run, selection, data_dir=data_dir, device=device, progress=False)
-        activations = store.run("selected_activations_of_run", run_id=run["run_id"], split=EVAL_SPLIT,
-                                **params).to_pylist()  # densities over the images the evaluation selected
+    for row in run_order(store.reads.run_summaries().to_pylist(), meta):
+        recorded = run_row(store, row["run_id"])
+        run = {**recorded.to_dict(), "summary": row}  # the figures read plain data
+        evaluated = store.reads.evaluation_tau_of_run(run_id=run["run_id"])
+        selection = evaluated["selection"] if evaluated else "ineq2"
+        params = selection_params(store, recorded, selection, data_dir=data_dir, device=device, progress=False)
+        activations = store.reads.selected_activations_of_run(  # densities over the images the evaluation selected
+            run_id=run["run_id"], split=EVAL_SPLIT, **params).to_pylist()
         runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None,
-                              verification=settings[0] if settings else None,
-                              verdicts=store.run("run_verdicts", run_id=run["run_id"]).to_pylist(),
-                              tau=evaluated[0]["tau"] if evaluated else None, selection=selection))
-    return ReportData(info, store.run("class_list").select(["class_id", "folder", "name", "wnid"]).to_pylist(),
+                              verification=store.reads.verification_of_run(run_id=run["run_id"]),
+                              verdicts=store.reads.run_verdicts(run_id=run["run_id"]).to_pylist(),
+                              tau=evaluated["tau"] if evaluated else None, selection=selection))
+    return ReportData(info, store.reads.class_list().select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs)
 
 

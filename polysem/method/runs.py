@@ -16,10 +16,10 @@ import re
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ from polysem.method.disentangling import (
     rho_scores,
     split_sources,
 )
-from polysem.method.features import cached_class_maps, check_data_dir, remap_paths
-from polysem.query.recovery import write_pending
+from polysem.method.features import ModelPass, cached_class_maps, check_data_dir, remap_paths
+from polysem.query.recovery import pending_records, write_pending
 from polysem.query.screening import check_thresholds, require_counted_once
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
@@ -62,9 +62,10 @@ from polysem.util.checks import (
     check_text,
 )
 from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.util.results import Result
 from polysem.version import __version__
 
-__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
+__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "RunSettings", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "disentangle_runs", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
 
 # what `_record` writes: a 10-hex group id, "-j" for the j-th channel of a group; its model in artifacts/
 RUN_ID = re.compile(r"[0-9a-f]{10}(-[0-9]+)?")
@@ -90,19 +91,77 @@ class _Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-class Run(dict):
-    """A recorded run: a dict (JSON-ready) whose keys also read as attributes (`run.run_id`).
+@dataclass(frozen=True)
+class Run(Result):
+    """A recorded run: one disentangled channel (a row of the store's `runs` table).
 
-    Keys: run_id, group_id, created_at, channel, concepts, rho, objective, sources, shared,
-    max_logit_diff, artifact, polysem_version, parameters, warnings; for two concepts also
-    concept1, concept2, sources1, sources2.
+    Args (fields):
+        run_id: the run's id, 10 hex digits; "<group_id>-<j>" for the j-th channel of a model of several.
+        group_id: the id of the model the run belongs to (10 hex digits), its file `artifacts/<group_id>.pt`.
+        created_at: when it was recorded (UTC, no time zone).
+        channel: the split channel of the layer of interest (0 .. C_l - 1).
+        concepts: k >= 2 concepts, each a list of class ids.
+        rho: the source threshold of Eq. 5, in (0, 1] (chosen by Eq. 6 over the grid, or given).
+        objective: "abs" (the paper's Eq. 6) or "positive" (the reference code's).
+        sources: k lists of l-1 channel indices, concept j's own inputs (c'_j reads them, the others do not).
+        shared: the l-1 channel indices every c'_j and r read.
+        max_logit_diff: max |logit change| of the disentangled model on `parameters["check_images"]` stored
+            images (logit units; refused above 1e-4 x max(1, max |logit|)).
+        artifact: the model's file, relative to the store (`artifacts/<group_id>.pt`).
+        polysem_version: the version that recorded it.
+        parameters: the settings as recorded: tau, p, force, data_dir, grid, check_images, from_screen.
+        warnings: what the run warned about (a concept channel that equals the residual, ...).
+
+    Returns (of `to_dict()`): every field, and for two concepts also `concept1`, `concept2`, `sources1` and
+    `sources2` (the JSON of `polysem disentangle --format json`).
+
+    Example:
+        >>> run = polysem.disentangle(store, 1660, concept1=[530], concept2=[938])
+        >>> run.run_id, run.rho, [len(s) for s in run.sources]
+        ('3f2a9c01bd', 0.35, [41, 57])
     """
 
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    run_id: str
+    group_id: str
+    created_at: datetime
+    channel: int
+    concepts: list[list[int]]
+    rho: float
+    objective: str
+    sources: list[list[int]]
+    shared: list[int]
+    max_logit_diff: float
+    artifact: str
+    polysem_version: str
+    parameters: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def concept1(self) -> list[int] | None:
+        """The first concept's classes of a run of two concepts; None for more."""
+        return self.concepts[0] if len(self.concepts) == 2 else None
+
+    @property
+    def concept2(self) -> list[int] | None:
+        """The second concept's classes of a run of two concepts; None for more."""
+        return self.concepts[1] if len(self.concepts) == 2 else None
+
+    @property
+    def sources1(self) -> list[int] | None:
+        """The first concept's own l-1 channels of a run of two concepts; None for more."""
+        return self.sources[0] if len(self.sources) == 2 else None
+
+    @property
+    def sources2(self) -> list[int] | None:
+        """The second concept's own l-1 channels of a run of two concepts; None for more."""
+        return self.sources[1] if len(self.sources) == 2 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        record = super().to_dict()
+        if len(self.concepts) == 2:
+            record |= {"concept1": self.concept1, "concept2": self.concept2, "sources1": self.sources1,
+                       "sources2": self.sources2}
+        return record
 
     @classmethod
     def from_row(cls, row: dict) -> Run:
@@ -115,13 +174,9 @@ class Run(dict):
         if not isinstance(artifact, str) or not ARTIFACT.fullmatch(artifact):
             raise StoreError(f"run {row['run_id']} names the model file {artifact!r}, not one of the store's "
                              "artifacts/<id>.pt; the store is damaged or was edited: restore it from a backup")
-        run = cls(row)
-        if isinstance(run.get("parameters"), str):
-            run["parameters"] = json.loads(run["parameters"])
-        if len(run["concepts"]) == 2:
-            run["concept1"], run["concept2"] = run["concepts"]
-            run["sources1"], run["sources2"] = run["sources"]
-        return run
+        parameters = row["parameters"]
+        values = {f.name: row[f.name] for f in fields(cls)}
+        return cls(**{**values, "parameters": json.loads(parameters) if isinstance(parameters, str) else parameters})
 
 
 def base_model(store: Store):
@@ -136,7 +191,7 @@ def base_model(store: Store):
 
 def resolve_classes(store: Store, values: list) -> list[int]:
     """Class ids from ids, folder names or class names (case-insensitive)."""
-    classes = store.run("class_list").to_pylist()
+    classes = store.reads.class_list().to_pylist()
     by_name: dict[str, int] = {}
     for row in classes:
         by_name.setdefault(row["folder"].lower(), row["class_id"])
@@ -178,9 +233,25 @@ class _Options:
                 "from_screen": from_screen}
 
 
-def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | None, force: bool, batch_size: int,
-             progress: bool, tau: float, p: float, device: str) -> _Options:
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings every channel of one disentanglement shares, as given (`disentangle` documents each);
+    checked together, before anything runs, when a run starts."""
+
+    rho: float | str = "auto"
+    objective: str = "abs"
+    data_dir: str | os.PathLike | None = None
+    force: bool = False
+    device: str = "auto"
+    batch_size: int = 64
+    progress: bool = True
+    tau: float = TAU
+    p: float = P
+
+
+def _options(settings: RunSettings) -> _Options:
     """The settings every channel of a run shares, each checked (README "Arguments") before anything runs."""
+    rho, objective, data_dir = settings.rho, settings.objective, settings.data_dir
     check_text("objective", objective)
     if objective not in OBJECTIVES:
         raise RunError(f"unknown `objective` '{objective}'; use abs (paper) or positive (reference code)")
@@ -190,15 +261,15 @@ def _options(*, rho: float | str, objective: str, data_dir: str | os.PathLike | 
             raise ArgumentError(f"`rho` must be \"auto\" or a number in (0, 1] (int or float), got str {rho!r}")
     else:
         fixed_rho = check_real("rho", rho, 0, 1, low_open=True, hint="; or \"auto\" for Eq. 6 over the grid")
-    batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
-    tau, p, _ = check_thresholds(tau, p)
+    batch_size = check_int("batch_size", settings.batch_size, 1, BATCH_MAX)
+    tau, p, _ = check_thresholds(settings.tau, settings.p)
     check_path("data_dir", data_dir, none=True)
-    check_bool("force", force)
-    check_bool("progress", progress)
-    check_text("device", device)
+    check_bool("force", settings.force)
+    check_bool("progress", settings.progress)
+    check_text("device", settings.device)
     if data_dir is not None:
         check_data_dir(data_dir)  # named as missing now, not as a missing image once the model has run
-    return _Options(fixed_rho, objective, force, data_dir, batch_size, progress, tau, p)
+    return _Options(fixed_rho, objective, settings.force, data_dir, batch_size, settings.progress, tau, p)
 
 
 def _validate(store: Store, request: ChannelRequest, out_channels: int, options: _Options) -> _Plan:
@@ -214,15 +285,14 @@ def _validate(store: Store, request: ChannelRequest, out_channels: int, options:
     if twice:
         raise RunError(f"class {twice[0]} is in two concepts; a class belongs to one concept")
     require_counted_once(store, SCREEN_SPLIT)
-    counts = {r["target"]: r["n"] for r in store.run("class_sizes", split=SCREEN_SPLIT).to_pylist()}
+    counts = {r["target"]: r["n"] for r in store.reads.class_sizes(split=SCREEN_SPLIT).to_pylist()}
     for class_id in everything:
         if not counts.get(class_id):
             raise RunError(f"class {class_id} has no {SCREEN_SPLIT} images in the store; ingest them first "
                            f"(polysem ingest DATA_DIR --split {SCREEN_SPLIT})")
     # filtering on the classes lets DuckDB read only their images
-    relevant = set(store.run(
-        "relevant_classes_among", tau=tau, p=p, split=SCREEN_SPLIT, channel=request.channel,
-        classes=everything).column("class_id").to_pylist())
+    relevant = set(store.reads.relevant_classes_among(
+        tau=tau, p=p, split=SCREEN_SPLIT, channel=request.channel, classes=everything).column("class_id").to_pylist())
     missing = [c for c in everything if c not in relevant]
     if missing:
         message = (f"channel {request.channel} is not relevant (tau {tau}, p {p}) for class "
@@ -244,8 +314,7 @@ def _check_channels(store: Store, requests: list[ChannelRequest]) -> int:
     channels = [r.channel for r in requests]
     if len(set(channels)) != len(channels):
         raise RunError("a channel can be disentangled once per model; give each channel one request")
-    out_channels = store.run("out_channels").column(0)[0].as_py()
-    return out_channels
+    return store.reads.out_channels()
 
 
 def requests_from_screen(store: Store, *, limit: int | None = None, tau: float = TAU, p: float = P,
@@ -261,8 +330,7 @@ def requests_from_screen(store: Store, *, limit: int | None = None, tau: float =
 
 
 def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
-    row = store.run("concept_arv_of", channel=channel, classes=classes, split=SCREEN_SPLIT).to_pylist()[0]
-    return np.array(row["arv"], dtype=np.float64)
+    return np.array(store.reads.concept_arv_of(channel=channel, classes=classes, split=SCREEN_SPLIT), dtype=np.float64)
 
 
 @dataclass
@@ -305,8 +373,9 @@ def _split(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
 def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
     """rho by Eq. 6 over the grid, on the concepts' feature maps; `_NoSplit` when no rho splits."""
     assert plan.arvs is not None  # set by _split
-    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer, base.transform, c, SCREEN_SPLIT,
-                                              base.device, options.data_dir, options.batch_size, options.progress)
+    run = ModelPass(base.device, options.batch_size, options.progress)
+    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer, base.transform, c, SCREEN_SPLIT, run,
+                                              options.data_dir)
                             for c in concept])
             for concept in plan.concepts]
     plan.scores = rho_scores(maps, base.layer, plan.channel, plan.arvs, options.objective)
@@ -352,10 +421,33 @@ def disentangle(store: Store | str | os.PathLike, channel: int, *, concept1: lis
                 p: float = P) -> Run:
     """Disentangle one channel into concept1 and concept2, or into k >= 2 `concepts`; returns the recorded run.
 
-    Each concept is a list of class ids, folder names or class names. rho: "auto" (Eq. 6 over the grid) or a
-    value in (0, 1]; objective: "abs" (the paper) or "positive" (the reference code); data_dir: where the
-    images are now, if they moved since ingest; force: proceed when the channel is not relevant for a
-    concept's class (tau, p) or a fixed rho leaves a concept without sources.
+    The layer's channel c becomes k concept channels c'_1..c'_k and a residual r, merged back so that the
+    model's outputs stay the same (checked on stored images); the run is recorded in `runs`, the model in
+    the store's artifacts.
+
+    Args:
+        store: the store, or its folder.
+        channel: the channel of the layer of interest to split, 0 .. C_l - 1.
+        concept1, concept2: the two concepts, each a list of class ids, folder names or class names.
+        concepts: instead of concept1 and concept2, k >= 2 concepts.
+        rho: "auto" (Eq. 6 over the grid 0.05..1.00) or the source threshold in (0, 1].
+        objective: "abs" (the paper's Eq. 6) or "positive" (max(., 0) + 1e-5, the reference code).
+        data_dir: the folder that holds the images now, if they moved since ingest.
+        force: proceed when the channel is not relevant for a concept's class (tau, p), or a fixed rho
+            leaves a concept without sources (its c'_j then equals r).
+        device: "auto", "cpu" or "cuda".
+        batch_size: images per forward pass (feature maps and the logit check).
+        progress: show progress bars.
+        tau, p: Ineq. 2's relevance threshold (relative to the positive attribution sum) and fraction of a
+            class's images, as the screening uses them.
+
+    Returns:
+        The recorded `Run` (its `sources`: per concept the l-1 channel indices of its own).
+
+    Example:
+        >>> run = polysem.disentangle(store, 1660, concept1=["tabby"], concept2=[938])
+        >>> run.run_id, run.concepts, run.max_logit_diff < 1e-4
+        ('3f2a9c01bd', [[281], [938]], True)
     """
     channel = check_int("channel", channel, 0, COUNT_MAX)
     concept1 = check_class_list("concept1", concept1, names=True, none=True)
@@ -381,8 +473,8 @@ def disentangle_channels(store: Store | str | os.PathLike, requests: list[Channe
     """
     store = as_store(store)
     store.require()
-    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
-                       progress=progress, tau=tau, p=p, device=device)
+    pending_records(store.path)  # a forged pending record is refused before any work, not after it
+    options = _options(RunSettings(rho, objective, data_dir, force, device, batch_size, progress, tau, p))
     out_channels = _check_channels(store, requests)
     plans = [_validate(store, request, out_channels, options) for request in requests]
     base = _Base.load(store, device)
@@ -391,13 +483,10 @@ def disentangle_channels(store: Store | str | os.PathLike, requests: list[Channe
     return _build_check_record(store, base, plans, options)
 
 
-def check_candidate_options(*, take: int, rho: float | str, objective: str, data_dir: str | os.PathLike | None,
-                            force: bool, batch_size: int, progress: bool, tau: float, p: float,
-                            device: str) -> _Options:
+def check_candidate_options(take: int, settings: RunSettings) -> _Options:
     """The checks of `disentangle_candidates`' settings, for a caller to run before it screens for candidates
     (which records `channel_concepts`): a bad setting then changes nothing."""
-    options = _options(rho=rho, objective=objective, data_dir=data_dir, force=force, batch_size=batch_size,
-                       progress=progress, tau=tau, p=p, device=device)
+    options = _options(settings)
     check_int("take", take, 1, COUNT_MAX)
     return options
 
@@ -416,13 +505,14 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     """
     store = as_store(store)
     store.require()
-    options = check_candidate_options(take=take, rho=rho, objective=objective, data_dir=data_dir, force=force,
-                                      batch_size=batch_size, progress=progress, tau=tau, p=p, device=device)
+    pending_records(store.path)  # a forged pending record is refused before any work, not after it
+    options = check_candidate_options(take, RunSettings(rho, objective, data_dir, force, device, batch_size, progress,
+                                                        tau, p))
     again = check_bool("again", again)
     if not again:
         existing = identical_screen_run(store, candidates[:take], options)
         if existing:
-            warnings.warn(f"an identical run exists: {existing[0]['group_id']} (the same channels, concepts and "
+            warnings.warn(f"an identical run exists: {existing[0].group_id} (the same channels, concepts and "
                           "settings from the screening); it is returned as it is: pass `again` to run it again",
                           RelevanceWarning, stacklevel=2)
             return existing
@@ -445,6 +535,60 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     return _build_check_record(store, base, plans, options, from_screen=True)
 
 
+def disentangle_runs(store: Store | str | os.PathLike, *, channel: int | None = None, concept1: list | None = None,
+                     concept2: list | None = None, concepts: list[list] | None = None, from_screen: bool = False,
+                     take: int = 1, gamma: float = GAMMA, again: bool = False,
+                     settings: RunSettings = RunSettings()) -> list[Run]:
+    """What `polysem disentangle` does, as one call: the named channel into its concepts (`disentangle_channels`),
+    or, with `from_screen`, the first `take` candidates of the screening at (`settings.tau`, `settings.p`,
+    `gamma`) that split, into one model (`disentangle_candidates`; an identical earlier run is returned unless
+    `again`). The combinations that mean nothing are refused before anything runs or is recorded.
+
+    Args:
+        store: the store, or its folder.
+        channel: the channel to split (named runs only).
+        concept1, concept2: two concepts, each a list of class ids or names; or `concepts`, k >= 2 of them.
+        from_screen: take the channels and concepts from the screening instead (`polysem screen --concepts`).
+        take: with `from_screen`, how many channels go into the one model.
+        gamma: with `from_screen`, the complete-linkage threshold that groups classes into concepts.
+        again: with `from_screen`, run again even when an identical run exists.
+        settings: rho, objective, data_dir, force, device, batch_size, progress, tau and p (`disentangle`).
+
+    Returns:
+        The recorded runs, one per channel of the model, in channel order of the request.
+
+    Example:
+        >>> runs = disentangle_runs(store, from_screen=True, take=2)
+        >>> [(run.channel, run.concepts) for run in runs]
+        [(1660, [[530], [938]]), (522, [[12, 13], [401]])]
+    """
+    store = as_store(store)
+    from_screen = check_bool("from_screen", from_screen)
+    if from_screen:
+        check_candidate_options(take, settings)  # before the screening records anything
+        if channel is not None or concept1 or concept2 or concepts:
+            raise RunError("`from_screen` picks channels and concepts itself; drop `channel` and the concepts")
+        candidates = requests_from_screen(store, tau=settings.tau, p=settings.p, gamma=gamma)
+        return disentangle_candidates(store, candidates, take=take, again=again, **_flat(settings))
+    if again:
+        raise RunError("`again` is for `from_screen`, which looks for an identical run; a run of named channels is "
+                       "always made anew")
+    if take != 1 or gamma != GAMMA:
+        raise RunError("`take` and `gamma` choose channels for `from_screen`; drop them when you name `channel` and "
+                       "its concepts")
+    if concepts and (concept1 or concept2):
+        raise RunError("give `concepts` once per concept, or `concept1` and `concept2`, not both")
+    named = concepts if concepts else [concept1 or [], concept2 or []]
+    if channel is None or len(named) < 2 or not all(named):
+        raise RunError("give `channel` and two or more concepts (`concept1` and `concept2`, or `concepts` with one "
+                       "list of classes per concept), or `from_screen`")
+    return disentangle_channels(store, [ChannelRequest(channel, named)], **_flat(settings))
+
+
+def _flat(settings: RunSettings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
 def identical_screen_run(store: Store, candidates: list[ChannelRequest], options: _Options) -> list[Run]:
     """The runs of a recorded `--from-screen` group with exactly these candidates (channels and concepts, in
     order) and these settings; [] when there is none."""
@@ -452,15 +596,15 @@ def identical_screen_run(store: Store, candidates: list[ChannelRequest], options
     settings = {"tau": options.tau, "p": options.p, "force": options.force,
                 "grid": list(RHO_GRID) if options.fixed_rho is None else None, "from_screen": True}
     groups: dict[str, list[Run]] = {}
-    for row in store.run("run_list").to_pylist():
+    for row in store.reads.run_list().to_pylist():
         run = Run.from_row(row)
-        groups.setdefault(run["group_id"], []).append(run)
+        groups.setdefault(run.group_id, []).append(run)
     for runs in groups.values():
-        runs.sort(key=lambda r: r["run_id"])
-        same_settings = all(runs[0]["parameters"].get(k) == v for k, v in settings.items())
-        same_rho = runs[0]["objective"] == options.objective and (
-            options.fixed_rho is None or all(r["rho"] == options.fixed_rho for r in runs))
-        if same_settings and same_rho and [(r["channel"], [sorted(c) for c in r["concepts"]]) for r in runs] == wanted:
+        runs.sort(key=lambda r: r.run_id)
+        same_settings = all(runs[0].parameters.get(k) == v for k, v in settings.items())
+        same_rho = runs[0].objective == options.objective and (
+            options.fixed_rho is None or all(r.rho == options.fixed_rho for r in runs))
+        if same_settings and same_rho and [(r.channel, [sorted(c) for c in r.concepts]) for r in runs] == wanted:
             return runs
     return []
 
@@ -469,7 +613,7 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
                       data_dir=None, batch_size: int = 64) -> tuple[float, int]:
     """Max |logits_new - logits_old| on up to 32 stored images (concept images first); refuses a bad model."""
     classes = sorted({c for p in plans for concept in p.concepts for c in concept})
-    rows = store.run("check_images", split=SCREEN_SPLIT, classes=classes, limit=CHECK_IMAGES).to_pylist()
+    rows = store.reads.check_images(split=SCREEN_SPLIT, classes=classes, limit=CHECK_IMAGES).to_pylist()
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
     records = [ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows]
     items = [ImageRecords(records, transform)[i] for i in range(len(records))]
@@ -533,10 +677,10 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
 
 
 def run_row(store: Store, run_id: str) -> Run:
-    rows = store.run("run_by_id", run_id=run_id).to_pylist()
-    if not rows:
+    row = store.reads.run_by_id(run_id=run_id)
+    if row is None:
         raise RunError(f"unknown run id '{run_id}'; `polysem runs` lists them")
-    return Run.from_row(rows[0])
+    return Run.from_row(row)
 
 
 def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
@@ -549,7 +693,7 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     check_text("run_id", run_id)
     run = run_row(store, run_id)
     model, layer_name, layer, _ = base_model(store)
-    artifact = store.path / run["artifact"]
+    artifact = store.path / run.artifact
     try:
         saved = torch.load(artifact, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's weights-only loader met objects polysem never saves
@@ -559,7 +703,7 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     except (OSError, RuntimeError, EOFError, ValueError) as error:  # missing, truncated, not a torch file
         raise RunError(f"the model of run {run_id} in {artifact} cannot be read ({type(error).__name__}); "
                        "disentangle the channel again (`polysem runs RUN_ID` shows its settings)") from None
-    group = store.run("runs_of_group", group_id=run["group_id"]).to_pylist()
+    group = store.reads.runs_of_group(group_id=run.group_id).to_pylist()
     splits = {r["channel"]: SourceSplit(tuple(tuple(own) for own in r["sources"]), tuple(r["shared"])) for r in group}
     new_layer = DisentangledConv(layer, saved["channels"], [splits[c] for c in saved["channels"]])
     new_layer.load_state_dict(saved["state_dict"])

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ from polysem.util import atomic
 from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_path, check_text
 from polysem.util.hooks import forward_to
 from polysem.util.readings import selectivity_reading
+from polysem.util.results import Result
 
-__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "RESTART_IMAGES", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "maco_phase", "optimise", "optimise_units", "png_bytes", "recorrelate", "resize_images", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "RESTART_IMAGES", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "UnitImage", "Visualization", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "maco_phase", "optimise", "optimise_units", "png_bytes", "recorrelate", "resize_images", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
@@ -185,6 +186,70 @@ def augment(images: torch.Tensor, method: str, generator: torch.Generator) -> to
 
 MAX_STEPS = 100_000  # optimisation steps: the paper's visualisations take a few hundred to a few thousand
 MAX_SIZE = 1024  # pixels a side: far beyond what feature visualisation uses, well inside memory
+
+
+@dataclass(frozen=True)
+class UnitImage(Result):
+    """One unit's feature visualisation (for one seed), as recorded in `visualizations`.
+
+    Args (fields):
+        activation: the unit's spatially summed activation on its own image.
+        activations: every unit's spatially summed activation on this image, by unit ("original", "c1" ..
+            "ck", "r"; "original" alone for a channel of the stored model).
+        selectivity: for c'_j, `activation` over the largest other new unit's on the same image; None when
+            that denominator is not positive (unbounded) and for the original channel and r.
+        selectivity_reading: what the selectivity says, in words.
+        method: "maco" or "fourier".
+        steps: optimisation steps.
+        size: the image's side in pixels.
+        seed: the random seed.
+        device: the device it ran on ("cpu", "cuda:0").
+        seconds: the wall time of the seed's whole batch (every unit together).
+        failed: the unit never activated, even restarted from a store image: no picture (`image` None).
+        reason: why it failed; None when it did not.
+        restarted: it was restarted from the store image it activates most on.
+        image: the PNG's absolute path (a size x size RGB image in [0, 1]); None when it failed.
+    """
+
+    activation: float
+    activations: dict[str, float]
+    selectivity: float | None
+    selectivity_reading: str
+    method: str
+    steps: int
+    size: int
+    seed: int
+    device: str
+    seconds: float
+    failed: bool
+    reason: str | None
+    restarted: bool
+    image: str | None
+
+
+@dataclass(frozen=True)
+class Visualization(Result):
+    """The feature visualisations of one seed: one image per unit, all optimised in one batch.
+
+    Args (fields):
+        units: by unit, in order: "original", "c1" .. "ck", "r" for a run; "original" alone for a channel.
+
+    Returns (of `to_dict()`): {unit: `UnitImage.to_dict()`}, the JSON of `polysem visualize --format json`.
+
+    Example:
+        >>> shown = visualize(store, run.run_id, steps=256, size=64)
+        >>> [(unit, round(v.activation, 1), v.failed) for unit, v in shown.units.items()]
+        [('original', 41.3, False), ('c1', 37.9, False), ('c2', 35.2, False), ('r', 0.0, True)]
+    """
+
+    units: dict[str, UnitImage]
+
+    def first(self) -> UnitImage:
+        """The first unit's image (every unit of a seed shares method, steps, size, seed, device and seconds)."""
+        return next(iter(self.units.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {unit: image.to_dict() for unit, image in self.units.items()}
 
 
 @dataclass
@@ -348,7 +413,7 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
     from polysem.method.features import remap_paths
     from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
 
-    rows = store.run("spread_images", split=SCREEN_SPLIT, limit=n).to_pylist()
+    rows = store.reads.spread_images(split=SCREEN_SPLIT, limit=n).to_pylist()
     if not rows:
         raise RunError(f"the store has no {SCREEN_SPLIT} images; ingest them first: polysem ingest DATA_DIR --split {SCREEN_SPLIT}")
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
@@ -361,19 +426,36 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
 
 def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, channel: int | None = None,
               method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0, seeds: list[int] | None = None,
-              device: str = "auto", data_dir=None, progress: bool = True) -> dict | list[dict]:
+              device: str = "auto", data_dir=None, progress: bool = True) -> Visualization | list[Visualization]:
     """Feature visualisations of a run's units (or of one channel of the stored model), recorded in the store.
 
-    Returns {unit: {"image", "activation", "activations", "selectivity", "failed", "reason", ...}} for the
-    units original, c1, c2, r of a run, or original alone for a channel; "activation" is the unit's
-    own on its own image, "activations" those of every unit on it. With `seeds` (several seeds in one
-    call, recorded together) it returns one such dict per seed, in their order.
+    Args:
+        store: the store, or its folder.
+        run_id: a run: its original channel, c'_1 .. c'_k and r. Or None and `channel`.
+        channel: a channel of the stored model (instead of `run_id`).
+        method: "maco" (phase only, the store's own magnitude spectrum) or "fourier" (Lucid).
+        steps: optimisation steps, 1 .. 100000.
+        size: the images' side in pixels, 8 .. 1024.
+        seed: the random seed (the same seed gives the same images on one device).
+        seeds: several seeds in one call, recorded together (instead of `seed`).
+        device: "auto", "cpu" or "cuda".
+        data_dir: the folder that holds the images now, if they moved since ingest.
+        progress: show a progress bar.
+
+    Returns:
+        A `Visualization` (per unit a `UnitImage`: its image, its activation on it and every other unit's);
+        with `seeds`, one per seed, in their order.
 
     A unit whose optimisation ends with its own activation at or below 0, or whose gradient was zero
     at every step (it never activated: the image is only its starting point), is restarted from the
     store image it activates most on; if that fails too, or no store image activates it, the unit is
-    reported failed with the reason ("failed": True, "reason", "image": None) and no picture is
+    reported failed with the reason (`failed` True, `reason`, `image` None) and no picture is
     written or recorded for it.
+
+    Example:
+        >>> shown = visualize(store, run.run_id, seeds=[0, 1], steps=256, size=64)
+        >>> [v.units["c1"].image for v in shown]
+        ['.../artifacts/visualizations/3f2a9c01bd/maco-256steps-64px-seed0-1a2b3c4d-c1.png', '...seed1...']
     """
     from polysem.ingest.models import resolve_device, stored_transform
     from polysem.method.runs import base_model, load_model, run_row
@@ -391,6 +473,8 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
         if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)):
             raise ArgumentError(f"`seeds` must be a list of whole numbers, got {type(seeds).__name__}")
         seeds = [check_int("seeds", s, 0, COUNT_MAX) for s in seeds]
+        if seed != 0:
+            raise RunError("give `seed` or `seeds`, not both (`seeds` lists every seed to run)")
     check_text("device", device)
     check_path("data_dir", data_dir, none=True)
     check_bool("progress", progress)
@@ -433,7 +517,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
         images, acts, failures, restarted = _optimise_with_restarts(target, restart_images, seed=s, **options)
         seconds = time.perf_counter() - start
         config = {"method": method, "steps": steps, "size": size, "seed": s, "device": str(torch_device)}
-        result = {}
+        result: dict[str, dict[str, Any]] = {}
         for i, unit in enumerate(target.units):
             own = {u: float(acts[i, j]) for j, u in enumerate(target.units)}
             selectivity = _selectivity(unit, own)
@@ -447,7 +531,8 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     for (_, _, result, _), seed_paths in zip(done, paths, strict=True):
         for unit in result:
             result[unit]["image"] = str(store.path / seed_paths[unit]) if unit in seed_paths else None
-    results = [result for _, _, result, _ in done]
+    results = [Visualization({unit: UnitImage(**values) for unit, values in result.items()})
+               for _, _, result, _ in done]
     return results if several else results[0]
 
 
@@ -581,4 +666,4 @@ def _record(store: Store, target: Target, done: list) -> list[dict]:
 
 def latest_visualizations(store: Store, run_id: str | None = None, channel: int | None = None) -> list[dict]:
     """The most recent visualisation of a run (or channel): one row per unit, [] when there is none."""
-    return store.run("latest_visualizations", run_id=run_id, channel=channel).to_pylist()
+    return store.reads.latest_visualizations(run_id=run_id, channel=channel).to_pylist()

@@ -11,6 +11,7 @@ import os
 import shutil
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from polysem.errors import PolysemError
 from polysem.query.records import record_class_similarity
 from polysem.query.screening import class_pairs_sharing_a_channel
 from polysem.query.store import Store
+from polysem.util.results import Result
 
-__all__ = ["DEBIAN_WORDNET", "DICT_FILES", "cache_dir", "compute_class_similarity", "load_wordnet", "similarity_points", "synset"]
+__all__ = ["DEBIAN_WORDNET", "DICT_FILES", "SimilarityCounts", "cache_dir", "compute_class_similarity", "load_wordnet", "similarity_points", "synset"]
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [
@@ -92,17 +94,36 @@ def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tupl
 
     check_thresholds(tau, p)
     require_counted_once(store, SCREEN_SPLIT)
-    rows = store.run("wordnet_points", tau=tau, p=p).to_pylist()
+    rows = store.reads.wordnet_points(tau=tau, p=p).to_pylist()
     if not rows:
         raise PolysemError("no WordNet similarities in the store for these pairs; run `polysem wordnet` first")
     return [(r["cosine"], r["path_similarity"], r["class1"], r["class2"]) for r in rows]
 
 
-def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
-                             wordnet_dir: str | os.PathLike | None = None) -> dict:
-    """Fill `class_similarity` for every class pair sharing a relevant channel.
+@dataclass(frozen=True)
+class SimilarityCounts(Result):
+    """What `compute_class_similarity` recorded.
 
-    Returns counts: pairs scored and pairs skipped for a missing wnid.
+    Args (fields):
+        pairs: the class pairs scored into `class_similarity` (0: no two classes share a relevant channel).
+        skipped_without_wnid: the class pairs passed over because a class has no WordNet id.
+    """
+
+    pairs: int
+    skipped_without_wnid: int
+
+
+def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
+                             wordnet_dir: str | os.PathLike | None = None) -> SimilarityCounts:
+    """Fill `class_similarity` with the WordNet path similarity of every class pair sharing a relevant channel.
+
+    Args:
+        store: the store.
+        tau, p: Ineq. 2's relevance threshold and fraction that decide which channels a class pair shares.
+        wordnet_dir: a WordNet 3.0 dict folder to use instead of nltk's data.
+
+    Returns:
+        `SimilarityCounts`: the pairs scored and those skipped for a missing wnid.
     """
     pairs = class_pairs_sharing_a_channel(store, tau, p).to_pylist()
     with_ids = [row for row in pairs if row["wnid1"] and row["wnid2"]]
@@ -112,7 +133,7 @@ def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
             "each folder a wnid in DATA_DIR/classes.json before ingesting"
         )
     if not pairs:  # nothing to score: WordNet is not even loaded
-        return {"pairs": 0, "skipped_without_wnid": 0}
+        return SimilarityCounts(0, 0)
     rows = []
     with load_wordnet(wordnet_dir) as wordnet:
         for row in with_ids:
@@ -124,4 +145,4 @@ def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
             rows.append({"class1": row["class1"], "class2": row["class2"], "path_similarity": similarity})
     with store.transaction() as tx:
         record_class_similarity(tx, rows)
-    return {"pairs": len(rows), "skipped_without_wnid": len(pairs) - len(with_ids)}
+    return SimilarityCounts(len(rows), len(pairs) - len(with_ids))

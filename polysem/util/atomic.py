@@ -24,7 +24,6 @@ __all__ = [
     "is_refused",
     "not_writable",
     "write_atomic",
-    "write_bytes_atomic",
     "write_failure",
     "write_row_groups_atomic",
     "write_text_atomic",
@@ -203,11 +202,6 @@ def _encodings(schema: pa.Schema) -> dict:
     return {"use_dictionary": strings, "use_byte_stream_split": floats}
 
 
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    with atomic_path(path, needed=len(data)) as tmp:
-        tmp.write_bytes(data)
 
 
 def fsync_dir(path: Path) -> None:

@@ -219,11 +219,20 @@ def _unsafe_folder(root: Path, paths: list[Path]) -> str | None:
             return f"where {path} leads outside it, to {os.path.realpath(path)}"
     for path in [root, *paths]:
         try:
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
         except OSError:
             continue
-        if mode & stat.S_IWOTH:
+        if st.st_mode & stat.S_IWOTH:
             return f"where {path} can be written by every user of this machine"
+        if st.st_uid not in (os.getuid(), 0):
+            return f"where {path} belongs to another user (uid {st.st_uid})"
+    for above in Path(os.path.realpath(root)).parents:  # a folder above that anyone may rename things in
+        try:
+            mode = os.stat(above).st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            return f"below {above}, which every user can write (without the sticky bit)"
     for library in library_folders():
         for path in [root, *paths]:
             if Path(os.path.realpath(path)).is_relative_to(library):
