@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.errors import PolysemError
 from polysem.figures import page, plots
+from polysem.query.screening import check_thresholds
 from polysem.query.store import Store, as_store
 from polysem.util import atomic
-from polysem.util.checks import check_bool, check_path, check_real, check_text
+from polysem.util.checks import check_bool, check_path, check_text
 from polysem.util.results import Result
 
 if TYPE_CHECKING:
@@ -29,15 +30,19 @@ REPORT_FORMATS = ("png", "svg")  # what a browser shows in an <img>
 
 
 def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "polysem-report", *,
-                 data_dir: str | os.PathLike | None = None, device: str = "auto", tau: float = TAU,
-                 figure_format: str = "png") -> Path:
+                 data_dir: str | os.PathLike | None = None, device: str = "auto", tau: float | None = None,
+                 p: float | None = None, gamma: float | None = None, figure_format: str = "png") -> Path:
     """Write OUT/index.html and OUT/img/*.png; returns the path of index.html. OUT may be an existing
-    folder (an earlier report is replaced); nothing in it changes unless the whole report is made."""
+    folder (an earlier report is replaced); nothing in it changes unless the whole report is made.
+
+    `tau`, `p`, `gamma`: the thresholds of the page's screening section; each one not given is the store's
+    latest run's (the paper's when the store has no run), and the page says which it used. Each run's own
+    section is drawn at that run's thresholds."""
     store = as_store(store)
     check_path("out", out)
     check_path("data_dir", data_dir, none=True)
     check_text("device", device)
-    tau = check_real("tau", tau, 0, 1)
+    check_thresholds(TAU if tau is None else tau, P if p is None else p, GAMMA if gamma is None else gamma)
     check_text("figure_format", figure_format)
     if figure_format not in REPORT_FORMATS:
         raise PolysemError(f"`figure_format` of a report must be one of {', '.join(REPORT_FORMATS)} (what a browser "
@@ -48,14 +53,14 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     assert target is not None  # None only for standard output, which a folder never is
     from polysem.method.figure_data import report_data
 
-    data = report_data(store, data_dir, device)
+    data = report_data(store, data_dir, device, given=(tau, p, gamma))
     # a failure to write names the report folder, not its hidden staging folder or the files in it
     with atomic.writing(target, into_folder=True):
         target.mkdir(parents=True, exist_ok=True)
         # built in a staging folder beside, then moved into place: a failure leaves the last report as it was
         staging = Path(tempfile.mkdtemp(prefix=".polysem-report-", dir=target))
         try:
-            return _publish(page.write_page(data, staging, tau, figure_format), target)
+            return _publish(page.write_page(data, staging, data.thresholds[0], figure_format), target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -96,7 +101,6 @@ def plot_wordnet(store: Store | str | os.PathLike, out: str | os.PathLike = "wor
         ('wordnet.svg', True)
     """
     from polysem.method.wordnet import similarity_points
-    from polysem.query.screening import check_thresholds
 
     store = as_store(store)
     tau, p, gamma = check_thresholds(tau, p, gamma)
@@ -131,7 +135,7 @@ def _publish(staging: Path, target: Path) -> Path:
     return target / "index.html"
 
 
-def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
+def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None = None,
              plots_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
              device: str = "auto", figure_format: str = "png", selection: str = "ineq2",
              progress: bool = True) -> Evaluation:
@@ -145,7 +149,8 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
     Args:
         store: the store, or its folder.
         run_id: a run id from `disentangle` (or `polysem runs`).
-        tau: Ineq. 2's relevance threshold that selects a concept's val images, in [0, 1].
+        tau: Ineq. 2's relevance threshold that selects a concept's val images, in [0, 1]; None: the tau the
+            run was made with (`Run.thresholds`).
         plots_dir: write the density, panel, top-image and visualisation figures into this folder.
         data_dir: the folder that holds the images now, if they moved since ingest (for the figures).
         device: "auto", "cpu" or "cuda" (the figures, and the `authors` selection, run the model).
@@ -202,7 +207,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU,
         activations = store.reads.selected_activations_of_run(run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()
         figure_data = run_figure_data(store, run.to_dict(), activations, data_dir, device)
         with atomic.writing(plots_dir, into_folder=True):
-            figures = plots.run_figures(figure_data, tau, staging, figure_format)
+            figures = plots.run_figures(figure_data, result.tau, staging, figure_format)
         evaluation.record_evaluation(store, result)
         written = []
         with atomic.writing(plots_dir, into_folder=True):

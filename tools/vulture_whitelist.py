@@ -29,3 +29,6 @@ _.fourier  # visualize --method fourier
 
 # dataclass fields read by dataclasses.fields() (Result.to_dict, the CLI's JSON), not by name
 _.polysem_version  # Run
+
+# IPython's rich display hook: a notebook calls it to show a result
+_._repr_markdown_  # Evaluation, and other results

@@ -193,6 +193,7 @@ def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:
 
 
 TauOption = Annotated[float, typer.Option(help="Ineq. 2: relevance threshold relative to the positive attribution sum.")]
+RunTauOption = Annotated[float | None, typer.Option("--tau", help="Ineq. 2: relevance threshold relative to the positive attribution sum. [default: the run's own]")]
 POption = Annotated[float, typer.Option("--p", help="Ineq. 2: fraction of a class's images for which the channel must be relevant.")]
 
 

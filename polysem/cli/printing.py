@@ -50,6 +50,14 @@ def _note(text: str) -> None:
     print(textwrap.fill(text, NARROW, break_on_hyphens=False))
 
 
+def print_thresholds(names: tuple[str, ...], given: tuple[float | None, ...], used: tuple[float, ...]) -> None:
+    """Which thresholds a command about a run used, and whose they were: given on the command line, or the
+    run's own (those it was made with)."""
+    parts = [f"{name} {value} ({'given' if choice is not None else 'the run' + chr(39) + 's'})"
+             for name, choice, value in zip(names, given, used, strict=True)]
+    _note(f"thresholds: {', '.join(parts)}")
+
+
 def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> None:
     """Print a result to stdout in the chosen format."""
     if fmt == "json":
@@ -259,6 +267,8 @@ def render_evaluation(result: Evaluation, fmt: str, names: dict[int, str]) -> No
                    f"{result.selection})", headers, rows, len(rows))
     if fractions_outside([[*c.fractions, c.frac_residual] for c in result.per_concept]):
         _note(f"note: {FRACTIONS_NOTE}")
+    if result.why_empty:
+        _note(escape_controls(f"nothing evaluated: {result.why_empty}"))
     for path in result.plots or []:
         print(escape_controls(f"plot -> {path}"))
 

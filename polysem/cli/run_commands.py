@@ -12,6 +12,7 @@ from polysem.cli.app import (
     DataOption,
     DeviceOption,
     POption,
+    RunTauOption,
     StoreOption,
     TableJsonOption,
     TauOption,
@@ -22,6 +23,7 @@ from polysem.cli.app import (
     command,
 )
 from polysem.cli.printing import (
+    print_thresholds,
     render_disentangled,
     render_evaluation,
     render_record,
@@ -91,7 +93,7 @@ class Selection(str, Enum):
 def evaluate(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     *,
-    tau: TauOption = TAU,
+    tau: RunTauOption = None,
     plots: Annotated[str | None, typer.Option(metavar="FOLDER", help="Write the density, panel, top-image and visualisation figures into this folder.")] = None,
     data: DataOption = None,
     device: DeviceOption = "auto",
@@ -109,15 +111,17 @@ def evaluate(
     result = run_evaluate(target, run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
                           figure_format=figure_format, selection=selection.value, progress=fmt == "table")
     render_evaluation(result, fmt, target.class_names())
+    if fmt == "table":
+        print_thresholds(("tau",), (tau,), (result.tau,))
 
 
 @command()
 def verify(
     run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
     *,
-    tau: TauOption = TAU,
-    p: POption = P,
-    gamma: Annotated[float, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic.")] = GAMMA,
+    tau: RunTauOption = None,
+    p: Annotated[float | None, typer.Option("--p", help="Ineq. 2: fraction of a class's images for which the channel must be relevant. [default: the run's own]")] = None,
+    gamma: Annotated[float | None, typer.Option(help="A new channel relevant for two classes whose ARV cosine is below gamma is still polysemantic. [default: the run's own]")] = None,
     limit: Annotated[int | None, typer.Option(help="At most N train images per class (the first by image id); default all.")] = None,
     data: DataOption = None,
     device: DeviceOption = "auto",
@@ -133,6 +137,8 @@ def verify(
     result = run_verify(_store(store, trust_code), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data,
                         device=device, batch_size=batch_size, progress=fmt == "table")
     render_verification(result, fmt)
+    if fmt == "table":
+        print_thresholds(("tau", "p", "gamma"), (tau, p, gamma), (result.tau, result.p, result.gamma))
 
 
 @command()
@@ -198,15 +204,24 @@ def visualize(
 
 @command()
 def report(
+    *,
     out: Annotated[str, typer.Option(metavar="FOLDER", help="Folder for index.html and its images.")] = "polysem-report",
     data: DataOption = None,
     device: DeviceOption = "auto",
     figure_format: Annotated[str, typer.Option(help="png or svg for the page's figures.")] = "png",
+    tau: Annotated[float | None, typer.Option(help="The screening section's Ineq. 2 threshold. [default: the latest run's, else the paper's]")] = None,
+    p: Annotated[float | None, typer.Option("--p", help="The screening section's Ineq. 2 fraction. [default: the latest run's, else the paper's]")] = None,
+    gamma: Annotated[float | None, typer.Option(help="The screening section's cosine threshold. [default: the latest run's, else the paper's]")] = None,
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
+    from polysem.method.figure_data import screening_thresholds
     from polysem.reporting import write_report
 
-    index = write_report(_store(store, trust_code), out, data_dir=data, device=device, figure_format=figure_format)
+    target = _store(store, trust_code)
+    index = write_report(target, out, data_dir=data, device=device, tau=tau, p=p, gamma=gamma,
+                         figure_format=figure_format)
+    (used_tau, used_p, used_gamma), source = screening_thresholds(target, (tau, p, gamma))
     typer.echo(f"report -> {index}")
+    typer.echo(f"screening section at tau {used_tau}, p {used_p}, gamma {used_gamma} ({source} thresholds)")

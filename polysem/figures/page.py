@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
+from polysem.constants import EVAL_SPLIT
 from polysem.figures import plots
 from polysem.util.readings import FRACTIONS_NOTE, SELECTION_TEXT, UNBOUNDED
 from polysem.util.text import escape_controls
@@ -94,8 +94,10 @@ def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:
 def _screening(data, images: Path, out: Path, figure_format: str = "png") -> list[str]:
     parts = ["<h2>Screening: polysemantic candidates</h2>"]
     if data.pairs is not None:
-        parts.append(f'<p class="note">Channels relevant for two classes (tau {TAU}, p {P}) whose ARVs have cosine '
-                     f'below gamma {GAMMA}, lowest first; WordNet path similarity once `polysem wordnet` ran.</p>')
+        tau, p, gamma = data.thresholds
+        parts.append(f'<p class="note">Channels relevant for two classes (tau {tau}, p {p}) whose ARVs have cosine '
+                     f'below gamma {gamma}, lowest first ({_e(data.thresholds_source)} thresholds); WordNet path '
+                     'similarity once `polysem wordnet` ran.</p>')
         parts.append(_table(data.pairs, ["channel", "class1", "name1", "class2", "name2", "cosine",
                                          "wordnet_similarity", "fraction1", "fraction2"]))
     else:

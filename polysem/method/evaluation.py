@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polysem.constants import EVAL_SPLIT, TAU
+from polysem.constants import EVAL_SPLIT
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math, layer_probe
 from polysem.method.features import ModelPass
@@ -106,6 +106,7 @@ class Evaluation(Result):
         per_concept: k evaluations, concept 1 .. k in order (a k x (k + 1) table with the residual).
         top_classes: the class histogram of each unit's top images over the whole split.
         plots: the figure files written (with `plots_dir`), else None.
+        why_empty: why no image was evaluated (every concept's n_images is 0), else None.
 
     Returns (of `to_dict()`): the JSON of `polysem evaluate --format json`: selection, concept1 .. conceptk
     (`ConceptEvaluation.to_dict()`), top_classes, and plots when there are plots.
@@ -123,11 +124,21 @@ class Evaluation(Result):
     per_concept: list[ConceptEvaluation]
     top_classes: TopClasses
     plots: list[str] | None = None
+    why_empty: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"selection": self.selection,
                 **{f"concept{j}": c.to_dict() for j, c in enumerate(self.per_concept, start=1)},
-                "top_classes": self.top_classes.to_dict(), **({} if self.plots is None else {"plots": self.plots})}
+                "top_classes": self.top_classes.to_dict(), **({} if self.plots is None else {"plots": self.plots}),
+                **({} if self.why_empty is None else {"why_empty": self.why_empty})}
+
+    def _repr_markdown_(self) -> str:
+        """What a notebook shows: the fractions per concept, or why nothing was evaluated."""
+        if self.why_empty:
+            return f"**No images evaluated** (run {self.run_id}, tau {self.tau}): {self.why_empty}"
+        rows = "\n".join(f"| concept {j} | {c.n_images} | {', '.join('-' if f is None else f'{f:.3f}' for f in c.fractions)} |"
+                         for j, c in enumerate(self.per_concept, start=1))
+        return f"run {self.run_id}, tau {self.tau}\n\n| | images | fractions on c'1..c'k |\n|---|---|---|\n{rows}"
 
 
 def check_selection(selection: str) -> None:
@@ -136,7 +147,8 @@ def check_selection(selection: str) -> None:
                        f"clamped per position), got {selection!r}")
 
 
-def evaluate_activations(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, device: str = "auto",
+def evaluate_activations(store: Store | str | os.PathLike, run_id: str, *, tau: float | None = None,
+                         device: str = "auto",
              selection: str = "ineq2", data_dir: str | os.PathLike | None = None, batch_size: int = 64,
              progress: bool = True) -> Evaluation:
     """Per concept j (1..k): images (relative attribution >= tau, by `selection`), the mean fraction of the
@@ -155,14 +167,15 @@ def evaluate_activations(store: Store | str | os.PathLike, run_id: str, *, tau: 
     return result
 
 
-def check_arguments(run_id: str, tau: float, device: str) -> float:
-    """`run_id` text, `tau` in [0, 1] (Ineq. 2's threshold), `device` text; returns tau as a float."""
+def check_arguments(run_id: str, tau: float | None, device: str) -> float | None:
+    """`run_id` text, `tau` in [0, 1] (Ineq. 2's threshold) or None (the run's own), `device` text; returns tau
+    as a float, or None."""
     check_text("run_id", run_id)
     check_text("device", device)
-    return check_real("tau", tau, 0, 1)
+    return None if tau is None else check_real("tau", tau, 0, 1)
 
 
-def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: str = "auto",
+def evaluation_numbers(store: Store, run_id: str, *, tau: float | None = None, device: str = "auto",
                        selection: str = "ineq2", data_dir: str | os.PathLike | None = None, batch_size: int = 64,
                        progress: bool = True) -> Evaluation:
     """The numbers of `evaluate`, computed in SQL and not recorded."""
@@ -174,6 +187,8 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
     check_selection(selection)
     resolve_device(device)  # a bad --device is refused even when no figure needs it
     run = run_row(store, run_id)
+    if tau is None:
+        tau = run.thresholds[0]  # the tau the run was made with
     if batch_size < 1:
         raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     n_val = store.reads.split_images(split=EVAL_SPLIT)
@@ -190,9 +205,15 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float = TAU, device: s
         row = rows.get(j, {})
         per_concept.append(ConceptEvaluation(row.get("n_images", 0), row.get("fractions") or [None] * k,
                                              row.get("frac_residual"), row.get("bias_only")))
+    why_empty = None
+    if all(concept.n_images == 0 for concept in per_concept):
+        why_empty = (f"no {EVAL_SPLIT} image of the concepts' classes has a relative attribution >= tau {tau} on "
+                     f"channel {run.channel} (selection {selection}), so there is nothing to average: lower `tau` "
+                     f"(the run was made at tau {run.thresholds[0]}), or ingest more {EVAL_SPLIT} images of its "
+                     "classes")
     # beside the paper's numbers (concept classes only): which classes each unit fires for over the whole split
     return Evaluation(run_id, tau, selection, run.concepts, per_concept,
-                      top_class_histograms(store, run_id, WHOLE_TOP, EVAL_SPLIT))
+                      top_class_histograms(store, run_id, WHOLE_TOP, EVAL_SPLIT), why_empty=why_empty)
 
 
 def selection_params(store: Store, run: Run, selection: str, *, data_dir=None, device: str = "auto",

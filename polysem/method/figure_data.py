@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from polysem.constants import EVAL_SPLIT
+from polysem.constants import EVAL_SPLIT, GAMMA, TAU, P
 from polysem.errors import PolysemError, RunError, StoreError
 from polysem.method.evaluation import WHOLE_TOP, top_class_histograms
 from polysem.query.store import Store
@@ -327,10 +327,34 @@ class ReportData:
     wordnet_points: list[tuple[float, float, int, int]] | None
     wordnet_error: str | None
     runs: list[RunReport]
+    thresholds: tuple[float, float, float] = (TAU, P, GAMMA)  # the screening section's tau, p, gamma
+    thresholds_source: str = "the paper's"  # whose they are, in words
 
 
-def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData:
-    """Everything the report page shows; a screening or WordNet step that cannot run leaves its reason."""
+def screening_thresholds(store: Store, given: tuple[float | None, float | None, float | None]
+                         ) -> tuple[tuple[float, float, float], str]:
+    """The report's screening thresholds (tau, p, gamma) and whose they are: each given one, else the store's
+    latest run's (what the user last disentangled with), else the paper's."""
+    from polysem.method.runs import Run
+
+    rows = store.reads.run_list().to_pylist()
+    latest = max(rows, key=lambda row: (row["created_at"], row["run_id"])) if rows else None
+    own = Run.from_row(latest).thresholds if latest else (TAU, P, GAMMA)
+    used = tuple(mine if value is None else value for value, mine in zip(given, own, strict=True))
+    if all(value is not None for value in given):
+        source = "given"
+    elif latest is not None:
+        source = f"run {latest['run_id']}'s (the latest)" + (", some given" if any(v is not None for v in given)
+                                                                else "")
+    else:
+        source = "the paper's" + (", some given" if any(v is not None for v in given) else "")
+    return (float(used[0]), float(used[1]), float(used[2])), source
+
+
+def report_data(store: Store, data_dir=None, device: str = "auto",
+                given: tuple[float | None, float | None, float | None] = (None, None, None)) -> ReportData:
+    """Everything the report page shows; a screening or WordNet step that cannot run leaves its reason. The
+    screening section is at `given` thresholds, each missing one the latest run's (`screening_thresholds`)."""
     from polysem.method.evaluation import selection_params
     from polysem.method.runs import run_row
     from polysem.method.wordnet import similarity_points
@@ -338,13 +362,14 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
 
     info = store.info()
     meta = store.meta()
+    (tau, p, gamma), source = screening_thresholds(store, given)
     pairs = pairs_error = points = points_error = None
     try:
-        pairs = polysemantic_pairs(store).to_pylist()
+        pairs = polysemantic_pairs(store, tau=tau, p=p, gamma=gamma).to_pylist()
     except PolysemError as error:
         pairs_error = str(error)
     try:
-        points = similarity_points(store)
+        points = similarity_points(store, tau, p)
     except PolysemError as error:
         points_error = str(error)
     runs = []
@@ -361,7 +386,7 @@ def report_data(store: Store, data_dir=None, device: str = "auto") -> ReportData
                               verdicts=store.reads.run_verdicts(run_id=run["run_id"]).to_pylist(),
                               tau=evaluated["tau"] if evaluated else None, selection=selection))
     return ReportData(info, store.reads.class_list().select(["class_id", "folder", "name", "wnid"]).to_pylist(),
-                      class_names(store), pairs, pairs_error, points, points_error, runs)
+                      class_names(store), pairs, pairs_error, points, points_error, runs, (tau, p, gamma), source)
 
 
 # The channels of ResNet-50 layer4.2.conv3 in the order of the paper's table (docs/method.md).

@@ -16,7 +16,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -109,7 +109,8 @@ class Run(Result):
             images (logit units; refused above 1e-4 x max(1, max |logit|)).
         artifact: the model's file, relative to the store (`artifacts/<group_id>.pt`).
         polysem_version: the version that recorded it.
-        parameters: the settings as recorded: tau, p, force, data_dir, grid, check_images, from_screen.
+        parameters: the settings as recorded: tau, p, gamma, force, data_dir, grid, check_images, from_screen
+            (`thresholds` reads the first three).
         warnings: what the run warned about (a concept channel that equals the residual, ...).
 
     Returns (of `to_dict()`): every field, and for two concepts also `concept1`, `concept2`, `sources1` and
@@ -135,6 +136,13 @@ class Run(Result):
     polysem_version: str
     parameters: dict[str, Any]
     warnings: list[str]
+
+    @property
+    def thresholds(self) -> tuple[float, float, float]:
+        """(tau, p, gamma) the run was made with: what `verify`, `evaluate` and the report use for it unless
+        told otherwise. A run recorded without gamma was made at the paper's (it had no other)."""
+        params = self.parameters or {}
+        return (float(params.get("tau", TAU)), float(params.get("p", P)), float(params.get("gamma", GAMMA)))
 
     @property
     def concept1(self) -> list[int] | None:
@@ -224,10 +232,12 @@ class _Options:
     progress: bool
     tau: float
     p: float
+    gamma: float = GAMMA
 
     def parameters(self, check_images: int, from_screen: bool = False) -> dict:
-        """The run's recorded `parameters`."""
-        return {"tau": self.tau, "p": self.p, "force": self.force,
+        """The run's recorded `parameters`: its thresholds (tau, p, gamma: what verify, evaluate and the report
+        default to for it), rho's grid, the images of the logit check and where its concepts came from."""
+        return {"tau": self.tau, "p": self.p, "gamma": self.gamma, "force": self.force,
                 "data_dir": str(self.data_dir) if self.data_dir else None,
                 "grid": list(RHO_GRID) if self.fixed_rho is None else None, "check_images": check_images,
                 "from_screen": from_screen}
@@ -247,6 +257,7 @@ class RunSettings:
     progress: bool = True
     tau: float = TAU
     p: float = P
+    gamma: float = GAMMA  # Theorem 3.1's cosine threshold: the screening's, for runs taken from it
 
 
 def _options(settings: RunSettings) -> _Options:
@@ -262,14 +273,14 @@ def _options(settings: RunSettings) -> _Options:
     else:
         fixed_rho = check_real("rho", rho, 0, 1, low_open=True, hint="; or \"auto\" for Eq. 6 over the grid")
     batch_size = check_int("batch_size", settings.batch_size, 1, BATCH_MAX)
-    tau, p, _ = check_thresholds(settings.tau, settings.p)
+    tau, p, gamma = check_thresholds(settings.tau, settings.p, settings.gamma)
     check_path("data_dir", data_dir, none=True)
     check_bool("force", settings.force)
     check_bool("progress", settings.progress)
     check_text("device", settings.device)
     if data_dir is not None:
         check_data_dir(data_dir)  # named as missing now, not as a missing image once the model has run
-    return _Options(fixed_rho, objective, settings.force, data_dir, batch_size, settings.progress, tau, p)
+    return _Options(fixed_rho, objective, settings.force, data_dir, batch_size, settings.progress, tau, p, gamma)
 
 
 def _validate(store: Store, request: ChannelRequest, out_channels: int, options: _Options) -> _Plan:
@@ -466,7 +477,8 @@ def disentangle(store: Store | str | os.PathLike, channel: int, *, concept1: lis
 def disentangle_channels(store: Store | str | os.PathLike, requests: list[ChannelRequest], *,
                          rho: float | str = "auto", objective: str = "abs",
                          data_dir: str | os.PathLike | None = None, force: bool = False, device: str = "auto",
-                         batch_size: int = 64, progress: bool = True, tau: float = TAU, p: float = P) -> list[Run]:
+                         batch_size: int = 64, progress: bool = True, tau: float = TAU, p: float = P,
+                         gamma: float = GAMMA) -> list[Run]:
     """Disentangle the named channels into one model, check it, save it and record one run per channel.
 
     Every request is checked before the model loads, and a channel no rho splits is refused.
@@ -474,7 +486,7 @@ def disentangle_channels(store: Store | str | os.PathLike, requests: list[Channe
     store = as_store(store)
     store.require()
     pending_records(store.path)  # a forged pending record is refused before any work, not after it
-    options = _options(RunSettings(rho, objective, data_dir, force, device, batch_size, progress, tau, p))
+    options = _options(RunSettings(rho, objective, data_dir, force, device, batch_size, progress, tau, p, gamma))
     out_channels = _check_channels(store, requests)
     plans = [_validate(store, request, out_channels, options) for request in requests]
     base = _Base.load(store, device)
@@ -495,7 +507,7 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
                            rho: float | str = "auto", objective: str = "abs",
                            data_dir: str | os.PathLike | None = None, force: bool = False, device: str = "auto",
                            batch_size: int = 64, progress: bool = True, tau: float = TAU,
-                           p: float = P, again: bool = False) -> list[Run]:
+                           p: float = P, gamma: float = GAMMA, again: bool = False) -> list[Run]:
     """`--from-screen`: candidates in order of preference; the first `take` that split are disentangled into
     one model, checked, saved and recorded, and a candidate no rho splits is passed over with a warning.
 
@@ -507,7 +519,7 @@ def disentangle_candidates(store: Store | str | os.PathLike, candidates: list[Ch
     store.require()
     pending_records(store.path)  # a forged pending record is refused before any work, not after it
     options = check_candidate_options(take, RunSettings(rho, objective, data_dir, force, device, batch_size, progress,
-                                                        tau, p))
+                                                        tau, p, gamma))
     again = check_bool("again", again)
     if not again:
         existing = identical_screen_run(store, candidates[:take], options)
@@ -569,7 +581,8 @@ def disentangle_runs(store: Store | str | os.PathLike, *, channel: int | None = 
         if channel is not None or concept1 or concept2 or concepts:
             raise RunError("`from_screen` picks channels and concepts itself; drop `channel` and the concepts")
         candidates = requests_from_screen(store, tau=settings.tau, p=settings.p, gamma=gamma)
-        return disentangle_candidates(store, candidates, take=take, again=again, **_flat(settings))
+        return disentangle_candidates(store, candidates, take=take, again=again,
+                                      **_flat(replace(settings, gamma=gamma)))
     if again:
         raise RunError("`again` is for `from_screen`, which looks for an identical run; a run of named channels is "
                        "always made anew")
@@ -593,7 +606,7 @@ def identical_screen_run(store: Store, candidates: list[ChannelRequest], options
     """The runs of a recorded `--from-screen` group with exactly these candidates (channels and concepts, in
     order) and these settings; [] when there is none."""
     wanted = [(c.channel, [sorted(concept) for concept in c.concepts]) for c in candidates]
-    settings = {"tau": options.tau, "p": options.p, "force": options.force,
+    settings = {"tau": options.tau, "p": options.p, "gamma": options.gamma, "force": options.force,
                 "grid": list(RHO_GRID) if options.fixed_rho is None else None, "from_screen": True}
     groups: dict[str, list[Run]] = {}
     for row in store.reads.run_list().to_pylist():
@@ -601,7 +614,8 @@ def identical_screen_run(store: Store, candidates: list[ChannelRequest], options
         groups.setdefault(run.group_id, []).append(run)
     for runs in groups.values():
         runs.sort(key=lambda r: r.run_id)
-        same_settings = all(runs[0].parameters.get(k) == v for k, v in settings.items())
+        recorded = {"gamma": GAMMA, **runs[0].parameters}  # a run recorded without gamma was made at the paper's
+        same_settings = all(recorded.get(k) == v for k, v in settings.items())
         same_rho = runs[0].objective == options.objective and (
             options.fixed_rho is None or all(r.rho == options.fixed_rho for r in runs))
         if same_settings and same_rho and [(r.channel, [sorted(c) for c in r.concepts]) for r in runs] == wanted:

@@ -131,7 +131,8 @@ def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
     return float(relevant.mean()) if len(relevant) else 0.0
 
 
-def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA,
+def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float | None = None, p: float | None = None,
+           gamma: float | None = None,
            limit: int | None = None, data_dir=None, device: str = "auto", batch_size: int = 64,
            progress: bool = True) -> Verification:
     """Screen the new channels c'_1..c'_k of a run with the paper's own tests; records the answer in
@@ -140,8 +141,10 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     Args:
         store: the store, or its folder.
         run_id: a run id from `disentangle` (or `polysem runs`).
-        tau, p: Ineq. 2's relevance threshold and fraction of a class's images.
-        gamma: a new channel relevant for two classes whose ARV cosine is below gamma is polysemantic.
+        tau, p: Ineq. 2's relevance threshold and fraction of a class's images; None: the run's own (those it
+            was made with, `Run.thresholds`), so that the verdict is judged by the run's rules.
+        gamma: a new channel relevant for two classes whose ARV cosine is below gamma is polysemantic; None:
+            the run's own.
         limit: at most this many train images per class (the first by image id); None for all.
         data_dir: the folder that holds the images now, if they moved since ingest.
         device: "auto", "cpu" or "cuda".
@@ -158,7 +161,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     """
     store = as_store(store)
     check_text("run_id", run_id)
-    tau, p, gamma = check_thresholds(tau, p, gamma)
+    check_thresholds(TAU if tau is None else tau, P if p is None else p, GAMMA if gamma is None else gamma)
     limit = check_int("limit", limit, 1, COUNT_MAX, none=True, hint=" (images per class); omit it for all images")
     check_path("data_dir", data_dir, none=True)
     check_text("device", device)
@@ -166,6 +169,9 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float = TAU, p
     check_bool("progress", progress)
     store.require()
     run = run_row(store, run_id)
+    own_tau, own_p, own_gamma = run.thresholds  # what the run was made with: the default for judging it
+    tau, p, gamma = check_thresholds(own_tau if tau is None else tau, own_p if p is None else p,
+                                     own_gamma if gamma is None else gamma)
     require_counted_once(store, SCREEN_SPLIT)
     relevant = store.reads.relevant_classes(tau=tau, p=p, split=SCREEN_SPLIT,
                                             channel=run.channel).column("class_id").to_pylist()
