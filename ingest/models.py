@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 import torchvision
 from torch import nn
@@ -23,7 +24,7 @@ from polysem.errors import ModelError
 from polysem.util.imports import code_folder, import_from_folder, importable_from
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
-           "imagenet_transform", "imagenet_weights", "layer_shape", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
+           "imagenet_transform", "imagenet_weights", "layer_shape", "model_layers", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,6 +229,44 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:
     if layer.padding_mode != "zeros":
         raise ModelError(f"layer '{name}' pads with '{layer.padding_mode}'; only zero padding is supported")
     return layer
+
+
+def model_layers(model_spec: str, weights_spec: str | None = None) -> pa.Table:
+    """The conv layers of a model, for choosing `layer`: one row each in the model's order with its name,
+    type, weight shape (out x in x kH x kW), stride, and whether polysem can take it (and why not).
+
+    Args:
+        model_spec: a torchvision classification model name or `package.module:callable`.
+        weights_spec: as for `resolve_model`; default: random for a torchvision name (the structure needs no
+            download), the callable's own weights otherwise.
+
+    Returns:
+        A table: layer (str), type (str), weight_shape (list of int), stride (list of int), takes (bool),
+        why_not (str, NULL when polysem takes it).
+
+    Example:
+        >>> model_layers("resnet18").filter(pc.field("takes")).column("layer")[-1]
+        'layer4.1.conv2'
+    """
+    if weights_spec is None and ":" not in model_spec:
+        weights_spec = "random"
+    model = resolve_model(model_spec, weights_spec).model
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        try:
+            resolve_layer(model, name)
+            why_not = None
+        except ModelError as error:
+            why_not = str(error).split("; ")[0]
+        rows.append({"layer": name, "type": type(module).__name__, "weight_shape": list(module.weight.shape),
+                     "stride": list(module.stride), "takes": why_not is None, "why_not": why_not})
+    if not rows:
+        raise ModelError(f"the model {model_spec} has no Conv2d layer; polysem takes a conv layer (`layer`)")
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("layer", pa.string()), ("type", pa.string()), ("weight_shape", pa.list_(pa.int64())),
+        ("stride", pa.list_(pa.int64())), ("takes", pa.bool_()), ("why_not", pa.string())]))
 
 
 def layer_shape(layer: nn.Conv2d) -> dict:

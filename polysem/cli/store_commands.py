@@ -72,6 +72,20 @@ def ingest(
 
 
 @command()
+def layers(
+    *,
+    model: Annotated[str, typer.Option(help="torchvision model name or package.module:callable.")],
+    weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: random for a torchvision name (the layers need no download), the callable's own]")] = None,
+    fmt: FormatOption = "table",
+):
+    """The conv layers of a model that `ingest --layer` can take, with type, weight shape and stride."""
+    _check_format(fmt)
+    from polysem.ingest.models import model_layers
+
+    render(model_layers(model, weights), fmt)
+
+
+@command()
 def compact(
     split: Annotated[str | None, typer.Option(help="Only this split. [default: every split]")] = None,
     store: StoreOption = DEFAULT_STORE,
