@@ -16,8 +16,9 @@ __all__ = ["IngestJob", "IngestSummary"]
 
 @dataclass
 class IngestSummary:
-    """What this process wrote: images already stored before it (`n_already`), rows written, images that
-    could not be read (`n_errors`, the first few in `errors`), Parquet parts, and where it ran."""
+    """What this process wrote: images already stored before it (`n_already`), rows written, those of them whose
+    attributions are all zero (`n_zero`), images that could not be read (`n_errors`, the first few in
+    `errors`), Parquet parts, where it ran, and warnings about what was stored (`warnings`)."""
 
     store: Path
     split: str
@@ -29,6 +30,8 @@ class IngestSummary:
     world_size: int = 1
     device: str = "cpu"
     errors: list[str] = field(default_factory=list)
+    n_zero: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -178,6 +178,7 @@ class _Lookahead:
             with record_function("ingest.write"):  # buffered; a full part goes to the writer's thread
                 self.writer.add_samples(**columns)
             self.summary.n_written += len(pending.batch)
+            self.summary.n_zero += int((np.abs(columns["attribution"]).max(axis=1) == 0).sum())
             self.advance(len(pending.batch))
         failures, self.failures = self.failures, []
         for index, message in failures:

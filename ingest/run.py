@@ -111,6 +111,21 @@ def ingest(
     return _run_job(job, run_device)
 
 
+ZERO_SHARE = 0.9  # when this share (or more) of the written images has all-zero attributions, say so
+
+
+def zero_attribution_warning(summary: IngestSummary, layer: str) -> list[str]:
+    """One line when (nearly) every image this process wrote has all-zero attributions: the target logit then
+    does not depend on the layer, and every later step (relevance, ARVs, screening) has nothing to work on."""
+    if summary.n_written == 0 or summary.n_zero < ZERO_SHARE * summary.n_written:
+        return []
+    share = "all" if summary.n_zero == summary.n_written else f"{summary.n_zero} of {summary.n_written}"
+    return [(f"{share} of the {summary.split} images written have all-zero attributions at layer {layer}: the "
+             "target logits do not depend on it (a classification head whose weights are zero, as torchvision's "
+             "ViT starts with, untrained `weights`, or a layer the logits do not read); check `weights` and "
+             "`layer`")]
+
+
 def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
     """Every rank attributes its share of the images not yet stored; rank 0 creates the store first,
     holds the split's lock throughout, and compacts the split at the end."""
@@ -138,6 +153,7 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
         if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
+        summary.warnings += zero_attribution_warning(summary, setup.layer)
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             with record_function("ingest.compact"):
                 compact_split(store.path, split)

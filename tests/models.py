@@ -26,6 +26,14 @@ def tiny_net() -> nn.Module:
     return TinyNet()
 
 
+def zero_head_net() -> nn.Module:
+    """TinyNet whose classification head starts at zero, as torchvision's ViT does: its logits are the bias
+    alone, so every attribution (gradient x activation) is exactly zero."""
+    model = tiny_net()
+    nn.init.zeros_(model.head[3].weight)
+    return model
+
+
 def not_a_module():
     return "a string"
 

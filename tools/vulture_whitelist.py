@@ -22,8 +22,10 @@ _.__signature__
 # torch calls nn.Module.forward from __call__ (DisentangledConv, FourierImage, MacoImage)
 _.forward
 
-# Typer: the app's callback (--version) and the enum members that are choices of an option
+# Typer: the app's callback (--version), commands registered by @command() whose names appear nowhere else,
+# and the enum members that are choices of an option
 _main
+layers  # polysem layers
 _.authors  # evaluate --selection authors
 _.fourier  # visualize --method fourier
 

@@ -25,6 +25,7 @@ from polysem.cli.printing import (
 )
 from polysem.errors import PolysemError
 from polysem.util.parsing import whole_numbers
+from polysem.util.text import escape_controls
 
 
 @command()
@@ -69,6 +70,8 @@ def ingest(
         )
         for line in summary.errors:
             typer.echo(f"  unreadable: {line}", err=True)
+        for line in summary.warnings:
+            typer.echo(escape_controls(f"Warning: {as_flags(line)}"), err=True)
 
 
 @command()
