@@ -50,6 +50,11 @@ def _note(text: str) -> None:
     print(textwrap.fill(text, NARROW, break_on_hyphens=False))
 
 
+def print_warning(text: str) -> None:
+    """A `Warning:` on stderr, wrapped to the width the tables keep, its characters escaped."""
+    print(textwrap.fill(escape_controls(f"Warning: {text}"), NARROW, break_on_hyphens=False), file=sys.stderr)
+
+
 def print_thresholds(names: tuple[str, ...], given: tuple[float | None, ...], used: tuple[float, ...]) -> None:
     """Which thresholds a command about a run used, and whose they were: given on the command line, or the
     run's own (those it was made with)."""

@@ -19,7 +19,7 @@ from polysem.cli.app import (
     command,
     plot_app,
 )
-from polysem.cli.printing import render_screening, render_similarity, render_wordnet_figure
+from polysem.cli.printing import print_warning, render_screening, render_similarity, render_wordnet_figure
 from polysem.constants import GAMMA, TAU, P
 
 
@@ -45,6 +45,8 @@ def screen(
     render_screening(found, fmt)
     if found.why_empty is not None:  # an empty answer says why (on stderr: stdout stays the table or the JSON)
         typer.echo(as_flags(found.why_empty), err=True)
+    if found.tau_warning is not None and fmt == "table":  # JSON and CSV stay the answer alone
+        print_warning(as_flags(found.tau_warning))
 
 
 @command()

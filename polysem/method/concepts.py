@@ -140,6 +140,8 @@ class Screening(Result):
         table: the answer, one row per pair, channel or grid point.
         tau, p, gamma: the thresholds (the grid's own for a sweep).
         why_empty: for pairs or concepts with no row, why (the counts along the way and what to change).
+        tau_warning: when tau is far from the paper's operating point for a layer of this many channels
+            (`tau_reading`), what that means and how to choose one; else None.
     """
 
     kind: str
@@ -148,6 +150,31 @@ class Screening(Result):
     p: float
     gamma: float
     why_empty: str | None = None
+    tau_warning: str | None = None
+
+
+PAPER_CHANNELS = 2048  # ResNet-50's layer4.2.conv3, where the paper's tau of 0.03 was chosen
+TAU_FACTOR = 10  # tau more than this factor away from the paper's multiple of the mean share 1/C is warned of
+
+
+def tau_reading(tau: float, channels: int) -> str | None:
+    """Why `tau` is far from the paper's operating point for a layer of `channels` channels, or None.
+
+    Ineq. 2 compares a channel's share of an image's positive attribution with tau. The mean share is 1/C, so
+    what tau means depends on C: the paper's 0.03 is about 61 times 1/2048 in ResNet-50's last layer, but below
+    1/6 in a 6-channel layer, where nearly every channel passes. Warned of beyond a factor of TAU_FACTOR either
+    way (docs/method.md, section 2)."""
+    paper = TAU * PAPER_CHANNELS
+    mine = tau * channels
+    if paper / TAU_FACTOR <= mine <= paper * TAU_FACTOR:
+        return None
+    effect = ("nearly every channel can pass it" if mine < paper else "few channels can pass it")
+    point = paper / channels
+    where = (f" (tau near {point:.3g} is the paper's operating point here)" if point <= 1 else
+             f" (no tau reaches the paper's operating point with {channels} channels)")
+    return (f"tau {tau} is {mine:.3g} times the mean share 1/C of this layer's {channels} channels, where the paper's "
+            f"tau {TAU} is {paper:.3g} times 1/{PAPER_CHANNELS}: {effect}{where}; `polysem screen --sweep` counts "
+            "the candidates over a grid of tau, p and gamma, to choose one")
 
 
 def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA, by_concept: bool = False,
@@ -188,4 +215,5 @@ def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: floa
     else:
         table = screen.polysemantic_pairs(store, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
     why = None if table.num_rows else screen.why_empty(store, tau=tau, p=p, gamma=gamma, correct_only=correct_only)
-    return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why)
+    channels = store.meta()["layer_shape"]["out_channels"]
+    return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why, tau_reading(tau, channels))
