@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -30,11 +32,55 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s")
 
 
+def _widgets_missing(console: Console) -> bool:
+    """A Jupyter kernel without ipywidgets, where rich's live bar would warn at every bar instead of drawing."""
+    if not console.is_jupyter:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@contextmanager
+def _text_bar(description: str, total: int, unit: str, stream=None) -> Iterator[Callable[[int], None]]:
+    """A one-line text bar rewritten in place with a carriage return (a notebook's output area understands it),
+    at most every half second, then its final state and a newline."""
+    stream = stream or sys.stderr
+    started = last = time.monotonic()
+    done = 0
+
+    def show() -> None:
+        elapsed = time.monotonic() - started
+        rate = f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 and done else f"- {unit}/s"
+        stream.write(f"\r{description} {done}/{total} {rate} {elapsed:.0f} s")
+        stream.flush()
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if time.monotonic() - last >= 0.5:
+            last = time.monotonic()
+            show()
+
+    try:
+        yield advance
+    finally:
+        show()
+        stream.write("\n")
+
+
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "img") -> Iterator[Callable[[int], None]]:
-    """Yields `advance(n)`. The bar goes to stderr so stdout stays clean for results."""
+    """Yields `advance(n)`. The bar goes to stderr so stdout stays clean for results; in a Jupyter kernel
+    without ipywidgets it is a plain text line, without rich's warning."""
     if not enabled:
         yield lambda n: None
+        return
+    if _widgets_missing(Console(stderr=True)):
+        with _text_bar(description, total, unit) as advance:
+            yield advance
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
