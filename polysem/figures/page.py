@@ -12,6 +12,7 @@ lists them.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT
@@ -56,16 +57,22 @@ def _img(path: Path, out: Path, alt: str) -> str:
     return f'<img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}">'
 
 
+def _file_name(value: str) -> str:
+    """A recorded path shown by its file name (a weights file); other values (imagenet, random:0) as they are."""
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
 def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:
     """The page and its images in `out` from a `ReportData`; returns `out`. Each run is drawn at the tau of
     its recorded evaluation; `tau` is for runs not evaluated yet."""
     images = out / "img"
     images.mkdir(parents=True, exist_ok=True)
     info, names = data.info, data.names
-    parts = [f"<h1>polysem report: {_e(info['store'])}</h1>",
+    parts = [f"<h1>polysem report: {_e(Path(info['store']).name)}</h1>",
              f'<p class="note">polysem {_e(info["polysem_version"])}; store created {_e(info["created_at"])}</p>',
              "<h2>What the store holds</h2>",
-             _table([{"model": info["model"], "weights": info["weights"], "layer": info["layer"],
+             # a page meant to be shared names no folder of the machine it was made on: files by their names
+             _table([{"model": info["model"], "weights": _file_name(info["weights"]), "layer": info["layer"],
                       "in -> out channels": f"{info['layer_shape']['in_channels']} -> {info['layer_shape']['out_channels']}",
                       "transform": info["transform"]}]),
              _table([{"split": s, **c} for s, c in info["splits"].items()], ["split", "images", "classes", "unreadable"]),
