@@ -30,12 +30,14 @@ class BatchAttribution:
     input_sum:   N x (C_{l-1} * kh * kw)   window sums S(x), flattened like the weight
     logits:      N x K
     positions:   number of output positions of layer l (H_l * W_l)
+    targets:     N   the logit each image was attributed to (the given one, or its argmax)
     """
 
     attribution: torch.Tensor
     input_sum: torch.Tensor
     logits: torch.Tensor
     positions: int
+    targets: torch.Tensor
 
 
 @contextmanager
@@ -111,10 +113,12 @@ def exact_math() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, targets: torch.Tensor) -> BatchAttribution:
+def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
+                    targets: torch.Tensor | None) -> BatchAttribution:
     """Gradient x activation of each image's target logit at `layer`, summed over space.
 
-    images: N x C x H x W on the model's device; targets: N class indices.
+    images: N x C x H x W on the model's device; targets: N logit indices, or None for each image's own
+    predicted (argmax) logit (`ingest --target predicted`).
     The model's parameters may be frozen: gradients are taken w.r.t. f_l only.
     Images do not interact (eval mode), so the gradient of the summed target
     logits gives every image's own gradient in one backward pass.
@@ -126,6 +130,8 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, ta
         if "output" not in seen:
             raise RuntimeError("the layer of interest did not run in the model's forward pass")
         activation = seen["output"]
+        if targets is None:
+            targets = logits.detach().argmax(1)
         with record_function("ingest.backward"):
             target_logits = logits.gather(1, targets.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(target_logits, activation)
@@ -133,4 +139,4 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor, ta
         attribution = (activation.detach() * grad).sum(dim=(2, 3))
         input_sum = input_window_sums(seen["input"], layer)
     positions = activation.shape[2] * activation.shape[3]
-    return BatchAttribution(attribution, input_sum, logits.detach(), positions)
+    return BatchAttribution(attribution, input_sum, logits.detach(), positions, targets)

@@ -9,7 +9,7 @@ from polysem.ingest.dataset import SplitListing
 from polysem.ingest.probe import Setup
 from polysem.ingest.ranks import DEFAULT_RANK_TIMEOUT
 from polysem.query import Store
-from polysem.query.meta import DEFAULT_DECODE
+from polysem.query.meta import DEFAULT_DECODE, DEFAULT_TARGET
 
 __all__ = ["IngestJob", "IngestSummary"]
 
@@ -51,3 +51,4 @@ class IngestJob:
     max_pixels: int | None = None  # the pixel limit; None: Pillow's
     decode: str = DEFAULT_DECODE  # pil or tensor (ingest/decode.py)
     rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds (ingest/ranks.py)
+    target: str = DEFAULT_TARGET  # label (the paper's) or predicted: which logit each image is attributed to

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from polysem.errors import DataError, StoreMismatch
+from polysem.errors import ArgumentRange, DataError, StoreMismatch
 from polysem.ingest.dataset import SplitListing
 from polysem.ingest.threads import cores_per_process, default_num_workers
 from polysem.query import Store
 from polysem.query.confine import check_tree
-from polysem.query.meta import DEFAULT_DECODE, meta_complete, recorded_decode
-from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_int
+from polysem.query.meta import DEFAULT_DECODE, DEFAULT_TARGET, TARGETS, meta_complete, recorded_decode, recorded_target
+from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_int, check_text
 from polysem.util.images import pillow_max_pixels
 
-__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "ROWS_PER_PART_MAX", "Settings", "check_counts", "check_listing",
-           "check_max_pixels", "existing_meta", "reconcile_settings"]
+__all__ = [
+    "DEFAULT_LAYER",
+    "DEFAULT_MODEL",
+    "ROWS_PER_PART_MAX",
+    "Settings",
+    "check_counts",
+    "check_listing",
+    "check_max_pixels",
+    "check_target",
+    "existing_meta",
+    "reconcile_settings",
+]
 
 DEFAULT_MODEL = "resnet50"
 DEFAULT_LAYER = "layer4.2.conv3"
@@ -23,13 +33,14 @@ ROWS_PER_PART_MAX = 2**20  # rows a part holds in memory before it is written (a
 
 @dataclass(frozen=True)
 class Settings:
-    """The model, weights, layer, transform and decoder an ingest runs with: the user's, or the store's."""
+    """The model, weights, layer, transform, decoder and target an ingest runs with: the user's, or the store's."""
 
     model: str
     weights: str | None
     layer: str
     transform: str | None
     decode: str
+    target: str = DEFAULT_TARGET  # label or predicted (query.meta.TARGETS)
 
 
 def existing_meta(store: Store) -> dict | None:
@@ -84,24 +95,37 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
 
 
 def reconcile_settings(existing: dict | None, model: str | None, weights: str | None, layer: str | None,
-                       transform: str | None, decode: str | None) -> Settings:
+                       transform: str | None, decode: str | None, target: str | None = None) -> Settings:
     """The settings of this ingest: the options given, else the store's (a new store: the defaults). An option
     that contradicts what the store recorded is refused."""
+    check_target(target)
     if existing is None:
-        return Settings(model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE)
+        return Settings(model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE,
+                        target or DEFAULT_TARGET)
     for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
                                     ("transform", transform, existing["transform"]),
-                                    ("decode", decode, recorded_decode(existing))):
+                                    ("decode", decode, recorded_decode(existing)),
+                                    ("target", target, recorded_target(existing))):
         if given is not None and given != recorded:
             why = ""
             if option == "decode":  # the pixels differ: a store's rows must all come from one decoder
                 why = " (a store made before `decode` existed was decoded with pil)" if "decode" not in existing \
                     else " (one decoder per store: their pixels differ)"
+            if option == "target":  # relevance and ARVs mix nothing: every row attributed to one kind of logit
+                why = " (one target per store: its attributions are of one kind of logit)"
             raise StoreMismatch(
                 f"the store holds `{option}`={recorded}{why}, not {given}; omit `{option}` or use another `store`"
             )
     return Settings(existing["model"], weights or existing["weights"], existing["layer"], existing["transform"],
-                    recorded_decode(existing))
+                    recorded_decode(existing), recorded_target(existing))
+
+
+def check_target(target: str | None) -> None:
+    """`target`: label (each image's own class logit, the paper's), predicted (its argmax logit), or None."""
+    check_text("target", target, none=True)
+    if target is not None and target not in TARGETS:
+        raise ArgumentRange(f"`target` must be label (the image's class, the paper's) or predicted (the model's "
+                            f"argmax), got {target!r}")
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:

@@ -67,7 +67,8 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
                 for index, message in failures:
                     flow.failed(index, message)
                 for indices, images in groups:
-                    flow.started(_Attributed(model, conv, [records[i] for i in indices], images, logits, device))
+                    flow.started(_Attributed(model, conv, [records[i] for i in indices], images,
+                                             None if job.target == "predicted" else logits, device))
             flow.drain()
             with record_function("ingest.write"):
                 writer.flush()  # the last part, and every part handed over before it, on disk
@@ -91,16 +92,17 @@ class _Attributed:
     the batches queued since. On a CPU every step runs when called and the results are the tensors
     themselves, as in the serial loop."""
 
-    def __init__(self, model, conv, batch: list[ImageRecord], images: torch.Tensor, logits: list[int],
+    def __init__(self, model, conv, batch: list[ImageRecord], images: torch.Tensor, logits: list[int] | None,
                  device: torch.device):
         self.batch = batch
         with record_function("ingest.host_to_device"):
-            targets = _to_device(torch.tensor([logits[r.target] for r in batch]), device)
+            # `logits` None: each image's predicted logit (`target` predicted), chosen after the forward pass
+            targets = None if logits is None else _to_device(torch.tensor([logits[r.target] for r in batch]), device)
             images = images.to(device, non_blocking=True)
         result = attribute_batch(model, conv, images, targets)
         self.positions = result.positions
         with record_function("ingest.device_to_host"):
-            outputs = (result.logits.argmax(1), result.logits.gather(1, targets.view(-1, 1)).squeeze(1),
+            outputs = (result.logits.argmax(1), result.logits.gather(1, result.targets.view(-1, 1)).squeeze(1),
                        result.attribution, result.input_sum)
             self.host = [_to_host(t) for t in outputs]
             self.ready = None

@@ -63,6 +63,7 @@ def ingest(
     max_pixels: int | None = None,
     decode: str | None = None,
     rank_timeout: float = DEFAULT_RANK_TIMEOUT,
+    target: str | None = None,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
@@ -78,7 +79,9 @@ def ingest(
     PIL pipeline) or tensor (batched decode_jpeg and the default transform as tensors on the ingest's
     device; ingest/decode.py); default the store's, else pil. A store holds one decoder's rows only.
     `rank_timeout` (seconds, under torchrun): how long the ranks wait for a rank to join, and for a rank that
-    gives no sign of life, before they stop naming it (ingest/ranks.py).
+    gives no sign of life, before they stop naming it (ingest/ranks.py). `target`: the logit each image is
+    attributed to: label (its own class's, the paper's) or predicted (the model's argmax, as captum users often
+    choose); default the store's, else label. A store holds one target's rows only.
     """
     store = as_store(store)
     check_path("data_dir", data_dir)
@@ -98,13 +101,13 @@ def ingest(
     existing = existing_meta(store)
     check_decode(decode, transform or (existing or {}).get("transform"),  # the store's transform, if it has one
                  stores_transform=transform is None and existing is not None)
-    settings = reconcile_settings(existing, model, weights, layer, transform, decode)
+    settings = reconcile_settings(existing, model, weights, layer, transform, decode, target)
     check_decode(settings.decode, settings.transform, stored=existing is not None)  # a received store's pair, too
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     check_listing(store, existing, listing, split)
     setup = load_setup(store, existing, settings, listing, data_dir, max_pixels)
     job = IngestJob(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress,
-                    compact, max_pixels, settings.decode, rank_timeout)
+                    compact, max_pixels, settings.decode, rank_timeout, settings.target)
     run_device = resolve_device(device)
     if settings.decode == "tensor":
         check_device_decoder(run_device)

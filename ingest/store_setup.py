@@ -16,7 +16,15 @@ from polysem.ingest.ranks import Ranks
 from polysem.ingest.writer import list_column
 from polysem.query import layout
 from polysem.query.confine import open_lock
-from polysem.query.meta import SCHEMA_VERSION, dataset_root_key, meta_complete, read_meta, recorded_decode, write_meta
+from polysem.query.meta import (
+    SCHEMA_VERSION,
+    dataset_root_key,
+    meta_complete,
+    read_meta,
+    recorded_decode,
+    recorded_target,
+    write_meta,
+)
 from polysem.query.split_lock import lock_split
 from polysem.util import atomic
 from polysem.version import __version__
@@ -68,12 +76,13 @@ def prepare_store(job: IngestJob) -> None:
             "transform": setup.transform.spec,
             "transform_import_root": setup.transform.import_root,
             "decode": job.decode,
+            "target": job.target,
             "polysem_version": __version__,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if meta_complete(meta):  # another ingest created it since we looked
             for key, recorded in (*((key, meta[key]) for key in ("model", "weights_sha256", "layer", "transform")),
-                                  ("decode", recorded_decode(meta))):
+                                  ("decode", recorded_decode(meta)), ("target", recorded_target(meta))):
                 if recorded != wanted[key]:
                     raise StoreMismatch(f"the store was just created by another ingest with {key} {recorded}, "
                                         f"not {wanted[key]}; use the same settings or another `store`")

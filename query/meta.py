@@ -15,8 +15,10 @@ from polysem.version import __version__
 __all__ = [
     "DECODERS",
     "DEFAULT_DECODE",
+    "DEFAULT_TARGET",
     "REQUIRED_META",
     "SCHEMA_VERSION",
+    "TARGETS",
     "IncompleteStore",
     "catalog_created",
     "dataset_root_key",
@@ -24,6 +26,7 @@ __all__ = [
     "prepare_catalog",
     "read_meta",
     "recorded_decode",
+    "recorded_target",
     "schema_version",
     "stored_digest",
     "write_meta",
@@ -41,6 +44,22 @@ REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer"
 # before it existed has none and was decoded with pil, so no migration writes it.
 DECODERS = ("pil", "tensor")
 DEFAULT_DECODE = "pil"
+
+
+# Which logit ingest attributes each image to (`target`): its label's, as the paper does, or its predicted one.
+# Optional like `decode`: a store without the key was made with the label.
+TARGETS = ("label", "predicted")
+DEFAULT_TARGET = "label"
+
+
+def recorded_target(meta: dict[str, Any]) -> str:
+    """The logit a store's attributions were taken for: its `target` key, or label for a store without one.
+    Any other value is refused: polysem never writes one, so the catalog was edited."""
+    value = meta.get("target", DEFAULT_TARGET)
+    if value not in TARGETS:
+        raise StoreError(f"the store's metadata names target {value!r}, which is neither of {', '.join(TARGETS)}: "
+                         "polysem never writes that; ingest into a new `store`, or restore the catalog from a backup")
+    return value
 
 
 def recorded_decode(meta: dict[str, Any]) -> str:

@@ -128,6 +128,8 @@ CASES = [
     ("ingest", {"decode": 5}, "decode", WRONG, "text (str) or None, got int 5"),
     ("ingest", {"decode": "gpu"}, "decode", RANGE, "pil or tensor, got str 'gpu'"),
     ("ingest", {"rank_timeout": "30"}, "rank_timeout", WRONG, "a number (int or float), got str '30'"),
+    ("ingest", {"target": 5}, "target", WRONG, "text (str) or None, got int 5"),
+    ("ingest", {"target": "argmax"}, "target", RANGE, "label (the image's class, the paper's) or predicted"),
     ("ingest", {"rank_timeout": 0}, "rank_timeout", RANGE, "in (0, 604800], got 0 seconds"),
     # screen and channel_concepts
     ("screen", {"store": 1.5}, "store", WRONG, "a path"),

@@ -126,6 +126,7 @@ FLAGS = {
     "plots_dir": "--plots",
     "query": "QUERY",
     "rank_timeout": "--rank-timeout",
+    "target": "--target",
     "repair": "--repair",
     "rho": "--rho",
     "rows_per_part": "--rows-per-part",

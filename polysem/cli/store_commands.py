@@ -48,6 +48,7 @@ def ingest(
     max_pixels: Annotated[int | None, typer.Option(help="Images of more pixels are listed as unreadable, not decoded. [default: Pillow's limit, 89478485]")] = None,
     decode: Annotated[str | None, typer.Option(help="pil: torchvision's PIL pipeline; tensor: batched decode_jpeg and the default transform as tensors on --device (nvJPEG on a GPU; other pixels than pil's). [default: pil, or the store's]")] = None,
     rank_timeout: Annotated[float, typer.Option(help="Under torchrun: seconds the ranks wait for every rank to join, and for a rank that gives no sign of life, before they stop naming it.")] = 300.0,
+    target: Annotated[str | None, typer.Option(help="The logit each image is attributed to: label (its class's, the paper's) or predicted (the model's argmax). [default: label, or the store's]")] = None,
     trust_code: TrustOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
@@ -61,7 +62,7 @@ def ingest(
         _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
         classes=whole_numbers("classes", classes, "class ids", "0,5,17"), rows_per_part=rows_per_part,
-        compact=compact, max_pixels=max_pixels, decode=decode, rank_timeout=rank_timeout,
+        compact=compact, max_pixels=max_pixels, decode=decode, rank_timeout=rank_timeout, target=target,
     )
     if summary.rank == 0:
         typer.echo(

@@ -28,7 +28,7 @@ from torch import nn
 from polysem.constants import EVAL_SPLIT
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math, layer_probe
-from polysem.method.features import ModelPass
+from polysem.method.features import ModelPass, attributed_logit
 from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
 from polysem.util.checks import check_real, check_text
@@ -263,7 +263,8 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
         def compute(rows=rows, class_id=class_id):
             m = model_and_layer()
             records = class_records(store, class_id, split, data_dir, rows)
-            return compute_clamped_sums(m["model"], m["layer"], records, m["transform"], logit_of[class_id],
+            return compute_clamped_sums(m["model"], m["layer"], records, m["transform"],
+                                        attributed_logit(store.meta(), logit_of[class_id]),
                                         ModelPass(m["device"], batch_size, progress, f"class {class_id}"))
 
         result.append((ids, cached_array(path, ids, "clamped_sums", compute)))
@@ -271,7 +272,7 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
 
 
 def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
-                             targets: torch.Tensor) -> torch.Tensor:
+                             targets: torch.Tensor | None) -> torch.Tensor:
     """N x C_l: sum over positions of max(a_hw, 0), a = gradient x activation of each image's target logit
     at `layer`'s output (the authors' get_results.py clamps here, per position, before the spatial sum)."""
     with torch.enable_grad(), exact_math(), layer_probe(layer) as seen:
@@ -279,11 +280,13 @@ def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d, images: torch.T
         if "output" not in seen:
             raise RunError("the layer of interest did not run in the model's forward pass")
         activation = seen["output"]
+        if targets is None:  # a store made with --target predicted: each image's argmax logit
+            targets = logits.detach().argmax(1)
         (grad,) = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), activation)
     return (activation.detach() * grad).clamp(min=0).sum(dim=(2, 3))
 
 
-def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
+def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int | None,
                          run: ModelPass) -> np.ndarray:
     """N x C_l float32 `clamped_attribution_sums` of logit `logit` for each record, in order (tests count calls)."""
     from polysem.method.features import per_image_attributions

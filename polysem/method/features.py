@@ -142,11 +142,20 @@ def compute_feature_maps(*args, **kwargs) -> np.ndarray:
     return feature_maps(*args, **kwargs)
 
 
-def per_image_attributions(records: list[ImageRecord], transform, logit: int,
-                           attribute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, out_channels: int,
-                           run: ModelPass) -> np.ndarray:
+def attributed_logit(meta: dict, class_logit: int) -> int | None:
+    """The logit an image of a class is attributed to in this store: the class's own (`target` label, the
+    paper's), or None for each image's predicted one (`target` predicted), as its ingest did."""
+    from polysem.query.meta import recorded_target
+
+    return None if recorded_target(meta) == "predicted" else class_logit
+
+
+def per_image_attributions(records: list[ImageRecord], transform, logit: int | None,
+                           attribute: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], *,
+                           out_channels: int, run: ModelPass) -> np.ndarray:
     """N x out_channels float32: `attribute(images, targets)` (one row per image) of logit `logit` for each
-    record, in order; the images of a batch are grouped by size. An unreadable image is refused."""
+    record, in order (None: each image's predicted logit, for a store made with `target` predicted); the
+    images of a batch are grouped by size. An unreadable image is refused."""
     device = run.device
     loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
     result = np.zeros((len(records), out_channels), np.float32)
@@ -156,7 +165,8 @@ def per_image_attributions(records: list[ImageRecord], transform, logit: int,
                 index, message = failures[0]
                 raise RunError(f"cannot read {records[index].path}: {message}")
             for indices, images in groups:  # one group per image size
-                targets = torch.full((len(indices),), logit, dtype=torch.long, device=device)
+                targets = None if logit is None else torch.full((len(indices),), logit, dtype=torch.long,
+                                                                device=device)
                 result[list(indices)] = attribute(images.to(device), targets).cpu().numpy()
                 advance(len(indices))
     return result

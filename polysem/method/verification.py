@@ -39,7 +39,7 @@ from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.models import resolve_device, stored_transform
 from polysem.method.disentangling import DisentangledConv
-from polysem.method.features import ModelPass, cached_array, per_image_attributions, remap_paths
+from polysem.method.features import ModelPass, attributed_logit, cached_array, per_image_attributions, remap_paths
 from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
 from polysem.query.screening import check_thresholds, require_counted_once
@@ -113,7 +113,7 @@ class Verification(Result):
     gamma: float
 
 
-def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int,
+def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int | None,
                        run: ModelPass) -> np.ndarray:
     """N x C float32: gradient x activation of logit `logit` at `layer`'s output (C channels), summed over
     space, for each record in order."""
@@ -200,7 +200,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float | None =
         def compute(rows=rows, class_id=class_id):
             records = [ImageRecord(r["image_id"], r["path"], r["target"])
                        for r in remap_paths(store, rows, SCREEN_SPLIT, data_dir)]
-            return layer_attributions(model, expanded, records, transform, logit_of[class_id],
+            return layer_attributions(model, expanded, records, transform, attributed_logit(meta, logit_of[class_id]),
                                       ModelPass(run_device, batch_size, progress, f"class {class_id}"))
 
         attribution = cached_array(path, ids, "attribution", compute)

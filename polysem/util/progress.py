@@ -36,11 +36,9 @@ def _widgets_missing(console: Console) -> bool:
     """A Jupyter kernel without ipywidgets, where rich's live bar would warn at every bar instead of drawing."""
     if not console.is_jupyter:
         return False
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is None
 
 
 @contextmanager
