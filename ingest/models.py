@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
+from polysem.util.checks import check_text
 from polysem.util.imports import code_folder, import_from_folder, importable_from
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
@@ -248,6 +249,8 @@ def model_layers(model_spec: str, weights_spec: str | None = None) -> pa.Table:
         >>> model_layers("resnet18").filter(pc.field("takes")).column("layer")[-1]
         'layer4.1.conv2'
     """
+    check_text("model_spec", model_spec)
+    check_text("weights_spec", weights_spec, none=True)
     if weights_spec is None and ":" not in model_spec:
         weights_spec = "random"
     model = resolve_model(model_spec, weights_spec).model

@@ -12,6 +12,11 @@ The notebook API (each name is one function or class, never a module):
     polysem.verify(store, run.run_id).resolved              # -> Verification: does each new channel serve one concept?
     model = polysem.load_model(store, run.run_id)
 
+Every command of the `polysem` CLI is a function here with the same arguments and refusals: `layers`,
+`ingest`, `compact`, `check`, `screen`, `wordnet`, `plot_wordnet`, `channel_concepts`, `disentangle`,
+`verify`, `evaluate`, `visualize`, `runs` / `run_record`, `report`, and `Store` for `info`, `classes`,
+`sql` and `export`. An empty answer warns with why (`polysem.errors.EmptyAnswer`), as the CLI says it.
+
 Results are frozen dataclasses (polysem.util.results.Result): their fields are documented and type-checked,
 and `to_dict()` gives the plain data the command line prints as JSON.
 
@@ -23,7 +28,16 @@ from polysem.version import __version__
 # public name -> (module, attribute); no module of polysem has one of these names
 _API = {
     "Store": ("polysem.query.store", "Store"),
-    "screen": ("polysem.query.screening", "polysemantic_pairs"),
+    "screen": ("polysem.method.concepts", "screen"),
+    "layers": ("polysem.ingest.models", "model_layers"),
+    "compact": ("polysem.query.compact", "compact"),
+    "check": ("polysem.query.store", "check"),
+    "wordnet": ("polysem.method.wordnet", "compute_class_similarity"),
+    "plot_wordnet": ("polysem.reporting", "plot_wordnet"),
+    "runs": ("polysem.query.run_records", "runs"),
+    "run_record": ("polysem.query.run_records", "run_record"),
+    "visualize": ("polysem.method.visualize", "visualize"),
+    "report": ("polysem.reporting", "write_report"),
     "disentangle": ("polysem.method.runs", "disentangle"),
     "load_model": ("polysem.method.runs", "load_model"),
     "evaluate": ("polysem.reporting", "evaluate"),
@@ -31,8 +45,9 @@ _API = {
     "verify": ("polysem.method.verification", "verify"),
 }
 
-__all__ = ["Store", "__version__", "channel_concepts", "disentangle", "evaluate", "ingest", "load_model", "screen",
-           "verify"]
+__all__ = ["Store", "__version__", "channel_concepts", "check", "compact", "disentangle", "evaluate", "ingest",
+           "layers", "load_model", "plot_wordnet", "report", "run_record", "runs", "screen", "verify", "visualize",
+           "wordnet"]
 
 
 def __getattr__(name):

@@ -52,3 +52,12 @@ class ArgumentRange(PolysemError, ValueError):
 
 class RankError(PolysemError):
     """A torchrun rank did not join the others in time, or stopped: the message names the ranks and the fix."""
+
+
+class EmptyAnswer(UserWarning):
+    """An API call answered with no row; the warning's text says why, in the CLI's words (a notebook shows it
+    under the cell)."""
+
+
+class ThresholdWarning(UserWarning):
+    """A threshold far from the paper's operating point for this layer (`polysem.method.concepts.tau_reading`)."""

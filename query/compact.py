@@ -40,6 +40,7 @@ from polysem.query.confine import check_entry
 from polysem.query.split_lock import STAGING, lock_split, staging_folder
 from polysem.query.sqlfiles import Statements, define
 from polysem.util import atomic
+from polysem.util.checks import check_text
 
 __all__ = ["COMPACT_PREFIX", "FILE_ROWS", "ROW_GROUP_ROWS", "STAGING", "CompactSummary", "compact", "compact_split", "lock_split"]
 
@@ -65,6 +66,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
     from polysem.query.store import as_store
 
     store = as_store(store)
+    check_text("split", split, none=True)
     store.meta(require_complete=False)  # refuses a missing store, or one of a newer format (its files)
     staged = store.path / STAGING / "samples"
     # a split whose folder a killed compaction left in staging only is still a split (`recover_staging`)

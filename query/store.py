@@ -451,6 +451,20 @@ def _interruptible(cursor: duckdb.DuckDBPyConnection, work: Callable[[], pa.Tabl
     return outcome["result"]
 
 
+def check(store: Store | str | os.PathLike | None, repair: bool = False) -> CheckReport:
+    """`polysem check`: verify every Parquet file's footer and row counts against the catalog (`Store.check`).
+
+    Args:
+        store: the store, or its folder.
+        repair: set damaged or repeating parts and forged pending records aside, rewrite the schema files,
+            record pending runs and sweep leftovers.
+
+    Returns:
+        A `CheckReport`: files and rows read, `problems` (each with its fix), `repaired`, and `ok`.
+    """
+    return as_store(store).check(repair)
+
+
 def as_store(store: Store | str | os.PathLike | None) -> Store:
     """A Store from a Store, a path, or None (POLYSEM_STORE or ./polysem-store): the one coercion."""
     if not isinstance(store, Store):

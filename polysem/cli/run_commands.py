@@ -32,7 +32,6 @@ from polysem.cli.printing import (
     render_visualization,
 )
 from polysem.constants import GAMMA, TAU, P
-from polysem.errors import PolysemError
 from polysem.util.parsing import rho_value, split_values, whole_numbers
 
 
@@ -149,14 +148,14 @@ def runs(
 ):
     """Every disentanglement run with its evaluation (the paper's quantitative table), or one run in full."""
     _check_format(fmt)
+    from polysem.query.run_records import run_record
+    from polysem.query.run_records import runs as run_table
+
     target = _store(store)
     if run_id is None:
-        render_runs(target.reads.run_summaries(), fmt, _class_names(target))
+        render_runs(run_table(target), fmt, _class_names(target))
         return
-    record = target.reads.run_record(run_id=run_id)
-    if record is None:
-        raise PolysemError(f"unknown run id '{run_id}'; `polysem runs` lists them")
-    render_record(record, fmt, _class_names(target))
+    render_record(run_record(target, run_id), fmt, _class_names(target))
 
 
 def _class_names(target) -> dict[int, str]:

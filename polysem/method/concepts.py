@@ -16,13 +16,14 @@ so it runs here on the cosines of `arv_cosine(tau, p)` and is recorded in the
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
-from polysem.errors import PolysemError
+from polysem.errors import EmptyAnswer, PolysemError, ThresholdWarning
 from polysem.query.records import now, record_channel_concepts
 from polysem.query.screening import arv_cosines, check_limit, check_thresholds
 from polysem.query.store import Store, as_store
@@ -151,6 +152,38 @@ class Screening(Result):
     gamma: float
     why_empty: str | None = None
     tau_warning: str | None = None
+
+
+def screen(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA, by_concept: bool = False,
+           limit: int | None = None, correct_only: bool = False) -> pa.Table:
+    """`polysem.screen`: the polysemantic pairs (or, `by_concept`, each polysemantic channel's concepts) as a
+    table, as `polysem screen` prints them. An empty answer warns with why (`EmptyAnswer`, the CLI's words),
+    and a tau far from the paper's operating point for the layer warns too (`ThresholdWarning`): a notebook
+    shows both under the cell.
+
+    Args:
+        store: the store, or its folder.
+        tau, p: Ineq. 2's relevance threshold and fraction of a class's images.
+        gamma: Theorem 3.1's cosine threshold.
+        by_concept: each polysemantic channel's concepts instead of its pairs.
+        limit: at most this many rows; None for all.
+        correct_only: count only correctly classified images.
+
+    Returns:
+        A pyarrow.Table: one row per (channel, class pair) below gamma, lowest cosine first; or per channel
+        with its concepts.
+
+    Example:
+        >>> polysem.screen(store, limit=3).column("channel").to_pylist()
+        [1660, 522, 895]
+    """
+    found = screening(store, tau=tau, p=p, gamma=gamma, by_concept=by_concept, limit=limit,
+                      correct_only=correct_only)
+    if found.why_empty is not None:
+        warnings.warn(found.why_empty, EmptyAnswer, stacklevel=2)
+    if found.tau_warning is not None:
+        warnings.warn(found.tau_warning, ThresholdWarning, stacklevel=2)
+    return found.table
 
 
 PAPER_CHANNELS = 2048  # ResNet-50's layer4.2.conv3, where the paper's tau of 0.03 was chosen

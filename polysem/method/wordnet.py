@@ -19,7 +19,8 @@ from polysem.constants import SCREEN_SPLIT, TAU, P
 from polysem.errors import PolysemError
 from polysem.query.records import record_class_similarity
 from polysem.query.screening import class_pairs_sharing_a_channel
-from polysem.query.store import Store
+from polysem.query.store import Store, as_store
+from polysem.util.checks import check_path
 from polysem.util.results import Result
 
 __all__ = ["DEBIAN_WORDNET", "DICT_FILES", "SimilarityCounts", "cache_dir", "compute_class_similarity", "load_wordnet", "similarity_points", "synset"]
@@ -113,18 +114,21 @@ class SimilarityCounts(Result):
     skipped_without_wnid: int
 
 
-def compute_class_similarity(store: Store, tau: float = TAU, p: float = P,
+def compute_class_similarity(store: Store | str | os.PathLike, tau: float = TAU, p: float = P,
                              wordnet_dir: str | os.PathLike | None = None) -> SimilarityCounts:
-    """Fill `class_similarity` with the WordNet path similarity of every class pair sharing a relevant channel.
+    """`polysem wordnet`: fill `class_similarity` with the WordNet path similarity of every class pair sharing
+    a relevant channel.
 
     Args:
-        store: the store.
+        store: the store, or its folder.
         tau, p: Ineq. 2's relevance threshold and fraction that decide which channels a class pair shares.
         wordnet_dir: a WordNet 3.0 dict folder to use instead of nltk's data.
 
     Returns:
         `SimilarityCounts`: the pairs scored and those skipped for a missing wnid.
     """
+    store = as_store(store)
+    check_path("wordnet_dir", wordnet_dir, none=True)
     pairs = class_pairs_sharing_a_channel(store, tau, p).to_pylist()
     with_ids = [row for row in pairs if row["wnid1"] and row["wnid2"]]
     if pairs and not with_ids:
