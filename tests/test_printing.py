@@ -6,7 +6,7 @@ import pytest
 
 from polysem.query import Store
 
-WIDTH = 100
+WIDTH = 80
 
 
 def lines_fit(output: str) -> bool:
@@ -35,7 +35,7 @@ def test_screen_fits_and_names_classes(cli, colour_store):
             "wordnet_similarity"} == set(full[0])
 
 
-def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
+def test_long_class_names_wrap_and_ids_and_numbers_stay_whole(cli, colour_store, monkeypatch):
     from polysem.cli import printing as output
 
     long = "a class name far longer than any terminal column should ever have to hold, really"
@@ -53,7 +53,9 @@ def test_long_class_names_are_cut_and_ids_kept(cli, colour_store, monkeypatch):
     monkeypatch.setattr(Store, "run", with_long_names)
     result = cli("screen", "--store", colour_store)
     assert result.exit_code == 0 and lines_fit(result.output), result.output
-    assert "…" in result.output and output.NARROW == WIDTH
+    assert "…" not in result.output and output.NARROW == WIDTH
+    words = result.output.split()
+    assert all(word in words for word in long.split()) and "0.044" in words  # every word of the name, the cosine
 
 
 def test_runs_list_record_and_evaluate(cli, colour_store, run_id):

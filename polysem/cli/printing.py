@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the CLI starts without torch: the result types are imported
     from polysem.method.wordnet import SimilarityCounts
     from polysem.reporting import WordnetFigure
 
-NARROW = 100  # `screen`, `runs` and `evaluate` fit a terminal this wide when there is no terminal to ask
+NARROW = 80  # the width tables keep when there is no terminal to ask (a pipe, a notebook, a test)
+NAME_MIN = 12  # a name column narrower than this wraps too often to read: the table turns vertical instead
 
 
 def _cell(value) -> str:
@@ -70,17 +71,42 @@ def render(result: pa.Table, fmt: str = "table", title: str | None = None) -> No
     elif fmt == "csv":
         sys.stdout.write(to_csv(result))
     else:
-        table = Table(title=Text(escape_controls(title)) if title else None)
-        for name in result.column_names:
-            table.add_column(Text(escape_controls(name)), no_wrap=True)
-        for row in result.to_pylist():
-            # Text, not str: a value like [blue] is data, not rich markup
-            table.add_row(*(Text(_cell(row[name])) for name in result.column_names))
-        console = Console()
-        if not console.is_terminal:  # piped or captured: no terminal width to respect
-            console = Console(width=240)
-        console.print(table)
+        names = [escape_controls(name) for name in result.column_names]
+        cells = [[_cell(row[name]) for name in result.column_names] for row in result.to_pylist()]
+        console = _narrow_console()
+        if _natural_width(names, cells) > console.width:  # a cut cell would misread: one record per block
+            if title:
+                console.print(escape_controls(title), markup=False, highlight=False)
+            _print_vertical(console, names, cells)
+        else:
+            table = Table(title=Text(escape_controls(title)) if title else None)
+            for name in names:
+                table.add_column(Text(name), no_wrap=True)
+            for row in cells:
+                table.add_row(*(Text(cell) for cell in row))  # Text, not str: [blue] is data, not rich markup
+            console.print(table)
         console.print(f"{result.num_rows} row{'s' if result.num_rows != 1 else ''}", style="dim")
+
+
+def _natural_width(names: list[str], rows: list[list[str]]) -> int:
+    """The width of a boxed table showing every cell whole: each column as wide as its widest cell, plus
+    rich's borders and padding (3 per column and 1)."""
+    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(names)]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _print_vertical(console: Console, names: list[str], rows: list[list[str]]) -> None:
+    """One record per block, `name  value` a line, values wrapped at the console's width and never cut: the
+    view for a table too wide for the terminal."""
+    key = max(len(name) for name in names)
+    for i, row in enumerate(rows):
+        if i:
+            console.print()
+        for name, cell in zip(names, row, strict=True):
+            lines = textwrap.wrap(cell, max(console.width - key - 2, 20), break_on_hyphens=False) or [""]
+            console.print(Text(f"{name:<{key}}  {lines[0]}"), soft_wrap=True)
+            for line in lines[1:]:
+                console.print(Text(f"{'':<{key}}  {line}"), soft_wrap=True)
 
 
 # -- the summaries a person reads: key numbers only, ids whole, names next to ids ------------------
@@ -103,23 +129,30 @@ def _narrow_console() -> Console:
 
 
 def _print_summary(title: str, headers: list[tuple[str, str]], rows: list[list[str]], n: int) -> None:
-    """headers: (name, kind); kind "id" is never cut, "name" is cut with an ellipsis when the
-    terminal is too narrow, "number" is right-aligned."""
+    """headers: (name, kind); an "id" or a "number" (right-aligned) column and its header are never cut; a
+    "name" column wraps. When the ids and numbers leave a name column fewer than NAME_MIN characters, the table
+    turns vertical (one record per block) rather than cut anything."""
     rows = [[escape_controls(cell) for cell in row] for row in rows]
-    table = Table(pad_edge=False, box=None, header_style="bold")
-    for name, kind in headers:
-        if kind == "id":
-            width = max([len(name), *(len(r[len(table.columns)]) for r in rows)])
-            table.add_column(name, no_wrap=True, min_width=width)
-        elif kind == "name":
-            table.add_column(name, no_wrap=True, overflow="ellipsis", ratio=1)
-        else:
-            table.add_column(name, no_wrap=True, justify="right")
-    for row in rows:
-        table.add_row(*(Text(cell) for cell in row))  # Text, not str: a name like [blue] is not markup
     console = _narrow_console()
+    whole = [max([len(name), *(len(r[i]) for r in rows)]) for i, (name, _) in enumerate(headers)]
+    fixed = sum(w for w, (_, kind) in zip(whole, headers, strict=True) if kind != "name") + 2 * (len(headers) - 1)
+    n_names = sum(1 for _, kind in headers if kind == "name")
     console.print(escape_controls(title), markup=False, highlight=False)
-    console.print(table)
+    if n_names and (console.width - fixed) // n_names < min(NAME_MIN, *(w for w, (_, k) in zip(whole, headers,
+                                                                                               strict=True)
+                                                                          if k == "name")) \
+            or not n_names and fixed > console.width:
+        _print_vertical(console, [name for name, _ in headers], rows)
+    else:
+        table = Table(pad_edge=False, box=None, header_style="bold")
+        for (name, kind), width in zip(headers, whole, strict=True):
+            if kind == "name":
+                table.add_column(name, overflow="fold", ratio=1)
+            else:
+                table.add_column(name, no_wrap=True, min_width=width, justify="right" if kind == "number" else "left")
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))  # Text, not str: a name like [blue] is not markup
+        console.print(table)
     console.print(f"{n} row{'s' if n != 1 else ''}", style="dim")
 
 
