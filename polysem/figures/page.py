@@ -17,7 +17,7 @@ from pathlib import Path
 
 from polysem.constants import EVAL_SPLIT
 from polysem.figures import plots
-from polysem.util.readings import FRACTIONS_NOTE, SELECTION_TEXT, UNBOUNDED
+from polysem.util.readings import FRACTIONS_NOTE, SELECTION_TEXT, UNBOUNDED, views_disagree
 from polysem.util.text import escape_controls
 
 __all__ = ["write_page"]
@@ -141,6 +141,23 @@ _VIS_COLUMNS = ("unit", "method", "steps", "size", "seed", "act_original", "act_
                 "failure")
 
 
+def _disagreements(report) -> list[str]:
+    """Per new unit, why the attribution verdict and the activation view disagree, when they do."""
+    whole = report.figures.whole if report.figures is not None else None
+    if whole is None or report.verification is None:
+        return []
+    texts = []
+    for verdict in report.verdicts:
+        unit = whole.units.get(verdict["unit"])
+        if unit is None:
+            continue
+        own = sum(h["n_images"] for h in unit.histogram if h["concept"] == unit.own)
+        text = views_disagree(verdict["unit"], verdict, own, len(unit.top), report.verification, whole.split)
+        if text is not None:
+            texts.append(f'<p class="note"><b>Why the views disagree.</b> {_e(text)}</p>')
+    return texts
+
+
 def _whole_picture(whole, drawn: list[Path], out: Path) -> list[str]:
     """Beside the panel (the concept classes only): each unit's top images over every class of the split, the
     figure and per unit the classes of its top n that lie outside its concept."""
@@ -197,6 +214,7 @@ def _run_section(report, names: dict[int, str], tau: float, images: Path, out: P
         parts.append(f'<p class="note">none yet: polysem visualize {_e(run["run_id"])}</p>')
     parts.append("<h4>Panel (paper Fig. 1)</h4>" + _img(figures["panel"][0], out, "panel"))
     parts += _whole_picture(report.figures.whole, figures["whole"], out)
+    parts += _disagreements(report)
     parts.append("<h4>Activation densities</h4>" + _img(figures["density"][0], out, "densities"))
     parts.append("<details><summary>most activating images, whole</summary>"
                  + "".join(_img(p, out, "top images") for p in figures["top"]) + "</details></section>")
