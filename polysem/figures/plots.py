@@ -103,12 +103,21 @@ def activation_density(run: dict, activations: list[dict], tau: float, names: di
     return save(figure, out)
 
 
+CAPTION_POINTS = 11  # the panel's caption: legible when the figure is printed a page wide
+
+
 def selection_caption(facts: dict, layer: str) -> str:
     """What the top images are: split, filter, how many, which classes, how the photos are shown."""
     concepts = ", ".join(f"concept {j} = {' + '.join(classes)}" for j, classes in facts["classes"].items())
+    if facts.get("whole_field"):
+        patches = (f"Patches: the whole image (the receptive field of every most activating position of layer "
+                   f"{layer} covers it).")
+    else:
+        patches = (f"Patches: receptive field of the most activating position of layer {layer}"
+                   + ("; grey: beyond the image border" if facts.get("padded") else "") + ".")
     return (f"{facts['split']} split, {concepts}: per unit the {facts['top']} most activating of {facts['n_images']} "
             f"images (no tau filter), {facts['shown']} shown, balanced between the concepts when both appear. "
-            f"Patches: receptive field of the most activating position of layer {layer}. {facts['photo_note']}.")
+            f"{patches} {facts['photo_note']}.")
 
 
 def _show(ax, pixels: np.ndarray) -> None:
@@ -144,7 +153,8 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
     """The paper's Fig. 1 for one run: rows original, c'1..c'k; columns the feature visualisation
     and the most activating patches."""
     shown = max([len(u.patches) for u in units.values()] + [1])
-    figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4))
+    # constrained layout gives the caption the room it needs, no more: no band of fixed height under it
+    figure = Figure(figsize=(2.0 * (shown + 1) + 1.2, 2.9 * len(units) + 1.4), layout="constrained")
     grid = figure.subplots(len(units), shown + 1, squeeze=False)
     by_unit: dict[str, dict] = {}
     for r in vis_rows:  # the first seed's visualisation of each unit
@@ -169,9 +179,9 @@ def panel(run: dict, units: dict, facts: dict, vis_rows: list[dict], vis_images:
             ax.set_title(_patch_title(patch), fontsize=7)
         for ax in axes[1 + len(images.patches):]:
             ax.axis("off")
+    width_chars = int(figure.get_figwidth() * 72 / (CAPTION_POINTS * 0.55))  # characters of the caption a line holds
     figure.suptitle(f"run {run['run_id']}: channel {run['channel']} and its disentangled units\n"
-                    + "\n".join(textwrap.wrap(selection_caption(facts, layer), 150)), fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.9))
+                    + "\n".join(textwrap.wrap(selection_caption(facts, layer), width_chars)), fontsize=CAPTION_POINTS)
     return save(figure, out)
 
 
@@ -262,8 +272,9 @@ def whole_picture(data, out: Path) -> Path:
         bars.tick_params(axis="x", labelsize=7)
         n_top = len(unit.top)
         whose = "the run's concepts" if unit.own is None else f"concept {unit.own}"
-        bars.set_title(f"classes of its top {n_top} of {data.n_images} {data.split} images: "
-                       f"{_own_share(unit, unit.histogram):.0%} from {whose}", fontsize=8)
+        bars.set_title("\n".join(textwrap.wrap(f"classes of its top {n_top} of {data.n_images} {data.split} images: "
+                                                f"{_own_share(unit, unit.histogram):.0%} from {whose}", 44)),
+                       fontsize=8)
         bars.set_xlabel("images among its top", fontsize=7)
     legend = [LegendPatch(facecolor=_concept_colour(j), edgecolor="black",
                           label=f"concept {j}: {textwrap.shorten(' + '.join(names), 40, placeholder='...')}")

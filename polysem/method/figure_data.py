@@ -146,6 +146,11 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
             if float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
                 wanted[(unit, row["image_id"])] = divmod(int(fmap.argmax()), fmap.shape[1])
     boxes = receptive_fields(model.cpu(), layer.expanded, tuple(images.shape[1:]), list(wanted.values()))
+    # the receptive field's full size: a field clipped at the image border is padded to it, so a row's patches
+    # are one size and line up; a field as large as the image is said to be the whole image
+    full = (max([b[2] - b[0] for b in boxes.values()] + [0]), max([b[3] - b[1] for b in boxes.values()] + [0]))
+    facts["whole_field"] = bool(boxes) and all(b == (0, 0, height, width) for b in boxes.values())
+    facts["padded"] = False
     for unit, (value, picked) in chosen.items():
         for row in picked:
             fmap = maps[unit][index[row["image_id"]]]
@@ -153,6 +158,9 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
             position = wanted.get((unit, row["image_id"]))
             box = boxes[position] if position is not None else None
             crop = photo[box[0]:box[2], box[1]:box[3]] if box else photo
+            if box and (crop.shape[0], crop.shape[1]) != full:
+                crop = pad_to_field(crop, box, full, (height, width))
+                facts["padded"] = True
             bias_only = float((fmap - biases[unit]).abs().max()) <= 1e-9 * max(1.0, abs(biases[unit]))
             units[unit].patches.append(Patch(row["image_id"], names[row["target"]], row["concept"], float(value(row)),
                                              photo, box, crop, bias_only))
@@ -387,6 +395,20 @@ def report_data(store: Store, data_dir=None, device: str = "auto",
                               tau=evaluated["tau"] if evaluated else None, selection=selection))
     return ReportData(info, store.reads.class_list().select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs, (tau, p, gamma), source)
+
+
+BEYOND_BORDER = 128  # the grey a patch is padded with where its receptive field lies beyond the image border
+
+
+def pad_to_field(crop: np.ndarray, box: tuple[int, int, int, int], full: tuple[int, int],
+                 image: tuple[int, int]) -> np.ndarray:
+    """A patch cut at the image border, padded with grey on the border's side(s) to the receptive field's full
+    size (H x W, or H x W x 3), so that it shows at the scale of the other patches."""
+    missing_h, missing_w = full[0] - crop.shape[0], full[1] - crop.shape[1]
+    top = missing_h if box[0] == 0 and box[2] < image[0] else (missing_h // 2 if box[0] == 0 else 0)
+    left = missing_w if box[1] == 0 and box[3] < image[1] else (missing_w // 2 if box[1] == 0 else 0)
+    pads = [(top, missing_h - top), (left, missing_w - left)] + [(0, 0)] * (crop.ndim - 2)
+    return np.pad(crop, pads, constant_values=BEYOND_BORDER)
 
 
 # The channels of ResNet-50 layer4.2.conv3 in the order of the paper's table (docs/method.md).
