@@ -14,8 +14,8 @@ The runs alternate (polysem, captum, polysem, ...), `--repeats` of each; the rat
 captum's median / polysem's median (above 1: polysem is faster). The load average before the runs
 is printed; `--quiet-load` waits (up to `--wait` s) for it to drop below that before measuring.
 captum is not a dependency of polysem: `pip install 'polysem[bench]'` (or `pip install captum`); without
-it the captum side is skipped with a message. `--tiny` (2 images, ResNet-18, 1 repeat) only checks that
-the script runs.
+it the captum side is skipped with a message. `--tiny` (2 images, ResNet-18, 1 repeat, each side in this process)
+only checks that the script runs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _imagenet import write_split  # noqa: E402
+from _process import python  # noqa: E402
 
 CAPTUM_LOOP = r'''
 import sys, time
@@ -57,11 +57,10 @@ np.save(out, np.concatenate(rows))
 '''
 
 
-def timed(command: list[str], env: dict) -> float:
+def timed(args: list[str], env: dict, in_process: bool = False) -> float:
+    """Seconds of `python ARGS` from start to exit (`in_process`: run here, for --tiny)."""
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}: {result.stderr[-1500:]}")
+    python(args, in_process, env)
     return time.perf_counter() - start
 
 
@@ -104,14 +103,14 @@ def main() -> None:
         for i in range(args.repeats):
             store = work / f"store{i}"
             times["polysem"].append(timed(
-                [sys.executable, "-m", "polysem.cli", "ingest", str(work / "data"), "--split", "train",
+                ["-m", "polysem.cli", "ingest", str(work / "data"), "--split", "train",
                  "--store", str(store), "--model", args.model, "--weights", "random", "--layer", args.layer,
-                 "--batch-size", str(args.batch_size), "--device", "cpu"], env))
+                 "--batch-size", str(args.batch_size), "--device", "cpu"], env, args.tiny))
             shutil.rmtree(store)
             if have_captum:
                 times["captum"].append(timed(
-                    [sys.executable, str(work / "loop.py"), str(work / "data" / "train"), args.model, args.layer,
-                     str(args.batch_size), str(work / "captum.npy")], env))
+                    [str(work / "loop.py"), str(work / "data" / "train"), args.model, args.layer,
+                     str(args.batch_size), str(work / "captum.npy")], env, args.tiny))
         medians = {k: statistics.median(v) for k, v in times.items() if v}
         result = {
             "images": n, "batch_size": args.batch_size, "model": f"{args.model} {args.layer} (random weights)",

@@ -11,7 +11,8 @@ store's format by bench/_synthetic.py; no model), then times:
 
 Usage: python bench/query_latency.py [--keep DIR] [--tiny]
 
-`--tiny` (fewer repetitions) only checks that the script still runs; tests/test_bench.py runs it so.
+`--tiny` (fewer repetitions, the "processes" run in this process) only checks that the script still runs;
+tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _process import python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,12 +54,13 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
-def process_ms(argv: list[str], n: int) -> list[float]:
+def process_ms(args: list[str], n: int, in_process: bool = False) -> list[float]:
+    """Milliseconds of `python ARGS` as a fresh process, `n` times (`in_process`: run here, for --tiny)."""
     env = {**os.environ, "POLYSEM_OFFLINE": "1"}
     out = []
     for _ in range(n):
         start = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True, env=env, cwd=ROOT)
+        python(args, in_process, env, cwd=ROOT)
         out.append((time.perf_counter() - start) * 1000)
     return out
 
@@ -72,13 +74,13 @@ def main() -> None:
                                                                                   "process": 10}
     where = args.keep or Path(tempfile.mkdtemp(prefix="polysem-latency-"))
     try:
-        report(build_store(where), reps)
+        report(build_store(where), reps, in_process=args.tiny)
     finally:
         if args.keep is None:
             shutil.rmtree(where, ignore_errors=True)
 
 
-def report(store: Path, reps: dict[str, int]) -> None:
+def report(store: Path, reps: dict[str, int], in_process: bool = False) -> None:
 
     from polysem.query import Store
 
@@ -87,8 +89,9 @@ def report(store: Path, reps: dict[str, int]) -> None:
     warm_store.sql("SELECT 1")
     warm = sorted(timed(lambda: warm_store.sql("SELECT 1"), reps["warm"]))
     count = sorted(timed(lambda: warm_store.sql("SELECT count(*) FROM samples"), reps["count"]))
-    cli = process_ms([sys.executable, "-m", "polysem.cli", "sql", "SELECT 1", "--format", "csv", "--store", str(store)], reps["process"])
-    floor = process_ms([sys.executable, "-c", "import duckdb, pyarrow, typer"], reps["process"])
+    cli = process_ms(["-m", "polysem.cli", "sql", "SELECT 1", "--format", "csv", "--store", str(store)], reps["process"],
+                     in_process)
+    floor = process_ms(["-c", "import duckdb, pyarrow, typer"], reps["process"], in_process)
 
     print(f"Store.sql('SELECT 1'), fresh Store (copy + open): median {statistics.median(first):.1f} ms")
     print(f"Store.sql('SELECT 1'), warm: median {statistics.median(warm):.2f} ms, p95 {warm[int(len(warm) * 0.95)]:.2f} ms")

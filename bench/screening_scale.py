@@ -16,8 +16,8 @@ fresh process (so peak memory is per query):
 
 Usage: python bench/screening_scale.py [--sizes 10000,30000,100000] [--keep DIR] [--tiny]
 
-`--tiny` (2,000 images, the brute-force ARV timed on one image) only checks that the
-script still runs; tests/test_bench.py runs it so.
+`--tiny` (1,000 images, one per class; the compaction and the queries in this process; the brute-force ARV
+timed on one 64 x 64 image) only checks that the script still runs; tests/test_bench.py runs it so.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _process import python
 from _synthetic import finish_store, start_store, write_part
 
 CHANNELS, INPUTS, CLASSES = 2048, 512, 1000
@@ -63,7 +63,7 @@ def build_store(path: Path, n_images: int, seed: int = 0) -> None:
     finish_store(path, CHANNELS, INPUTS)
 
 
-def time_compaction(store: Path) -> dict:
+def time_compaction(store: Path, in_process: bool = False) -> dict:
     """Compact the split in a fresh process, as ingest does at its end: wall and CPU seconds, peak RSS."""
     code = (
         "import resource, sys, time; from pathlib import Path; from polysem.query.compact import compact_split, lock_split\n"
@@ -72,13 +72,12 @@ def time_compaction(store: Path) -> dict:
         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "print(dt, u.ru_utime + u.ru_stime, hwm, s.files_before, s.files_after)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True)
-    seconds, cpu, peak_kb, before, after = out.stdout.split()[-5:]
+    seconds, cpu, peak_kb, before, after = python(["-c", code, str(store)], in_process).split()[-5:]
     return {"seconds": round(float(seconds), 2), "cpu_seconds": round(float(cpu), 2), "peak_rss_mb": int(peak_kb) // 1024,
             "files_before": int(before), "files_after": int(after)}
 
 
-def time_query(store: Path, sql: str) -> dict:
+def time_query(store: Path, sql: str, in_process: bool = False) -> dict:
     """Run one query in a fresh process; wall seconds and that process's peak RSS."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
     code = (
@@ -88,20 +87,20 @@ def time_query(store: Path, sql: str) -> dict:
         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "print(dt, rows, hwm)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(store), sql], capture_output=True, text=True, check=True)
-    seconds, rows, peak_kb = out.stdout.split()[-3:]
+    seconds, rows, peak_kb = python(["-c", code, str(store), sql], in_process).split()[-3:]
     return {"seconds": float(seconds), "peak_rss_mb": int(peak_kb) / 1024}
 
 
-def brute_force_arv_seconds_per_image(n: int = 4) -> float:
-    """Forward of ResNet-50 to layer4.2.conv3's input and autograd through it, per image (reference code's way)."""
+def brute_force_arv_seconds_per_image(n: int = 4, size: int = 224) -> float:
+    """Forward of ResNet-50 to layer4.2.conv3's input and autograd through it, per image (reference code's way), on
+    `size` x `size` images."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
     conv = model.layer4[2].conv3
-    images = torch.randn(n, 3, 224, 224)
+    images = torch.randn(n, 3, size, size)
     seen = {}
     handle = conv.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
     start = time.perf_counter()
@@ -119,10 +118,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--keep", type=Path, help="keep the stores here instead of a temp folder")
-    parser.add_argument("--tiny", action="store_true", help="2000 images, brute force on one image: a smoke test")
+    parser.add_argument("--tiny", action="store_true", help="1000 images, in this process: a smoke test")
     args = parser.parse_args()
     if args.tiny:
-        args.sizes = "2000"
+        args.sizes = "1000"
     root = args.keep or Path(tempfile.mkdtemp(prefix="polysem-screen-"))
     results = {}
     try:
@@ -133,13 +132,13 @@ def main() -> None:
                 build_store(path, size)
                 print(f"built {size} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
             compacted = any((path / "samples" / "train").glob("compact-*"))
-            row = {} if compacted else {"compaction": time_compaction(path)}  # as ingest leaves a store
-            row |= {name: time_query(path, sql) for name, sql in QUERIES.items()}
+            row = {} if compacted else {"compaction": time_compaction(path, args.tiny)}  # as ingest leaves a store
+            row |= {name: time_query(path, sql, args.tiny) for name, sql in QUERIES.items()}
             row["samples_bytes"] = sum(p.stat().st_size for p in (path / "samples" / "train").glob("*.parquet"))
             row["class_size"] = size / CLASSES
             results[size] = row
             print(json.dumps({size: row}), file=sys.stderr)
-        per_image = brute_force_arv_seconds_per_image(1 if args.tiny else 4)
+        per_image = brute_force_arv_seconds_per_image(1, 64) if args.tiny else brute_force_arv_seconds_per_image(4)
         results["brute_force_arv_s_per_image"] = per_image
         print(json.dumps(results, indent=1))
     finally:

@@ -10,7 +10,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -259,14 +263,40 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
 }
 
 
+# -- processes ------------------------------------------------------------------------------------
+
 def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:
     """SIGKILL the process `run` once `folder` holds `count` Parquet parts (or after `timeout` s): a kill
     in the middle of an ingest, with some parts written."""
-    import signal
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(list(folder.glob("*.parquet"))) < count:
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_the_query_runs(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the process `proc` (`polysem sql`, or a script calling Store.sql) runs its query: its reading
+    connection is open (the catalog copy it reads is unlinked as soon as it is open, so the copy shows as deleted
+    among its files), and it has used 0.2 s of CPU since, which only the query takes (what the command does
+    between the two takes milliseconds)."""
+    deadline, opened_at = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if opened_at is None:
+            links = []
+            for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    links.append(os.readlink(fd))
+            if any("polysem-catalog-" in link and link.endswith("(deleted)") for link in links):
+                opened_at = cpu_seconds(proc.pid)
+        elif cpu_seconds(proc.pid) - opened_at >= 0.2:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the query did not start within {timeout} s")

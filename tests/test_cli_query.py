@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -87,10 +86,9 @@ def test_wordnet_similarity_and_plot(cli, colour_store, tmp_path, monkeypatch):
     assert "1 class pairs scored" in result.output
     assert (tmp_path / "cache" / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
 
-    from polysem.method.wordnet import load_wordnet
-
-    with load_wordnet("/usr/share/wordnet") as wordnet:
-        expected = wordnet.synset("soccer_ball.n.01").path_similarity(wordnet.synset("tabby.n.01"))
+    # WordNet 3.0: soccer_ball.n.01 and tabby.n.01 are 12 hypernym edges apart (their lowest common hypernym is
+    # whole.n.02), so their path similarity is 1 / (12 + 1)
+    expected = 1 / 13
     rows = Store(colour_store).sql("SELECT * FROM class_similarity").to_pylist()
     assert rows == [{"class1": 1, "class2": 2, "path_similarity": pytest.approx(expected)}]
     pairs = json.loads(cli("screen", "--store", colour_store, "--format", "json").output)
@@ -119,26 +117,44 @@ def tiny_store_path(fixture_store):
     return fixture_store("tiny-two-classes").store
 
 
-def test_queries_during_an_ingest_see_complete_parts(tmp_path):
+# another process querying the store until told to stop: one line per look, the count or the error
+QUERIES = """
+import sys, time
+from pathlib import Path
+from polysem.query import Store
+store, stop = Path(sys.argv[1]), Path(sys.argv[2])
+print("ready", flush=True)
+while not stop.exists():
+    if (store / "catalog.duckdb").exists():
+        try:
+            print(Store(store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"], flush=True)
+        except Exception as error:
+            print("error", str(error).replace("\\n", " "), flush=True)
+    time.sleep(0.1)
+"""
+
+
+def test_queries_during_an_ingest_see_complete_parts(tmp_path, cli):
+    """A slow ingest in this process, queried all along by another process (which needs no torch)."""
     root = map_logits(make_image_folder(tmp_path / "d", "train", {"a": 15, "b": 15}))
-    store = tmp_path / "s"
-    args = ["ingest", root, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
-            "--transform", "tests.models:slow", "--batch-size", 2, "--rows-per-part", 4]
+    store, stop = tmp_path / "s", tmp_path / "stop"
     env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.Popen([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen = []
+    queries = subprocess.Popen([sys.executable, "-c", QUERIES, str(store), str(stop)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while run.poll() is None:
-            if (store / "catalog.duckdb").exists():
-                try:
-                    seen.append(Store(store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"])
-                except Exception as error:  # only a clear "busy" refusal is acceptable
-                    assert "another process holds its catalog" in str(error)
-            time.sleep(0.1)
+        assert queries.stdout.readline().strip() == "ready"
+        ingested = cli("ingest", root, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
+                       "--transform", "tests.models:slow", "--batch-size", 2, "--rows-per-part", 4)
+        stop.touch()
+        looks = queries.communicate(timeout=60)[0].splitlines()
     finally:
-        run.wait(timeout=60)
-    assert run.returncode == 0
+        queries.kill()
+        queries.wait()
+    assert ingested.exit_code == 0, ingested.output
+    assert queries.returncode == 0, looks
+    for look in looks:  # only a clear "busy" refusal is acceptable
+        assert look.isdigit() or (look.startswith("error ") and "another process holds its catalog" in look), look
+    seen = [int(look) for look in looks if look.isdigit()]
     assert seen == sorted(seen) and all(n % 4 == 0 or n == 30 for n in seen)  # whole parts only
     assert len(set(seen)) >= 3  # it really ran alongside the ingest
     assert Store(store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] == 30

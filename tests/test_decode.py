@@ -302,8 +302,9 @@ def polysem_process(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
-    from tests.test_resume import assert_same_rows
+def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path, cli, monkeypatch):
+    """Killed (SIGKILL) in its own process; the same command resumes it, in this process."""
+    from tests.test_resume import assert_same_rows, without_slowdown
 
     data = make_jpeg_folder(tmp_path / "data", "train", {"a": 12, "b": 12, "c": 12}, sizes=SIZES)
     killed = tmp_path / "killed"
@@ -312,10 +313,10 @@ def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path):
     kill_when_parts(polysem_process(*args), killed / "samples" / "train")
     stored = Store(killed).sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py()
     assert 8 <= stored < 36, "the run must be killed mid-way"
-    resumed = polysem_process(*args)
-    output = resumed.communicate(timeout=120)[0].decode()
-    assert resumed.returncode == 0, output
-    assert f"{36 - stored} images stored, {stored} already there" in output
+    without_slowdown(monkeypatch)
+    resumed = cli(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{36 - stored} images stored, {stored} already there" in resumed.output
     polysem.ingest(tmp_path / "reference", data, **TINY_DEFAULT, decode="tensor", batch_size=2)
     order = "SELECT * EXCLUDE (split) FROM samples ORDER BY image_id"
     assert_same_rows(Store(killed).sql(order).to_pylist(), Store(tmp_path / "reference").sql(order).to_pylist())

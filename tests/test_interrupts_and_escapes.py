@@ -4,7 +4,6 @@ disk, and control or bidirectional characters in names, each one clear line or s
 from __future__ import annotations
 
 import _thread
-import contextlib
 import errno
 import json
 import os
@@ -22,7 +21,7 @@ import pytest
 from polysem.errors import DiskFull
 from polysem.query import Store
 from polysem.util import atomic
-from tests.helpers import ROOT, assert_refused, snapshot
+from tests.helpers import ROOT, assert_refused, snapshot, wait_until_the_query_runs
 
 LONG_QUERY = "SELECT i FROM range(100000000000) t(i) WHERE hash(i) = 0"  # hours, streaming, no result
 
@@ -46,24 +45,42 @@ def test_statements_are_named_as_written(cli, colour_store, sql, named):
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def ctrl_c_after(seconds: float):
-    """Deliver a KeyboardInterrupt to the main thread, as Ctrl-C does, after `seconds`."""
-    timer = threading.Timer(seconds, _thread.interrupt_main)
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+def once_the_long_query_runs(monkeypatch, then) -> None:
+    """Call `then(cursor)` from another thread once LONG_QUERY runs on `cursor`: once this process has used 0.2 s
+    of CPU since the query was handed to DuckDB (nothing else here works meanwhile; the query takes hours). The
+    Store's queries run through `_fetch`, which this wraps."""
+    import polysem.query.store as store_module
+
+    fetch = store_module._fetch
+
+    def watched_fetch(cursor, query, params):
+        started = time.process_time()
+
+        def watch():
+            deadline = time.monotonic() + 60
+            while time.process_time() - started < 0.2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            then(cursor)
+
+        if query == LONG_QUERY:
+            threading.Thread(target=watch, daemon=True).start()
+        return fetch(cursor, query, params)
+
+    monkeypatch.setattr(store_module, "_fetch", watched_fetch)
 
 
-def test_ctrl_c_stops_a_long_query_in_process(colour_store):
+def ctrl_c(cursor) -> None:
+    """A KeyboardInterrupt in the main thread, as Ctrl-C delivers it."""
+    _thread.interrupt_main()
+
+
+def test_ctrl_c_stops_a_long_query_in_process(colour_store, monkeypatch):
     store = Store(colour_store)
     before = snapshot(colour_store)
+    once_the_long_query_runs(monkeypatch, ctrl_c)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt, match="the query stopped before it finished; the store is unchanged"):
-        with ctrl_c_after(1.0):
-            store.sql(LONG_QUERY)
+        store.sql(LONG_QUERY)
     assert time.monotonic() - started < 30
     assert store.sql("SELECT count(*) AS n FROM classes").column("n")[0].as_py() == 3  # still usable
     assert snapshot(colour_store) == before
@@ -72,15 +89,7 @@ def test_ctrl_c_stops_a_long_query_in_process(colour_store):
 def test_an_interrupt_from_duckdb_is_a_keyboard_interrupt(colour_store, monkeypatch):
     """A query interrupted by another thread calling its connection's interrupt(), outside the main thread
     (where the query runs directly on its cursor), is the same KeyboardInterrupt."""
-    import polysem.query.store as store_module
-
-    fetch = store_module._fetch
-
-    def interrupted_fetch(cursor, query, params):
-        threading.Timer(1.0, cursor.interrupt).start()
-        return fetch(cursor, query, params)
-
-    monkeypatch.setattr(store_module, "_fetch", interrupted_fetch)
+    once_the_long_query_runs(monkeypatch, lambda cursor: cursor.interrupt())
     store = Store(colour_store)
     before = snapshot(colour_store)
     caught = {}
@@ -100,10 +109,10 @@ def test_an_interrupt_from_duckdb_is_a_keyboard_interrupt(colour_store, monkeypa
     assert snapshot(colour_store) == before
 
 
-def test_ctrl_c_on_the_command_line_exits_130(cli, colour_store):
+def test_ctrl_c_on_the_command_line_exits_130(cli, colour_store, monkeypatch):
     before = snapshot(colour_store)
-    with ctrl_c_after(2.0):
-        result = cli("sql", LONG_QUERY, "--store", colour_store)
+    once_the_long_query_runs(monkeypatch, ctrl_c)
+    result = cli("sql", LONG_QUERY, "--store", colour_store)
     assert result.exit_code == 130, result.output
     assert result.output.strip() == "Interrupted: the query stopped before it finished; the store is unchanged."
     assert snapshot(colour_store) == before
@@ -115,8 +124,7 @@ def test_sigint_to_polysem_sql_exits_130(colour_store):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        time.sleep(6)  # imports, the catalog copy, then the query runs
-        assert proc.poll() is None, proc.communicate()
+        wait_until_the_query_runs(proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -13,7 +13,7 @@ from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
 from polysem.errors import StoreBusy
-from tests.helpers import ROOT, assert_refused
+from tests.helpers import ROOT, assert_refused, wait_until_the_query_runs
 
 
 @pytest.fixture
@@ -44,8 +44,7 @@ def test_a_long_query_does_not_block_a_writer(store):
                     "Store(sys.argv[1]).sql('SELECT sum(hash(i)) FROM range(3000000000) t(i), (SELECT count(*) FROM samples)')",
                     store)
     try:
-        time.sleep(1.5)  # the query is running (it takes far longer than this)
-        assert reader.poll() is None
+        wait_until_the_query_runs(reader)  # it takes far longer than the rest of this test
         start = time.monotonic()
         with Store(store).connect(write=True) as conn:
             conn.execute("INSERT INTO class_similarity VALUES (0, 1, 0.5)")

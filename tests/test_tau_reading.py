@@ -32,7 +32,7 @@ def test_the_operating_point_is_named_only_where_a_tau_reaches_it():
 def test_screen_prints_the_warning_under_the_table_only(cli, colour_store):
     table = cli("screen", "--store", colour_store)
     assert table.exit_code == 0
-    warning = table.output[table.output.index("Warning: "):]
+    warning = " ".join(table.output[table.output.index("Warning: "):].split())  # wrapped at 80 columns
     assert "this layer's 3 channels" in warning and "polysem screen --sweep" in warning
     assert all(len(line) <= 100 for line in table.output.splitlines())
     as_json = cli("screen", "--format", "json", "--store", colour_store)

@@ -146,13 +146,18 @@ def test_a_split_from_another_folder_is_refused(cli, data_dir, tmp_path, store_p
     assert snapshot(store_path) == before
 
 
-def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir):
+def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir, monkeypatch):
     """A module:callable model importable only from the folder of the first ingest still loads later,
-    from elsewhere; `info` says where it comes from."""
+    from elsewhere; `info` says where it comes from. The first ingest is a process started in the user's folder
+    (whose own modules are named like polysem's folders); the later commands run in this process, from another
+    folder, each with the user's module not yet imported, as in a new process."""
     import shutil
     import subprocess
     import sys
 
+    from typer.testing import CliRunner
+
+    from polysem.cli import app
     from tests.helpers import ROOT
 
     project = tmp_path / "project"
@@ -163,24 +168,30 @@ def test_model_module_is_found_from_any_working_folder(tmp_path, data_dir):
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["POLYSEM_OFFLINE"] = "1"
-
-    def polysem(*args, cwd):
-        return subprocess.run([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    first = polysem("ingest", data_dir, "--store", store, "--model", "mynets:colour_net", "--layer", "probe",
-                    "--transform", "mynets:to_tensor", cwd=project)
+    first = subprocess.run([sys.executable, "-m", "polysem.cli", "ingest", str(data_dir), "--store", str(store),
+                            "--model", "mynets:colour_net", "--layer", "probe", "--transform", "mynets:to_tensor"],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    val = polysem("ingest", data_dir, "--split", "val", "--store", store, cwd=elsewhere)
-    assert val.returncode == 0, val.stdout + val.stderr
-    info = polysem("info", "--store", store, cwd=elsewhere)
-    assert f"mynets:colour_net imported from {project}" in info.stdout
-    run = polysem("disentangle", "--channel", 0, "--concept1", 0, "--concept2", 1, "--force", "--rho", "0.5",
-                  "--store", store, "--format", "json", cwd=elsewhere)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert json.loads(run.stdout)["max_logit_diff"] < 1e-5
+    monkeypatch.chdir(elsewhere)
+    assert "mynets" not in sys.modules
+
+    def polysem(*args):
+        sys.modules.pop("mynets", None)
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    try:
+        val = polysem("ingest", data_dir, "--split", "val", "--store", store)
+        assert val.exit_code == 0, val.output
+        info = polysem("info", "--store", store)
+        assert f"mynets:colour_net imported from {project}" in info.stdout
+        run = polysem("disentangle", "--channel", 0, "--concept1", 0, "--concept2", 1, "--force", "--rho", "0.5",
+                      "--store", store, "--format", "json")
+        assert run.exit_code == 0, run.output
+        assert json.loads(run.stdout)["max_logit_diff"] < 1e-5
+    finally:
+        sys.modules.pop("mynets", None)
 
 
 def test_an_ingest_in_which_every_image_fails_exits_2(cli, tmp_path, store_path):

@@ -177,25 +177,24 @@ def test_evaluate_panel_and_report_in_a_browser(cli, opponent_run, tmp_path):
 
 
 def check_in_browser(index: Path, tmp_path: Path) -> None:
-    """Headless Chromium loads the page from disk: every image loads and a screenshot is not blank."""
+    """Headless Chromium, started once, loads the page from disk: every image loads and a screenshot is not blank."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium is not None, "chromium is not installed: `make system-packages` installs it"
-    # the page has no script; this copy adds one that counts images that did not load
+    # the page has no script; this copy adds one that counts images that did not load (it draws nothing)
     probe = index.with_name("probe.html")
     probe.write_text(index.read_text().replace("</body>", "<script>window.addEventListener('load', () => {"
                      "const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0));"
                      "document.body.setAttribute('data-images', document.images.length + '/' + bad.length);"
                      "});</script></body>"))
+    shot = tmp_path / "shot.png"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
              "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "chromium-profile")]
-    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(flags + ["--dump-dom", f"--screenshot={shot}", "--window-size=1200,1600", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
     probe.unlink()
     counts = dom.split('data-images="')[1].split('"')[0]
     total, broken = map(int, counts.split("/"))
     assert total >= 4 and broken == 0, counts
-    shot = tmp_path / "shot.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,1600", index.as_uri()], capture_output=True,
-                   timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10 and len(np.unique(pixels)) > 20
 
