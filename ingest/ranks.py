@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from polysem.errors import RankError
+from polysem.util.interrupt import interruptible
 
 __all__ = ["DEFAULT_RANK_TIMEOUT", "RANK_TIMEOUT_MAX", "Ranks", "start_ranks"]
 
@@ -323,31 +324,9 @@ def _agent_store() -> bool:
 
 
 def _interruptible(work: Callable[[], Any], what: str) -> Any:
-    """`work()` in a helper thread while the main thread waits where Ctrl-C reaches it: for calls that block
-    in C++ (connecting to the store, the process group's init). On Ctrl-C the helper is left behind (a daemon
-    thread: it ends with the process)."""
-    if threading.current_thread() is not threading.main_thread():
-        return work()
-    outcome: dict[str, Any] = {}
-    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C may later return too early
-
-    def run() -> None:
-        try:
-            outcome["result"] = work()
-        except BaseException as error:  # noqa: BLE001 -- handed to the waiting thread, which raises it
-            outcome["error"] = error
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="polysem-rank-wait", daemon=True).start()
-    try:
-        while not done.wait(_POLL):
-            pass
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"stopped while {what}") from None
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    """`work()` stoppable by Ctrl-C, for calls that block in C++ (connecting to the store, the process group's
+    init); on Ctrl-C the call is left behind (a daemon thread: it ends with the process)."""
+    return interruptible(work, f"stopped while {what}", name="polysem-rank-wait", poll=_POLL)
 
 
 def start_ranks(device: torch.device, timeout: float) -> Ranks:

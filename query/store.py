@@ -14,7 +14,7 @@ import functools
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from polysem.query.transaction import Transaction
 from polysem.util.atomic import disk_full, is_disk_full
 from polysem.util.checks import check_bool, check_params, check_path, check_text
 from polysem.util.imports import code_status
+from polysem.util.interrupt import interruptible
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "Reads", "Store", "Transaction", "as_store", "default_store_path"]
 
@@ -304,7 +305,9 @@ class Store:
             with self.connect() as cursor:
                 cursor.begin()
                 try:
-                    return _interruptible(cursor, functools.partial(_fetch, cursor, query, params))
+                    # DuckDB's client does not see SIGINT while a query runs: the query is stopped on Ctrl-C
+                    return interruptible(functools.partial(_fetch, cursor, query, params), INTERRUPTED,
+                                         stop=cursor.interrupt, name="polysem-query")
                 except duckdb.InterruptException as error:
                     raise KeyboardInterrupt(INTERRUPTED) from error
                 except duckdb.IOException as error:
@@ -416,39 +419,6 @@ def _fetch(cursor: duckdb.DuckDBPyConnection, query: str, params: list | dict | 
 
 
 INTERRUPTED = "the query stopped before it finished; the store is unchanged"
-
-
-def _interruptible(cursor: duckdb.DuckDBPyConnection, work: Callable[[], pa.Table]) -> pa.Table:
-    """`work()` on `cursor`, stopped by Ctrl-C (a KeyboardInterrupt naming what happened).
-
-    DuckDB's Python client does not see SIGINT while a query runs (the main thread waits in C), so
-    in the main thread the query runs in a helper thread while the main thread waits where Python
-    delivers signals; a KeyboardInterrupt there interrupts the query. Elsewhere `work` runs as is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return work()
-    outcome: dict[str, Any] = {}
-    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C may later return too early
-
-    def run() -> None:
-        try:
-            outcome["result"] = work()
-        except BaseException as error:  # noqa: BLE001  handed to the waiting thread, which raises it
-            outcome["error"] = error
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="polysem-query", daemon=True).start()
-    try:
-        while not done.wait(0.05):
-            pass
-    except KeyboardInterrupt:
-        cursor.interrupt()
-        done.wait()
-        raise KeyboardInterrupt(INTERRUPTED) from None
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def check(store: Store | str | os.PathLike | None, repair: bool = False) -> CheckReport:
