@@ -52,24 +52,24 @@ TARGETS = ("label", "predicted")
 DEFAULT_TARGET = "label"
 
 
-def recorded_target(meta: dict[str, Any]) -> str:
-    """The logit a store's attributions were taken for: its `target` key, or label for a store without one.
-    Any other value is refused: polysem never writes one, so the catalog was edited."""
-    value = meta.get("target", DEFAULT_TARGET)
-    if value not in TARGETS:
-        raise StoreError(f"the store's metadata names target {value!r}, which is neither of {', '.join(TARGETS)}: "
+def _recorded_choice(meta: dict[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    """An optional key of closed choices: its value, or `default` for a store made before the key existed. Any
+    other value is refused: polysem never writes one, so the catalog was edited."""
+    value = meta.get(key, default)
+    if value not in choices:
+        raise StoreError(f"the store's metadata names {key} {value!r}, which is neither of {', '.join(choices)}: "
                          "polysem never writes that; ingest into a new `store`, or restore the catalog from a backup")
     return value
+
+
+def recorded_target(meta: dict[str, Any]) -> str:
+    """The logit a store's attributions were taken for: its `target` key, or label for a store without one."""
+    return _recorded_choice(meta, "target", TARGETS, DEFAULT_TARGET)
 
 
 def recorded_decode(meta: dict[str, Any]) -> str:
-    """The decoder a store's images went through: its `decode` key, or pil for a store without one.
-    Any other value is refused: polysem never writes one, so the catalog was edited."""
-    value = meta.get("decode", DEFAULT_DECODE)
-    if value not in DECODERS:
-        raise StoreError(f"the store's metadata names decode {value!r}, which is neither of {', '.join(DECODERS)}: "
-                         "polysem never writes that; ingest into a new `store`, or restore the catalog from a backup")
-    return value
+    """The decoder a store's images went through: its `decode` key, or pil for a store without one."""
+    return _recorded_choice(meta, "decode", DECODERS, DEFAULT_DECODE)
 
 
 def dataset_root_key(split: str) -> str:
