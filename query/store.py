@@ -57,6 +57,33 @@ def default_store_path() -> Path:
     return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
+# Prepared catalog copies by (store's real path, catalog stamp): every Store object of a process that reads
+# the same catalog state opens a copy of these bytes instead of defining every view and macro again (about
+# 100 ms each). A write through this process forgets the store's entries; another process's commit changes
+# the stamp.
+_PREPARED: dict[tuple[str, tuple], bytes] = {}
+_PREPARED_LOCK = threading.Lock()
+_PREPARED_MAX_BYTES = 64 << 20
+
+
+def remember_snapshot(key: tuple[str, tuple], copy: Path) -> None:
+    if copy.with_name(copy.name + ".wal").exists():
+        return  # a copy left with a write-ahead log is not one file
+    data = copy.read_bytes()
+    with _PREPARED_LOCK:
+        while _PREPARED and sum(map(len, _PREPARED.values())) + len(data) > _PREPARED_MAX_BYTES:
+            _PREPARED.pop(next(iter(_PREPARED)))  # the oldest first
+        if len(data) <= _PREPARED_MAX_BYTES:
+            _PREPARED[key] = data
+
+
+def forget_snapshots(store: Path) -> None:
+    real = os.path.realpath(store)
+    with _PREPARED_LOCK:
+        for key in [key for key in _PREPARED if key[0] == real]:
+            del _PREPARED[key]
+
+
 class Store:
     """A polysem store directory. Cheap to create; nothing is opened until used.
 
@@ -147,7 +174,7 @@ class Store:
             raise
         finally:
             conn.close()
-
+            forget_snapshots(self.path)
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
         """The connection user SQL runs on, rebuilt only when the catalog changed.
@@ -174,8 +201,15 @@ class Store:
         os.close(fd)
         copy = Path(name)
         try:
-            copy_catalog(self.catalog_path, copy, self.path)
-            self._prepare_copy(copy)
+            key = (os.path.realpath(self.path), stamp(self.catalog_path))
+            prepared = _PREPARED.get(key)
+            if prepared is not None:
+                copy.write_bytes(prepared)
+            else:
+                copy_catalog(self.catalog_path, copy, self.path)
+                self._prepare_copy(copy)
+                if stamp(self.catalog_path) == key[1]:  # no writer committed while it was copied
+                    remember_snapshot(key, copy)
             try:
                 conn = quiet(duckdb.connect(str(copy), read_only=True,
                                             config={**SANDBOX, "file_search_path": str(self.path)}))

@@ -118,6 +118,23 @@ def test_the_query_connection_is_reused_until_the_catalog_changes(store):
     assert target._reader_conn is not first
 
 
+
+
+def test_store_objects_of_one_process_see_each_others_writes_and_another_processes(store):
+    """Store objects of a process share the prepared copy of a catalog state; a write through any of them, or
+    by another process, is seen by every one at its next read."""
+    count = "SELECT count(*) AS n FROM class_similarity"
+    first, second = Store(store), Store(store)
+    assert first.sql(count).to_pylist() == second.sql(count).to_pylist() == [{"n": 0}]
+    with first.connect(write=True) as conn:
+        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
+    assert Store(store).sql(count).to_pylist() == [{"n": 1}]
+    assert second.sql(count).to_pylist() == [{"n": 1}]
+    writer = python("import sys, duckdb; c = duckdb.connect(sys.argv[1]); "
+                    "c.execute('INSERT INTO class_similarity VALUES (1, 2, 0.5)'); c.close()",
+                    store / "catalog.duckdb")
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    assert first.sql(count).to_pylist() == Store(store).sql(count).to_pylist() == [{"n": 2}]
 # -- 5. damaged files: one line naming the file and the fix ------------------------------------
 
 def truncate(path: Path) -> None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from polysem.constants import SCREEN_SPLIT, TAU, P
 from polysem.errors import PolysemError
@@ -29,6 +30,16 @@ DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")] + [
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")
 ] + ["index.sense"]  # index.sense: Debian's wordnet-sense-index
+
+
+# The reader of a built copy, kept for the process: building it reads the index files (2 to 3 s). Keyed by the
+# copy's files, so a copy built again is read again.
+_READERS: dict[tuple, Any] = {}
+
+
+def _file_stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def cache_dir() -> Path:
@@ -75,9 +86,14 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
     saved = list(nltk.data.path)
     nltk.data.path.insert(0, str(target.parents[1]))
     try:
-        with warnings.catch_warnings():  # nltk warns that the Open Multilingual Wordnet is absent: not used here
-            warnings.simplefilter("ignore", UserWarning)
-            reader = WordNetCorpusReader(str(target), None)
+        key = (str(target.resolve()), tuple(_file_stat(target / name) for name in DICT_FILES + ["lexnames"]))
+        reader = _READERS.get(key)
+        if reader is None:
+            with warnings.catch_warnings():  # nltk warns that the Open Multilingual Wordnet is absent: not used here
+                warnings.simplefilter("ignore", UserWarning)
+                reader = WordNetCorpusReader(str(target), None)
+            _READERS.clear()  # one built copy's reader at a time
+            _READERS[key] = reader
         yield reader
     finally:
         nltk.data.path[:] = saved
