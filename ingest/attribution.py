@@ -2,7 +2,9 @@
 
 One forward pass per batch gives both: a forward hook on the layer of interest
 keeps its input f_{l-1} and turns its output f_l into a fresh leaf, so the one
-backward pass of the target logits runs only through the layers after l.
+backward pass of the target logits runs only through the layers after l. The layer is
+a Conv2d or a Linear applied per token or position (`ingest.units`: window 1, the
+positions that count summed).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from polysem.ingest.units import DEFAULT_POSITIONS, is_linear, position_count, unit_sums
 from polysem.util.hooks import hooked
 
-__all__ = ["BatchAttribution", "attribute_batch", "conv_padding", "exact_math", "input_window_sums", "layer_probe"]
+__all__ = ["BatchAttribution", "attribute_batch", "conv_padding", "exact_math", "input_window_sums", "layer_input_sums", "layer_probe"]
 
 
 @dataclass
@@ -27,9 +30,9 @@ class BatchAttribution:
     """Per-image results for a batch of N images.
 
     attribution: N x C_l   sum over positions of f_l * d y_t / d f_l
-    input_sum:   N x (C_{l-1} * kh * kw)   window sums S(x), flattened like the weight
+    input_sum:   N x (C_{l-1} * kh * kw)   window sums S(x), flattened like the weight (a Linear: N x D_in)
     logits:      N x K
-    positions:   number of output positions of layer l (H_l * W_l)
+    positions:   number of output positions of layer l that count (a conv: H_l * W_l)
     targets:     N   the logit each image was attributed to (the given one, or its argmax)
     """
 
@@ -48,9 +51,10 @@ def layer_probe(layer: nn.Module, *, detach_output: bool = True) -> Iterator[dic
     grad: gradients then stop there instead of flowing into earlier layers.
     The hook is removed on exit, also when the block raises.
     """
-    seen: dict = {}
+    seen: dict = {"calls": 0}
 
     def hook(module, inputs, output):
+        seen["calls"] += 1
         seen["input"] = inputs[0].detach()
         if not detach_output:
             seen["output"] = output
@@ -113,9 +117,18 @@ def exact_math() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
-                    targets: torch.Tensor | None) -> BatchAttribution:
-    """Gradient x activation of each image's target logit at `layer`, summed over space.
+def layer_input_sums(x: torch.Tensor, layer: nn.Module, positions: str = DEFAULT_POSITIONS) -> torch.Tensor:
+    """S(x) of a conv (`input_window_sums`) or of a Linear (window 1: its input summed over the positions that
+    count, N x D_in)."""
+    if is_linear(layer):
+        return unit_sums(x, layer, positions)
+    return input_window_sums(x, cast("nn.Conv2d", layer))
+
+
+def attribute_batch(model: nn.Module, layer: nn.Module, images: torch.Tensor,
+                    targets: torch.Tensor | None, positions: str = DEFAULT_POSITIONS) -> BatchAttribution:
+    """Gradient x activation of each image's target logit at `layer`, summed over space (a Linear: over
+    the positions that count, `ingest.units`).
 
     images: N x C x H x W on the model's device; targets: N logit indices, or None for each image's own
     predicted (argmax) logit (`ingest --target predicted`).
@@ -129,6 +142,8 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
             logits = model(images)
         if "output" not in seen:
             raise RuntimeError("the layer of interest did not run in the model's forward pass")
+        if seen["calls"] > 1:
+            raise RuntimeError(f"the layer of interest ran {seen['calls']} times in one forward pass")
         activation = seen["output"]
         if targets is None:
             targets = logits.detach().argmax(1)
@@ -136,7 +151,7 @@ def attribute_batch(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
             target_logits = logits.gather(1, targets.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(target_logits, activation)
     with record_function("ingest.attribution_and_input_sums"):
-        attribution = (activation.detach() * grad).sum(dim=(2, 3))
-        input_sum = input_window_sums(seen["input"], layer)
-    positions = activation.shape[2] * activation.shape[3]
-    return BatchAttribution(attribution, input_sum, logits.detach(), positions, targets)
+        attribution = unit_sums(activation.detach() * grad, layer, positions)
+        input_sum = layer_input_sums(seen["input"], layer, positions)
+    return BatchAttribution(attribution, input_sum, logits.detach(), position_count(activation, layer, positions),
+                            targets)

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
-from polysem.util.checks import check_text
+from polysem.ingest.units import DEFAULT_POSITIONS
+from polysem.util.checks import check_int, check_text
+from polysem.util.hooks import hooked
 from polysem.util.imports import code_folder, import_from_folder, importable_from
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
@@ -214,17 +217,21 @@ def resolve_device(spec: str) -> torch.device:
         raise ModelError(f"unknown `device` '{spec}'; use auto, cpu or cuda") from None
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:
-    """The conv layer of interest by dotted name; clear errors for anything else."""
+def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
+    """The layer of interest by dotted name: a Conv2d, or a Linear applied per token or position (`ingest.units`);
+    clear errors for anything else."""
     modules = dict(model.named_modules())
-    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    takeable = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if name not in modules:
-        close = difflib.get_close_matches(name, convs, n=5, cutoff=0.3)
-        hint = f"; closest conv layers: {', '.join(close)}" if close else ""
+        close = difflib.get_close_matches(name, takeable, n=5, cutoff=0.3)
+        hint = f"; closest conv and Linear layers: {', '.join(close)}" if close else ""
         raise ModelError(f"layer '{name}' not found in the model{hint}")
     layer = modules[name]
+    if isinstance(layer, nn.Linear):
+        return layer
     if not isinstance(layer, nn.Conv2d):
-        raise ModelError(f"layer '{name}' is a {type(layer).__name__}, not a Conv2d; choose a conv layer")
+        raise ModelError(f"layer '{name}' is a {type(layer).__name__}, neither a Conv2d nor a Linear; choose one of "
+                         "those (`polysem layers` lists them)")
     if layer.groups != 1:
         raise ModelError(f"layer '{name}' is a grouped conv (groups={layer.groups}); only groups=1 is supported")
     if layer.padding_mode != "zeros":
@@ -232,14 +239,18 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d:
     return layer
 
 
-def model_layers(model_spec: str, weights_spec: str | None = None) -> pa.Table:
-    """The conv layers of a model, for choosing `layer`: one row each in the model's order with its name,
-    type, weight shape (out x in x kH x kW), stride, and whether polysem can take it (and why not).
+def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int = 224) -> pa.Table:
+    """The conv and Linear layers of a model, for choosing `layer`: one row each in the model's order with its
+    name, type, weight shape (conv: out x in x kH x kW, Linear: out x in), stride (NULL for a Linear), and whether
+    polysem can take it (and why not). A Linear is taken when the forward pass of one `size` x `size` image applies
+    it per token or position (input N x ... x D); a model that fails on that image leaves its Linears unchecked
+    here (`ingest` checks the layer on the data's first image).
 
     Args:
         model_spec: a torchvision classification model name or `package.module:callable`.
         weights_spec: as for `resolve_model`; default: random for a torchvision name (the structure needs no
             download), the callable's own weights otherwise.
+        size: the side in pixels of the image run through the model (its input size).
 
     Returns:
         A table: layer (str), type (str), weight_shape (list of int), stride (list of int), takes (bool),
@@ -251,28 +262,76 @@ def model_layers(model_spec: str, weights_spec: str | None = None) -> pa.Table:
     """
     check_text("model_spec", model_spec)
     check_text("weights_spec", weights_spec, none=True)
+    size = check_int("size", size, 1, 4096, hint=" pixels (the model's input side)")
     if weights_spec is None and ":" not in model_spec:
         weights_spec = "random"
     model = resolve_model(model_spec, weights_spec).model
+    linear_inputs = _linear_input_shapes(model, size)
     rows = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         try:
             resolve_layer(model, name)
             why_not = None
+            if name in linear_inputs:
+                why_not = linear_position_problem(name, linear_inputs[name])
+            elif isinstance(module, nn.Linear) and linear_inputs:  # the forward pass ran but never called it
+                why_not = (f"layer '{name}' never runs as a module in the forward pass (another module uses its "
+                           "weights, as nn.MultiheadAttention does its out_proj)")
         except ModelError as error:
             why_not = str(error).split("; ")[0]
+        stride = list(module.stride) if isinstance(module, nn.Conv2d) else None
         rows.append({"layer": name, "type": type(module).__name__, "weight_shape": list(module.weight.shape),
-                     "stride": list(module.stride), "takes": why_not is None, "why_not": why_not})
+                     "stride": stride, "takes": why_not is None, "why_not": why_not})
     if not rows:
-        raise ModelError(f"the model {model_spec} has no Conv2d layer; polysem takes a conv layer (`layer`)")
+        raise ModelError(f"the model {model_spec} has no Conv2d or Linear layer; polysem takes one of those (`layer`)")
     return pa.Table.from_pylist(rows, schema=pa.schema([
         ("layer", pa.string()), ("type", pa.string()), ("weight_shape", pa.list_(pa.int64())),
         ("stride", pa.list_(pa.int64())), ("takes", pa.bool_()), ("why_not", pa.string())]))
 
 
-def layer_shape(layer: nn.Conv2d) -> dict:
+def linear_position_problem(name: str, input_shape: tuple[int, ...], batch: int = 1) -> str | None:
+    """Why a Linear whose input (for `batch` images) has this shape is not a layer of units over positions, or
+    None when it is: polysem needs the batch on dim 0 and at least one position axis before the features."""
+    if len(input_shape) < 3:
+        return (f"layer '{name}' is a Linear applied to the whole image's features (input "
+                f"{' x '.join(map(str, input_shape))}), with no token or position axis")
+    if input_shape[0] != batch:
+        return (f"layer '{name}' is a Linear whose input ({' x '.join(map(str, input_shape))} for {batch} image(s)) "
+                "does not have the batch on dim 0: the model runs sequence-first; wrap it so that the layer sees "
+                "batch x ... x features")
+    return None
+
+
+def _linear_input_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
+    """The input shape of every Linear the forward pass of one `size` x `size` image runs through; {} when the
+    model does not take such an image (`ingest` then checks the layer on the data's first image)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    linears = {module: name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if not linears:
+        return shapes
+
+    def hook(module, inputs, output):
+        shapes.setdefault(linears[module], tuple(inputs[0].shape))
+
+    try:
+        with torch.no_grad(), ExitStack() as hooks:
+            for module in linears:
+                hooks.enter_context(hooked(module, hook))
+            model(torch.zeros(1, 3, size, size))
+    except Exception:  # noqa: BLE001  a model of other inputs fails in its own way: no verdict here
+        shapes.clear()
+    return shapes
+
+
+def layer_shape(layer: nn.Conv2d | nn.Linear, positions: str = DEFAULT_POSITIONS) -> dict:
+    """The layer's shape as the store records it. A Linear is a 1x1 conv over its positions (window 1) with
+    `kind` linear and the `positions` that count."""
+    if isinstance(layer, nn.Linear):
+        return {"kind": "linear", "out_channels": layer.out_features, "in_channels": layer.in_features,
+                "kernel_size": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1],
+                "bias": layer.bias is not None, "positions": positions}
     return {
         "out_channels": layer.out_channels,
         "in_channels": layer.in_channels,

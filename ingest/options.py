@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from polysem.errors import ArgumentRange, DataError, StoreMismatch
 from polysem.ingest.dataset import SplitListing
 from polysem.ingest.threads import cores_per_process, default_num_workers
+from polysem.ingest.units import layer_positions
 from polysem.query import Store
 from polysem.query.confine import check_tree
-from polysem.query.meta import DEFAULT_DECODE, DEFAULT_TARGET, TARGETS, meta_complete, recorded_decode, recorded_target
+from polysem.query.meta import DEFAULT_DECODE, DEFAULT_TARGET, POSITIONS, TARGETS, meta_complete, recorded_decode, recorded_target
 from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_int, check_text
 from polysem.util.images import pillow_max_pixels
 
@@ -21,8 +22,10 @@ __all__ = [
     "check_counts",
     "check_listing",
     "check_max_pixels",
+    "check_positions_choice",
     "check_target",
     "existing_meta",
+    "one_layer",
     "reconcile_settings",
 ]
 
@@ -41,6 +44,7 @@ class Settings:
     transform: str | None
     decode: str
     target: str = DEFAULT_TARGET  # label or predicted (query.meta.TARGETS)
+    positions: str | None = None  # which positions of a Linear count (`ingest.units`); None: the default
 
 
 def existing_meta(store: Store) -> dict | None:
@@ -95,17 +99,20 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
 
 
 def reconcile_settings(existing: dict | None, model: str | None, weights: str | None, layer: str | None,
-                       transform: str | None, decode: str | None, target: str | None = None) -> Settings:
+                       transform: str | None, decode: str | None, target: str | None = None,
+                       positions: str | None = None) -> Settings:
     """The settings of this ingest: the options given, else the store's (a new store: the defaults). An option
     that contradicts what the store recorded is refused."""
     check_target(target)
+    check_positions_choice(positions)
     if existing is None:
         return Settings(model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE,
-                        target or DEFAULT_TARGET)
+                        target or DEFAULT_TARGET, positions)
     for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
                                     ("transform", transform, existing["transform"]),
                                     ("decode", decode, recorded_decode(existing)),
-                                    ("target", target, recorded_target(existing))):
+                                    ("target", target, recorded_target(existing)),
+                                    ("positions", positions, layer_positions(existing.get("layer_shape")))):
         if given is not None and given != recorded:
             why = ""
             if option == "decode":  # the pixels differ: a store's rows must all come from one decoder
@@ -113,11 +120,38 @@ def reconcile_settings(existing: dict | None, model: str | None, weights: str | 
                     else " (one decoder per store: their pixels differ)"
             if option == "target":  # relevance and ARVs mix nothing: every row attributed to one kind of logit
                 why = " (one target per store: its attributions are of one kind of logit)"
+            if option == "positions":
+                why = " (one choice of positions per store: its sums are over those)"
             raise StoreMismatch(
                 f"the store holds `{option}`={recorded}{why}, not {given}; omit `{option}` or use another `store`"
             )
     return Settings(existing["model"], weights or existing["weights"], existing["layer"], existing["transform"],
-                    recorded_decode(existing), recorded_target(existing))
+                    recorded_decode(existing), recorded_target(existing), layer_positions(existing.get("layer_shape")))
+
+
+def one_layer(layer: str | list[str] | tuple[str, ...] | None) -> str | None:
+    """`layer`: one dotted name (or a list of one). A store holds one layer's attributions: a second name is
+    refused, never dropped."""
+    if isinstance(layer, (list, tuple)):
+        for name in layer:
+            check_text("layer", name)
+        if len(set(layer)) < len(layer):
+            raise ArgumentRange(f"`layer` must be layers named once each, got {next(n for n in layer if layer.count(n) > 1)} "
+                                "twice")
+        if len(layer) != 1:
+            raise ArgumentRange(f"`layer` must be one layer, got {len(layer)} ({', '.join(layer)}): a store holds one "
+                                "layer's attributions; ingest each layer into a store of its own")
+        layer = layer[0]
+    check_text("layer", layer, none=True)
+    return layer
+
+
+def check_positions_choice(positions: str | None) -> None:
+    """`positions`: all, cls or patch (which tokens of a Linear layer count, `ingest.units`), or None."""
+    check_text("positions", positions, none=True)
+    if positions is not None and positions not in POSITIONS:
+        raise ArgumentRange(f"`positions` must be one of {', '.join(POSITIONS)} (which tokens of a Linear layer "
+                            f"count), got {positions!r}")
 
 
 def check_target(target: str | None) -> None:

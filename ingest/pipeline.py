@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from polysem.errors import DataError
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.job import IngestJob, IngestSummary
+from polysem.ingest.probe import Setup
 from polysem.ingest.writer import PartWriter
 from polysem.util.images import ImageRecord
 from polysem.util.progress import progress_bar
@@ -34,7 +35,7 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
     """Attribute each of `records` to its class's logit and write the rows as this rank's parts; `load`: how
     the images become inputs (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here).
     Progress is shown on rank 0 when the job asks for it."""
-    conv, logits, split, rank = job.setup.conv, job.setup.logits, job.split, summary.rank
+    setup, logits, split, rank = job.setup, job.setup.logits, job.split, summary.rank
     batch_size, num_workers = job.batch_size, job.num_workers
     show_progress = job.progress and rank == 0
     writer = PartWriter(job.store.path, split, rank, job.rows_per_part, background=OVERLAP)
@@ -67,7 +68,7 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
                 for index, message in failures:
                     flow.failed(index, message)
                 for indices, images in groups:
-                    flow.started(_Attributed(model, conv, [records[i] for i in indices], images,
+                    flow.started(_Attributed(model, setup, [records[i] for i in indices], images,
                                              None if job.target == "predicted" else logits, device))
             flow.drain()
             with record_function("ingest.write"):
@@ -92,14 +93,14 @@ class _Attributed:
     the batches queued since. On a CPU every step runs when called and the results are the tensors
     themselves, as in the serial loop."""
 
-    def __init__(self, model, conv, batch: list[ImageRecord], images: torch.Tensor, logits: list[int] | None,
+    def __init__(self, model, setup: Setup, batch: list[ImageRecord], images: torch.Tensor, logits: list[int] | None,
                  device: torch.device):
         self.batch = batch
         with record_function("ingest.host_to_device"):
             # `logits` None: each image's predicted logit (`target` predicted), chosen after the forward pass
             targets = None if logits is None else _to_device(torch.tensor([logits[r.target] for r in batch]), device)
             images = images.to(device, non_blocking=True)
-        result = attribute_batch(model, conv, images, targets)
+        result = attribute_batch(model, setup.module, images, targets, setup.positions)
         self.positions = result.positions
         with record_function("ingest.device_to_host"):
             outputs = (result.logits.argmax(1), result.logits.gather(1, result.targets.view(-1, 1)).squeeze(1),

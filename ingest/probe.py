@@ -9,22 +9,24 @@ import pyarrow as pa
 import torch
 from torch.profiler import record_function
 
-from polysem.errors import DataError, ModelError, StoreMismatch
+from polysem.errors import ArgumentRange, DataError, ModelError, StoreMismatch
 from polysem.ingest.dataset import SplitListing, class_rows
 from polysem.ingest.models import (
     DEFAULT_TRANSFORM,
     ResolvedModel,
     ResolvedTransform,
+    linear_position_problem,
     resolve_layer,
     resolve_model,
     resolve_transform,
 )
 from polysem.ingest.options import Settings
+from polysem.ingest.units import DEFAULT_POSITIONS, is_linear
 from polysem.query import Store, layout
 from polysem.util.images import ImageRecords
 from polysem.util.imports import code_folder
 
-__all__ = ["PROBE_TRIES", "Setup", "load_setup", "probe_model"]
+__all__ = ["PROBE_TRIES", "Setup", "check_positions", "load_setup", "probe_model"]
 
 
 @dataclass
@@ -33,9 +35,10 @@ class Setup:
 
     resolved: ResolvedModel
     layer: str
-    conv: torch.nn.Conv2d
+    module: torch.nn.Conv2d | torch.nn.Linear
     transform: ResolvedTransform
     class_table: pa.Table
+    positions: str = DEFAULT_POSITIONS  # which positions of a Linear count (`ingest.units`)
 
     @property
     def logits(self) -> list[int]:
@@ -54,7 +57,8 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
     else:  # code the user names: from the current folder or PYTHONPATH, never from inside the store
         model_root = transform_root = None
     resolved = resolve_model(model, weights, import_root=model_root, store_dir=store.path)
-    conv = resolve_layer(resolved.model, layer)
+    module = resolve_layer(resolved.model, layer)
+    positions = check_positions(settings.positions, module, layer)
     image_transform = resolve_transform(transform, import_root=transform_root, store_dir=store.path)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
@@ -62,9 +66,19 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
             "use the same weights or another `store`"
         )
     with record_function("ingest.probe"):
-        n_outputs = probe_model(resolved.model, conv, layer, image_transform.fn, listing, max_pixels)
+        n_outputs = probe_model(resolved.model, module, layer, image_transform.fn, listing, max_pixels, positions)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
-    return Setup(resolved, layer, conv, image_transform, class_table)
+    return Setup(resolved, layer, module, image_transform, class_table, positions)
+
+
+def check_positions(positions: str | None, module: torch.nn.Module, layer: str) -> str:
+    """The positions that count: all (the default), or cls / patch, which only a Linear over tokens has."""
+    if positions is None:
+        return DEFAULT_POSITIONS
+    if positions != DEFAULT_POSITIONS and not is_linear(module):
+        raise ArgumentRange(f"`positions` {positions} chooses tokens of a Linear layer; layer '{layer}' is a "
+                            f"{type(module).__name__}: omit `positions`")
+    return positions
 
 
 def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike, listing: SplitListing,
@@ -84,12 +98,13 @@ def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: 
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
 
 
-def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, transform, listing,
-                max_pixels: int | None = None) -> int:
+def probe_model(model: torch.nn.Module, module: torch.nn.Module, layer_name: str, transform, listing,
+                max_pixels: int | None = None, positions: str = DEFAULT_POSITIONS) -> int:
     """Run one image of the split through transform and model; return the number of outputs.
 
     Catches, before anything is written: a transform that gives no C x H x W tensor, a model
-    that fails on it, a layer the forward pass never uses, an output that is not N x K logits.
+    that fails on it, a layer the forward pass never uses or uses twice, a Linear not applied per
+    token or position (or with no token axis for `positions` cls / patch), an output that is not N x K logits.
     """
     from polysem.ingest.attribution import layer_probe
 
@@ -105,15 +120,25 @@ def probe_model(model: torch.nn.Module, conv: torch.nn.Conv2d, layer_name: str, 
             raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
                              "it must return C x H x W")
         try:
-            with torch.no_grad(), layer_probe(conv) as seen:
+            with torch.no_grad(), layer_probe(module) as seen:
                 output = model(image.unsqueeze(0))
         except (Exception, SystemExit) as failure:
             raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
                              f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
                              ) from failure
         if "output" not in seen:
-            raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a conv layer that "
-                             "the forward pass uses")
+            raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a layer that "
+                             "the forward pass uses (`polysem layers` lists them)")
+        if seen["calls"] > 1:
+            raise ModelError(f"layer '{layer_name}' runs {seen['calls']} times in one forward pass (a module used "
+                             "twice); its attributions would mix the uses: choose a layer that runs once")
+        if is_linear(module):
+            problem = linear_position_problem(layer_name, tuple(seen["input"].shape))
+            if problem is None and positions != DEFAULT_POSITIONS and seen["input"].dim() != 3:
+                problem = (f"`positions` {positions} needs one token axis (input 1 x T x D); layer '{layer_name}' "
+                           f"gets {' x '.join(map(str, seen['input'].shape))}: omit `positions`")
+            if problem is not None:
+                raise ModelError(problem)
         if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "

@@ -27,6 +27,7 @@ from polysem.ingest.options import (
     check_listing,
     check_max_pixels,
     existing_meta,
+    one_layer,
     reconcile_settings,
 )
 from polysem.ingest.probe import load_setup
@@ -49,7 +50,7 @@ def ingest(
     *,
     model: str | None = None,
     weights: str | None = None,
-    layer: str | None = None,
+    layer: str | list[str] | None = None,
     transform: str | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -64,6 +65,7 @@ def ingest(
     decode: str | None = None,
     rank_timeout: float = DEFAULT_RANK_TIMEOUT,
     target: str | None = None,
+    positions: str | None = None,
 ) -> IngestSummary:
     """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
 
@@ -81,12 +83,16 @@ def ingest(
     `rank_timeout` (seconds, under torchrun): how long the ranks wait for a rank to join, and for a rank that
     gives no sign of life, before they stop naming it (ingest/ranks.py). `target`: the logit each image is
     attributed to: label (its own class's, the paper's) or predicted (the model's argmax, as captum users often
-    choose); default the store's, else label. A store holds one target's rows only.
+    choose); default the store's, else label. A store holds one target's rows only. `layer`: a Conv2d, or a
+    Linear the forward pass applies per token or position (input batch x ... x features); `positions`: which
+    positions of a Linear count: all (default), cls (the class token, the first of dim 1) or patch (the
+    others), recorded in the store.
     """
     store = as_store(store)
     check_path("data_dir", data_dir)
     check_text("split", split)
-    for name, value in (("model", model), ("weights", weights), ("layer", layer), ("transform", transform)):
+    layer = one_layer(layer)
+    for name, value in (("model", model), ("weights", weights), ("transform", transform)):
         check_text(name, value, none=True)
     check_text("device", device)
     classes = check_class_list("classes", classes, none=True)
@@ -101,7 +107,7 @@ def ingest(
     existing = existing_meta(store)
     check_decode(decode, transform or (existing or {}).get("transform"),  # the store's transform, if it has one
                  stores_transform=transform is None and existing is not None)
-    settings = reconcile_settings(existing, model, weights, layer, transform, decode, target)
+    settings = reconcile_settings(existing, model, weights, layer, transform, decode, target, positions)
     check_decode(settings.decode, settings.transform, stored=existing is not None)  # a received store's pair, too
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     check_listing(store, existing, listing, split)

@@ -60,7 +60,7 @@ def prepare_store(job: IngestJob) -> None:
     not created, and the next ingest completes it.
     """
     store, setup, split, listing = job.store, job.setup, job.split, job.listing
-    resolved, conv, class_table = setup.resolved, setup.conv, setup.class_table
+    resolved, module, class_table = setup.resolved, setup.module, setup.class_table
     store.create_directory()
     with open_lock(store.path, store.path / ".create.lock") as creating:
         fcntl.flock(creating, fcntl.LOCK_EX)
@@ -72,7 +72,7 @@ def prepare_store(job: IngestJob) -> None:
             "weights": resolved.weights_spec,
             "weights_sha256": resolved.weights_sha256,
             "layer": setup.layer,
-            "layer_shape": layer_shape(conv),
+            "layer_shape": layer_shape(module, setup.positions),
             "transform": setup.transform.spec,
             "transform_import_root": setup.transform.import_root,
             "decode": job.decode,
@@ -89,8 +89,8 @@ def prepare_store(job: IngestJob) -> None:
         else:
             layout.write_schema_files(store.path)
             atomic.write_atomic(class_table, store.path / "classes.parquet")
-            weight = conv.weight.detach().cpu().flatten(1).numpy()
-            bias = conv.bias.detach().cpu().numpy() if conv.bias is not None else [None] * len(weight)
+            weight = module.weight.detach().cpu().flatten(1).numpy()
+            bias = module.bias.detach().cpu().numpy() if module.bias is not None else [None] * len(weight)
             atomic.write_atomic(
                 pa.Table.from_arrays(
                     [pa.array(np.arange(len(weight)), pa.int32()), list_column(weight), pa.array(bias, pa.float32())],

@@ -15,13 +15,16 @@ from polysem.version import __version__
 __all__ = [
     "DECODERS",
     "DEFAULT_DECODE",
+    "DEFAULT_POSITIONS",
     "DEFAULT_TARGET",
+    "POSITIONS",
     "REQUIRED_META",
     "SCHEMA_VERSION",
     "TARGETS",
     "IncompleteStore",
     "catalog_created",
     "dataset_root_key",
+    "layer_positions",
     "meta_complete",
     "prepare_catalog",
     "read_meta",
@@ -50,6 +53,10 @@ DEFAULT_DECODE = "pil"
 # Optional like `decode`: a store without the key was made with the label.
 TARGETS = ("label", "predicted")
 DEFAULT_TARGET = "label"
+# Which positions of a Linear layer count (`ingest.units`): all, the class token (the first of dim 1) or the
+# patch tokens (the rest of dim 1). Recorded in the layer's shape; a conv counts all.
+POSITIONS = ("all", "cls", "patch")
+DEFAULT_POSITIONS = "all"
 
 
 def _recorded_choice(meta: dict[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
@@ -60,6 +67,11 @@ def _recorded_choice(meta: dict[str, Any], key: str, choices: tuple[str, ...], d
         raise StoreError(f"the store's metadata names {key} {value!r}, which is neither of {', '.join(choices)}: "
                          "polysem never writes that; ingest into a new `store`, or restore the catalog from a backup")
     return value
+
+
+def layer_positions(layer_shape: dict[str, Any] | None) -> str:
+    """The positions a store's layer counts, from its recorded layer shape (a conv records none: all)."""
+    return _recorded_choice(layer_shape or {}, "positions", POSITIONS, DEFAULT_POSITIONS)
 
 
 def recorded_target(meta: dict[str, Any]) -> str:

@@ -294,3 +294,105 @@ def mixed_sign_net() -> nn.Module:
 
 def dark_opponent_net() -> nn.Module:
     return DarkOpponentNet()
+
+
+# -- Linear units over tokens and positions ------------------------------------------------------
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at 16 x 16 (4 x 4 patches: 16 tokens and the class token), 2 blocks, random
+    weights; its head starts at zero (torchvision's choice), so it is given random values: every attribution
+    would be zero otherwise."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=12,
+                              num_classes=3)
+    nn.init.normal_(model.heads.head.weight)
+    return model
+
+
+def tiny_convnext() -> nn.Module:
+    """torchvision's ConvNeXt with two stages of one block (8 and 16 channels), random weights: a block's
+    `block.3` is a Linear over channels-last positions (N x H x W x D)."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3)
+
+
+class TwiceLinearNet(nn.Module):
+    """Tokens (one per pixel) through the same Linear `shared` twice: a layer used twice in one forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        tokens = x.flatten(2).transpose(1, 2)
+        return self.head(self.shared(self.shared(tokens)).mean(1))
+
+
+def twice_linear_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TwiceLinearNet()
+
+
+class SequenceFirstNet(nn.Module):
+    """Tokens on dim 0 and the batch on dim 1 (T x N x D), as CLIP's reference code runs its transformer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        tokens = x.flatten(2).permute(2, 0, 1)  # T x N x 3
+        return self.head(self.fc(tokens).mean(0))
+
+
+def sequence_first_net() -> nn.Module:
+    torch.manual_seed(0)
+    return SequenceFirstNet()
+
+
+class ColourTransformer(nn.Module):
+    """ColourNet's known answer in a transformer: the Linear unit of interest serves red and green through
+    different inputs.
+
+    tokens: a zero class token, then one token per pixel from a 1x1 patch embedding with ReLU (R, G and B
+    detectors: the MLP's inputs 0, 1, 2, never negative); one block whose attention is zero (the residual passes
+    the tokens on) and whose MLP is fc1 (3 -> 3, no bias, the layer of interest `block.fc1`) -> GELU -> fc2
+    (identity):
+      unit 0 = R + G   polysemantic: serves red and green through different inputs
+      unit 1 = B       monosemantic (blue)
+      unit 2 = R       monosemantic (red)
+    head: the MLP's output averaged over the tokens, logits blue = u1, green = 2 u0 - 3 u2, red = u0 + u2.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 3, 1, bias=False)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 3))
+        self.attention = nn.MultiheadAttention(3, 1, batch_first=True)
+        self.block = nn.ModuleDict({"fc1": nn.Linear(3, 3, bias=False), "gelu": nn.GELU(),
+                                    "fc2": nn.Linear(3, 3, bias=False)})
+        self.head = nn.Linear(3, 3, bias=False)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            for parameter in self.attention.parameters():
+                parameter.zero_()
+            self.block["fc1"].weight.copy_(torch.tensor([[1.0, 1, 0], [0, 0, 1], [1, 0, 0]]))
+            self.block["fc2"].weight.copy_(torch.eye(3))
+            self.head.weight.copy_(torch.tensor([[0.0, 1, 0], [2, 0, -3], [1, 0, 1]]))
+
+    def forward(self, x):
+        tokens = torch.relu(self.embed(x)).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], 1)
+        tokens = tokens + self.attention(tokens, tokens, tokens, need_weights=False)[0]
+        mlp = self.block["fc2"](self.block["gelu"](self.block["fc1"](tokens)))
+        return self.head(mlp.mean(1))
+
+
+def colour_transformer() -> nn.Module:
+    return ColourTransformer()

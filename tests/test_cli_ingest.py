@@ -174,9 +174,11 @@ def test_layer_not_found_lists_close_conv_layers(cli, data_dir, store_path):
     assert_refused(result, "layer 'prob' not found", "probe")
 
 
-def test_layer_not_a_conv(cli, data_dir, store_path):
+def test_layer_neither_a_conv_nor_a_linear_over_positions(cli, data_dir, store_path):
+    result = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "head.1")
+    assert_refused(result, "'head.1' is a AdaptiveAvgPool2d, neither a Conv2d nor a Linear")
     result = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "head.3")
-    assert_refused(result, "'head.3' is a Linear, not a Conv2d")
+    assert_refused(result, "'head.3' is a Linear applied to the whole image's features", "no token or position axis")
     assert not store_path.exists()
 
 

@@ -1,5 +1,5 @@
-"""`polysem layers`: the conv layers of a model that `ingest --layer` can take, checked against the model's
-own modules, with the reason for a layer it cannot take."""
+"""`polysem layers`: the conv and Linear layers of a model and whether `ingest --layer` can take each, checked
+against the model's own modules, with the reason for a layer it cannot take."""
 
 import json
 
@@ -11,25 +11,31 @@ from tests.helpers import assert_refused
 from tests.models import tiny_net
 
 
-def test_the_layers_are_the_models_convs_in_order_with_their_shapes():
-    table = model_layers("tests.models:tiny_net").to_pylist()
-    expected = [(name, list(m.weight.shape), list(m.stride)) for name, m in tiny_net().named_modules()
-                if isinstance(m, torch.nn.Conv2d)]
+def test_the_layers_are_the_models_convs_and_linears_in_order_with_their_shapes():
+    table = model_layers("tests.models:tiny_net", size=16).to_pylist()
+    expected = [(name, list(m.weight.shape), list(m.stride) if isinstance(m, torch.nn.Conv2d) else None)
+                for name, m in tiny_net().named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert [(r["layer"], r["weight_shape"], r["stride"]) for r in table] == expected
-    assert all(r["takes"] and r["why_not"] is None for r in table)
+    convs = [r for r in table if r["type"] == "Conv2d"]
+    assert len(convs) == 2 and all(r["takes"] and r["why_not"] is None for r in convs)
+    (head,) = [r for r in table if r["type"] == "Linear"]  # on the pooled features: no position axis
+    assert head["layer"] == "head.3" and not head["takes"] and "no token or position axis" in head["why_not"]
 
 
 def test_a_grouped_conv_is_listed_with_why_it_cannot_be_taken():
     rows = {r["layer"]: r for r in model_layers("mobilenet_v3_small").to_pylist()}
     model = torchvision.models.mobilenet_v3_small()
     grouped = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups != 1}
-    assert grouped and {n for n, r in rows.items() if not r["takes"]} == grouped
+    pooled = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}  # the classifier's
+    assert grouped and {n for n, r in rows.items() if not r["takes"]} == grouped | pooled
     assert all("grouped conv" in rows[n]["why_not"] for n in grouped)
+    assert all("no token or position axis" in rows[n]["why_not"] for n in pooled)
 
 
 def test_the_command_prints_json_and_refuses_an_unknown_model(cli):
     shown = cli("layers", "--model", "resnet18", "--format", "json")
     assert shown.exit_code == 0, shown.output
     rows = json.loads(shown.output)
-    assert rows[-1]["layer"] == "layer4.1.conv2" and rows[-1]["weight_shape"] == [512, 512, 3, 3]
+    assert rows[-2]["layer"] == "layer4.1.conv2" and rows[-2]["weight_shape"] == [512, 512, 3, 3]
+    assert rows[-1]["layer"] == "fc" and not rows[-1]["takes"]
     assert_refused(cli("layers", "--model", "resnet5"), "unknown model 'resnet5'", "did you mean")

@@ -124,6 +124,7 @@ FLAGS = {
     "out": "--out",
     "p": "--p",
     "plots_dir": "--plots",
+    "positions": "--positions",
     "query": "QUERY",
     "rank_timeout": "--rank-timeout",
     "target": "--target",

@@ -35,7 +35,8 @@ def ingest(
     split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
     model: Annotated[str | None, typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
     weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: imagenet / the callable's own]")] = None,
-    layer: Annotated[str | None, typer.Option(help="Dotted name of the conv layer of interest. [default: layer4.2.conv3]")] = None,
+    layer: Annotated[list[str] | None, typer.Option(help="Dotted name of the layer of interest: a Conv2d, or a Linear applied per token or position (`polysem layers` lists them). [default: layer4.2.conv3]")] = None,
+    positions: Annotated[str | None, typer.Option(help="Which positions of a Linear layer count: all, cls (the class token, the first of dim 1) or patch (the other tokens). [default: all, or the store's]")] = None,
     transform: Annotated[str | None, typer.Option(help="MODULE:NAME of a PIL-image-to-tensor callable. [default: resize 256, crop 224, ImageNet normalisation]")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes decoding images. [default: 0 on 2 cores or fewer, else half the cores, at most 8; per torchrun rank]")] = None,
@@ -59,7 +60,8 @@ def ingest(
     from polysem.ingest import ingest as run_ingest
 
     summary = run_ingest(
-        _store(store, trust_code), data_dir, split, model=model, weights=weights, layer=layer, transform=transform,
+        _store(store, trust_code), data_dir, split, model=model, weights=weights,
+        layer=layer[0] if layer and len(layer) == 1 else layer, positions=positions, transform=transform,
         batch_size=batch_size, num_workers=num_workers, threads=threads, device=device, limit=limit,
         classes=whole_numbers("classes", classes, "class ids", "0,5,17"), rows_per_part=rows_per_part,
         compact=compact, max_pixels=max_pixels, decode=decode, rank_timeout=rank_timeout, target=target,
@@ -80,13 +82,15 @@ def layers(
     *,
     model: Annotated[str, typer.Option(help="torchvision model name or package.module:callable.")],
     weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: random for a torchvision name (the layers need no download), the callable's own]")] = None,
+    size: Annotated[int, typer.Option(help="Side in pixels of the one square image run through the model to see how each Linear is applied (the model's input size).")] = 224,
     fmt: FormatOption = "table",
 ):
-    """The conv layers of a model that `ingest --layer` can take, with type, weight shape and stride."""
+    """The conv and Linear layers of a model, with type, weight shape and stride, and whether `ingest --layer`
+    can take each (and why not)."""
     _check_format(fmt)
     from polysem.ingest.models import model_layers
 
-    render(model_layers(model, weights), fmt)
+    render(model_layers(model, weights, size=size), fmt)
 
 
 @command()
@@ -117,12 +121,19 @@ def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table", tru
     if fmt == "json":
         typer.echo(json.dumps(details, default=str))
         return
+    from polysem.query.meta import layer_positions
+
     shape = details["layer_shape"]
+    if shape.get("kind") == "linear":
+        kind = (f"Linear {shape['in_channels']} -> {shape['out_channels']} per token or position, "
+                f"positions {layer_positions(shape)}")
+    else:
+        kind = (f"Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
+                f"stride {shape['stride']}, padding {shape['padding']}")
     lines = [
         f"store      {details['store']}",
         f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
-        (f"layer      {details['layer']}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, "
-         f"kernel {shape['kernel_size']}, stride {shape['stride']}, padding {shape['padding']}"),
+        f"layer      {details['layer']}  {kind}",
         f"transform  {details['transform']}  (decoded with {details['decode']})",
         *(_code_line(what, details["code"][what]) for what in ("model", "transform")),
         f"classes    {details['classes']}",
