@@ -7,10 +7,18 @@ from dataclasses import dataclass
 from polysem.errors import ArgumentRange, DataError, StoreMismatch
 from polysem.ingest.dataset import SplitListing
 from polysem.ingest.threads import cores_per_process, default_num_workers
-from polysem.ingest.units import layer_positions
 from polysem.query import Store
 from polysem.query.confine import check_tree
-from polysem.query.meta import DEFAULT_DECODE, DEFAULT_TARGET, POSITIONS, TARGETS, meta_complete, recorded_decode, recorded_target
+from polysem.query.meta import (
+    DEFAULT_DECODE,
+    DEFAULT_TARGET,
+    POSITIONS,
+    TARGETS,
+    layer_positions,
+    meta_complete,
+    recorded_decode,
+    recorded_target,
+)
 from polysem.util.checks import BATCH_MAX, COUNT_MAX, check_int, check_text
 from polysem.util.images import pillow_max_pixels
 
