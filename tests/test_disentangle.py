@@ -173,7 +173,7 @@ def test_rho_search_equals_brute_force(tiny_store, objective):
 
 def test_feature_maps_are_cached(tiny_store, monkeypatch):
     disentangle(tiny_store, 1, concept1=[0], concept2=[2], force=True, progress=False)
-    assert sorted(p.name for p in (Store(tiny_store).path / "cache" / "features" / "train").iterdir()) == ["class-0.npz", "class-2.npz"]
+    assert sorted(p.name for p in (Store(tiny_store).path / "cache" / "features" / "probe" / "train").iterdir()) == ["class-0.npz", "class-2.npz"]
 
     def no_model(*args, **kwargs):
         raise AssertionError("the cached classes must not run the model again")

@@ -62,6 +62,16 @@ def _file_name(value: str) -> str:
     return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
 
 
+def _layer(info: dict) -> str:
+    """The layer's name; a Linear's says so and which positions count (a conv's shape records neither)."""
+    from polysem.ingest.units import layer_positions  # polysem.ingest loads torch, which the page needs not
+
+    shape = info["layer_shape"]
+    if shape.get("kind") != "linear":
+        return info["layer"]
+    return f"{info['layer']} (Linear per token or position, positions: {layer_positions(shape)})"
+
+
 def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:
     """The page and its images in `out` from a `ReportData`; returns `out`. Each run is drawn at the tau of
     its recorded evaluation; `tau` is for runs not evaluated yet."""
@@ -72,7 +82,7 @@ def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:
              f'<p class="note">polysem {_e(info["polysem_version"])}; store created {_e(info["created_at"])}</p>',
              "<h2>What the store holds</h2>",
              # a page meant to be shared names no folder of the machine it was made on: files by their names
-             _table([{"model": info["model"], "weights": _file_name(info["weights"]), "layer": info["layer"],
+             _table([{"model": info["model"], "weights": _file_name(info["weights"]), "layer": _layer(info),
                       "in -> out channels": f"{info['layer_shape']['in_channels']} -> {info['layer_shape']['out_channels']}",
                       "transform": info["transform"]}]),
              _table([{"split": s, **c} for s, c in info["splits"].items()], ["split", "images", "classes", "unreadable"]),

@@ -109,7 +109,10 @@ CAPTION_POINTS = 11  # the panel's caption: legible when the figure is printed a
 def selection_caption(facts: dict, layer: str) -> str:
     """What the top images are: split, filter, how many, which classes, how the photos are shown."""
     concepts = ", ".join(f"concept {j} = {' + '.join(classes)}" for j, classes in facts["classes"].items())
-    if facts.get("whole_field"):
+    if facts.get("no_field"):
+        patches = (f"Patches: the whole image (layer {layer} is a Linear over tokens or positions: its units have "
+                   "no receptive-field box).")
+    elif facts.get("whole_field"):
         patches = (f"Patches: the whole image (the receptive field of every most activating position of layer "
                    f"{layer} covers it).")
     else:
@@ -127,7 +130,7 @@ def _show(ax, pixels: np.ndarray) -> None:
 
 
 def _patch_title(patch) -> str:
-    where = "" if patch.box else "\n(every position equal)"
+    where = "" if patch.box or patch.no_field else "\n(every position equal)"
     return f"{patch.class_name}\nact {patch.activation:.3g}{where}"
 
 
@@ -199,7 +202,9 @@ def top_images(run: dict, images, facts: dict, out: Path) -> Path:
     title = f"run {run['run_id']}: most activating val images of {images.label}"
     if images.bias_only:
         title += " (it carries only its bias on them)"
-    figure.suptitle(title + f"\n{facts['photo_note']}; box: receptive field of the most activating position", fontsize=9)
+    field = ("no box: a Linear's unit over tokens or positions has no receptive field" if facts.get("no_field")
+             else "box: receptive field of the most activating position")
+    figure.suptitle(title + f"\n{facts['photo_note']}; {field}", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.85))
     return save(figure, out)
 

@@ -28,6 +28,7 @@ from torch import nn
 from polysem.constants import EVAL_SPLIT
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math, layer_probe
+from polysem.ingest.units import DEFAULT_POSITIONS, layer_positions, unit_sums
 from polysem.method.features import ModelPass, attributed_logit
 from polysem.query.records import now, record_evaluations
 from polysem.query.store import Store, as_store
@@ -251,7 +252,8 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
         if not loaded:
             model, _, layer, transform = base_model(store)
             run_device = resolve_device(device)
-            loaded.update(model=model.to(run_device).eval(), layer=layer, transform=transform, device=run_device)
+            loaded.update(model=model.to(run_device).eval(), layer=layer, transform=transform, device=run_device,
+                          positions=layer_positions(store.meta()["layer_shape"]))
         return loaded
 
     result = []
@@ -265,16 +267,18 @@ def cached_clamped_sums(store: Store, classes: list[int], split: str, *, data_di
             records = class_records(store, class_id, split, data_dir, rows)
             return compute_clamped_sums(m["model"], m["layer"], records, m["transform"],
                                         attributed_logit(store.meta(), logit_of[class_id]),
-                                        ModelPass(m["device"], batch_size, progress, f"class {class_id}"))
+                                        ModelPass(m["device"], batch_size, progress, f"class {class_id}"),
+                                        positions=m["positions"])
 
         result.append((ids, cached_array(path, ids, "clamped_sums", compute)))
     return result
 
 
-def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d, images: torch.Tensor,
-                             targets: torch.Tensor | None) -> torch.Tensor:
+def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d | nn.Linear, images: torch.Tensor,
+                             targets: torch.Tensor | None, positions: str = DEFAULT_POSITIONS) -> torch.Tensor:
     """N x C_l: sum over positions of max(a_hw, 0), a = gradient x activation of each image's target logit
-    at `layer`'s output (the authors' get_results.py clamps here, per position, before the spatial sum)."""
+    at `layer`'s output (the authors' get_results.py clamps here, per position, before the spatial sum); a
+    Linear sums over the `positions` that count (`polysem.ingest.units`)."""
     with torch.enable_grad(), exact_math(), layer_probe(layer) as seen:
         logits = model(images)
         if "output" not in seen:
@@ -283,17 +287,19 @@ def clamped_attribution_sums(model: nn.Module, layer: nn.Conv2d, images: torch.T
         if targets is None:  # a store made with --target predicted: each image's argmax logit
             targets = logits.detach().argmax(1)
         (grad,) = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), activation)
-    return (activation.detach() * grad).clamp(min=0).sum(dim=(2, 3))
+    return unit_sums((activation.detach() * grad).clamp(min=0), layer, positions)
 
 
-def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int | None,
-                         run: ModelPass) -> np.ndarray:
+def compute_clamped_sums(model: nn.Module, layer: nn.Conv2d | nn.Linear, records: list[ImageRecord], transform,
+                         logit: int | None, run: ModelPass, *, positions: str = DEFAULT_POSITIONS) -> np.ndarray:
     """N x C_l float32 `clamped_attribution_sums` of logit `logit` for each record, in order (tests count calls)."""
     from polysem.method.features import per_image_attributions
 
-    return per_image_attributions(records, transform, logit,
-                                  lambda images, targets: clamped_attribution_sums(model, layer, images, targets),
-                                  out_channels=layer.out_channels, run=run.named(f"per-position attributions {run.label}"))
+    def clamped(images, targets):
+        return clamped_attribution_sums(model, layer, images, targets, positions)
+
+    return per_image_attributions(records, transform, logit, clamped, out_channels=layer.weight.shape[0],
+                                  run=run.named(f"per-position attributions {run.label}"))
 
 
 def record_evaluation(store: Store, result: Evaluation) -> None:

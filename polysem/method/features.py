@@ -1,14 +1,15 @@
 """The l-1 feature maps (the input of the layer of interest) of stored images, cached in the store.
 
 The rho search (docs/method.md section 6) is non-linear per position, so it needs the
-maps themselves, not only their sums. They are computed once per class and kept
-in STORE/cache/features/<split>/class-<id>.npz; a later run on the same class
-loads them instead of running the model again.
+maps themselves, not only their sums. They are computed once per class and layer and kept
+in STORE/cache/features/<layer>/<split>/class-<id>.npz; a later run on the same class
+and layer loads them instead of running the model again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -85,9 +86,10 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
     return rows
 
 
-def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform,
+def feature_maps(model: nn.Module, layer: nn.Module, records: list[ImageRecord], transform,
                  run: ModelPass) -> np.ndarray:
-    """N x C_{l-1} x H x W float32: the layer's input for each record, in order."""
+    """The layer's input for each record, in order, float32: N x C_{l-1} x H x W for a conv, N x ... x C_{l-1}
+    for a Linear applied per token or position (every position, whichever the store counts)."""
     label = run.label
     loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
     maps = []
@@ -107,13 +109,20 @@ def feature_maps(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord],
     return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
 
 
-def cached_class_maps(store: Store, model: nn.Module, layer: nn.Conv2d, transform, class_id: int, split: str,
-                      run: ModelPass, data_dir=None) -> np.ndarray:
-    """N x C_{l-1} x H x W float32: the feature maps of all N stored images of a class (`feature_maps`), in
-    image id order; computed once, then read from the store's cache."""
+LAYER_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a layer name that is one plain folder name
+
+
+def cached_class_maps(store: Store, model: nn.Module, layer_name: str, layer: nn.Module, transform, class_id: int,
+                      split: str, run: ModelPass, data_dir=None) -> np.ndarray:
+    """The feature maps of all N stored images of a class at the layer named `layer_name` (`feature_maps`), in
+    image id order; computed once, then read from the store's cache, a folder per layer so that another
+    layer's maps of the same images are never taken for these."""
+    if not LAYER_FOLDER.fullmatch(layer_name):
+        raise RunError(f"layer name {layer_name!r} cannot name a cache folder; polysem caches feature maps only "
+                       "for layers named by letters, digits, '_', '.' and '-'")
     rows = _class_rows(store, class_id, split)
     ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
-    path = store.path / "cache" / "features" / split / f"class-{class_id}.npz"
+    path = store.path / "cache" / "features" / layer_name / split / f"class-{class_id}.npz"
     return cached_array(path, ids, "maps", lambda: compute_feature_maps(
         model, layer, class_records(store, class_id, split, data_dir, rows), transform, run.named(f"class {class_id}")))
 

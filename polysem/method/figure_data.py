@@ -27,8 +27,8 @@ WHOLE_SHOWN = 6  # of each unit's WHOLE_TOP most activating val images over ever
 @dataclass
 class Patch:
     """One shown image of a unit: the photo (H x W or H x W x 3 uint8) at the model input's geometry,
-    the receptive field of the unit's most activating position (None when every position is equal)
-    and its crop."""
+    the receptive field of the unit's most activating position (None when every position is equal, or for a
+    Linear's unit, `no_field`) and its crop (the whole photo without a field)."""
 
     image_id: int
     class_name: str
@@ -38,6 +38,7 @@ class Patch:
     box: tuple[int, int, int, int] | None
     crop: np.ndarray
     bias_only: bool
+    no_field: bool = False  # a Linear's unit over tokens or positions: no receptive-field box, the whole image
 
 
 @dataclass
@@ -88,13 +89,15 @@ def photo_as_input(path: str, transform, height: int, width: int) -> tuple[np.nd
 def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, device: str = "auto",
                top: int = TOP, shown: int = SHOWN) -> tuple[dict[str, UnitImages], dict]:
     """For the original channel and c'1..c'k: `shown` of the `top` most activating val images
-    (balanced between the concepts that appear), each with its most activating patch.
+    (balanced between the concepts that appear), each with its most activating patch; a Linear's unit (over
+    tokens or positions) has no receptive-field box, so it shows the whole image (`facts["no_field"]`).
 
     activations: rows of `run_activations` (every val image of the run's concept classes).
     Returns ({unit: UnitImages}, caption facts).
     """
     from polysem.ingest.models import resolve_device, stored_transform
-    from polysem.method.disentangling import DisentangledConv
+    from polysem.ingest.units import is_linear, layer_positions, unit_maps
+    from polysem.method.disentangling import DisentangledLayer
     from polysem.method.features import remap_paths
     from polysem.method.receptive_field import receptive_fields
     from polysem.method.runs import load_model
@@ -126,10 +129,13 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     if failures:
         raise RunError(f"cannot read {ordered[failures[0][0]]['path']}: {failures[0][1]}")
     model = load_model(store, run["run_id"]).to(resolve_device(device))
-    layer = cast(DisentangledConv, model.get_submodule(meta["layer"]))
+    layer = cast(DisentangledLayer, model.get_submodule(meta["layer"]))
+    no_field = is_linear(layer.expanded)
     index = {r["image_id"]: i for i, r in enumerate(ordered)}
     with torch.no_grad():
         out = forward_to(model, layer.expanded, images.to(next(model.parameters()).device)).double().cpu()
+    if no_field:  # N x C' x P: a conv's maps stay N x C' x H x W for the position of the maximum
+        out = unit_maps(out, layer.expanded, layer_positions(meta["layer_shape"]))
     index_of = {u: layer.unit_index(run["channel"], u) for u in [*(f"c{j}" for j in range(1, k + 1)), "r"]}
     bias = layer.expanded.bias.detach().double().cpu() if layer.expanded.bias is not None else None
     maps = {u: out[:, i] for u, i in index_of.items() if u != "r"}
@@ -143,13 +149,15 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     for unit, (_value, picked) in chosen.items():
         for row in picked:
             fmap = maps[unit][index[row["image_id"]]]
-            if float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
+            if not no_field and float(fmap.max() - fmap.min()) > 1e-9 * max(1.0, float(fmap.abs().max())):
                 wanted[(unit, row["image_id"])] = divmod(int(fmap.argmax()), fmap.shape[1])
-    boxes = receptive_fields(model.cpu(), layer.expanded, tuple(images.shape[1:]), list(wanted.values()))
+    boxes = {} if no_field else receptive_fields(model.cpu(), layer.expanded, tuple(images.shape[1:]),
+                                                 list(wanted.values()))
     # the receptive field's full size: a field clipped at the image border is padded to it, so a row's patches
     # are one size and line up; a field as large as the image is said to be the whole image
     full = (max([b[2] - b[0] for b in boxes.values()] + [0]), max([b[3] - b[1] for b in boxes.values()] + [0]))
-    facts["whole_field"] = bool(boxes) and all(b == (0, 0, height, width) for b in boxes.values())
+    facts["whole_field"] = no_field or (bool(boxes) and all(b == (0, 0, height, width) for b in boxes.values()))
+    facts["no_field"] = no_field
     facts["padded"] = False
     for unit, (value, picked) in chosen.items():
         for row in picked:
@@ -163,7 +171,7 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
                 facts["padded"] = True
             bias_only = float((fmap - biases[unit]).abs().max()) <= 1e-9 * max(1.0, abs(biases[unit]))
             units[unit].patches.append(Patch(row["image_id"], names[row["target"]], row["concept"], float(value(row)),
-                                             photo, box, crop, bias_only))
+                                             photo, box, crop, bias_only, no_field))
     return units, facts
 
 

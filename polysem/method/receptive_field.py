@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from polysem.errors import RunError
 from polysem.util.hooks import forward_to
 
 __all__ = ["receptive_fields"]
@@ -53,10 +54,15 @@ def _geometric_copy(model: nn.Module) -> nn.Module:
 
 def receptive_fields(model: nn.Module, module: nn.Module, input_shape: tuple[int, ...],
                      positions: list[tuple[int, int]]) -> dict[tuple[int, int], Box]:
-    """For each output position (h, w) of `module`: the input box it sees, clipped to the image.
+    """For each output position (h, w) of `module` (a conv's, N x C x H x W): the input box it sees, clipped to
+    the image.
 
-    input_shape: C x H x W of the model input. Returns {(h, w): (top, left, bottom, right)}.
+    input_shape: C x H x W of the model input. Returns {(h, w): (top, left, bottom, right)}. A Linear applied per
+    token or position is refused: a token mixes the whole image after the first attention block, and the
+    stand-in makes no LayerNorm geometric, so its units are shown with the whole image instead.
     """
+    if isinstance(module, nn.Linear):
+        raise RunError("a Linear layer's units have no receptive-field box here; show the whole image")
     positions = sorted(set(positions))
     if not positions:
         return {}

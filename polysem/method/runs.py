@@ -33,14 +33,17 @@ from polysem.ingest.models import (
     resolve_layer,
     stored_code,
 )
+from polysem.ingest.units import UnitLayer, is_linear, layer_positions
 from polysem.method.concepts import channel_concepts
 from polysem.method.disentangling import (
     OBJECTIVES,
-    DisentangledConv,
+    DisentangledLayer,
     RelevanceWarning,
     SourceSplit,
     best_rho,
     bias_only_concepts,
+    disentangled_layer,
+    positive_only,
     replace_module,
     rho_scores,
     split_sources,
@@ -65,7 +68,7 @@ from polysem.util.images import ImageRecord, ImageRecords, collate
 from polysem.util.results import Result
 from polysem.version import __version__
 
-__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "RunSettings", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "disentangle_runs", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
+__all__ = ["CHECK_IMAGES", "LOGIT_TOLERANCE", "ChannelRequest", "Run", "RunSettings", "base_model", "check_candidate_options", "check_equivalence", "disentangle", "disentangle_candidates", "disentangle_channels", "disentangle_runs", "layer_from_artifact", "load_model", "requests_from_screen", "resolve_classes", "run_row"]
 
 # what `_record` writes: a 10-hex group id, "-j" for the j-th channel of a group; its model in artifacts/
 RUN_ID = re.compile(r"[0-9a-f]{10}(-[0-9]+)?")
@@ -188,7 +191,8 @@ class Run(Result):
 
 
 def base_model(store: Store):
-    """The store's model with its recorded weights, the layer of interest and the transform."""
+    """The store's model with its recorded weights, the layer of interest (a Conv2d, or a Linear applied per token
+    or position) and the transform."""
     meta = store.meta()
     resolved, transform = stored_code(store, meta)  # refuses code the store names from inside itself
     if resolved.weights_sha256 != meta["weights_sha256"]:
@@ -346,20 +350,22 @@ def _concept_arv(store: Store, channel: int, classes: list[int]) -> np.ndarray:
 
 @dataclass
 class _Base:
-    """The store's model on the run's device, its layer of interest and transform."""
+    """The store's model on the run's device, its layer of interest and transform, and the positions the
+    store counts (`polysem.ingest.units`; a conv's are all)."""
 
     model: nn.Module
     layer_name: str
-    layer: nn.Conv2d
+    layer: UnitLayer
     transform: Callable
     device: torch.device
+    positions: str
 
     @classmethod
     def load(cls, store: Store, device: str) -> _Base:
         model, layer_name, layer, transform = base_model(store)
         run_device = resolve_device(device)
         model.to(run_device)
-        return cls(model, layer_name, layer, transform, run_device)
+        return cls(model, layer_name, layer, transform, run_device, layer_positions(store.meta()["layer_shape"]))
 
 
 class _NoSplit(RunError):
@@ -372,7 +378,7 @@ def _split(store: Store, base: _Base, plan: _Plan, options: _Options) -> None:
     if options.fixed_rho is None:
         _split_auto(store, base, plan, options)
     else:
-        _split_fixed(plan, options.fixed_rho, options.force)
+        _split_fixed(plan, options.fixed_rho, options.force, base.layer)
     assert plan.split is not None  # set by _split_auto or _split_fixed
     weight = base.layer.weight.detach().cpu()
     for j in bias_only_concepts(weight[plan.channel], plan.split):
@@ -385,22 +391,22 @@ def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> No
     """rho by Eq. 6 over the grid, on the concepts' feature maps; `_NoSplit` when no rho splits."""
     assert plan.arvs is not None  # set by _split
     run = ModelPass(base.device, options.batch_size, options.progress)
-    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer, base.transform, c, SCREEN_SPLIT, run,
-                                              options.data_dir)
+    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer_name, base.layer, base.transform, c,
+                                              SCREEN_SPLIT, run, options.data_dir)
                             for c in concept])
             for concept in plan.concepts]
-    plan.scores = rho_scores(maps, base.layer, plan.channel, plan.arvs, options.objective)
+    plan.scores = rho_scores(maps, base.layer, plan.channel, plan.arvs, options.objective, positions=base.positions)
     try:
         plan.rho = best_rho(plan.scores)
     except RunError as error:
         raise _NoSplit(str(error)) from None
-    plan.split = split_sources(plan.arvs, plan.rho)
+    plan.split = split_sources(plan.arvs, plan.rho, positive_only(base.layer))
 
 
-def _split_fixed(plan: _Plan, rho: float, force: bool) -> None:
+def _split_fixed(plan: _Plan, rho: float, force: bool, layer: UnitLayer) -> None:
     assert plan.arvs is not None  # set by _split
     plan.rho = rho
-    plan.split = split_sources(plan.arvs, rho)
+    plan.split = split_sources(plan.arvs, rho, positive_only(layer))
     plan.scores = [{"rho": rho, "objective_value": None, "separated": None,
                     "n_sources": [len(own) for own in plan.split.sources], "skipped": None}]
     if plan.split.empty_concepts:
@@ -415,8 +421,8 @@ def _build_check_record(store: Store, base: _Base, plans: list[_Plan], options: 
                         from_screen: bool = False) -> list[Run]:
     """One model with every plan's channel disentangled, checked against the original, saved and recorded."""
     # from a CPU copy: moving `layer` itself would move it out of the model still used on the device
-    new_layer = DisentangledConv(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans],
-                                 cast("list[SourceSplit]", [p.split for p in plans]))  # `_split` set every plan's split
+    new_layer = disentangled_layer(copy.deepcopy(base.layer).cpu(), [p.channel for p in plans],
+                                   cast("list[SourceSplit]", [p.split for p in plans]))  # `_split` set every plan's split
     disentangled = copy.deepcopy(base.model).cpu()
     replace_module(disentangled, base.layer_name, new_layer)
     max_diff, n_checked = check_equivalence(store, base.model, disentangled, plans, base.transform, base.device,
@@ -651,7 +657,7 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
     return max_diff, n_checked
 
 
-def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, objective: str, max_diff: float,
+def _record(store: Store, plans, new_layer: DisentangledLayer, layer_name: str, objective: str, max_diff: float,
             n_checked: int, parameters: dict) -> list[Run]:
     """Write the artifact, keep its rows pending beside it, then record them.
 
@@ -664,8 +670,8 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
     # an open file, not its name: torch.save reports a failure to open or write a name as RuntimeError, which
     # atomic_path could not tell a full disk or a refused write by
     with atomic.atomic_path(store.path / artifact) as tmp, open(tmp, "wb") as handle:
-        torch.save({"layer": layer_name, "channels": new_layer.channels, "units": new_layer.units,
-                    "state_dict": new_layer.state_dict()}, handle)
+        torch.save({"layer": layer_name, "kind": _layer_kind(new_layer.expanded), "channels": new_layer.channels,
+                    "units": new_layer.units, "state_dict": new_layer.state_dict()}, handle)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     runs, scores = [], []
     for j, plan in enumerate(plans):
@@ -688,6 +694,23 @@ def _record(store: Store, plans, new_layer: DisentangledConv, layer_name: str, o
                         "the next command that writes to the store records them, e.g. "
                         f"`polysem check --repair --store {store.path}`") from None
     return [Run.from_row(run) for run in runs]
+
+
+def _layer_kind(layer: nn.Module) -> str:
+    """What an artifact records as its layer's kind ("kind"); an artifact without it holds a conv."""
+    return "linear" if is_linear(layer) else "conv"
+
+
+def layer_from_artifact(layer: UnitLayer, saved: dict, splits: dict[int, SourceSplit], run_id: str) -> DisentangledLayer:
+    """The disentangled layer an artifact holds, rebuilt on the store's layer with the group's source splits."""
+    kind, names = saved.get("kind", "conv"), {"conv": "Conv2d", "linear": "Linear"}
+    if kind != _layer_kind(layer):
+        raise RunError(f"the model of run {run_id} holds a split {names.get(kind, kind)}, but the store's layer is a "
+                       f"{names[_layer_kind(layer)]}; disentangle the channel again (`polysem runs RUN_ID` shows its "
+                       "settings)")
+    new_layer = disentangled_layer(layer, saved["channels"], [splits[c] for c in saved["channels"]])
+    new_layer.load_state_dict(saved["state_dict"])
+    return new_layer
 
 
 def run_row(store: Store, run_id: str) -> Run:
@@ -719,7 +742,5 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
                        "disentangle the channel again (`polysem runs RUN_ID` shows its settings)") from None
     group = store.reads.runs_of_group(group_id=run.group_id).to_pylist()
     splits = {r["channel"]: SourceSplit(tuple(tuple(own) for own in r["sources"]), tuple(r["shared"])) for r in group}
-    new_layer = DisentangledConv(layer, saved["channels"], [splits[c] for c in saved["channels"]])
-    new_layer.load_state_dict(saved["state_dict"])
-    replace_module(model, layer_name, new_layer)
+    replace_module(model, layer_name, layer_from_artifact(layer, saved, splits, run_id))
     return model.eval()

@@ -5,10 +5,11 @@ check applies the paper's own tests to the new channels:
 
 - relevance (Ineq. 2): the disentangled model runs over the train images of every class the
   original channel was relevant for (and the run's concept classes); gradient x activation of
-  the image's class logit is taken at the output of the new layer's `expanded` conv, and c'_j is
-  relevant for an image when its attribution is >= tau times the positive sum over *all* units
-  of `expanded` (the new layer's channels: the untouched ones, c'_1..c'_k and r of every split
-  channel of the model); relevant for a class when that holds for at least p of its images.
+  the image's class logit is taken at the output of the new layer's `expanded` layer, summed over the
+  positions the store counts, and c'_j is relevant for an image when its attribution is >= tau times
+  the positive sum over *all* units of `expanded` (the new layer's channels: the untouched ones,
+  c'_1..c'_k and r of every split channel of the model); relevant for a class when that holds for at
+  least p of its images.
 - dissimilarity (Theorem 3.1): the ARVs of c'_j follow from the ARV identity with c'_j's own
   weight row, R = W'_j * mean S: window sums are unchanged by the split, so they come from the
   store (`weight_arv_cosine`), with no model pass.
@@ -38,7 +39,8 @@ from torch import nn
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.ingest.attribution import attribute_batch
 from polysem.ingest.models import resolve_device, stored_transform
-from polysem.method.disentangling import DisentangledConv
+from polysem.ingest.units import DEFAULT_POSITIONS, layer_positions
+from polysem.method.disentangling import DisentangledLayer
 from polysem.method.features import ModelPass, attributed_logit, cached_array, per_image_attributions, remap_paths
 from polysem.method.runs import load_model, run_row
 from polysem.query.records import now, record_verification
@@ -113,13 +115,15 @@ class Verification(Result):
     gamma: float
 
 
-def layer_attributions(model: nn.Module, layer: nn.Conv2d, records: list[ImageRecord], transform, logit: int | None,
-                       run: ModelPass) -> np.ndarray:
-    """N x C float32: gradient x activation of logit `logit` at `layer`'s output (C channels), summed over
-    space, for each record in order."""
-    return per_image_attributions(records, transform, logit,
-                                  lambda images, targets: attribute_batch(model, layer, images, targets).attribution,
-                                  out_channels=layer.out_channels, run=run.named(f"verify {run.label}"))
+def layer_attributions(model: nn.Module, layer: nn.Conv2d | nn.Linear, records: list[ImageRecord], transform,
+                       logit: int | None, run: ModelPass, positions: str = DEFAULT_POSITIONS) -> np.ndarray:
+    """N x C float32: gradient x activation of logit `logit` at `layer`'s output (C units), summed over
+    space (a Linear: over the `positions` that count), for each record in order."""
+    def attribution(images, targets):
+        return attribute_batch(model, layer, images, targets, positions).attribution
+
+    return per_image_attributions(records, transform, logit, attribution, out_channels=layer.weight.shape[0],
+                                  run=run.named(f"verify {run.label}"))
 
 
 def relevant_fraction(attribution: np.ndarray, unit: int, tau: float) -> float:
@@ -181,7 +185,8 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float | None =
 
     meta = store.meta()
     model = load_model(store, run_id)
-    new_layer = cast(DisentangledConv, model.get_submodule(meta["layer"]))
+    new_layer = cast(DisentangledLayer, model.get_submodule(meta["layer"]))
+    positions = layer_positions(meta["layer_shape"])
     expanded = new_layer.expanded
     units = [f"c{j}" for j in range(1, len(run.concepts) + 1)]
     indices = [new_layer.unit_index(run.channel, unit) for unit in units]
@@ -201,7 +206,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float | None =
             records = [ImageRecord(r["image_id"], r["path"], r["target"])
                        for r in remap_paths(store, rows, SCREEN_SPLIT, data_dir)]
             return layer_attributions(model, expanded, records, transform, attributed_logit(meta, logit_of[class_id]),
-                                      ModelPass(run_device, batch_size, progress, f"class {class_id}"))
+                                      ModelPass(run_device, batch_size, progress, f"class {class_id}"), positions)
 
         attribution = cached_array(path, ids, "attribution", compute)
         fractions[class_id] = [relevant_fraction(attribution, index, tau) for index in indices]

@@ -1,6 +1,7 @@
 """Feature visualisation of a channel and of its disentangled units, recorded in `visualizations`.
 
-Activation maximisation of the spatially summed activation of each unit: for a
+Activation maximisation of the spatially summed activation of each unit (a Linear's
+summed over the positions the store counts): for a
 run the original channel (what merge computes, c'1 + c'2 - r), c'1, c'2 and r,
 one image per unit, all in one batch (one forward pass that stops at layer l and
 one backward pass per step for every unit). Two parameterisations of the image:
@@ -37,7 +38,8 @@ from torch import nn
 
 from polysem.constants import SCREEN_SPLIT
 from polysem.errors import ArgumentError, RunError
-from polysem.method.disentangling import DisentangledConv
+from polysem.ingest.units import DEFAULT_POSITIONS, layer_positions, unit_maps
+from polysem.method.disentangling import DisentangledLayer
 from polysem.query.confine import recorded_path
 from polysem.query.records import now, record_visualizations
 from polysem.query.store import Store, as_store
@@ -254,7 +256,8 @@ class Visualization(Result):
 
 @dataclass
 class Target:
-    """What to maximise: `readout` maps the hooked module's output (N x C' x h x w) to N x U x h x w."""
+    """What to maximise: `readout` maps the hooked module's output (N x C' x h x w, or N x ... x C' for a Linear)
+    to N x U x P, each unit's values at the P positions that count."""
 
     model: nn.Module
     module: nn.Module
@@ -265,17 +268,19 @@ class Target:
     constant: tuple[str, ...] = ()  # units with no weights and no bias: 0 on every image
 
 
-def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None) -> Target:
-    """The original channel and its c'1..c'k, r in a disentangled model (layer_name is a DisentangledConv)."""
-    layer = cast(DisentangledConv, model.get_submodule(layer_name))
+def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | None = None,
+               positions: str = DEFAULT_POSITIONS) -> Target:
+    """The original channel and its c'1..c'k, r in a disentangled model (layer_name is a DisentangledLayer)."""
+    layer = cast(DisentangledLayer, model.get_submodule(layer_name))
     concepts = tuple(u for u in layer.units[channel] if u != "r")  # c1 .. ck
     index = [layer.unit_index(channel, u) for u in concepts]
     ir = layer.unit_index(channel, "r")
 
     def readout(out):
         # merge computes channel c as sum_j c'_j - (k - 1) r; the other rows of merge are not needed
-        units = [out[:, i] for i in index]
-        return torch.stack([sum(units) - (len(units) - 1) * out[:, ir], *units, out[:, ir]], 1)
+        maps = unit_maps(out, layer.expanded, positions)
+        units = [maps[:, i] for i in index]
+        return torch.stack([sum(units) - (len(units) - 1) * maps[:, ir], *units, maps[:, ir]], 1)
 
     def empty(i: int) -> bool:
         bias = layer.expanded.bias
@@ -285,8 +290,10 @@ def run_target(model: nn.Module, layer_name: str, channel: int, run_id: str | No
                   ("r",) if empty(ir) else ())
 
 
-def channel_target(model: nn.Module, layer_name: str, channel: int) -> Target:
-    return Target(model, model.get_submodule(layer_name), ("original",), lambda out: out[:, channel : channel + 1], channel)
+def channel_target(model: nn.Module, layer_name: str, channel: int, positions: str = DEFAULT_POSITIONS) -> Target:
+    layer = model.get_submodule(layer_name)
+    return Target(model, layer, ("original",), lambda out: unit_maps(out, layer, positions)[:, channel : channel + 1],
+                  channel)
 
 
 def optimise(target: Target, *, channels: int, method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0,
@@ -372,16 +379,16 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 def _forward(target: Target, x: torch.Tensor) -> torch.Tensor:
     try:
         return forward_to(target.model, target.module, x)
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # torchvision's ViT asserts its image size
         raise RunError(f"the model does not run on {tuple(x.shape[-2:])} images ({str(error).splitlines()[0]}); "
                        "choose a `size` the model accepts, e.g. its input size") from error
 
 
 def unit_activations(target: Target, images: torch.Tensor, to_input: Callable, device) -> np.ndarray:
-    """U x U: [i, j] = spatially summed activation of unit j on image i."""
+    """U x U: [i, j] = activation of unit j on image i, summed over the positions that count."""
     with torch.no_grad():
         maps = target.readout(_forward(target, to_input(images.to(device))))
-    return maps.sum(dim=(2, 3)).double().cpu().numpy()
+    return maps.sum(dim=2).double().cpu().numpy()
 
 
 def input_normalisation(transform) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -483,18 +490,20 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     seed_list = _seed_list(seed, seeds)
     if (run_id is None) == (channel is None):
         raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
-    layer_name = store.meta()["layer"]
+    meta = store.meta()
+    layer_name, positions = meta["layer"], layer_positions(meta["layer_shape"])
     if run_id is not None:
         run = run_row(store, run_id)
         model = load_model(store, run_id)
         transform = stored_transform(store).fn
-        target = run_target(model, layer_name, run["channel"], run_id)
+        target = run_target(model, layer_name, run["channel"], run_id, positions)
     else:
         assert channel is not None  # given when run_id is not (checked above)
         model, _, layer, transform = base_model(store)
-        if not 0 <= channel < layer.out_channels:
-            raise RunError(f"channel {channel} is out of range; the layer has channels 0..{layer.out_channels - 1}")
-        target = channel_target(model, layer_name, channel)
+        units = layer.weight.shape[0]
+        if not 0 <= channel < units:
+            raise RunError(f"channel {channel} is out of range; the layer has channels 0..{units - 1}")
+        target = channel_target(model, layer_name, channel, positions)
     torch_device = resolve_device(device)
     model.to(torch_device)
     to_display, to_input = input_display(transform), input_normalisation(transform)
