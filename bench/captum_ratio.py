@@ -7,8 +7,9 @@ one fresh process, timed from start to exit, start-up included, as a user runs i
 - polysem: `python -m polysem.cli ingest DATA --weights random ...` (attributions, input sums,
   logits, Parquet, compaction);
 - captum: the loop a user writes: ImageFolder + DataLoader with the same preprocessing,
-  `LayerGradientXActivation(model, layer).attribute(x, target=t)` summed over positions, the results
-  saved with numpy at the end (no input sums, no store).
+  `LayerGradientXActivation(model, layer).attribute(x, target=t)` summed over positions (a Linear over
+  tokens, such as `--model vit_b_16 --layer encoder.layers.encoder_layer_11.mlp.0`: over the tokens), the
+  results saved with numpy at the end (no input sums, no store).
 
 The runs alternate (polysem, captum, polysem, ...), `--repeats` of each; the ratio is
 captum's median / polysem's median (above 1: polysem is faster). The load average before the runs
@@ -52,7 +53,8 @@ loader = torch.utils.data.DataLoader(folder, batch_size=batch, num_workers=0)
 method = LayerGradientXActivation(model, layer)
 rows = []
 for x, y in loader:  # the folders are ImageNet wnids in logit order: the folder index is the logit
-    rows.append(method.attribute(x, target=y).sum(dim=(2, 3)).detach().numpy())
+    a = method.attribute(x, target=y)  # a conv: N x C x H x W; a Linear over tokens: N x T x D
+    rows.append((a.sum(dim=(2, 3)) if isinstance(layer, torch.nn.Conv2d) else a.flatten(1, -2).sum(1)).detach().numpy())
 np.save(out, np.concatenate(rows))
 '''
 

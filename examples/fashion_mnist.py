@@ -138,14 +138,21 @@ def accuracy(net: nn.Module, dataset) -> float:
     return (predictions == dataset.targets).float().mean().item()
 
 
-def prepare(out: Path, train_per_class: int = 2000, val_per_class: int = 100) -> Path:
-    """Write out/data/{train,val} and out/fashion_cnn.pt (cached); return the weights path."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def prepare_images(out: Path, train_per_class: int, val_per_class: int):
+    """out/data/{train,val} with classes.json: the first images of each class; returns the two torchvision
+    datasets and the train images' indices."""
     train_set, test_set = raw_dataset(out / "raw", True), raw_dataset(out / "raw", False)
     data = out / "data"
     write_image_folder(train_set, train_idx := balanced_indices(train_set.targets, train_per_class), data / "train")
     write_image_folder(test_set, balanced_indices(test_set.targets, val_per_class), data / "val")
     (data / "classes.json").write_text(json.dumps({f: {"name": n, "wnid": w} for f, (n, w) in CLASSES.items()}, indent=1))
+    return train_set, test_set, train_idx
+
+
+def prepare(out: Path, train_per_class: int = 2000, val_per_class: int = 100) -> Path:
+    """Write out/data/{train,val} and out/fashion_cnn.pt (cached); return the weights path."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train_set, test_set, train_idx = prepare_images(out, train_per_class, val_per_class)
     weights, report = out / "fashion_cnn.pt", out / "fashion_cnn.json"
     if weights.exists() and report.exists():
         print(f"model: cached {weights} (test accuracy {json.loads(report.read_text())['test_accuracy']:.3f})")

@@ -41,3 +41,24 @@ def test_balanced_indices_take_the_first_images_of_each_class():
     chosen = fashion_mnist.balanced_indices(labels, 2)
     assert [int(labels[i]) for i in chosen].count(3) == 2 and chosen[:4] == [0, 1, 2, 3]
     assert len(chosen) == 20
+
+
+def test_the_vit_example_runs_its_whole_study_at_a_tiny_size(tmp_path):
+    """examples/fashion_vit.py at 20 train images per class and one epoch: both splits ingested at the MLP's
+    Linear (summed over the 17 tokens), a polysemantic unit split with the logits kept, verified, the report."""
+    import polysem
+    from examples import fashion_vit
+
+    found = fashion_vit.study(tmp_path, fashion_vit.prepare(tmp_path, 20, 4, 1), verify_limit=20)
+    store = polysem.Store(tmp_path / "store")
+    counts = store.sql("SELECT split, count(*) AS n, min(positions) AS t FROM samples GROUP BY split ORDER BY split")
+    assert counts.to_pylist() == [{"split": "train", "n": 200, "t": 17}, {"split": "val", "n": 40, "t": 17}]
+    assert store.meta()["layer_shape"]["kind"] == "linear"
+    run = found["run"]
+    assert run is not None and run.max_logit_diff < 1e-4
+    assert found["verification"].n_images > 0 and (tmp_path / "report" / "index.html").is_file()
+    net = fashion_vit.model()
+    net.load_state_dict(torch.load(tmp_path / "fashion_vit.pt"))
+    images = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(polysem.load_model(store, run.run_id)(images), net.eval()(images), atol=1e-5, rtol=0)
