@@ -117,11 +117,47 @@ def study(out: Path, weights: Path, *, verify_limit: int | None = 200, batch_siz
     return {"run": run, "verification": verification, "report": report}
 
 
+def layernorm_bias(out: Path) -> dict:
+    """What the LayerNorm's bias in front of the layer does to the ARVs of the study's store (docs/method.md):
+    its share of each class's mean input sums, and the ARV cosines over every unit and class pair with and without
+    it (`|T| beta` subtracted from the mean input sums)."""
+    import numpy as np
+
+    import polysem
+
+    store = polysem.Store(out / "store")
+    table = store.sql("SELECT target, input_sum, positions FROM samples WHERE split = 'train'").to_pydict()
+    sums, targets, tokens = np.array(table["input_sum"]), np.array(table["target"]), table["positions"][0]
+    classes = sorted(set(targets.tolist()))
+    means = np.array([sums[targets == k].mean(0) for k in classes])
+    weight = np.array(store.sql("SELECT weight FROM layer_weights ORDER BY channel").column(0).to_pylist())
+    net = model()
+    net.load_state_dict(torch.load(out / "fashion_vit.pt"))
+    beta = net.get_submodule(LAYER.rsplit(".mlp", 1)[0]).ln_2.bias.detach().numpy()
+    found = {"bias_share": np.linalg.norm(tokens * beta) / np.linalg.norm(means, axis=1)}
+    for name, held in (("with_bias", means), ("without_bias", means - tokens * beta)):
+        arvs = weight[:, None, :] * held[None]  # units x classes x inputs
+        unit = arvs / np.linalg.norm(arvs, axis=2, keepdims=True)
+        cosines = np.concatenate([(unit[:, i] * unit[:, j]).sum(1) for i in range(len(classes))
+                                  for j in range(i + 1, len(classes))])
+        found[name] = {"median_cosine": float(np.median(cosines)), "below_gamma": float((cosines < 0.5).mean())}
+    print(f"|T| beta / |mean S| per class: {np.round(found['bias_share'], 2).tolist()}")
+    for name in ("with_bias", "without_bias"):
+        print(f"{name}: median ARV cosine {found[name]['median_cosine']:.3f}, "
+              f"share below gamma 0.5 {found[name]['below_gamma']:.3f}")
+    return found
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="working folder (data, weights, store, report)")
     parser.add_argument("--train-per-class", type=int, default=2000)
     parser.add_argument("--val-per-class", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--layernorm-bias", action="store_true",
+                        help="measure what the LayerNorm's bias does to the ARVs of the study's store")
     args = parser.parse_args()
-    study(args.out, prepare(args.out, args.train_per_class, args.val_per_class, args.epochs))
+    if args.layernorm_bias:
+        layernorm_bias(args.out)
+    else:
+        study(args.out, prepare(args.out, args.train_per_class, args.val_per_class, args.epochs))

@@ -62,3 +62,5 @@ def test_the_vit_example_runs_its_whole_study_at_a_tiny_size(tmp_path):
     images = torch.randn(3, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(polysem.load_model(store, run.run_id)(images), net.eval()(images), atol=1e-5, rtol=0)
+    measured = fashion_vit.layernorm_bias(tmp_path)  # docs/method.md's measurement, on this store
+    assert len(measured["bias_share"]) == 10 and all(0 < share < 1 for share in measured["bias_share"])
