@@ -10,7 +10,7 @@ positions that count summed).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -22,7 +22,7 @@ from torch.profiler import record_function
 from polysem.ingest.units import DEFAULT_POSITIONS, is_linear, position_count, unit_sums
 from polysem.util.hooks import hooked
 
-__all__ = ["BatchAttribution", "attribute_batch", "conv_padding", "exact_math", "input_window_sums", "layer_input_sums", "layer_probe"]
+__all__ = ["BatchAttribution", "attribute_batch", "attribute_layers", "conv_padding", "exact_math", "input_window_sums", "layer_input_sums", "layer_probe", "layers_probe"]
 
 
 @dataclass
@@ -51,20 +51,33 @@ def layer_probe(layer: nn.Module, *, detach_output: bool = True) -> Iterator[dic
     grad: gradients then stop there instead of flowing into earlier layers.
     The hook is removed on exit, also when the block raises.
     """
-    seen: dict = {"calls": 0}
+    with layers_probe([layer], detach_output=detach_output) as (seen,):
+        yield seen
 
-    def hook(module, inputs, output):
-        seen["calls"] += 1
-        seen["input"] = inputs[0].detach()
-        if not detach_output:
-            seen["output"] = output
-            return output
-        leaf = output.detach().requires_grad_(True)
-        seen["output"] = leaf
-        # A clone, so that an in-place op after the layer cannot change the recorded leaf.
-        return leaf.clone()
 
-    with hooked(layer, hook):
+@contextmanager
+def layers_probe(layers: list[nn.Module], *, detach_output: bool = True) -> Iterator[list[dict]]:
+    """`layer_probe` for several layers in one forward pass: each output that does not depend on an earlier
+    probed layer's becomes a leaf (with detach_output), so the one backward pass stops at the first of them;
+    a later layer's output stays in the graph, and its gradient is the same derivative of the logits."""
+    seen: list[dict] = [{"calls": 0} for _ in layers]
+
+    def hook_for(record: dict):
+        def hook(module, inputs, output):
+            record["calls"] += 1
+            record["input"] = inputs[0].detach()
+            if not detach_output:
+                record["output"] = output
+                return output
+            kept = output if output.requires_grad else output.detach().requires_grad_(True)
+            record["output"] = kept
+            # A clone, so that an in-place op after the layer cannot change the recorded output.
+            return kept.clone()
+        return hook
+
+    with ExitStack() as hooks:
+        for layer, record in zip(layers, seen, strict=True):
+            hooks.enter_context(hooked(layer, hook_for(record)))
         yield seen
 
 
@@ -107,14 +120,19 @@ def input_window_sums(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
 def exact_math() -> Iterator[None]:
     """fp32 convolutions and matrix products on GPUs too: cuDNN's TF32 default would change
     attributions and logits in the fourth digit, and the disentangled model's check compares
-    logits to 1e-4."""
+    logits to 1e-4. Attention always takes its general path (see below)."""
     matmul = torch.backends.cuda.matmul.allow_tf32
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.cuda.matmul.allow_tf32 = False
+    # nn.MultiheadAttention takes another kernel when no input needs a gradient: a layer after a ViT's first
+    # probed block would get other values in a several-layer pass than alone
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def layer_input_sums(x: torch.Tensor, layer: nn.Module, positions: str = DEFAULT_POSITIONS) -> torch.Tensor:
@@ -136,22 +154,35 @@ def attribute_batch(model: nn.Module, layer: nn.Module, images: torch.Tensor,
     Images do not interact (eval mode), so the gradient of the summed target
     logits gives every image's own gradient in one backward pass.
     """
+    return attribute_layers(model, [(layer, positions)], images, targets)[0]
+
+
+def attribute_layers(model: nn.Module, layers: list[tuple[nn.Module, str]], images: torch.Tensor,
+                     targets: torch.Tensor | None) -> list[BatchAttribution]:
+    """`attribute_batch` at several layers (module, positions) in one forward and one backward pass: the
+    gradient of the summed target logits with respect to every layer's output at once."""
+    modules = [module for module, _ in layers]
     # record_function: named ranges for torch.profiler (bench/ingest_profile.py); no cost without a profiler
-    with torch.enable_grad(), exact_math(), layer_probe(layer) as seen:
+    with torch.enable_grad(), exact_math(), layers_probe(modules) as seen:
         with record_function("ingest.forward"):
             logits = model(images)
-        if "output" not in seen:
-            raise RuntimeError("the layer of interest did not run in the model's forward pass")
-        if seen["calls"] > 1:
-            raise RuntimeError(f"the layer of interest ran {seen['calls']} times in one forward pass")
-        activation = seen["output"]
+        for record in seen:
+            if "output" not in record:
+                raise RuntimeError("a layer of interest did not run in the model's forward pass")
+            if record["calls"] > 1:
+                raise RuntimeError(f"a layer of interest ran {record['calls']} times in one forward pass")
         if targets is None:
             targets = logits.detach().argmax(1)
         with record_function("ingest.backward"):
             target_logits = logits.gather(1, targets.view(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(target_logits, activation)
+            grads = torch.autograd.grad(target_logits, [record["output"] for record in seen], allow_unused=True)
+    results = []
     with record_function("ingest.attribution_and_input_sums"):
-        attribution = unit_sums(activation.detach() * grad, layer, positions)
-        input_sum = layer_input_sums(seen["input"], layer, positions)
-    return BatchAttribution(attribution, input_sum, logits.detach(), position_count(activation, layer, positions),
-                            targets)
+        for (module, positions), record, grad in zip(layers, seen, grads, strict=True):
+            activation = record["output"].detach()
+            # a layer the target logits do not depend on gets no gradient: its attributions are 0
+            product = activation * grad if grad is not None else torch.zeros_like(activation)
+            results.append(BatchAttribution(unit_sums(product, module, positions),
+                                            layer_input_sums(record["input"], module, positions), logits.detach(),
+                                            position_count(activation, module, positions), targets))
+    return results

@@ -16,9 +16,10 @@ __all__ = ["IngestJob", "IngestSummary"]
 
 @dataclass
 class IngestSummary:
-    """What this process wrote: images already stored before it (`n_already`), rows written, those of them whose
-    attributions are all zero (`n_zero`), images that could not be read (`n_errors`, the first few in
-    `errors`), Parquet parts, where it ran, and warnings about what was stored (`warnings`)."""
+    """What this process wrote: images already stored before it (`n_already`: in every layer), images attributed
+    (`n_written`), per layer the rows written whose attributions are all zero (`n_zero`), images that could not be
+    read (`n_errors`, the first few in `errors`), Parquet parts, where it ran, and warnings about what was stored
+    (`warnings`)."""
 
     store: Path
     split: str
@@ -30,7 +31,7 @@ class IngestSummary:
     world_size: int = 1
     device: str = "cpu"
     errors: list[str] = field(default_factory=list)
-    n_zero: int = 0
+    n_zero: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -52,3 +53,4 @@ class IngestJob:
     decode: str = DEFAULT_DECODE  # pil or tensor (ingest/decode.py)
     rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds (ingest/ranks.py)
     target: str = DEFAULT_TARGET  # label (the paper's) or predicted: which logit each image is attributed to
+    first_layer: str = ""  # the store's first layer (its rows written before layer folders are in the split's)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from polysem.errors import ArgumentRange, DataError, StoreMismatch
+from polysem.errors import ArgumentError, ArgumentRange, DataError, StoreMismatch
 from polysem.ingest.dataset import SplitListing
 from polysem.ingest.threads import cores_per_process, default_num_workers
 from polysem.query import Store
@@ -33,7 +33,7 @@ __all__ = [
     "check_positions_choice",
     "check_target",
     "existing_meta",
-    "one_layer",
+    "layer_list",
     "reconcile_settings",
 ]
 
@@ -48,18 +48,18 @@ class Settings:
 
     model: str
     weights: str | None
-    layer: str
+    layers: tuple[str, ...]  # every layer this ingest stores, in the order given (a new store's first is its first)
     transform: str | None
     decode: str
     target: str = DEFAULT_TARGET  # label or predicted (query.meta.TARGETS)
-    positions: str | None = None  # which positions of a Linear count (`ingest.units`); None: the default
+    positions: str | None = None  # which positions of a Linear layer not stored yet count; None: the default
 
 
 def existing_meta(store: Store) -> dict | None:
     """The store's recorded metadata; None for a new store. A store holding a link or a special file is
     refused first (`query.confine`): a FIFO catalog is no missing one."""
     check_tree(store.path)
-    existing = store.meta(require_complete=False) if store.exists() else None
+    existing = store.meta(require_complete=False, any_layer=True) if store.exists() else None
     if existing is not None and not meta_complete(existing):
         existing = None  # a first ingest stopped before its metadata was committed: start over
     return existing
@@ -106,21 +106,22 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
                      hint=f" pixels; omit it for Pillow's limit ({pillow_max_pixels()})")
 
 
-def reconcile_settings(existing: dict | None, model: str | None, weights: str | None, layer: str | None,
+def reconcile_settings(existing: dict | None, model: str | None, weights: str | None, layers: list[str] | None,
                        transform: str | None, decode: str | None, target: str | None = None,
                        positions: str | None = None) -> Settings:
     """The settings of this ingest: the options given, else the store's (a new store: the defaults). An option
-    that contradicts what the store recorded is refused."""
+    that contradicts what the store recorded is refused. `layers`: the layers to store (default: every layer the
+    store holds; a new store: the default layer); one the store lacks is added to it."""
     check_target(target)
     check_positions_choice(positions)
     if existing is None:
-        return Settings(model or DEFAULT_MODEL, weights, layer or DEFAULT_LAYER, transform, decode or DEFAULT_DECODE,
-                        target or DEFAULT_TARGET, positions)
-    for option, given, recorded in (("model", model, existing["model"]), ("layer", layer, existing["layer"]),
+        return Settings(model or DEFAULT_MODEL, weights, tuple(layers or [DEFAULT_LAYER]), transform,
+                        decode or DEFAULT_DECODE, target or DEFAULT_TARGET, positions)
+    stored = existing.get("layers") or {existing["layer"]: existing["layer_shape"]}
+    for option, given, recorded in (("model", model, existing["model"]),
                                     ("transform", transform, existing["transform"]),
                                     ("decode", decode, recorded_decode(existing)),
-                                    ("target", target, recorded_target(existing)),
-                                    ("positions", positions, layer_positions(existing.get("layer_shape")))):
+                                    ("target", target, recorded_target(existing))):
         if given is not None and given != recorded:
             why = ""
             if option == "decode":  # the pixels differ: a store's rows must all come from one decoder
@@ -128,30 +129,34 @@ def reconcile_settings(existing: dict | None, model: str | None, weights: str | 
                     else " (one decoder per store: their pixels differ)"
             if option == "target":  # relevance and ARVs mix nothing: every row attributed to one kind of logit
                 why = " (one target per store: its attributions are of one kind of logit)"
-            if option == "positions":
-                why = " (one choice of positions per store: its sums are over those)"
             raise StoreMismatch(
                 f"the store holds `{option}`={recorded}{why}, not {given}; omit `{option}` or use another `store`"
             )
-    return Settings(existing["model"], weights or existing["weights"], existing["layer"], existing["transform"],
-                    recorded_decode(existing), recorded_target(existing), layer_positions(existing.get("layer_shape")))
+    for name in layers or stored:
+        recorded = layer_positions(stored[name]) if name in stored else None
+        if positions is not None and recorded is not None and positions != recorded:
+            raise StoreMismatch(f"the store holds layer {name} with `positions`={recorded} (one choice of positions per "
+                                f"layer: its sums are over those), not {positions}; omit `positions` or use another "
+                                "`store`")
+    return Settings(existing["model"], weights or existing["weights"], tuple(layers or stored),
+                    existing["transform"], recorded_decode(existing), recorded_target(existing), positions)
 
 
-def one_layer(layer: str | list[str] | tuple[str, ...] | None) -> str | None:
-    """`layer`: one dotted name (or a list of one). A store holds one layer's attributions: a second name is
-    refused, never dropped."""
-    if isinstance(layer, (list, tuple)):
-        for name in layer:
-            check_text("layer", name)
-        if len(set(layer)) < len(layer):
-            raise ArgumentRange(f"`layer` must be layers named once each, got {next(n for n in layer if layer.count(n) > 1)} "
-                                "twice")
-        if len(layer) != 1:
-            raise ArgumentRange(f"`layer` must be one layer, got {len(layer)} ({', '.join(layer)}): a store holds one "
-                                "layer's attributions; ingest each layer into a store of its own")
-        layer = layer[0]
-    check_text("layer", layer, none=True)
-    return layer
+def layer_list(layer: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """`layer`: one dotted name or a list of them, each once (None: the store's layers, or the default)."""
+    if layer is None:
+        return None
+    names = [layer] if isinstance(layer, str) else layer
+    if not isinstance(names, (list, tuple)):
+        raise ArgumentError(f"`layer` must be text (str) or a list of text, got {type(layer).__name__} {layer!r}")
+    if not names:
+        raise ArgumentRange("`layer` must be one layer name or a list of at least one, got []")
+    for name in names:
+        check_text("layer", name)
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise ArgumentRange(f"`layer` must be layers named once each, got {repeated} twice")
+    return list(names)
 
 
 def check_positions_choice(positions: str | None) -> None:

@@ -16,7 +16,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from polysem.errors import DataError
-from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.attribution import attribute_layers
 from polysem.ingest.job import IngestJob, IngestSummary
 from polysem.ingest.probe import Setup
 from polysem.ingest.writer import PartWriter
@@ -31,14 +31,17 @@ OVERLAP = True
 
 
 def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[ImageRecord], device: torch.device,
-                summary: IngestSummary) -> None:
-    """Attribute each of `records` to its class's logit and write the rows as this rank's parts; `load`: how
-    the images become inputs (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here).
-    Progress is shown on rank 0 when the job asks for it."""
+                summary: IngestSummary, stored: dict[str, set[int]] | None = None) -> None:
+    """Attribute each of `records` to its class's logit at every layer of the job, in one forward and one
+    backward pass per batch, and write each layer's rows as this rank's parts of that layer (an image a layer
+    holds already, `stored[layer]`, is not written again there); `load`: how the images become inputs
+    (ingest/decode.py: the DataLoader's dataset and collate, then `finish` here). Progress is shown on rank 0
+    when the job asks for it."""
     setup, logits, split, rank = job.setup, job.setup.logits, job.split, summary.rank
     batch_size, num_workers = job.batch_size, job.num_workers
     show_progress = job.progress and rank == 0
-    writer = PartWriter(job.store.path, split, rank, job.rows_per_part, background=OVERLAP)
+    writers = {layer.name: PartWriter(job.store.path, split, rank, job.rows_per_part, background=OVERLAP,
+                                      layer=layer.name) for layer in setup.layers}
     loader = DataLoader(
         load.dataset,
         batch_size=batch_size,
@@ -55,7 +58,7 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
     # would be a guess; the label says so.
     label = f"ingest {split}" + (f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else "")
     with progress_bar(label, len(records), show_progress) as advance:
-        flow = _Lookahead(writer, records, logits, summary, advance, depth=1 if OVERLAP else 0)
+        flow = _Lookahead(writers, records, logits, summary, advance, depth=1 if OVERLAP else 0, stored=stored)
         try:
             # named ranges for torch.profiler (bench/ingest_profile.py: where the time goes); free without one
             batches = iter(loader)
@@ -72,15 +75,18 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
                                              None if job.target == "predicted" else logits, device))
             flow.drain()
             with record_function("ingest.write"):
-                writer.flush()  # the last part, and every part handed over before it, on disk
+                for writer in writers.values():
+                    writer.flush()  # the last part, and every part handed over before it, on disk
         except KeyboardInterrupt:
             flow.drain()  # the batch in flight is complete: keep it too
-            writer.flush()  # keep the finished rows: the next run resumes after them
+            for writer in writers.values():
+                writer.flush()  # keep the finished rows: the next run resumes after them
             raise KeyboardInterrupt("what was complete is stored; run the same command again to resume") from None
         except BaseException:
-            writer.settle()  # the part being written is complete: let it land before the store is released
+            for writer in writers.values():
+                writer.settle()  # the part being written is complete: let it land before the store is released
             raise
-    summary.parts = writer.parts_written
+    summary.parts = sum(writer.parts_written for writer in writers.values())
 
 
 class _Attributed:
@@ -100,36 +106,39 @@ class _Attributed:
             # `logits` None: each image's predicted logit (`target` predicted), chosen after the forward pass
             targets = None if logits is None else _to_device(torch.tensor([logits[r.target] for r in batch]), device)
             images = images.to(device, non_blocking=True)
-        result = attribute_batch(model, setup.module, images, targets, setup.positions)
-        self.positions = result.positions
+        results = attribute_layers(model, [(layer.module, layer.positions) for layer in setup.layers], images,
+                                   targets)
+        self.layers = [layer.name for layer in setup.layers]
+        self.positions = [result.positions for result in results]
+        first = results[0]
         with record_function("ingest.device_to_host"):
-            outputs = (result.logits.argmax(1), result.logits.gather(1, result.targets.view(-1, 1)).squeeze(1),
-                       result.attribution, result.input_sum)
+            outputs = (first.logits.argmax(1), first.logits.gather(1, first.targets.view(-1, 1)).squeeze(1),
+                       *(t for result in results for t in (result.attribution, result.input_sum)))
             self.host = [_to_host(t) for t in outputs]
             self.ready = None
             if device.type == "cuda":
                 self.ready = torch.cuda.Event()
                 self.ready.record()
 
-    def columns(self, class_of_logit: np.ndarray) -> dict[str, np.ndarray]:
-        """The batch's rows as the writer's columns; waits for the batch's results on a GPU."""
+    def columns(self, class_of_logit: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """The batch's rows as each layer's writer's columns; waits for the batch's results on a GPU."""
         with record_function("ingest.device_to_host"):
             if self.ready is not None:
                 self.ready.synchronize()
-            predicted, target_logit, attribution, input_sum = (t.numpy() for t in self.host)
+            predicted, target_logit, *per_layer = (t.numpy() for t in self.host)
         known = predicted < len(class_of_logit)
         batch = self.batch
-        return {
+        shared = {
             "image_id": np.array([r.image_id for r in batch], dtype=np.int64),
             "path": np.array([r.path for r in batch], dtype=object),
             "target": np.array([r.target for r in batch], dtype=np.int32),
             "prediction": np.where(known, class_of_logit[np.where(known, predicted, 0)], -1).astype(np.int32),
             "predicted_logit": predicted.astype(np.int32),
             "target_logit": target_logit,
-            "attribution": attribution,
-            "input_sum": input_sum,
-            "positions": np.full(len(batch), self.positions, dtype=np.int32),
         }
+        return {layer: {**shared, "attribution": per_layer[2 * i], "input_sum": per_layer[2 * i + 1],
+                        "positions": np.full(len(batch), self.positions[i], dtype=np.int32)}
+                for i, layer in enumerate(self.layers)}
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -156,9 +165,10 @@ class _Lookahead:
     Rows and error rows reach the writer in the serial loop's order (a loaded batch's unreadable images,
     then its rows), so the parts hold the same rows in the same order whatever the depth."""
 
-    def __init__(self, writer: PartWriter, records: list[ImageRecord], logits: list[int], summary: IngestSummary,
-                 advance, depth: int):
-        self.writer, self.records, self.summary, self.advance, self.depth = writer, records, summary, advance, depth
+    def __init__(self, writers: dict[str, PartWriter], records: list[ImageRecord], logits: list[int],
+                 summary: IngestSummary, advance, depth: int, stored: dict[str, set[int]] | None = None):
+        self.writers, self.records, self.summary, self.advance, self.depth = writers, records, summary, advance, depth
+        self.stored = stored or {}
         self.class_of_logit = np.full(max(logits) + 1, -1, dtype=np.int32)
         self.class_of_logit[logits] = np.arange(len(logits), dtype=np.int32)
         self.pending: _Attributed | None = None
@@ -177,16 +187,21 @@ class _Lookahead:
         """Write the batch in flight (waiting for it) and the failures loaded since, in that order."""
         pending, self.pending = self.pending, None  # taken first: an interrupted drain never writes it twice
         if pending is not None:
-            columns = pending.columns(self.class_of_logit)
-            with record_function("ingest.write"):  # buffered; a full part goes to the writer's thread
-                self.writer.add_samples(**columns)
+            for layer, columns in pending.columns(self.class_of_logit).items():
+                already = self.stored.get(layer)
+                if already:  # a layer that holds some of these images already: only the others' rows
+                    keep = ~np.isin(columns["image_id"], np.fromiter(already, np.int64, len(already)))
+                    columns = {name: values[keep] for name, values in columns.items()}
+                with record_function("ingest.write"):  # buffered; a full part goes to the writer's thread
+                    self.writers[layer].add_samples(**columns)
+                zero = int((np.abs(columns["attribution"]).max(axis=1, initial=0) == 0).sum())
+                self.summary.n_zero[layer] = self.summary.n_zero.get(layer, 0) + zero
             self.summary.n_written += len(pending.batch)
-            self.summary.n_zero += int((np.abs(columns["attribution"]).max(axis=1) == 0).sum())
             self.advance(len(pending.batch))
         failures, self.failures = self.failures, []
         for index, message in failures:
             record = self.records[index]
-            self.writer.add_error(record.image_id, record.path, record.target, message)
+            next(iter(self.writers.values())).add_error(record.image_id, record.path, record.target, message)
             self.summary.n_errors += 1
             if len(self.summary.errors) < 5:
                 self.summary.errors.append(f"{record.path}: {message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -23,22 +24,30 @@ from polysem.ingest.models import (
 from polysem.ingest.options import Settings
 from polysem.ingest.units import DEFAULT_POSITIONS, is_linear
 from polysem.query import Store, layout
+from polysem.query.meta import check_layer_name, layer_positions
 from polysem.util.images import ImageRecords
 from polysem.util.imports import code_folder
 
-__all__ = ["PROBE_TRIES", "Setup", "check_positions", "load_setup", "probe_model"]
+__all__ = ["PROBE_TRIES", "LayerSetup", "Setup", "check_positions", "load_setup", "probe_model"]
+
+
+@dataclass(frozen=True)
+class LayerSetup:
+    """One layer an ingest stores: its dotted name, its module and the positions that count (`ingest.units`)."""
+
+    name: str
+    module: torch.nn.Conv2d | torch.nn.Linear
+    positions: str = DEFAULT_POSITIONS
 
 
 @dataclass
 class Setup:
-    """The model, layer and transform resolved and probed, and the store's class table."""
+    """The model, its layers and the transform resolved and probed, and the store's class table."""
 
     resolved: ResolvedModel
-    layer: str
-    module: torch.nn.Conv2d | torch.nn.Linear
+    layers: list[LayerSetup]
     transform: ResolvedTransform
     class_table: pa.Table
-    positions: str = DEFAULT_POSITIONS  # which positions of a Linear count (`ingest.units`)
 
     @property
     def logits(self) -> list[int]:
@@ -49,7 +58,7 @@ class Setup:
 def load_setup(store: Store, existing: dict | None, settings: Settings, listing: SplitListing,
                data_dir: str | os.PathLike, max_pixels: int | None = None) -> Setup:
     """The store's code (its folders cleared first) or the user's, resolved and probed on one image."""
-    model, weights, layer, transform = settings.model, settings.weights, settings.layer, settings.transform
+    model, weights, transform = settings.model, settings.weights, settings.transform
     if existing is not None:  # the store's own code: its folders are cleared before anything is imported
         model_root = code_folder(model, "model", existing.get("model_import_root"), store.path, store.trust_code)
         transform_root = code_folder(transform or DEFAULT_TRANSFORM, "transform",
@@ -57,8 +66,14 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
     else:  # code the user names: from the current folder or PYTHONPATH, never from inside the store
         model_root = transform_root = None
     resolved = resolve_model(model, weights, import_root=model_root, store_dir=store.path)
-    module = resolve_layer(resolved.model, layer)
-    positions = check_positions(settings.positions, module, layer)
+    stored = (existing or {}).get("layers") or {}
+    layers = []
+    for name in settings.layers:
+        check_layer_name(name)
+        module = resolve_layer(resolved.model, name)
+        positions = (layer_positions(stored[name]) if name in stored
+                     else check_positions(settings.positions, module, name))
+        layers.append(LayerSetup(name, module, positions))
     image_transform = resolve_transform(transform, import_root=transform_root, store_dir=store.path)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
@@ -66,9 +81,9 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
             "use the same weights or another `store`"
         )
     with record_function("ingest.probe"):
-        n_outputs = probe_model(resolved.model, module, layer, image_transform.fn, listing, max_pixels, positions)
+        n_outputs = probe_model(resolved.model, layers, image_transform.fn, listing, max_pixels)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
-    return Setup(resolved, layer, module, image_transform, class_table, positions)
+    return Setup(resolved, layers, image_transform, class_table)
 
 
 def check_positions(positions: str | None, module: torch.nn.Module, layer: str) -> str:
@@ -98,8 +113,8 @@ def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: 
 PROBE_TRIES = 8  # images tried before concluding that the split is unreadable
 
 
-def probe_model(model: torch.nn.Module, module: torch.nn.Module, layer_name: str, transform, listing,
-                max_pixels: int | None = None, positions: str = DEFAULT_POSITIONS) -> int:
+def probe_model(model: torch.nn.Module, layers: list[LayerSetup], transform, listing,
+                max_pixels: int | None = None) -> int:
     """Run one image of the split through transform and model; return the number of outputs.
 
     Catches, before anything is written: a transform that gives no C x H x W tensor, a model
@@ -120,25 +135,15 @@ def probe_model(model: torch.nn.Module, module: torch.nn.Module, layer_name: str
             raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
                              "it must return C x H x W")
         try:
-            with torch.no_grad(), layer_probe(module) as seen:
+            with torch.no_grad(), ExitStack() as probes:
+                seen = [probes.enter_context(layer_probe(layer.module)) for layer in layers]
                 output = model(image.unsqueeze(0))
         except (Exception, SystemExit) as failure:
             raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
                              f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
                              ) from failure
-        if "output" not in seen:
-            raise ModelError(f"layer '{layer_name}' never runs in the model's forward pass; choose a layer that "
-                             "the forward pass uses (`polysem layers` lists them)")
-        if seen["calls"] > 1:
-            raise ModelError(f"layer '{layer_name}' runs {seen['calls']} times in one forward pass (a module used "
-                             "twice); its attributions would mix the uses: choose a layer that runs once")
-        if is_linear(module):
-            problem = linear_position_problem(layer_name, tuple(seen["input"].shape))
-            if problem is None and positions != DEFAULT_POSITIONS and seen["input"].dim() != 3:
-                problem = (f"`positions` {positions} needs one token axis (input 1 x T x D); layer '{layer_name}' "
-                           f"gets {' x '.join(map(str, seen['input'].shape))}: omit `positions`")
-            if problem is not None:
-                raise ModelError(problem)
+        for layer, layer_seen in zip(layers, seen, strict=True):
+            _check_layer_run(layer, layer_seen)
         if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "
@@ -146,6 +151,23 @@ def probe_model(model: torch.nn.Module, module: torch.nn.Module, layer_name: str
         return int(output.shape[1])
     raise DataError(f"the first {len(errors)} images of {listing.root} cannot be read ({errors[0]}); "
                     "fix or remove them")
+
+
+def _check_layer_run(layer: LayerSetup, seen: dict) -> None:
+    """The layer ran once in the probe's forward pass, and a Linear's input has the batch on dim 0 and positions."""
+    if "output" not in seen:
+        raise ModelError(f"layer '{layer.name}' never runs in the model's forward pass; choose a layer that "
+                         "the forward pass uses (`polysem layers` lists them)")
+    if seen["calls"] > 1:
+        raise ModelError(f"layer '{layer.name}' runs {seen['calls']} times in one forward pass (a module used "
+                         "twice); its attributions would mix the uses: choose a layer that runs once")
+    if is_linear(layer.module):
+        problem = linear_position_problem(layer.name, tuple(seen["input"].shape))
+        if problem is None and layer.positions != DEFAULT_POSITIONS and seen["input"].dim() != 3:
+            problem = (f"`positions` {layer.positions} needs one token axis (input 1 x T x D); layer '{layer.name}' "
+                       f"gets {' x '.join(map(str, seen['input'].shape))}: omit `positions`")
+        if problem is not None:
+            raise ModelError(problem)
 
 
 def _first_line(error: BaseException) -> str:

@@ -14,15 +14,15 @@ from polysem.util.images import ImageRecord
 __all__ = ["remaining", "stored_ids"]
 
 
-def stored_ids(store_path: Path, split: str) -> set[int]:
-    """Ids of the split's images already in complete parts. Unreadable images are not among
+def stored_ids(store_path: Path, split: str, layer: str, first_layer: str | None) -> set[int]:
+    """Ids of the split's images already in complete parts of `layer`. Unreadable images are not among
     them: a later ingest tries them again (the file may have been repaired)."""
-    if not any(layout.part_dir(store_path, "samples", split).glob("*.parquet")):
+    files = layout.layer_files(store_path, split, layer, first_layer)
+    if not files:
         return set()
     try:
         with duckdb.connect() as con:
-            rows = run_statement(con, "parquet_image_ids",
-                                 files=layout.part_glob(store_path, "samples", split)).fetchnumpy()["image_id"]
+            rows = run_statement(con, "parquet_image_ids", files=[str(f) for f in files]).fetchnumpy()["image_id"]
     except duckdb.Error as error:
         raise query_error(error, store_path) from error
     return set(rows.tolist())

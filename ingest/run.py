@@ -27,7 +27,7 @@ from polysem.ingest.options import (
     check_listing,
     check_max_pixels,
     existing_meta,
-    one_layer,
+    layer_list,
     reconcile_settings,
 )
 from polysem.ingest.probe import load_setup
@@ -91,7 +91,7 @@ def ingest(
     store = as_store(store)
     check_path("data_dir", data_dir)
     check_text("split", split)
-    layer = one_layer(layer)
+    layers = layer_list(layer)
     for name, value in (("model", model), ("weights", weights), ("transform", transform)):
         check_text(name, value, none=True)
     check_text("device", device)
@@ -107,13 +107,14 @@ def ingest(
     existing = existing_meta(store)
     check_decode(decode, transform or (existing or {}).get("transform"),  # the store's transform, if it has one
                  stores_transform=transform is None and existing is not None)
-    settings = reconcile_settings(existing, model, weights, layer, transform, decode, target, positions)
+    settings = reconcile_settings(existing, model, weights, layers, transform, decode, target, positions)
     check_decode(settings.decode, settings.transform, stored=existing is not None)  # a received store's pair, too
     listing = list_split(data_dir, split, classes=classes, limit=limit)
     check_listing(store, existing, listing, split)
     setup = load_setup(store, existing, settings, listing, data_dir, max_pixels)
     job = IngestJob(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress,
-                    compact, max_pixels, settings.decode, rank_timeout, settings.target)
+                    compact, max_pixels, settings.decode, rank_timeout, settings.target,
+                    first_layer=(existing or {}).get("layer") or setup.layers[0].name)
     run_device = resolve_device(device)
     if settings.decode == "tensor":
         check_device_decoder(run_device)
@@ -124,30 +125,39 @@ ZERO_SHARE = 0.9  # when this share (or more) of the written images has all-zero
 
 
 def zero_attribution_warning(summary: IngestSummary, layer: str) -> list[str]:
-    """One line when (nearly) every image this process wrote has all-zero attributions: the target logit then
-    does not depend on the layer, and every later step (relevance, ARVs, screening) has nothing to work on."""
-    if summary.n_written == 0 or summary.n_zero < ZERO_SHARE * summary.n_written:
+    """One line when (nearly) every image this process wrote has all-zero attributions at `layer`: the target
+    logit then does not depend on the layer, and every later step (relevance, ARVs, screening) has nothing to
+    work on."""
+    n_zero = summary.n_zero.get(layer, 0)
+    if summary.n_written == 0 or n_zero < ZERO_SHARE * summary.n_written:
         return []
-    share = "all" if summary.n_zero == summary.n_written else f"{summary.n_zero} of {summary.n_written}"
+    share = "all" if n_zero == summary.n_written else f"{n_zero} of {summary.n_written}"
     return [(f"{share} of the {summary.split} images written have all-zero attributions at layer {layer}: the "
              "target logits do not depend on it (a classification head whose weights are zero, as torchvision's "
              "ViT starts with, untrained `weights`, or a layer the logits do not read); check `weights` and "
              "`layer`")]
 
 
+def _stored(job: IngestJob) -> dict[str, set[int]]:
+    """The images each layer of the job holds already in the split (resume, or a layer added to a store)."""
+    first = job.first_layer
+    return {layer.name: stored_ids(job.store.path, job.split, layer.name, first) for layer in job.setup.layers}
+
+
 def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
-    """Every rank attributes its share of the images not yet stored; rank 0 creates the store first,
-    holds the split's lock throughout, and compacts the split at the end."""
+    """Every rank attributes its share of the images some layer does not hold yet; rank 0 creates or extends
+    the store first, holds the split's lock throughout, and compacts the split at the end."""
     store, split = job.store, job.split
     ranks = start_ranks(run_device, job.rank_timeout)  # all ranks join in time, or one line names who did not
     rank, world_size = ranks.rank, ranks.world_size
     lock = None
     try:
         lock = prepare_on_rank0(job, ranks)
-        stored = stored_ids(store.path, split)
+        stored = _stored(job)
         ranks.barrier("reading what is stored")  # every rank read the same `stored` before any rank writes
         records = job.listing.records
-        todo = remaining(records, stored)
+        everywhere = set.intersection(*stored.values())
+        todo = remaining(records, everywhere)
         mine = todo[rank::world_size]
         summary = IngestSummary(store.path, split, len(records) - len(todo),
                                 rank=rank, world_size=world_size, device=str(run_device))
@@ -155,17 +165,19 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
         with torch_threads(job.threads if job.threads is not None else default_threads(run_device, job.num_workers)):
             pipeline.run_batches(job, setup.resolved.model.to(run_device),
                                  loading(job.decode, mine, setup.transform.fn, setup.transform.import_root,
-                                         job.max_pixels), mine, run_device, summary)
+                                         job.max_pixels), mine, run_device, summary, stored)
         ranks.barrier("writing their shares")  # a rank still working is waited for; a silent one is named
         if world_size > 1 and rank == 0:  # report what all ranks wrote, not just this one
-            summary.n_written = len(stored_ids(store.path, split)) - len(stored)
-        if mine and not stored and summary.n_written == 0 and summary.n_errors == len(mine):
+            after = _stored(job)
+            summary.n_written = len(set.union(*after.values())) - len(set.union(*stored.values()))
+        if mine and not everywhere and summary.n_written == 0 and summary.n_errors == len(mine):
             raise DataError(f"none of the {len(mine)} images to ingest could be read (first: {summary.errors[0]}); "
                             "they are listed in ingest_errors; fix them and run this again")
-        summary.warnings += zero_attribution_warning(summary, setup.layer)
+        for layer in setup.layers:
+            summary.warnings += zero_attribution_warning(summary, layer.name)
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             with record_function("ingest.compact"):
-                compact_split(store.path, split)
+                compact_split(store.path, split, job.first_layer)
         return summary
     except BaseException as error:
         ranks.failed(error)  # the other ranks stop at their next meeting, naming this rank and why

@@ -85,8 +85,9 @@ class PartWriter:
     `background=False` writes in the caller's thread: the serial loop, the reference the overlap is tested against.
     """
 
-    def __init__(self, store: Path, split: str, rank: int, rows_per_part: int, *, background: bool = True):
-        self.store, self.split, self.rank = store, split, rank
+    def __init__(self, store: Path, split: str, rank: int, rows_per_part: int, *, background: bool = True,
+                 layer: str | None = None):
+        self.store, self.split, self.rank, self.layer = store, split, rank, layer
         self.rows_per_part = rows_per_part
         self.background = background
         self._samples: list[dict[str, np.ndarray]] = []
@@ -157,7 +158,8 @@ class PartWriter:
                 ],
                 schema=layout.SAMPLES,
             )
-            atomic.write_atomic(table, layout.new_part_path(self.store, "samples", self.split, self.rank))
+            atomic.write_atomic(table, layout.new_part_path(self.store, "samples", self.split, self.rank,
+                                                                   self.layer))
             self.parts_written += 1
         if errors:
             ids, paths, targets, messages = zip(*errors, strict=True)

@@ -13,6 +13,10 @@ class StoreMismatch(StoreError):
     """An ingest asked for another model, weights, layer or transform than the store holds."""
 
 
+class LayerChoice(StoreError):
+    """The store holds several layers and the command was not told which one (`layer`, `--layer`)."""
+
+
 class StoreBusy(StoreError):
     """Another process holds the store's catalog for writing."""
 

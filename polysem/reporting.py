@@ -171,7 +171,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
     """
     from polysem.method import evaluation
     from polysem.method.figure_data import run_figure_data
-    from polysem.method.runs import run_row
+    from polysem.method.runs import run_on_its_layer
 
     store = as_store(store)
     tau = evaluation.check_arguments(run_id, tau, device)
@@ -201,7 +201,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
         plots_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
     try:
-        run = run_row(store, run_id)
+        store, run = run_on_its_layer(store, run_id)
         params = evaluation.selection_params(store, run, selection, data_dir=data_dir, device=device,
                                              progress=progress)  # cached by evaluation_numbers
         activations = store.reads.selected_activations_of_run(run_id=run_id, split=EVAL_SPLIT, **params).to_pylist()

@@ -86,29 +86,50 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
     return summaries
 
 
-def compact_split(store_path: Path, split: str) -> CompactSummary:
-    """Rewrite the split's ingest parts (and compacted files under half size) class-ordered.
+def compact_split(store_path: Path, split: str, first_layer: str | None = None) -> CompactSummary:
+    """Rewrite the split's ingest parts (and compacted files under half size) class-ordered, in each layer's
+    folder. Files of the split written before stores held several layers (in the split's folder itself) hold
+    `first_layer` (default: the store's): they move to its folder, linked when compacted and large enough.
 
     The caller holds the split's lock. Files already compacted and large enough stay as they are.
     """
     folder = check_entry(store_path, layout.part_dir(store_path, "samples", split))
     staging = check_entry(store_path, staging_folder(store_path, split))
-    files = sorted(folder.glob("*.parquet"))
+    flat = sorted(folder.glob("*.parquet"))
+    groups: dict[str, list[Path]] = {}  # layer folder name -> its files
+    if flat:
+        first_layer = first_layer or _first_layer(store_path)
+        groups[f"{layout.LAYER_PREFIX}{first_layer}"] = flat
+    for sub in sorted(folder.glob(f"{layout.LAYER_PREFIX}*")):
+        groups.setdefault(sub.name, []).extend(sorted(check_entry(store_path, sub).glob("*.parquet")))
+    files = [f for group in groups.values() for f in group]
     rows = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
     rewrite = [f for f in files if not f.name.startswith(COMPACT_PREFIX) or rows[f] < FILE_ROWS // 2]
-    if all(f.name.startswith(COMPACT_PREFIX) for f in rewrite):
+    if not flat and all(f.name.startswith(COMPACT_PREFIX) for f in rewrite):
         return CompactSummary(split, len(files), len(files), 0)  # no new parts since the last compaction
+    written = 0
     with atomic.writing(folder, folder=store_path, into_folder=True):  # named for the split, not the staging
         staging.mkdir(parents=True)
-        for f in files:
-            if f not in rewrite:
-                os.link(f, staging / f.name)
-        written = _write_class_ordered(rewrite, staging)
+        for name, group in groups.items():
+            (staging / name).mkdir()
+            for f in group:
+                if f not in rewrite:
+                    os.link(f, staging / name / f.name)
+            todo = [f for f in group if f in rewrite]
+            if todo:
+                written += _write_class_ordered(todo, staging / name)
+            atomic.fsync_dir(staging / name)
         atomic.fsync_dir(staging)
         _exchange(staging, folder)
         atomic.fsync_dir(folder.parent)
         shutil.rmtree(staging)  # the old files
     return CompactSummary(split, len(files), len(files) - len(rewrite) + written, sum(rows[f] for f in rewrite))
+
+
+def _first_layer(store_path: Path) -> str:
+    from polysem.query.store import Store
+
+    return next(iter(Store(store_path).meta(any_layer=True)["layers"]))
 
 
 def _write_class_ordered(files: list[Path], out: Path) -> int:

@@ -47,8 +47,11 @@ def query_error(error: duckdb.Error, store: Path) -> PolysemError:
 
 def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     """`relative` (a path inside `store`) cannot be read: say which file and how to fix it."""
+    if str(relative) == "layer_weights*.parquet":  # the glob of every layer's weight: the first layer's is missing
+        relative = Path("layer_weights.parquet")
     parts = relative.parts
-    if len(parts) == 3 and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
+    in_layer = len(parts) == 4 and parts[2].startswith(layout.LAYER_PREFIX)  # samples/<split>/layer=<name>/<part>
+    if (len(parts) == 3 or in_layer) and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
         fix = (f"run `polysem check --repair --store {store}` to set it aside, then "
                f"`polysem ingest DATA_DIR --split {parts[1]}` to store its images again")
     elif parts and parts[-1] == "empty.parquet" or "*" in str(relative):

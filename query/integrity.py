@@ -163,7 +163,9 @@ def _duplicated_parts(root: Path, damaged: list[Path]) -> dict[Path, str]:
     from polysem.query.sqlfiles import Statements
 
     problems: dict[Path, str] = {}
-    for folder in layout.split_folders(root, "samples"):
+    folders = [f for split in layout.split_folders(root, "samples")
+               for f in (split, *sorted(split.glob(f"{layout.LAYER_PREFIX}*")))]  # a split's files, then each layer's
+    for folder in folders:
         files = sorted(p for p in folder.glob("*.parquet") if p not in damaged)
         if len(files) < 2:
             continue

@@ -3,13 +3,15 @@
 This module is the one place that decides the store's on-disk layout:
 
     STORE/catalog.duckdb                    DuckDB catalog: views, macros, small tables
-    STORE/samples/<split>/part-*.parquet    one row per image, as ingest wrote them
-    STORE/samples/<split>/compact-*.parquet the same rows after `polysem compact`: class-ordered,
+    STORE/samples/<split>/layer=<name>/part-*.parquet     one row per image of the layer, as ingest wrote them
+    STORE/samples/<split>/layer=<name>/compact-*.parquet  the same rows after `polysem compact`: class-ordered,
                                             one class per row group (query.compact)
+    STORE/samples/<split>/*.parquet         a split written before stores held several layers: the first
+                                            layer's rows, until compaction moves them to its folder
     STORE/samples/.<split>.lock             held by the ingest or compaction of the split
     STORE/.compact/                         compaction's staging folders (never globbed)
     STORE/ingest_errors/<split>/part-*.parquet
-    STORE/classes.parquet, STORE/layer_weights.parquet
+    STORE/classes.parquet, STORE/layer_weights.parquet (the first layer's), layer_weights-<name>.parquet
     STORE/artifacts/                        disentangled layers, plots
     STORE/cache/                            l-1 feature maps for the rho search
 
@@ -27,7 +29,7 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "new_part_path", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "write_schema_files"]
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
@@ -72,17 +74,41 @@ PART_TABLES = {"samples": SAMPLES, "ingest_errors": INGEST_ERRORS}
 OPTIONAL_COLUMNS = {"samples": {"positive_sum"}}  # files of format 5 or older lack it; the samples view fills it
 
 
+LAYER_PREFIX = "layer="
+
+
 def part_dir(store: Path, table: str, split: str) -> Path:
     return store / table / split
+
+
+def layer_dir(store: Path, split: str, layer: str) -> Path:
+    """The folder of one layer's samples parts of a split (its name is checked by `query.meta.check_layer_name`)."""
+    return part_dir(store, "samples", split) / f"{LAYER_PREFIX}{layer}"
+
+
+def layer_files(store: Path, split: str, layer: str, first_layer: str | None) -> list[Path]:
+    """The samples files of one layer of a split: its folder's, and for the store's first layer the files of the
+    split written before stores held several layers."""
+    files = sorted(layer_dir(store, split, layer).glob("*.parquet"))
+    if layer == first_layer:
+        files = sorted(part_dir(store, "samples", split).glob("*.parquet")) + files
+    return files
 
 
 def part_glob(store: Path, table: str, split: str | None = None) -> str:
     return str(store / table / (split or "*") / "*.parquet")
 
 
-def new_part_path(store: Path, table: str, split: str, rank: int) -> Path:
-    """A fresh part name; the rank keeps torchrun ranks out of each other's files."""
-    return part_dir(store, table, split) / f"part-r{rank:03d}-{uuid.uuid4().hex[:12]}.parquet"
+def weights_file(store: Path, layer: str, first_layer: str) -> Path:
+    """Where a layer's weight is: layer_weights.parquet for the first layer, layer_weights-<name>.parquet else."""
+    return store / ("layer_weights.parquet" if layer == first_layer else f"layer_weights-{layer}.parquet")
+
+
+def new_part_path(store: Path, table: str, split: str, rank: int, layer: str | None = None) -> Path:
+    """A fresh part name; the rank keeps torchrun ranks out of each other's files. Samples parts go to their
+    layer's folder."""
+    folder = layer_dir(store, split, layer) if layer is not None else part_dir(store, table, split)
+    return folder / f"part-r{rank:03d}-{uuid.uuid4().hex[:12]}.parquet"
 
 
 def split_lock_path(store: Path, split: str) -> Path:
@@ -108,7 +134,7 @@ def write_schema_files(store: Path, *, replace: bool = False) -> None:
 def part_files(store: Path) -> Iterator[tuple[str, Path]]:
     """(table, path) of every Parquet file of the part tables, schema files included, in a stable order."""
     for table in PART_TABLES:
-        for path in sorted((store / table).glob("*/*.parquet")):
+        for path in sorted([*(store / table).glob("*/*.parquet"), *(store / table).glob(f"*/{LAYER_PREFIX}*/*.parquet")]):
             yield table, path
 
 

@@ -4,6 +4,7 @@ that bring an older format to this one (`prepare_catalog`)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import duckdb
@@ -23,8 +24,10 @@ __all__ = [
     "TARGETS",
     "IncompleteStore",
     "catalog_created",
+    "check_layer_name",
     "dataset_root_key",
     "layer_positions",
+    "layer_shape_key",
     "meta_complete",
     "prepare_catalog",
     "read_meta",
@@ -32,13 +35,15 @@ __all__ = [
     "recorded_target",
     "schema_version",
     "stored_digest",
+    "stored_layers",
     "write_meta",
 ]
 
 # The store format this polysem writes; sql/migrations.sql brings older ones here.
 # 2: classes.logit, samples.predicted_logit, per-split dataset roots; 3: schema_version, act_concepts;
-# 4: evaluations.selection; 5: visualizations.failure, image nullable; 6: samples.positive_sum (stored by compaction).
-SCHEMA_VERSION = 6
+# 4: evaluations.selection; 5: visualizations.failure, image nullable; 6: samples.positive_sum (stored by compaction);
+# 7: several layers (samples/<split>/layer=<name>/, layer_shape:<name>, layer_weights-<name>.parquet, runs.layer).
+SCHEMA_VERSION = 7
 # the metadata a store must hold to count as created (written in one transaction by the first ingest)
 REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer", "layer_shape", "transform",
                  "polysem_version", "created_at")
@@ -84,6 +89,23 @@ def recorded_decode(meta: dict[str, Any]) -> str:
     return _recorded_choice(meta, "decode", DECODERS, DEFAULT_DECODE)
 
 
+def layer_shape_key(layer: str) -> str:
+    """Each layer after the first has its shape in a key of its own, so ingests adding two layers never overwrite
+    each other's; the first layer's is `layer_shape` (with its name in `layer`), as in every format."""
+    return f"layer_shape:{layer}"
+
+
+LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a dotted module name: a folder and file name as it is
+
+
+def check_layer_name(layer: str) -> None:
+    """A layer's name names its folder (samples/<split>/layer=<name>/) and weight file: refused when it could not."""
+    if not LAYER_NAME.fullmatch(layer) or len(layer) > 200:
+        raise StoreError(f"layer name {layer!r} has a character outside letters, digits, '_', '.' and '-' (or is "
+                         "longer than 200): polysem names the layer's folder after it; rename the module or wrap the "
+                         "model")
+
+
 def dataset_root_key(split: str) -> str:
     """Each split's dataset root is its own key, so ingests of two splits never overwrite each other's."""
     return f"dataset_root:{split}"
@@ -120,10 +142,12 @@ def stored_digest(conn: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}.
+    """store_meta as a dict; the per-split roots are gathered into `dataset_roots` {split: folder}, every layer's
+    shape into `layers` {name: shape} (the first layer, `layer`, first).
     A catalog without a store_meta table (a first ingest stopped before creating it) has none."""
     meta: dict[str, Any] = {}
     roots: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
     try:
         rows = Statements(conn).store_meta_rows().to_pylist()
     except duckdb.CatalogException:
@@ -136,10 +160,24 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                              "that; restore the catalog from a backup, or ingest into a new `store`") from None
         if key.startswith("dataset_root:"):
             roots[key.partition(":")[2]] = decoded
+        elif key.startswith("layer_shape:"):
+            shapes[key.partition(":")[2]] = decoded
         else:
             meta[key] = decoded
     meta["dataset_roots"] = roots
+    # every layer, the first first: `layer` / `layer_shape` (every format), then the others by name
+    meta["layers"] = {meta["layer"]: meta.get("layer_shape")} if "layer" in meta else {}
+    meta["layers"].update((name, shape) for name, shape in sorted(shapes.items()) if name not in meta["layers"])
     return meta
+
+
+def stored_layers(conn: duckdb.DuckDBPyConnection) -> tuple[str | None, list[str]]:
+    """(the first layer, every layer's name) of a catalog; (None, []) before a first ingest recorded any."""
+    try:
+        layers = list(read_meta(conn).get("layers", {}))
+    except duckdb.CatalogException:
+        return None, []
+    return (layers[0] if layers else None), layers
 
 
 def write_meta(conn: duckdb.DuckDBPyConnection, values: dict[str, Any]) -> None:

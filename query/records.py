@@ -60,7 +60,7 @@ def record_class_similarity(tx: Transaction, rows: list[dict[str, Any]]) -> None
 
 def record_runs(tx: Transaction, runs: list[dict[str, Any]], scores: list[dict[str, Any]]) -> None:
     """Insert disentanglement runs and their rho scores (`runs`, `rho_scores`)."""
-    tx.insert_run([{**run, "parameters": _json_text(run["parameters"])} for run in runs])
+    tx.insert_run([{**run, "parameters": _json_text(run["parameters"]), "layer": run.get("layer")} for run in runs])
     tx.insert_rho_score(scores)
 
 

@@ -42,8 +42,8 @@ def require_counted_once(store: Store, split: str) -> None:
     attributions would read as NULL, and every channel as irrelevant) or an image stored twice (a part
     copied under a second name: its images would count twice in every fraction and mean). Reads the
     parts' footers and the image ids only."""
-    folder = layout.part_dir(store.path, "samples", split)
-    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+    meta = store.meta()
+    for path in layout.layer_files(store.path, split, meta["layer"], next(iter(meta["layers"]), None)):
         try:
             problem = layout.schema_problem("samples", path)
         except (OSError, ValueError):

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from polysem.constants import DEFAULT_STORE
-from polysem.errors import StoreError
+from polysem.errors import LayerChoice, StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.confine import check_tree
@@ -36,6 +36,7 @@ from polysem.query.meta import (
     prepare_catalog,
     read_meta,
     recorded_decode,
+    stored_layers,
 )
 from polysem.query.output_paths import check_output
 from polysem.query.recovery import record_pending, sweep
@@ -98,8 +99,9 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike | None = None,
-                 trust_code: str | os.PathLike | list[str | os.PathLike] | None = None):
+                 trust_code: str | os.PathLike | list[str | os.PathLike] | None = None, layer: str | None = None):
         check_path("path", path, none=True)
+        check_text("layer", layer, none=True)
         if isinstance(trust_code, (list, tuple)):
             for folder in trust_code:
                 check_path("trust_code", folder)
@@ -108,14 +110,23 @@ class Store:
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
         self.trust_code = trust_code
+        self.layer = layer  # the layer commands work on; None: the store's only one (several: refused by `meta`)
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
+        self._reader_layers: tuple[str | None, list[str]] = (None, [])
         self._reader_stamp: tuple | None = None
         self._reader_lock = threading.Lock()
         # an attribute, not a property: completion (IPython, Jupyter, jedi) evaluates it and lists the reads
         self.reads: Reads = Reads(self)
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({str(self.path)!r})" if self.layer is None else f"Store({str(self.path)!r}, layer={self.layer!r})"
+
+    def for_layer(self, layer: str | None) -> Store:
+        """This store, working on `layer` (None: as this object does)."""
+        check_text("layer", layer, none=True)
+        if layer is None or layer == self.layer:
+            return self
+        return Store(self.path, self.trust_code, layer)
 
     @property
     def catalog_path(self) -> Path:
@@ -151,6 +162,7 @@ class Store:
         if not write:
             cursor = self._reader().cursor()
             try:
+                self._choose_layer(cursor, self._reader_layers)
                 yield cursor
             finally:
                 cursor.close()
@@ -165,6 +177,8 @@ class Store:
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
+            if not create:
+                self._choose_layer(conn, stored_layers(conn))
             record_pending(conn, self.path)
             sweep(conn, self.path)
             yield conn
@@ -193,8 +207,19 @@ class Store:
                     self._reader_conn.close()
                 self._reader_conn = None
                 self._reader_conn = self._open_snapshot()
+                self._reader_layers = stored_layers(self._reader_conn)
                 self._reader_stamp = current
             return self._reader_conn
+
+    def _choose_layer(self, conn: duckdb.DuckDBPyConnection, layers: tuple[str | None, list[str]]) -> None:
+        """Set the layer the SQL of `conn` works on (`polysem_layer`: the chosen one, else the first) and the
+        layer of the files written before layers (`polysem_first_layer`); an unknown choice is refused."""
+        first, names = layers
+        if self.layer is not None and names and self.layer not in names:
+            raise StoreError(f"the store holds no layer {self.layer!r}; its layers: {', '.join(names)} "
+                             "(choose one with `layer`)")
+        conn.execute("SET VARIABLE polysem_first_layer = ?", [first])
+        conn.execute("SET VARIABLE polysem_layer = ?", [self.layer or first])
 
     def _open_snapshot(self) -> duckdb.DuckDBPyConnection:
         fd, name = tempfile.mkstemp(prefix="polysem-catalog-", suffix=".duckdb")
@@ -277,14 +302,18 @@ class Store:
 
     # -- metadata ------------------------------------------------------------
 
-    def meta(self, require_complete: bool = True) -> dict[str, Any]:
-        """The store's metadata: model, weights, layer, transform, dataset roots, versions.
+    def meta(self, require_complete: bool = True, *, any_layer: bool = False) -> dict[str, Any]:
+        """The store's metadata: model, weights, layer, transform, dataset roots, versions; `layers` {name:
+        shape} holds every layer, `layer` and `layer_shape` the one this object works on (`Store.layer`, else
+        the store's only layer). A store of several layers without a choice is refused (`LayerChoice`), unless
+        `any_layer` (then `layer` is its first).
 
         A store whose first ingest stopped before its metadata was committed (its catalog may even
         lack the store_meta table) is refused with `IncompleteStore`, unless require_complete is
         false, as ingest asks to complete it: then its partial metadata, read without defining views.
         """
         check_bool("require_complete", require_complete)
+        check_bool("any_layer", any_layer)
         try:
             with self.connect() as conn:
                 meta = read_meta(conn)
@@ -294,6 +323,18 @@ class Store:
             return self._raw_meta()
         if require_complete and not meta_complete(meta):
             raise IncompleteStore(self.path)
+        return self._on_layer(meta, any_layer)
+
+    def _on_layer(self, meta: dict[str, Any], any_layer: bool) -> dict[str, Any]:
+        layers = meta.get("layers") or {}
+        chosen = self.layer
+        if chosen is None and len(layers) > 1 and not any_layer:
+            raise LayerChoice(f"the store holds {len(layers)} layers ({', '.join(layers)}): choose one with `layer`")
+        if chosen is not None and layers and chosen not in layers:
+            raise StoreError(f"the store holds no layer {chosen!r}; its layers: {', '.join(layers)} "
+                             "(choose one with `layer`)")
+        if chosen is not None:
+            meta["layer"], meta["layer_shape"] = chosen, layers[chosen]
         return meta
 
     def _raw_meta(self) -> dict[str, Any]:
@@ -379,8 +420,9 @@ class Store:
         return result.num_rows
 
     def info(self) -> dict[str, Any]:
-        """What the store holds: its metadata, images per split, classes, runs and size on disk."""
-        info = self.meta()
+        """What the store holds: its metadata (every layer in `layers`; `layer`: the one this object works on, else
+        the first), images per split (of that layer), classes, runs and size on disk."""
+        info = self.meta(any_layer=True)
         info["decode"] = recorded_decode(info)  # a store made before the key: pil
         info["code"] = {what: code_status(str(info[what]), what, info.get(f"{what}_import_root"), self.path,
                                           self.trust_code) for what in ("model", "transform")}
@@ -393,9 +435,10 @@ class Store:
         info["store"] = str(self.path)
         info["size_bytes"] = self.size_bytes()
         n_images = sum(split["images"] for split in info["splits"].values())
-        sample_bytes = sum(p.stat().st_size for p in self.path.glob("samples/*/*.parquet")
-                           if p.parent.name != layout.SCHEMA_DIR)
-        info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None
+        first = next(iter(info["layers"]), None)
+        sample_bytes = sum(p.stat().st_size for split in layout.split_folders(self.path)
+                           for p in layout.layer_files(self.path, split.name, info["layer"], first))
+        info["bytes_per_image"] = round(sample_bytes / n_images) if n_images else None  # of the layer shown
         return info
 
     def class_names(self) -> dict[int, str]:

@@ -10,7 +10,7 @@ SELECT row_number() OVER (ORDER BY a.activation DESC, a.image_id) AS rank, a.ima
        a.activation
 FROM (SELECT s.image_id, s.path, s.target AS class_id,
              channel_activation(lw.weight, s.input_sum, lw.bias, s.positions) AS activation
-      FROM samples s JOIN layer_weights lw ON lw.channel = ch
+      FROM layer_samples s JOIN layer_weights lw ON lw.channel = ch
       WHERE s.split = split_name) a
 JOIN classes c USING (class_id)
 QUALIFY rank <= n
@@ -50,7 +50,7 @@ images AS (
            list_position(list_transform(r.concepts, lambda c: list_contains(c, s.target)), true) AS concept,
            relative_attribution(s.attribution[r.channel + 1], s.positive_sum) AS relative_attribution,
            s.input_sum::DOUBLE[] AS x, m.b * s.positions AS bias_term, m.w0, m.wj, m.wr
-    FROM samples s CROSS JOIN r CROSS JOIN masked m
+    FROM layer_samples s CROSS JOIN r CROSS JOIN masked m
     WHERE s.split = split_name AND list_contains(flatten(r.concepts), s.target)
 )
 SELECT image_id, path, target, concept, relative_attribution,
@@ -170,7 +170,7 @@ ranked AS (
     SELECT u.unit_index, s.image_id, s.path, s.target AS class_id,
            channel_activation(u.w, s.input_sum, u.b, s.positions) AS activation,
            row_number() OVER (PARTITION BY u.unit_index ORDER BY activation DESC, s.image_id) AS rank
-    FROM samples s CROSS JOIN units u
+    FROM layer_samples s CROSS JOIN units u
     WHERE s.split = split_name
     QUALIFY rank <= n
 )

@@ -28,3 +28,16 @@ INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '5'::JS
 -- screening does not sum every attribution list again. Files written before it lack the column: the samples view
 -- computes it for them with the same macro. Nothing in the catalog changes.
 INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '6'::JSON);
+
+-- name: migrate_7
+-- Format 7: a store holds several layers. A layer's rows go to samples/<split>/layer=<name>/ (the files of a split
+-- written before stay where they are and hold the first layer, store_meta's `layer`, until compaction moves them);
+-- every other layer's shape is store_meta's `layer_shape:<name>`, its weight layer_weights-<name>.parquet. Runs,
+-- recorded concepts and visualisations name their layer: the rows before it are the first layer's.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS layer VARCHAR;
+ALTER TABLE channel_concepts ADD COLUMN IF NOT EXISTS layer VARCHAR;
+ALTER TABLE visualizations ADD COLUMN IF NOT EXISTS layer VARCHAR;
+UPDATE runs SET layer = (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') WHERE layer IS NULL;
+UPDATE channel_concepts SET layer = (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') WHERE layer IS NULL;
+UPDATE visualizations SET layer = (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') WHERE layer IS NULL;
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('schema_version', '7'::JSON);

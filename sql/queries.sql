@@ -13,7 +13,7 @@ SELECT class_id, folder, name, wnid, logit FROM classes ORDER BY class_id;
 -- name: class_counts
 -- Every class with its stored images in each split of the store: class_id, folder, name, wnid, logit, n_<split>...
 WITH counts AS (
-    PIVOT (SELECT target, 'n_' || split AS split FROM samples) ON split USING count(*) GROUP BY target
+    PIVOT (SELECT target, 'n_' || split AS split FROM layer_samples) ON split USING count(*) GROUP BY target
 )
 SELECT c.class_id, c.folder, c.name, c.wnid, c.logit, coalesce(COLUMNS(lambda col: col LIKE 'n\_%' ESCAPE '\'), 0)
 FROM classes c LEFT JOIN counts ON counts.target = c.class_id
@@ -25,11 +25,11 @@ SELECT count(*) AS n FROM classes;
 
 -- name: split_images$
 -- The number of stored images of one split.
-SELECT count(*) AS n FROM samples WHERE split = $split;
+SELECT count(*) AS n FROM layer_samples WHERE split = $split;
 
 -- name: repeated_image^
 -- One image that a split holds more than once (a copied part), or none: image_id, path, n.
-SELECT image_id, any_value(path) AS path, count(*) AS n FROM samples WHERE split = $split
+SELECT image_id, any_value(path) AS path, count(*) AS n FROM layer_samples WHERE split = $split
 GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id LIMIT 1;
 
 -- name: split_summary
@@ -38,19 +38,19 @@ SELECT * FROM split_counts;
 
 -- name: class_sizes
 -- Stored images per class of one split: target, n.
-SELECT target, count(*) AS n FROM samples WHERE split = $split GROUP BY target;
+SELECT target, count(*) AS n FROM layer_samples WHERE split = $split GROUP BY target;
 
 -- name: class_images
 -- One class's images of a split, by image id (at most $limit): image_id, path, target.
-SELECT image_id, path, target FROM samples WHERE split = $split AND target = $class_id ORDER BY image_id LIMIT $limit;
+SELECT image_id, path, target FROM layer_samples WHERE split = $split AND target = $class_id ORDER BY image_id LIMIT $limit;
 
 -- name: spread_images
 -- $limit images of a split spread over its classes (a hash order): image_id, path, target.
-SELECT image_id, path, target FROM samples WHERE split = $split ORDER BY hash(image_id), image_id LIMIT $limit;
+SELECT image_id, path, target FROM layer_samples WHERE split = $split ORDER BY hash(image_id), image_id LIMIT $limit;
 
 -- name: check_images
 -- The images the disentangle check runs: those of $classes first, then the rest by id (at most $limit).
-SELECT image_id, path, target FROM samples WHERE split = $split
+SELECT image_id, path, target FROM layer_samples WHERE split = $split
 ORDER BY list_contains($classes, target) DESC, image_id LIMIT $limit;
 
 -- name: relevant_classes
@@ -119,10 +119,11 @@ SELECT * FROM unit_top_images($run_id, $limit, split_name := $split);
 SELECT * FROM unit_class_histogram($run_id, $limit, split_name := $split);
 
 -- name: latest_visualizations
--- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model): one row per unit and
+-- The newest visualisation of a run (or, with $run_id NULL, of $channel of the stored model's layer polysem_layer): one row per unit and
 -- seed (a call with several seeds records them at one created_at).
 SELECT * FROM visualizations
 WHERE run_id IS NOT DISTINCT FROM $run_id AND ($channel IS NULL OR channel = $channel)
+  AND layer IS NOT DISTINCT FROM getvariable('polysem_layer')
 QUALIFY created_at = max(created_at) OVER ()
 ORDER BY list_position(['original', 'c1', 'c2', 'r'], unit), unit, seed;
 
@@ -156,20 +157,20 @@ SELECT key, value FROM store_meta ORDER BY key;
 
 -- name: parquet_image_ids
 -- The image ids in Parquet files ($files: a glob or list), without the catalog (ingest's resume).
-SELECT image_id FROM read_parquet($files);
+SELECT image_id FROM read_parquet($files, hive_partitioning = false);
 
 -- name: parquet_class_sizes
 -- Rows per class in Parquet files ($files), by class (compaction's plan): target, n.
-SELECT target, count(*) AS n FROM read_parquet($files) GROUP BY target ORDER BY target;
+SELECT target, count(*) AS n FROM read_parquet($files, hive_partitioning = false) GROUP BY target ORDER BY target;
 
 -- name: parquet_repeated_images
 -- Images that more than one of the Parquet files ($files) hold, with the files holding each (check): image_id, files.
 SELECT image_id, list(DISTINCT filename ORDER BY filename) AS files
-FROM read_parquet($files, filename = true) GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id;
+FROM read_parquet($files, filename = true, hive_partitioning = false) GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id;
 
 -- name: parquet_class_range
 -- The rows of classes $first..$last in Parquet files ($files), ordered by class and image id, positive_sum filled (compaction).
-SELECT * FROM sample_rows($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
+SELECT * EXCLUDE (filename) FROM sample_rows($files) WHERE target BETWEEN $first AND $last ORDER BY target, image_id;
 
 -- name: meta_value$
 -- One store_meta value as text, or none when the key is absent.

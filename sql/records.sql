@@ -18,11 +18,12 @@ SELECT count(*) AS n FROM runs WHERE list_contains($run_ids, run_id);
 SELECT DISTINCT artifact FROM runs;
 
 -- name: insert_run*!
--- One disentangled channel's run.
+-- One disentangled channel's run of $layer (a run recorded pending before layers were named: the first layer).
 INSERT INTO runs (run_id, group_id, created_at, channel, concepts, rho, objective, sources, shared, max_logit_diff,
-                  artifact, polysem_version, parameters, warnings)
+                  artifact, polysem_version, parameters, warnings, layer)
 VALUES ($run_id, $group_id, $created_at, $channel, $concepts, $rho, $objective, $sources, $shared, $max_logit_diff,
-        $artifact, $polysem_version, $parameters, $warnings);
+        $artifact, $polysem_version, $parameters, $warnings,
+        coalesce($layer, (SELECT value ->> '$' FROM store_meta WHERE key = 'layer')));
 
 -- name: insert_rho_score*!
 -- Eq. 6 at one rho of a run.
@@ -52,32 +53,34 @@ VALUES ($run_id, $tau, $p, $gamma, $classes, $n_images, $units, $relevant_classe
 -- name: visualization_images
 -- The PNGs of the visualisations with these settings (the ones a new visualisation replaces).
 SELECT image FROM visualizations
-WHERE run_id IS NOT DISTINCT FROM $run_id AND channel = $channel AND method = $method AND steps = $steps
+WHERE run_id IS NOT DISTINCT FROM $run_id AND layer IS NOT DISTINCT FROM getvariable('polysem_layer') AND channel = $channel AND method = $method AND steps = $steps
   AND size = $size AND seed = $seed;
 
 -- name: delete_visualizations!
 -- Remove the visualisations with these settings.
 DELETE FROM visualizations
-WHERE run_id IS NOT DISTINCT FROM $run_id AND channel = $channel AND method = $method AND steps = $steps
+WHERE run_id IS NOT DISTINCT FROM $run_id AND layer IS NOT DISTINCT FROM getvariable('polysem_layer') AND channel = $channel AND method = $method AND steps = $steps
   AND size = $size AND seed = $seed;
 
 -- name: insert_visualization*!
 -- One unit's visualisation at one seed (image NULL and failure its reason when it failed).
 INSERT INTO visualizations (run_id, channel, unit, method, steps, size, seed, device, image, act_original, act_c1,
-                            act_c2, act_r, selectivity, seconds, created_at, act_concepts, failure)
+                            act_c2, act_r, selectivity, seconds, created_at, act_concepts, failure, layer)
 VALUES ($run_id, $channel, $unit, $method, $steps, $size, $seed, $device, $image, $act_original, $act_c1,
-        $act_c2, $act_r, $selectivity, $seconds, $created_at, $act_concepts, $failure);
+        $act_c2, $act_r, $selectivity, $seconds, $created_at, $act_concepts, $failure, getvariable('polysem_layer'));
 
 -- name: delete_channel_concepts!
 -- Remove the concepts recorded at one parameter set.
 DELETE FROM channel_concepts
-WHERE tau = $tau AND p = $p AND gamma = $gamma AND split = $split AND correct_only = $correct_only;
+WHERE tau = $tau AND p = $p AND gamma = $gamma AND split = $split AND correct_only = $correct_only
+  AND layer IS NOT DISTINCT FROM getvariable('polysem_layer');
 
 -- name: insert_channel_concepts*!
 -- One polysemantic channel's concepts at one parameter set.
 INSERT INTO channel_concepts (tau, p, gamma, split, correct_only, channel, concepts, names, sizes, min_cosine,
-                              computed_at)
-VALUES ($tau, $p, $gamma, $split, $correct_only, $channel, $concepts, $names, $sizes, $min_cosine, $computed_at);
+                              computed_at, layer)
+VALUES ($tau, $p, $gamma, $split, $correct_only, $channel, $concepts, $names, $sizes, $min_cosine, $computed_at,
+        getvariable('polysem_layer'));
 
 -- name: put_class_similarity*!
 -- The WordNet path similarity of one class pair.

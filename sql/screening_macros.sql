@@ -8,7 +8,7 @@ CASE WHEN total > 0 THEN a / total END;
 CREATE OR REPLACE MACRO class_channel_relevance(tau := 0.03, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
     SELECT target AS class_id, attribution, positive_sum AS total
-    FROM samples
+    FROM layer_samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
 attributions AS (
@@ -22,7 +22,7 @@ hits AS (
 ),
 class_sizes AS (
     -- a second scan of one column, cheaper than materialising `images`
-    SELECT target AS class_id, count(*) AS n_images FROM samples
+    SELECT target AS class_id, count(*) AS n_images FROM layer_samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
     GROUP BY target
 )
@@ -42,7 +42,7 @@ WHERE fraction >= p;
 CREATE OR REPLACE MACRO class_means_of(split_name := 'train', correct_only := false) AS TABLE
 WITH elements AS (
     SELECT target, generate_subscripts(input_sum, 1) AS i, unnest(input_sum) AS v
-    FROM samples
+    FROM layer_samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
 means AS (
@@ -117,7 +117,7 @@ attribution[c + 1];
 CREATE OR REPLACE VIEW class_channel_means AS
 WITH attributions AS (
     SELECT target AS class_id, generate_subscripts(attribution, 1) - 1 AS channel, unnest(attribution) AS a
-    FROM samples
+    FROM layer_samples
     WHERE split = 'train'
 )
 SELECT class_id::INTEGER AS class_id, channel::INTEGER AS channel, avg(a) AS mean_attribution
@@ -129,7 +129,7 @@ GROUP BY class_id, channel;
 CREATE OR REPLACE MACRO screen_sweep(taus, ps, gammas, split_name := 'train', correct_only := false) AS TABLE
 WITH images AS (
     SELECT target AS class_id, attribution, positive_sum AS total
-    FROM samples
+    FROM layer_samples
     WHERE split = split_name AND (NOT correct_only OR prediction = target)
 ),
 attributions AS (

@@ -4,25 +4,33 @@ CREATE OR REPLACE MACRO positive_sum(attribution) AS
 coalesce(list_sum(list_filter(attribution, lambda a: a > 0)), 0);
 
 -- name: sample_rows
--- The rows of samples' Parquet files (`files`: a glob or list) with positive_sum filled: compaction stores it (format 6); for an ingest part or a file compacted before format 6 it is computed here, by the same macro, so the value is the same either way.
+-- The rows of samples' Parquet files (`files`: a glob or list) with their filename, positive_sum filled: compaction stores it (format 6); for an ingest part or a file compacted before format 6 it is computed here, by the same macro, so the value is the same either way.
 CREATE OR REPLACE MACRO sample_rows(files) AS TABLE
 SELECT * REPLACE (coalesce(positive_sum, positive_sum(attribution)) AS positive_sum)
 FROM (
-    SELECT * FROM read_parquet(files, union_by_name = true)
+    SELECT * FROM read_parquet(files, union_by_name = true, filename = true, hive_partitioning = false)
     UNION ALL BY NAME
-    SELECT NULL::DOUBLE AS positive_sum WHERE false  -- the column, for stores whose files all predate it
+    SELECT NULL::DOUBLE AS positive_sum, NULL::VARCHAR AS filename WHERE false  -- the columns, for stores whose files all predate positive_sum
 );
 
 -- name: samples
--- One row per ingested image: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator).
+-- One row per ingested image and layer: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l that count), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator), layer (the layer's dotted name). A layer's rows live in samples/<split>/layer=<name>/, so a filter on layer reads that layer's files only; files of a store made before layers (samples/<split>/*.parquet) hold its first layer (the variable polysem_first_layer, which polysem sets on every connection).
 CREATE OR REPLACE VIEW samples AS
-SELECT * FROM sample_rows('samples/*/*.parquet');
+SELECT * EXCLUDE (filename),
+       coalesce(nullif(regexp_extract(filename, 'samples/[^/]+/layer=([^/]+)/[^/]+$', 1), ''),
+                getvariable('polysem_first_layer')) AS layer
+FROM sample_rows('samples/**/*.parquet');
+
+-- name: layer_samples
+-- The rows of samples of the layer a command works on (the variable polysem_layer, which polysem sets on every connection: the layer chosen with --layer, else the store's first); every view and macro of the method reads this.
+CREATE OR REPLACE VIEW layer_samples AS
+SELECT * FROM samples WHERE layer = getvariable('polysem_layer');
 
 -- name: ingest_errors
 -- Images that could not be read or transformed and are still not stored: the latest attempt's reason per image (a later ingest retries them).
 CREATE OR REPLACE VIEW ingest_errors AS
 SELECT e.* FROM read_parquet('ingest_errors/*/*.parquet') e
-ANTI JOIN samples s ON s.split = e.split AND s.image_id = e.image_id
+ANTI JOIN layer_samples s ON s.split = e.split AND s.image_id = e.image_id
 QUALIFY row_number() OVER (PARTITION BY e.split, e.image_id ORDER BY e.failed_at DESC) = 1;
 
 -- name: classes
@@ -30,23 +38,40 @@ QUALIFY row_number() OVER (PARTITION BY e.split, e.image_id ORDER BY e.failed_at
 CREATE OR REPLACE VIEW classes AS
 SELECT * FROM read_parquet('classes.parquet');
 
+-- name: all_layer_weights
+-- Every layer's weight, one row per output channel: layer, channel, weight (flattened in the order of input_sum: in, kh, kw), bias or NULL. The first layer's is layer_weights.parquet, every other's layer_weights-<layer>.parquet.
+CREATE OR REPLACE VIEW all_layer_weights AS
+SELECT * EXCLUDE (filename),
+       coalesce(nullif(regexp_extract(filename, 'layer_weights-(.+)\.parquet$', 1), ''),
+                getvariable('polysem_first_layer')) AS layer
+FROM read_parquet('layer_weights*.parquet', filename = true, hive_partitioning = false);
+
 -- name: layer_weights
--- The layer's conv weight, one row per output channel, flattened in the order of input_sum (in, kh, kw); bias or NULL.
+-- The weight of the layer a command works on (polysem_layer), one row per output channel: channel, weight, bias.
 CREATE OR REPLACE VIEW layer_weights AS
-SELECT * FROM read_parquet('layer_weights.parquet');
+SELECT channel, weight, bias FROM all_layer_weights WHERE layer = getvariable('polysem_layer');
+
+-- name: layers
+-- Every layer of the store, the first first: name, shape (JSON: out_channels, in_channels, kernel_size, stride, padding, dilation, bias; a Linear's kind and positions).
+CREATE OR REPLACE VIEW layers AS
+SELECT (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') AS name, value AS shape, 0 AS ordinal
+FROM store_meta WHERE key = 'layer_shape'
+UNION ALL
+SELECT substr(key, length('layer_shape:') + 1) AS name, value AS shape, 1 AS ordinal
+FROM store_meta WHERE key LIKE 'layer\_shape:%' ESCAPE '\'
+  AND substr(key, length('layer_shape:') + 1) <> (SELECT value ->> '$' FROM store_meta WHERE key = 'layer');
 
 -- name: layer_info
--- The layer of interest in one row: name, out_channels, in_channels, kernel_h, kernel_w and window (= kernel_h * kernel_w).
+-- The layer a command works on (polysem_layer) in one row: name, out_channels, in_channels, kernel_h, kernel_w and window (= kernel_h * kernel_w; 1 for a Linear).
 CREATE OR REPLACE VIEW layer_info AS
-WITH shape AS (SELECT value AS s FROM store_meta WHERE key = 'layer_shape')
 SELECT
-    (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') AS name,
-    (s ->> 'out_channels')::INTEGER AS out_channels,
-    (s ->> 'in_channels')::INTEGER AS in_channels,
-    (s -> 'kernel_size' ->> 0)::INTEGER AS kernel_h,
-    (s -> 'kernel_size' ->> 1)::INTEGER AS kernel_w,
+    name,
+    (shape ->> 'out_channels')::INTEGER AS out_channels,
+    (shape ->> 'in_channels')::INTEGER AS in_channels,
+    (shape -> 'kernel_size' ->> 0)::INTEGER AS kernel_h,
+    (shape -> 'kernel_size' ->> 1)::INTEGER AS kernel_w,
     kernel_h * kernel_w AS window
-FROM shape;
+FROM layers WHERE name = getvariable('polysem_layer');
 
 -- name: split_counts
 -- Images per split: stored, unreadable, classes present.
@@ -55,7 +80,7 @@ SELECT split,
        count(*) AS n_images,
        (SELECT count(*) FROM ingest_errors e WHERE e.split = s.split) AS n_errors,
        count(DISTINCT target) AS n_classes
-FROM samples s
+FROM layer_samples s
 GROUP BY split
 ORDER BY split;
 
@@ -79,5 +104,6 @@ CREATE TABLE IF NOT EXISTS visualizations (
     seconds      DOUBLE NOT NULL,
     created_at   TIMESTAMP NOT NULL,
     act_concepts DOUBLE[],
-    failure      VARCHAR
+    failure      VARCHAR,
+    layer        VARCHAR
 );

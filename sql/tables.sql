@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS class_similarity (
 );
 
 -- name: runs
--- One row per disentangled channel: its k >= 2 concepts (lists of class ids), the chosen rho, each concept's own l-1 sources and the shared ones, the logit check, warnings (e.g. a concept channel that equals the residual).
+-- One row per disentangled channel (of `layer`): its k >= 2 concepts (lists of class ids), the chosen rho, each concept's own l-1 sources and the shared ones, the logit check, warnings (e.g. a concept channel that equals the residual).
 CREATE TABLE IF NOT EXISTS runs (
     run_id          VARCHAR PRIMARY KEY,
     group_id        VARCHAR NOT NULL,
@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     artifact        VARCHAR NOT NULL,
     polysem_version VARCHAR NOT NULL,
     parameters      JSON NOT NULL,
-    warnings        VARCHAR[] NOT NULL
+    warnings        VARCHAR[] NOT NULL,
+    layer           VARCHAR
 );
 
 -- name: rho_scores
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 
 -- name: channel_concepts
--- The concepts of each polysemantic channel (`polysem screen --concepts`), recorded per parameter set: its relevant classes (Ineq. 2, tau, p) grouped by complete linkage on their ARV cosines at gamma (ties by class id), concepts sorted by smallest class id; names, sizes, and min_cosine (the lowest class-pair cosine between concepts).
+-- The concepts of each polysemantic channel (`polysem screen --concepts`), recorded per layer and parameter set: its relevant classes (Ineq. 2, tau, p) grouped by complete linkage on their ARV cosines at gamma (ties by class id), concepts sorted by smallest class id; names, sizes, and min_cosine (the lowest class-pair cosine between concepts).
 CREATE TABLE IF NOT EXISTS channel_concepts (
     tau          DOUBLE NOT NULL,
     p            DOUBLE NOT NULL,
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS channel_concepts (
     names        VARCHAR[][] NOT NULL,
     sizes        INTEGER[] NOT NULL,
     min_cosine   DOUBLE,
-    computed_at  TIMESTAMP NOT NULL
+    computed_at  TIMESTAMP NOT NULL,
+    layer        VARCHAR
 );
 
 -- name: verifications

@@ -269,7 +269,7 @@ def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> N
     """SIGKILL the process `run` once `folder` holds `count` Parquet parts (or after `timeout` s): a kill
     in the middle of an ingest, with some parts written."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(list(folder.glob("*.parquet"))) < count:
+    while time.monotonic() < deadline and len(list(folder.rglob("*.parquet"))) < count:
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()

@@ -35,7 +35,7 @@ def test_ingest_writes_samples_classes_weights_and_metadata(cli, data_dir, store
     assert meta["dataset_roots"] == {"train": str(data_dir / "train")}
     assert len(meta["weights_sha256"]) == 64
     # the Parquet is readable without polysem
-    parts = list((store_path / "samples" / "train").glob("*.parquet"))
+    parts = list((store_path / "samples" / "train").rglob("*.parquet"))
     import pyarrow.parquet as pq
     assert sum(pq.read_table(p).num_rows for p in parts) == 10
 
@@ -182,10 +182,10 @@ def test_layer_neither_a_conv_nor_a_linear_over_positions(cli, data_dir, store_p
     assert not store_path.exists()
 
 
-def test_store_of_another_model_or_layer(cli, data_dir, store_path):
+def test_store_of_another_model_or_a_layer_the_model_lacks(cli, data_dir, store_path):
     assert ingest(cli, data_dir, store_path, *TINY).exit_code == 0
     before = sorted(p.stat().st_mtime_ns for p in store_path.rglob("*") if p.is_file())
-    assert_refused(ingest(cli, data_dir, store_path, "--layer", "stem.0"), "holds --layer probe")
+    assert_refused(ingest(cli, data_dir, store_path, "--layer", "stem.9"), "layer 'stem.9' not found")
     assert_refused(ingest(cli, data_dir, store_path, "--model", "resnet18", "--weights", "random"), "holds --model")
     after = sorted(p.stat().st_mtime_ns for p in store_path.rglob("*") if p.is_file())
     assert before == after

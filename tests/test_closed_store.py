@@ -152,7 +152,7 @@ def test_special_files_in_a_store_never_hang_a_command(fixture_store, tmp_path):
 def test_a_copied_part_is_named_by_check_and_refused_by_screening(cli, fixture_store):
     store = fixture_store("tiny").store
     honest = sweep(Store(store)).to_pylist()
-    part = sorted((store / "samples" / "train").glob("*.parquet"))[0]
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
     copy = part.with_name("part-r000-copy00000000.parquet")
     copy.write_bytes(part.read_bytes())
     n = pq.read_metadata(part).num_rows
@@ -174,7 +174,7 @@ def test_a_copied_part_is_named_by_check_and_refused_by_screening(cli, fixture_s
 
 def test_a_part_without_its_attributions_is_named_not_read_as_irrelevant(cli, fixture_store):
     store = fixture_store("tiny").store
-    part = sorted((store / "samples" / "train").glob("*.parquet"))[0]
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
     pq.write_table(pq.read_table(part).drop_columns(["attribution"]), part)
     before = snapshot(store)
     assert_refused(cli("screen", "--store", store), part.name, "it has no column attribution",
@@ -207,7 +207,7 @@ def test_check_during_a_compaction_calls_nothing_damaged(fixture_store, monkeypa
     import polysem.query.integrity as check_module
 
     store = fixture_store("tiny-train-8").store
-    (compacted,) = (store / "samples" / "train").glob("*.parquet")
+    (compacted,) = (store / "samples" / "train").rglob("*.parquet")
     table = pq.read_table(compacted)
     for i, start in enumerate((0, 12)):  # two ingest parts again, which a compaction rewrites
         pq.write_table(table.slice(start, 12), compacted.with_name(f"part-r000-{i:012d}.parquet"))
@@ -216,7 +216,7 @@ def test_check_during_a_compaction_calls_nothing_damaged(fixture_store, monkeypa
     swapped = []
 
     def footer_rows(path, *args, **kwargs):
-        if not swapped and path.parent.name == "train":
+        if not swapped and path.parent.parent.name == "train":
             swapped.append(compact(store, "train"))  # the concurrent compaction, between listing and reading
         return real(path, *args, **kwargs)
 

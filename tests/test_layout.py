@@ -78,7 +78,7 @@ def test_compaction_keeps_rows_and_orders_files_by_class(parts_store):
     [summary] = compact(parts_store)
     assert summary.rows_rewritten == CLASSES * PER_CLASS and summary.files_before == 6
     assert rows(parts_store) == before
-    files = sorted((parts_store.path / "samples" / "train").glob("*.parquet"))
+    files = sorted((parts_store.path / "samples" / "train").rglob("*.parquet"))
     assert files and all(f.name.startswith("compact-") for f in files)
     for f in files:
         meta = pq.ParquetFile(f).metadata
@@ -101,18 +101,18 @@ def test_two_of_ten_classes_read_their_share_after_compaction(parts_store, predi
 
 def test_new_parts_after_compaction_are_compacted_incrementally(parts_store, tmp_path):
     compact(parts_store)
-    first = set((parts_store.path / "samples" / "train").glob("*.parquet"))
+    first = set((parts_store.path / "samples" / "train").rglob("*.parquet"))
     extra = tmp_path / "extra"
     extra.mkdir()
     write_parts(extra, 1, 1, seed=5)
-    for part in (extra / "samples" / "train").glob("*.parquet"):  # new image ids: shift them past the old ones
+    for part in (extra / "samples" / "train").rglob("*.parquet"):  # new image ids: shift them past the old ones
         table = pq.read_table(part)
         table = table.set_column(0, "image_id", pa.compute.add(table.column("image_id"), 10_000))
         atomic.write_atomic(table, layout.new_part_path(parts_store.path, "samples", "train", 0))
     [summary] = compact(parts_store)
     assert summary.rows_rewritten == 2 * CLASSES * PER_CLASS  # the small compacted file joins the new rows
     assert len(rows(parts_store)) == 2 * CLASSES * PER_CLASS
-    assert not first & set((parts_store.path / "samples" / "train").glob("*.parquet"))
+    assert not first & set((parts_store.path / "samples" / "train").rglob("*.parquet"))
 
 
 @pytest.mark.parametrize("kill_at", ["_write_class_ordered", "_exchange", "rmtree", "second_rename"])
@@ -147,7 +147,7 @@ def test_killed_compaction_resumes_to_identical_rows(parts_store, monkeypatch, k
     monkeypatch.undo()
     compact(parts_store)
     assert rows(parts_store) == before
-    assert all(f.name.startswith("compact-") for f in (parts_store.path / "samples" / "train").glob("*.parquet"))
+    assert all(f.name.startswith("compact-") for f in (parts_store.path / "samples" / "train").rglob("*.parquet"))
     assert not any((parts_store.path / ".compact" / "samples").iterdir())
 
 
@@ -185,7 +185,7 @@ def test_compaction_stores_positive_sum_and_the_view_computes_it_where_a_file_la
     assert np.allclose(viewed.column("positive_sum").to_numpy(), expected, rtol=1e-12, atol=0)
 
     compact(parts_store)
-    stored = pa.concat_tables(pq.read_table(f, columns=["image_id", "positive_sum"]) for f in folder.glob("*.parquet"))
+    stored = pa.concat_tables(pq.read_table(f, columns=["image_id", "positive_sum"]) for f in folder.rglob("*.parquet"))
     stored = stored.sort_by("image_id")
     assert stored.column("positive_sum").null_count == 0  # every file compacted carries it, the old one too
     assert stored.column("image_id").to_pylist() == viewed.column("image_id").to_pylist()
@@ -200,7 +200,7 @@ def test_the_documented_query_finds_a_forged_positive_sum(parts_store):
     assert "positive_sum IS DISTINCT FROM positive_sum(attribution)" in limits
     compact(parts_store)
     assert parts_store.sql(query).column("n")[0].as_py() == 0
-    [first, *_] = sorted((parts_store.path / "samples" / "train").glob("compact-*.parquet"))
+    [first, *_] = sorted((parts_store.path / "samples" / "train").rglob("compact-*.parquet"))
     table = pq.read_table(first)
     forged = pyarrow.compute.multiply(table.column("positive_sum"), 2.0)
     atomic.write_atomic(table.set_column(table.schema.get_field_index("positive_sum"), "positive_sum", forged), first)

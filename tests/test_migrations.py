@@ -20,7 +20,11 @@ RUN = "16497ad801"  # the fixture's one run
 TABLES = ("runs", "rho_scores", "evaluations", "verifications", "visualizations", "channel_concepts",
           "class_similarity")
 OLD_COLUMNS = {"visualizations": "run_id, channel, unit, method, steps, size, seed, image, act_original, act_c1, "
-                                 "act_c2, act_r, selectivity, act_concepts"}
+                                 "act_c2, act_r, selectivity, act_concepts",
+               "runs": "run_id, group_id, created_at, channel, concepts, rho, objective, sources, shared, max_logit_diff, "
+                       "artifact, polysem_version, parameters, warnings",
+               "channel_concepts": "tau, p, gamma, split, correct_only, channel, concepts, names, sizes, min_cosine, "
+                                   "computed_at"}
 
 
 @pytest.fixture

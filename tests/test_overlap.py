@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from polysem.ingest import ingest
 from polysem.ingest import pipeline
-from polysem.ingest.attribution import attribute_batch
+from polysem.ingest.attribution import attribute_batch, attribute_layers
 from polysem.ingest.dataset import list_split
 from polysem.query import Store
 from polysem.util import atomic
@@ -34,7 +34,7 @@ def images(tmp_path):
 
 def parts(store, table="samples"):
     """Each part file's image ids, in the part's row order, as a sorted list (part names are random)."""
-    files = sorted((store / table / "train").glob("*.parquet"))
+    files = sorted((store / table / "train").rglob("*.parquet"))
     return sorted(pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist() for f in files)
 
 
@@ -117,7 +117,7 @@ def fail_second_part(kind, monkeypatch):
     writing = threading.local()
 
     def write(table, path):
-        if path.parent.name == "train" and path.parent.parent.name == "samples":  # a part, not a schema file
+        if path.parent.parent.name == "train" and path.parent.parent.parent.name == "samples":  # a part, not a schema file
             seen.append(path)
             writing.part = len(seen)
         try:
@@ -180,7 +180,7 @@ def test_ctrl_c_keeps_the_batch_in_flight_and_the_part_being_written_then_resume
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return attribute_batch(*args)
+        return attribute_layers(*args)
 
     def slow_write(table, path):
         if threading.current_thread().name.startswith("polysem-parts"):
@@ -188,7 +188,7 @@ def test_ctrl_c_keeps_the_batch_in_flight_and_the_part_being_written_then_resume
         real_write(table, path)
 
     with monkeypatch.context() as patched:
-        patched.setattr(pipeline, "attribute_batch", interrupting)
+        patched.setattr(pipeline, "attribute_layers", interrupting)
         patched.setattr(atomic, "write_atomic", slow_write)
         with pytest.raises(KeyboardInterrupt, match="what was complete is stored"):
             ingest(store, data, **options)

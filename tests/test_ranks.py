@@ -158,7 +158,7 @@ def killed_world(folder: Path, killed: int) -> None:
     try:
         parts = store / "samples" / "train"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(parts.glob(f"part-r00{killed}-*.parquet")):
+        while time.monotonic() < deadline and not list(parts.rglob(f"part-r00{killed}-*.parquet")):
             time.sleep(0.05)
         runs[killed].send_signal(signal.SIGKILL)
         runs[killed].wait()

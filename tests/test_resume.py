@@ -82,7 +82,7 @@ def test_torchrun_two_processes_gives_identical_rows(many_images, tmp_path):
     )
     assert launch.returncode == 0, launch.stdout + launch.stderr
     # each rank wrote its own parts, then rank 0 compacted them: class-ordered, one class per row group
-    files = list((ranked / "samples" / "train").glob("*.parquet"))
+    files = list((ranked / "samples" / "train").rglob("*.parquet"))
     assert [f.name[:8] for f in files] == ["compact-"]
     order = pq.read_table(files[0], columns=["target", "image_id"]).to_pylist()
     assert order == sorted(order, key=lambda r: (r["target"], r["image_id"]))
@@ -102,16 +102,16 @@ def test_ctrl_c_keeps_finished_rows_and_says_how_to_resume(tmp_path, cli, monkey
     store = tmp_path / "s"
     args = ["ingest", images, *SLOW, "--batch-size", 2, "--rows-per-part", 100, "--store", store]
     without_slowdown(monkeypatch)
-    calls, attribute_batch = [], pipeline.attribute_batch
+    calls, attribute_layers = [], pipeline.attribute_layers
 
     def interrupting(*batch):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return attribute_batch(*batch)
+        return attribute_layers(*batch)
 
     with monkeypatch.context() as patched:
-        patched.setattr(pipeline, "attribute_batch", interrupting)
+        patched.setattr(pipeline, "attribute_layers", interrupting)
         result = cli(*args)
     assert result.exit_code == 130, result.output
     assert "Interrupted" in result.output and "run the same command again to resume" in result.output

@@ -28,7 +28,7 @@ def test_every_view_and_macro_runs(colour_store):
     calls = {  # macros that need arguments
         "arv_of": "SELECT arv_of([1.0, 2, 3, 4], [1.0, 1, 2, 2], 2) AS r",
         "positive_sum": "SELECT positive_sum([1.0, -2, 3]) AS s",
-        "sample_rows": "SELECT * FROM sample_rows('samples/*/*.parquet')",
+        "sample_rows": "SELECT * FROM sample_rows('samples/*/*/*.parquet')",
         "relative_attribution": "SELECT relative_attribution(1.0, 4.0) AS r",
         "channel_attribution": "SELECT channel_attribution([0.5, 0.25, 0.125], 1) AS a",
         "concept_arv": "SELECT * FROM concept_arv(0, [1, 2])",

@@ -150,7 +150,7 @@ def break_checksums(path: Path) -> None:
 
 
 def train_part(store: Path) -> Path:
-    return next((store / "samples" / "train").glob("*.parquet"))  # compacted after ingest: compact-*
+    return next((store / "samples" / "train").rglob("*.parquet"))  # compacted after ingest: compact-*
 
 
 def rewrite_column(path: Path, name: str, values=None) -> None:
@@ -256,12 +256,12 @@ def test_leftovers_of_a_kill_are_swept_on_the_next_write(store):
         path.write_bytes(b"half")
     for path in [*leftovers, *users]:
         os.utime(path, (old, old))
-    parts = sorted(store.glob("samples/*/*.parquet"))
+    parts = sorted(store.glob("samples/**/*.parquet"))
     with Store(store).connect(write=True):
         pass
     assert [p for p in leftovers if p.exists()] == []
     assert all(p.exists() for p in users)
-    assert fresh.exists() and sorted(store.glob("samples/*/*.parquet")) == parts
+    assert fresh.exists() and sorted(store.glob("samples/**/*.parquet")) == parts
 
 
 # -- 5. outputs that are folders, system files or the store itself ------------------------------

@@ -183,10 +183,13 @@ def error_line(error: Exception) -> str:
     return f"{type(error).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)"
 
 
-def _store(path: Path, trust_code: Path | None = None):
+def _store(path: Path, trust_code: Path | None = None, layer: str | None = None):
     from polysem.query import Store
 
-    return Store(path, trust_code=trust_code.absolute() if trust_code is not None else None)
+    return Store(path, trust_code=trust_code.absolute() if trust_code is not None else None, layer=layer)
+
+
+LayerOption = Annotated[str | None, typer.Option("--layer", help="The layer to work on, of a store holding several (`polysem info` lists them). [default: the store's only layer]")]
 
 
 def _check_format(fmt: str, allowed=("table", "csv", "json")) -> None:

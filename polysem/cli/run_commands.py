@@ -11,6 +11,7 @@ from polysem.cli.app import (
     DEFAULT_STORE,
     DataOption,
     DeviceOption,
+    LayerOption,
     POption,
     RunTauOption,
     StoreOption,
@@ -56,6 +57,7 @@ def disentangle(
     again: Annotated[bool, typer.Option(help="With --from-screen: run again even when an identical run exists (by default its id is returned).")] = False,
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Split a channel into one channel per concept plus a residual; the model's outputs stay the same.
@@ -67,7 +69,7 @@ def disentangle(
 
     from polysem.method.runs import RunSettings, disentangle_runs
 
-    target = _store(store, trust_code)
+    target = _store(store, trust_code, layer)
     settings = RunSettings(rho=rho_value(rho), objective=objective, data_dir=data, force=force, device=device,
                            batch_size=batch_size, tau=tau, p=p)
     with warnings.catch_warnings(record=True) as caught:
@@ -100,13 +102,14 @@ def evaluate(
     selection: Annotated[Selection, typer.Option(help="Which val images are evaluated: ineq2 (the paper's Ineq. 2, as screening) or authors (the authors' get_results.py: attribution clamped per position; one model pass over the images, then cached).")] = Selection.ineq2,
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """How much of each concept's activation moved to c'1 and c'2, on the val split (recorded in `evaluations`)."""
     _check_format(fmt, ("table", "json"))
     from polysem.reporting import evaluate as run_evaluate
 
-    target = _store(store, trust_code)
+    target = _store(store, trust_code, layer)
     result = run_evaluate(target, run_id, tau=tau, plots_dir=plots, data_dir=data, device=device,
                           figure_format=figure_format, selection=selection.value, progress=fmt == "table")
     render_evaluation(result, fmt, target.class_names())
@@ -127,13 +130,14 @@ def verify(
     batch_size: Annotated[int, typer.Option(help="Images per forward/backward pass.")] = 64,
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Screen the new channels of a run: does each serve its concept only, and is it monosemantic? (recorded in `verifications`)"""
     _check_format(fmt, ("table", "json"))
     from polysem.method.verification import verify as run_verify
 
-    result = run_verify(_store(store, trust_code), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data,
+    result = run_verify(_store(store, trust_code, layer), run_id, tau=tau, p=p, gamma=gamma, limit=limit, data_dir=data,
                         device=device, batch_size=batch_size, progress=fmt == "table")
     render_verification(result, fmt)
     if fmt == "table":
@@ -144,6 +148,7 @@ def verify(
 def runs(
     run_id: Annotated[str | None, typer.Argument(help="Show this run's full record instead of the list.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Every disentanglement run with its evaluation (the paper's quantitative table), or one run in full."""
@@ -151,7 +156,7 @@ def runs(
     from polysem.query.run_records import run_record
     from polysem.query.run_records import runs as run_table
 
-    target = _store(store)
+    target = _store(store, layer=layer)
     if run_id is None:
         render_runs(run_table(target), fmt, _class_names(target))
         return
@@ -184,6 +189,7 @@ def visualize(
     device: DeviceOption = "auto",
     fmt: TableJsonOption = "table",
     trust_code: TrustOption = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Feature visualisations of the original channel, c'1, c'2 and r of a run, in one batch.
@@ -196,7 +202,7 @@ def visualize(
     _check_format(fmt, ("table", "json"))
     from polysem.method.visualize import visualize as run_visualize
 
-    result = run_visualize(_store(store, trust_code), run_id, channel=channel, method=method.value, steps=steps,
+    result = run_visualize(_store(store, trust_code, layer), run_id, channel=channel, method=method.value, steps=steps,
                            size=size, seed=seed, seeds=whole_numbers("seeds", seeds), device=device, data_dir=data)
     render_visualization(result, fmt, run_id or f"channel {channel}")
 
@@ -212,13 +218,14 @@ def report(
     p: Annotated[float | None, typer.Option("--p", help="The screening section's Ineq. 2 fraction. [default: the latest run's, else the paper's]")] = None,
     gamma: Annotated[float | None, typer.Option(help="The screening section's cosine threshold. [default: the latest run's, else the paper's]")] = None,
     trust_code: TrustOption = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """A self-contained static page of the store (index.html plus images) to open in a browser or share."""
     from polysem.method.figure_data import screening_thresholds
     from polysem.reporting import write_report
 
-    target = _store(store, trust_code)
+    target = _store(store, trust_code, layer)
     index = write_report(target, out, data_dir=data, device=device, tau=tau, p=p, gamma=gamma,
                          figure_format=figure_format)
     (used_tau, used_p, used_gamma), source = screening_thresholds(target, (tau, p, gamma))

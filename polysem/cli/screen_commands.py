@@ -10,6 +10,7 @@ import typer
 from polysem.cli.app import (
     DEFAULT_STORE,
     FormatOption,
+    LayerOption,
     POption,
     StoreOption,
     TauOption,
@@ -34,13 +35,14 @@ def screen(
     fmt: FormatOption = "table",
     limit: Annotated[int | None, typer.Option(help="Show at most N pairs (lowest cosine first), or N channels with --concepts.")] = None,
     correct_only: Annotated[bool, typer.Option(help="Use only correctly classified train images.")] = False,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Polysemantic candidates: channels relevant for two classes with dissimilar ARVs, or (--concepts) their concepts."""
     _check_format(fmt)
     from polysem.method.concepts import screening
 
-    found = screening(_store(store), tau=tau, p=p, gamma=gamma, by_concept=concepts, sweep=sweep, limit=limit,
+    found = screening(_store(store, layer=layer), tau=tau, p=p, gamma=gamma, by_concept=concepts, sweep=sweep, limit=limit,
                       correct_only=correct_only)
     render_screening(found, fmt)
     if found.why_empty is not None:  # an empty answer says why (on stderr: stdout stays the table or the JSON)
@@ -54,12 +56,13 @@ def wordnet(
     tau: TauOption = TAU,
     p: POption = P,
     wordnet_dir: Annotated[Path | None, typer.Option(help="A WordNet 3.0 dict folder to use instead of nltk's data.")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """WordNet path similarity of every class pair sharing a relevant channel, into class_similarity."""
     from polysem.method.wordnet import compute_class_similarity
 
-    render_similarity(compute_class_similarity(_store(store), tau, p, wordnet_dir), tau, p)
+    render_similarity(compute_class_similarity(_store(store, layer=layer), tau, p, wordnet_dir), tau, p)
 
 
 @command(plot_app, name="wordnet")
@@ -69,9 +72,10 @@ def plot_wordnet(
     p: POption = P,
     gamma: Annotated[float, typer.Option(help="Draw the gamma line here.")] = GAMMA,
     figure_format: Annotated[str | None, typer.Option(help="png, svg or pdf. [default: the --out suffix's, else png]")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Scatter of WordNet similarity over ARV cosine for all class pairs sharing a channel (supplement Fig. 4)."""
     from polysem.reporting import plot_wordnet as draw
 
-    render_wordnet_figure(draw(_store(store), out, tau=tau, p=p, gamma=gamma, figure_format=figure_format))
+    render_wordnet_figure(draw(_store(store, layer=layer), out, tau=tau, p=p, gamma=gamma, figure_format=figure_format))

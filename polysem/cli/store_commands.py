@@ -12,6 +12,7 @@ from polysem.cli.app import (
     DEFAULT_STORE,
     DeviceOption,
     FormatOption,
+    LayerOption,
     StoreOption,
     TableJsonOption,
     TrustOption,
@@ -96,6 +97,7 @@ def layers(
 @command()
 def compact(
     split: Annotated[str | None, typer.Option(help="Only this split. [default: every split]")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Rewrite ingest parts class-ordered, so a query on a few classes reads only theirs.
@@ -105,7 +107,7 @@ def compact(
     """
     from polysem.query.compact import compact as run_compact
 
-    for done in run_compact(_store(store), split):
+    for done in run_compact(_store(store, layer=layer), split):
         if done.rows_rewritten:
             typer.echo(f"{done.split}: {done.rows_rewritten} rows rewritten, {done.files_before} files -> {done.files_after}")
         else:
@@ -113,27 +115,28 @@ def compact(
 
 
 @command()
-def info(store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table", trust_code: TrustOption = None):
+def info(layer: LayerOption = None, store: StoreOption = DEFAULT_STORE, fmt: TableJsonOption = "table", trust_code: TrustOption = None):
     """What the store holds: model, layer, splits and image counts, classes, runs, size on disk, and which
     code it names, from where, and whether that code would be imported or refused."""
     _check_format(fmt, ("table", "json"))
-    details = _store(store, trust_code).info()
+    details = _store(store, trust_code, layer).info()
     if fmt == "json":
         typer.echo(json.dumps(details, default=str))
         return
     from polysem.query.meta import layer_positions
 
-    shape = details["layer_shape"]
-    if shape.get("kind") == "linear":
-        kind = (f"Linear {shape['in_channels']} -> {shape['out_channels']} per token or position, "
-                f"positions {layer_positions(shape)}")
-    else:
-        kind = (f"Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
+
+    def described(name: str, shape: dict) -> str:
+        if shape.get("kind") == "linear":
+            return (f"{name}  Linear {shape['in_channels']} -> {shape['out_channels']} per token or position, "
+                    f"positions {layer_positions(shape)}")
+        return (f"{name}  Conv2d {shape['in_channels']} -> {shape['out_channels']}, kernel {shape['kernel_size']}, "
                 f"stride {shape['stride']}, padding {shape['padding']}")
+
     lines = [
         f"store      {details['store']}",
         f"model      {details['model']}  (weights {details['weights']}, sha256 {details['weights_sha256'][:12]})",
-        f"layer      {details['layer']}  {kind}",
+        *(f"layer      {described(name, shape)}" for name, shape in details["layers"].items()),
         f"transform  {details['transform']}  (decoded with {details['decode']})",
         *(_code_line(what, details["code"][what]) for what in ("model", "transform")),
         f"classes    {details['classes']}",
@@ -163,12 +166,13 @@ def _code_line(what: str, code: dict) -> str:
 @command()
 def classes(
     set_from: Annotated[Path | None, typer.Option("--set", help="A classes.json whose names and WordNet ids replace the store's ({\"folder\": {\"name\": ..., \"wnid\": ...}}); logits stay as ingested.")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
     fmt: FormatOption = "table",
 ):
     """The store's classes with their image counts in every split it holds (n_<split>); --set renames them."""
     _check_format(fmt)
-    target = _store(store)
+    target = _store(store, layer=layer)
     if set_from is not None:
         from polysem.ingest.dataset import relabel_classes
 
@@ -184,12 +188,13 @@ def sql(
     query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
     fmt: Annotated[str | None, typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
     out: Annotated[str | None, typer.Option(metavar="FILE", help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json); - for standard output (with --format).")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Run a read-only SQL query against the store."""
     from polysem.query.serialise import out_format, write_result
 
-    target = _store(store)
+    target = _store(store, layer=layer)
     if out is None:
         if fmt == "parquet":
             raise PolysemError("--format parquet writes a file: add --out FILE.parquet")
@@ -209,10 +214,11 @@ def export(
     name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
     out: Annotated[str, typer.Option(metavar="FILE", help="Output file; --format, else its suffix: .parquet, .csv or .json; - for standard output (with --format).")],
     fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Write a table, view, macro result or query to Parquet, CSV or JSON."""
-    rows = _store(store).export(name_or_query, out, fmt=fmt)
+    rows = _store(store, layer=layer).export(name_or_query, out, fmt=fmt)
     if out != "-":  # on standard output the result alone
         typer.echo(f"{rows} rows -> {out}")
 
@@ -221,10 +227,11 @@ def export(
 def check(
     repair: Annotated[bool, typer.Option(help="Set damaged parts aside (re-ingest their split after), rewrite schema files, "
                                               "record pending runs and remove files left by a killed command.")] = False,
+    layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
 ):
     """Verify every Parquet file of the store (footer, row counts) against its catalog; exit 2 on a problem."""
-    report = _store(store).check(repair=repair)
+    report = _store(store, layer=layer).check(repair=repair)
     for line in report.repaired:
         typer.echo(f"repaired: {line}")
     for line in report.problems:

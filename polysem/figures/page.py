@@ -64,12 +64,10 @@ def _file_name(value: str) -> str:
 
 def _layer(info: dict) -> str:
     """The layer's name; a Linear's says so and which positions count (a conv's shape records neither)."""
-    from polysem.ingest.units import layer_positions  # polysem.ingest loads torch, which the page needs not
-
     shape = info["layer_shape"]
     if shape.get("kind") != "linear":
         return info["layer"]
-    return f"{info['layer']} (Linear per token or position, positions: {layer_positions(shape)})"
+    return f"{info['layer']} (Linear per token or position, positions: {shape.get('positions') or 'all'})"
 
 
 def write_page(data, out: Path, tau: float, figure_format: str = "png") -> Path:

@@ -181,13 +181,13 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float | None = None, d
                        progress: bool = True) -> Evaluation:
     """The numbers of `evaluate`, computed in SQL and not recorded."""
     from polysem.ingest.models import resolve_device
-    from polysem.method.runs import run_row
+    from polysem.method.runs import run_on_its_layer
 
     tau = check_arguments(run_id, tau, device)
     store.require()
     check_selection(selection)
     resolve_device(device)  # a bad --device is refused even when no figure needs it
-    run = run_row(store, run_id)
+    store, run = run_on_its_layer(store, run_id)
     if tau is None:
         tau = run.thresholds[0]  # the tau the run was made with
     if batch_size < 1:

@@ -390,16 +390,18 @@ def report_data(store: Store, data_dir=None, device: str = "auto",
         points_error = str(error)
     runs = []
     for row in run_order(store.reads.run_summaries().to_pylist(), meta):
-        recorded = run_row(store, row["run_id"])
+        on_layer = store.for_layer(run_row(store, row["run_id"]).layer)  # each run on its own layer
+        recorded = run_row(on_layer, row["run_id"])
         run = {**recorded.to_dict(), "summary": row}  # the figures read plain data
-        evaluated = store.reads.evaluation_tau_of_run(run_id=run["run_id"])
+        evaluated = on_layer.reads.evaluation_tau_of_run(run_id=run["run_id"])
         selection = evaluated["selection"] if evaluated else "ineq2"
-        params = selection_params(store, recorded, selection, data_dir=data_dir, device=device, progress=False)
-        activations = store.reads.selected_activations_of_run(  # densities over the images the evaluation selected
+        params = selection_params(on_layer, recorded, selection, data_dir=data_dir, device=device, progress=False)
+        activations = on_layer.reads.selected_activations_of_run(  # densities over the images the evaluation selected
             run_id=run["run_id"], split=EVAL_SPLIT, **params).to_pylist()
-        runs.append(RunReport(run, run_figure_data(store, run, activations, data_dir, device) if activations else None,
-                              verification=store.reads.verification_of_run(run_id=run["run_id"]),
-                              verdicts=store.reads.run_verdicts(run_id=run["run_id"]).to_pylist(),
+        runs.append(RunReport(run, run_figure_data(on_layer, run, activations, data_dir, device) if activations
+                              else None,
+                              verification=on_layer.reads.verification_of_run(run_id=run["run_id"]),
+                              verdicts=on_layer.reads.run_verdicts(run_id=run["run_id"]).to_pylist(),
                               tau=evaluated["tau"] if evaluated else None, selection=selection))
     return ReportData(info, store.reads.class_list().select(["class_id", "folder", "name", "wnid"]).to_pylist(),
                       class_names(store), pairs, pairs_error, points, points_error, runs, (tau, p, gamma), source)

@@ -115,6 +115,7 @@ class Run(Result):
         parameters: the settings as recorded: tau, p, gamma, force, data_dir, grid, check_images, from_screen
             (`thresholds` reads the first three).
         warnings: what the run warned about (a concept channel that equals the residual, ...).
+        layer: the layer whose channel was split (dotted name).
 
     Returns (of `to_dict()`): every field, and for two concepts also `concept1`, `concept2`, `sources1` and
     `sources2` (the JSON of `polysem disentangle --format json`).
@@ -139,6 +140,7 @@ class Run(Result):
     polysem_version: str
     parameters: dict[str, Any]
     warnings: list[str]
+    layer: str | None = None
 
     @property
     def thresholds(self) -> tuple[float, float, float]:
@@ -681,7 +683,7 @@ def _record(store: Store, plans, new_layer: DisentangledLayer, layer_name: str, 
             "concepts": plan.concepts, "rho": plan.rho, "objective": objective,
             "sources": [list(own) for own in plan.split.sources], "shared": list(plan.split.shared),
             "max_logit_diff": max_diff, "artifact": str(artifact), "polysem_version": __version__,
-            "parameters": parameters, "warnings": plan.warnings,
+            "parameters": parameters, "warnings": plan.warnings, "layer": layer_name,
         })
         scores += [{"run_id": run_id, **score} for score in plan.scores]
     write_pending(store.path, artifact, {
@@ -720,6 +722,17 @@ def run_row(store: Store, run_id: str) -> Run:
     return Run.from_row(row)
 
 
+def run_on_its_layer(store: Store, run_id: str) -> tuple[Store, Run]:
+    """A run and the store working on the run's layer; a store told another layer is refused."""
+    run = run_row(store, run_id)
+    if run.layer is None:
+        return store, run
+    if store.layer is not None and store.layer != run.layer:
+        raise RunError(f"run {run_id} split a channel of layer {run.layer}, not of {store.layer}; omit `layer` or "
+                       f"give {run.layer}")
+    return store.for_layer(run.layer), run
+
+
 def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     """The disentangled model of a run (with every channel of its group), in eval mode.
 
@@ -728,7 +741,7 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     """
     store = as_store(store)
     check_text("run_id", run_id)
-    run = run_row(store, run_id)
+    store, run = run_on_its_layer(store, run_id)
     model, layer_name, layer, _ = base_model(store)
     artifact = store.path / run.artifact
     try:

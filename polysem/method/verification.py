@@ -42,7 +42,7 @@ from polysem.ingest.models import resolve_device, stored_transform
 from polysem.ingest.units import DEFAULT_POSITIONS, layer_positions
 from polysem.method.disentangling import DisentangledLayer
 from polysem.method.features import ModelPass, attributed_logit, cached_array, per_image_attributions, remap_paths
-from polysem.method.runs import load_model, run_row
+from polysem.method.runs import load_model, run_on_its_layer
 from polysem.query.records import now, record_verification
 from polysem.query.screening import check_thresholds, require_counted_once
 from polysem.query.store import Store, as_store
@@ -172,7 +172,7 @@ def verify(store: Store | str | os.PathLike, run_id: str, *, tau: float | None =
     batch_size = check_int("batch_size", batch_size, 1, BATCH_MAX)
     check_bool("progress", progress)
     store.require()
-    run = run_row(store, run_id)
+    store, run = run_on_its_layer(store, run_id)
     own_tau, own_p, own_gamma = run.thresholds  # what the run was made with: the default for judging it
     tau, p, gamma = check_thresholds(own_tau if tau is None else tau, own_p if p is None else p,
                                      own_gamma if gamma is None else gamma)

@@ -465,7 +465,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
         ['.../artifacts/visualizations/3f2a9c01bd/maco-256steps-64px-seed0-1a2b3c4d-c1.png', '...seed1...']
     """
     from polysem.ingest.models import resolve_device, stored_transform
-    from polysem.method.runs import base_model, load_model, run_row
+    from polysem.method.runs import base_model, load_model, run_on_its_layer, run_row
 
     store = as_store(store)
     check_text("run_id", run_id, none=True)
@@ -490,6 +490,8 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     seed_list = _seed_list(seed, seeds)
     if (run_id is None) == (channel is None):
         raise RunError("give a `run_id` or `channel`=C (a channel of the stored model), one of the two")
+    if run_id is not None:
+        store, _ = run_on_its_layer(store, run_id)
     meta = store.meta()
     layer_name, positions = meta["layer"], layer_positions(meta["layer_shape"])
     if run_id is not None:
