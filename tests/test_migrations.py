@@ -92,7 +92,7 @@ def test_every_command_on_an_old_store(cli, old_store, tmp_path, monkeypatch):
     def ok(*args):
         result = cli(*args, "--store", old_store)
         assert result.exit_code == 0, (args, result.output)
-        return result.output
+        return result.stdout  # progress bars go to stderr
 
     ok("compact")  # Parquet only: the catalog stays as it was
     assert stored_format(catalog) == {"format": "2"}
