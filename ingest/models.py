@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
@@ -26,6 +27,9 @@ from polysem.ingest.units import DEFAULT_POSITIONS
 from polysem.util.checks import check_int, check_text
 from polysem.util.hooks import hooked
 from polysem.util.imports import code_folder, import_from_folder, importable_from
+
+if TYPE_CHECKING:
+    from polysem.ingest.objects import DatasetSource
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
            "imagenet_transform", "imagenet_weights", "layer_shape", "model_layers", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
@@ -48,7 +52,7 @@ class ResolvedModel:
 
 @dataclass
 class ResolvedTransform:
-    fn: Callable
+    fn: Callable | DatasetSource  # a DatasetSource for a store made from Datasets (ingest/objects.py)
     spec: str
     import_root: str | None = None
 
@@ -361,16 +365,26 @@ def _cleared(store, meta: dict, what: str) -> str | None:
 def stored_code(store, meta: dict | None = None) -> tuple[ResolvedModel, ResolvedTransform]:
     """The model (with its recorded weights) and the transform a store names. The folders of both are
     cleared (`polysem.util.imports.code_folder`) before either is imported: a store never runs code on
-    its own say-so."""
+    its own say-so. A model object and Datasets (ingest/objects.py) are the ones this process gave the store."""
+    from polysem.ingest.objects import DATASET_TRANSFORM, is_object_spec, registered_model, store_source
+
     meta = store.meta() if meta is None else meta
     model_root, transform_root = _cleared(store, meta, "model"), _cleared(store, meta, "transform")
-    return (resolve_model(meta["model"], meta["weights"], model_root, store.path),
-            resolve_transform(meta["transform"], transform_root, store.path))
+    resolved = registered_model(store, meta) if is_object_spec(meta["model"]) else \
+        resolve_model(meta["model"], meta["weights"], model_root, store.path)
+    if meta["transform"] == DATASET_TRANSFORM:
+        return resolved, ResolvedTransform(store_source(store, meta), DATASET_TRANSFORM)
+    return resolved, resolve_transform(meta["transform"], transform_root, store.path)
 
 
 def stored_transform(store, meta: dict | None = None) -> ResolvedTransform:
-    """The transform a store names, its folder cleared before it is imported (`stored_code`)."""
+    """The transform a store names, its folder cleared before it is imported (`stored_code`); for a store made
+    from Datasets, a `DatasetSource` reading the Datasets this process gave it."""
+    from polysem.ingest.objects import DATASET_TRANSFORM, store_source
+
     meta = store.meta() if meta is None else meta
+    if meta["transform"] == DATASET_TRANSFORM:
+        return ResolvedTransform(store_source(store, meta), DATASET_TRANSFORM)
     return resolve_transform(meta["transform"], _cleared(store, meta, "transform"), store.path)
 
 

@@ -9,6 +9,7 @@ of the serial loop (`OVERLAP` False).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -67,8 +68,11 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
                 groups, failures = load.finish(loaded, device)  # tensor: decode and transform on the device
                 for index, message in failures:
                     flow.failed(index, message)
-                for indices, images in groups:
-                    flow.started(_Attributed(model, setup, [records[i] for i in indices], images,
+                for indices, images, labels in groups:
+                    batch = [records[i] for i in indices]
+                    if labels is not None:  # a Dataset's items bring their labels
+                        batch = [replace(record, target=label) for record, label in zip(batch, labels, strict=True)]
+                    flow.started(_Attributed(model, setup, batch, images,
                                              None if job.target == "predicted" else logits, device))
             flow.drain()
             with record_function("ingest.write"):
@@ -186,7 +190,9 @@ class _Lookahead:
         failures, self.failures = self.failures, []
         for index, message in failures:
             record = self.records[index]
-            self.writer.add_error(record.image_id, record.path, record.target, message)
+            # a Dataset's item that failed never told its label (target -1 until loaded): NULL
+            self.writer.add_error(record.image_id, record.path, record.target if record.target >= 0 else None,
+                                  message)
             self.summary.n_errors += 1
             if len(self.summary.errors) < 5:
                 self.summary.errors.append(f"{record.path}: {message}")
