@@ -14,7 +14,7 @@ FROM (
 );
 
 -- name: samples
--- One row per ingested image: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator).
+-- One row per ingested image: image_id, split, path (a Dataset's item: <split>[<index>], its image_id the index), target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator).
 CREATE OR REPLACE VIEW samples AS
 SELECT * FROM sample_rows('samples/*/*.parquet');
 
