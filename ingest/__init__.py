@@ -1,6 +1,6 @@
-"""Images become numbers: run a CNN over an image folder and write attributions as Parquet.
+"""Images become numbers: run a CNN over an image folder (or a torch Dataset) and write attributions as Parquet.
 
-This package is also the function `polysem.ingest(store, data_dir, split, ...)`: calling the
+This package is also the function `polysem.ingest(store, data, split, ...)`: calling the
 module runs `polysem.ingest.run.ingest`, so the name means one thing however it was imported.
 """
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from torchvision.datasets import ImageFolder
 
@@ -25,9 +26,13 @@ CLASS_FILE = "classes.json"  # optional, in DATA_DIR: {"folder": {"name": ..., "
 
 @dataclass
 class SplitListing:
-    root: Path
+    """A split as ingest lists it: its folder (or, for a Dataset, the root the store records for it:
+    `dataset:<type> of N items`), its class names in class id order, and one record per image or item."""
+
+    root: Path | str
     folders: list[str]
     records: list[ImageRecord]
+    dataset: Any = None  # the map-style Dataset of a split made from one (ingest/objects.py); None: a folder
 
 
 def image_id(split: str, relative_path: str) -> int:

@@ -31,6 +31,7 @@ from torch.profiler import record_function
 
 from polysem.errors import ModelError, StoreMismatch
 from polysem.ingest.models import CROP_SIZE, DEFAULT_TRANSFORM, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
+from polysem.ingest.objects import DatasetSource, collate_labelled
 from polysem.query.meta import DECODERS, DEFAULT_DECODE
 from polysem.util.checks import check_choice
 from polysem.util.images import (
@@ -235,7 +236,8 @@ PREFETCH = {"pil": 2, "tensor": 4}
 @dataclass
 class Loading:
     """What the DataLoader runs (`dataset`, `collate_fn`, `prefetch_factor`) and what this process does to each
-    loaded batch (`finish(loaded, device)` -> (groups, failures): groups of (indices, N x C x H x W tensor))."""
+    loaded batch (`finish(loaded, device)` -> (groups, failures): groups of (indices, N x C x H x W tensor,
+    labels), the labels a Dataset's items bring, None for files, whose labels are their folders))."""
 
     dataset: torch.utils.data.Dataset
     collate_fn: Callable
@@ -244,7 +246,12 @@ class Loading:
 
 
 def _pil_finish(loaded, device: torch.device):
-    return loaded  # decoded and transformed in the DataLoader already
+    groups, failures = loaded  # decoded and transformed in the DataLoader already
+    return [(indices, images, None) for indices, images in groups], failures
+
+
+def _labelled_finish(loaded, device: torch.device):
+    return loaded  # a Dataset's items, with their labels
 
 
 def _tensor_finish(loaded, device: torch.device):
@@ -255,13 +262,16 @@ def _tensor_finish(loaded, device: torch.device):
             kept, inputs, failed = decode_batch(payloads, device)
             failures = failures + [(indices[p], reason) for p, reason in failed]
             if inputs is not None:
-                out.append(([indices[p] for p in kept], inputs))
+                out.append(([indices[p] for p in kept], inputs, None))
     return out, failures
 
 
-def loading(decode: str, records: list[ImageRecord], transform: Callable, import_root: str | None,
+def loading(decode: str, records: list[ImageRecord], transform: Callable | DatasetSource, import_root: str | None,
             max_pixels: int | None) -> Loading:
-    """The ingest's loading for `decode` (pil or tensor) over `records`."""
+    """The ingest's loading for `decode` (pil or tensor) over `records`; for a Dataset (`transform` a
+    DatasetSource), its items and their labels."""
+    if isinstance(transform, DatasetSource):
+        return Loading(transform.items(records, labels=True), collate_labelled, _labelled_finish, PREFETCH["pil"])
     if decode == "tensor":
         return Loading(EncodedImages(records, max_pixels=max_pixels), collate_encoded, _tensor_finish,
                        PREFETCH["tensor"])

@@ -7,13 +7,13 @@ ingest can be checked against it and a later session can rebuild the same model.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
@@ -22,10 +22,14 @@ from torch import nn
 from torchvision import transforms
 
 from polysem.errors import ModelError
+from polysem.ingest.identity import ResolvedModel, state_dict_sha256
 from polysem.ingest.units import DEFAULT_POSITIONS
 from polysem.util.checks import check_int, check_text
 from polysem.util.hooks import hooked
 from polysem.util.imports import code_folder, import_from_folder, importable_from
+
+if TYPE_CHECKING:
+    from polysem.ingest.objects import DatasetSource
 
 __all__ = ["CROP_SIZE", "DEFAULT_TRANSFORM", "IMAGENET_MEAN", "IMAGENET_STD", "OFFLINE_ENV", "RESIZE_SIZE", "ResolvedModel", "ResolvedTransform",
            "imagenet_transform", "imagenet_weights", "layer_shape", "model_layers", "resolve_device", "resolve_layer", "resolve_model", "resolve_transform", "state_dict_sha256", "stored_code", "stored_transform"]
@@ -38,17 +42,8 @@ OFFLINE_ENV = "POLYSEM_OFFLINE"
 
 
 @dataclass
-class ResolvedModel:
-    model: nn.Module
-    model_spec: str
-    weights_spec: str
-    weights_sha256: str
-    import_root: str | None = None  # the folder that made a module:callable importable
-
-
-@dataclass
 class ResolvedTransform:
-    fn: Callable
+    fn: Callable | DatasetSource  # a DatasetSource for a store made from Datasets (ingest/objects.py)
     spec: str
     import_root: str | None = None
 
@@ -185,15 +180,6 @@ def _load_state_dict_file(model: nn.Module, path: str, model_spec: str) -> None:
 def _few(keys: list[str], limit: int = 4) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """A hash of every parameter and buffer: the weights' identity, whatever their source."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -361,16 +347,26 @@ def _cleared(store, meta: dict, what: str) -> str | None:
 def stored_code(store, meta: dict | None = None) -> tuple[ResolvedModel, ResolvedTransform]:
     """The model (with its recorded weights) and the transform a store names. The folders of both are
     cleared (`polysem.util.imports.code_folder`) before either is imported: a store never runs code on
-    its own say-so."""
+    its own say-so. A model object and Datasets (ingest/objects.py) are the ones this process gave the store."""
+    from polysem.ingest.objects import DATASET_TRANSFORM, is_object_spec, registered_model, store_source
+
     meta = store.meta() if meta is None else meta
     model_root, transform_root = _cleared(store, meta, "model"), _cleared(store, meta, "transform")
-    return (resolve_model(meta["model"], meta["weights"], model_root, store.path),
-            resolve_transform(meta["transform"], transform_root, store.path))
+    resolved = registered_model(store, meta) if is_object_spec(meta["model"]) else \
+        resolve_model(meta["model"], meta["weights"], model_root, store.path)
+    if meta["transform"] == DATASET_TRANSFORM:
+        return resolved, ResolvedTransform(store_source(store, meta), DATASET_TRANSFORM)
+    return resolved, resolve_transform(meta["transform"], transform_root, store.path)
 
 
 def stored_transform(store, meta: dict | None = None) -> ResolvedTransform:
-    """The transform a store names, its folder cleared before it is imported (`stored_code`)."""
+    """The transform a store names, its folder cleared before it is imported (`stored_code`); for a store made
+    from Datasets, a `DatasetSource` reading the Datasets this process gave it."""
+    from polysem.ingest.objects import DATASET_TRANSFORM, store_source
+
     meta = store.meta() if meta is None else meta
+    if meta["transform"] == DATASET_TRANSFORM:
+        return ResolvedTransform(store_source(store, meta), DATASET_TRANSFORM)
     return resolve_transform(meta["transform"], _cleared(store, meta, "transform"), store.path)
 
 

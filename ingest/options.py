@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from polysem.errors import ArgumentError, ArgumentRange, DataError, StoreMismatch
 from polysem.ingest.dataset import SplitListing
+from polysem.ingest.objects import dataset_mismatch
 from polysem.ingest.threads import cores_per_process, default_num_workers
 from polysem.query import Store
 from polysem.query.confine import check_tree
@@ -66,17 +67,23 @@ def existing_meta(store: Store) -> dict | None:
 
 
 def check_listing(store: Store, existing: dict | None, listing: SplitListing, split: str) -> None:
-    """A split of an existing store has the store's class folders, and comes from the folder it came from."""
+    """A split of an existing store has the store's class folders (a Dataset: its classes), and comes from the
+    folder it came from (a Dataset: one of the same class and length)."""
     if existing is None:
         return
     known = store.reads.class_list().column("folder").to_pylist()
     if known != listing.folders:
+        what = "the classes of the Dataset" if listing.dataset is not None else f"class folders of {listing.root}"
         raise DataError(
-            f"class folders of {listing.root} differ from the store's {len(known)} classes "
-            f"({_first_difference(known, listing.folders)}); use the same class folders in every split"
+            f"{what} differ from the store's {len(known)} classes "
+            f"({_first_difference(known, listing.folders)}); use the same classes in every split"
         )
     recorded_root = existing["dataset_roots"].get(split)
-    if recorded_root is not None and recorded_root != str(listing.root):
+    if recorded_root is not None and listing.dataset is not None:
+        problem = dataset_mismatch(split, recorded_root, listing.dataset)
+        if problem is not None:
+            raise DataError(problem)
+    elif recorded_root is not None and recorded_root != str(listing.root):
         raise DataError(f"split '{split}' of this store was ingested from {recorded_root}, not {listing.root}; "
                         "ingest this folder as another `split`, or into another `store`")
 

@@ -9,6 +9,7 @@ of the serial loop (`OVERLAP` False).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from polysem.errors import DataError
 from polysem.ingest.attribution import attribute_layers
 from polysem.ingest.job import IngestJob, IngestSummary
-from polysem.ingest.probe import Setup
+from polysem.ingest.threads import WORKER_START_ENV
 from polysem.ingest.writer import PartWriter
 from polysem.util.images import ImageRecord
 from polysem.util.progress import progress_bar
@@ -70,8 +71,11 @@ def run_batches(job: IngestJob, model: torch.nn.Module, load, records: list[Imag
                 groups, failures = load.finish(loaded, device)  # tensor: decode and transform on the device
                 for index, message in failures:
                     flow.failed(index, message)
-                for indices, images in groups:
-                    flow.started(_Attributed(model, setup, [records[i] for i in indices], images,
+                for indices, images, labels in groups:
+                    batch = [records[i] for i in indices]
+                    if labels is not None:  # a Dataset's items bring their labels
+                        batch = [replace(record, target=label) for record, label in zip(batch, labels, strict=True)]
+                    flow.started(_Attributed(model, setup, batch, images,
                                              None if job.target == "predicted" else logits, device))
             flow.drain()
             with record_function("ingest.write"):
@@ -99,7 +103,7 @@ class _Attributed:
     the batches queued since. On a CPU every step runs when called and the results are the tensors
     themselves, as in the serial loop."""
 
-    def __init__(self, model, setup: Setup, batch: list[ImageRecord], images: torch.Tensor, logits: list[int] | None,
+    def __init__(self, model, setup, batch: list[ImageRecord], images: torch.Tensor, logits: list[int] | None,
                  device: torch.device):
         self.batch = batch
         with record_function("ingest.host_to_device"):
@@ -201,7 +205,9 @@ class _Lookahead:
         failures, self.failures = self.failures, []
         for index, message in failures:
             record = self.records[index]
-            next(iter(self.writers.values())).add_error(record.image_id, record.path, record.target, message)
+            # a Dataset's item that failed never told its label (target -1 until loaded): NULL
+            next(iter(self.writers.values())).add_error(record.image_id, record.path,
+                                                        record.target if record.target >= 0 else None, message)
             self.summary.n_errors += 1
             if len(self.summary.errors) < 5:
                 self.summary.errors.append(f"{record.path}: {message}")
@@ -210,7 +216,6 @@ class _Lookahead:
 
 
 WORKER_PRELOAD = ["torch", "torchvision.transforms", "PIL.Image", "polysem.util.images"]
-WORKER_START_ENV = "POLYSEM_WORKER_START"  # fork, forkserver (default) or spawn
 
 
 def worker_context(num_workers: int):

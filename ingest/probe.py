@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import cast
 
 import pyarrow as pa
 import torch
@@ -20,6 +21,14 @@ from polysem.ingest.models import (
     resolve_layer,
     resolve_model,
     resolve_transform,
+)
+from polysem.ingest.objects import (
+    DATASET_TRANSFORM,
+    DatasetSource,
+    dataset_class_rows,
+    ingest_model,
+    is_object_spec,
+    probe_dataset,
 )
 from polysem.ingest.options import Settings
 from polysem.ingest.units import DEFAULT_POSITIONS, is_linear
@@ -56,16 +65,17 @@ class Setup:
 
 
 def load_setup(store: Store, existing: dict | None, settings: Settings, listing: SplitListing,
-               data_dir: str | os.PathLike, max_pixels: int | None = None) -> Setup:
-    """The store's code (its folders cleared first) or the user's, resolved and probed on one image."""
-    model, weights, transform = settings.model, settings.weights, settings.transform
-    if existing is not None:  # the store's own code: its folders are cleared before anything is imported
-        model_root = code_folder(model, "model", existing.get("model_import_root"), store.path, store.trust_code)
-        transform_root = code_folder(transform or DEFAULT_TRANSFORM, "transform",
-                                     existing.get("transform_import_root"), store.path, store.trust_code)
-    else:  # code the user names: from the current folder or PYTHONPATH, never from inside the store
-        model_root = transform_root = None
-    resolved = resolve_model(model, weights, import_root=model_root, store_dir=store.path)
+               data_dir: str | os.PathLike | None, max_pixels: int | None = None,
+               model_object: torch.nn.Module | None = None) -> Setup:
+    """The store's code (its folders cleared first) or the user's, or the model object (a copy) and the
+    Dataset of the listing, resolved and probed on one image."""
+    transform = settings.transform
+    # the store's own code: both folders are cleared before anything is imported; a Dataset's items are the
+    # inputs (`probe_model` reads them): it has no transform
+    transform_root = None if existing is None or listing.dataset is not None else code_folder(
+        transform or DEFAULT_TRANSFORM, "transform", existing.get("transform_import_root"), store.path,
+        store.trust_code)
+    resolved = _resolved_model(store, existing, settings, model_object)
     stored = (existing or {}).get("layers") or {}
     layers = []
     for name in settings.layers:
@@ -74,16 +84,43 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
         positions = (layer_positions(stored[name]) if name in stored
                      else check_positions(settings.positions, module, name))
         layers.append(LayerSetup(name, module, positions))
-    image_transform = resolve_transform(transform, import_root=transform_root, store_dir=store.path)
+    image_transform = None if listing.dataset is not None else resolve_transform(
+        transform, import_root=transform_root, store_dir=store.path)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
         raise StoreMismatch(
-            f"store {store.path} holds attributions of other weights ({existing['weights']}); "
-            "use the same weights or another `store`"
+            f"store {store.path} holds attributions of other weights ({existing['weights']}, sha256 "
+            f"{existing['weights_sha256'][:12]}); use the same weights or another `store`"
         )
     with record_function("ingest.probe"):
-        n_outputs = probe_model(resolved.model, layers, image_transform.fn, listing, max_pixels)
+        n_outputs = probe_model(resolved.model, layers, image_transform and image_transform.fn, listing, max_pixels)
     class_table = _class_table(store, existing, n_outputs, data_dir, listing, resolved)
+    if image_transform is None:
+        _check_dataset_labels(listing, class_table)
+        source = DatasetSource(lambda _split: listing.dataset, n_classes=class_table.num_rows)
+        image_transform = ResolvedTransform(source, DATASET_TRANSFORM)
     return Setup(resolved, layers, image_transform, class_table)
+
+
+def _resolved_model(store: Store, existing: dict | None, settings: Settings,
+                    model_object: torch.nn.Module | None) -> ResolvedModel:
+    """The model object's copy, or the store's code (its folder cleared before it is imported) or the user's
+    (from the current folder or PYTHONPATH, never from inside the store)."""
+    if is_object_spec(settings.model):
+        return ingest_model(store, existing, settings.model, model_object)
+    model_root = None if existing is None else code_folder(
+        settings.model, "model", existing.get("model_import_root"), store.path, store.trust_code)
+    return resolve_model(settings.model, settings.weights, import_root=model_root, store_dir=store.path)
+
+
+def _check_dataset_labels(listing: SplitListing, class_table: pa.Table) -> None:
+    """The first items' labels are class ids of the store (a later one that is not is an ingest error)."""
+    _, labels = probe_dataset(listing.dataset, PROBE_TRIES)
+    n = class_table.num_rows
+    bad = next((i for i, label in enumerate(labels) if not 0 <= label < n), None)
+    if bad is not None:
+        raise DataError(f"item {bad} of `data` has label {labels[bad]}, but the classes are 0 to {n - 1} "
+                        f"({', '.join(class_table.column('name').to_pylist()[:4])}{', ...' if n > 4 else ''}); "
+                        "a label is a class id")
 
 
 def check_positions(positions: str | None, module: torch.nn.Module, layer: str) -> str:
@@ -96,12 +133,16 @@ def check_positions(positions: str | None, module: torch.nn.Module, layer: str) 
     return positions
 
 
-def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike, listing: SplitListing,
-                 resolved: ResolvedModel) -> pa.Table:
-    """The store's classes, or, for a new store, the classes of the listing with their logits."""
+def _class_table(store: Store, existing: dict | None, n_outputs: int, data_dir: str | os.PathLike | None,
+                 listing: SplitListing, resolved: ResolvedModel) -> pa.Table:
+    """The store's classes, or, for a new store, the classes of the listing with their logits. A Dataset
+    without class names has one class per output of the model (the listing learns their names here)."""
+    if listing.dataset is not None and not listing.folders:
+        listing.folders = [str(i) for i in range(n_outputs)]
     if existing is None:
-        return pa.Table.from_pylist(
-            class_rows(data_dir, listing.folders, n_outputs, resolved.model_spec), schema=layout.CLASSES)
+        rows = dataset_class_rows(listing.folders, n_outputs, resolved.model_spec) if listing.dataset is not None \
+            else class_rows(cast("str | os.PathLike", data_dir), listing.folders, n_outputs, resolved.model_spec)
+        return pa.Table.from_pylist(rows, schema=layout.CLASSES)
     class_table = store.reads.class_list()
     bad = [v for v in class_table.column("logit").to_pylist() if not 0 <= v < n_outputs]
     if bad:
@@ -121,8 +162,9 @@ def probe_model(model: torch.nn.Module, layers: list[LayerSetup], transform, lis
     that fails on it, a layer the forward pass never uses or uses twice, a Linear not applied per
     token or position (or with no token axis for `positions` cls / patch), an output that is not N x K logits.
     """
-    from polysem.ingest.attribution import layer_probe
-
+    if listing.dataset is not None:
+        image, _ = probe_dataset(listing.dataset, PROBE_TRIES)
+        return _probe_forward(model, layers, image, f"item 0 of `data` (input {tuple(image.shape)})")
     errors = []
     for record in listing.records[:PROBE_TRIES]:
         _, image, error = ImageRecords([record], transform, max_pixels=max_pixels)[0]
@@ -134,23 +176,29 @@ def probe_model(model: torch.nn.Module, layers: list[LayerSetup], transform, lis
         if image.dim() != 3:
             raise ModelError(f"`transform` gave a tensor of shape {tuple(image.shape)} for {record.path}; "
                              "it must return C x H x W")
-        try:
-            with torch.no_grad(), ExitStack() as probes:
-                seen = [probes.enter_context(layer_probe(layer.module)) for layer in layers]
-                output = model(image.unsqueeze(0))
-        except (Exception, SystemExit) as failure:
-            raise ModelError(f"the model fails on {record.path} (input {tuple(image.shape)} from the transform): "
-                             f"{type(failure).__name__}: {_first_line(failure)}; check `model`, `weights` and `transform`"
-                             ) from failure
-        for layer, layer_seen in zip(layers, seen, strict=True):
-            _check_layer_run(layer, layer_seen)
-        if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "
-                             "batch x classes tensor")
-        return int(output.shape[1])
+        return _probe_forward(model, layers, image, f"{record.path} (input {tuple(image.shape)} from the transform)")
     raise DataError(f"the first {len(errors)} images of {listing.root} cannot be read ({errors[0]}); "
                     "fix or remove them")
+
+
+def _probe_forward(model: torch.nn.Module, layers: list[LayerSetup], image: torch.Tensor, source: str) -> int:
+    """One image (C x H x W) through the model, checked as `probe_model` says; the number of outputs."""
+    from polysem.ingest.attribution import layer_probe
+
+    try:
+        with torch.no_grad(), ExitStack() as probes:
+            seen = [probes.enter_context(layer_probe(layer.module)) for layer in layers]
+            output = model(image.unsqueeze(0))
+    except (Exception, SystemExit) as failure:
+        raise ModelError(f"the model fails on {source}: {type(failure).__name__}: {_first_line(failure)}; "
+                         "check `model`, `weights` and `transform`") from failure
+    for layer, layer_seen in zip(layers, seen, strict=True):
+        _check_layer_run(layer, layer_seen)
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(f"the model returns {shape} for one image, not 1 x K logits; make it return a "
+                         "batch x classes tensor")
+    return int(output.shape[1])
 
 
 def _check_layer_run(layer: LayerSetup, seen: dict) -> None:

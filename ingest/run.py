@@ -1,25 +1,39 @@
-"""The ingest job: run a CNN over an image folder and store per-image attributions.
+"""The ingest job: run a CNN over an image folder (or a map-style torch Dataset, `objects`) and store per-image
+attributions.
 
 Runs as one process or under `torchrun` (each rank takes every world_size-th remaining image and writes its
 own parts). Resumable: images already stored (or already recorded as unreadable) are skipped. The jobs live
 apart: `options` (checks, and the options reconciled with the store), `probe` (model, layer and transform
 resolved and tried on one image), `store_setup` (the store created under its lock), `ranks` (torchrun),
-`pipeline` (the DataLoader, the device and the writer), `resume` (what is stored already).
+`pipeline` (the DataLoader, the device and the writer), `resume` (what is stored already), `objects` (a Dataset
+and a model object in place of a folder and a name).
 """
 
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
+from torch import nn
 from torch.profiler import record_function
+from torch.utils.data import Dataset
 
 from polysem.errors import DataError
 from polysem.ingest import pipeline
-from polysem.ingest.dataset import list_split
+from polysem.ingest.dataset import SplitListing, check_split_name, list_split
 from polysem.ingest.decode import check_decode, check_device_decoder, loading
 from polysem.ingest.job import IngestJob, IngestSummary
 from polysem.ingest.models import resolve_device
+from polysem.ingest.objects import (
+    DATASET_TRANSFORM,
+    check_data_kind,
+    check_object_options,
+    data_object,
+    dataset_listing_parts,
+    model_option,
+    remember,
+)
 from polysem.ingest.options import (
     DEFAULT_LAYER,
     DEFAULT_MODEL,
@@ -45,10 +59,10 @@ __all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "IngestSummary", "ingest"]
 
 def ingest(
     store: Store | str | os.PathLike | None,
-    data_dir: str | os.PathLike,
+    data: str | os.PathLike | Dataset,
     split: str = "train",
     *,
-    model: str | None = None,
+    model: str | nn.Module | None = None,
     weights: str | None = None,
     layer: str | list[str] | None = None,
     transform: str | None = None,
@@ -67,10 +81,15 @@ def ingest(
     target: str | None = None,
     positions: str | None = None,
 ) -> IngestSummary:
-    """Ingest DATA_DIR/SPLIT into the store. Returns what this process wrote.
+    """Ingest `data` into the store as split SPLIT: the folder DATA_DIR/SPLIT, or a map-style torch Dataset of
+    (tensor C x H x W, int label) items. Returns what this process wrote.
 
     model/weights/layer/transform default to what the store recorded, or, for a
     new store, to resnet50 / imagenet / layer4.2.conv3 / imagenet preprocessing.
+    `model` is a name or an `nn.Module` object; a Dataset's rows are its indices, its labels class ids (names from
+    its `classes`, else numbers), one logit per class id. polysem works on a copy of a model object, and keeps
+    the objects for later calls of this process (`polysem.use` gives them to another; ingest/objects.py).
+    A Dataset loads in this process unless `num_workers` is given.
     Everything is checked (options, classes and their logits, one image through the
     model) before the store is created or changed. num_workers defaults to
     `default_num_workers()` and, on a CPU, torch's threads to the cores the workers
@@ -89,36 +108,56 @@ def ingest(
     others), recorded in the store.
     """
     store = as_store(store)
-    check_path("data_dir", data_dir)
+    dataset = data_object(data)
+    if dataset is None:
+        check_path("data", data)
     check_text("split", split)
     layers = layer_list(layer)
+    model, model_object = model_option(model)
     for name, value in (("model", model), ("weights", weights), ("transform", transform)):
         check_text(name, value, none=True)
     check_text("device", device)
     classes = check_class_list("classes", classes, none=True)
     check_bool("progress", progress)
     check_bool("compact", compact)
+    if dataset is not None and num_workers is None:
+        num_workers = 0  # the caller's object, which workers may not be able to import (ingest/objects.py)
     batch_size, num_workers, limit, rows_per_part, threads = check_counts(batch_size, num_workers, limit,
                                                                           rows_per_part, threads)
     max_pixels = check_max_pixels(max_pixels)
     rank_timeout = check_real("rank_timeout", rank_timeout, 0, RANK_TIMEOUT_MAX, low_open=True, hint=" seconds")
     check_decode(decode, transform)
+    check_object_options(dataset, model_object, weights=weights, transform=transform, decode=decode, classes=classes,
+                         limit=limit, num_workers=num_workers)
     store.check_writable()
     existing = existing_meta(store)
+    check_data_kind(existing, dataset)
+    if dataset is not None:
+        transform = DATASET_TRANSFORM  # what the store records: the Dataset's items are the inputs
     check_decode(decode, transform or (existing or {}).get("transform"),  # the store's transform, if it has one
                  stores_transform=transform is None and existing is not None)
     settings = reconcile_settings(existing, model, weights, layers, transform, decode, target, positions)
     check_decode(settings.decode, settings.transform, stored=existing is not None)  # a received store's pair, too
-    listing = list_split(data_dir, split, classes=classes, limit=limit)
-    check_listing(store, existing, listing, split)
-    setup = load_setup(store, existing, settings, listing, data_dir, max_pixels)
+    if dataset is None:
+        listing = list_split(cast("str | os.PathLike", data), split, classes=classes, limit=limit)
+        check_listing(store, existing, listing, split)
+    else:
+        check_split_name(split)
+        listing = SplitListing(*dataset_listing_parts(dataset, split), dataset=dataset)
+    setup = load_setup(store, existing, settings, listing, None if dataset is not None else cast("str", data),
+                       max_pixels, model_object)
+    if dataset is not None:  # its class names may come from the model's outputs, known after the probe
+        check_listing(store, existing, listing, split)
     job = IngestJob(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress,
                     compact, max_pixels, settings.decode, rank_timeout, settings.target,
                     first_layer=(existing or {}).get("layer") or setup.layers[0].name)
     run_device = resolve_device(device)
     if settings.decode == "tensor":
         check_device_decoder(run_device)
-    return _run_job(job, run_device)
+    summary = _run_job(job, run_device)
+    if model_object is not None or dataset is not None:  # for the later calls of this process
+        remember(store, model_object, {split: dataset} if dataset is not None else None)
+    return summary
 
 
 ZERO_SHARE = 0.9  # when this share (or more) of the written images has all-zero attributions, say so

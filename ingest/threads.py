@@ -15,7 +15,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["cores_per_process", "default_num_workers", "default_threads", "torch_threads"]
+WORKER_START_ENV = "POLYSEM_WORKER_START"  # how DataLoader workers start: fork, forkserver (default) or spawn
+
+__all__ = ["WORKER_START_ENV", "cores_per_process", "default_num_workers", "default_threads", "torch_threads"]
 
 
 def cores_per_process() -> int:

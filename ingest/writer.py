@@ -92,7 +92,7 @@ class PartWriter:
         self.background = background
         self._samples: list[dict[str, np.ndarray]] = []
         self._buffered = 0
-        self._errors: list[tuple[int, str, int, str]] = []
+        self._errors: list[tuple[int, str, int | None, str]] = []
         self._writes = _InTurn(f"polysem-parts-{split}")
         self.parts_written = 0
 
@@ -104,7 +104,7 @@ class PartWriter:
         if self._buffered >= self.rows_per_part:
             self._hand_over()
 
-    def add_error(self, image_id: int, path: str, target: int, message: str) -> None:
+    def add_error(self, image_id: int, path: str, target: int | None, message: str) -> None:
         self._writes.check()
         self._errors.append((image_id, path, target, message))
 
@@ -137,7 +137,7 @@ class PartWriter:
         else:
             job()
 
-    def _write(self, samples: list[dict[str, np.ndarray]], errors: list[tuple[int, str, int, str]],
+    def _write(self, samples: list[dict[str, np.ndarray]], errors: list[tuple[int, str, int | None, str]],
                failed_at: datetime) -> None:
         if samples:
             chunk = {key: np.concatenate([c[key] for c in samples]) for key in samples[0]}

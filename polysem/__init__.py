@@ -12,6 +12,9 @@ The notebook API (each name is one function or class, never a module):
     polysem.verify(store, run.run_id).resolved              # -> Verification: does each new channel serve one concept?
     model = polysem.load_model(store, run.run_id)
 
+`polysem.ingest` also takes a map-style torch Dataset in place of DATA_DIR and an nn.Module in place of a model
+name; `polysem.use(store, model=net, data={"train": dataset})` gives them to a later process (ingest/objects.py).
+
 Every command of the `polysem` CLI is a function here with the same arguments and refusals: `layers`,
 `ingest`, `compact`, `check`, `screen`, `wordnet`, `plot_wordnet`, `channel_concepts`, `disentangle`,
 `verify`, `evaluate`, `visualize`, `runs` / `run_record`, `report`, and `Store` for `info`, `classes`,
@@ -43,11 +46,12 @@ _API = {
     "evaluate": ("polysem.reporting", "evaluate"),
     "channel_concepts": ("polysem.method.concepts", "channel_concepts"),
     "verify": ("polysem.method.verification", "verify"),
+    "use": ("polysem.ingest.objects", "use"),
 }
 
 __all__ = ["Store", "__version__", "channel_concepts", "check", "compact", "disentangle", "evaluate", "ingest",
-           "layers", "load_model", "plot_wordnet", "report", "run_record", "runs", "screen", "verify", "visualize",
-           "wordnet"]
+           "layers", "load_model", "plot_wordnet", "report", "run_record", "runs", "screen", "use", "verify",
+           "visualize", "wordnet"]
 
 
 def __getattr__(name):

@@ -21,6 +21,17 @@ class StoreBusy(StoreError):
     """Another process holds the store's catalog for writing."""
 
 
+class ObjectsNeeded(StoreError):
+    """A store made from Python objects (a model object, a Dataset: ingest/objects.py) needs them in this
+    process: `what` it needs, and the `polysem.use` arguments that give it (`given`). The command line, which
+    has no such objects, names the Python calls instead."""
+
+    def __init__(self, what: str, given: str):
+        self.what, self.given = what, given
+        super().__init__(f"{what}, which only Python can give: call polysem.use(store, {given}) in this process "
+                         "first")
+
+
 class ModelError(PolysemError):
     """The model, its weights, the layer or the transform cannot be resolved."""
 

@@ -14,6 +14,7 @@ from polysem.query.sqlfiles import Statements, apply_blocks, load_migrations, sq
 from polysem.version import __version__
 
 __all__ = [
+    "DATASET_TRANSFORM",
     "DECODERS",
     "DEFAULT_DECODE",
     "DEFAULT_POSITIONS",
@@ -53,6 +54,9 @@ REQUIRED_META = ("schema_version", "model", "weights", "weights_sha256", "layer"
 DECODERS = ("pil", "tensor")
 DEFAULT_DECODE = "pil"
 
+
+# The transform a store made from torch Datasets records (ingest/objects.py): their items are the model's inputs.
+DATASET_TRANSFORM = "dataset"
 
 # Which logit ingest attributes each image to (`target`): its label's, as the paper does, or its predicted one.
 # Optional like `decode`: a store without the key was made with the label.

@@ -14,7 +14,7 @@ FROM (
 );
 
 -- name: samples
--- One row per ingested image and layer: image_id, split, path, target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l that count), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator), layer (the layer's dotted name). A layer's rows live in samples/<split>/layer=<name>/, so a filter on layer reads that layer's files only; files of a store made before layers (samples/<split>/*.parquet) hold its first layer (the variable polysem_first_layer, which polysem sets on every connection).
+-- One row per ingested image and layer: image_id, split, path (a Dataset's item: <split>[<index>], its image_id the index), target (class id), prediction (class id of the argmax logit, NULL when that logit belongs to no class of the store), predicted_logit (the argmax), target_logit (the logit of the target class), attribution (C_l floats), input_sum (C_{l-1}*k*k floats), positions (output positions of layer l that count), positive_sum (the sum of attribution's positive entries, Ineq. 2's denominator), layer (the layer's dotted name). A layer's rows live in samples/<split>/layer=<name>/, so a filter on layer reads that layer's files only; files of a store made before layers (samples/<split>/*.parquet) hold its first layer (the variable polysem_first_layer, which polysem sets on every connection).
 CREATE OR REPLACE VIEW samples AS
 SELECT * EXCLUDE (filename),
        coalesce(nullif(regexp_extract(filename, 'samples/[^/]+/layer=([^/]+)/[^/]+$', 1), ''),

@@ -1,5 +1,5 @@
 -- name: store_meta
--- Key/value metadata of the store (JSON values): model, weights, layer, layer_shape, transform, dataset_roots, versions.
+-- Key/value metadata of the store (JSON values): model, weights, layer, layer_shape, transform, dataset_roots, versions. A store made from Python objects records model object:<module>.<qualname>, weights object, transform dataset and each split's root as dataset:<module>.<qualname> of N items.
 CREATE TABLE IF NOT EXISTS store_meta (
     key   VARCHAR PRIMARY KEY,
     value JSON NOT NULL

@@ -54,7 +54,7 @@ CALLS = {
     "Store.check_outside": lambda s, r, d, o, **kw: Store(s).check_outside(**{"out": o / "x.csv", **kw}),
     "Store.connect": lambda s, r, d, o, **kw: _ctx(Store(s).connect(**kw)),
     "Store.transaction": lambda s, r, d, o, **kw: _ctx(Store(s).transaction(**kw)),
-    "ingest": lambda s, r, d, o, **kw: polysem.ingest(**{"store": s, "data_dir": d, "progress": False,
+    "ingest": lambda s, r, d, o, **kw: polysem.ingest(**{"store": s, "data": d, "progress": False,
                                                         "num_workers": 0, **kw}),
     "screen": lambda s, r, d, o, **kw: polysem.screen(**{"store": s, **kw}),
     "channel_concepts": lambda s, r, d, o, **kw: polysem.channel_concepts(**{"store": s, "record": False, **kw}),
@@ -73,6 +73,7 @@ CALLS = {
     "wordnet": lambda s, r, d, o, **kw: polysem.wordnet(**{"store": s, **kw}),
     "visualize": lambda s, r, d, o, **kw: _visualize(**{"store": s, "run_id": r, "steps": 1, "size": 8,
                                                         "progress": False, **kw}),
+    "use": lambda s, r, d, o, **kw: polysem.use(**{"store": s, **kw}),
 }
 
 WRONG, RANGE = ArgumentError, ArgumentRange
@@ -106,9 +107,11 @@ CASES = [
     ("Store.transaction", {"create": 0}, "create", WRONG, "True or False"),
     # ingest
     ("ingest", {"store": 123}, "store", WRONG, "a path"),
-    ("ingest", {"data_dir": None}, "data_dir", WRONG, "a path (str or pathlib.Path), got None"),
+    ("ingest", {"data": None}, "data", WRONG,
+     "a folder path (str or pathlib.Path) or a map-style torch Dataset, got None"),
+    ("ingest", {"data": b"images"}, "data", WRONG, "a folder path"),
     ("ingest", {"split": 5}, "split", WRONG, "text (str)"),
-    ("ingest", {"model": 5}, "model", WRONG, "text (str) or None"),
+    ("ingest", {"model": 5}, "model", WRONG, "text (str), a torch.nn.Module or None, got int 5"),
     ("ingest", {"weights": 5}, "weights", WRONG, "text (str) or None"),
     ("ingest", {"layer": 5}, "layer", WRONG, "text (str) or a list of text, got int 5"),
     ("ingest", {"layer": [5]}, "layer", WRONG, "text (str)"),
@@ -290,6 +293,17 @@ CASES = [
     ("visualize", {"device": 5}, "device", WRONG, "text (str)"),
     ("visualize", {"data_dir": 5}, "data_dir", WRONG, "a path"),
     ("visualize", {"progress": "x"}, "progress", WRONG, "True or False"),
+    # use: the objects a store was made from (ingest/objects.py)
+    ("use", {"store": 5}, "store", WRONG, "a path"),
+    ("use", {"model": "tests.models:colour_net"}, "model", WRONG, "a torch.nn.Module or None, got str"),
+    ("use", {"data": ["train"]}, "data", WRONG, "a dict of split name -> map-style torch Dataset, or None"),
+    ("use", {"data": {"train": "images"}}, "data", WRONG, "map-style torch Dataset, got str 'images' for 'train'"),
+    ("use", {"data": {5: []}}, "data", WRONG, "split name (str) -> map-style torch Dataset, got int 5 as a split"),
+    ("use", {"normalize": "imagenet"}, "normalize", WRONG, "(mean, std), each a list of numbers"),
+    ("use", {"normalize": ([0.5], [True])}, "normalize", WRONG, "(mean, std), each a list of numbers"),
+    ("use", {"normalize": ([0.5], [0])}, "normalize", RANGE, "every std above 0, got tuple ([0.5], [0])"),
+    ("use", {"normalize": ([0.5, 0.5], [0.2])}, "normalize", RANGE, "of one length"),
+    ("use", {"normalize": ([math.nan], [0.2])}, "normalize", RANGE, "finite"),
 ]
 REFUSED = [case for case in CASES if case[3] is not None]
 

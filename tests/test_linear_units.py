@@ -276,4 +276,5 @@ def test_a_linear_unit_has_no_receptive_field_box_and_its_caption_says_so():
     assert "receptive field of every" not in caption
     # the feature cache is a folder per layer: a name that is not one folder name is refused, not joined
     with pytest.raises(RunError, match="cannot name a cache folder"):
-        cached_class_maps(None, nn.Identity(), "/etc", nn.Linear(1, 1), None, 0, "train", None)
+        cached_class_maps(None, nn.Identity(), "/etc", layer=nn.Linear(1, 1), transform=None, class_id=0,
+                          split="train", run=None)

@@ -15,7 +15,7 @@ from typing import Annotated, cast
 import typer
 
 from polysem import constants
-from polysem.errors import PolysemError
+from polysem.errors import ObjectsNeeded, PolysemError
 from polysem.util.text import escape_controls
 
 app = typer.Typer(
@@ -80,7 +80,7 @@ def command(group: typer.Typer = app, name: str | None = None):
             except Exception as error:
                 if os.environ.get(DEBUG_ENV) and not isinstance(error, PolysemError):
                     raise
-                echo_error(error_line(error))
+                echo_error(objects_line(error, name or fn.__name__) or error_line(error))
                 raise typer.Exit(2) from None
 
         return group.command(name=name)(wrapper)
@@ -181,6 +181,15 @@ def error_line(error: Exception) -> str:
     text = str(error).strip()
     first = text.splitlines()[0] if text else "(no message)"
     return f"{type(error).__name__}: {first} (set {DEBUG_ENV}=1 for the traceback)"
+
+
+def objects_line(error: Exception, command_name: str) -> str | None:
+    """For a store made from Python objects (a model object, a Dataset), which no command line can give: the
+    one line naming the Python calls that do; None for any other error."""
+    if not isinstance(error, ObjectsNeeded):
+        return None
+    return (f"{error.what}, which the command line cannot give: use the Python API, polysem.use(store, "
+            f"{error.given}) and then polysem.{command_name}(...)")
 
 
 def _store(path: Path, trust_code: Path | None = None, layer: str | None = None):

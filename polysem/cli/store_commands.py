@@ -155,6 +155,11 @@ def _code_line(what: str, code: dict) -> str:
     """Which code the store names for `what`, where it would be imported from, or why it is refused."""
     head = f"{what + ' code':<15}"
     if code["status"] == "no code":
+        from polysem.query.meta import DATASET_TRANSFORM
+        from polysem.util.imports import OBJECT_PREFIX
+
+        if code["spec"].startswith(OBJECT_PREFIX) or code["spec"] == DATASET_TRANSFORM:
+            return f"{head}none: {code['spec']} is a Python object the process gives (polysem.use)"
         return f"{head}none: {code['spec']} is {'a torchvision model' if what == 'model' else 'built in'}"
     if code["status"] == "refused":
         return f"{head}{code['spec']} REFUSED (recorded folder {code['import_root']}): {as_flags(code['reason'])}"

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader
 
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math
+from polysem.ingest.objects import record_images, recorded_length
 from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import input_of
-from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.util.images import ImageRecord, collate
 from polysem.util.progress import progress_bar
 
 __all__ = ["ModelPass", "cached_array", "cached_class_maps", "check_data_dir", "class_records", "compute_feature_maps", "feature_maps",
@@ -68,9 +69,16 @@ def check_data_dir(data_dir: str | os.PathLike, holds: str = "the store's splits
 
 
 def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.PathLike | None) -> list[dict]:
-    """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image."""
+    """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image. The rows of a split
+    made from a Dataset name its items, not files (`record_images` reads them): they stay as they are."""
+    root = store.meta()["dataset_roots"].get(split)
+    if recorded_length(root) is not None:
+        if data_dir is not None:
+            raise RunError(f"`data_dir` names image folders, but split '{split}' of this store comes from a Dataset "
+                           f"({root}); omit `data_dir` (polysem.use gives the Dataset)")
+        return rows
     if data_dir is not None:
-        old_root = Path(store.meta()["dataset_roots"][split])
+        old_root = Path(root)
         given = check_data_dir(data_dir, f"the {split} split (the store's images were read from {old_root})")
         new_root = given / split
         if not new_root.is_dir():
@@ -91,7 +99,7 @@ def feature_maps(model: nn.Module, layer: nn.Module, records: list[ImageRecord],
     """The layer's input for each record, in order, float32: N x C_{l-1} x H x W for a conv, N x ... x C_{l-1}
     for a Linear applied per token or position (every position, whichever the store counts)."""
     label = run.label
-    loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
+    loader = DataLoader(record_images(records, transform), batch_size=run.batch_size, collate_fn=collate)
     maps = []
     with progress_bar(f"feature maps {label}", len(records), run.progress) as advance, torch.no_grad():
         for groups, failures in loader:
@@ -112,7 +120,7 @@ def feature_maps(model: nn.Module, layer: nn.Module, records: list[ImageRecord],
 LAYER_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a layer name that is one plain folder name
 
 
-def cached_class_maps(store: Store, model: nn.Module, layer_name: str, layer: nn.Module, transform, class_id: int,
+def cached_class_maps(store: Store, model: nn.Module, layer_name: str, *, layer: nn.Module, transform, class_id: int,
                       split: str, run: ModelPass, data_dir=None) -> np.ndarray:
     """The feature maps of all N stored images of a class at the layer named `layer_name` (`feature_maps`), in
     image id order; computed once, then read from the store's cache, a folder per layer so that another
@@ -166,7 +174,7 @@ def per_image_attributions(records: list[ImageRecord], transform, logit: int | N
     record, in order (None: each image's predicted logit, for a store made with `target` predicted); the
     images of a batch are grouped by size. An unreadable image is refused."""
     device = run.device
-    loader = DataLoader(ImageRecords(records, transform), batch_size=run.batch_size, collate_fn=collate)
+    loader = DataLoader(record_images(records, transform), batch_size=run.batch_size, collate_fn=collate)
     result = np.zeros((len(records), out_channels), np.float32)
     with progress_bar(run.label, len(records), run.progress) as advance:
         for groups, failures in loader:

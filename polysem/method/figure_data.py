@@ -2,7 +2,8 @@
 
 Everything that runs the model or reads files is here; `polysem.figures.plots` only draws
 what this module hands it. The photos are the image files as the user knows them
-(not the normalised model input), brought to the model input's geometry.
+(not the normalised model input), brought to the model input's geometry; a Dataset's items
+are shown with their Normalize undone (`photo_of`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from polysem.errors import PolysemError, RunError, StoreError
 from polysem.method.evaluation import WHOLE_TOP, top_class_histograms
 from polysem.query.store import Store
 
-__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "WHOLE_SHOWN", "WHOLE_TOP", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "WholeImage", "WholePicture", "WholeUnit", "class_names", "photo_as_input", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images", "whole_top_images"]
+__all__ = ["PAPER_CHANNELS", "PAPER_LAYER", "WHOLE_SHOWN", "WHOLE_TOP", "Patch", "ReportData", "RunFigures", "RunReport", "UnitImages", "WholeImage", "WholePicture", "WholeUnit", "class_names", "photo_as_input", "photo_of", "report_data", "run_figure_data", "run_order", "top_images", "unit_labels", "visualisation_images", "whole_top_images"]
 
 TOP, SHOWN = 16, 6
 WHOLE_SHOWN = 6  # of each unit's WHOLE_TOP most activating val images over every class, drawn with their photos
@@ -65,6 +66,17 @@ def unit_labels(run: dict, names: dict[int, str]) -> dict[str, str]:
             "r": "r (residual)"}
 
 
+def photo_of(path: str, image: torch.Tensor, transform, split: str) -> tuple[np.ndarray, str]:
+    """What a figure shows of a stored image: its file brought to the model input's geometry (`photo_as_input`),
+    or a Dataset's item (`image`, C x H x W as the model got it) with its Normalize undone; and a note on how it
+    relates to the model input."""
+    from polysem.ingest.objects import DatasetSource, item_photo
+
+    if isinstance(transform, DatasetSource):
+        return item_photo(image, transform.normalization(split))
+    return photo_as_input(path, transform, *image.shape[-2:])
+
+
 def photo_as_input(path: str, transform, height: int, width: int) -> tuple[np.ndarray, str]:
     """The image file with the transform's geometric steps (resize, crop, pad) applied, sized H x W.
 
@@ -96,13 +108,14 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     Returns ({unit: UnitImages}, caption facts).
     """
     from polysem.ingest.models import resolve_device, stored_transform
+    from polysem.ingest.objects import record_images
     from polysem.ingest.units import is_linear, layer_positions, unit_maps
     from polysem.method.disentangling import DisentangledLayer
     from polysem.method.features import remap_paths
     from polysem.method.receptive_field import receptive_fields
     from polysem.method.runs import load_model
     from polysem.util.hooks import forward_to
-    from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
+    from polysem.util.images import ImageRecord, collate_one_size
 
     names = class_names(store)
     labels = unit_labels(run, names)
@@ -124,8 +137,8 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     if not rows:
         return units, facts
     ordered = remap_paths(store, sorted(rows.values(), key=lambda r: r["image_id"]), EVAL_SPLIT, data_dir)
-    _, images, failures = collate_one_size([ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"])
-                                                 for r in ordered], transform)[i] for i in range(len(ordered))])
+    reader = record_images([ImageRecord(r["image_id"], r["path"], r["target"]) for r in ordered], transform)
+    _, images, failures = collate_one_size([reader[i] for i in range(len(ordered))])
     if failures:
         raise RunError(f"cannot read {ordered[failures[0][0]]['path']}: {failures[0][1]}")
     model = load_model(store, run["run_id"]).to(resolve_device(device))
@@ -143,7 +156,8 @@ def top_images(store: Store, run: dict, activations: list[dict], data_dir=None, 
     # c = sum_j c'_j - (k - 1) r and all of them carry the original bias, so the original's bias is that bias too
     biases = {u: 0.0 if bias is None else float(bias[index_of["c1"]]) for u in maps}
     height, width = images.shape[-2:]
-    photos = {r["image_id"]: photo_as_input(r["path"], transform, height, width) for r in ordered}
+    photos = {r["image_id"]: photo_of(r["path"], images[index[r["image_id"]]], transform, EVAL_SPLIT)
+              for r in ordered}
     facts["photo_note"] = next(iter(photos.values()))[1]
     wanted = {}
     for unit, (_value, picked) in chosen.items():
@@ -241,8 +255,9 @@ def whole_top_images(store: Store, run: dict, data_dir=None, n: int = WHOLE_TOP,
     only the photos of the shown images are read, no model runs.
     """
     from polysem.ingest.models import stored_transform
+    from polysem.ingest.objects import record_images
     from polysem.method.features import remap_paths
-    from polysem.util.images import ImageRecord, ImageRecords
+    from polysem.util.images import ImageRecord
 
     names = class_names(store)
     labels = unit_labels(run, names)
@@ -260,13 +275,13 @@ def whole_top_images(store: Store, run: dict, data_dir=None, n: int = WHOLE_TOP,
         return picture
     rows = remap_paths(store, sorted(wanted.values(), key=lambda r: r["image_id"]), split, data_dir)
     transform = stored_transform(store, store.meta()).fn
-    records = ImageRecords([ImageRecord(r["image_id"], r["path"], r["class_id"]) for r in rows], transform)
+    records = record_images([ImageRecord(r["image_id"], r["path"], r["class_id"]) for r in rows], transform)
     photos = {}
     for i, row in enumerate(rows):
         _, tensor, error = records[i]
         if error is not None:
             raise RunError(f"cannot read {row['path']}: {error}")
-        photos[row["image_id"]], picture.photo_note = photo_as_input(row["path"], transform, *tensor.shape[-2:])
+        photos[row["image_id"]], picture.photo_note = photo_of(row["path"], tensor, transform, split)
     for unit in units.values():
         unit.shown = [WholeImage(r["image_id"], r["class_id"], r["name"], r["concept"], float(r["activation"]),
                                  photos[r["image_id"]]) for r in unit.top[:shown]]

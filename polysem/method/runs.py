@@ -33,6 +33,7 @@ from polysem.ingest.models import (
     resolve_layer,
     stored_code,
 )
+from polysem.ingest.objects import record_images
 from polysem.ingest.units import UnitLayer, is_linear, layer_positions
 from polysem.method.concepts import channel_concepts
 from polysem.method.disentangling import (
@@ -64,7 +65,7 @@ from polysem.util.checks import (
     check_real,
     check_text,
 )
-from polysem.util.images import ImageRecord, ImageRecords, collate
+from polysem.util.images import ImageRecord, collate
 from polysem.util.results import Result
 from polysem.version import __version__
 
@@ -194,7 +195,8 @@ class Run(Result):
 
 def base_model(store: Store):
     """The store's model with its recorded weights, the layer of interest (a Conv2d, or a Linear applied per token
-    or position) and the transform."""
+    or position) and the transform. A store made from Python objects: a copy of the model object and a reader of
+    the Datasets this process gave it (`polysem.use`, ingest/objects.py)."""
     meta = store.meta()
     resolved, transform = stored_code(store, meta)  # refuses code the store names from inside itself
     if resolved.weights_sha256 != meta["weights_sha256"]:
@@ -393,8 +395,9 @@ def _split_auto(store: Store, base: _Base, plan: _Plan, options: _Options) -> No
     """rho by Eq. 6 over the grid, on the concepts' feature maps; `_NoSplit` when no rho splits."""
     assert plan.arvs is not None  # set by _split
     run = ModelPass(base.device, options.batch_size, options.progress)
-    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer_name, base.layer, base.transform, c,
-                                              SCREEN_SPLIT, run, options.data_dir)
+    maps = [np.concatenate([cached_class_maps(store, base.model, base.layer_name, layer=base.layer,
+                                              transform=base.transform, class_id=c, split=SCREEN_SPLIT, run=run,
+                                              data_dir=options.data_dir)
                             for c in concept])
             for concept in plan.concepts]
     plan.scores = rho_scores(maps, base.layer, plan.channel, plan.arvs, options.objective, positions=base.positions)
@@ -638,7 +641,8 @@ def check_equivalence(store: Store, model: nn.Module, disentangled: nn.Module, p
     rows = store.reads.check_images(split=SCREEN_SPLIT, classes=classes, limit=CHECK_IMAGES).to_pylist()
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
     records = [ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows]
-    items = [ImageRecords(records, transform)[i] for i in range(len(records))]
+    images_of = record_images(records, transform)
+    items = [images_of[i] for i in range(len(records))]
     groups, failures = collate(items)
     if failures:
         raise RunError(f"cannot read {records[failures[0][0]].path}: {failures[0][1]}")
@@ -737,7 +741,8 @@ def load_model(store: Store | str | os.PathLike, run_id: str) -> nn.Module:
     """The disentangled model of a run (with every channel of its group), in eval mode.
 
     Needs only the store: the base model is rebuilt from the store's metadata and the
-    disentangled layer is read from the run's artifact (a weights-only state_dict).
+    disentangled layer is read from the run's artifact (a weights-only state_dict). A store made
+    from a model object needs that object in this process (`polysem.use`); the model is a copy.
     """
     store = as_store(store)
     check_text("run_id", run_id)

@@ -391,40 +391,45 @@ def unit_activations(target: Target, images: torch.Tensor, to_input: Callable, d
     return maps.sum(dim=2).double().cpu().numpy()
 
 
-def input_normalisation(transform) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Display space [0, 1] -> model input: the transform's Normalize, found in a Compose; else identity."""
-    from torchvision import transforms
+def _normalize_of(transform, split: str):
+    """The Normalize that makes the model's inputs: the transform's (itself or a step of its Compose), or for a
+    store made from Datasets the one given with `polysem.use`, else the split's Dataset's; None: none."""
+    from polysem.ingest.objects import DatasetSource, find_normalize
 
-    ops = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
-    for op in ops:
-        if isinstance(op, transforms.Normalize):
-            mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
-            return lambda x: (x - mean.to(x).view(1, -1, 1, 1)) / std.to(x).view(1, -1, 1, 1)
-    return lambda x: x
+    if isinstance(transform, DatasetSource):
+        return transform.normalization(split)
+    return find_normalize(transform)
 
 
-def input_display(transform) -> Callable[[torch.Tensor], torch.Tensor]:
+def input_normalisation(transform, split: str = SCREEN_SPLIT) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Display space [0, 1] -> model input: the transform's Normalize (`_normalize_of`); else identity."""
+    op = _normalize_of(transform, split)
+    if op is None:
+        return lambda x: x
+    mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
+    return lambda x: (x - mean.to(x).view(1, -1, 1, 1)) / std.to(x).view(1, -1, 1, 1)
+
+
+def input_display(transform, split: str = SCREEN_SPLIT) -> Callable[[torch.Tensor], torch.Tensor]:
     """The inverse of `input_normalisation`: model input -> display space."""
-    from torchvision import transforms
-
-    ops = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
-    for op in ops:
-        if isinstance(op, transforms.Normalize):
-            mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
-            return lambda x: x * std.to(x).view(1, -1, 1, 1) + mean.to(x).view(1, -1, 1, 1)
-    return lambda x: x
+    op = _normalize_of(transform, split)
+    if op is None:
+        return lambda x: x
+    mean, std = torch.tensor(op.mean, dtype=torch.float32), torch.tensor(op.std, dtype=torch.float32)
+    return lambda x: x * std.to(x).view(1, -1, 1, 1) + mean.to(x).view(1, -1, 1, 1)
 
 
 def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor:
     """Up to n train images of the store after the model's transform (a fixed pseudo-random choice)."""
+    from polysem.ingest.objects import record_images
     from polysem.method.features import remap_paths
-    from polysem.util.images import ImageRecord, ImageRecords, collate_one_size
+    from polysem.util.images import ImageRecord, collate_one_size
 
     rows = store.reads.spread_images(split=SCREEN_SPLIT, limit=n).to_pylist()
     if not rows:
         raise RunError(f"the store has no {SCREEN_SPLIT} images; ingest them first: polysem ingest DATA_DIR --split {SCREEN_SPLIT}")
     rows = remap_paths(store, rows, SCREEN_SPLIT, data_dir)
-    dataset = ImageRecords([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
+    dataset = record_images([ImageRecord(r["image_id"], r["path"], r["target"]) for r in rows], transform)
     _, images, failures = collate_one_size([dataset[i] for i in range(len(rows))], "the store's train images")
     if failures:
         raise RunError(f"cannot read {rows[failures[0][0]]['path']}: {failures[0][1]}")

@@ -20,10 +20,13 @@ from types import ModuleType
 
 from polysem.errors import ModelError
 
-__all__ = ["TRUST_ENV", "code_folder", "code_status", "import_from_folder", "importable_from", "library_folders",
+__all__ = ["OBJECT_PREFIX", "TRUST_ENV", "code_folder", "code_status", "import_from_folder", "importable_from", "library_folders",
            "trusted_folders"]
 
 TRUST_ENV = "POLYSEM_TRUST_CODE"  # folders (absolute, ':'-separated) a store's code may be imported from
+# A model spec that names a Python object given in the process (`object:<module>.<qualname>`, ingest/objects.py),
+# not code to import: a store that records one runs no code of its own.
+OBJECT_PREFIX = "object:"
 
 
 @contextmanager
@@ -148,7 +151,8 @@ def _refusal(what: str, spec: str, problem: str, module_name: str, searched: lis
 def code_folder(spec: str, what: str, recorded_root: str | None, store_dir: str | os.PathLike,
                 trust_code: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> str | None:
     """The folder from which the store's `what` (model or transform) `spec` may be imported, decided before
-    anything is imported; None when the spec names no code (a torchvision model, the built-in transform).
+    anything is imported; None when the spec names no code (a torchvision model, the built-in transform,
+    a Python object given in the process).
 
     A named folder (`trust_code`, else POLYSEM_TRUST_CODE) that holds the module overrides the recorded
     one. Refused: a named folder inside the store; a recorded folder that is missing (none was recorded),
@@ -157,7 +161,7 @@ def code_folder(spec: str, what: str, recorded_root: str | None, store_dir: str 
     folder. Each refusal is one line naming the module and the fix.
     """
     module_name, sep, _ = spec.partition(":")
-    if not sep:
+    if not sep or spec.startswith(OBJECT_PREFIX):
         return None
     store = Path(store_dir)
     top = module_name.split(".")[0]
