@@ -57,8 +57,9 @@ demo: $(STAMP) system-packages
 	  echo "report: $(DEMO)/report/index.html (open it in a browser)" && \
 	  echo "model:  $(DEMO)/store/artifacts/; in Python: polysem.load_model('$(DEMO)/store', '$$run')"
 
-# The second example: a small ViT trained on the same images (about 30 s), its last block's MLP units
-# (a Linear over 17 tokens) ingested, screened, the first polysemantic unit split, verified, evaluated, reported.
+# The second example: a small ViT trained on the same images (about 30 s), both blocks' MLP units (a Linear
+# over 17 tokens) ingested into one store in one pass, the last block's screened, the first polysemantic unit
+# split, verified, evaluated, reported.
 .PHONY: demo-vit
 demo-vit: $(STAMP) system-packages
 	$(PY) -m examples.fashion_vit $(DEMO)-vit
@@ -92,6 +93,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/visualize_speed.py
 	PYTHONPATH=. $(PY) bench/ingest_profile.py
 	PYTHONPATH=. $(PY) bench/captum_ratio.py
+	PYTHONPATH=. $(PY) bench/several_layers.py
 	PYTHONPATH=. $(PY) bench/decode_effect.py
 	PYTHONPATH=. $(PY) bench/paper_study.py --classes 1000 --per-class 1 --val-per-class 1
 	@if command -v nvidia-smi >/dev/null; then PYTHON=$(abspath $(PY)) bash bench/device_check.sh all; \

@@ -7,9 +7,11 @@ tokens and the class token; 2 blocks of width 32, MLPs of 24 units). The layer o
 first MLP Linear, `encoder.layers.encoder_layer_1.mlp.0`, a layer of 24 units applied to every token (polysem
 sums each unit's attribution over the tokens). With 24 units for 10 classes, units must serve several.
 
-The study runs through the Python API: ingest (train and val), WordNet similarities, screening, the first
-polysemantic unit the screening finds split into its concepts, verified, evaluated, and the report
-(DIR/report/index.html). The images are the built-in example's (`examples.fashion_mnist`).
+The study runs through the Python API: ingest of both blocks' `mlp.0` into one store (train and val, one
+forward and one backward pass per batch for the two layers), WordNet similarities, the last block's screening,
+the first polysemantic unit it finds split into its concepts, verified, evaluated, and the report
+(DIR/report/index.html); `polysem screen --store DIR/store --layer encoder.layers.encoder_layer_0.mlp.0` screens
+the first block's. The images are the built-in example's (`examples.fashion_mnist`).
 
 It keeps the paper's tau (0.03). With 24 units the mean share of an image's attribution is 1/24, and no tau
 can stand to it as the paper's 0.03 stands to 1/2048 (`polysem.errors.ThresholdWarning` says so for any
@@ -32,6 +34,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from examples import fashion_mnist
 
 LAYER = "encoder.layers.encoder_layer_1.mlp.0"
+FIRST_BLOCK = "encoder.layers.encoder_layer_0.mlp.0"  # stored beside it, from the same passes
 WIDTH, MLP_UNITS = 32, 24
 
 
@@ -91,11 +94,11 @@ def study(out: Path, weights: Path, *, verify_limit: int | None = 200, batch_siz
     """The whole study on out/data into out/store; returns what it found (the run, its verdict, the report)."""
     import polysem
 
-    store = polysem.Store(out / "store")
+    store = polysem.Store(out / "store", layer=LAYER)  # the layer the study works on; the store holds both
     for split in ("train", "val"):
         summary = polysem.ingest(store, out / "data", split, model="examples.fashion_vit:model", weights=str(weights),
-                                 layer=LAYER, transform="examples.fashion_vit:transform", batch_size=batch_size,
-                                 progress=False)
+                                 layer=[FIRST_BLOCK, LAYER], transform="examples.fashion_vit:transform",
+                                 batch_size=batch_size, progress=False)
         print(f"ingest {split}: {summary.n_written} images")
     polysem.wordnet(store)
     from polysem.errors import ThresholdWarning
@@ -125,8 +128,8 @@ def layernorm_bias(out: Path) -> dict:
 
     import polysem
 
-    store = polysem.Store(out / "store")
-    table = store.sql("SELECT target, input_sum, positions FROM samples WHERE split = 'train'").to_pydict()
+    store = polysem.Store(out / "store", layer=LAYER)
+    table = store.sql("SELECT target, input_sum, positions FROM layer_samples WHERE split = 'train'").to_pydict()
     sums, targets, tokens = np.array(table["input_sum"]), np.array(table["target"]), table["positions"][0]
     classes = sorted(set(targets.tolist()))
     means = np.array([sums[targets == k].mean(0) for k in classes])

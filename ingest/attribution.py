@@ -120,19 +120,14 @@ def input_window_sums(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
 def exact_math() -> Iterator[None]:
     """fp32 convolutions and matrix products on GPUs too: cuDNN's TF32 default would change
     attributions and logits in the fourth digit, and the disentangled model's check compares
-    logits to 1e-4. Attention always takes its general path (see below)."""
+    logits to 1e-4."""
     matmul = torch.backends.cuda.matmul.allow_tf32
-    fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.cuda.matmul.allow_tf32 = False
-    # nn.MultiheadAttention takes another kernel when no input needs a gradient: a layer after a ViT's first
-    # probed block would get other values in a several-layer pass than alone
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def layer_input_sums(x: torch.Tensor, layer: nn.Module, positions: str = DEFAULT_POSITIONS) -> torch.Tensor:
@@ -162,6 +157,9 @@ def attribute_layers(model: nn.Module, layers: list[tuple[nn.Module, str]], imag
     """`attribute_batch` at several layers (module, positions) in one forward and one backward pass: the
     gradient of the summed target logits with respect to every layer's output at once."""
     modules = [module for module, _ in layers]
+    # The blocks between two layers need gradients; alone, a later layer's blocks before it would not. PyTorch takes
+    # nn.MultiheadAttention's fused kernel only without gradients, so with attention between the layers a later
+    # layer's rows differ from its own ingest's within float rounding (docs/ingest.md); elsewhere they are equal.
     # record_function: named ranges for torch.profiler (bench/ingest_profile.py); no cost without a profiler
     with torch.enable_grad(), exact_math(), layers_probe(modules) as seen:
         with record_function("ingest.forward"):

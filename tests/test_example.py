@@ -44,16 +44,22 @@ def test_balanced_indices_take_the_first_images_of_each_class():
 
 
 def test_the_vit_example_runs_its_whole_study_at_a_tiny_size(tmp_path):
-    """examples/fashion_vit.py at 20 train images per class and one epoch: both splits ingested at the MLP's
-    Linear (summed over the 17 tokens), a polysemantic unit split with the logits kept, verified, the report."""
+    """examples/fashion_vit.py at 20 train images per class and one epoch: both splits ingested at both blocks'
+    MLP Linear in one store (summed over the 17 tokens), a polysemantic unit of the last split with the logits
+    kept, verified, the report."""
     import polysem
     from examples import fashion_vit
 
     found = fashion_vit.study(tmp_path, fashion_vit.prepare(tmp_path, 20, 4, 1), verify_limit=20)
     store = polysem.Store(tmp_path / "store")
-    counts = store.sql("SELECT split, count(*) AS n, min(positions) AS t FROM samples GROUP BY split ORDER BY split")
-    assert counts.to_pylist() == [{"split": "train", "n": 200, "t": 17}, {"split": "val", "n": 40, "t": 17}]
-    assert store.meta()["layer_shape"]["kind"] == "linear"
+    counts = store.sql("SELECT layer, split, count(*) AS n, min(positions) AS t FROM samples GROUP BY ALL ORDER BY ALL")
+    assert counts.to_pylist() == [{"layer": layer, "split": split, "n": n, "t": 17}
+                                  for layer in (fashion_vit.FIRST_BLOCK, fashion_vit.LAYER)
+                                  for split, n in (("train", 200), ("val", 40))]
+    layers = store.meta(any_layer=True)["layers"]
+    assert list(layers) == [fashion_vit.FIRST_BLOCK, fashion_vit.LAYER]
+    assert all(shape["kind"] == "linear" for shape in layers.values())
+    assert found["run"] is not None and found["run"].layer == fashion_vit.LAYER
     run = found["run"]
     assert run is not None and run.max_logit_diff < 1e-4
     assert found["verification"].n_images > 0 and (tmp_path / "report" / "index.html").is_file()
