@@ -253,7 +253,7 @@ def relabel_classes(store, class_file: str | os.PathLike[str]) -> list[dict]:
     from polysem.util import atomic
 
     store = as_store(store)
-    store.meta()
+    store.meta(any_layer=True)
     path = Path(class_file)
     entries = read_class_json(path)
     rows = store.reads.class_list().to_pylist()

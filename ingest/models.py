@@ -350,7 +350,7 @@ def stored_code(store, meta: dict | None = None) -> tuple[ResolvedModel, Resolve
     its own say-so. A model object and Datasets (ingest/objects.py) are the ones this process gave the store."""
     from polysem.ingest.objects import DATASET_TRANSFORM, is_object_spec, registered_model, store_source
 
-    meta = store.meta() if meta is None else meta
+    meta = store.meta(any_layer=True) if meta is None else meta
     model_root, transform_root = _cleared(store, meta, "model"), _cleared(store, meta, "transform")
     resolved = registered_model(store, meta) if is_object_spec(meta["model"]) else \
         resolve_model(meta["model"], meta["weights"], model_root, store.path)
@@ -364,7 +364,7 @@ def stored_transform(store, meta: dict | None = None) -> ResolvedTransform:
     from Datasets, a `DatasetSource` reading the Datasets this process gave it."""
     from polysem.ingest.objects import DATASET_TRANSFORM, store_source
 
-    meta = store.meta() if meta is None else meta
+    meta = store.meta(any_layer=True) if meta is None else meta
     if meta["transform"] == DATASET_TRANSFORM:
         return ResolvedTransform(store_source(store, meta), DATASET_TRANSFORM)
     return resolve_transform(meta["transform"], _cleared(store, meta, "transform"), store.path)

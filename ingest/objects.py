@@ -544,7 +544,7 @@ def use(store, *, model: nn.Module | None = None, data: Mapping[str, Dataset] | 
     datasets = _dataset_dict(data)
     normalize = _check_normalize(normalize)
     store.require()
-    meta = store.meta()
+    meta = store.meta(any_layer=True)
     if model is not None:
         _check_model_object(meta, model)
     if normalize is not None and meta["transform"] != DATASET_TRANSFORM:

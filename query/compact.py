@@ -67,7 +67,7 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
 
     store = as_store(store)
     check_text("split", split, none=True)
-    store.meta(require_complete=False)  # refuses a missing store, or one of a newer format (its files)
+    store.meta(require_complete=False, any_layer=True)  # refuses a missing store, or one of a newer format (its files)
     staged = store.path / STAGING / "samples"
     # a split whose folder a killed compaction left in staging only is still a split (`recover_staging`)
     splits = sorted({f.name for f in layout.split_folders(store.path)}

@@ -49,7 +49,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
     report = CheckReport()
     root = store.path
     try:
-        store.meta()
+        store.meta(any_layer=True)
     except IncompleteStore as error:
         # A first ingest stopped: what is missing (the metadata, maybe classes and layer weights) is made
         # from the images and the model, which only ingest has; --repair leaves the store as it is.
@@ -65,16 +65,19 @@ def check_store(store, repair: bool = False) -> CheckReport:
     weight_rows = _footer_rows(root / "layer_weights.parquet", root, report)
 
     try:
-        meta = store.meta()
+        meta = store.meta(any_layer=True)
         runs = store.reads.run_artifacts().to_pylist()
     except PolysemError as error:
         if not any(str(path) in str(error) for path in damaged_parts):  # a damaged part fails the catalog too
             report.problems.append(str(error))
         return report
-    out_channels = meta.get("layer_shape", {}).get("out_channels")
-    if weight_rows is not None and out_channels is not None and weight_rows != out_channels:
-        report.problems.append(f"{root / 'layer_weights.parquet'} has {weight_rows} rows but the layer has "
-                               f"{out_channels} channels; ingest into a new `store`")
+    for i, (name, shape) in enumerate((meta.get("layers") or {}).items()):  # each layer's weight, the first's first
+        path = layout.weights_file(root, name, next(iter(meta["layers"])))
+        rows = weight_rows if i == 0 else _footer_rows(path, root, report)
+        out_channels = (shape or {}).get("out_channels")
+        if rows is not None and out_channels is not None and rows != out_channels:
+            report.problems.append(f"{path} has {rows} rows but layer {name} has {out_channels} channels; ingest "
+                                   "into a new `store`")
     if class_rows == 0:
         report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:

@@ -169,6 +169,11 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         else:
             meta[key] = decoded
     meta["dataset_roots"] = roots
+    for name in [*shapes, *([meta["layer"]] if "layer" in meta else [])]:  # they name folders and files
+        if not isinstance(name, str) or not LAYER_NAME.fullmatch(name) or len(name) > 200:
+            raise StoreError(f"the store's metadata names a layer {name!r}, which is not a name polysem writes (its "
+                             "folder would lie elsewhere); restore the catalog from a backup, or ingest into a new "
+                             "`store`")
     # every layer, the first first: `layer` / `layer_shape` (every format), then the others by name
     meta["layers"] = {meta["layer"]: meta.get("layer_shape")} if "layer" in meta else {}
     meta["layers"].update((name, shape) for name, shape in sorted(shapes.items()) if name not in meta["layers"])

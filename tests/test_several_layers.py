@@ -134,3 +134,27 @@ def test_a_store_of_format_6_reads_as_it_is_and_takes_a_second_layer(cli, tmp_pa
     assert old.sql("SELECT count(*) AS n FROM layer_samples").column("n")[0].as_py() == 30
     assert polysem.screen(old).to_pylist()[0]["channel"] == 0
     assert Store(store, layer="probe").sql("SELECT layer FROM runs").column("layer").to_pylist() == ["probe"]
+
+
+def test_check_and_compact_take_every_layer(cli, stores, tmp_path):
+    store = tmp_path / "both"
+    shutil.copytree(stores / "both", store)
+    checked = cli("check", "--store", store)
+    assert checked.exit_code == 0 and "ok:" in checked.output, checked.output
+    assert cli("compact", "--store", store).exit_code == 0
+    (store / f"layer_weights-{FC2}.parquet").write_bytes(b"")  # the second layer's weight, damaged
+    assert cli("check", "--store", store).exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["../../outside", "a/b", ".hidden", ""])
+def test_a_received_store_naming_a_layer_no_folder_can_have_is_refused(cli, stores, tmp_path, name):
+    """A layer's name names its folders and files: a catalog naming one outside the store is refused by every
+    command before anything is read or written."""
+    store = tmp_path / "both"
+    shutil.copytree(stores / "both", store)
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("INSERT INTO store_meta VALUES (?, '{\"out_channels\": 3}'::JSON)", [f"layer_shape:{name}"])
+    before = snapshot(tmp_path)
+    for args in (["info"], ["screen", "--layer", FC1], ["compact"]):
+        assert_refused(cli(*args, "--store", store), "not a name polysem writes")
+    assert snapshot(tmp_path) == before
