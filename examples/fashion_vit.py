@@ -9,7 +9,7 @@ sums each unit's attribution over the tokens). With 24 units for 10 classes, uni
 
 The study runs through the Python API: ingest of both blocks' `mlp.0` into one store (train and val, one
 forward and one backward pass per batch for the two layers), WordNet similarities, the last block's screening,
-the first polysemantic unit it finds split into its concepts, verified, evaluated, and the report
+the first polysemantic unit it finds split into its concepts, verified, visualised, evaluated, and the report
 (DIR/report/index.html); `polysem screen --store DIR/store --layer encoder.layers.encoder_layer_0.mlp.0` screens
 the first block's. The images are the built-in example's (`examples.fashion_mnist`).
 
@@ -90,7 +90,8 @@ def prepare(out: Path, train_per_class: int = 2000, val_per_class: int = 100, ep
     return weights
 
 
-def study(out: Path, weights: Path, *, verify_limit: int | None = 200, batch_size: int = 256) -> dict:
+def study(out: Path, weights: Path, *, verify_limit: int | None = 200, batch_size: int = 256,
+          visualize_steps: int = 256) -> dict:
     """The whole study on out/data into out/store; returns what it found (the run, its verdict, the report)."""
     import polysem
 
@@ -113,6 +114,8 @@ def study(out: Path, weights: Path, *, verify_limit: int | None = 200, batch_siz
     run = polysem.disentangle(store, row["channel"], concept1=[row["class1"]], concept2=[row["class2"]],
                               progress=False)
     verification = polysem.verify(store, run.run_id, limit=verify_limit, progress=False)
+    # at the model's input size (28 px): the units' objective is summed over the 17 tokens
+    polysem.visualize(store, run.run_id, size=28, steps=visualize_steps, progress=False)
     polysem.evaluate(store, run.run_id)
     report = polysem.report(store, out / "report")
     print(f"unit {run.channel} of {LAYER} split into {row['name1']} and {row['name2']}: "

@@ -50,7 +50,7 @@ def test_the_vit_example_runs_its_whole_study_at_a_tiny_size(tmp_path):
     import polysem
     from examples import fashion_vit
 
-    found = fashion_vit.study(tmp_path, fashion_vit.prepare(tmp_path, 20, 4, 1), verify_limit=20)
+    found = fashion_vit.study(tmp_path, fashion_vit.prepare(tmp_path, 20, 4, 1), verify_limit=20, visualize_steps=4)
     store = polysem.Store(tmp_path / "store")
     counts = store.sql("SELECT layer, split, count(*) AS n, min(positions) AS t FROM samples GROUP BY ALL ORDER BY ALL")
     assert counts.to_pylist() == [{"layer": layer, "split": split, "n": n, "t": 17}

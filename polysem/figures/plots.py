@@ -312,7 +312,8 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     units = list(dict.fromkeys(r["unit"] for r in rows))
     seeds = list(dict.fromkeys(r["seed"] for r in rows))
     by_cell = {(r["seed"], r["unit"]): r for r in rows}
-    figure = Figure(figsize=(3.0 * max(len(units), 1), 3.4 * max(len(seeds), 1) + 0.4))
+    # constrained layout makes room for each picture's wrapped activation line below it
+    figure = Figure(figsize=(3.0 * max(len(units), 1), 3.4 * max(len(seeds), 1) + 0.4), layout="constrained")
     grid = figure.subplots(max(len(seeds), 1), max(len(units), 1), squeeze=False)
     for axes, seed in zip(grid, seeds, strict=False):
         for ax, unit in zip(axes, units, strict=False):
@@ -335,7 +336,6 @@ def visualizations(run: dict | None, rows: list[dict], images: dict, labels: dic
     subject = f"run {run['run_id']}" if run else f"channel {rows[0]['channel']}"
     seed_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     figure.suptitle(f"{subject}: feature visualisations ({rows[0]['size']} px, {seed_text})", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.4 * max(len(seeds), 1) + 0.4)))
     return save(figure, out)
 
 
