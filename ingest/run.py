@@ -51,6 +51,7 @@ from polysem.ingest.store_setup import prepare_on_rank0
 from polysem.ingest.threads import default_threads, torch_threads
 from polysem.query import Store
 from polysem.query.compact import compact_split
+from polysem.query.integrity import incomplete_layers
 from polysem.query.store import as_store
 from polysem.util.checks import check_bool, check_class_list, check_path, check_real, check_text
 
@@ -214,6 +215,8 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
                             "they are listed in ingest_errors; fix them and run this again")
         for layer in setup.layers:
             summary.warnings += zero_attribution_warning(summary, layer.name)
+        if rank == 0:  # a layer of the store this ingest did not complete (another ingest was stopped)
+            summary.warnings += incomplete_layers(store, split)
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             with record_function("ingest.compact"):
                 compact_split(store.path, split, job.first_layer)

@@ -76,6 +76,9 @@ def compact(store, split: str | None = None) -> list[CompactSummary]:
         if split not in splits:
             raise StoreError(f"the store has no split '{split}' (splits: {', '.join(splits) or 'none'}); check `split`")
         splits = [split]
+    if any(store.path.glob("samples/*/part-*.parquet")) or any(store.path.glob("samples/*/compact-*.parquet")):
+        with store.connect(write=True):
+            pass  # files of a store made before layers move into the first layer's folder: the catalog first
     summaries = []
     for name in splits:
         handle = lock_split(store.path, name)

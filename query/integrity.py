@@ -24,7 +24,7 @@ from polysem.query.meta import IncompleteStore
 from polysem.query.recovery import BadPending, pending_records
 from polysem.query.split_lock import lock_split
 
-__all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store"]
+__all__ = ["DAMAGED_SUFFIX", "CheckReport", "check_store", "incomplete_layers"]
 
 ARTIFACT_PATH = re.compile(r"artifacts/[0-9a-f]{10}\.pt")  # the model files polysem writes (method.runs)
 DAMAGED_SUFFIX = ".damaged"  # no `*.parquet` glob of a view or of ingest's resume reads it
@@ -78,6 +78,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
         if rows is not None and out_channels is not None and rows != out_channels:
             report.problems.append(f"{path} has {rows} rows but layer {name} has {out_channels} channels; ingest "
                                    "into a new `store`")
+    report.problems += _layer_problems(store, meta.get("layers") or {})
     if class_rows == 0:
         report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:
@@ -98,6 +99,41 @@ def check_store(store, repair: bool = False) -> CheckReport:
         with store.connect(write=True):
             pass  # records pending runs and sweeps leftovers
     return report
+
+
+def _layer_problems(store, layers: dict) -> list[str]:
+    """Layer folders and weight files of no layer the catalog records (their rows would show in `samples`), and
+    layers that hold fewer of a split's images than another layer (an ingest stopped before it finished)."""
+    root, problems = store.path, []
+    for folder in sorted(root.glob(f"samples/*/{layout.LAYER_PREFIX}*")):
+        if folder.name.removeprefix(layout.LAYER_PREFIX) not in layers:
+            problems.append(f"{folder} holds rows of a layer the store does not record; polysem never writes that: "
+                            "remove the folder, or restore the store from a backup")
+    for path in sorted(root.glob("layer_weights-*.parquet")):
+        if path.stem.removeprefix("layer_weights-") not in layers:
+            problems.append(f"{path} is the weight of a layer the store does not record; remove it")
+    problems += incomplete_layers(store)
+    return problems
+
+
+def incomplete_layers(store, split: str | None = None) -> list[str]:
+    """One line per layer that holds fewer of a split's images than another layer of the store, naming the fix."""
+    counts = store.reads.layer_image_counts().to_pylist()
+    lines = []
+    for name in sorted({row["split"] for row in counts} if split is None else {split}):
+        rows = {row["layer"]: row["n"] for row in counts if row["split"] == name}
+        if not rows:
+            continue
+        most = max(rows.values())
+        for layer in [layer for layer in stored_layers_of(store) if rows.get(layer, 0) < most]:
+            lines.append(f"layer {layer} holds {rows.get(layer, 0)} of split '{name}''s {most} images (an ingest "
+                         f"stopped before it finished): run `polysem ingest DATA_DIR --split {name} --layer {layer}` "
+                         "to complete it")
+    return lines
+
+
+def stored_layers_of(store) -> list[str]:
+    return list(store.meta(any_layer=True).get("layers") or {})
 
 
 def _check_pending(root: Path, report: CheckReport, repair: bool) -> None:

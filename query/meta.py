@@ -174,6 +174,13 @@ def read_meta(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             raise StoreError(f"the store's metadata names a layer {name!r}, which is not a name polysem writes (its "
                              "folder would lie elsewhere); restore the catalog from a backup, or ingest into a new "
                              "`store`")
+    for key, shape in [*((f"layer_shape:{n}", v) for n, v in shapes.items()),
+                       *((("layer_shape", meta["layer_shape"]),) if "layer_shape" in meta else ())]:
+        if not (isinstance(shape, dict) and all(isinstance(shape.get(k), int) and not isinstance(shape.get(k), bool)
+                                                and shape[k] > 0 for k in ("out_channels", "in_channels"))):
+            raise StoreError(f"the store's metadata holds {key} = {json.dumps(shape)[:80]}, not a layer's shape "
+                             "(out_channels and in_channels, whole numbers): polysem never writes that; restore the "
+                             "catalog from a backup, or ingest into a new `store`")
     # every layer, the first first: `layer` / `layer_shape` (every format), then the others by name
     meta["layers"] = {meta["layer"]: meta.get("layer_shape")} if "layer" in meta else {}
     meta["layers"].update((name, shape) for name, shape in sorted(shapes.items()) if name not in meta["layers"])

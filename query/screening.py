@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import overload
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError, StoreError
@@ -43,7 +44,17 @@ def require_counted_once(store: Store, split: str) -> None:
     copied under a second name: its images would count twice in every fraction and mean). Reads the
     parts' footers and the image ids only."""
     meta = store.meta()
-    for path in layout.layer_files(store.path, split, meta["layer"], next(iter(meta["layers"]), None)):
+    first = next(iter(meta["layers"]), None)
+    weights = layout.weights_file(store.path, meta["layer"], first or meta["layer"])
+    try:
+        rows = pq.ParquetFile(weights).metadata.num_rows
+    except (OSError, ValueError):
+        rows = None  # missing or damaged: the query names it with its fix
+    if rows is not None and rows != meta["layer_shape"]["out_channels"]:
+        raise StoreError(f"{weights.relative_to(store.path)} holds {rows} channels but layer {meta['layer']} records "
+                         f"{meta['layer_shape']['out_channels']}; the store is damaged or was edited: restore it from a "
+                         "backup, or ingest into a new `store`")
+    for path in layout.layer_files(store.path, split, meta["layer"], first):
         try:
             problem = layout.schema_problem("samples", path)
         except (OSError, ValueError):

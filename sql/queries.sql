@@ -32,6 +32,10 @@ SELECT count(*) AS n FROM layer_samples WHERE split = $split;
 SELECT image_id, any_value(path) AS path, count(*) AS n FROM layer_samples WHERE split = $split
 GROUP BY image_id HAVING count(*) > 1 ORDER BY image_id LIMIT 1;
 
+-- name: layer_image_counts
+-- Stored images per layer and split (every layer's: `samples`, its image ids only): layer, split, n.
+SELECT layer, split, count(*) AS n FROM samples GROUP BY layer, split ORDER BY layer, split;
+
 -- name: split_summary
 -- Images per split: split, n_images, n_errors, n_classes (the split_counts view).
 SELECT * FROM split_counts;

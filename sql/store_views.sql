@@ -57,7 +57,8 @@ CREATE OR REPLACE VIEW layers AS
 SELECT (SELECT value ->> '$' FROM store_meta WHERE key = 'layer') AS name, value AS shape, 0 AS ordinal
 FROM store_meta WHERE key = 'layer_shape'
 UNION ALL
-SELECT substr(key, length('layer_shape:') + 1) AS name, value AS shape, 1 AS ordinal
+SELECT substr(key, length('layer_shape:') + 1) AS name, value AS shape,
+       row_number() OVER (ORDER BY key) AS ordinal  -- the others by name, as `polysem info` lists them
 FROM store_meta WHERE key LIKE 'layer\_shape:%' ESCAPE '\'
   AND substr(key, length('layer_shape:') + 1) <> (SELECT value ->> '$' FROM store_meta WHERE key = 'layer');
 

@@ -49,7 +49,8 @@ def parts_store(tmp_path):
     atomic.write_atomic(layout.LAYER_WEIGHTS.empty_table(), path / "layer_weights.parquet")
     write_parts(path)
     with Store(path).transaction(create=True) as tx:  # metadata a first ingest would record: a complete store
-        write_meta(tx.conn, {key: "test" for key in REQUIRED_META} | {"schema_version": SCHEMA_VERSION})
+        write_meta(tx.conn, {key: "test" for key in REQUIRED_META} | {"schema_version": SCHEMA_VERSION,
+                                                                    "layer_shape": {"out_channels": 4, "in_channels": 3}})
     return Store(path)
 
 

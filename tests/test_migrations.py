@@ -98,9 +98,9 @@ def test_every_command_on_an_old_store(cli, old_store, tmp_path, monkeypatch):
         assert result.exit_code == 0, (args, result.output)
         return result.stdout  # progress bars go to stderr
 
-    ok("compact")  # Parquet only: the catalog stays as it was
-    assert stored_format(catalog) == {"format": "2"}
     ok("screen", "--concepts")  # the first command that records migrates the catalog
+    assert stored_format(catalog) == {"schema_version": str(SCHEMA_VERSION)}
+    ok("compact")  # moves the old files into the first layer's folder, the catalog migrated
     assert stored_format(catalog) == {"schema_version": str(SCHEMA_VERSION)}
     shutil.copytree(data / "val", tmp_path / "more" / "holdout")  # a new split goes in beside the old ones
     assert "12 images stored, 0 already there" in ok("ingest", tmp_path / "more", "--split", "holdout")

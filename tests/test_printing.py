@@ -152,6 +152,7 @@ def test_feature_visualisation_captions_fit_their_figure(tmp_path, monkeypatch):
     plots.visualizations({"run_id": "abcdef0123"}, rows, images, labels, tmp_path / "v.png")
     figure = figures[0]
     FigureCanvasAgg(figure)
+    figure.canvas.draw()  # as saving does: the layout is made when the figure is drawn
     renderer = figure.canvas.get_renderer()
     box = figure.bbox
     texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]

@@ -158,3 +158,72 @@ def test_a_received_store_naming_a_layer_no_folder_can_have_is_refused(cli, stor
     for args in (["info"], ["screen", "--layer", FC1], ["compact"]):
         assert_refused(cli(*args, "--store", store), "not a name polysem writes")
     assert snapshot(tmp_path) == before
+
+
+def test_a_layer_an_ingest_left_unfinished_is_named_by_the_next_ingest_and_by_check(cli, images, stores, tmp_path):
+    """fc1 holds only some of train's images (an ingest stopped); adding fc2 stores all of them, and both the
+    ingest and `check` say which layer is short and how to complete it."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "short"
+    shutil.copytree(stores / "fc1", store)
+    [part] = store.glob(f"samples/train/layer={FC1}/*.parquet")
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, 6), part)  # 6 of the 15 images kept, as a stopped ingest leaves them
+    summary = polysem.ingest(store, images, "train", layer=FC2, **MODEL)
+    assert summary.n_written == 15
+    assert summary.warnings == [f"layer {FC1} holds 6 of split 'train''s 15 images (an ingest stopped before it "
+                                f"finished): run `polysem ingest DATA_DIR --split train --layer {FC1}` to complete it"]
+    checked = cli("check", "--store", store)
+    assert checked.exit_code == 2 and f"layer {FC1} holds 6 of split 'train''s 15 images" in checked.output
+    polysem.ingest(store, images, "train", layer=FC1, **MODEL)  # completes it
+    assert f"layer {FC2} holds 0 of split 'val''s 9 images" in cli("check", "--store", store).output
+    polysem.ingest(store, images, "val", **MODEL)  # every layer the store holds: fc2's val images
+    completed = cli("check", "--store", store)
+    assert completed.exit_code == 0, completed.output
+
+
+def test_stray_layer_folders_and_weights_are_named_by_check(cli, stores, tmp_path):
+    store = tmp_path / "stray"
+    shutil.copytree(stores / "fc1", store)
+    [part] = store.glob(f"samples/train/layer={FC1}/*.parquet")
+    (store / "samples" / "train" / "layer=evil").mkdir()
+    shutil.copyfile(part, store / "samples" / "train" / "layer=evil" / part.name)
+    shutil.copyfile(store / "layer_weights.parquet", store / "layer_weights-ghost.parquet")
+    checked = cli("check", "--store", store)
+    assert checked.exit_code == 2
+    assert "layer=evil holds rows of a layer the store does not record" in checked.output
+    assert "layer_weights-ghost.parquet is the weight of a layer the store does not record" in checked.output
+
+
+@pytest.mark.parametrize("shape", ['"bogus"', '{"out_channels": 3}', '{"out_channels": 3, "in_channels": -1}'])
+def test_a_layer_shape_polysem_never_writes_is_refused_in_one_line(cli, stores, tmp_path, shape):
+    store = tmp_path / "both"
+    shutil.copytree(stores / "both", store)
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE store_meta SET value = ?::JSON WHERE key = ?", [shape, f"layer_shape:{FC2}"])
+    before = snapshot(store)
+    for args in (["info"], ["screen", "--layer", FC2]):
+        assert_refused(cli(*args, "--store", store), f"layer_shape:{FC2}", "not a layer's shape")
+    assert snapshot(store) == before
+
+
+def test_a_layer_shape_that_contradicts_its_weight_is_refused_by_the_screening(cli, stores, tmp_path):
+    store = tmp_path / "both"
+    shutil.copytree(stores / "both", store)
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE store_meta SET value = json_merge_patch(value, '{\"out_channels\": 99}') WHERE key = ?",
+                    [f"layer_shape:{FC2}"])
+    assert_refused(cli("screen", "--store", store, "--layer", FC2), f"layer_weights-{FC2}.parquet holds 3 channels",
+                   "records 99")
+
+
+def test_compacting_a_store_of_format_6_migrates_its_catalog_first(cli, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "format6" / "store", store)
+    assert cli("compact", "--store", store).exit_code == 0
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        version = con.execute("SELECT value ->> '$' FROM store_meta WHERE key = 'schema_version'").fetchone()[0]
+        layers = con.execute("SELECT DISTINCT layer FROM runs").fetchall()
+    assert version == "7" and layers == [("probe",)]
+    assert [p.parent.name for p in store.glob("samples/*/*/*.parquet")] == ["layer=probe"] * 2
