@@ -74,7 +74,16 @@ def ctrl_c(cursor) -> None:
     _thread.interrupt_main()
 
 
-def test_ctrl_c_stops_a_long_query_in_process(colour_store, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as a command starts with: interrupt_main does nothing under another (a test
+    run before in the same worker may have left one)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_a_long_query_in_process(colour_store, monkeypatch, python_sigint):
     store = Store(colour_store)
     before = snapshot(colour_store)
     once_the_long_query_runs(monkeypatch, ctrl_c)
@@ -109,7 +118,7 @@ def test_an_interrupt_from_duckdb_is_a_keyboard_interrupt(colour_store, monkeypa
     assert snapshot(colour_store) == before
 
 
-def test_ctrl_c_on_the_command_line_exits_130(cli, colour_store, monkeypatch):
+def test_ctrl_c_on_the_command_line_exits_130(cli, colour_store, monkeypatch, python_sigint):
     before = snapshot(colour_store)
     once_the_long_query_runs(monkeypatch, ctrl_c)
     result = cli("sql", LONG_QUERY, "--store", colour_store)
