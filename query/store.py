@@ -329,7 +329,8 @@ class Store:
         layers = meta.get("layers") or {}
         chosen = self.layer
         if chosen is None and len(layers) > 1 and not any_layer:
-            raise LayerChoice(f"the store holds {len(layers)} layers ({', '.join(layers)}): choose one with `layer`")
+            raise LayerChoice(f"the store holds {len(layers)} layers ({', '.join(layers)}): choose one with `layer` "
+                              "(in Python: polysem.Store(path, layer=NAME))")
         if chosen is not None and layers and chosen not in layers:
             raise StoreError(f"the store holds no layer {chosen!r}; its layers: {', '.join(layers)} "
                              "(choose one with `layer`)")
