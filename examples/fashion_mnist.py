@@ -113,10 +113,15 @@ def write_image_folder(dataset, indices: list[int], out: Path) -> None:
             Image.fromarray(dataset.data[index].numpy(), mode="L").save(path)
 
 
+def normalised(pixels: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """N x 28 x 28 uint8 pixels as the transform makes them: N x channels x 28 x 28, normalised."""
+    return ((pixels.float() / 255 - MEAN) / STD).unsqueeze(1).expand(-1, channels, -1, -1)
+
+
 def train(dataset, indices: list[int], epochs: int = 10, seed: int = 0, sparsity: float = 0.3) -> nn.Module:
     torch.manual_seed(seed)
     net = FashionCNN()
-    images = ((dataset.data[indices].float() / 255 - MEAN) / STD).unsqueeze(1)
+    images = normalised(dataset.data[indices])
     labels = dataset.targets[indices]
     optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(epochs):
@@ -131,8 +136,9 @@ def train(dataset, indices: list[int], epochs: int = 10, seed: int = 0, sparsity
     return net.eval()
 
 
-def accuracy(net: nn.Module, dataset) -> float:
-    images = ((dataset.data.float() / 255 - MEAN) / STD).unsqueeze(1)
+def accuracy(net: nn.Module, dataset, channels: int = 1) -> float:
+    """The share of the dataset's images the model classifies right (`channels`: the model's input channels)."""
+    images = normalised(dataset.data, channels)
     with torch.no_grad():
         predictions = torch.cat([net(images[i : i + 1000]).argmax(1) for i in range(0, len(images), 1000)])
     return (predictions == dataset.targets).float().mean().item()

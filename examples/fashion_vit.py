@@ -53,7 +53,7 @@ transform = transforms.Compose([transforms.Grayscale(3), transforms.ToTensor(),
 def train(dataset, indices: list[int], epochs: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = model().train()
-    images = ((dataset.data[indices].float() / 255 - MEAN) / STD).unsqueeze(1).expand(-1, 3, -1, -1)
+    images = fashion_mnist.normalised(dataset.data[indices], channels=3)
     labels = dataset.targets[indices]
     optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
     for _ in range(epochs):
@@ -66,13 +66,6 @@ def train(dataset, indices: list[int], epochs: int, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def accuracy(net: nn.Module, dataset) -> float:
-    images = ((dataset.data.float() / 255 - MEAN) / STD).unsqueeze(1).expand(-1, 3, -1, -1)
-    with torch.no_grad():
-        predictions = torch.cat([net(images[i : i + 1000]).argmax(1) for i in range(0, len(images), 1000)])
-    return (predictions == dataset.targets).float().mean().item()
-
-
 def prepare(out: Path, train_per_class: int = 2000, val_per_class: int = 100, epochs: int = 6) -> Path:
     """out/data/{train,val} (the built-in example's images) and out/fashion_vit.pt (cached); the weights path."""
     train_set, test_set, indices = fashion_mnist.prepare_images(out, train_per_class, val_per_class)
@@ -82,7 +75,7 @@ def prepare(out: Path, train_per_class: int = 2000, val_per_class: int = 100, ep
         return weights
     start = time.time()
     net = train(train_set, indices, epochs)
-    acc = accuracy(net, test_set)
+    acc = fashion_mnist.accuracy(net, test_set, channels=3)
     torch.save(net.state_dict(), weights)
     report.write_text(json.dumps({"test_accuracy": acc, "train_images": len(indices), "seconds": time.time() - start}))
     print(f"model: trained on {len(indices)} images in {time.time() - start:.0f} s, test accuracy {acc:.3f} "
