@@ -11,6 +11,7 @@ reader's private copy), `sandbox` (what user SQL may do), `serialise` (results a
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 import threading
@@ -58,16 +59,36 @@ def default_store_path() -> Path:
     return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
-# Prepared catalog copies by (store's real path, catalog stamp): every Store object of a process that reads
-# the same catalog state opens a copy of these bytes instead of defining every view and macro again (about
-# 100 ms each). A write through this process forgets the store's entries; another process's commit changes
-# the stamp.
-_PREPARED: dict[tuple[str, tuple], bytes] = {}
+# Prepared catalog copies by what preparing reads: the copied catalog's bytes and the Parquet files the views
+# read when they are defined (name, size, modification time). Every Store object of a process that reads the same
+# store unchanged, or a copy of it, opens a copy of the prepared bytes instead of defining every view and macro
+# again (about 100 ms each). The views name their files relative to the store (file_search_path, set per
+# connection), so prepared bytes serve any store that holds those bytes and files.
+_PREPARED: dict[str, bytes] = {}
 _PREPARED_LOCK = threading.Lock()
 _PREPARED_MAX_BYTES = 64 << 20
 
 
-def remember_snapshot(key: tuple[str, tuple], copy: Path) -> None:
+def snapshot_key(copy: Path, store: Path) -> str:
+    """What preparing `copy` (a copy of `store`'s catalog) reads: the copy's bytes, its write-ahead log's, and
+    the name, size and modification time of each Parquet file of the store."""
+    digest = hashlib.sha256(copy.read_bytes())
+    wal = copy.with_name(copy.name + ".wal")
+    if wal.is_file():
+        digest.update(b"\0wal\0" + wal.read_bytes())
+    for folder, _, names in sorted(os.walk(store)):
+        for name in sorted(names):
+            if name.endswith(".parquet"):
+                try:
+                    info = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                relative = os.path.relpath(os.path.join(folder, name), store)
+                digest.update(f"\0{relative}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def remember_snapshot(key: str, copy: Path) -> None:
     if copy.with_name(copy.name + ".wal").exists():
         return  # a copy left with a write-ahead log is not one file
     data = copy.read_bytes()
@@ -76,13 +97,6 @@ def remember_snapshot(key: tuple[str, tuple], copy: Path) -> None:
             _PREPARED.pop(next(iter(_PREPARED)))  # the oldest first
         if len(data) <= _PREPARED_MAX_BYTES:
             _PREPARED[key] = data
-
-
-def forget_snapshots(store: Path) -> None:
-    real = os.path.realpath(store)
-    with _PREPARED_LOCK:
-        for key in [key for key in _PREPARED if key[0] == real]:
-            del _PREPARED[key]
 
 
 class Store:
@@ -188,7 +202,6 @@ class Store:
             raise
         finally:
             conn.close()
-            forget_snapshots(self.path)
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
         """The connection user SQL runs on, rebuilt only when the catalog changed.
@@ -226,15 +239,15 @@ class Store:
         os.close(fd)
         copy = Path(name)
         try:
-            key = (os.path.realpath(self.path), stamp(self.catalog_path))
+            copy_catalog(self.catalog_path, copy, self.path)
+            key = snapshot_key(copy, self.path)
             prepared = _PREPARED.get(key)
             if prepared is not None:
+                copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                copy_catalog(self.catalog_path, copy, self.path)
                 self._prepare_copy(copy)
-                if stamp(self.catalog_path) == key[1]:  # no writer committed while it was copied
-                    remember_snapshot(key, copy)
+                remember_snapshot(key, copy)
             try:
                 conn = quiet(duckdb.connect(str(copy), read_only=True,
                                             config={**SANDBOX, "file_search_path": str(self.path)}))

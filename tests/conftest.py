@@ -1,7 +1,10 @@
+import functools
 import os
 from pathlib import Path
 
 import pytest
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 from polysem.cli import app
@@ -19,6 +22,10 @@ from tests.helpers import (  # noqa: F401  re-exported: tests import these from 
 )
 
 os.environ.setdefault("POLYSEM_OFFLINE", "1")  # never try to download weights in tests
+
+# typer's CliRunner builds the click command from every command's signature on each invoke (30 ms); the app
+# does not change during a run, so every CliRunner of the suite runs one command built once
+typer.testing._get_command = functools.cache(typer.main.get_command)
 
 # tests/cuda runs on a GPU machine only (bench/device_check.sh sets this): on a CPU its tests could only fail
 collect_ignore = [] if os.environ.get("POLYSEM_CUDA_TESTS") == "1" else ["cuda"]

@@ -197,5 +197,6 @@ def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_s
         return real(conn, *args, **kwargs)
 
     monkeypatch.setattr(store_module, "prepare_catalog", swapped_once)
+    monkeypatch.setattr(store_module, "_PREPARED", {})  # prepare this store, though another test prepared its copy
     assert Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
     assert len(calls) == 2

@@ -1,6 +1,7 @@
 """Readers never lock out writers, a busy catalog loses no work, damaged files and bad outputs get one line."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,6 +136,26 @@ def test_store_objects_of_one_process_see_each_others_writes_and_another_process
                     store / "catalog.duckdb")
     assert writer.wait(timeout=60) == 0, writer.stderr.read()
     assert first.sql(count).to_pylist() == Store(store).sql(count).to_pylist() == [{"n": 2}]
+
+
+def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_differs(store, tmp_path, monkeypatch,
+                                                                                        cli):
+    """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
+    of the store); a copy with one file changed is prepared again, so its damage is named as a fresh store's."""
+    from polysem.query import store as store_module
+
+    prepared = []
+    real = store_module.prepare_catalog
+    monkeypatch.setattr(store_module, "prepare_catalog", lambda *a, **k: prepared.append(1) or real(*a, **k))
+    monkeypatch.setattr(store_module, "_PREPARED", {})
+    count = "SELECT count(*) AS n FROM samples"
+    n = Store(store).sql(count).to_pylist()
+    assert len(prepared) == 1
+    copy = shutil.copytree(store, tmp_path / "copy")  # copy2: sizes and modification times kept
+    assert Store(copy).sql(count).to_pylist() == n and len(prepared) == 1
+    rewrite_column(train_part(copy), "positive_sum", lambda table: table.column("positive_sum").cast("string"))
+    assert_refused(cli("sql", count, "--store", copy), "samples/train/")
+    assert len(prepared) == 2
 # -- 5. damaged files: one line naming the file and the fix ------------------------------------
 
 def truncate(path: Path) -> None:
