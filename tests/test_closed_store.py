@@ -8,8 +8,6 @@ before anything is written: the user's files and the store stay byte-identical."
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ import pytest
 from polysem.query import Store
 from polysem.query.compact import compact, lock_split
 from polysem.query.screening import sweep
-from tests.helpers import ROOT, assert_refused, snapshot
+from tests import zygote
+from tests.helpers import assert_refused, snapshot
 
 OLD = time.time() - 3600  # older than the sweep's minute: a file the sweep would take if it were the store's
 
@@ -110,8 +109,7 @@ print(json.dumps(out))
 
 
 def run_cases(cases: dict[str, list[str]]) -> dict[str, list]:
-    done = subprocess.run([sys.executable, "-c", FIFO_DRIVER, json.dumps(cases)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = zygote.run(json.dumps(cases), code=FIFO_DRIVER, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -7,8 +7,6 @@ The same code runs on CUDA (device="cuda"); the test marked for CUDA runs where 
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -25,6 +23,7 @@ from polysem.ingest.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_transfor
 from polysem.query import Store
 from polysem.util.images import read_for_decoding
 from tests.helpers import ROOT, TINY, assert_refused, jpeg_pixels, kill_when_parts, make_jpeg_folder, snapshot
+from tests import zygote
 from tests.models import tiny_net
 
 CPU = torch.device("cpu")
@@ -297,9 +296,8 @@ def test_the_device_decoder_is_checked_before_anything_is_written(tmp_path, monk
 
 
 def polysem_process(*args):
-    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """`python -m polysem.cli ARGS` in a process of its own (forked from the worker's zygote: tests/zygote.py)."""
+    return zygote.polysem_process(*args, env={**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
 
 
 def test_kill_and_resume_with_the_tensor_decoder_gives_identical_rows(tmp_path, cli, monkeypatch):

@@ -25,6 +25,7 @@ import polysem
 from polysem.errors import ArgumentError, ArgumentRange
 from polysem.query import Store
 from tests.helpers import ROOT, TINY, assert_refused, make_image_folder
+from tests.zygote import polysem_process
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
 STARTUP = 12  # seconds a rank may take to import torch, load the model and probe it on a busy 2-core machine
@@ -43,8 +44,7 @@ def rank(number: int, world_size: int, port: int, *args, pythonpath: str = "") -
            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     for name in ("TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT"):
         env.pop(name, None)
-    return subprocess.Popen([sys.executable, "-m", "polysem.cli", "ingest", *map(str, args), "--device", "cpu"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return polysem_process("ingest", *args, "--device", "cpu", env=env, text=True)
 
 
 def lines(output: str) -> list[str]:

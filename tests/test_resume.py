@@ -12,14 +12,14 @@ import pytest
 from polysem.query import Store
 
 from tests.helpers import ROOT, TINY, kill_when_parts, make_image_folder
+from tests.zygote import polysem_process
 
 SLOW = ["--model", "tests.models:tiny_net", "--layer", "probe", "--transform", "tests.models:slow"]
 
 
-def polysem(*args, extra_env=None, **kwargs):
-    env = {**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "polysem.cli", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+def polysem(*args):
+    """`python -m polysem.cli ARGS` in a process of its own (forked from the worker's zygote: tests/zygote.py)."""
+    return polysem_process(*args, env={**os.environ, "POLYSEM_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
 
 
 def rows(store_path):

@@ -5,8 +5,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,8 @@ import polysem
 from polysem.errors import ArgumentError
 from polysem.query import Store
 from polysem.util.images import ImageRefused, open_image
-from tests.helpers import ROOT, TINY, assert_refused, make_image_folder, snapshot
+from tests import zygote
+from tests.helpers import TINY, assert_refused, make_image_folder, snapshot
 
 PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS  # Pillow's default, about 89.5 million
 
@@ -54,9 +53,8 @@ def test_special_files_and_a_huge_image_are_listed_and_never_block(data_dir, sto
     add_special_files(cat)
     big_png(dog / "999-big.png")
     env = {**os.environ, "POLYSEM_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "polysem.cli", "ingest", str(data_dir), "--store", str(store_path),
-                          *TINY, "--num-workers", "1", "--batch-size", "4"],
-                         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = zygote.run("ingest", data_dir, "--store", store_path, *TINY, "--num-workers", "1", "--batch-size", "4",
+                     env=env, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "10 images stored, 0 already there, 4 unreadable" in run.stdout
     assert "DecompressionBomb" not in run.stderr and "decompression bomb" not in run.stderr.lower(), run.stderr

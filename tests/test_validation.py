@@ -120,15 +120,11 @@ def test_a_store_with_incomplete_metadata_is_completed_by_the_next_ingest(cli, d
 
 
 def test_concurrent_first_ingests_of_two_splits_keep_both_roots(data_dir, store_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
+    from tests.zygote import polysem_process
 
     env = {**os.environ, "POLYSEM_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen([sys.executable, "-m", "polysem.cli", "ingest", str(data_dir), "--split", split,
-                              "--store", str(store_path), *TINY], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for split in ("train", "val")]
+    runs = [polysem_process("ingest", data_dir, "--split", split, "--store", store_path, *TINY, env=env)
+            for split in ("train", "val")]
     for run in runs:
         output = run.communicate(timeout=120)[0].decode()
         assert run.returncode == 0, output
