@@ -37,6 +37,7 @@ from polysem.query.meta import (
     prepare_catalog,
     read_meta,
     recorded_decode,
+    refresh_catalog,
     stored_layers,
 )
 from polysem.query.output_paths import check_output
@@ -62,20 +63,22 @@ def default_store_path() -> Path:
 # Prepared catalog copies by what preparing reads: the copied catalog's bytes and the Parquet files the views
 # read when they are defined (name, size, modification time). Every Store object of a process that reads the same
 # store unchanged, or a copy of it, opens a copy of the prepared bytes instead of defining every view and macro
-# again (about 100 ms each). The views name their files relative to the store (file_search_path, set per
-# connection), so prepared bytes serve any store that holds those bytes and files.
-_PREPARED: dict[str, bytes] = {}
+# again (about 100 ms each); a catalog state met first (after a write) starts from the prepared copy of the same
+# files and takes the new state's rows (`refresh_catalog`). The views name their files relative to the store
+# (file_search_path, set per connection), so prepared bytes serve any store that holds those bytes and files.
+_PREPARED: dict[tuple[str, str], bytes] = {}
 _PREPARED_LOCK = threading.Lock()
 _PREPARED_MAX_BYTES = 64 << 20
 
 
-def snapshot_key(copy: Path, store: Path) -> str:
-    """What preparing `copy` (a copy of `store`'s catalog) reads: the copy's bytes, its write-ahead log's, and
-    the name, size and modification time of each Parquet file of the store."""
-    digest = hashlib.sha256(copy.read_bytes())
+def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
+    """What preparing `copy` (a copy of `store`'s catalog) reads: (a digest of the copy's bytes and its write-ahead
+    log's, a digest of the name, size and modification time of each Parquet file of the store)."""
+    catalog = hashlib.sha256(copy.read_bytes())
     wal = copy.with_name(copy.name + ".wal")
     if wal.is_file():
-        digest.update(b"\0wal\0" + wal.read_bytes())
+        catalog.update(b"\0wal\0" + wal.read_bytes())
+    digest = hashlib.sha256()
     for folder, _, names in sorted(os.walk(store)):
         for name in sorted(names):
             if name.endswith(".parquet"):
@@ -85,10 +88,10 @@ def snapshot_key(copy: Path, store: Path) -> str:
                     continue
                 relative = os.path.relpath(os.path.join(folder, name), store)
                 digest.update(f"\0{relative}\0{info.st_size}\0{info.st_mtime_ns}".encode())
-    return digest.hexdigest()
+    return catalog.hexdigest(), digest.hexdigest()
 
 
-def remember_snapshot(key: str, copy: Path) -> None:
+def remember_snapshot(key: tuple[str, str], copy: Path) -> None:
     if copy.with_name(copy.name + ".wal").exists():
         return  # a copy left with a write-ahead log is not one file
     data = copy.read_bytes()
@@ -246,7 +249,9 @@ class Store:
                 copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                self._prepare_copy(copy)
+                same_files = next((data for (_, files), data in reversed(_PREPARED.items()) if files == key[1]), None)
+                if same_files is None or not self._refresh_copy(same_files, copy):
+                    self._prepare_copy(copy)
                 remember_snapshot(key, copy)
             try:
                 conn = quiet(duckdb.connect(str(copy), read_only=True,
@@ -259,6 +264,27 @@ class Store:
             copy.unlink(missing_ok=True)
             copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
         return conn
+
+    def _refresh_copy(self, prepared: bytes, copy: Path) -> bool:
+        """Make `copy` the `prepared` bytes (another catalog state's prepared copy, of the same Parquet files) with
+        the copy's rows, where `refresh_catalog` finds that equal to preparing it; False leaves the copy as it was."""
+        if copy.with_name(copy.name + ".wal").exists():
+            return False  # rows DuckDB has not written into the file yet: prepare (it folds them in)
+        work = copy.with_name(copy.name + ".refresh")
+        work.write_bytes(prepared)
+        try:
+            with duckdb.connect(str(work), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
+                conn.execute("ATTACH ? AS polysem_fresh (READ_ONLY)", [str(copy)])
+                refreshed = refresh_catalog(conn, "polysem_fresh")
+                conn.execute("DETACH polysem_fresh")
+            if refreshed:
+                os.replace(work, copy)
+            return refreshed
+        except duckdb.Error:
+            return False  # preparing the copy names what is wrong with it
+        finally:
+            work.unlink(missing_ok=True)
+            work.with_name(work.name + ".wal").unlink(missing_ok=True)
 
     def _prepare_copy(self, copy: Path) -> None:
         """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone

@@ -208,3 +208,22 @@ SELECT * FROM screen_sweep($taus, $ps, $gammas, split_name := $split, correct_on
 -- name: run_list
 -- Every run of `runs`, by run id.
 SELECT * FROM runs ORDER BY run_id;
+
+-- name: catalog_tables
+-- The base tables of the attached database $database, each with its columns as 'name type' in order (a prepared catalog copy takes another catalog's rows only from the same tables).
+SELECT t.table_name, list(c.column_name || ' ' || c.data_type ORDER BY c.column_index) AS columns
+FROM duckdb_tables() t JOIN duckdb_columns() c USING (database_name, schema_name, table_name)
+WHERE t.database_name = $database AND NOT t.temporary
+GROUP BY ALL ORDER BY ALL;
+
+-- name: catalog_objects
+-- Every view, macro, sequence, index, type and schema but main of the attached database $database (kind, name).
+SELECT 'view' AS kind, view_name AS name FROM duckdb_views() WHERE database_name = $database AND NOT internal
+UNION ALL SELECT 'macro', function_name FROM duckdb_functions()
+WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro')
+UNION ALL SELECT 'sequence', sequence_name FROM duckdb_sequences() WHERE database_name = $database
+UNION ALL SELECT 'index', index_name FROM duckdb_indexes() WHERE database_name = $database
+UNION ALL SELECT 'type', type_name FROM duckdb_types() WHERE database_name = $database AND NOT internal
+UNION ALL SELECT 'schema', schema_name FROM duckdb_schemas()
+WHERE database_name = $database AND NOT internal AND schema_name <> 'main'
+ORDER BY ALL;

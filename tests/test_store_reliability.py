@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute
 import pytest
@@ -142,12 +143,7 @@ def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_d
                                                                                         cli):
     """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
     of the store); a copy with one file changed is prepared again, so its damage is named as a fresh store's."""
-    from polysem.query import store as store_module
-
-    prepared = []
-    real = store_module.prepare_catalog
-    monkeypatch.setattr(store_module, "prepare_catalog", lambda *a, **k: prepared.append(1) or real(*a, **k))
-    monkeypatch.setattr(store_module, "_PREPARED", {})
+    prepared = count_preparations(monkeypatch)
     count = "SELECT count(*) AS n FROM samples"
     n = Store(store).sql(count).to_pylist()
     assert len(prepared) == 1
@@ -155,6 +151,61 @@ def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_d
     assert Store(copy).sql(count).to_pylist() == n and len(prepared) == 1
     rewrite_column(train_part(copy), "positive_sum", lambda table: table.column("positive_sum").cast("string"))
     assert_refused(cli("sql", count, "--store", copy), "samples/train/")
+    assert len(prepared) == 2
+
+
+def every_object(store: Store) -> dict[str, list]:
+    """The rows of every table and view of the store's reader (views of the layer it works on)."""
+    names = [row["name"] for row in store.sql(
+        "SELECT table_name AS name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database() "
+        "UNION SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").to_pylist()]
+    assert {"runs", "samples", "layer_samples", "class_means", "arv"} <= set(names)
+    return {name: sorted(map(str, store.sql(f'SELECT * FROM "{name}"').to_pylist())) for name in names}
+
+
+def count_preparations(monkeypatch) -> list:
+    """A list that grows by one whenever a reader prepares a catalog copy from scratch, from now on."""
+    from polysem.query import store as store_module
+
+    prepared = []
+    real = Store._prepare_copy
+    monkeypatch.setattr(Store, "_prepare_copy", lambda self, copy: prepared.append(1) or real(self, copy))
+    monkeypatch.setattr(store_module, "_PREPARED", {})
+    return prepared
+
+
+def test_a_catalog_state_after_a_write_reads_as_a_prepared_one(store, monkeypatch):
+    """After a write, a reader starts from the prepared copy of the same files and takes the new rows: every table
+    and view reads as a copy prepared from scratch would."""
+    from polysem.query import store as store_module
+
+    prepared = count_preparations(monkeypatch)
+    Store(store).sql("SELECT 1")
+    with Store(store).connect(write=True) as conn:
+        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25), (1, 2, 0.5)")
+    with Store(store).connect(write=True) as conn:
+        conn.execute("DELETE FROM class_similarity WHERE class1 = 1")
+    refreshed = every_object(Store(store))
+    assert len(prepared) == 1, "the new state is refreshed, not prepared"
+    monkeypatch.setattr(store_module, "_PREPARED", {})
+    assert every_object(Store(store)) == refreshed and len(prepared) == 2
+    assert refreshed["class_similarity"] == [str({"class1": 0, "class2": 2, "path_similarity": 0.25})]
+
+
+@pytest.mark.parametrize("change", ["a view of its own", "a table of its own", "a column more"])
+def test_a_catalog_holding_more_than_polysem_wrote_is_prepared_again(store, monkeypatch, change):
+    """A catalog state holding an object polysem never defines, or a table of other columns, is prepared from
+    scratch (what preparing keeps, it keeps): the prepared copy of the state before is not reused."""
+    prepared = count_preparations(monkeypatch)
+    Store(store).sql("SELECT 1")
+    statement = {"a view of its own": "CREATE VIEW mine AS SELECT 42 AS answer",
+                 "a table of its own": "CREATE TABLE mine AS SELECT 42 AS answer",
+                 "a column more": "ALTER TABLE class_similarity ADD COLUMN answer INTEGER DEFAULT 42"}[change]
+    with duckdb.connect(str(store / "catalog.duckdb")) as conn:
+        conn.execute(statement)
+    reader = Store(store)
+    query = "SELECT answer FROM mine" if "own" in change else "SELECT count(answer) AS answer FROM class_similarity"
+    assert reader.sql(query).to_pylist() in ([{"answer": 42}], [{"answer": 0}])
     assert len(prepared) == 2
 # -- 5. damaged files: one line naming the file and the fix ------------------------------------
 
