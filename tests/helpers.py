@@ -265,6 +265,15 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
 
 # -- processes ------------------------------------------------------------------------------------
 
+def forget_prepared(monkeypatch) -> None:
+    """This process's prepared catalog copies and open snapshots forgotten for the test: the next read of any store
+    prepares its catalog copy from scratch."""
+    from polysem.query import store as store_module
+
+    monkeypatch.setattr(store_module, "_PREPARED", {})
+    monkeypatch.setattr(store_module, "_OPEN", store_module.OrderedDict())
+
+
 def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:
     """SIGKILL the process `run` once `folder` holds `count` Parquet parts (or after `timeout` s): a kill
     in the middle of an ingest, with some parts written."""

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from polysem.query import Store
 
-from tests.helpers import ROOT, TINY, assert_refused, make_image_folder, map_logits
+from tests.helpers import ROOT, TINY, assert_refused, forget_prepared, make_image_folder, map_logits
 
 
 def test_sql_formats(cli, colour_store):
@@ -197,6 +197,6 @@ def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_s
         return real(conn, *args, **kwargs)
 
     monkeypatch.setattr(store_module, "prepare_catalog", swapped_once)
-    monkeypatch.setattr(store_module, "_PREPARED", {})  # prepare this store, though another test prepared its copy
+    forget_prepared(monkeypatch)  # prepare this store, though another test prepared its copy
     assert Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
     assert len(calls) == 2

@@ -15,7 +15,7 @@ from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
 from polysem.errors import StoreBusy
-from tests.helpers import ROOT, assert_refused, wait_until_the_query_runs
+from tests.helpers import ROOT, assert_refused, forget_prepared, wait_until_the_query_runs
 
 
 @pytest.fixture
@@ -139,6 +139,17 @@ def test_store_objects_of_one_process_see_each_others_writes_and_another_process
     assert first.sql(count).to_pylist() == Store(store).sql(count).to_pylist() == [{"n": 2}]
 
 
+def test_store_objects_of_one_state_share_a_database_and_a_copy_reads_its_own_files(store, tmp_path):
+    """Store objects reading one catalog state share its read-only database; a copy of the store, though its
+    snapshot is the same, gets its own: its views read the copy's files, which outlive the original's."""
+    count = "SELECT count(*) AS n FROM samples"
+    first, second = Store(store), Store(store)
+    n = first.sql(count).to_pylist()
+    assert second.sql(count).to_pylist() == n and second._reader_conn is first._reader_conn
+    copy = shutil.copytree(store, tmp_path / "copy")
+    shutil.rmtree(store / "samples")
+    assert Store(copy).sql(count).to_pylist() == n
+
 def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_differs(store, tmp_path, monkeypatch,
                                                                                         cli):
     """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
@@ -165,20 +176,16 @@ def every_object(store: Store) -> dict[str, list]:
 
 def count_preparations(monkeypatch) -> list:
     """A list that grows by one whenever a reader prepares a catalog copy from scratch, from now on."""
-    from polysem.query import store as store_module
-
     prepared = []
     real = Store._prepare_copy
     monkeypatch.setattr(Store, "_prepare_copy", lambda self, copy: prepared.append(1) or real(self, copy))
-    monkeypatch.setattr(store_module, "_PREPARED", {})
+    forget_prepared(monkeypatch)
     return prepared
 
 
 def test_a_catalog_state_after_a_write_reads_as_a_prepared_one(store, monkeypatch):
     """After a write, a reader starts from the prepared copy of the same files and takes the new rows: every table
     and view reads as a copy prepared from scratch would."""
-    from polysem.query import store as store_module
-
     prepared = count_preparations(monkeypatch)
     Store(store).sql("SELECT 1")
     with Store(store).connect(write=True) as conn:
@@ -187,7 +194,7 @@ def test_a_catalog_state_after_a_write_reads_as_a_prepared_one(store, monkeypatc
         conn.execute("DELETE FROM class_similarity WHERE class1 = 1")
     refreshed = every_object(Store(store))
     assert len(prepared) == 1, "the new state is refreshed, not prepared"
-    monkeypatch.setattr(store_module, "_PREPARED", {})
+    forget_prepared(monkeypatch)
     assert every_object(Store(store)) == refreshed and len(prepared) == 2
     assert refreshed["class_similarity"] == [str({"class1": 0, "class2": 2, "path_similarity": 0.25})]
 

@@ -274,6 +274,13 @@ class Child:
             stream.close()
         return tuple(results)
 
+    def __del__(self) -> None:
+        """The pipes a test left unread closed with the object (Popen's would warn about them later, in another
+        test)."""
+        for name in ("stdout", "stderr", "_conn"):  # absent where __init__ failed before it
+            if getattr(self, name, None) is not None:
+                getattr(self, name).close()
+
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, sig)
