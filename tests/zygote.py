@@ -113,7 +113,8 @@ def serve(path: str) -> None:
     listener.listen(16)
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}
-    while True:
+    parent = os.getppid()
+    while os.getppid() == parent:  # a pytest worker that died without stopping it: stop too
         readable = selectors.DefaultSelector()
         readable.register(listener, selectors.EVENT_READ)
         if readable.select(timeout=0.02):
