@@ -27,14 +27,18 @@ __all__ = [
     "catalog_created",
     "check_layer_name",
     "dataset_root_key",
+    "drop_foreign_functions",
+    "foreign_functions",
     "layer_positions",
     "layer_shape_key",
     "meta_complete",
+    "polysem_objects",
     "prepare_catalog",
     "read_meta",
     "recorded_decode",
     "recorded_target",
     "refresh_catalog",
+    "refuse_foreign_functions",
     "schema_version",
     "stored_digest",
     "stored_layers",
@@ -249,13 +253,51 @@ def prepare_catalog(conn: duckdb.DuckDBPyConnection, store: object, *, redefine:
     return [n for n, _ in pending]
 
 
+def polysem_objects() -> tuple[set[str], set[tuple[str, str]]]:
+    """(the names of polysem's tables, the (kind, name) of its views and macros as `catalog_objects` lists them)."""
+    blocks = load_blocks()
+    objects = {("view", b.name) for b in blocks if b.kind == "VIEW"}
+    objects |= {(kind, b.name) for b in blocks if b.kind == "MACRO" for kind in ("macro", "table macro")}
+    return {b.name for b in blocks if b.kind == "TABLE"}, objects
+
+
+def foreign_functions(conn: duckdb.DuckDBPyConnection, *, shadowing: bool = False) -> list[tuple[str, str]]:
+    """The (kind, name) of every macro and type of `conn`'s database that polysem does not define (`shadowing`:
+    only those DuckDB takes before one of its own, a macro named like a built-in function, or a type). A received
+    catalog's `getvariable` macro or `json` type would change what polysem's SQL computes and records."""
+    _, ours = polysem_objects()
+    own = conn.execute("SELECT current_database()").fetchall()[0][0]
+    return [(row["kind"], row["name"]) for row in Statements(conn).catalog_objects(database=own).to_pylist()
+            if (row["kind"] == "type" or (row["kind"] in ("macro", "table macro") and (row["kind"], row["name"]) not in ours))
+            and (row["shadows"] or not shadowing)]
+
+
+def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> None:
+    """Drop the `foreign_functions` of `conn`'s database: run on a reader's private copy only (the store is never
+    written); a writer refuses them (`refuse_foreign_functions`)."""
+    for kind, name in foreign_functions(conn):
+        conn.execute(f'DROP {"TYPE" if kind == "type" else "MACRO TABLE" if kind == "table macro" else "MACRO"} "{name}"')
+
+
+def refuse_foreign_functions(conn: duckdb.DuckDBPyConnection, store: object) -> None:
+    """A writer's check: polysem records nothing through a catalog holding a macro or type that shadows one of
+    DuckDB's (a macro of another name is never called: polysem's SQL names only its own)."""
+    foreign = foreign_functions(conn, shadowing=True)
+    if foreign:
+        names = ", ".join(f"{kind} {name!r}" for kind, name in foreign[:3])
+        raise StoreError(f"the catalog of {store} holds {names}{' and more' if len(foreign) > 3 else ''}, which "
+                         "polysem never writes: DuckDB would take them before its own and change what polysem "
+                         "records; drop them with DuckDB, or ingest into a new `store`")
+
+
 def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
     """On `conn`, a catalog copy `prepare_catalog` prepared, with another state of a catalog attached read-only as
     database `fresh`: give the copy fresh's rows and return True, when that is what preparing fresh gives: fresh
-    is complete, of this polysem's format and SQL digest, holds the same tables with the same columns, and
-    nothing but tables and polysem's own views and macros. Otherwise return False with the copy unchanged (the
-    caller prepares fresh, which also names what is wrong with it). Defining every view and macro takes about
-    100 ms; replacing the rows of the few tables a fraction of that."""
+    is complete, of this polysem's format and SQL digest, and both hold polysem's tables alone, created by the
+    same statements (columns, types, defaults, constraints), and nothing else but polysem's own views and macros.
+    Otherwise return False with the copy unchanged (the caller prepares fresh, which also names what is wrong
+    with it). Defining every view and macro takes about 100 ms; replacing the rows of the few tables a fraction
+    of that."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     statements = Statements(conn)
     conn.execute(f'USE "{fresh}"')
@@ -266,16 +308,19 @@ def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     finally:
         conn.execute(f'USE "{own}"')
+    table_names, ours = polysem_objects()
     tables = statements.catalog_tables(database=own).to_pylist()
     if statements.catalog_tables(database=fresh).to_pylist() != tables:
         return False
-    ours = {("view" if block.kind == "VIEW" else "macro", block.name) for block in load_blocks()
-            if block.kind in ("VIEW", "MACRO")}
-    if any((row["kind"], row["name"]) not in ours for row in statements.catalog_objects(database=fresh).to_pylist()):
+    if any(row["schema_name"] != "main" or row["table_name"] not in table_names for row in tables):
         return False
+    for database in (own, fresh):  # a copy prepared from a received catalog keeps what it held besides
+        if any((row["kind"], row["name"]) not in ours
+               for row in statements.catalog_objects(database=database).to_pylist()):
+            return False
     conn.begin()
     try:
-        for table in (row["table_name"] for row in tables):  # names read from polysem's own copy
+        for table in (row["table_name"] for row in tables):  # polysem's own table names (checked above)
             conn.execute(f'DELETE FROM "{own}".main."{table}"')
             conn.execute(f'INSERT INTO "{own}".main."{table}" SELECT * FROM "{fresh}".main."{table}"')
         conn.commit()

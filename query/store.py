@@ -34,11 +34,13 @@ from polysem.query.integrity import CheckReport, check_store
 from polysem.query.meta import (
     IncompleteStore,
     catalog_created,
+    drop_foreign_functions,
     meta_complete,
     prepare_catalog,
     read_meta,
     recorded_decode,
     refresh_catalog,
+    refuse_foreign_functions,
     stored_layers,
 )
 from polysem.query.output_paths import check_output
@@ -79,12 +81,11 @@ _OPEN_MAX = 8
 
 
 def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
-    """What preparing `copy` (a copy of `store`'s catalog) reads: (a digest of the copy's bytes and its write-ahead
-    log's, a digest of the name, size and modification time of each Parquet file of the store)."""
-    catalog = hashlib.sha256(copy.read_bytes())
+    """What preparing `copy` (a copy of `store`'s catalog) reads: (digests of the copy's bytes and of its write-ahead
+    log's, each on its own, a digest of the name, size and modification time of each Parquet file of the store)."""
     wal = copy.with_name(copy.name + ".wal")
-    if wal.is_file():
-        catalog.update(b"\0wal\0" + wal.read_bytes())
+    catalog = hashlib.sha256(copy.read_bytes()).hexdigest() + ":" + (
+        hashlib.sha256(wal.read_bytes()).hexdigest() if wal.is_file() else "no write-ahead log")
     digest = hashlib.sha256()
     for folder, _, names in sorted(os.walk(store)):
         for name in sorted(names):
@@ -95,7 +96,7 @@ def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
                     continue
                 relative = os.path.relpath(os.path.join(folder, name), store)
                 digest.update(f"\0{relative}\0{info.st_size}\0{info.st_mtime_ns}".encode())
-    return catalog.hexdigest(), digest.hexdigest()
+    return catalog, digest.hexdigest()
 
 
 def remember_snapshot(key: tuple[str, str], copy: Path) -> None:
@@ -198,6 +199,7 @@ class Store:
         try:
             if not create and not catalog_created(conn):
                 raise IncompleteStore(self.path)
+            refuse_foreign_functions(conn, self.path)
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
@@ -255,12 +257,13 @@ class Store:
                 if shared is not None:
                     _OPEN.move_to_end(place)
                     return shared
-            prepared = _PREPARED.get(key)
+            with _PREPARED_LOCK:  # another thread may add or drop entries meanwhile
+                prepared = _PREPARED.get(key)
+                same_files = next((data for (_, files), data in reversed(_PREPARED.items()) if files == key[1]), None)
             if prepared is not None:
                 copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                same_files = next((data for (_, files), data in reversed(_PREPARED.items()) if files == key[1]), None)
                 if same_files is None or not self._refresh_copy(same_files, copy):
                     self._prepare_copy(copy)
                 remember_snapshot(key, copy)
@@ -308,6 +311,7 @@ class Store:
         for attempt in range(3):
             try:
                 with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
+                    drop_foreign_functions(conn)  # a received catalog's macros and types would shadow DuckDB's
                     if not catalog_created(conn):  # before any view: they need files such a store may lack
                         raise IncompleteStore(self.path)
                     prepare_catalog(conn, self.path, redefine=True)  # rolled back if it fails

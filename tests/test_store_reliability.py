@@ -14,8 +14,8 @@ import pytest
 from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
-from polysem.errors import StoreBusy
-from tests.helpers import ROOT, assert_refused, forget_prepared, wait_until_the_query_runs
+from polysem.errors import StoreBusy, StoreError
+from tests.helpers import ROOT, assert_refused, forget_prepared, snapshot, wait_until_the_query_runs
 
 
 @pytest.fixture
@@ -197,6 +197,68 @@ def test_a_catalog_state_after_a_write_reads_as_a_prepared_one(store, monkeypatc
     forget_prepared(monkeypatch)
     assert every_object(Store(store)) == refreshed and len(prepared) == 2
     assert refreshed["class_similarity"] == [str({"class1": 0, "class2": 2, "path_similarity": 0.25})]
+
+
+def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_another_store(store, tmp_path, monkeypatch):
+    """A received catalog may hold a macro or a type named like one of DuckDB's (`getvariable`, `json`), which
+    DuckDB would take first: a reader's copy drops them, so the received store reads as its original does, and
+    a store read after it (by the same process, from the prepared copy of the same files) never inherits them."""
+    forget_prepared(monkeypatch)
+    count = "SELECT count(*) AS n FROM layer_samples"
+    mine = shutil.copytree(store, tmp_path / "mine")
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        conn.execute("CREATE MACRO getvariable(name) AS 'no-such-layer'")
+        conn.execute("CREATE TYPE json AS INTEGER")
+        conn.execute("CREATE MACRO planted() AS 42")
+        conn.execute("CREATE VIEW planted_view AS SELECT 42 AS answer")
+    before = snapshot(received)
+    n = Store(store).sql(count).to_pylist()
+    assert n[0]["n"] > 0
+    assert Store(received).sql(count).to_pylist() == n
+    assert Store(mine).sql(count).to_pylist() == n
+    with Store(mine).connect(write=True) as conn:  # a new state of mine: refreshed from a clean prepared copy
+        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
+    assert Store(mine).sql(count).to_pylist() == n
+    assert Store(mine).sql("SELECT (SELECT count(*) FROM duckdb_functions() WHERE function_name = 'planted') + "
+                           "(SELECT count(*) FROM duckdb_views() WHERE view_name = 'planted_view') AS n"
+                           ).to_pylist() == [{"n": 0}]
+    assert Store(received).sql("SELECT answer FROM planted_view").to_pylist() == [{"answer": 42}]  # kept: data
+    assert snapshot(received) == before
+
+
+def test_a_writer_records_nothing_through_a_received_catalogs_macros(store, tmp_path, cli):
+    """A write through a catalog holding a macro that shadows one of DuckDB's (a `getvariable` of its own would
+    change the layer every record names) is refused in one line naming it, the store unchanged; a macro of
+    another name is never called and stays."""
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        conn.execute("CREATE MACRO getvariable(name) AS 'no-such-layer'")
+    before = snapshot(received)
+    with pytest.raises(StoreError, match="holds macro 'getvariable', which polysem never writes"):
+        with Store(received).transaction() as transaction:
+            transaction.put_meta(key="note", value='"x"')
+    assert_refused(cli("check", "--repair", "--store", received), "macro 'getvariable'", "drop them with DuckDB")
+    assert snapshot(received) == before
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:  # a helper of its own name shadows nothing
+        conn.execute("DROP MACRO getvariable")
+        conn.execute("CREATE MACRO my_helper() AS 1")
+    with Store(received).transaction() as transaction:
+        transaction.put_meta(key="note", value='"x"')
+
+
+def test_a_catalog_whose_tables_differ_in_a_constraint_is_refused_however_the_process_met_it(store, tmp_path, cli):
+    """store_meta without its primary key (columns and types unchanged) cannot be prepared: the same refusal
+    whether or not this process prepared a copy of the same files before."""
+    Store(store).sql("SELECT 1")
+    changed = shutil.copytree(store, tmp_path / "changed")
+    with duckdb.connect(str(changed / "catalog.duckdb")) as conn:
+        for statement in ("CREATE TABLE kept AS SELECT * FROM store_meta", "DROP TABLE store_meta",
+                          "CREATE TABLE store_meta (key VARCHAR, value JSON NOT NULL)",
+                          "INSERT INTO store_meta SELECT * FROM kept", "DROP TABLE kept"):
+            conn.execute(statement)
+    assert_refused(cli("sql", "SELECT count(*) FROM store_meta", "--store", changed), "catalog.duckdb",
+                   "restore it from a backup")
 
 
 @pytest.mark.parametrize("change", ["a view of its own", "a table of its own", "a column more"])
