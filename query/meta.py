@@ -28,7 +28,6 @@ __all__ = [
     "check_layer_name",
     "dataset_root_key",
     "drop_foreign_functions",
-    "foreign_functions",
     "layer_positions",
     "layer_shape_key",
     "meta_complete",
@@ -38,7 +37,6 @@ __all__ = [
     "recorded_decode",
     "recorded_target",
     "refresh_catalog",
-    "refuse_foreign_functions",
     "schema_version",
     "stored_digest",
     "stored_layers",
@@ -261,40 +259,32 @@ def polysem_objects() -> tuple[set[str], set[tuple[str, str]]]:
     return {b.name for b in blocks if b.kind == "TABLE"}, objects
 
 
-def foreign_functions(conn: duckdb.DuckDBPyConnection, *, shadowing: bool = False) -> list[tuple[str, str]]:
-    """The (kind, name) of every macro and type of `conn`'s database that polysem does not define (`shadowing`:
-    only those DuckDB takes before one of its own, a macro named like a built-in function, or a type). A received
-    catalog's `getvariable` macro or `json` type would change what polysem's SQL computes and records."""
+def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Drop every macro and type of `conn`'s database that polysem does not define: DuckDB takes a stored macro or
+    type before its own function or type of that name, so a received catalog's `getvariable` macro or `json` type
+    would change what polysem's SQL computes. Run on a reader's private copy only (the store is never written).
+    Returns whether the copy then holds no object but polysem's views and macros (tables aside), the condition
+    for `refresh_catalog` to start from it."""
     _, ours = polysem_objects()
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
-    return [(row["kind"], row["name"]) for row in Statements(conn).catalog_objects(database=own).to_pylist()
-            if (row["kind"] == "type" or (row["kind"] in ("macro", "table macro") and (row["kind"], row["name"]) not in ours))
-            and (row["shadows"] or not shadowing)]
-
-
-def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> None:
-    """Drop the `foreign_functions` of `conn`'s database: run on a reader's private copy only (the store is never
-    written); a writer refuses them (`refuse_foreign_functions`)."""
-    for kind, name in foreign_functions(conn):
-        conn.execute(f'DROP {"TYPE" if kind == "type" else "MACRO TABLE" if kind == "table macro" else "MACRO"} "{name}"')
-
-
-def refuse_foreign_functions(conn: duckdb.DuckDBPyConnection, store: object) -> None:
-    """A writer's check: polysem records nothing through a catalog holding a macro or type that shadows one of
-    DuckDB's (a macro of another name is never called: polysem's SQL names only its own)."""
-    foreign = foreign_functions(conn, shadowing=True)
-    if foreign:
-        names = ", ".join(f"{kind} {name!r}" for kind, name in foreign[:3])
-        raise StoreError(f"the catalog of {store} holds {names}{' and more' if len(foreign) > 3 else ''}, which "
-                         "polysem never writes: DuckDB would take them before its own and change what polysem "
-                         "records; drop them with DuckDB, or ingest into a new `store`")
+    pure = True
+    for row in Statements(conn).catalog_objects(database=own).to_pylist():
+        if (row["kind"], row["name"]) in ours:
+            continue
+        if row["kind"] in ("macro", "table macro", "type"):
+            statement = {"macro": "DROP MACRO", "table macro": "DROP MACRO TABLE", "type": "DROP TYPE"}[row["kind"]]
+            conn.execute(f'{statement} "{row["name"]}"')
+        else:
+            pure = False
+    return pure
 
 
 def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
-    """On `conn`, a catalog copy `prepare_catalog` prepared, with another state of a catalog attached read-only as
-    database `fresh`: give the copy fresh's rows and return True, when that is what preparing fresh gives: fresh
-    is complete, of this polysem's format and SQL digest, and both hold polysem's tables alone, created by the
-    same statements (columns, types, defaults, constraints), and nothing else but polysem's own views and macros.
+    """On `conn`, a catalog copy `prepare_catalog` prepared that holds nothing but polysem's objects (see
+    `drop_foreign_functions`), with another state of a catalog attached read-only as database `fresh`: give the
+    copy fresh's rows and return True, when that is what preparing fresh gives: fresh is complete, of this
+    polysem's format and SQL digest, and both hold polysem's tables alone, created by the same statements
+    (columns, types, defaults, constraints), and fresh nothing else but polysem's own views and macros.
     Otherwise return False with the copy unchanged (the caller prepares fresh, which also names what is wrong
     with it). Defining every view and macro takes about 100 ms; replacing the rows of the few tables a fraction
     of that."""
@@ -314,10 +304,8 @@ def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     if any(row["schema_name"] != "main" or row["table_name"] not in table_names for row in tables):
         return False
-    for database in (own, fresh):  # a copy prepared from a received catalog keeps what it held besides
-        if any((row["kind"], row["name"]) not in ours
-               for row in statements.catalog_objects(database=database).to_pylist()):
-            return False
+    if any((row["kind"], row["name"]) not in ours for row in statements.catalog_objects(database=fresh).to_pylist()):
+        return False
     conn.begin()
     try:
         for table in (row["table_name"] for row in tables):  # polysem's own table names (checked above)

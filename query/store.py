@@ -40,7 +40,6 @@ from polysem.query.meta import (
     read_meta,
     recorded_decode,
     refresh_catalog,
-    refuse_foreign_functions,
     stored_layers,
 )
 from polysem.query.output_paths import check_output
@@ -69,7 +68,7 @@ def default_store_path() -> Path:
 # again (about 100 ms each); a catalog state met first (after a write) starts from the prepared copy of the same
 # files and takes the new state's rows (`refresh_catalog`). The views name their files relative to the store
 # (file_search_path, set per connection), so prepared bytes serve any store that holds those bytes and files.
-_PREPARED: dict[tuple[str, str], bytes] = {}
+_PREPARED: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (bytes, holding polysem's objects alone)
 _PREPARED_LOCK = threading.Lock()
 _PREPARED_MAX_BYTES = 64 << 20
 # The open read-only connections of the latest snapshots, by store folder (the connection resolves the views'
@@ -99,15 +98,15 @@ def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
     return catalog, digest.hexdigest()
 
 
-def remember_snapshot(key: tuple[str, str], copy: Path) -> None:
+def remember_snapshot(key: tuple[str, str], copy: Path, pure: bool) -> None:
     if copy.with_name(copy.name + ".wal").exists():
         return  # a copy left with a write-ahead log is not one file
     data = copy.read_bytes()
     with _PREPARED_LOCK:
-        while _PREPARED and sum(map(len, _PREPARED.values())) + len(data) > _PREPARED_MAX_BYTES:
+        while _PREPARED and sum(len(entry[0]) for entry in _PREPARED.values()) + len(data) > _PREPARED_MAX_BYTES:
             _PREPARED.pop(next(iter(_PREPARED)))  # the oldest first
         if len(data) <= _PREPARED_MAX_BYTES:
-            _PREPARED[key] = data
+            _PREPARED[key] = (data, pure)
 
 
 class Store:
@@ -199,7 +198,6 @@ class Store:
         try:
             if not create and not catalog_created(conn):
                 raise IncompleteStore(self.path)
-            refuse_foreign_functions(conn, self.path)
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
@@ -258,15 +256,18 @@ class Store:
                     _OPEN.move_to_end(place)
                     return shared
             with _PREPARED_LOCK:  # another thread may add or drop entries meanwhile
-                prepared = _PREPARED.get(key)
-                same_files = next((data for (_, files), data in reversed(_PREPARED.items()) if files == key[1]), None)
+                prepared = _PREPARED.get(key, (None, False))[0]
+                # a copy to refresh from: the same files, and nothing a received catalog held besides polysem's
+                same_files = next((data for (_, files), (data, pure) in reversed(_PREPARED.items())
+                                   if files == key[1] and pure), None)
             if prepared is not None:
                 copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                if same_files is None or not self._refresh_copy(same_files, copy):
-                    self._prepare_copy(copy)
-                remember_snapshot(key, copy)
+                pure = same_files is not None and self._refresh_copy(same_files, copy)
+                if not pure:
+                    pure = self._prepare_copy(copy)
+                remember_snapshot(key, copy, pure)
             try:
                 conn = quiet(duckdb.connect(str(copy), read_only=True,
                                             config={**SANDBOX, "file_search_path": str(self.path)}))
@@ -304,22 +305,24 @@ class Store:
             work.unlink(missing_ok=True)
             work.with_name(work.name + ".wal").unlink(missing_ok=True)
 
-    def _prepare_copy(self, copy: Path) -> None:
+    def _prepare_copy(self, copy: Path) -> bool:
         """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone
         sent may carry other definitions under polysem's names (and polysem's digest), and reads must run
-        polysem's own SQL."""
-        for attempt in range(3):
+        polysem's own SQL. Returns whether the copy holds no object but polysem's (`drop_foreign_functions`)."""
+        attempt = 0
+        while True:
             try:
                 with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
-                    drop_foreign_functions(conn)  # a received catalog's macros and types would shadow DuckDB's
+                    pure = drop_foreign_functions(conn)  # a received catalog's macros and types shadow DuckDB's
                     if not catalog_created(conn):  # before any view: they need files such a store may lack
                         raise IncompleteStore(self.path)
                     prepare_catalog(conn, self.path, redefine=True)  # rolled back if it fails
-                return
+                return pure
             except duckdb.IOException as error:
                 # defining the samples view reads every part's schema: a compaction that swapped the split's
                 # files meanwhile (query.compact) removed one; the next attempt lists the new ones
                 if attempt < 2 and "no such file" in str(error).lower():
+                    attempt += 1
                     continue
                 raise damaged_catalog(self.catalog_path, error) from error
             except duckdb.Error as error:

@@ -14,7 +14,7 @@ import pytest
 from polysem.query import Store
 from polysem.query import catalog as catalog_module
 
-from polysem.errors import StoreBusy, StoreError
+from polysem.errors import StoreBusy
 from tests.helpers import ROOT, assert_refused, forget_prepared, snapshot, wait_until_the_query_runs
 
 
@@ -225,26 +225,6 @@ def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_ano
                            ).to_pylist() == [{"n": 0}]
     assert Store(received).sql("SELECT answer FROM planted_view").to_pylist() == [{"answer": 42}]  # kept: data
     assert snapshot(received) == before
-
-
-def test_a_writer_records_nothing_through_a_received_catalogs_macros(store, tmp_path, cli):
-    """A write through a catalog holding a macro that shadows one of DuckDB's (a `getvariable` of its own would
-    change the layer every record names) is refused in one line naming it, the store unchanged; a macro of
-    another name is never called and stays."""
-    received = shutil.copytree(store, tmp_path / "received")
-    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
-        conn.execute("CREATE MACRO getvariable(name) AS 'no-such-layer'")
-    before = snapshot(received)
-    with pytest.raises(StoreError, match="holds macro 'getvariable', which polysem never writes"):
-        with Store(received).transaction() as transaction:
-            transaction.put_meta(key="note", value='"x"')
-    assert_refused(cli("check", "--repair", "--store", received), "macro 'getvariable'", "drop them with DuckDB")
-    assert snapshot(received) == before
-    with duckdb.connect(str(received / "catalog.duckdb")) as conn:  # a helper of its own name shadows nothing
-        conn.execute("DROP MACRO getvariable")
-        conn.execute("CREATE MACRO my_helper() AS 1")
-    with Store(received).transaction() as transaction:
-        transaction.put_meta(key="note", value='"x"')
 
 
 def test_a_catalog_whose_tables_differ_in_a_constraint_is_refused_however_the_process_met_it(store, tmp_path, cli):
