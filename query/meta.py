@@ -265,18 +265,30 @@ def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> bool:
     would change what polysem's SQL computes. Run on a reader's private copy only (the store is never written).
     Returns whether the copy then holds no object but polysem's views and macros (tables aside), the condition
     for `refresh_catalog` to start from it."""
-    _, ours = polysem_objects()
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
-    pure = True
-    for row in Statements(conn).catalog_objects(database=own).to_pylist():
-        if (row["kind"], row["name"]) in ours:
-            continue
+    foreign = foreign_objects(conn, own)
+    dropped = False
+    for row in foreign:
         if row["kind"] in ("macro", "table macro", "type"):
             statement = {"macro": "DROP MACRO", "table macro": "DROP MACRO TABLE", "type": "DROP TYPE"}[row["kind"]]
-            conn.execute(f'{statement} "{row["name"]}"')
-        else:
-            pure = False
-    return pure
+            try:  # the name as an identifier, never as SQL: a catalog chooses it
+                conn.execute(f"{statement} IF EXISTS {identifier(row['schema_name'])}.{identifier(row['name'])}")
+                dropped = True
+            except duckdb.Error:
+                pass  # a type a column uses stays; the copy is then not pure
+    return not (foreign_objects(conn, own) if dropped else foreign)  # listed again: what stayed
+
+
+def identifier(name: str) -> str:
+    """`name` as a quoted SQL identifier, whatever characters it holds."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) -> list[dict[str, Any]]:
+    """The `catalog_objects` rows of `database` that are not polysem's own views and macros in schema main."""
+    _, ours = polysem_objects()
+    return [row for row in Statements(conn).catalog_objects(database=database).to_pylist()
+            if row["schema_name"] != "main" or (row["kind"], row["name"]) not in ours]
 
 
 def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
@@ -298,13 +310,13 @@ def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     finally:
         conn.execute(f'USE "{own}"')
-    table_names, ours = polysem_objects()
+    table_names, _ = polysem_objects()
     tables = statements.catalog_tables(database=own).to_pylist()
     if statements.catalog_tables(database=fresh).to_pylist() != tables:
         return False
     if any(row["schema_name"] != "main" or row["table_name"] not in table_names for row in tables):
         return False
-    if any((row["kind"], row["name"]) not in ours for row in statements.catalog_objects(database=fresh).to_pylist()):
+    if foreign_objects(conn, fresh):
         return False
     conn.begin()
     try:

@@ -215,13 +215,15 @@ SELECT schema_name, table_name, sql FROM duckdb_tables()
 WHERE database_name = $database AND NOT temporary ORDER BY ALL;
 
 -- name: catalog_objects
--- Every view, macro ('macro' or 'table macro'), sequence, index, type and schema but main of the attached database $database (kind, name).
-SELECT 'view' AS kind, view_name AS name FROM duckdb_views() WHERE database_name = $database AND NOT internal
-UNION ALL SELECT replace(function_type, '_', ' '), function_name FROM duckdb_functions()
-WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro')
-UNION ALL SELECT 'sequence', sequence_name FROM duckdb_sequences() WHERE database_name = $database
-UNION ALL SELECT 'index', index_name FROM duckdb_indexes() WHERE database_name = $database
-UNION ALL SELECT 'type', type_name FROM duckdb_types() WHERE database_name = $database AND NOT internal
-UNION ALL SELECT 'schema', schema_name FROM duckdb_schemas()
-WHERE database_name = $database AND NOT internal AND schema_name <> 'main'
+-- Every view, macro ('macro' or 'table macro', once however many overloads it has), sequence, index, type and schema but main of the attached database $database (kind, schema_name, name).
+SELECT DISTINCT * FROM (
+    SELECT 'view' AS kind, schema_name, view_name AS name FROM duckdb_views()
+    WHERE database_name = $database AND NOT internal
+    UNION ALL SELECT replace(function_type, '_', ' '), schema_name, function_name FROM duckdb_functions()
+    WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro')
+    UNION ALL SELECT 'sequence', schema_name, sequence_name FROM duckdb_sequences() WHERE database_name = $database
+    UNION ALL SELECT 'index', schema_name, index_name FROM duckdb_indexes() WHERE database_name = $database
+    UNION ALL SELECT 'type', schema_name, type_name FROM duckdb_types() WHERE database_name = $database AND NOT internal
+    UNION ALL SELECT 'schema', schema_name, schema_name FROM duckdb_schemas()
+    WHERE database_name = $database AND NOT internal AND schema_name <> 'main')
 ORDER BY ALL;

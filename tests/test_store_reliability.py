@@ -1,5 +1,6 @@
 """Readers never lock out writers, a busy catalog loses no work, damaged files and bad outputs get one line."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -225,6 +226,40 @@ def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_ano
                            ).to_pylist() == [{"n": 0}]
     assert Store(received).sql("SELECT answer FROM planted_view").to_pylist() == [{"answer": 42}]  # kept: data
     assert snapshot(received) == before
+
+
+FOREIGN_OBJECTS = {
+    "a macro name that ends its quotes": [
+        """CREATE MACRO "relative_attribution""; CREATE MACRO getvariable(n) AS 'zz'; COPY (SELECT 1 AS x) TO """
+        """'{escape}'; DROP MACRO IF EXISTS ""q"() AS 1"""],
+    "overloads": ["CREATE MACRO foo(a) AS a, (a, b) AS a + b", "CREATE MACRO getvariable(a, b) AS a"],
+    "another schema": ["CREATE SCHEMA s", "CREATE MACRO s.getvariable(name) AS 'x'", "CREATE TYPE s.t AS INTEGER",
+                       "CREATE VIEW s.samples AS SELECT 1 AS image_id"],
+    "a type a column uses": ["CREATE TYPE mood AS ENUM ('a', 'b')", "CREATE TABLE feelings (m mood)"],
+    "a quote in a name": ['CREATE MACRO "a""b"() AS 1', 'CREATE TYPE "t""y" AS INTEGER'],
+}
+
+
+@pytest.mark.parametrize("objects", list(FOREIGN_OBJECTS))
+def test_a_received_catalogs_own_objects_are_set_aside_by_name_alone(store, tmp_path, cli, objects):
+    """Whatever a received catalog's macros and types are called, or wherever they stand, a reader reads the store
+    as its original, runs none of their text, writes nothing, and a store read after it reads as it should."""
+    escape = tmp_path / "escaped.csv"
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        for statement in FOREIGN_OBJECTS[objects]:
+            conn.execute(statement.replace("{escape}", str(escape)))
+    before = snapshot(received)
+    count = "SELECT count(*) AS n FROM layer_samples"
+    n = Store(store).sql(count).to_pylist()
+    result = cli("sql", count, "--store", received, "--format", "json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == n, result.output
+    assert Store(received).sql(count).to_pylist() == n
+    clean = shutil.copytree(store, tmp_path / "clean")  # the same files: refreshed from a prepared copy
+    with Store(clean).connect(write=True) as conn:
+        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
+    assert Store(clean).sql(count).to_pylist() == n
+    assert snapshot(received) == before and not escape.exists()
 
 
 def test_a_catalog_whose_tables_differ_in_a_constraint_is_refused_however_the_process_met_it(store, tmp_path, cli):
