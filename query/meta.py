@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 
 from polysem.errors import StoreError
+from polysem.query.sandbox import SANDBOX
 from polysem.query.sqlfiles import Statements, apply_blocks, load_blocks, load_migrations, sql_digest
 from polysem.version import __version__
 
@@ -255,7 +256,8 @@ def polysem_objects() -> tuple[set[str], set[tuple[str, str]]]:
     """(the names of polysem's tables, the (kind, name) of its views and macros as `catalog_objects` lists them)."""
     blocks = load_blocks()
     objects = {("view", b.name) for b in blocks if b.kind == "VIEW"}
-    objects |= {(kind, b.name) for b in blocks if b.kind == "MACRO" for kind in ("macro", "table macro")}
+    objects |= {("table macro" if re.search(r"\bAS\s+TABLE\b", b.sql, re.IGNORECASE) else "macro", b.name)
+                for b in blocks if b.kind == "MACRO"}
     return {b.name for b in blocks if b.kind == "TABLE"}, objects
 
 
@@ -276,7 +278,29 @@ def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> bool:
                 dropped = True
             except duckdb.Error:
                 pass  # a type a column uses stays; the copy is then not pure
-    return not (foreign_objects(conn, own) if dropped else foreign)  # listed again: what stayed
+    left = foreign_objects(conn, own) if dropped else foreign  # listed again: what stayed
+    shadowing = [row for row in left if row["schema_name"] == "main" and row["kind"] in ("macro", "table macro", "type")
+                 and duckdb_knows(row["kind"], row["name"])]
+    if shadowing:  # one a table depends on (a default, a check, a column's type) cannot be dropped
+        names = ", ".join(f"{row['kind']} {row['name']!r}" for row in shadowing[:3])
+        raise StoreError(f"the store's catalog holds {names}, which polysem never writes and cannot set aside (a table "
+                         "depends on it): DuckDB would take it before its own and change what polysem computes; "
+                         "drop it with DuckDB, or ingest into a new `store`")
+    return not left
+
+
+def duckdb_knows(kind: str, name: str) -> bool:
+    """Does DuckDB itself (no catalog, no extension loaded on demand) have a function (`kind` a macro) or a type of
+    this name, which a stored one would shadow?"""
+    with duckdb.connect(config=SANDBOX) as clean:
+        if kind == "type":
+            try:
+                clean.execute(f"SELECT NULL::{identifier(name)}")
+            except duckdb.Error:
+                return False
+            return True
+        return bool(clean.execute("SELECT count(*) FROM duckdb_functions() WHERE lower(function_name) = lower(?)",
+                                  [name]).fetchall()[0][0])
 
 
 def identifier(name: str) -> str:

@@ -262,6 +262,41 @@ def test_a_received_catalogs_own_objects_are_set_aside_by_name_alone(store, tmp_
     assert snapshot(received) == before and not escape.exists()
 
 
+DEPENDED_ON = {
+    "a default": ("macro 'getvariable'", ["CREATE MACRO getvariable(x) AS 'nope'",
+                                         "CREATE TABLE keep (a VARCHAR DEFAULT getvariable('x'))"]),
+    "a check": ("macro 'getvariable'", ["CREATE MACRO getvariable(x) AS 'nope'",
+                                       "CREATE TABLE keep (a VARCHAR CHECK (a <> getvariable('x')))"]),
+    "a generated column": ("macro 'getvariable'", ["CREATE MACRO getvariable(x) AS 'nope'",
+                                                  "CREATE TABLE keep (a VARCHAR, b VARCHAR AS (getvariable(a)))"]),
+    "a column's type": ("type 'json'", ["CREATE TYPE json AS INTEGER", "CREATE TABLE keep (a json)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPENDED_ON))
+def test_a_received_macro_or_type_a_table_depends_on_is_refused_in_one_line(store, tmp_path, cli, case):
+    """A macro or type shadowing one of DuckDB's that a table depends on cannot be set aside: reading is refused
+    in one line naming it, the store unchanged (reading through a getvariable macro drops every row of a layer).
+    One of a name DuckDB does not know shadows nothing and stays (tested above: a type a column uses)."""
+    named, statements = DEPENDED_ON[case]
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    before = snapshot(received)
+    assert_refused(cli("sql", "SELECT count(*) FROM layer_samples", "--store", received), named, "drop it with DuckDB")
+    assert snapshot(received) == before
+
+
+def test_a_macro_of_the_other_kind_under_a_polysem_name_is_set_aside(store, tmp_path):
+    """polysem's screen_sweep is a table macro: a scalar macro of that name is not polysem's and is set aside."""
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        conn.execute("CREATE MACRO screen_sweep(a, b, c) AS 5")
+    with pytest.raises(Exception, match="screen_sweep"):
+        Store(received).sql("SELECT screen_sweep(1, 2, 3) AS x")
+
+
 def test_a_catalog_whose_tables_differ_in_a_constraint_is_refused_however_the_process_met_it(store, tmp_path, cli):
     """store_meta without its primary key (columns and types unchanged) cannot be prepared: the same refusal
     whether or not this process prepared a copy of the same files before."""
