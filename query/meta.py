@@ -326,14 +326,14 @@ def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
     of that."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     statements = Statements(conn)
-    conn.execute(f'USE "{fresh}"')
+    conn.execute(f"USE {identifier(fresh)}")
     try:
         if not catalog_created(conn) or schema_version(conn) != SCHEMA_VERSION or stored_digest(conn) != sql_digest():
             return False
     except (StoreError, duckdb.Error):
         return False
     finally:
-        conn.execute(f'USE "{own}"')
+        conn.execute(f"USE {identifier(own)}")
     table_names, _ = polysem_objects()
     tables = statements.catalog_tables(database=own).to_pylist()
     if statements.catalog_tables(database=fresh).to_pylist() != tables:
@@ -344,9 +344,9 @@ def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     conn.begin()
     try:
-        for table in (row["table_name"] for row in tables):  # polysem's own table names (checked above)
-            conn.execute(f'DELETE FROM "{own}".main."{table}"')
-            conn.execute(f'INSERT INTO "{own}".main."{table}" SELECT * FROM "{fresh}".main."{table}"')
+        for table in (identifier(row["table_name"]) for row in tables):  # polysem's own tables (checked above)
+            conn.execute(f"DELETE FROM {identifier(own)}.main.{table}")
+            conn.execute(f"INSERT INTO {identifier(own)}.main.{table} SELECT * FROM {identifier(fresh)}.main.{table}")
         conn.commit()
     except duckdb.Error:
         conn.rollback()
