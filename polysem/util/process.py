@@ -15,6 +15,11 @@ from the sibling it waits for: at a load of 6 on 2 cores ResNet-50's batch of 16
 and 3.0 to 3.5 s with GOMP_SPINCOUNT=1000, which costs nothing on an idle machine (0.77 s either
 way). libgomp reads it once, when torch loads it, so it is set before torch is imported; a user's
 own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is.
+
+torch's C++ warnings. A command names each failure in one `Error:` line. torch's C++ code logs some of the
+same failures as warnings with a stack trace before that line: a rank whose peer serving the ranks' store
+was killed gets TCPStore's "recvValue failed" (ingest.ranks names it "rank 0 stopped"). The CLI lets C++ log
+errors only (TORCH_CPP_LOG_LEVEL=ERROR, which c10 reads when torch loads), unless the user set a level.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import os
 import platform
 import sys
 
-__all__ = ["KEEP_BYTES", "SPIN_COUNT", "configure_cli_process", "keep_freed_memory", "short_spin_waits"]
+__all__ = ["CPP_LOG_LEVEL", "KEEP_BYTES", "SPIN_COUNT", "configure_cli_process", "cpp_errors_only", "keep_freed_memory",
+           "short_spin_waits"]
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 2**31 - 1  # the largest value mallopt's int takes: blocks up to 2 GiB come from the heap
 SPIN_COUNT = "1000"
+CPP_LOG_LEVEL = "ERROR"
 
 
 def keep_freed_memory() -> bool:
@@ -57,6 +64,16 @@ def short_spin_waits() -> bool:
     return True
 
 
+def cpp_errors_only() -> bool:
+    """Set TORCH_CPP_LOG_LEVEL for the torch this process will load, unless the user set it. True when set;
+    False when the user's stands or torch is loaded already (c10 has read it then)."""
+    if "torch" in sys.modules or os.environ.get("TORCH_CPP_LOG_LEVEL"):
+        return False
+    os.environ["TORCH_CPP_LOG_LEVEL"] = CPP_LOG_LEVEL
+    return True
+
+
 def configure_cli_process() -> None:
     keep_freed_memory()
     short_spin_waits()
+    cpp_errors_only()
