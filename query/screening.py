@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from polysem.constants import GAMMA, SCREEN_SPLIT, TAU, P
 from polysem.errors import QueryError, StoreError
 from polysem.query import layout
+from polysem.query.diagnostics import damaged_file
 from polysem.query.store import Store, as_store
 from polysem.util.checks import COUNT_MAX, check_bool, check_int, check_real, check_text
 
@@ -60,9 +61,7 @@ def require_counted_once(store: Store, split: str) -> None:
         except (OSError, ValueError):
             problem = "it cannot be read"
         if problem is not None:
-            raise StoreError(f"{path.relative_to(store.path)}: {problem}; polysem never writes such a part, so the "
-                             "store is damaged or was edited: `polysem check --repair` sets the part aside (then "
-                             f"ingest split '{split}' again to store its images)")
+            raise damaged_file(store.path, path.relative_to(store.path), problem)
     row = store.reads.repeated_image(split=split)
     if row is not None:
         raise StoreError(f"split '{split}' holds image {row['image_id']} ({row['path']}) {row['n']} times (a part "
