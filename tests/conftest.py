@@ -1,5 +1,6 @@
 import functools
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def pytest_configure(config):
 
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, as a command started from a terminal has: a process started with
+    SIGINT ignored (a background job of a non-interactive shell, some CI runners) keeps it ignored, and so do
+    pytest-xdist's workers it starts, where a Ctrl-C raised in the test would then do nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture

@@ -74,15 +74,6 @@ def ctrl_c(cursor) -> None:
     _thread.interrupt_main()
 
 
-@pytest.fixture
-def python_sigint():
-    """Python's own SIGINT handler, as a command starts with: interrupt_main does nothing under another (a test
-    run before in the same worker may have left one)."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
-
-
 def test_ctrl_c_stops_a_long_query_in_process(colour_store, monkeypatch, python_sigint):
     store = Store(colour_store)
     before = snapshot(colour_store)

@@ -90,7 +90,7 @@ def test_a_lone_rank_names_the_ranks_that_did_not_join(images, tmp_path, cli, mo
     assert not (tmp_path / "s0" / "samples").exists()  # nothing written
 
 
-def test_ctrl_c_ends_a_rank_waiting_for_the_others(images, tmp_path, cli, monkeypatch):
+def test_ctrl_c_ends_a_rank_waiting_for_the_others(images, tmp_path, cli, monkeypatch, python_sigint):
     """SIGINT, raised in this process while rank 0 waits for rank 1 to join (the ranks module's first sleep in its
     wait), once rank 0 serves the store."""
     from polysem.ingest import ranks as ranks_module

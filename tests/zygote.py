@@ -49,6 +49,9 @@ def _child(request: dict, fds: list[int], base_path: list[str]) -> None:
         for fd in fds:
             os.close(fd)
         os.chdir(request["cwd"])
+        # Ctrl-C raises KeyboardInterrupt, as in `python -m polysem.cli` started from a terminal, even when the
+        # suite itself was started with SIGINT ignored (a background job of a non-interactive shell)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.clear()
         os.environ.update(request["env"])
         pythonpath = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
