@@ -24,9 +24,8 @@ def first_line(error: BaseException) -> str:
 
 
 def query_error(error: duckdb.Error, store: Path) -> PolysemError:
-    """The one translation of a failed query: a damaged or missing store file, or a part whose columns are not
-    polysem's (DuckDB binds the views over the files at each query), becomes a StoreError naming the file and the
-    fix; anything else is the query's own error."""
+    """The one translation of a failed query: a damaged or missing store file becomes a
+    StoreError naming the file and the fix; anything else is the query's own error."""
     match = _FILE_IN_ERROR.search(str(error))
     if match:
         path = Path(match.group(1))
@@ -37,10 +36,6 @@ def query_error(error: duckdb.Error, store: Path) -> PolysemError:
             relative = None
         if relative is not None:
             return damaged_file(store, relative, first_line(error))
-    if isinstance(error, duckdb.BinderException):  # a part whose columns are not polysem's (hand-edited)
-        misfit = _misfit_part(store)
-        if misfit is not None:
-            return misfit
     missing = _MISSING_NAME.search(str(error))
     if missing:
         kind, name = missing.groups()

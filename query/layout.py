@@ -21,6 +21,7 @@ table's schema, so its view is valid (and typed) before the first part exists.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_schema_files"]
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "only_creation_files", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
@@ -129,6 +130,26 @@ def write_schema_files(store: Path, *, replace: bool = False) -> None:
         path = store / table / SCHEMA_DIR / "empty.parquet"
         if not path.exists() or (replace and schema_problem(table, path) is not None):
             atomic.write_atomic(schema.empty_table(), path)
+
+
+def only_creation_files(store: Path) -> bool:
+    """Whether the store's Parquet files are exactly those a first ingest writes before it creates the catalog: each
+    part table's schema file, classes.parquet and the layers' weight files, each of polysem's schema (so that
+    views defined over them are what they are over any new store's)."""
+    import pyarrow.parquet as pq
+
+    wanted = {Path(table, SCHEMA_DIR, "empty.parquet"): schema for table, schema in PART_TABLES.items()}
+    wanted[Path("classes.parquet")] = CLASSES
+    found = {Path(folder, name).relative_to(store) for folder, _, names in os.walk(store) for name in names
+             if name.endswith(".parquet")}
+    weights = {path for path in found if path.parent == Path() and path.name.startswith("layer_weights")}
+    if found != set(wanted) | weights or Path("layer_weights.parquet") not in weights:
+        return False
+    try:
+        return all(pq.read_schema(store / path).equals(wanted.get(path, LAYER_WEIGHTS), check_metadata=False)
+                   for path in found)
+    except (OSError, ValueError):  # pyarrow: ArrowInvalid is a ValueError
+        return False
 
 
 def part_files(store: Path) -> Iterator[tuple[str, Path]]:

@@ -62,37 +62,48 @@ def default_store_path() -> Path:
     return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
-# Prepared catalog copies by the catalog's bytes (and its write-ahead log's), which is all preparing reads: every
-# Store object of a process that reads the same catalog state, of this store or of a copy of it, opens a copy of
-# the prepared bytes instead of defining every view and macro again (about 100 ms each); a catalog state met first
-# (after a write, of any store) starts from the latest prepared copy that holds polysem's objects alone and takes
-# the new state's rows (`refresh_catalog`). The Parquet files do not enter: DuckDB binds a view's and a macro's
-# query anew at every use (what a view recorded of the files it was defined over is not used), and the views name
-# their files relative to the store (file_search_path, set per connection).
-_PREPARED: dict[str, tuple[bytes, bool]] = {}  # (bytes, holding polysem's objects alone)
+# Prepared catalog copies by what preparing reads: the copied catalog's bytes and the Parquet files the views
+# read when they are defined (name, size, modification time). Every Store object of a process that reads the same
+# store unchanged, or a copy of it, opens a copy of the prepared bytes instead of defining every view and macro
+# again (about 100 ms each); a catalog state met first (after a write) starts from the prepared copy of the same
+# files and takes the new state's rows (`refresh_catalog`). The views name their files relative to the store
+# (file_search_path, set per connection), so prepared bytes serve any store that holds those bytes and files.
+_PREPARED: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (bytes, holding polysem's objects alone)
 _PREPARED_LOCK = threading.Lock()
 _PREPARED_MAX_BYTES = 64 << 20
 # The open read-only connections of the latest snapshots, by store folder (the connection resolves the views'
 # files there) and snapshot key: Store objects reading the same state share one DuckDB database (opening one
 # takes about 15 ms), each reading through cursors of its own. A connection dropped from here closes when the
 # last Store holding it lets it go.
-_OPEN: OrderedDict[tuple[str, str], duckdb.DuckDBPyConnection] = OrderedDict()
+_OPEN: OrderedDict[tuple[str, tuple[str, str]], duckdb.DuckDBPyConnection] = OrderedDict()
 _OPEN_MAX = 8
 # A new store's catalog as this polysem creates it (every table, view and macro, no row but the SQL digest), taken
-# from the first store this process creates: the next ones start as a copy of it instead of defining every view and
-# macro again (about 100 ms). Nothing in it depends on the store (see _PREPARED on the views' files).
+# from the first store this process creates in a folder holding only the Parquet files a creation writes: the next
+# such store starts as a copy of it instead of defining every view and macro again (about 100 ms). Defining binds
+# the views over those files, whose schemas are polysem's, so the copy is what defining them there gives.
 _NEW_CATALOG: list[bytes] = []
 
 
-def snapshot_key(copy: Path) -> str:
-    """What preparing `copy` (a copy of a store's catalog) reads: the digests of its bytes and of its write-ahead
-    log's, each on its own."""
+def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
+    """What preparing `copy` (a copy of `store`'s catalog) reads: (digests of the copy's bytes and of its write-ahead
+    log's, each on its own, a digest of the name, size and modification time of each Parquet file of the store)."""
     wal = copy.with_name(copy.name + ".wal")
-    return hashlib.sha256(copy.read_bytes()).hexdigest() + ":" + (
+    catalog = hashlib.sha256(copy.read_bytes()).hexdigest() + ":" + (
         hashlib.sha256(wal.read_bytes()).hexdigest() if wal.is_file() else "no write-ahead log")
+    digest = hashlib.sha256()
+    for folder, _, names in sorted(os.walk(store)):
+        for name in sorted(names):
+            if name.endswith(".parquet"):
+                try:
+                    info = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                relative = os.path.relpath(os.path.join(folder, name), store)
+                digest.update(f"\0{relative}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    return catalog, digest.hexdigest()
 
 
-def remember_snapshot(key: str, copy: Path, pure: bool) -> None:
+def remember_snapshot(key: tuple[str, str], copy: Path, pure: bool) -> None:
     if copy.with_name(copy.name + ".wal").exists():
         return  # a copy left with a write-ahead log is not one file
     data = copy.read_bytes()
@@ -188,10 +199,11 @@ class Store:
         if not create:
             self.require()
         self.create_directory()
-        # the first ingest, which holds the store's creation lock; a write-ahead log left without its catalog is
-        # DuckDB's to read
-        new = create and not self.catalog_path.exists() and not self.catalog_path.with_name(
-            self.catalog_path.name + ".wal").exists()
+        # the first ingest, which holds the store's creation lock, into a folder without a catalog (a write-ahead
+        # log left without its catalog is DuckDB's to read) holding only the files creation writes
+        new = (create and not self.catalog_path.exists()
+               and not self.catalog_path.with_name(self.catalog_path.name + ".wal").exists()
+               and layout.only_creation_files(self.path))
         if new and _NEW_CATALOG:
             with atomic_path(self.catalog_path) as made:
                 made.write_bytes(_NEW_CATALOG[0])
@@ -252,7 +264,7 @@ class Store:
         copy = Path(name)
         try:
             copy_catalog(self.catalog_path, copy, self.path)
-            key = snapshot_key(copy)
+            key = snapshot_key(copy, self.path)
             place = (str(self.path), key)
             with _PREPARED_LOCK:
                 shared = _OPEN.get(place)
@@ -261,13 +273,14 @@ class Store:
                     return shared
             with _PREPARED_LOCK:  # another thread may add or drop entries meanwhile
                 prepared = _PREPARED.get(key, (None, False))[0]
-                # a copy to refresh from: nothing a received catalog held besides polysem's
-                base = next((data for data, pure in reversed(_PREPARED.values()) if pure), None)
+                # a copy to refresh from: the same files, and nothing a received catalog held besides polysem's
+                same_files = next((data for (_, files), (data, pure) in reversed(_PREPARED.items())
+                                   if files == key[1] and pure), None)
             if prepared is not None:
                 copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                pure = base is not None and self._refresh_copy(base, copy)
+                pure = same_files is not None and self._refresh_copy(same_files, copy)
                 if not pure:
                     pure = self._prepare_copy(copy)
                 remember_snapshot(key, copy, pure)
@@ -288,8 +301,8 @@ class Store:
         return conn
 
     def _refresh_copy(self, prepared: bytes, copy: Path) -> bool:
-        """Make `copy` the `prepared` bytes (another catalog state's prepared copy) with the copy's rows, where
-        `refresh_catalog` finds that equal to preparing it; False leaves the copy as it was."""
+        """Make `copy` the `prepared` bytes (another catalog state's prepared copy, of the same Parquet files) with
+        the copy's rows, where `refresh_catalog` finds that equal to preparing it; False leaves the copy as it was."""
         if copy.with_name(copy.name + ".wal").exists():
             return False  # rows DuckDB has not written into the file yet: prepare (it folds them in)
         work = copy.with_name(copy.name + ".refresh")

@@ -215,12 +215,21 @@ SELECT schema_name, table_name, sql FROM duckdb_tables()
 WHERE database_name = $database AND NOT temporary ORDER BY ALL;
 
 -- name: catalog_objects
--- Every view, macro ('macro' or 'table macro', once however many overloads it has), sequence, index, type and schema but main of the attached database $database (kind, schema_name, name).
+-- Every view, macro ('macro' or 'table macro', once however many overloads it has), sequence, index, type and schema but main of the attached database $database, and every comment on a table, column, view or macro of it ('comment', named by its object) (kind, schema_name, name).
+WITH macros AS MATERIALIZED (
+    SELECT function_type, schema_name, function_name, comment FROM duckdb_functions()
+    WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro'))
 SELECT DISTINCT * FROM (
     SELECT 'view' AS kind, schema_name, view_name AS name FROM duckdb_views()
     WHERE database_name = $database AND NOT internal
-    UNION ALL SELECT replace(function_type, '_', ' '), schema_name, function_name FROM duckdb_functions()
-    WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro')
+    UNION ALL SELECT replace(function_type, '_', ' '), schema_name, function_name FROM macros
+    UNION ALL SELECT 'comment', schema_name, function_name FROM macros WHERE comment IS NOT NULL
+    UNION ALL SELECT 'comment', schema_name, view_name FROM duckdb_views()
+    WHERE database_name = $database AND NOT internal AND comment IS NOT NULL
+    UNION ALL SELECT 'comment', schema_name, table_name FROM duckdb_tables()
+    WHERE database_name = $database AND comment IS NOT NULL
+    UNION ALL SELECT 'comment', schema_name, table_name || '.' || column_name FROM duckdb_columns()
+    WHERE database_name = $database AND comment IS NOT NULL
     UNION ALL SELECT 'sequence', schema_name, sequence_name FROM duckdb_sequences() WHERE database_name = $database
     UNION ALL SELECT 'index', schema_name, index_name FROM duckdb_indexes() WHERE database_name = $database
     UNION ALL SELECT 'type', schema_name, type_name FROM duckdb_types() WHERE database_name = $database AND NOT internal
