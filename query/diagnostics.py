@@ -51,11 +51,11 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
         relative = Path("layer_weights.parquet")
     parts = relative.parts
     in_layer = len(parts) == 4 and parts[2].startswith(layout.LAYER_PREFIX)  # samples/<split>/layer=<name>/<part>
-    if (len(parts) == 3 or in_layer) and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
+    if parts and parts[-1] == "empty.parquet" or "*" in str(relative):  # a glob matching nothing: its schema file
+        fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
+    elif (len(parts) == 3 or in_layer) and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
         fix = (f"run `polysem check --repair --store {store}` to set it aside, then "
                f"`polysem ingest DATA_DIR --split {parts[1]}` to store its images again")
-    elif parts and parts[-1] == "empty.parquet" or "*" in str(relative):
-        fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
     else:
         fix = "it is written when the store is created: restore it from a backup, or ingest into a new `store`"
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")

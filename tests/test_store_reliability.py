@@ -396,6 +396,9 @@ DAMAGE = {
                                     ["ingest", "{data}", "--split", "val"], ["evaluate", "abc"]]),
     "catalog that is not a database": (lambda s: (s / "catalog.duckdb").write_bytes(b"garbage" * 100), "catalog.duckdb",
                                        "backup", [["info"], ["sql", "SELECT 1"]]),
+    "missing schema file of ingest_errors": (
+        lambda s: (s / "ingest_errors" / "_schema" / "empty.parquet").unlink(), "ingest_errors/",
+        "to rewrite the store's schema files", [["sql", "SELECT count(*) FROM samples"], ["info"]]),
     "truncated part": (lambda s: truncate(train_part(s)), "samples/train/", "--split train",
                        [["sql", "SELECT count(*) FROM samples"], ["info"], ["screen"], ["classes"],
                         ["ingest", "{data}", "--split", "train"],
