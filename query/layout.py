@@ -125,11 +125,19 @@ def split_folders(store: Path, table: str = "samples") -> list[Path]:
 
 def write_schema_files(store: Path, *, replace: bool = False) -> None:
     """Each part table's zero-row schema file, where it is missing (`replace`: also where it is not this
-    polysem's schema, e.g. hand-edited)."""
+    polysem's schema, e.g. hand-edited, or cannot be read)."""
     for table, schema in PART_TABLES.items():
         path = store / table / SCHEMA_DIR / "empty.parquet"
-        if not path.exists() or (replace and schema_problem(table, path) is not None):
+        if not path.exists() or (replace and _unfit(table, path)):
             atomic.write_atomic(schema.empty_table(), path)
+
+
+def _unfit(table: str, path: Path) -> bool:
+    """Whether a schema file is not this polysem's: other columns, or not readable as Parquet at all."""
+    try:
+        return schema_problem(table, path) is not None
+    except (OSError, ValueError):  # pyarrow: ArrowInvalid is a ValueError
+        return True
 
 
 def only_creation_files(store: Path) -> bool:

@@ -425,6 +425,21 @@ def test_check_names_every_damaged_file(cli, store, damage):
     assert file in result.output and "Error:" in result.output
 
 
+@pytest.mark.parametrize("table", ["samples", "ingest_errors"])
+def test_repair_rewrites_a_schema_file_that_cannot_be_read(cli, store, table):
+    """The fix a damaged schema file is named with (`check --repair`) rewrites it, and the store reads again."""
+    schema_file = store / table / "_schema" / "empty.parquet"
+    count = ("sql", "SELECT count(*) AS n FROM samples", "--store", store, "--format", "json")
+    before = cli(*count).stdout
+    truncate(schema_file)
+    assert_refused(cli("sql", "SELECT count(*) FROM samples", "--store", store), str(schema_file), "check --repair")
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    assert pyarrow.parquet.read_schema(schema_file).equals(layout.PART_TABLES[table], check_metadata=False)
+    result = cli(*count)
+    assert result.exit_code == 0 and json.loads(result.stdout) == json.loads(before) != [{"n": 0}], result.output
+
+
 def test_check_passes_a_sound_store_and_repair_lets_a_split_be_ingested_again(cli, built, store):
     ok = cli("check", "--store", store)
     assert ok.exit_code == 0 and "ok: 6 Parquet files, 36 rows" in ok.output, ok.output
