@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "only_creation_files", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_schema_files"]
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "only_creation_files", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_creation_files",
+           "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
 SCHEMA_DIR = "_schema"
@@ -138,6 +139,14 @@ def _unfit(table: str, path: Path) -> bool:
         return schema_problem(table, path) is not None
     except (OSError, ValueError):  # pyarrow: ArrowInvalid is a ValueError
         return True
+
+
+def write_creation_files(store: Path) -> None:
+    """The Parquet files a first ingest writes before it creates the catalog, each empty: the part tables' schema
+    files, classes.parquet and the first layer's weight file (`only_creation_files` of the folder is then true)."""
+    write_schema_files(store)
+    atomic.write_atomic(CLASSES.empty_table(), store / "classes.parquet")
+    atomic.write_atomic(LAYER_WEIGHTS.empty_table(), store / "layer_weights.parquet")
 
 
 def only_creation_files(store: Path) -> bool:

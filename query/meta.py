@@ -29,6 +29,7 @@ __all__ = [
     "check_layer_name",
     "dataset_root_key",
     "drop_foreign_functions",
+    "fill_template",
     "layer_positions",
     "layer_shape_key",
     "meta_complete",
@@ -37,7 +38,6 @@ __all__ = [
     "read_meta",
     "recorded_decode",
     "recorded_target",
-    "refresh_catalog",
     "schema_version",
     "stored_digest",
     "stored_layers",
@@ -261,12 +261,10 @@ def polysem_objects() -> tuple[set[str], set[tuple[str, str]]]:
     return {b.name for b in blocks if b.kind == "TABLE"}, objects
 
 
-def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> bool:
+def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> None:
     """Drop every macro and type of `conn`'s database that polysem does not define: DuckDB takes a stored macro or
     type before its own function or type of that name, so a received catalog's `getvariable` macro or `json` type
-    would change what polysem's SQL computes. Run on a reader's private copy only (the store is never written).
-    Returns whether the copy then holds no object but polysem's views and macros (tables aside), the condition
-    for `refresh_catalog` to start from it."""
+    would change what polysem's SQL computes. Run on a reader's private copy only (the store is never written)."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     foreign = foreign_objects(conn, own)
     dropped = False
@@ -286,7 +284,6 @@ def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> bool:
         raise StoreError(f"the store's catalog holds {names}, which polysem never writes and cannot set aside (a table "
                          "depends on it): DuckDB would take it before its own and change what polysem computes; "
                          "drop it with DuckDB, or ingest into a new `store`")
-    return not left
 
 
 def duckdb_knows(kind: str, name: str) -> bool:
@@ -315,15 +312,13 @@ def foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) -> list[dict
             if row["schema_name"] != "main" or (row["kind"], row["name"]) not in ours]
 
 
-def refresh_catalog(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
-    """On `conn`, a catalog copy `prepare_catalog` prepared that holds nothing but polysem's objects (see
-    `drop_foreign_functions`), with another state of a catalog attached read-only as database `fresh`: give the
-    copy fresh's rows and return True, when that is what preparing fresh gives: fresh is complete, of this
-    polysem's format and SQL digest, and both hold polysem's tables alone, created by the same statements
-    (columns, types, defaults, constraints), and fresh nothing else but polysem's own views and macros.
-    Otherwise return False with the copy unchanged (the caller prepares fresh, which also names what is wrong
-    with it). Defining every view and macro takes about 100 ms; replacing the rows of the few tables a fraction
-    of that."""
+def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
+    """On `conn`, a catalog `prepare_catalog` defined that holds nothing but polysem's objects (the template of
+    `polysem.query.store.catalog_template`), with a catalog attached read-only as database `fresh`: give `conn`'s
+    catalog fresh's rows and return True, when fresh is complete, of this polysem's format and SQL digest, and
+    both hold polysem's tables alone, created by the same statements (columns, types, defaults, constraints), and
+    fresh nothing else but views and macros of polysem's names (preparing replaces those). Otherwise return False
+    with `conn`'s catalog unchanged (the caller prepares fresh, which also names what is wrong with it)."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     statements = Statements(conn)
     conn.execute(f"USE {identifier(fresh)}")

@@ -35,16 +35,16 @@ from polysem.query.meta import (
     IncompleteStore,
     catalog_created,
     drop_foreign_functions,
+    fill_template,
     meta_complete,
     prepare_catalog,
     read_meta,
     recorded_decode,
-    refresh_catalog,
     stored_layers,
 )
 from polysem.query.output_paths import check_output
 from polysem.query.recovery import record_pending, sweep
-from polysem.query.sandbox import SANDBOX, as_select, check_read_only
+from polysem.query.sandbox import SANDBOX, as_select, check_read_only, scratch
 from polysem.query.serialise import out_format, write_result
 from polysem.query.sqlfiles import READS_FILE, NamedStatements, bind, result
 from polysem.query.transaction import Transaction
@@ -64,11 +64,9 @@ def default_store_path() -> Path:
 
 # Prepared catalog copies by what preparing reads: the copied catalog's bytes and the Parquet files the views
 # read when they are defined (name, size, modification time). Every Store object of a process that reads the same
-# store unchanged, or a copy of it, opens a copy of the prepared bytes instead of defining every view and macro
-# again (about 100 ms each); a catalog state met first (after a write) starts from the prepared copy of the same
-# files and takes the new state's rows (`refresh_catalog`). The views name their files relative to the store
-# (file_search_path, set per connection), so prepared bytes serve any store that holds those bytes and files.
-_PREPARED: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (bytes, holding polysem's objects alone)
+# store unchanged, or a copy of it, opens a copy of the prepared bytes. The views name their files relative to the
+# store (file_search_path, set per connection), so prepared bytes serve any store that holds those bytes and files.
+_PREPARED: dict[tuple[str, str], bytes] = {}
 _PREPARED_LOCK = threading.Lock()
 _PREPARED_MAX_BYTES = 64 << 20
 # The open read-only connections of the latest snapshots, by store folder (the connection resolves the views'
@@ -77,11 +75,41 @@ _PREPARED_MAX_BYTES = 64 << 20
 # last Store holding it lets it go.
 _OPEN: OrderedDict[tuple[str, tuple[str, str]], duckdb.DuckDBPyConnection] = OrderedDict()
 _OPEN_MAX = 8
-# A new store's catalog as this polysem creates it (every table, view and macro, no row but the SQL digest), taken
-# from the first store this process creates in a folder holding only the Parquet files a creation writes: the next
-# such store starts as a copy of it instead of defining every view and macro again (about 100 ms). Defining binds
-# the views over those files, whose schemas are polysem's, so the copy is what defining them there gives.
-_NEW_CATALOG: list[bytes] = []
+# polysem's catalog as a first ingest defines it (every table, view and macro; no row but the SQL digest), made once
+# per process in a folder of its own holding only the files a creation writes, empty and of polysem's schema, and
+# the columns each of its views binds to there (see `catalog_template`).
+_TEMPLATE: list[tuple[bytes, list]] = []
+# The views that read the store's Parquet files themselves; every other view and macro reads through them and the
+# tables, so where these bind to the same columns, so does everything else (tests/test_store_reliability.py checks
+# the list against sql/).
+FILE_VIEWS = ("samples", "ingest_errors", "classes", "all_layer_weights")
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def catalog_template() -> tuple[bytes, list]:
+    """(the bytes of polysem's catalog as a first ingest defines it, the columns of each view there).
+
+    Defining a view or macro binds it over the store's files (about 100 ms for all of them), and binding depends
+    on nothing of the files but the columns the views read from them. So a new store, and a reader's copy of any
+    catalog state holding polysem's tables alone (`fill_template`) whose views bind to these same columns over
+    its own files, start from these bytes instead: the catalog is the one defining gives there."""
+    with _TEMPLATE_LOCK:
+        if not _TEMPLATE:
+            with tempfile.TemporaryDirectory(prefix="polysem-template-") as folder:
+                layout.write_creation_files(Path(folder))
+                catalog = Path(folder, layout.CATALOG)
+                with quiet(duckdb.connect(str(catalog), config={**SANDBOX, "file_search_path": folder})) as conn:
+                    prepare_catalog(conn, folder)
+                    columns = view_columns(conn, FILE_VIEWS)
+                    conn.execute("CHECKPOINT")  # the catalog's file alone holds it
+                _TEMPLATE.append((catalog.read_bytes(), columns))
+        return _TEMPLATE[0]
+
+
+def view_columns(conn: duckdb.DuckDBPyConnection, views: tuple[str, ...]) -> list:
+    """The (name, type) of the columns each of `views` binds to on `conn`, over its store's files."""
+    return [(name, list(zip(relation.columns, map(str, relation.types), strict=True)))
+            for name, relation in ((name, conn.sql(f"FROM {name}")) for name in views)]
 
 
 def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
@@ -103,15 +131,15 @@ def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
     return catalog, digest.hexdigest()
 
 
-def remember_snapshot(key: tuple[str, str], copy: Path, pure: bool) -> None:
+def remember_snapshot(key: tuple[str, str], copy: Path) -> None:
     if copy.with_name(copy.name + ".wal").exists():
         return  # a copy left with a write-ahead log is not one file
     data = copy.read_bytes()
     with _PREPARED_LOCK:
-        while _PREPARED and sum(len(entry[0]) for entry in _PREPARED.values()) + len(data) > _PREPARED_MAX_BYTES:
+        while _PREPARED and sum(map(len, _PREPARED.values())) + len(data) > _PREPARED_MAX_BYTES:
             _PREPARED.pop(next(iter(_PREPARED)))  # the oldest first
         if len(data) <= _PREPARED_MAX_BYTES:
-            _PREPARED[key] = (data, pure)
+            _PREPARED[key] = data
 
 
 class Store:
@@ -204,9 +232,9 @@ class Store:
         new = (create and not self.catalog_path.exists()
                and not self.catalog_path.with_name(self.catalog_path.name + ".wal").exists()
                and layout.only_creation_files(self.path))
-        if new and _NEW_CATALOG:
+        if new:
             with atomic_path(self.catalog_path) as made:
-                made.write_bytes(_NEW_CATALOG[0])
+                made.write_bytes(catalog_template()[0])
         conn = open_for_writing(self.catalog_path, self.path)
         try:
             if not create and not catalog_created(conn):
@@ -214,9 +242,6 @@ class Store:
             # Views name their Parquet files relative to the store, so a store can be moved.
             conn.execute("SET file_search_path = ?", [str(self.path)])
             prepare_catalog(conn, self.path)  # an older format is migrated here, under the write lock
-            if new and not _NEW_CATALOG:
-                conn.execute("CHECKPOINT")  # the catalog's file alone holds it
-                _NEW_CATALOG.append(self.catalog_path.read_bytes())
             if not create:
                 self._choose_layer(conn, stored_layers(conn))
             record_pending(conn, self.path)
@@ -272,18 +297,14 @@ class Store:
                     _OPEN.move_to_end(place)
                     return shared
             with _PREPARED_LOCK:  # another thread may add or drop entries meanwhile
-                prepared = _PREPARED.get(key, (None, False))[0]
-                # a copy to refresh from: the same files, and nothing a received catalog held besides polysem's
-                same_files = next((data for (_, files), (data, pure) in reversed(_PREPARED.items())
-                                   if files == key[1] and pure), None)
+                prepared = _PREPARED.get(key)
             if prepared is not None:
                 copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # folded into the prepared bytes
                 copy.write_bytes(prepared)
             else:
-                pure = same_files is not None and self._refresh_copy(same_files, copy)
-                if not pure:
-                    pure = self._prepare_copy(copy)
-                remember_snapshot(key, copy, pure)
+                if not self._copy_from_template(copy):
+                    self._prepare_copy(copy)
+                remember_snapshot(key, copy)
             try:
                 conn = quiet(duckdb.connect(str(copy), read_only=True,
                                             config={**SANDBOX, "file_search_path": str(self.path)}))
@@ -300,40 +321,53 @@ class Store:
             copy.with_name(copy.name + ".wal").unlink(missing_ok=True)
         return conn
 
-    def _refresh_copy(self, prepared: bytes, copy: Path) -> bool:
-        """Make `copy` the `prepared` bytes (another catalog state's prepared copy, of the same Parquet files) with
-        the copy's rows, where `refresh_catalog` finds that equal to preparing it; False leaves the copy as it was."""
-        if copy.with_name(copy.name + ".wal").exists():
-            return False  # rows DuckDB has not written into the file yet: prepare (it folds them in)
-        work = copy.with_name(copy.name + ".refresh")
-        work.write_bytes(prepared)
+    def _copy_from_template(self, copy: Path) -> bool:
+        """Make `copy` (a copy of the catalog) the template (`catalog_template`) holding the copy's rows, where that is
+        what preparing the copy gives: `fill_template` takes the rows, and each view that reads the store's files
+        binds over them to the columns it binds to in the template. False leaves the copy as it was, for preparing
+        to read (and to name what is wrong with it). Both catalogs are attached to the process's scratch
+        connection: a connection of their own would cost a DuckDB instance each (about 12 ms)."""
+        work = copy.with_name(copy.name + ".template")
+        same = False
         try:
-            with duckdb.connect(str(work), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
-                conn.execute("ATTACH ? AS polysem_fresh (READ_ONLY)", [str(copy)])
-                refreshed = refresh_catalog(conn, "polysem_fresh")
-                conn.execute("DETACH polysem_fresh")
-            if refreshed:
+            template, columns = catalog_template()
+            work.write_bytes(template)
+            with scratch() as conn:
+                conn.execute("ATTACH ? AS polysem_work", [str(work)])
+                try:
+                    conn.execute("ATTACH ? AS polysem_fresh (READ_ONLY)", [str(copy)])
+                    conn.execute("USE polysem_work")
+                    conn.execute("SET file_search_path = ?", [str(self.path)])
+                    same = fill_template(conn, "polysem_fresh") and view_columns(conn, FILE_VIEWS) == columns
+                    conn.execute("CHECKPOINT polysem_work")
+                finally:
+                    conn.execute("RESET file_search_path")
+                    conn.execute("USE memory")
+                    conn.execute("DETACH DATABASE IF EXISTS polysem_fresh")
+                    conn.execute("DETACH polysem_work")
+            if same:
                 os.replace(work, copy)
-            return refreshed
+                copy.with_name(copy.name + ".wal").unlink(missing_ok=True)  # its rows are in the copy's file now
+            return same
         except duckdb.Error:
-            return False  # preparing the copy names what is wrong with it
+            return False
         finally:
             work.unlink(missing_ok=True)
             work.with_name(work.name + ".wal").unlink(missing_ok=True)
 
-    def _prepare_copy(self, copy: Path) -> bool:
+    def _prepare_copy(self, copy: Path) -> None:
         """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone
         sent may carry other definitions under polysem's names (and polysem's digest), and reads must run
-        polysem's own SQL. Returns whether the copy holds no object but polysem's (`drop_foreign_functions`)."""
+        polysem's own SQL."""
         attempt = 0
         while True:
             try:
                 with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
-                    pure = drop_foreign_functions(conn)  # a received catalog's macros and types shadow DuckDB's
+                    drop_foreign_functions(conn)  # a received catalog's macros and types shadow DuckDB's
                     if not catalog_created(conn):  # before any view: they need files such a store may lack
                         raise IncompleteStore(self.path)
                     prepare_catalog(conn, self.path, redefine=True)  # rolled back if it fails
-                return pure
+                return
             except duckdb.IOException as error:
                 # defining the samples view reads every part's schema: a compaction that swapped the split's
                 # files meanwhile (query.compact) removed one; the next attempt lists the new ones

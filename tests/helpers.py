@@ -266,13 +266,13 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
 # -- processes ------------------------------------------------------------------------------------
 
 def forget_prepared(monkeypatch) -> None:
-    """This process's prepared catalog copies, open snapshots and new-catalog template forgotten for the test: the
-    next read of any store prepares its catalog copy from scratch, and the next store created defines its catalog."""
+    """This process's prepared catalog copies, open snapshots and template catalog forgotten for the test: the next
+    read of any store makes its catalog copy anew, and the next template is defined anew."""
     from polysem.query import store as store_module
 
     monkeypatch.setattr(store_module, "_PREPARED", {})
     monkeypatch.setattr(store_module, "_OPEN", store_module.OrderedDict())
-    monkeypatch.setattr(store_module, "_NEW_CATALOG", [])
+    monkeypatch.setattr(store_module, "_TEMPLATE", [])
 
 
 def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:

@@ -180,14 +180,17 @@ def test_outputs_inside_the_store_are_refused(cli, colour_store):
     assert not (colour_store / "samples" / "x.parquet").exists()
 
 
-def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_store, monkeypatch):
-    """Defining the samples view reads every part's schema; a compaction that swaps the split's files at that
-    moment removes one (the race of the test above): the reader lists the parts again, not a damaged store."""
+@pytest.mark.parametrize("moment", ["binding the template's views", "defining the views"])
+def test_a_part_removed_while_the_samples_view_is_bound_is_read_again(colour_store, monkeypatch, moment):
+    """Binding the samples view reads every part's schema; a compaction that swaps the split's files at that moment
+    removes one (the race of the test above): the reader lists the parts again, not a damaged store. It binds the
+    view when it checks a copy made from the template, and when it prepares a copy (defining every view)."""
     import duckdb
 
     from polysem.query import store as store_module
 
-    real, calls = store_module.prepare_catalog, []
+    name = "view_columns" if moment == "binding the template's views" else "prepare_catalog"
+    real, calls = getattr(store_module, name), []
 
     def swapped_once(conn, *args, **kwargs):
         calls.append(1)
@@ -196,7 +199,10 @@ def test_a_part_removed_while_the_samples_view_is_defined_is_read_again(colour_s
                                      "No such file or directory")
         return real(conn, *args, **kwargs)
 
-    monkeypatch.setattr(store_module, "prepare_catalog", swapped_once)
-    forget_prepared(monkeypatch)  # prepare this store, though another test prepared its copy
+    forget_prepared(monkeypatch)  # make this store's copy, though another test made one
+    store_module.catalog_template()
+    if moment == "defining the views":
+        monkeypatch.setattr(store_module.Store, "_copy_from_template", lambda self, copy: False)
+    monkeypatch.setattr(store_module, name, swapped_once)
     assert Store(colour_store).sql("SELECT count(*) AS n FROM samples").to_pylist()[0]["n"] > 0
-    assert len(calls) == 2
+    assert len(calls) == (1 if name == "view_columns" else 2)  # the template's copy is left for preparing

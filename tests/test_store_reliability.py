@@ -15,6 +15,7 @@ import pyarrow.parquet
 import pytest
 from polysem.query import Store
 from polysem.query import catalog as catalog_module
+from polysem.query import store as store_module
 from polysem.query import layout
 
 from polysem.errors import StoreBusy
@@ -156,16 +157,17 @@ def test_store_objects_of_one_state_share_a_database_and_a_copy_reads_its_own_fi
 def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_differs(store, tmp_path, monkeypatch,
                                                                                         cli):
     """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
-    of the store); a copy with one file changed is prepared again, so its damage is named as a fresh store's."""
-    prepared = count_preparations(monkeypatch)
+    of the store); a copy with one file changed is made again, and one whose file differs in a column's type is
+    prepared from scratch, so its damage is named as a fresh store's."""
+    made = made_copies(monkeypatch)
     count = "SELECT count(*) AS n FROM samples"
     n = Store(store).sql(count).to_pylist()
-    assert len(prepared) == 1
+    assert made == ["template"]
     copy = shutil.copytree(store, tmp_path / "copy")  # copy2: sizes and modification times kept
-    assert Store(copy).sql(count).to_pylist() == n and len(prepared) == 1
+    assert Store(copy).sql(count).to_pylist() == n and made == ["template"]
     rewrite_column(train_part(copy), "positive_sum", lambda table: table.column("positive_sum").cast("string"))
     assert_refused(cli("sql", count, "--store", copy), "samples/train/")
-    assert len(prepared) == 2
+    assert made == ["template", "prepared"]
 
 
 def every_object(store: Store) -> dict[str, list]:
@@ -177,35 +179,87 @@ def every_object(store: Store) -> dict[str, list]:
     return {name: sorted(map(str, store.sql(f'SELECT * FROM "{name}"').to_pylist())) for name in names}
 
 
-def count_preparations(monkeypatch) -> list:
-    """A list that grows by one whenever a reader prepares a catalog copy from scratch, from now on."""
-    prepared = []
-    real = Store._prepare_copy
-    monkeypatch.setattr(Store, "_prepare_copy", lambda self, copy: prepared.append(1) or real(self, copy))
+def made_copies(monkeypatch) -> list[str]:
+    """How each reader's catalog copy is made from now on, one entry per copy: 'template' (polysem's template
+    catalog given the copy's rows) or 'prepared' (every view and macro defined in the copy)."""
+    made: list[str] = []
+    real = Store._copy_from_template
+
+    def from_template(self, copy):
+        made.append("template" if real(self, copy) else "prepared")
+        return made[-1] == "template"
+
+    monkeypatch.setattr(Store, "_copy_from_template", from_template)
     forget_prepared(monkeypatch)
-    return prepared
+    return made
 
 
-def test_a_catalog_state_after_a_write_reads_as_a_prepared_one(store, monkeypatch):
-    """After a write, a reader starts from the prepared copy of the same files and takes the new rows: every table
-    and view reads as a copy prepared from scratch would."""
-    prepared = count_preparations(monkeypatch)
+def whole_catalog(store: Store) -> dict[str, list]:
+    """The reader's catalog as DuckDB describes it (every view's SQL and columns, every macro, table and column) and
+    the rows of every table and view."""
+    described = store.sql(
+        "SELECT 'view' AS kind, view_name AS name, sql AS text FROM duckdb_views() WHERE NOT internal UNION ALL "
+        "SELECT function_type, function_name, macro_definition || ' ' || parameters::VARCHAR FROM duckdb_functions() "
+        "WHERE NOT internal AND function_type IN ('macro', 'table_macro') UNION ALL "
+        "SELECT 'table', table_name, sql FROM duckdb_tables() WHERE database_name = current_database() UNION ALL "
+        "SELECT 'column', table_name || '.' || column_name, data_type FROM duckdb_columns() "
+        "WHERE database_name = current_database() ORDER BY ALL").to_pylist()
+    return {"catalog": described, **every_object(store)}
+
+
+def test_every_catalog_state_reads_as_a_copy_prepared_from_scratch(fixture_store, monkeypatch):
+    """A reader's copy made from the template holds what defining every view and macro in a copy of the catalog gives:
+    the same views, columns, macros, tables and rows, before and after writes (a store with a run)."""
+    store = fixture_store("opponent-colour-run").store
+    made = made_copies(monkeypatch)
+    states = []
+    for statement in (None, "INSERT INTO class_similarity VALUES (0, 2, 0.25), (1, 2, 0.5)",
+                      "DELETE FROM class_similarity WHERE class1 = 1"):
+        if statement is not None:
+            with Store(store).connect(write=True) as conn:
+                conn.execute(statement)
+        states.append(whole_catalog(Store(store)))
+    assert made == ["template"] * 3
+    monkeypatch.setattr(Store, "_copy_from_template", lambda self, copy: False)
+    forget_prepared(monkeypatch)
+    prepared = whole_catalog(Store(store))
+    assert states[-1] == prepared and states[0] != prepared
+    assert {"samples", "arv", "polysemantic_pairs"} <= {row["name"] for row in prepared["catalog"]}
+    assert prepared["runs"] and prepared["class_similarity"] == [str({"class1": 0, "class2": 2, "path_similarity": 0.25})]
+
+
+def test_a_store_whose_files_have_a_column_more_is_prepared_and_reads_it(store, tmp_path, monkeypatch):
+    """A part with a column polysem never writes changes what the samples view binds to: such a store is prepared
+    from scratch, and reads as preparing gives (the column shows in samples)."""
+    import pyarrow.parquet as pq
+
+    made = made_copies(monkeypatch)
     Store(store).sql("SELECT 1")
-    with Store(store).connect(write=True) as conn:
-        conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25), (1, 2, 0.5)")
-    with Store(store).connect(write=True) as conn:
-        conn.execute("DELETE FROM class_similarity WHERE class1 = 1")
-    refreshed = every_object(Store(store))
-    assert len(prepared) == 1, "the new state is refreshed, not prepared"
-    forget_prepared(monkeypatch)
-    assert every_object(Store(store)) == refreshed and len(prepared) == 2
-    assert refreshed["class_similarity"] == [str({"class1": 0, "class2": 2, "path_similarity": 0.25})]
+    changed = shutil.copytree(store, tmp_path / "changed")
+    part = train_part(changed)
+    table = pq.read_table(part)
+    pq.write_table(table.append_column("extra", pa.array([7] * len(table), pa.int32())), part)
+    assert Store(changed).sql("SELECT DISTINCT extra FROM samples WHERE split = 'train'").to_pylist() == [{"extra": 7}]
+    assert made == ["template", "prepared"]
+
+
+def test_the_file_views_are_the_views_that_read_the_stores_files():
+    """FILE_VIEWS (what a copy made from the template is checked by) are exactly the views whose own SQL reads Parquet
+    files, directly or through a table macro that does."""
+    from polysem.query.sqlfiles import load_blocks
+
+    blocks = load_blocks()
+    reading = {b.name for b in blocks if b.kind == "MACRO" and "read_parquet(" in b.sql}
+    assert reading == {"sample_rows"}
+    views = {b.name for b in blocks if b.kind == "VIEW" and ("read_parquet(" in b.sql or
+                                                              any(f"{name}(" in b.sql for name in reading))}
+    assert set(store_module.FILE_VIEWS) == views
 
 
 def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_another_store(store, tmp_path, monkeypatch):
     """A received catalog may hold a macro or a type named like one of DuckDB's (`getvariable`, `json`), which
     DuckDB would take first: a reader's copy drops them, so the received store reads as its original does, and
-    a store read after it (by the same process, from the prepared copy of the same files) never inherits them."""
+    a store read after it by the same process never inherits them."""
     forget_prepared(monkeypatch)
     count = "SELECT count(*) AS n FROM layer_samples"
     mine = shutil.copytree(store, tmp_path / "mine")
@@ -220,7 +274,7 @@ def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_ano
     assert n[0]["n"] > 0
     assert Store(received).sql(count).to_pylist() == n
     assert Store(mine).sql(count).to_pylist() == n
-    with Store(mine).connect(write=True) as conn:  # a new state of mine: refreshed from a clean prepared copy
+    with Store(mine).connect(write=True) as conn:  # a new state of mine, read after the received store
         conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
     assert Store(mine).sql(count).to_pylist() == n
     assert Store(mine).sql("SELECT (SELECT count(*) FROM duckdb_functions() WHERE function_name = 'planted') + "
@@ -232,7 +286,7 @@ def test_a_received_catalogs_macros_and_types_never_shadow_duckdbs_nor_reach_ano
 
 def test_a_received_catalogs_comments_stay_its_own(store, tmp_path, monkeypatch):
     """Comments on a received catalog's tables and columns are its data, read as they are; a store read after it
-    by the same process (refreshed from a prepared copy of the same files) never shows them."""
+    by the same process never shows them."""
     forget_prepared(monkeypatch)
     comments = ("SELECT (SELECT list(comment) FROM duckdb_tables() WHERE comment IS NOT NULL) AS tables, "
                 "(SELECT list(comment) FROM duckdb_columns() WHERE comment IS NOT NULL) AS columns")
@@ -274,7 +328,7 @@ def test_a_received_catalogs_own_objects_are_set_aside_by_name_alone(store, tmp_
     result = cli("sql", count, "--store", received, "--format", "json")
     assert result.exit_code == 0 and json.loads(result.stdout) == n, result.output
     assert Store(received).sql(count).to_pylist() == n
-    clean = shutil.copytree(store, tmp_path / "clean")  # the same files: refreshed from a prepared copy
+    clean = shutil.copytree(store, tmp_path / "clean")  # the same files as the received store's
     with Store(clean).connect(write=True) as conn:
         conn.execute("INSERT INTO class_similarity VALUES (0, 2, 0.25)")
     assert Store(clean).sql(count).to_pylist() == n
@@ -334,7 +388,7 @@ def test_a_catalog_whose_tables_differ_in_a_constraint_is_refused_however_the_pr
 def test_a_catalog_holding_more_than_polysem_wrote_is_prepared_again(store, monkeypatch, change):
     """A catalog state holding an object polysem never defines, or a table of other columns, is prepared from
     scratch (what preparing keeps, it keeps): the prepared copy of the state before is not reused."""
-    prepared = count_preparations(monkeypatch)
+    made = made_copies(monkeypatch)
     Store(store).sql("SELECT 1")
     statement = {"a view of its own": "CREATE VIEW mine AS SELECT 42 AS answer",
                  "a table of its own": "CREATE TABLE mine AS SELECT 42 AS answer",
@@ -344,7 +398,7 @@ def test_a_catalog_holding_more_than_polysem_wrote_is_prepared_again(store, monk
     reader = Store(store)
     query = "SELECT answer FROM mine" if "own" in change else "SELECT count(answer) AS answer FROM class_similarity"
     assert reader.sql(query).to_pylist() in ([{"answer": 42}], [{"answer": 0}])
-    assert len(prepared) == 2
+    assert made == ["template", "prepared"]
 # -- 5. damaged files: one line naming the file and the fix ------------------------------------
 
 def truncate(path: Path) -> None:
@@ -546,7 +600,8 @@ def catalog_of(store: Path) -> dict:
 
 
 def count_definitions(monkeypatch) -> list[str]:
-    """The folders of the store catalogs (not readers' copies) whose views and macros get defined, from now on."""
+    """The folders of the store catalogs (not readers' copies) whose tables, then views and macros get defined, from
+    now on ('template': the process's template catalog, `catalog_template`)."""
     from polysem.query import meta as meta_module
 
     defined_in = []
@@ -555,7 +610,8 @@ def count_definitions(monkeypatch) -> list[str]:
     def apply_blocks(conn, **kinds):
         path = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
         if Path(path).name == "catalog.duckdb":
-            defined_in.append(Path(path).parent.name)
+            folder = Path(path).parent.name
+            defined_in.append("template" if folder.startswith("polysem-template-") else folder)
         return real(conn, **kinds)
 
     monkeypatch.setattr(meta_module, "apply_blocks", apply_blocks)
@@ -563,23 +619,24 @@ def count_definitions(monkeypatch) -> list[str]:
     return defined_in
 
 
-def test_a_store_created_after_another_holds_the_catalog_a_first_one_does(data_dir, tmp_path, monkeypatch):
-    """The first store a process creates defines its catalog; later ones start as a copy of that catalog (their
-    views and macros are not defined again) and hold the same tables, views, columns, macros and rows as one
-    defined anew."""
+def test_a_new_stores_catalog_is_the_template_and_holds_what_defining_it_in_place_gives(data_dir, tmp_path,
+                                                                                        monkeypatch):
+    """No new store's catalog is defined in place: each starts as a copy of the process's template, and holds the
+    same tables, views, columns, macros and rows as one defined in place."""
     defined_in = count_definitions(monkeypatch)
     first = catalog_of(created(tmp_path, data_dir, "first"))
     second = catalog_of(created(tmp_path, data_dir, "second"))
-    assert second == first
-    assert defined_in == ["first", "first"], "the second store's catalog is a copy of the first's: nothing defined"
-    forget_prepared(monkeypatch)
-    assert catalog_of(created(tmp_path, data_dir, "third")) == first
+    assert defined_in == ["template", "template"], "one template, made once: no store's catalog defined"
+    monkeypatch.setattr(store_module.layout, "only_creation_files", lambda folder: False)
+    in_place = catalog_of(created(tmp_path, data_dir, "third"))
+    assert defined_in == ["template", "template", "third", "third"]
+    assert first == second == in_place
 
 
 def test_a_store_created_where_other_parquet_files_lie_defines_its_catalog(data_dir, tmp_path, monkeypatch):
     """A part left in a folder without a catalog (a store whose catalog was deleted; here of a split of its own,
-    with a column more) is bound by the views: such a store neither gives its catalog to the next store created nor takes the first one's, so each holds what
-    defining it there gives."""
+    with a column more) is bound by the views: such a store's catalog is defined in place, not copied from the
+    template, and holds what defining it there gives; the template stays polysem's own."""
     defined_in = count_definitions(monkeypatch)
     leftover = tmp_path / "leftover"
     part = leftover / "samples" / "old" / "part-r000-000000000000.parquet"
@@ -595,4 +652,4 @@ def test_a_store_created_where_other_parquet_files_lie_defines_its_catalog(data_
     (tmp_path / "more" / "samples" / "old").mkdir(parents=True)
     shutil.copy(part, tmp_path / "more" / "samples" / "old" / part.name)
     catalog_of(created(tmp_path, data_dir, "more"))
-    assert defined_in == ["leftover"] * 2 + ["clean"] * 2 + ["more"] * 2 and second == clean
+    assert defined_in == ["leftover"] * 2 + ["template"] * 2 + ["more"] * 2 and second == clean
