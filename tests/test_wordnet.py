@@ -9,7 +9,9 @@ from tests.helpers import ROOT
 PROBE = (
     "from polysem.method.wordnet import load_wordnet, synset\n"
     "with load_wordnet() as wn:\n"
-    "    print(type(wn).__module__, synset(wn, 'n02123045').name(), sorted(synset(wn, 'n02123045').lemma_names())[0])"
+    "    cat, tench = synset(wn, 'n02123045'), synset(wn, 'n01440764')\n"
+    "    print(type(wn).__module__, cat.name(), sorted(cat.lemma_names())[0], cat.path_similarity(tench),"
+    " cat.lexname(), len(cat.hypernym_paths()[0]))"
 )
 
 
@@ -24,11 +26,12 @@ def test_without_nltk_data_builds_from_debian_then_nltk_data_is_used(tmp_path):
     empty = tmp_path / "no-nltk-data"
     empty.mkdir()
     built = tmp_path / "cache"
-    module, name, lemma = probe(empty, built)
+    module, name, lemma, *answers = probe(empty, built)
     assert (name, lemma) == ("tabby.n.01", "tabby")  # WordNet 3.0 noun 02123045: tabby, tabby cat
     assert (built / "nltk_data" / "corpora" / "wordnet" / "lexnames").is_file()
     # a user who ran nltk.download('wordnet') has this layout under NLTK_DATA: nltk's loader is used, no cache built
     unused = tmp_path / "unused-cache"
-    module, name, _ = probe(built / "nltk_data", unused)
+    module, name, _, *nltk_answers = probe(built / "nltk_data", unused)
     assert module.startswith("nltk.corpus") and name == "tabby.n.01"
+    assert answers == nltk_answers and answers[1] == "noun.animal"  # polysem's reader answers as nltk's own
     assert not unused.exists()
