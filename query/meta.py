@@ -305,10 +305,11 @@ def identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) -> list[dict[str, Any]]:
-    """The `catalog_objects` rows of `database` that are not polysem's own views and macros in schema main."""
+def foreign_objects(conn: duckdb.DuckDBPyConnection, database: str, macros: bool = True) -> list[dict[str, Any]]:
+    """The `catalog_objects` rows of `database` that are not polysem's own views and macros in schema main (macros
+    not listed unless `macros`)."""
     _, ours = polysem_objects()
-    return [row for row in Statements(conn).catalog_objects(database=database).to_pylist()
+    return [row for row in Statements(conn).catalog_objects(database=database, macros=macros).to_pylist()
             if row["schema_name"] != "main" or (row["kind"], row["name"]) not in ours]
 
 
@@ -317,7 +318,7 @@ def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
     `polysem.query.store.catalog_template`), with a catalog attached read-only as database `fresh`: give `conn`'s
     catalog fresh's rows and return True, when fresh is complete, of this polysem's format and SQL digest, and
     both hold polysem's tables alone, created by the same statements (columns, types, defaults, constraints), and
-    fresh nothing else but views and macros of polysem's names (preparing replaces those). Otherwise return False
+    fresh nothing else but views of polysem's names and macros (preparing replaces or drops those). Otherwise return False
     with `conn`'s catalog unchanged (the caller prepares fresh, which also names what is wrong with it)."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     statements = Statements(conn)
@@ -335,7 +336,9 @@ def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     if any(row["schema_name"] != "main" or row["table_name"] not in table_names for row in tables):
         return False
-    if foreign_objects(conn, fresh):
+    # Preparing drops every macro polysem does not define and replaces polysem's, so fresh's macros change nothing
+    # here; one preparing could not drop would be one a table depends on, and polysem's tables depend on none.
+    if foreign_objects(conn, fresh, macros=False):
         return False
     conn.begin()
     try:

@@ -215,10 +215,10 @@ SELECT schema_name, table_name, sql FROM duckdb_tables()
 WHERE database_name = $database AND NOT temporary ORDER BY ALL;
 
 -- name: catalog_objects
--- Every view, macro ('macro' or 'table macro', once however many overloads it has), sequence, index, type and schema but main of the attached database $database, and every comment on a table, column, view or macro of it ('comment', named by its object) (kind, schema_name, name).
+-- Every view, macro ('macro' or 'table macro', once however many overloads it has; only where $macros, as listing them costs a scan of every DuckDB function, about 10 ms), sequence, index, type and schema but main of the attached database $database, and every comment on a table, column, view or macro of it ('comment', named by its object) (kind, schema_name, name).
 WITH macros AS MATERIALIZED (
     SELECT function_type, schema_name, function_name, comment FROM duckdb_functions()
-    WHERE database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro'))
+    WHERE $macros AND database_name = $database AND NOT internal AND function_type IN ('macro', 'table_macro'))
 SELECT DISTINCT * FROM (
     SELECT 'view' AS kind, schema_name, view_name AS name FROM duckdb_views()
     WHERE database_name = $database AND NOT internal
