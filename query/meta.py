@@ -28,7 +28,6 @@ __all__ = [
     "catalog_created",
     "check_layer_name",
     "dataset_root_key",
-    "drop_foreign_functions",
     "fill_template",
     "layer_positions",
     "layer_shape_key",
@@ -38,7 +37,9 @@ __all__ = [
     "read_meta",
     "recorded_decode",
     "recorded_target",
+    "refuse_foreign_objects",
     "schema_version",
+    "set_aside_foreign_objects",
     "stored_digest",
     "stored_layers",
     "write_meta",
@@ -261,29 +262,68 @@ def polysem_objects() -> tuple[set[str], set[tuple[str, str]]]:
     return {b.name for b in blocks if b.kind == "TABLE"}, objects
 
 
-def drop_foreign_functions(conn: duckdb.DuckDBPyConnection) -> None:
-    """Drop every macro and type of `conn`'s database that polysem does not define: DuckDB takes a stored macro or
-    type before its own function or type of that name, so a received catalog's `getvariable` macro or `json` type
-    would change what polysem's SQL computes. Run on a reader's private copy only (the store is never written)."""
-    own = conn.execute("SELECT current_database()").fetchall()[0][0]
-    foreign = foreign_objects(conn, own)
+def set_aside_foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) -> None:
+    """On `conn`, a connection whose own database holds nothing of a received catalog (the process's scratch), with a
+    reader's private copy of that catalog attached read-write as `database`: drop every macro and type of the copy
+    that polysem does not define, and refuse a view standing where polysem keeps a table. DuckDB takes a stored macro
+    or type before its own function, operator or type of that name, so a received catalog's `getvariable` or `->>`
+    macro or `json` type would change what polysem's SQL computes, and a view named `store_meta` would run its own
+    SQL where polysem reads a table. The copy is listed from `conn`'s own database, where none of its macros is
+    found, so none of them runs. Run on a reader's private copy only (the store is never written)."""
+    foreign = foreign_objects(conn, database)
+    refuse_posing_views(foreign)
     dropped = False
     for row in foreign:
         if row["kind"] in ("macro", "table macro", "type"):
             statement = {"macro": "DROP MACRO", "table macro": "DROP MACRO TABLE", "type": "DROP TYPE"}[row["kind"]]
+            name = f"{identifier(database)}.{identifier(row['schema_name'])}.{identifier(row['name'])}"
             try:  # the name as an identifier, never as SQL: a catalog chooses it
-                conn.execute(f"{statement} IF EXISTS {identifier(row['schema_name'])}.{identifier(row['name'])}")
+                conn.execute(f"{statement} IF EXISTS {name}")
                 dropped = True
             except duckdb.Error:
-                pass  # a type a column uses stays; the copy is then not pure
-    left = foreign_objects(conn, own) if dropped else foreign  # listed again: what stayed
-    shadowing = [row for row in left if row["schema_name"] == "main" and row["kind"] in ("macro", "table macro", "type")
+                pass  # a type a column uses stays
+    left = foreign_objects(conn, database) if dropped else foreign  # listed again: what stayed
+    refuse_shadowing(left, "cannot set aside (a table depends on it)")
+
+
+def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection) -> None:
+    """On a writer's connection to a store's catalog: refuse a macro or type of the catalog that shadows one of
+    DuckDB's, and a view standing where polysem keeps a table, each named: polysem's SQL would run it. They are
+    listed from an in-memory database of the connection, where none of the catalog's macros is found, so none of
+    them runs; the store's own objects are never dropped."""
+    own = conn.execute("SELECT current_database()").fetchall()[0][0]
+    conn.execute("ATTACH ':memory:' AS polysem_listing")
+    conn.execute("USE polysem_listing")
+    try:
+        foreign = foreign_objects(conn, own)
+        refuse_posing_views(foreign)
+        refuse_shadowing(foreign, "does not set aside in a store it writes")
+    finally:
+        conn.execute(f"USE {identifier(own)}")
+        conn.execute("DETACH polysem_listing")
+
+
+def refuse_posing_views(foreign: list[dict[str, Any]]) -> None:
+    """Refuse a view (of `foreign_objects`) named like one of polysem's tables: reading the table would run it."""
+    tables, _ = polysem_objects()
+    posing = [row["name"] for row in foreign if row["schema_name"] == "main" and row["kind"] == "view"
+              and row["name"] in tables]
+    if posing:
+        raise StoreError(f"the store's catalog holds a view {posing[0]!r} where polysem keeps a table of that name: "
+                         "reading it would run the view's own SQL; restore the catalog from a backup, or ingest into a "
+                         "new `store`")
+
+
+def refuse_shadowing(foreign: list[dict[str, Any]], why: str) -> None:
+    """Refuse a macro or type (of `foreign_objects`) in schema main named like one of DuckDB's, which DuckDB would
+    take before its own in polysem's SQL."""
+    shadowing = [row for row in foreign if row["schema_name"] == "main" and row["kind"] in ("macro", "table macro", "type")
                  and duckdb_knows(row["kind"], row["name"])]
-    if shadowing:  # one a table depends on (a default, a check, a column's type) cannot be dropped
+    if shadowing:
         names = ", ".join(f"{row['kind']} {row['name']!r}" for row in shadowing[:3])
-        raise StoreError(f"the store's catalog holds {names}, which polysem never writes and cannot set aside (a table "
-                         "depends on it): DuckDB would take it before its own and change what polysem computes; "
-                         "drop it with DuckDB, or ingest into a new `store`")
+        raise StoreError(f"the store's catalog holds {names}, which polysem never writes and {why}: DuckDB would take "
+                         "it before its own and change what polysem computes; drop it with DuckDB, or ingest into a new "
+                         "`store`")
 
 
 def duckdb_knows(kind: str, name: str) -> bool:
@@ -314,22 +354,18 @@ def foreign_objects(conn: duckdb.DuckDBPyConnection, database: str, macros: bool
 
 
 def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
-    """On `conn`, a catalog `prepare_catalog` defined that holds nothing but polysem's objects (the template of
-    `polysem.query.store.catalog_template`), with a catalog attached read-only as database `fresh`: give `conn`'s
-    catalog fresh's rows and return True, when fresh is complete, of this polysem's format and SQL digest, and
-    both hold polysem's tables alone, created by the same statements (columns, types, defaults, constraints), and
-    fresh nothing else but views of polysem's names and macros (preparing replaces or drops those). Otherwise return False
-    with `conn`'s catalog unchanged (the caller prepares fresh, which also names what is wrong with it)."""
+    """On `conn`, a catalog `prepare_catalog` defined that holds nothing but polysem's objects and no row but the SQL
+    digest (the template of `polysem.query.store.catalog_template`) as its own database, with a received catalog
+    attached read-only as database `fresh`: give the template fresh's rows and return True, where that is what
+    preparing fresh gives: both hold polysem's tables alone, created by the same statements (columns, types,
+    defaults, constraints), fresh nothing else but views of polysem's names and macros (preparing replaces or drops
+    those), and its rows are of a complete store of this polysem's format and SQL digest. Otherwise return False
+    with the template unchanged (the caller prepares fresh, which also names what is wrong with it).
+
+    Nothing of fresh runs: its objects are listed from the template's database (where none of fresh's macros is
+    found), only its base tables are read, and the rows are checked once they are in the template."""
     own = conn.execute("SELECT current_database()").fetchall()[0][0]
     statements = Statements(conn)
-    conn.execute(f"USE {identifier(fresh)}")
-    try:
-        if not catalog_created(conn) or schema_version(conn) != SCHEMA_VERSION or stored_digest(conn) != sql_digest():
-            return False
-    except (StoreError, duckdb.Error):
-        return False
-    finally:
-        conn.execute(f"USE {identifier(own)}")
     table_names, _ = polysem_objects()
     tables = statements.catalog_tables(database=own).to_pylist()
     if statements.catalog_tables(database=fresh).to_pylist() != tables:
@@ -342,11 +378,15 @@ def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
         return False
     conn.begin()
     try:
-        for table in (identifier(row["table_name"]) for row in tables):  # polysem's own tables (checked above)
+        for table in (identifier(row["table_name"]) for row in tables):  # base tables alone (checked above)
             conn.execute(f"DELETE FROM {identifier(own)}.main.{table}")
             conn.execute(f"INSERT INTO {identifier(own)}.main.{table} SELECT * FROM {identifier(fresh)}.main.{table}")
+        if not catalog_created(conn) or schema_version(conn) != SCHEMA_VERSION or stored_digest(conn) != sql_digest():
+            conn.rollback()
+            return False
+        statements.put_meta(key="sql_digest", value=json.dumps(sql_digest()))  # as preparing writes it
         conn.commit()
-    except duckdb.Error:
+    except (StoreError, duckdb.Error):
         conn.rollback()
         return False
     return True

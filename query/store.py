@@ -34,12 +34,13 @@ from polysem.query.integrity import CheckReport, check_store
 from polysem.query.meta import (
     IncompleteStore,
     catalog_created,
-    drop_foreign_functions,
     fill_template,
     meta_complete,
     prepare_catalog,
     read_meta,
     recorded_decode,
+    refuse_foreign_objects,
+    set_aside_foreign_objects,
     stored_layers,
 )
 from polysem.query.output_paths import check_output
@@ -84,6 +85,10 @@ _TEMPLATE: list[tuple[bytes, list]] = []
 # the list against sql/).
 FILE_VIEWS = ("samples", "ingest_errors", "classes", "all_layer_weights")
 _TEMPLATE_LOCK = threading.Lock()
+# The state (`stamp`) each store's catalog was left in by this process's latest write, which found nothing foreign in
+# it (`refuse_foreign_objects`, about 15 ms): a catalog still in that state is not listed again. Any other change
+# (another process's write, an edit by hand) changes the stamp.
+_CHECKED: dict[str, tuple] = {}
 
 
 def catalog_template() -> tuple[bytes, list]:
@@ -236,7 +241,11 @@ class Store:
             with atomic_path(self.catalog_path) as made:
                 made.write_bytes(catalog_template()[0])
         conn = open_for_writing(self.catalog_path, self.path)
+        checked = False
         try:
+            if not new and _CHECKED.get(str(self.catalog_path)) != stamp(self.catalog_path):
+                refuse_foreign_objects(conn)  # before any of polysem's SQL runs on the catalog
+            checked = True
             if not create and not catalog_created(conn):
                 raise IncompleteStore(self.path)
             # Views name their Parquet files relative to the store, so a store can be moved.
@@ -253,6 +262,8 @@ class Store:
             raise
         finally:
             conn.close()
+            if checked:  # polysem writes nothing foreign: the state it leaves needs no listing
+                _CHECKED[str(self.catalog_path)] = stamp(self.catalog_path)
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
         """The connection user SQL runs on, rebuilt only when the catalog changed.
@@ -358,12 +369,22 @@ class Store:
     def _prepare_copy(self, copy: Path) -> None:
         """Migrate the private copy and define this polysem's views and macros in it, always: a catalog someone
         sent may carry other definitions under polysem's names (and polysem's digest), and reads must run
-        polysem's own SQL."""
+        polysem's own SQL. A received catalog's macros and types, which DuckDB takes before its own functions and
+        types, are set aside first, from the scratch connection (`set_aside_foreign_objects`): none of them runs."""
+        try:
+            with scratch() as conn:
+                conn.execute("ATTACH ? AS polysem_received", [str(copy)])
+                try:
+                    set_aside_foreign_objects(conn, "polysem_received")
+                    conn.execute("CHECKPOINT polysem_received")
+                finally:
+                    conn.execute("DETACH DATABASE IF EXISTS polysem_received")
+        except duckdb.Error as error:
+            raise damaged_catalog(self.catalog_path, error) from error
         attempt = 0
         while True:
             try:
                 with duckdb.connect(str(copy), config={**SANDBOX, "file_search_path": str(self.path)}) as conn:
-                    drop_foreign_functions(conn)  # a received catalog's macros and types shadow DuckDB's
                     if not catalog_created(conn):  # before any view: they need files such a store may lack
                         raise IncompleteStore(self.path)
                     prepare_catalog(conn, self.path, redefine=True)  # rolled back if it fails

@@ -266,13 +266,15 @@ BUILDERS: dict[str, Callable[[StoreCache, Path], dict]] = {
 # -- processes ------------------------------------------------------------------------------------
 
 def forget_prepared(monkeypatch) -> None:
-    """This process's prepared catalog copies, open snapshots and template catalog forgotten for the test: the next
-    read of any store makes its catalog copy anew, and the next template is defined anew."""
+    """This process's prepared catalog copies, open snapshots, template catalog and checked catalog states forgotten
+    for the test: the next read of any store makes its catalog copy anew, the next template is defined anew, and
+    the next write lists the catalog's objects."""
     from polysem.query import store as store_module
 
     monkeypatch.setattr(store_module, "_PREPARED", {})
     monkeypatch.setattr(store_module, "_OPEN", store_module.OrderedDict())
     monkeypatch.setattr(store_module, "_TEMPLATE", [])
+    monkeypatch.setattr(store_module, "_CHECKED", {})
 
 
 def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:

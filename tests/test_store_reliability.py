@@ -214,12 +214,14 @@ def test_every_catalog_state_reads_as_a_copy_prepared_from_scratch(fixture_store
     made = made_copies(monkeypatch)
     states = []
     for statement in (None, "INSERT INTO class_similarity VALUES (0, 2, 0.25), (1, 2, 0.5)",
-                      "DELETE FROM class_similarity WHERE class1 = 1"):
+                      "DELETE FROM class_similarity WHERE class1 = 1",
+                      # the same digest, spelled with spaces around it: preparing writes it again as polysem spells it
+                      "UPDATE store_meta SET value = ' ' || value::VARCHAR || ' ' WHERE key = 'sql_digest'"):
         if statement is not None:
             with Store(store).connect(write=True) as conn:
                 conn.execute(statement)
         states.append(whole_catalog(Store(store)))
-    assert made == ["template"] * 3
+    assert made == ["template"] * 4
     monkeypatch.setattr(Store, "_copy_from_template", lambda self, copy: False)
     forget_prepared(monkeypatch)
     prepared = whole_catalog(Store(store))
@@ -358,6 +360,54 @@ def test_a_received_macro_or_type_a_table_depends_on_is_refused_in_one_line(stor
             conn.execute(statement)
     before = snapshot(received)
     assert_refused(cli("sql", "SELECT count(*) FROM layer_samples", "--store", received), named, "drop it with DuckDB")
+    assert snapshot(received) == before
+
+
+def test_a_received_macro_named_like_a_duckdb_operator_never_runs(store, tmp_path, cli, monkeypatch):
+    """A received catalog's macro named like one of DuckDB's operators or functions (`->>`, with which polysem's SQL
+    reads store_meta, or `replace`) would run inside polysem's SQL, where it could read any file. A reader sets it
+    aside before any of polysem's SQL runs on the catalog, from the template or preparing alike, and reads the store
+    as its original; a writer refuses the store in one line naming it, the store unchanged."""
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        conn.execute("""CREATE MACRO "->>"(a, b) AS 'planted'""")
+        conn.execute("CREATE MACRO replace(a, b, c) AS 'planted'")
+    before = snapshot(received)
+    count = "SELECT count(*) AS n, min(layer) AS layer FROM layer_samples"
+    n = Store(store).sql(count).to_pylist()
+    made = made_copies(monkeypatch)
+    assert Store(received).sql(count).to_pylist() == n and made == ["template"]
+    monkeypatch.setattr(Store, "_copy_from_template", lambda self, copy: False)
+    forget_prepared(monkeypatch)
+    assert Store(received).sql(count).to_pylist() == n
+    assert_refused(cli("screen", "--concepts", "--store", received), "macro '->>', macro 'replace'",
+                   "drop it with DuckDB")
+    assert snapshot(received) == before
+
+
+def test_a_write_after_an_edit_by_another_hand_lists_the_catalog_again(store, cli):
+    """A process does not list the catalog state its own write left again, but any change since (here a macro added
+    with DuckDB) is listed: the next write refuses it."""
+    assert cli("screen", "--concepts", "--store", store).exit_code == 0
+    assert cli("screen", "--concepts", "--store", store).exit_code == 0
+    with duckdb.connect(str(store / "catalog.duckdb")) as conn:
+        conn.execute("CREATE MACRO replace(a, b, c) AS 'planted'")
+    before = snapshot(store)
+    assert_refused(cli("screen", "--concepts", "--store", store), "macro 'replace'", "drop it with DuckDB")
+    assert snapshot(store) == before
+
+
+def test_a_view_standing_where_polysem_keeps_a_table_is_refused(store, tmp_path, cli):
+    """A received catalog's store_meta may be a view (of any SQL, which could read any file): reading or writing
+    the store would run it, so both refuse in one line naming it, the store unchanged."""
+    received = shutil.copytree(store, tmp_path / "received")
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        conn.execute("ALTER TABLE store_meta RENAME TO kept")
+        conn.execute("CREATE VIEW store_meta AS SELECT * FROM kept")
+    before = snapshot(received)
+    for args in (("sql", "SELECT 1"), ("screen", "--concepts")):
+        assert_refused(cli(*args, "--store", received), "a view 'store_meta' where polysem keeps a table",
+                       "restore the catalog from a backup")
     assert snapshot(received) == before
 
 
