@@ -389,4 +389,7 @@ def fill_template(conn: duckdb.DuckDBPyConnection, fresh: str) -> bool:
     except (StoreError, duckdb.Error):
         conn.rollback()
         return False
+    except BaseException:  # Ctrl-C: the connection (the process's scratch) must not stay in the transaction
+        conn.rollback()
+        raise
     return True

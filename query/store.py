@@ -10,6 +10,7 @@ reader's private copy), `sandbox` (what user SQL may do), `serialise` (results a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -101,6 +102,10 @@ def catalog_template() -> tuple[bytes, list]:
     with _TEMPLATE_LOCK:
         if not _TEMPLATE:
             with tempfile.TemporaryDirectory(prefix="polysem-template-") as folder:
+                if "," in folder:
+                    raise StoreError(f"the temporary folder {Path(folder).parent} holds a comma, which DuckDB cannot "
+                                     "search for files (its file_search_path splits on commas); set TMPDIR to a "
+                                     "folder without one")
                 layout.write_creation_files(Path(folder))
                 catalog = Path(folder, layout.CATALOG)
                 with quiet(duckdb.connect(str(catalog), config={**SANDBOX, "file_search_path": folder})) as conn:
@@ -171,6 +176,9 @@ class Store:
             check_path("trust_code", trust_code, none=True)
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
+        if "," in str(self.path):
+            raise StoreError(f"the store's path {self.path} holds a comma, which DuckDB cannot search for the store's "
+                             "files (its file_search_path splits on commas); rename the folder or choose another store")
         self.trust_code = trust_code
         self.layer = layer  # the layer commands work on; None: the store's only one (several: refused by `meta`)
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
@@ -351,7 +359,9 @@ class Store:
                     conn.execute("SET file_search_path = ?", [str(self.path)])
                     same = fill_template(conn, "polysem_fresh") and view_columns(conn, FILE_VIEWS) == columns
                     conn.execute("CHECKPOINT polysem_work")
-                finally:
+                finally:  # the scratch connection as it was, whatever stopped the work (Ctrl-C included)
+                    with contextlib.suppress(duckdb.Error):
+                        conn.rollback()  # a transaction left open (none: DuckDB says so)
                     conn.execute("RESET file_search_path")
                     conn.execute("USE memory")
                     conn.execute("DETACH DATABASE IF EXISTS polysem_fresh")
@@ -378,6 +388,9 @@ class Store:
                     set_aside_foreign_objects(conn, "polysem_received")
                     conn.execute("CHECKPOINT polysem_received")
                 finally:
+                    with contextlib.suppress(duckdb.Error):
+                        conn.rollback()  # a transaction left open by Ctrl-C (none: DuckDB says so)
+                    conn.execute("USE memory")
                     conn.execute("DETACH DATABASE IF EXISTS polysem_received")
         except duckdb.Error as error:
             raise damaged_catalog(self.catalog_path, error) from error

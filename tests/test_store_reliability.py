@@ -385,6 +385,55 @@ def test_a_received_macro_named_like_a_duckdb_operator_never_runs(store, tmp_pat
     assert snapshot(received) == before
 
 
+def test_ctrl_c_while_a_copy_takes_its_rows_leaves_every_later_read_working(store, tmp_path, monkeypatch):
+    """A Ctrl-C while the template takes a catalog's rows (in a transaction on the process's scratch connection)
+    stops that read; the scratch connection is left as it was, so every later read, of any store, works."""
+    from polysem.query import meta as meta_module
+    from polysem.query.sandbox import scratch
+
+    other = shutil.copytree(store, tmp_path / "other")
+    count = "SELECT count(*) AS n FROM samples"
+    real, calls = meta_module.identifier, []
+
+    def interrupted(name):
+        calls.append(name)
+        if name == "runs":  # one of the tables the rows are copied into
+            raise KeyboardInterrupt
+        return real(name)
+
+    forget_prepared(monkeypatch)
+    monkeypatch.setattr(meta_module, "identifier", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Store(store).sql(count)
+    monkeypatch.setattr(meta_module, "identifier", real)
+    assert "runs" in calls
+    with scratch() as conn:
+        assert conn.execute("SELECT current_database(), current_setting('file_search_path')").fetchall() == [("memory", "")]
+        assert conn.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall() == [("memory",)]
+    assert Store(store).sql(count).to_pylist() == Store(other).sql(count).to_pylist() != [{"n": 0}]
+
+
+def test_a_comma_in_the_stores_path_or_the_temporary_folder_is_refused_in_one_line(data_dir, tmp_path, cli,
+                                                                                   monkeypatch):
+    """DuckDB splits its file_search_path, where the views find the store's files, on commas: a store whose path
+    holds one is refused before anything is written, and so is a temporary folder holding one, where the template
+    catalog is made."""
+    import tempfile
+
+    store = tmp_path / "a,b" / "store"
+    assert_refused(cli("ingest", data_dir, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
+                       "--transform", "tests.models:small"), "holds a comma", "rename the folder")
+    assert not (tmp_path / "a,b").exists()
+    assert cli("ingest", data_dir, "--store", tmp_path / "store", "--model", "tests.models:tiny_net", "--layer",
+               "probe", "--transform", "tests.models:small").exit_code == 0
+    forget_prepared(monkeypatch)
+    temporary = tmp_path / "temp,folder"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    assert_refused(cli("sql", "SELECT 1", "--store", tmp_path / "store"), f"temporary folder {temporary} holds a comma",
+                   "set TMPDIR")
+
+
 def test_a_write_after_an_edit_by_another_hand_lists_the_catalog_again(store, cli):
     """A process does not list the catalog state its own write left again, but any change since (here a macro added
     with DuckDB) is listed: the next write refuses it."""
