@@ -86,10 +86,10 @@ _TEMPLATE: list[tuple[bytes, list]] = []
 # the list against sql/).
 FILE_VIEWS = ("samples", "ingest_errors", "classes", "all_layer_weights")
 _TEMPLATE_LOCK = threading.Lock()
-# The state (`stamp`) each store's catalog was left in by this process's latest write, which found nothing foreign in
-# it (`refuse_foreign_objects`, about 15 ms): a catalog still in that state is not listed again. Any other change
-# (another process's write, an edit by hand) changes the stamp.
-_CHECKED: dict[str, tuple] = {}
+# The catalogs (`catalog_digest`) a writer of this process found nothing foreign in (`refuse_foreign_objects`, 15 to
+# 30 ms), and the states its writes left them in (polysem writes nothing foreign): a writer opening one of these
+# does not list it again. Any other change (another process's write, an edit by hand) changes the digest.
+_CLEAN_CATALOGS: set[str] = set()
 
 
 def catalog_template() -> tuple[bytes, list]:
@@ -122,12 +122,17 @@ def view_columns(conn: duckdb.DuckDBPyConnection, views: tuple[str, ...]) -> lis
             for name, relation in ((name, conn.sql(f"FROM {name}")) for name in views)]
 
 
-def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
-    """What preparing `copy` (a copy of `store`'s catalog) reads: (digests of the copy's bytes and of its write-ahead
-    log's, each on its own, a digest of the name, size and modification time of each Parquet file of the store)."""
-    wal = copy.with_name(copy.name + ".wal")
-    catalog = hashlib.sha256(copy.read_bytes()).hexdigest() + ":" + (
+def catalog_digest(catalog: Path) -> str:
+    """Digests of a catalog file's bytes and of its write-ahead log's, each on its own."""
+    wal = catalog.with_name(catalog.name + ".wal")
+    return hashlib.sha256(catalog.read_bytes()).hexdigest() + ":" + (
         hashlib.sha256(wal.read_bytes()).hexdigest() if wal.is_file() else "no write-ahead log")
+
+
+def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
+    """What preparing `copy` (a copy of `store`'s catalog) reads: (`catalog_digest` of the copy, a digest of the name,
+    size and modification time of each Parquet file of the store)."""
+    catalog = catalog_digest(copy)
     digest = hashlib.sha256()
     for folder, _, names in sorted(os.walk(store)):
         for name in sorted(names):
@@ -251,7 +256,7 @@ class Store:
         conn = open_for_writing(self.catalog_path, self.path)
         checked = False
         try:
-            if not new and _CHECKED.get(str(self.catalog_path)) != stamp(self.catalog_path):
+            if not new and catalog_digest(self.catalog_path) not in _CLEAN_CATALOGS:
                 refuse_foreign_objects(conn)  # before any of polysem's SQL runs on the catalog
             checked = True
             if not create and not catalog_created(conn):
@@ -271,7 +276,7 @@ class Store:
         finally:
             conn.close()
             if checked:  # polysem writes nothing foreign: the state it leaves needs no listing
-                _CHECKED[str(self.catalog_path)] = stamp(self.catalog_path)
+                _CLEAN_CATALOGS.add(catalog_digest(self.catalog_path))
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
         """The connection user SQL runs on, rebuilt only when the catalog changed.

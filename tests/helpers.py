@@ -274,7 +274,7 @@ def forget_prepared(monkeypatch) -> None:
     monkeypatch.setattr(store_module, "_PREPARED", {})
     monkeypatch.setattr(store_module, "_OPEN", store_module.OrderedDict())
     monkeypatch.setattr(store_module, "_TEMPLATE", [])
-    monkeypatch.setattr(store_module, "_CHECKED", {})
+    monkeypatch.setattr(store_module, "_CLEAN_CATALOGS", set())
 
 
 def kill_when_parts(run, folder: Path, count: int = 2, timeout: float = 60) -> None:
