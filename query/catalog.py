@@ -12,7 +12,7 @@ import duckdb
 
 from polysem.errors import StoreBusy
 from polysem.query.diagnostics import damaged_catalog
-from polysem.query.sandbox import scratch
+from polysem.query.sandbox import SANDBOX, scratch
 
 __all__ = ["READ_WAIT_S", "WRITE_WAIT_S", "copy_catalog", "open_for_writing", "quiet", "stamp"]
 
@@ -30,7 +30,7 @@ def open_for_writing(catalog: Path, store: Path) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + WRITE_WAIT_S
     while True:
         try:
-            return quiet(duckdb.connect(str(catalog)))
+            return quiet(duckdb.connect(str(catalog), config=SANDBOX))  # no extension loads on demand
         except duckdb.Error as error:
             if not is_lock_error(error):
                 raise damaged_catalog(catalog, error) from error

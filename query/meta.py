@@ -284,22 +284,28 @@ def set_aside_foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) ->
                 pass  # a type a column uses stays
     left = foreign_objects(conn, database) if dropped else foreign  # listed again: what stayed
     refuse_shadowing(left, "cannot set aside (a table depends on it)")
+    kept = [row for row in left if row["kind"] in ("macro", "table macro")]
+    if kept:  # a check or default runs it when a row is written, and preparing writes store_meta
+        raise StoreError(f"the store's catalog holds {kept[0]['kind']} {kept[0]['name']!r}, which polysem never "
+                         "writes and cannot set aside (a table depends on it): writing the table would run it; drop "
+                         "it with DuckDB, or ingest into a new `store`")
 
 
-def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection) -> None:
-    """On a writer's connection to a store's catalog: refuse a macro or type of the catalog that shadows one of
-    DuckDB's, and a view standing where polysem keeps a table, each named: polysem's SQL would run it. They are
-    listed from an in-memory database of the connection, where none of the catalog's macros is found, so none of
-    them runs; the store's own objects are never dropped."""
-    own = conn.execute("SELECT current_database()").fetchall()[0][0]
+def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection, own: str) -> None:
+    """On a writer's connection to a store's catalog, database `own` (DuckDB names it after the file): refuse a macro
+    or type of the catalog that shadows one of DuckDB's, a macro a table depends on, and a view standing where
+    polysem keeps a table, each named: polysem's SQL would run it. They are listed with an in-memory database of
+    the connection as the default one (named with its schema, so that no schema of the catalog stands for it), where
+    none of the catalog's macros is found, and no SQL runs before: none of them runs. The store's own objects are
+    never dropped."""
     conn.execute("ATTACH ':memory:' AS polysem_listing")
-    conn.execute("USE polysem_listing")
     try:
+        conn.execute("USE polysem_listing.main")
         foreign = foreign_objects(conn, own)
         refuse_posing_views(foreign)
         refuse_shadowing(foreign, "does not set aside in a store it writes")
     finally:
-        conn.execute(f"USE {identifier(own)}")
+        conn.execute(f"USE {identifier(own)}.main")
         conn.execute("DETACH polysem_listing")
 
 

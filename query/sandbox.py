@@ -37,12 +37,15 @@ _QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_
 _SQL_FUNCTIONS = {"query", "query_table"}
 _scratch_lock = threading.Lock()
 _scratch_conn: duckdb.DuckDBPyConnection | None = None
+_scratch_dirty = False
 
 
 @contextmanager
 def scratch() -> Iterator[duckdb.DuckDBPyConnection]:
-    """One in-memory connection per process for parsing and copying; creating one costs ~20 ms."""
-    global _scratch_conn
+    """One in-memory connection per process for parsing and copying; creating one costs ~20 ms. A use that did not
+    end normally (an error or Ctrl-C, even in its own clean-up) may have left a transaction, an attached catalog,
+    another default database or a file_search_path: the next use finds the connection as it was made."""
+    global _scratch_conn, _scratch_dirty
     with _scratch_lock:
         if _scratch_conn is None:
             _scratch_conn = duckdb.connect(":memory:", config=SANDBOX)
@@ -50,7 +53,24 @@ def scratch() -> Iterator[duckdb.DuckDBPyConnection]:
                 _scratch_conn.execute("SET fsync_mode = 'NONE'")
             except duckdb.Error:
                 pass
+        elif _scratch_dirty:
+            _reset(_scratch_conn)
+        _scratch_dirty = True
         yield _scratch_conn
+        _scratch_dirty = False
+
+
+def _reset(conn: duckdb.DuckDBPyConnection) -> None:
+    try:
+        conn.rollback()
+    except duckdb.Error:
+        pass  # no transaction was open
+    conn.execute("USE memory.main")
+    conn.execute("RESET file_search_path")
+    for (name,) in conn.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal "
+                                "AND database_name <> 'memory'").fetchall():
+        quoted = '"' + name.replace('"', '""') + '"'
+        conn.execute(f"DETACH DATABASE IF EXISTS {quoted}")
 
 
 def check_read_only(sql: str) -> None:

@@ -101,11 +101,8 @@ def catalog_template() -> tuple[bytes, list]:
     its own files, start from these bytes instead: the catalog is the one defining gives there."""
     with _TEMPLATE_LOCK:
         if not _TEMPLATE:
+            check_duckdb_path(Path(tempfile.gettempdir()), "the temporary folder", "set TMPDIR to another folder")
             with tempfile.TemporaryDirectory(prefix="polysem-template-") as folder:
-                if "," in folder:
-                    raise StoreError(f"the temporary folder {Path(folder).parent} holds a comma, which DuckDB cannot "
-                                     "search for files (its file_search_path splits on commas); set TMPDIR to a "
-                                     "folder without one")
                 layout.write_creation_files(Path(folder))
                 catalog = Path(folder, layout.CATALOG)
                 with quiet(duckdb.connect(str(catalog), config={**SANDBOX, "file_search_path": folder})) as conn:
@@ -114,6 +111,15 @@ def catalog_template() -> tuple[bytes, list]:
                     conn.execute("CHECKPOINT")  # the catalog's file alone holds it
                 _TEMPLATE.append((catalog.read_bytes(), columns))
         return _TEMPLATE[0]
+
+
+def check_duckdb_path(path: Path, what: str, fix: str) -> None:
+    """Refuse a folder DuckDB would misread: it splits file_search_path (where the views find the store's files) on
+    commas, and reads a backslash in a file's path as a slash (another file)."""
+    for character, name in ((",", "a comma"), ("\\", "a backslash")):
+        if character in str(path):
+            raise StoreError(f"{what} {path} holds {name}, which DuckDB misreads (it splits file_search_path on commas "
+                             f"and reads a backslash as a slash); {fix}")
 
 
 def view_columns(conn: duckdb.DuckDBPyConnection, views: tuple[str, ...]) -> list:
@@ -181,9 +187,7 @@ class Store:
             check_path("trust_code", trust_code, none=True)
         self.path = Path(path) if path is not None else default_store_path()
         self.path = self.path.expanduser().absolute()
-        if "," in str(self.path):
-            raise StoreError(f"the store's path {self.path} holds a comma, which DuckDB cannot search for the store's "
-                             "files (its file_search_path splits on commas); rename the folder or choose another store")
+        check_duckdb_path(self.path, "the store's path", "rename the folder or choose another store")
         self.trust_code = trust_code
         self.layer = layer  # the layer commands work on; None: the store's only one (several: refused by `meta`)
         self._reader_conn: duckdb.DuckDBPyConnection | None = None
@@ -257,7 +261,7 @@ class Store:
         checked = False
         try:
             if not new and catalog_digest(self.catalog_path) not in _CLEAN_CATALOGS:
-                refuse_foreign_objects(conn)  # before any of polysem's SQL runs on the catalog
+                refuse_foreign_objects(conn, self.catalog_path.stem)  # before any of polysem's SQL runs on it
             checked = True
             if not create and not catalog_created(conn):
                 raise IncompleteStore(self.path)
@@ -308,6 +312,7 @@ class Store:
         conn.execute("SET VARIABLE polysem_layer = ?", [self.layer or first])
 
     def _open_snapshot(self) -> duckdb.DuckDBPyConnection:
+        check_duckdb_path(Path(tempfile.gettempdir()), "the temporary folder", "set TMPDIR to another folder")
         fd, name = tempfile.mkstemp(prefix="polysem-catalog-", suffix=".duckdb")
         os.close(fd)
         copy = Path(name)

@@ -345,6 +345,11 @@ DEPENDED_ON = {
     "a generated column": ("macro 'getvariable'", ["CREATE MACRO getvariable(x) AS 'nope'",
                                                   "CREATE TABLE keep (a VARCHAR, b VARCHAR AS (getvariable(a)))"]),
     "a column's type": ("type 'json'", ["CREATE TYPE json AS INTEGER", "CREATE TABLE keep (a json)"]),
+    # a name DuckDB does not know, but a check of polysem's own table: writing store_meta would run it
+    "a check of store_meta": ("macro 'key_ok'", [
+        "CREATE MACRO key_ok(k) AS k IS NOT NULL", "CREATE TABLE kept AS SELECT * FROM store_meta",
+        "DROP TABLE store_meta", "CREATE TABLE store_meta (key VARCHAR PRIMARY KEY CHECK (key_ok(key)), value JSON)",
+        "INSERT INTO store_meta SELECT * FROM kept", "DROP TABLE kept"]),
 }
 
 
@@ -365,23 +370,31 @@ def test_a_received_macro_or_type_a_table_depends_on_is_refused_in_one_line(stor
 
 def test_a_received_macro_named_like_a_duckdb_operator_never_runs(store, tmp_path, cli, monkeypatch):
     """A received catalog's macro named like one of DuckDB's operators or functions (`->>`, with which polysem's SQL
-    reads store_meta, or `replace`) would run inside polysem's SQL, where it could read any file. A reader sets it
+    reads store_meta, `replace`, `current_database`) would run inside polysem's SQL, where it could read any file,
+    and a schema named like the database polysem lists a catalog from could hide them. A reader sets it
     aside before any of polysem's SQL runs on the catalog, from the template or preparing alike, and reads the store
     as its original; a writer refuses the store in one line naming it, the store unchanged."""
     received = shutil.copytree(store, tmp_path / "received")
     with duckdb.connect(str(received / "catalog.duckdb")) as conn:
         conn.execute("""CREATE MACRO "->>"(a, b) AS 'planted'""")
         conn.execute("CREATE MACRO replace(a, b, c) AS 'planted'")
-    before = snapshot(received)
+        conn.execute("CREATE MACRO current_database() AS 'planted'")
+    unread = snapshot(received)
     count = "SELECT count(*) AS n, min(layer) AS layer FROM layer_samples"
     n = Store(store).sql(count).to_pylist()
     made = made_copies(monkeypatch)
     assert Store(received).sql(count).to_pylist() == n and made == ["template"]
     monkeypatch.setattr(Store, "_copy_from_template", lambda self, copy: False)
     forget_prepared(monkeypatch)
-    assert Store(received).sql(count).to_pylist() == n
-    assert_refused(cli("screen", "--concepts", "--store", received), "macro '->>', macro 'replace'",
-                   "drop it with DuckDB")
+    assert Store(received).sql(count).to_pylist() == n and snapshot(received) == unread
+    with duckdb.connect(str(received / "catalog.duckdb")) as conn:
+        # a schema named like the database a writer lists the catalog from, whose table macro would hide every macro
+        conn.execute("CREATE SCHEMA polysem_listing")
+        conn.execute("CREATE MACRO polysem_listing.duckdb_functions() AS TABLE SELECT * FROM duckdb_functions() "
+                     "WHERE false")
+    before = snapshot(received)
+    assert_refused(cli("screen", "--concepts", "--store", received),
+                   "macro '->>', macro 'current_database', macro 'replace'", "drop it with DuckDB")
     assert snapshot(received) == before
 
 
@@ -411,19 +424,30 @@ def test_ctrl_c_while_a_copy_takes_its_rows_leaves_every_later_read_working(stor
         assert conn.execute("SELECT current_database(), current_setting('file_search_path')").fetchall() == [("memory", "")]
         assert conn.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall() == [("memory",)]
     assert Store(store).sql(count).to_pylist() == Store(other).sql(count).to_pylist() != [{"n": 0}]
+    with pytest.raises(KeyboardInterrupt), scratch() as conn:  # one stopped in the middle of its own clean-up
+        conn.execute("ATTACH ':memory:' AS left_behind")
+        conn.execute("USE left_behind")
+        conn.execute("SET file_search_path = ?", [str(store)])
+        conn.begin()
+        raise KeyboardInterrupt
+    with scratch() as conn:
+        assert conn.execute("SELECT current_database(), current_setting('file_search_path')").fetchall() == [("memory", "")]
+        assert conn.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall() == [("memory",)]
+    assert Store(other).sql(count).to_pylist() != [{"n": 0}]
 
 
-def test_a_comma_in_the_stores_path_or_the_temporary_folder_is_refused_in_one_line(data_dir, tmp_path, cli,
-                                                                                   monkeypatch):
-    """DuckDB splits its file_search_path, where the views find the store's files, on commas: a store whose path
-    holds one is refused before anything is written, and so is a temporary folder holding one, where the template
-    catalog is made."""
+def test_a_comma_or_backslash_in_the_stores_path_or_the_temporary_folder_is_refused_in_one_line(
+        data_dir, tmp_path, cli, monkeypatch):
+    """DuckDB splits its file_search_path, where the views find the store's files, on commas, and reads a backslash
+    in a path as a slash (another file): a store whose path holds either is refused before anything is written,
+    and so is a temporary folder holding one, where the catalog copies are made."""
     import tempfile
 
     store = tmp_path / "a,b" / "store"
     assert_refused(cli("ingest", data_dir, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
                        "--transform", "tests.models:small"), "holds a comma", "rename the folder")
     assert not (tmp_path / "a,b").exists()
+    assert_refused(cli("sql", "SELECT 1", "--store", tmp_path / "back\\slash"), "holds a backslash", "rename the folder")
     assert cli("ingest", data_dir, "--store", tmp_path / "store", "--model", "tests.models:tiny_net", "--layer",
                "probe", "--transform", "tests.models:small").exit_code == 0
     forget_prepared(monkeypatch)
@@ -431,7 +455,7 @@ def test_a_comma_in_the_stores_path_or_the_temporary_folder_is_refused_in_one_li
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     assert_refused(cli("sql", "SELECT 1", "--store", tmp_path / "store"), f"temporary folder {temporary} holds a comma",
-                   "set TMPDIR")
+                   "set TMPDIR to another folder")
 
 
 def test_a_write_after_an_edit_by_another_hand_lists_the_catalog_again(store, cli):
