@@ -278,9 +278,16 @@ class Store:
                 raise disk_full(f"the store {self.path}", self.path) from error
             raise
         finally:
-            conn.close()
+            left = None
             if checked:  # polysem writes nothing foreign: the state it leaves needs no listing
-                _CLEAN_CATALOGS.add(catalog_digest(self.catalog_path))
+                try:  # taken while the lock keeps other writers out; closing a checkpointed catalog changes nothing
+                    conn.execute("CHECKPOINT")
+                    left = catalog_digest(self.catalog_path)
+                except (duckdb.Error, OSError):
+                    pass  # the next writer lists it
+            conn.close()
+            if left is not None:
+                _CLEAN_CATALOGS.add(left)
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
         """The connection user SQL runs on, rebuilt only when the catalog changed.
