@@ -304,7 +304,11 @@ class Store:
             if self._reader_conn is None or self._reader_stamp != current:
                 self._reader_conn = None  # shared with other Store objects (_OPEN): closed when the last lets go
                 self._reader_conn = self._open_snapshot()
-                self._reader_layers = stored_layers(self._reader_conn)
+                cursor = self._reader_conn.cursor()  # the connection is shared: another thread may be reading on it
+                try:
+                    self._reader_layers = stored_layers(cursor)
+                finally:
+                    cursor.close()
                 self._reader_stamp = current
             return self._reader_conn
 

@@ -154,6 +154,30 @@ def test_store_objects_of_one_state_share_a_database_and_a_copy_reads_its_own_fi
     shutil.rmtree(store / "samples")
     assert Store(copy).sql(count).to_pylist() == n
 
+def test_threads_reading_one_store_through_store_objects_of_their_own_all_get_the_answer(store):
+    """Store objects reading one state share one DuckDB connection, which refuses a second call at once: every read
+    runs on a cursor of its own, so six threads reading through Store objects of their own all get the answer."""
+    import threading
+
+    count = "SELECT count(*) AS n FROM samples"
+    n = Store(store).sql(count).to_pylist()
+    results, errors = [], []
+
+    def work():
+        for _ in range(25):
+            try:
+                results.append(Store(store).sql(count).to_pylist())
+            except Exception as error:  # noqa: BLE001 -- every failure is the finding
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and results == [n] * 150
+
+
 def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_differs(store, tmp_path, monkeypatch,
                                                                                         cli):
     """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
