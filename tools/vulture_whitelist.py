@@ -34,3 +34,6 @@ _.polysem_version  # Run
 
 # IPython's rich display hook: a notebook calls it to show a result
 _._repr_markdown_  # Evaluation, and other results
+
+# nltk's WordNetCorpusReader calls map_wn from its constructor (polysem.method.wordnet.english_reader overrides it)
+_.map_wn
