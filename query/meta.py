@@ -304,6 +304,19 @@ def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection, own: str) -> None:
         foreign = foreign_objects(conn, own)
         refuse_posing_views(foreign)
         refuse_shadowing(foreign, "does not set aside in a store it writes")
+        for row in foreign:  # one a table depends on (a check, a default) runs when polysem writes that table
+            if row["kind"] in ("macro", "table macro"):
+                statement = "DROP MACRO TABLE" if row["kind"] == "table macro" else "DROP MACRO"
+                name = f"{identifier(own)}.{identifier(row['schema_name'])}.{identifier(row['name'])}"
+                conn.begin()
+                try:  # DuckDB refuses to drop it; rolled back either way, so the store is never changed
+                    conn.execute(f"{statement} {name}")
+                except duckdb.Error:
+                    raise StoreError(f"the store's catalog holds {row['kind']} {row['name']!r}, which polysem never "
+                                     "writes and a table depends on: writing the table would run it; drop it with "
+                                     "DuckDB, or ingest into a new `store`") from None
+                finally:
+                    conn.rollback()
     finally:
         conn.execute(f"USE {identifier(own)}.main")
         conn.execute("DETACH polysem_listing")

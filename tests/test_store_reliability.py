@@ -379,8 +379,9 @@ DEPENDED_ON = {
 
 @pytest.mark.parametrize("case", list(DEPENDED_ON))
 def test_a_received_macro_or_type_a_table_depends_on_is_refused_in_one_line(store, tmp_path, cli, case):
-    """A macro or type shadowing one of DuckDB's that a table depends on cannot be set aside: reading is refused
-    in one line naming it, the store unchanged (reading through a getvariable macro drops every row of a layer).
+    """A macro or type shadowing one of DuckDB's that a table depends on cannot be set aside, nor can a macro a check
+    of polysem's own table calls: reading and writing are refused in one line naming it, the store unchanged
+    (reading through a getvariable macro drops every row of a layer).
     One of a name DuckDB does not know shadows nothing and stays (tested above: a type a column uses)."""
     named, statements = DEPENDED_ON[case]
     received = shutil.copytree(store, tmp_path / "received")
@@ -389,6 +390,7 @@ def test_a_received_macro_or_type_a_table_depends_on_is_refused_in_one_line(stor
             conn.execute(statement)
     before = snapshot(received)
     assert_refused(cli("sql", "SELECT count(*) FROM layer_samples", "--store", received), named, "drop it with DuckDB")
+    assert_refused(cli("screen", "--concepts", "--store", received), named, "drop it with DuckDB")
     assert snapshot(received) == before
 
 
