@@ -275,10 +275,8 @@ def set_aside_foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) ->
     dropped = False
     for row in foreign:
         if row["kind"] in ("macro", "table macro", "type"):
-            statement = {"macro": "DROP MACRO", "table macro": "DROP MACRO TABLE", "type": "DROP TYPE"}[row["kind"]]
-            name = f"{identifier(database)}.{identifier(row['schema_name'])}.{identifier(row['name'])}"
-            try:  # the name as an identifier, never as SQL: a catalog chooses it
-                conn.execute(f"{statement} IF EXISTS {name}")
+            try:
+                conn.execute(drop_statement(row, database))
                 dropped = True
             except duckdb.Error:
                 pass  # a type a column uses stays
@@ -286,9 +284,21 @@ def set_aside_foreign_objects(conn: duckdb.DuckDBPyConnection, database: str) ->
     refuse_shadowing(left, "cannot set aside (a table depends on it)")
     kept = [row for row in left if row["kind"] in ("macro", "table macro")]
     if kept:  # a check or default runs it when a row is written, and preparing writes store_meta
-        raise StoreError(f"the store's catalog holds {kept[0]['kind']} {kept[0]['name']!r}, which polysem never "
-                         "writes and cannot set aside (a table depends on it): writing the table would run it; drop "
-                         "it with DuckDB, or ingest into a new `store`")
+        raise depended_on(kept[0])
+
+
+def drop_statement(row: dict[str, Any], database: str) -> str:
+    """The DROP of a macro, table macro or type (a `foreign_objects` row) of `database`, by its schema and name as
+    quoted identifiers, never as SQL text: a received catalog chooses them."""
+    statement = {"macro": "DROP MACRO", "table macro": "DROP MACRO TABLE", "type": "DROP TYPE"}[row["kind"]]
+    return f"{statement} IF EXISTS {identifier(database)}.{identifier(row['schema_name'])}.{identifier(row['name'])}"
+
+
+def depended_on(row: dict[str, Any]) -> StoreError:
+    """The refusal of a macro (a `foreign_objects` row) a table depends on: writing the table would run it."""
+    return StoreError(f"the store's catalog holds {row['kind']} {row['name']!r}, which polysem never writes and cannot "
+                      "set aside (a table depends on it): writing the table would run it; drop it with DuckDB, or "
+                      "ingest into a new `store`")
 
 
 def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection, own: str) -> None:
@@ -306,15 +316,11 @@ def refuse_foreign_objects(conn: duckdb.DuckDBPyConnection, own: str) -> None:
         refuse_shadowing(foreign, "does not set aside in a store it writes")
         for row in foreign:  # one a table depends on (a check, a default) runs when polysem writes that table
             if row["kind"] in ("macro", "table macro"):
-                statement = "DROP MACRO TABLE" if row["kind"] == "table macro" else "DROP MACRO"
-                name = f"{identifier(own)}.{identifier(row['schema_name'])}.{identifier(row['name'])}"
                 conn.begin()
                 try:  # DuckDB refuses to drop it; rolled back either way, so the store is never changed
-                    conn.execute(f"{statement} {name}")
+                    conn.execute(drop_statement(row, own))
                 except duckdb.Error:
-                    raise StoreError(f"the store's catalog holds {row['kind']} {row['name']!r}, which polysem never "
-                                     "writes and a table depends on: writing the table would run it; drop it with "
-                                     "DuckDB, or ingest into a new `store`") from None
+                    raise depended_on(row) from None
                 finally:
                     conn.rollback()
     finally:
