@@ -215,11 +215,12 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
                             "they are listed in ingest_errors; fix them and run this again")
         for layer in setup.layers:
             summary.warnings += zero_attribution_warning(summary, layer.name)
-        if rank == 0:  # a layer of the store this ingest did not complete (another ingest was stopped)
-            summary.warnings += incomplete_layers(store, split)
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             with record_function("ingest.compact"):
                 compact_split(store.path, split, job.first_layer)
+        if rank == 0:  # a layer of the store this ingest did not complete (another ingest was stopped); read
+            # after compacting, so the next read of the store finds this state's copy prepared (Store._open_snapshot)
+            summary.warnings += incomplete_layers(store, split)
         return summary
     except BaseException as error:
         ranks.failed(error)  # the other ranks stop at their next meeting, naming this rank and why
