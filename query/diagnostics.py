@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import duckdb
 from polysem.errors import PolysemError, QueryError, StoreError
 from polysem.query import layout
 
-__all__ = ["damaged_catalog", "damaged_file", "first_line", "query_error"]
+__all__ = ["damaged_catalog", "damaged_file", "first_line", "misfit_part", "query_error"]
 
 # DuckDB's "Catalog Error: Table with name X does not exist!" (tables, views, functions, macros)
 _MISSING_NAME = re.compile(r"Catalog Error: (Table|Scalar Function|Table Function|Macro Function) with name (\w+) "
@@ -61,15 +62,35 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
 
 
-def _misfit_part(store: Path) -> StoreError | None:
-    """The first part file whose columns are not polysem's, named with its fix; None when all fit."""
+# Part files whose columns were found to be polysem's, by path and by what a change to the file changes (size,
+# modification and status-change times, inode): a reader checks each new state's parts, and reads one footer per
+# file new since the last check, not one per file of the store.
+_FITTING: set[tuple[str, int, int, int, int, bool]] = set()
+_FITTING_MAX = 1 << 16
+
+
+def misfit_part(store: Path, extra: bool = True) -> StoreError | None:
+    """The first part file whose columns are not polysem's (`layout.schema_problem`; a column more only where
+    `extra`), or that cannot be read, named with its fix; None when all fit. The samples view reads its parts by
+    name (`union_by_name`): a part missing `target`, or holding it under another name or type, would read as NULL
+    or mixed values instead of failing, while a column more only shows as a column of its own."""
     for table, path in layout.part_files(store):
         try:
-            problem = layout.schema_problem(table, path)
+            info = os.stat(path)
+        except OSError:
+            continue  # gone meanwhile (a compaction swapped the split's files): the view does not read it
+        seen = (str(path), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, extra)
+        if seen in _FITTING:
+            continue
+        try:
+            problem = layout.schema_problem(table, path, extra=extra)
         except (OSError, ValueError) as unreadable:  # pyarrow: ArrowInvalid is a ValueError
             problem = first_line(unreadable)
         if problem is not None:
             return damaged_file(store, path.relative_to(store), problem)
+        if len(_FITTING) >= _FITTING_MAX:
+            _FITTING.clear()
+        _FITTING.add(seen)
     return None
 
 
@@ -81,7 +102,7 @@ def damaged_catalog(catalog: Path, error: Exception) -> PolysemError:
         if isinstance(translated, StoreError):
             return translated
     if isinstance(error, duckdb.BinderException):  # a part whose columns are not polysem's (hand-edited)
-        misfit = _misfit_part(catalog.parent)
+        misfit = misfit_part(catalog.parent)
         if misfit is not None:
             return misfit
     return StoreError(f"cannot open the catalog {catalog}: {first_line(error)}; restore it from a backup, "

@@ -188,7 +188,8 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
         for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             path.rename(aside)
-            report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{path.parent.name}' again "
+            split = path.relative_to(root).parts[1]  # <table>/<split>/[layer=<name>/]<part>
+            report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{split}' again "
                                    "to store its images")
     return damaged
 

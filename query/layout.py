@@ -176,10 +176,10 @@ def part_files(store: Path) -> Iterator[tuple[str, Path]]:
             yield table, path
 
 
-def schema_problem(table: str, path: Path) -> str | None:
+def schema_problem(table: str, path: Path, *, extra: bool = True) -> str | None:
     """What is wrong with the columns of a Parquet file of a part table (`table`), or None: a column
-    polysem writes that is missing (but the optional ones), of another type, or one it never writes.
-    Reads the footer only. A file that cannot be read at all is the caller's to report."""
+    polysem writes that is missing (but the optional ones), of another type, or (where `extra`) one it never
+    writes. Reads the footer only. A file that cannot be read at all is the caller's to report."""
     import pyarrow.parquet as pq
 
     expected = PART_TABLES[table]
@@ -190,8 +190,8 @@ def schema_problem(table: str, path: Path) -> str | None:
                 return f"it has no column {field.name}"
         elif not _same_type(found.field(field.name).type, field.type):
             return f"its column {field.name} is {found.field(field.name).type}, not {field.type}"
-    extra = [name for name in found.names if name not in expected.names]
-    return f"it has a column polysem never writes, {extra[0]}" if extra else None
+    more = [name for name in found.names if name not in expected.names] if extra else []
+    return f"it has a column polysem never writes, {more[0]}" if more else None
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:

@@ -30,7 +30,7 @@ from polysem.errors import LayerChoice, StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.confine import check_tree
-from polysem.query.diagnostics import damaged_catalog, query_error
+from polysem.query.diagnostics import damaged_catalog, misfit_part, query_error
 from polysem.query.integrity import CheckReport, check_store
 from polysem.query.meta import (
     IncompleteStore,
@@ -336,6 +336,9 @@ class Store:
                 if shared is not None:
                     _OPEN.move_to_end(place)
                     return shared
+            misfit = misfit_part(self.path, extra=False)  # each new state of the files, before anything reads them
+            if misfit is not None:
+                raise misfit
             with _PREPARED_LOCK:  # another thread may add or drop entries meanwhile
                 prepared = _PREPARED.get(key)
             if prepared is not None:

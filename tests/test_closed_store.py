@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from polysem.errors import StoreError
 from polysem.query import Store
 from polysem.query.compact import compact, lock_split
 from polysem.query.screening import sweep
@@ -180,6 +181,44 @@ def test_a_part_without_its_attributions_is_named_not_read_as_irrelevant(cli, fi
     assert snapshot(store) == before
     checked = cli("check", "--store", store)
     assert checked.exit_code != 0 and "it has no column attribution" in checked.output
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ("double", "its column target is double, not int32"),
+    ("dropped", "it has no column target"),
+    ("renamed", "it has no column target"),
+])
+def test_a_part_whose_target_was_edited_is_named_by_every_read_and_set_aside_by_repair(cli, fixture_store, edit,
+                                                                                        problem):
+    """The samples view reads its parts by column name: an edited target would read as NULL (dropped, renamed) or
+    as a float beside the other parts' integers, and every count by class would be wrong without a word."""
+    import pyarrow as pa
+
+    store = fixture_store("tiny").store
+    total = Store(store).sql("SELECT count(*) AS n FROM samples WHERE split = 'train'").column("n")[0].as_py()
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    n_part = pq.read_metadata(part).num_rows
+    table = pq.read_table(part)
+    column = table.schema.get_field_index("target")
+    table = {"double": lambda t: t.set_column(column, "target", t["target"].cast(pa.float64())),
+             "dropped": lambda t: t.remove_column(column),
+             "renamed": lambda t: t.rename_columns(["label" if c == "target" else c for c in t.column_names]),
+             }[edit](table)
+    pq.write_table(table, part)
+    before = snapshot(store)
+    for command in (["sql", "SELECT target, count(*) FROM samples GROUP BY target"], ["classes"], ["info"],
+                    ["export", "samples", "--out", "-", "--format", "csv"], ["screen"]):
+        assert_refused(cli(*command, "--store", store), str(part), problem, "polysem check --repair")
+    with pytest.raises(StoreError, match="polysem check --repair"):
+        Store(store).sql("SELECT sum(target) FROM samples")
+    assert snapshot(store) == before
+
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    assert "ingest split 'train' again" in repaired.output, repaired.output
+    assert not part.exists() and part.with_name(part.name + ".damaged").exists()
+    left = Store(store).sql("SELECT count(*) AS n, count(target) AS known FROM samples WHERE split = 'train'")
+    assert left.to_pylist() == [{"n": total - n_part, "known": total - n_part}]
 
 
 def test_a_format_of_null_is_refused(cli, fixture_store):

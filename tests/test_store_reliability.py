@@ -181,8 +181,8 @@ def test_threads_reading_one_store_through_store_objects_of_their_own_all_get_th
 def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_differs(store, tmp_path, monkeypatch,
                                                                                         cli):
     """The prepared copy of a catalog serves every store holding the same catalog bytes and Parquet files (a copy
-    of the store); a copy with one file changed is made again, and one whose file differs in a column's type is
-    prepared from scratch, so its damage is named as a fresh store's."""
+    of the store); a copy whose file differs in a column's type is refused, the file named, before any copy is
+    made or prepared."""
     made = made_copies(monkeypatch)
     count = "SELECT count(*) AS n FROM samples"
     n = Store(store).sql(count).to_pylist()
@@ -190,8 +190,9 @@ def test_a_copy_of_a_store_opens_from_the_prepared_bytes_unless_a_parquet_file_d
     copy = shutil.copytree(store, tmp_path / "copy")  # copy2: sizes and modification times kept
     assert Store(copy).sql(count).to_pylist() == n and made == ["template"]
     rewrite_column(train_part(copy), "positive_sum", lambda table: table.column("positive_sum").cast("string"))
-    assert_refused(cli("sql", count, "--store", copy), "samples/train/")
-    assert made == ["template", "prepared"]
+    assert_refused(cli("sql", count, "--store", copy), "samples/train/", "its column positive_sum is string, not double",
+                   "polysem check --repair")
+    assert made == ["template"]
 
 
 def every_object(store: Store) -> dict[str, list]:
