@@ -74,7 +74,7 @@ def misfit_part(store: Path, extra: bool = True) -> StoreError | None:
     `extra`), or that cannot be read, named with its fix; None when all fit. The samples view reads its parts by
     name (`union_by_name`): a part missing `target`, or holding it under another name or type, would read as NULL
     or mixed values instead of failing, while a column more only shows as a column of its own."""
-    for table, path in layout.part_files(store):
+    for table, path in layout.read_part_files(store):
         try:
             info = os.stat(path)
         except OSError:

@@ -176,6 +176,14 @@ def part_files(store: Path) -> Iterator[tuple[str, Path]]:
             yield table, path
 
 
+def read_part_files(store: Path) -> Iterator[tuple[str, Path]]:
+    """(table, path) of every Parquet file the part tables' views read (their globs in sql/store_views.sql: any depth
+    below samples/, one folder below ingest_errors/), in a stable order."""
+    for table, pattern in (("samples", "samples/**/*.parquet"), ("ingest_errors", "ingest_errors/*/*.parquet")):
+        for path in sorted(store.glob(pattern)):
+            yield table, path
+
+
 def schema_problem(table: str, path: Path, *, extra: bool = True) -> str | None:
     """What is wrong with the columns of a Parquet file of a part table (`table`), or None: a column
     polysem writes that is missing (but the optional ones), of another type, or (where `extra`) one it never

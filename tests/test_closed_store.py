@@ -221,6 +221,28 @@ def test_a_part_whose_target_was_edited_is_named_by_every_read_and_set_aside_by_
     assert left.to_pylist() == [{"n": total - n_part, "known": total - n_part}]
 
 
+def test_every_file_the_views_read_is_checked_below_a_layers_folder_too(cli, fixture_store):
+    """The samples view reads samples/**/*.parquet: a part one folder deeper than polysem writes is read as well,
+    so its columns are checked too."""
+    import re
+
+    from polysem.query import layout
+    from tests.conftest import ROOT
+
+    views = (ROOT / "sql" / "store_views.sql").read_text()
+    read = set(re.findall(r"'((?:samples|ingest_errors)/[^']*\.parquet)'", views))
+    assert read == {"samples/**/*.parquet", "ingest_errors/*/*.parquet"}  # the globs layout.read_part_files lists
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    deeper = part.parent / "deeper" / "part.parquet"
+    deeper.parent.mkdir()
+    pq.write_table(pq.read_table(part).drop_columns(["target"]), deeper)
+    assert ("samples", deeper) in set(layout.read_part_files(store))
+    before = snapshot(store)
+    assert_refused(cli("classes", "--store", store), str(deeper), "it has no column target")
+    assert snapshot(store) == before
+
+
 def test_a_format_of_null_is_refused(cli, fixture_store):
     """JSON null names no format: refused in one line, never taken as the current one."""
     import duckdb
