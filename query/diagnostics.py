@@ -51,12 +51,14 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     if str(relative) == "layer_weights*.parquet":  # the glob of every layer's weight: the first layer's is missing
         relative = Path("layer_weights.parquet")
     parts = relative.parts
-    in_layer = len(parts) == 4 and parts[2].startswith(layout.LAYER_PREFIX)  # samples/<split>/layer=<name>/<part>
     if parts and parts[-1] == "empty.parquet" or "*" in str(relative):  # a glob matching nothing: its schema file
         fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
-    elif (len(parts) == 3 or in_layer) and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
+    elif len(parts) >= 3 and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
+        # samples/<split>/[layer=<name>/]<part>, or any file deeper that the views read
         fix = (f"run `polysem check --repair --store {store}` to set it aside, then "
                f"`polysem ingest DATA_DIR --split {parts[1]}` to store its images again")
+    elif len(parts) == 2 and parts[0] in layout.PART_TABLES and relative.suffix == ".parquet":
+        fix = f"run `polysem check --repair --store {store}` to set it aside (polysem never writes a part there)"
     else:
         fix = "it is written when the store is created: restore it from a backup, or ingest into a new `store`"
     return StoreError(f"{store / relative} is damaged or missing ({why}); {fix}")
@@ -74,7 +76,7 @@ def misfit_part(store: Path, extra: bool = True) -> StoreError | None:
     `extra`), or that cannot be read, named with its fix; None when all fit. The samples view reads its parts by
     name (`union_by_name`): a part missing `target`, or holding it under another name or type, would read as NULL
     or mixed values instead of failing, while a column more only shows as a column of its own."""
-    for table, path in layout.read_part_files(store):
+    for table, path in layout.part_files(store):
         try:
             info = os.stat(path)
         except OSError:
@@ -84,7 +86,9 @@ def misfit_part(store: Path, extra: bool = True) -> StoreError | None:
             continue
         try:
             problem = layout.schema_problem(table, path, extra=extra)
-        except (OSError, ValueError) as unreadable:  # pyarrow: ArrowInvalid is a ValueError
+        except layout.UNREADABLE as unreadable:
+            if not os.path.lexists(path):
+                continue  # removed after its stat: a compaction swapped in the same rows
             problem = first_line(unreadable)
         if problem is not None:
             return damaged_file(store, path.relative_to(store), problem)

@@ -188,9 +188,10 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
         for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             path.rename(aside)
-            split = path.relative_to(root).parts[1]  # <table>/<split>/[layer=<name>/]<part>
-            report.repaired.append(f"set aside {path} as {aside.name}; ingest split '{split}' again "
-                                   "to store its images")
+            where = path.relative_to(root).parts  # <table>/<split>/[layer=<name>/]<part>, or deeper
+            report.repaired.append(f"set aside {path} as {aside.name}; " + (
+                f"ingest split '{where[1]}' again to store its images" if len(where) >= 3 else
+                "polysem never writes a part there"))
     return damaged
 
 
@@ -239,7 +240,7 @@ def _footer_rows(path: Path, root: Path, report: CheckReport, record: bool = Tru
             raise OSError("the file is shorter than its column chunks")
         if table == "samples" and (forged := _impossible_positive_sums(metadata)):
             raise OSError(forged)
-    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for a bad footer
+    except layout.UNREADABLE as error:
         why = "missing" if not path.exists() else str(error).strip().splitlines()[0]
         if record:
             report.problems.append(str(damaged_file(root, path.relative_to(root), why)))

@@ -170,18 +170,16 @@ def only_creation_files(store: Path) -> bool:
 
 
 def part_files(store: Path) -> Iterator[tuple[str, Path]]:
-    """(table, path) of every Parquet file of the part tables, schema files included, in a stable order."""
-    for table in PART_TABLES:
-        for path in sorted([*(store / table).glob("*/*.parquet"), *(store / table).glob(f"*/{LAYER_PREFIX}*/*.parquet")]):
-            yield table, path
-
-
-def read_part_files(store: Path) -> Iterator[tuple[str, Path]]:
     """(table, path) of every Parquet file the part tables' views read (their globs in sql/store_views.sql: any depth
-    below samples/, one folder below ingest_errors/), in a stable order."""
+    below samples/, one folder below ingest_errors/), schema files included, in a stable order."""
     for table, pattern in (("samples", "samples/**/*.parquet"), ("ingest_errors", "ingest_errors/*/*.parquet")):
         for path in sorted(store.glob(pattern)):
             yield table, path
+
+
+# What pyarrow raises for a footer it cannot read: ArrowInvalid (a ValueError), ArrowNotImplementedError (a
+# NotImplementedError, e.g. a forged type), OSError for a file it cannot open.
+UNREADABLE = (OSError, ValueError, NotImplementedError, pa.ArrowException)
 
 
 def schema_problem(table: str, path: Path, *, extra: bool = True) -> str | None:
@@ -192,6 +190,9 @@ def schema_problem(table: str, path: Path, *, extra: bool = True) -> str | None:
 
     expected = PART_TABLES[table]
     found = pq.read_schema(path)
+    twice = sorted({name for name in found.names if found.names.count(name) > 1})
+    if twice:
+        return f"it has the column {twice[0]} twice"
     for field in expected:
         if field.name not in found.names:
             if field.name not in OPTIONAL_COLUMNS.get(table, set()):

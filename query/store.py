@@ -75,7 +75,7 @@ _PREPARED_MAX_BYTES = 64 << 20
 # files there) and snapshot key: Store objects reading the same state share one DuckDB database (opening one
 # takes about 15 ms), each reading through cursors of its own. A connection dropped from here closes when the
 # last Store holding it lets it go.
-_OPEN: OrderedDict[tuple[str, tuple[str, str]], duckdb.DuckDBPyConnection] = OrderedDict()
+_OPEN: OrderedDict[tuple[str, tuple[str, str], str], duckdb.DuckDBPyConnection] = OrderedDict()
 _OPEN_MAX = 8
 # polysem's catalog as a first ingest defines it (every table, view and macro; no row but the SQL digest), made once
 # per process in a folder of its own holding only the files a creation writes, empty and of polysem's schema, and
@@ -135,11 +135,15 @@ def catalog_digest(catalog: Path) -> str:
         hashlib.sha256(wal.read_bytes()).hexdigest() if wal.is_file() else "no write-ahead log")
 
 
-def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
-    """What preparing `copy` (a copy of `store`'s catalog) reads: (`catalog_digest` of the copy, a digest of the name,
-    size and modification time of each Parquet file of the store)."""
+def snapshot_key(copy: Path, store: Path) -> tuple[tuple[str, str], str]:
+    """(what preparing `copy` (a copy of `store`'s catalog) reads: (`catalog_digest` of the copy, a digest of the
+    name, size and modification time of each Parquet file of the store), a digest of each file's status-change time
+    and inode as well). The first finds prepared bytes, which serve any store holding those bytes and files (a copy
+    of the store); both together find an open database of this store, whose files are then the ones checked when it
+    was opened (`misfit_part`): an edit that keeps a file's size and modification time changes its status-change
+    time."""
     catalog = catalog_digest(copy)
-    digest = hashlib.sha256()
+    digest, identity = hashlib.sha256(), hashlib.sha256()
     for folder, _, names in sorted(os.walk(store)):
         for name in sorted(names):
             if name.endswith(".parquet"):
@@ -147,9 +151,10 @@ def snapshot_key(copy: Path, store: Path) -> tuple[str, str]:
                     info = os.lstat(os.path.join(folder, name))
                 except FileNotFoundError:
                     continue
-                relative = os.path.relpath(os.path.join(folder, name), store)
-                digest.update(f"\0{relative}\0{info.st_size}\0{info.st_mtime_ns}".encode())
-    return catalog, digest.hexdigest()
+                relative = os.fsencode(os.path.relpath(os.path.join(folder, name), store))  # any bytes a name holds
+                digest.update(b"\0" + relative + f"\0{info.st_size}\0{info.st_mtime_ns}".encode())
+                identity.update(f"\0{info.st_ctime_ns}\0{info.st_ino}".encode())
+    return (catalog, digest.hexdigest()), identity.hexdigest()
 
 
 def remember_snapshot(key: tuple[str, str], copy: Path) -> None:
@@ -329,8 +334,8 @@ class Store:
         copy = Path(name)
         try:
             copy_catalog(self.catalog_path, copy, self.path)
-            key = snapshot_key(copy, self.path)
-            place = (str(self.path), key)
+            key, identity = snapshot_key(copy, self.path)
+            place = (str(self.path), key, identity)
             with _PREPARED_LOCK:
                 shared = _OPEN.get(place)
                 if shared is not None:

@@ -231,16 +231,88 @@ def test_every_file_the_views_read_is_checked_below_a_layers_folder_too(cli, fix
 
     views = (ROOT / "sql" / "store_views.sql").read_text()
     read = set(re.findall(r"'((?:samples|ingest_errors)/[^']*\.parquet)'", views))
-    assert read == {"samples/**/*.parquet", "ingest_errors/*/*.parquet"}  # the globs layout.read_part_files lists
+    assert read == {"samples/**/*.parquet", "ingest_errors/*/*.parquet"}  # the globs layout.part_files lists
     store = fixture_store("tiny").store
     part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
     deeper = part.parent / "deeper" / "part.parquet"
     deeper.parent.mkdir()
     pq.write_table(pq.read_table(part).drop_columns(["target"]), deeper)
-    assert ("samples", deeper) in set(layout.read_part_files(store))
+    assert ("samples", deeper) in set(layout.part_files(store))
     before = snapshot(store)
-    assert_refused(cli("classes", "--store", store), str(deeper), "it has no column target")
+    assert_refused(cli("classes", "--store", store), str(deeper), "it has no column target", "polysem check --repair")
     assert snapshot(store) == before
+    stray = store / "samples" / "stray.parquet"  # beside the splits' folders, where polysem writes no part
+    pq.write_table(pq.read_table(part).drop_columns(["target"]), stray)
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0, repaired.output
+    assert "ingest split 'train' again" in repaired.output and "polysem never writes a part there" in repaired.output
+    assert not deeper.exists() and not stray.exists()
+    assert cli("classes", "--store", store).exit_code == 0
+
+
+def test_a_part_with_a_column_twice_or_a_footer_pyarrow_cannot_read_is_named_and_set_aside(cli, fixture_store,
+                                                                                          monkeypatch):
+    import pyarrow as pa
+
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    table = pq.read_table(part)
+    pq.write_table(table.append_column(pa.field("target", pa.int32()), table["target"]), part)
+    before = snapshot(store)
+    assert_refused(cli("sql", "SELECT count(*) FROM samples", "--store", store), str(part),
+                   "it has the column target twice", "polysem check --repair")
+    with pytest.raises(StoreError, match="the column target twice"):
+        Store(store).sql("SELECT 1")
+    assert snapshot(store) == before
+
+    from polysem.query import layout
+
+    def unreadable(table, path, **_):  # a forged footer: pyarrow's ArrowNotImplementedError, not a ValueError
+        raise pa.ArrowNotImplementedError("Integers with more than 64 bits not implemented")
+
+    monkeypatch.setattr(layout, "schema_problem", unreadable)
+    assert_refused(cli("info", "--store", store), str(part), "Integers with more than 64 bits", "polysem check --repair")
+    checked = cli("check", "--store", store)
+    assert checked.exit_code == 2 and "Integers with more than 64 bits" in checked.output, checked.output
+    assert snapshot(store) == before
+    monkeypatch.undo()
+    assert cli("check", "--repair", "--store", store).exit_code == 0
+    assert cli("sql", "SELECT count(*) FROM samples", "--store", store).exit_code == 0
+
+
+def test_a_part_removed_while_its_footer_is_read_is_no_damage(fixture_store, monkeypatch):
+    """A compaction in another process swaps the split's files between the listing and the footer's read: the
+    vanished part is not named damaged (the next state's parts are checked when it is read)."""
+    from polysem.query import layout
+
+    store = fixture_store("tiny").store
+    real = layout.schema_problem
+    removed = []
+
+    def compacted_meanwhile(table, path, **kwargs):
+        if table == "samples" and path.parent.name != layout.SCHEMA_DIR and not removed:
+            removed.append(path)
+            path.rename(path.with_name("compact-swapped-in.parquet"))  # the same rows, under another name
+        return real(table, path, **kwargs)
+
+    monkeypatch.setattr(layout, "schema_problem", compacted_meanwhile)
+    assert Store(store).sql("SELECT count(*) AS n FROM samples").column("n")[0].as_py() > 0 and removed
+
+
+def test_an_edit_that_keeps_a_parts_size_and_time_is_checked_by_the_next_store_object(fixture_store):
+    """Store objects of one process share the database of a state of the store's files; a part rewritten with its
+    size and modification time kept (os.utime) is still a new state, and its columns are checked."""
+    store = fixture_store("tiny").store
+    assert Store(store).sql("SELECT count(target) AS n FROM samples").column("n")[0].as_py() > 0
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    info = part.stat()
+    data = part.read_bytes()
+    assert data.count(b"target") >= 1
+    part.write_bytes(data.replace(b"target", b"targez"))  # same size: the column renamed in the footer
+    os.utime(part, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert part.stat().st_size == info.st_size and part.stat().st_mtime_ns == info.st_mtime_ns
+    with pytest.raises(StoreError, match="it has no column target"):
+        Store(store).sql("SELECT count(target) AS n FROM samples")
 
 
 def test_a_format_of_null_is_refused(cli, fixture_store):
