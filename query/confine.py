@@ -68,8 +68,8 @@ def _refusal(store: Path, path: Path, kind: str) -> UnsafeStore:
 
 
 def check_tree(store: Path) -> None:
-    """Refuse a store that holds a link or a special file anywhere (looked at with lstat: nothing is
-    followed or opened). A missing store passes: the caller decides what a missing store means."""
+    """Refuse a store that holds a link, a special file or a name that is not UTF-8 anywhere (looked at with lstat:
+    nothing is followed or opened). A missing store passes: the caller decides what a missing store means."""
     try:
         root = os.stat(store)
     except FileNotFoundError:
@@ -92,6 +92,9 @@ def check_tree(store: Path) -> None:
             kind = _kind(mode)
             if kind is not None:
                 raise _refusal(store, Path(entry.path), kind)
+            if not entry.name.isascii() and not _utf8(entry.name):
+                raise UnsafeStore(f"{entry.path!r} in the store {store} has a name that is not UTF-8, which DuckDB "
+                                  "cannot list (every read of its folder fails); rename it with `mv`, or remove it")
             if folder == store and entry.name in IN_PLACE and (links := entry.stat(follow_symlinks=False).st_nlink) > 1:
                 raise UnsafeStore(f"{entry.name} in the store {store} has {links} names (hard links): DuckDB writes it "
                                   "in place, so a file elsewhere would change with it; give the store its own copy "
@@ -99,6 +102,15 @@ def check_tree(store: Path) -> None:
                                   "command again")
             if stat.S_ISDIR(mode):
                 pending.append(Path(entry.path))
+
+
+def _utf8(name: str) -> bool:
+    """Is a file name (as Python decodes it: bytes that are not UTF-8 become surrogates) valid UTF-8?"""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_entry(store: Path, path: Path) -> Path:

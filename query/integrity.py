@@ -173,7 +173,7 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
         attempt = CheckReport()
         damaged = []
         for table, path in layout.part_files(root):
-            is_part = path.parent.name != layout.SCHEMA_DIR
+            is_part = not layout.is_schema_file(path.relative_to(root))  # anything else the views read is set aside
             if _footer_rows(path, root, attempt, record=not (repair and is_part), table=table) is None and is_part:
                 damaged.append(path)
         if all(path.exists() for path in damaged):
@@ -190,8 +190,8 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
             path.rename(aside)
             where = path.relative_to(root).parts  # <table>/<split>/[layer=<name>/]<part>, or deeper
             report.repaired.append(f"set aside {path} as {aside.name}; " + (
-                f"ingest split '{where[1]}' again to store its images" if len(where) >= 3 else
-                "polysem never writes a part there"))
+                f"ingest split '{where[1]}' again to store its images" if len(where) >= 3
+                and where[1] != layout.SCHEMA_DIR else "polysem never writes a part there"))
     return damaged
 
 

@@ -22,6 +22,7 @@ table's schema, so its view is valid (and typed) before the first part exists.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,18 @@ def part_files(store: Path) -> Iterator[tuple[str, Path]]:
     below samples/, one folder below ingest_errors/), schema files included, in a stable order."""
     for table, pattern in (("samples", "samples/**/*.parquet"), ("ingest_errors", "ingest_errors/*/*.parquet")):
         for path in sorted(store.glob(pattern)):
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue  # a folder (a split named x.parquet): DuckDB's glob lists files only
+            except FileNotFoundError:
+                continue  # gone meanwhile (a compaction swapped the split's files)
             yield table, path
+
+
+def is_schema_file(relative: Path) -> bool:
+    """Is `relative` (a path inside a store) one of the schema files polysem writes, <table>/_schema/empty.parquet?"""
+    return len(relative.parts) == 3 and relative.parts[0] in PART_TABLES and relative.parts[1:] == (SCHEMA_DIR,
+                                                                                                   "empty.parquet")
 
 
 # What pyarrow raises for a footer it cannot read: ArrowInvalid (a ValueError), ArrowNotImplementedError (a

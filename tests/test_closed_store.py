@@ -250,6 +250,39 @@ def test_every_file_the_views_read_is_checked_below_a_layers_folder_too(cli, fix
     assert cli("classes", "--store", store).exit_code == 0
 
 
+def test_a_split_named_like_a_parquet_file_is_a_folder_not_a_part(cli, data_dir, store_path):
+    """The views' glob samples/**/*.parquet matches the folder of a split named v.parquet too; DuckDB reads only
+    the files in it, and so does the parts' check: the split is read, never refused or set aside."""
+    import shutil
+
+    from tests.conftest import TINY
+
+    shutil.copytree(data_dir / "val", data_dir / "v.parquet")
+    for split in ("train", "v.parquet"):
+        result = cli("ingest", data_dir, "--split", split, "--store", store_path, *TINY)
+        assert result.exit_code == 0, result.output
+    counts = Store(store_path).sql("SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split")
+    assert counts.to_pylist() == [{"split": "train", "n": 10}, {"split": "v.parquet", "n": 6}]
+    checked = cli("check", "--repair", "--store", store_path)
+    assert checked.exit_code == 0 and "set aside" not in checked.output, checked.output
+    assert (store_path / "samples" / "v.parquet").is_dir()
+
+
+def test_a_file_polysem_never_writes_beside_a_schema_file_is_set_aside_by_repair(cli, fixture_store):
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    extra = store / "samples" / "_schema" / "extra.parquet"
+    pq.write_table(pq.read_table(part).drop_columns(["target"]), extra)
+    before = snapshot(store)
+    assert_refused(cli("classes", "--store", store), str(extra), "it has no column target",
+                   "polysem check --repair", "polysem never writes a part there")
+    assert snapshot(store) == before
+    repaired = cli("check", "--repair", "--store", store)
+    assert repaired.exit_code == 0 and "polysem never writes a part there" in repaired.output, repaired.output
+    assert not extra.exists() and (store / "samples" / "_schema" / "empty.parquet").exists()
+    assert cli("classes", "--store", store).exit_code == 0
+
+
 def test_a_part_with_a_column_twice_or_a_footer_pyarrow_cannot_read_is_named_and_set_aside(cli, fixture_store,
                                                                                           monkeypatch):
     import pyarrow as pa
@@ -313,6 +346,22 @@ def test_an_edit_that_keeps_a_parts_size_and_time_is_checked_by_the_next_store_o
     assert part.stat().st_size == info.st_size and part.stat().st_mtime_ns == info.st_mtime_ns
     with pytest.raises(StoreError, match="it has no column target"):
         Store(store).sql("SELECT count(target) AS n FROM samples")
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_in_one_line(cli, fixture_store):
+    """DuckDB fails to list a folder holding such a name (a tarball from another locale), whatever the file is: every
+    command names it and the fix, and the store stays as it is."""
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    odd = os.path.join(os.fsencode(part.parent), b"part-\xff\xfe.parquet")
+    with open(odd, "wb") as handle:
+        handle.write(part.read_bytes())
+    before = snapshot(store)
+    for command in (["sql", "SELECT count(*) FROM samples"], ["info"], ["check", "--repair"]):
+        assert_refused(cli(*command, "--store", store), "has a name that is not UTF-8", "rename it with `mv`")
+    assert snapshot(store) == before
+    os.remove(odd)
+    assert cli("sql", "SELECT count(*) FROM samples", "--store", store).exit_code == 0
 
 
 def test_a_format_of_null_is_refused(cli, fixture_store):
