@@ -53,10 +53,9 @@ def damaged_file(store: Path, relative: Path, why: str) -> StoreError:
     parts = relative.parts
     if layout.is_schema_file(relative) or "*" in str(relative):  # a glob matching nothing: its schema file
         fix = f"run `polysem check --repair --store {store}` to rewrite the store's schema files"
-    elif len(parts) >= 3 and parts[0] in layout.PART_TABLES and parts[1] != layout.SCHEMA_DIR:
-        # samples/<split>/[layer=<name>/]<part>, or any file deeper that the views read
+    elif (split := layout.part_split(relative)) is not None:
         fix = (f"run `polysem check --repair --store {store}` to set it aside, then "
-               f"`polysem ingest DATA_DIR --split {parts[1]}` to store its images again")
+               f"`polysem ingest DATA_DIR --split {split}` to store its images again")
     elif len(parts) >= 2 and parts[0] in layout.PART_TABLES and relative.suffix == ".parquet":
         fix = f"run `polysem check --repair --store {store}` to set it aside (polysem never writes a part there)"
     else:

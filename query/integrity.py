@@ -188,10 +188,9 @@ def _check_parts(root: Path, report: CheckReport, repair: bool) -> list[Path]:
         for path in damaged:
             aside = path.with_name(path.name + DAMAGED_SUFFIX)
             path.rename(aside)
-            where = path.relative_to(root).parts  # <table>/<split>/[layer=<name>/]<part>, or deeper
-            report.repaired.append(f"set aside {path} as {aside.name}; " + (
-                f"ingest split '{where[1]}' again to store its images" if len(where) >= 3
-                and where[1] != layout.SCHEMA_DIR else "polysem never writes a part there"))
+            split = layout.part_split(path.relative_to(root))
+            again = f"ingest split '{split}' again to store its images" if split else "polysem never writes a part there"
+            report.repaired.append(f"set aside {path} as {aside.name}; {again}")
     return damaged
 
 

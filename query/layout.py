@@ -189,6 +189,14 @@ def is_schema_file(relative: Path) -> bool:
                                                                                                    "empty.parquet")
 
 
+def part_split(relative: Path) -> str | None:
+    """The split of a file the part tables' views read, by its path inside the store (<table>/<split>/[layer=<name>/]
+    <part>, or deeper); None for a file polysem never writes a part at (directly in the table's folder, or in its
+    schema folder)."""
+    parts = relative.parts
+    return parts[1] if len(parts) >= 3 and parts[0] in PART_TABLES and parts[1] != SCHEMA_DIR else None
+
+
 # What pyarrow raises for a footer it cannot read: ArrowInvalid (a ValueError), ArrowNotImplementedError (a
 # NotImplementedError, e.g. a forged type), OSError for a file it cannot open.
 UNREADABLE = (OSError, ValueError, NotImplementedError, pa.ArrowException)
