@@ -54,3 +54,4 @@ class IngestJob:
     rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds (ingest/ranks.py)
     target: str = DEFAULT_TARGET  # label (the paper's) or predicted: which logit each image is attributed to
     first_layer: str = ""  # the store's first layer (its rows written before layer folders are in the split's)
+    store_layers: tuple[str, ...] = ()  # the store's layers once this ingest has written: its own and the stored

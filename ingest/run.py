@@ -151,7 +151,9 @@ def ingest(
         check_listing(store, existing, listing, split)
     job = IngestJob(store, split, listing, setup, batch_size, num_workers, threads, rows_per_part, progress,
                     compact, max_pixels, settings.decode, rank_timeout, settings.target,
-                    first_layer=(existing or {}).get("layer") or setup.layers[0].name)
+                    first_layer=(existing or {}).get("layer") or setup.layers[0].name,
+                    store_layers=tuple(dict.fromkeys([*((existing or {}).get("layers") or {}),
+                                                      *(layer.name for layer in setup.layers)])))
     run_device = resolve_device(device)
     if settings.decode == "tensor":
         check_device_decoder(run_device)
@@ -218,8 +220,9 @@ def _run_job(job: IngestJob, run_device: torch.device) -> IngestSummary:
         if job.compact and rank == 0:  # every rank has written its parts (barrier above); rank 0 holds the lock
             with record_function("ingest.compact"):
                 compact_split(store.path, split, job.first_layer)
-        if rank == 0:  # a layer of the store this ingest did not complete (another ingest was stopped); read
-            # after compacting, so the next read of the store finds this state's copy prepared (Store._open_snapshot)
+        if rank == 0 and len(job.store_layers) > 1:  # a layer of the store this ingest did not complete (another
+            # ingest was stopped; one layer cannot fall behind itself); read after compacting, so the next read of
+            # the store finds this state's copy prepared (Store._open_snapshot)
             summary.warnings += incomplete_layers(store, split)
         return summary
     except BaseException as error:
