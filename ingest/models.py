@@ -211,7 +211,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
     if name not in modules:
         close = difflib.get_close_matches(name, takeable, n=5, cutoff=0.3)
         hint = f"; closest conv and Linear layers: {', '.join(close)}" if close else ""
-        raise ModelError(f"layer '{name}' not found in the model{hint}")
+        raise ModelError(f"layer '{name}' not found in the model{hint} (`polysem layers` lists them all)")
     layer = modules[name]
     if isinstance(layer, nn.Linear):
         return layer
@@ -225,22 +225,24 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
     return layer
 
 
-def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int = 224) -> pa.Table:
+def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int = 224, channels: int = 3) -> pa.Table:
     """The conv and Linear layers of a model, for choosing `layer`: one row each in the model's order with its
     name, type, weight shape (conv: out x in x kH x kW, Linear: out x in), stride (NULL for a Linear), and whether
-    polysem can take it (and why not). A Linear is taken when the forward pass of one `size` x `size` image applies
-    it per token or position (input N x ... x D); a model that fails on that image leaves its Linears unchecked
-    here (`ingest` checks the layer on the data's first image).
+    polysem can take it (and why not). A Linear is taken when the forward pass of one `channels` x `size` x `size`
+    image applies it per token or position (input N x ... x D). When the model fails on that image its Linears
+    are unchecked: `takes` is NULL and `why_not` names the model's error and the fix (its input's size and
+    channels); `ingest` checks the layer on the data's first image either way.
 
     Args:
         model_spec: a torchvision classification model name or `package.module:callable`.
         weights_spec: as for `resolve_model`; default: random for a torchvision name (the structure needs no
             download), the callable's own weights otherwise.
         size: the side in pixels of the image run through the model (its input size).
+        channels: the channels of that image (1 for a grayscale model).
 
     Returns:
-        A table: layer (str), type (str), weight_shape (list of int), stride (list of int), takes (bool),
-        why_not (str, NULL when polysem takes it).
+        A table: layer (str), type (str), weight_shape (list of int), stride (list of int), takes (bool; NULL:
+        unchecked), why_not (str, NULL when polysem takes it).
 
     Example:
         >>> model_layers("resnet18").filter(pc.field("takes")).column("layer")[-1]
@@ -249,18 +251,23 @@ def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int 
     check_text("model_spec", model_spec)
     check_text("weights_spec", weights_spec, none=True)
     size = check_int("size", size, 1, 4096, hint=" pixels (the model's input side)")
+    channels = check_int("channels", channels, 1, 64, hint=" (the model's input channels)")
     if weights_spec is None and ":" not in model_spec:
         weights_spec = "random"
     model = resolve_model(model_spec, weights_spec).model
-    linear_inputs = _linear_input_shapes(model, size)
+    linear_inputs, failure = _linear_input_shapes(model, size, channels)
     rows = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
+        takes: bool | None = True
         try:
             resolve_layer(model, name)
             why_not = None
-            if name in linear_inputs:
+            if isinstance(module, nn.Linear) and failure is not None:
+                takes, why_not = None, (f"unchecked: the model did not run on one {channels} x {size} x {size} image "
+                                        f"({failure}); give its input's size and channels (--size, --channels)")
+            elif name in linear_inputs:
                 why_not = linear_position_problem(name, linear_inputs[name])
             elif isinstance(module, nn.Linear) and linear_inputs:  # the forward pass ran but never called it
                 why_not = (f"layer '{name}' never runs as a module in the forward pass (another module uses its "
@@ -269,7 +276,7 @@ def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int 
             why_not = str(error).split("; ")[0]
         stride = list(module.stride) if isinstance(module, nn.Conv2d) else None
         rows.append({"layer": name, "type": type(module).__name__, "weight_shape": list(module.weight.shape),
-                     "stride": stride, "takes": why_not is None, "why_not": why_not})
+                     "stride": stride, "takes": takes and why_not is None, "why_not": why_not})
     if not rows:
         raise ModelError(f"the model {model_spec} has no Conv2d or Linear layer; polysem takes one of those (`layer`)")
     return pa.Table.from_pylist(rows, schema=pa.schema([
@@ -290,13 +297,14 @@ def linear_position_problem(name: str, input_shape: tuple[int, ...], batch: int 
     return None
 
 
-def _linear_input_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
-    """The input shape of every Linear the forward pass of one `size` x `size` image runs through; {} when the
-    model does not take such an image (`ingest` then checks the layer on the data's first image)."""
+def _linear_input_shapes(model: nn.Module, size: int, channels: int = 3
+                         ) -> tuple[dict[str, tuple[int, ...]], str | None]:
+    """(the input shape of every Linear the forward pass of one `channels` x `size` x `size` image runs through,
+    None); ({}, the model's error in one line) when the model does not take such an image."""
     shapes: dict[str, tuple[int, ...]] = {}
     linears = {module: name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     if not linears:
-        return shapes
+        return shapes, None
 
     def hook(module, inputs, output):
         shapes.setdefault(linears[module], tuple(inputs[0].shape))
@@ -305,10 +313,11 @@ def _linear_input_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ..
         with torch.no_grad(), ExitStack() as hooks:
             for module in linears:
                 hooks.enter_context(hooked(module, hook))
-            model(torch.zeros(1, 3, size, size))
-    except Exception:  # noqa: BLE001  a model of other inputs fails in its own way: no verdict here
-        shapes.clear()
-    return shapes
+            model(torch.zeros(1, channels, size, size))
+    except Exception as error:  # noqa: BLE001  a model of other inputs fails in its own way: named, no verdict
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return {}, f"{type(error).__name__}: {first[:160]}"
+    return shapes, None
 
 
 def layer_shape(layer: nn.Conv2d | nn.Linear, positions: str = DEFAULT_POSITIONS) -> dict:
@@ -404,6 +413,11 @@ def _load_callable(spec: str, what: str, import_root: str | None = None,
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad {what} '{spec}': write it as package.module:name")
+    if "/" in module_name or os.sep in module_name or (module_name.endswith(".py") and Path(module_name).is_file()):
+        dotted = Path(module_name).name.removesuffix(".py")
+        raise ModelError(f"bad {what} '{spec}': name a module as Python imports it, not a file path: "
+                         f"{dotted}:{attr}, run from the folder that holds {dotted}.py or with that folder "
+                         "in PYTHONPATH")
     folder: str | None = import_root or os.getcwd()
     if import_root is None and store_dir is not None and _inside(Path(os.getcwd()), store_dir):
         folder = None  # the current folder is inside the store: not a place to import code from

@@ -114,6 +114,16 @@ def model_option(model: Any) -> tuple[str | None, nn.Module | None]:
     return model, None
 
 
+def check_transform_option(transform: Any) -> None:
+    """`transform` of ingest names a callable; the callable itself is refused with the fix: the store records the
+    name, for later commands and processes to import."""
+    if callable(transform) and not isinstance(transform, str):
+        raise ArgumentError(
+            f"`transform` must be the text MODULE:NAME of a callable, which the store records for later commands to "
+            f"import, got {_got(transform)}: define it in a module and pass \"module:name\", or give a Dataset "
+            "whose items are tensors already")
+
+
 def check_object_options(dataset: Dataset | None, model_object: nn.Module | None, *, weights: str | None,
                          transform: str | None, decode: str | None, classes: list[int] | None,
                          limit: int | None, num_workers: int) -> None:

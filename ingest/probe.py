@@ -87,9 +87,16 @@ def load_setup(store: Store, existing: dict | None, settings: Settings, listing:
     image_transform = None if listing.dataset is not None else resolve_transform(
         transform, import_root=transform_root, store_dir=store.path)
     if existing is not None and existing["weights_sha256"] != resolved.weights_sha256:
+        given = resolved.weights_sha256[:12]
+        if model_object is None and (settings.weights is None or os.path.abspath(
+                os.path.expanduser(settings.weights)) == existing["weights"]):  # the recorded file, changed since
+            raise StoreMismatch(
+                f"the weights {existing['weights']} have changed since store {store.path} was ingested with them "
+                f"(sha256 {existing['weights_sha256'][:12]} then, {given} now): restore that file, or ingest into "
+                "another `store`")
         raise StoreMismatch(
             f"store {store.path} holds attributions of other weights ({existing['weights']}, sha256 "
-            f"{existing['weights_sha256'][:12]}); use the same weights or another `store`"
+            f"{existing['weights_sha256'][:12]}; these are sha256 {given}); use the same weights or another `store`"
         )
     with record_function("ingest.probe"):
         n_outputs = probe_model(resolved.model, layers, image_transform and image_transform.fn, listing, max_pixels)

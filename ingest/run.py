@@ -29,6 +29,7 @@ from polysem.ingest.objects import (
     DATASET_TRANSFORM,
     check_data_kind,
     check_object_options,
+    check_transform_option,
     data_object,
     dataset_listing_parts,
     model_option,
@@ -52,6 +53,7 @@ from polysem.ingest.threads import default_threads, torch_threads
 from polysem.query import Store
 from polysem.query.compact import compact_split
 from polysem.query.integrity import incomplete_layers
+from polysem.query.screening import ZERO_ATTRIBUTION_CAUSE
 from polysem.query.store import as_store
 from polysem.util.checks import check_bool, check_class_list, check_path, check_real, check_text
 
@@ -115,6 +117,7 @@ def ingest(
     check_text("split", split)
     layers = layer_list(layer)
     model, model_object = model_option(model)
+    check_transform_option(transform)
     for name, value in (("model", model), ("weights", weights), ("transform", transform)):
         check_text(name, value, none=True)
     check_text("device", device)
@@ -158,10 +161,18 @@ def ingest(
     if settings.decode == "tensor":
         check_device_decoder(run_device)
     summary = _run_job(job, run_device)
+    if summary.rank == 0 and existing is None and dataset is None and settings.transform is None and (
+            model_object is not None or ":" in settings.model):  # a model of the user's own, without its transform
+        summary.warnings.insert(0, DEFAULT_TRANSFORM_NOTE)
     if model_object is not None or dataset is not None:  # for the later calls of this process
         remember(store, model_object, {split: dataset} if dataset is not None else None)
     return summary
 
+
+DEFAULT_TRANSFORM_NOTE = (
+    "no transform was given, so each image was resized to 256 pixels, center-cropped to 224 and normalised with "
+    "ImageNet's mean and std (the preprocessing of torchvision's ImageNet models); if your model takes other "
+    "inputs, ingest into a new store with --transform MODULE:NAME (`transform` in Python)")
 
 ZERO_SHARE = 0.9  # when this share (or more) of the written images has all-zero attributions, say so
 
@@ -174,10 +185,8 @@ def zero_attribution_warning(summary: IngestSummary, layer: str) -> list[str]:
     if summary.n_written == 0 or n_zero < ZERO_SHARE * summary.n_written:
         return []
     share = "all" if n_zero == summary.n_written else f"{n_zero} of {summary.n_written}"
-    return [(f"{share} of the {summary.split} images written have all-zero attributions at layer {layer}: the "
-             "target logits do not depend on it (a classification head whose weights are zero, as torchvision's "
-             "ViT starts with, untrained `weights`, or a layer the logits do not read); check `weights` and "
-             "`layer`")]
+    return [(f"{share} of the {summary.split} images written have all-zero attributions at layer {layer}: "
+             f"{ZERO_ATTRIBUTION_CAUSE}")]
 
 
 def _stored(job: IngestJob) -> dict[str, set[int]]:

@@ -102,6 +102,11 @@ def class_pairs_sharing_a_channel(store: Store, tau: float = TAU, p: float = P, 
     return store.reads.class_pairs_sharing_a_channel(tau=tau, p=p, split=split)
 
 
+# why every attribution at a layer is zero, said by ingest and by an empty screening
+ZERO_ATTRIBUTION_CAUSE = ("the target logits do not depend on it (a classification head whose weights are zero, as "
+                          "torchvision's ViT starts with, untrained `weights`, or a layer the logits do not read); "
+                          "check `weights` and `layer`")
+
 SWEEP_TAUS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 SWEEP_PS = (0.5, 0.75, 0.9)
 SWEEP_GAMMAS = (0.3, 0.5, 0.7, 0.9)
@@ -126,13 +131,17 @@ def why_empty(store: Store, *, tau: float, p: float, gamma: float, correct_only:
     """Why the screening at these settings finds no candidate: the counts along the way and what to change."""
     row = sweep(store, taus=(tau,), ps=(p,), gammas=(gamma,), correct_only=correct_only, split=split).to_pylist()[0]
     at = f"at tau {tau}, p {p}"
+    if row["relevant_pairs"] == 0 and not store.reads.attributed_images(split=split):
+        return (f"no channel is relevant for any class: every {split} image's attribution is zero at this layer, "
+                f"so no threshold can find one; {ZERO_ATTRIBUTION_CAUSE}")
     if row["relevant_pairs"] == 0:
         return (f"no channel is relevant for any class {at}: lower `tau` or `p` "
                 "(`polysem screen --sweep` counts the candidates over a grid)")
     if row["shared_channels"] == 0:
         return (f"{row['relevant_pairs']} relevant (channel, class) pairs {at}, but no channel is relevant for two "
                 "classes: lower `p` or `tau` (`polysem screen --sweep` counts the candidates over a grid)")
-    return (f"{row['relevant_pairs']} relevant (channel, class) pairs {at}; {row['shared_channels']} channels are "
-            f"relevant for two or more classes, and the lowest ARV cosine among their classes is "
-            f"{row['min_cosine']:.3f} >= gamma {gamma}: raise `gamma` above {row['min_cosine']:.3f} to see them "
+    shared = row["shared_channels"]
+    return (f"{row['relevant_pairs']} relevant (channel, class) pairs {at}; {shared} "
+            f"{'channel is' if shared == 1 else 'channels are'} relevant for two or more classes, and the lowest ARV "
+            f"cosine among their classes is {row['min_cosine']:.3f} >= gamma {gamma}: raise `gamma` above {row['min_cosine']:.3f} to see them "
             "(`polysem screen --sweep` counts the candidates over a grid)")

@@ -27,6 +27,10 @@ SELECT count(*) AS n FROM classes;
 -- The number of stored images of one split.
 SELECT count(*) AS n FROM layer_samples WHERE split = $split;
 
+-- name: attributed_images$
+-- The number of stored images of one split whose attribution is not zero on every channel.
+SELECT count(*) AS n FROM layer_samples WHERE split = $split AND list_max(list_transform(attribution, lambda x: abs(x))) > 0;
+
 -- name: repeated_image^
 -- One image that a split holds more than once (a copied part), or none: image_id, path, n.
 SELECT image_id, any_value(path) AS path, count(*) AS n FROM layer_samples WHERE split = $split

@@ -320,6 +320,24 @@ def tiny_convnext() -> nn.Module:
     return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3)
 
 
+class GrayTokenNet(nn.Module):
+    """1 x H x W (grayscale) -> 3 logits: a conv, then `mix`, a Linear over the pixels as positions (N x H x W x 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.mix(self.stem(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+def gray_token_net() -> nn.Module:
+    torch.manual_seed(0)
+    return GrayTokenNet()
+
+
 class TwiceLinearNet(nn.Module):
     """Tokens (one per pixel) through the same Linear `shared` twice: a layer used twice in one forward pass."""
 

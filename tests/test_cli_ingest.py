@@ -4,7 +4,7 @@ import json
 
 from polysem.query import Store
 
-from tests.helpers import TINY, assert_refused
+from tests.helpers import TINY, assert_refused, snapshot
 
 
 def ingest(cli, data_dir, store_path, *extra, split="train"):
@@ -171,7 +171,15 @@ def test_imagenet_weights_absent_offline(cli, data_dir, store_path, tmp_path, mo
 
 def test_layer_not_found_lists_close_conv_layers(cli, data_dir, store_path):
     result = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "prob")
-    assert_refused(result, "layer 'prob' not found", "probe")
+    assert_refused(result, "layer 'prob' not found", "probe", "(`polysem layers` lists them all)")
+
+
+def test_a_model_given_as_a_file_path_is_told_the_module_form(cli, data_dir, store_path, tmp_path):
+    (tmp_path / "nets.py").write_text("")
+    for spec in (f"{tmp_path / 'nets.py'}:build", "code/nets:build"):
+        assert_refused(ingest(cli, data_dir, store_path, "--model", spec, "--layer", "probe"),
+                       f"bad model '{spec}': name a module as Python imports it, not a file path: nets:build")
+    assert not store_path.exists()
 
 
 def test_layer_neither_a_conv_nor_a_linear_over_positions(cli, data_dir, store_path):
@@ -202,6 +210,17 @@ def test_store_of_other_weights(cli, data_dir, store_path, tmp_path):
         net.probe.weight.add_(1.0)
     torch.save(net.state_dict(), tmp_path / "other.pt")
     assert_refused(ingest(cli, data_dir, store_path, "--weights", tmp_path / "other.pt", split="val"), "other weights")
+    # the store's own weights file, overwritten since: named as changed, with both digests
+    torch.save(tiny_net().state_dict(), tmp_path / "w.pt")
+    kept = tmp_path / "kept"
+    assert ingest(cli, data_dir, kept, *TINY, "--weights", tmp_path / "w.pt").exit_code == 0
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    before = snapshot(kept)
+    for again in ([], ["--weights", tmp_path / "w.pt"]):
+        assert_refused(ingest(cli, data_dir, kept, *again, split="val"),
+                       f"the weights {tmp_path / 'w.pt'} have changed since store {kept} was ingested with them",
+                       f"(sha256 {Store(kept).meta()['weights_sha256'][:12]} then, ", "restore that file")
+    assert snapshot(kept) == before
 
 
 def test_split_with_other_class_folders(cli, data_dir, store_path):
@@ -234,6 +253,22 @@ def test_imagenet_defaults_with_resnet50(cli, tmp_path, store_path):
     meta = store.meta()
     assert (meta["layer"], meta["transform"], meta["weights"]) == ("layer4.2.conv3", "imagenet", "random:3")
     assert store.sql("SELECT name FROM classes ORDER BY class_id").column("name").to_pylist() == ["tench", "goldfish"]
+    assert "Warning" not in result.stderr  # a torchvision model: ImageNet's preprocessing is its own
+
+
+def test_a_model_of_ones_own_without_a_transform_is_told_which_preprocessing_it_got(cli, data_dir, store_path):
+    """The default transform is ImageNet's (resize 256, crop 224, normalise): right for torchvision's models, and a
+    silent guess for one's own, which the first ingest names once; the store records it, so later ones say nothing."""
+    first = ingest(cli, data_dir, store_path, "--model", "tests.models:tiny_net", "--layer", "probe")
+    assert first.exit_code == 0, first.output
+    (warning,) = [line for line in first.stderr.splitlines() if line.startswith("Warning:")]
+    assert "resized to 256 pixels, center-cropped to 224" in warning and "--transform MODULE:NAME" in warning
+    assert Store(store_path).meta()["transform"] == "imagenet"
+    assert Store(store_path).sql("SELECT max(positions) AS p FROM samples").column("p")[0].as_py() == 112 * 112
+    again = ingest(cli, data_dir, store_path, split="val")
+    assert again.exit_code == 0 and "Warning" not in again.stderr
+    given = ingest(cli, data_dir, store_path.with_name("given"), *TINY)
+    assert given.exit_code == 0 and "Warning" not in given.stderr
 
 
 def test_dataloader_workers_give_the_same_rows(cli, data_dir, tmp_path):

@@ -167,6 +167,18 @@ def test_data_that_is_no_map_style_dataset_of_pairs_is_refused_before_anything_i
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("transform", [transforms.Compose([transforms.ToTensor()]), small],
+                         ids=["a Compose", "a function"])
+def test_a_transform_object_is_refused_with_the_form_the_store_records(tmp_path, transform):
+    folder = make_image_folder(tmp_path / "data", "train", {"cat": 1, "dog": 1})
+    with pytest.raises(ArgumentError) as raised:
+        polysem.ingest(tmp_path / "s", folder, model=tiny_net(), layer="probe", transform=transform)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("`transform` must be the text MODULE:NAME of a callable")
+    assert f"got {type(transform).__name__} " in message and 'pass "module:name"' in message
+    assert not (tmp_path / "s").exists()
+
+
 def test_another_length_or_other_weights_on_a_later_call_are_refused(tmp_path):
     data = make_image_folder(tmp_path / "data", "train", {"a": 4, "b": 3, "c": 3}, seed=2)
     store = tmp_path / "s"

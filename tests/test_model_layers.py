@@ -39,3 +39,23 @@ def test_the_command_prints_json_and_refuses_an_unknown_model(cli):
     assert rows[-2]["layer"] == "layer4.1.conv2" and rows[-2]["weight_shape"] == [512, 512, 3, 3]
     assert rows[-1]["layer"] == "fc" and not rows[-1]["takes"]
     assert_refused(cli("layers", "--model", "resnet5"), "unknown model 'resnet5'", "did you mean")
+
+
+def test_a_model_that_does_not_run_on_the_probe_leaves_its_linears_unchecked_and_says_why(cli):
+    """A grayscale model fails on the 3-channel probe: its Linears are neither taken nor refused (NULL), with the
+    model's error and the fix; on its own input (1 channel) `mix`, over positions, is taken and `head` is not."""
+    unchecked = {r["layer"]: r for r in model_layers("tests.models:gray_token_net", size=8).to_pylist()}
+    assert unchecked["stem"]["takes"] is True  # a conv needs no forward pass
+    for name in ("mix", "head"):
+        assert unchecked[name]["takes"] is None
+        assert "did not run on one 3 x 8 x 8 image (RuntimeError:" in unchecked[name]["why_not"]
+        assert "1 channels" in unchecked[name]["why_not"] and "--channels" in unchecked[name]["why_not"]
+    checked = {r["layer"]: r for r in model_layers("tests.models:gray_token_net", size=8, channels=1).to_pylist()}
+    assert checked["mix"]["takes"] is True and checked["mix"]["why_not"] is None
+    assert checked["head"]["takes"] is False and "no token or position axis" in checked["head"]["why_not"]
+    shown = cli("layers", "--model", "tests.models:gray_token_net", "--size", 8, "--format", "json")
+    assert shown.exit_code == 0
+    assert [r["takes"] for r in json.loads(shown.stdout)] == [True, None, None]
+    (warning,) = [line for line in shown.stderr.splitlines() if line.startswith("Warning:")]
+    assert warning.startswith("Warning: 2 Linear layer(s) unchecked: the model did not run on one 3 x 8 x 8")
+    assert_refused(cli("layers", "--model", "tests.models:gray_token_net", "--channels", 0), "`channels` must be")

@@ -109,7 +109,7 @@ def test_an_unbounded_selectivity_reads_the_same_in_the_table_and_json(capsys):
                             "c2": unit("c2", 2.0, 4.0)})
     render_visualization(result, "table", "title")
     shown = capsys.readouterr().out
-    assert lines_fit(shown) and "unbounded" in shown and f"unbounded selectivity: {UNBOUNDED}" in " ".join(shown.split())
+    assert lines_fit(shown) and "unbounded" in shown and f"selectivity {UNBOUNDED}" in " ".join(shown.split())
     assert selectivity_reading("c1", None) == UNBOUNDED and "not defined" in selectivity_reading("r", None)
     render_visualization(result, "json", "title")
     assert json.loads(capsys.readouterr().out)["c1"]["selectivity_reading"] == UNBOUNDED

@@ -107,6 +107,27 @@ def test_a_layer_added_later_equals_its_own_ingest_and_leaves_the_others(images,
     assert again.n_written == 0 and again.n_already == 15
 
 
+def test_evaluate_names_the_layer_that_lacks_val_images(cli, images, stores, tmp_path):
+    """A layer added for train only: the store's other layer has val images (`info` counts them), this one none."""
+    store = tmp_path / "grown"
+    shutil.copytree(stores / "fc1", store)
+    polysem.ingest(store, images, "train", layer=FC2, **MODEL)
+    run = polysem.disentangle(Store(store, layer=FC2), 0, concept1=["green"], concept2=["red"], rho=0.5, force=True,
+                              progress=False)
+    before = snapshot(store)
+    assert_refused(cli("evaluate", run.run_id, "--store", store, "--device", "cpu"),
+                   f"the store has no val images of layer {FC2} to evaluate on",
+                   f"polysem ingest DATA_DIR --split val --layer {FC2}")
+    assert snapshot(store) == before
+    polysem.ingest(store, images, "val", layer=FC2, **MODEL)
+    assert cli("evaluate", run.run_id, "--store", store, "--device", "cpu").exit_code == 0
+    alone = tmp_path / "train-only"
+    polysem.ingest(alone, images, "train", layer=FC1, **MODEL)
+    single = polysem.disentangle(alone, 0, concept1=["green"], concept2=["red"], progress=False)
+    assert_refused(cli("evaluate", single.run_id, "--store", alone, "--device", "cpu"),
+                   "the store has no val images to evaluate on; ingest them: polysem ingest DATA_DIR --split val")
+
+
 def test_a_store_of_format_6_reads_as_it_is_and_takes_a_second_layer(cli, tmp_path):
     """tests/fixtures/format6: one layer, its rows in samples/<split>/. Reading writes nothing; an ingest of a
     second layer migrates the catalog and compaction moves the old rows into the first layer's folder."""

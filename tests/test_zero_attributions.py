@@ -1,5 +1,6 @@
-"""An ingest whose attributions are all zero says so in one line naming the likely cause; one whose are
-not says nothing."""
+"""An ingest whose attributions are all zero says so in one line naming the likely cause, and so does a screening
+of its store, where no threshold could help; one whose are not says nothing, and its empty screening names the
+thresholds."""
 
 from tests.helpers import TINY, make_image_folder
 
@@ -16,3 +17,10 @@ def test_a_zero_head_is_named_and_a_trained_one_is_not(cli, tmp_path):
         "untrained --weights, or a layer the logits do not read); check --weights and --layer"]
     honest = cli("ingest", data, "--store", tmp_path / "honest", *TINY)
     assert honest.exit_code == 0 and "Warning: " not in honest.output, honest.output
+    screened = cli("screen", "--store", tmp_path / "zero")
+    assert screened.exit_code == 0, screened.output
+    assert ("every train image's attribution is zero at this layer, so no threshold can find one; the target logits "
+            "do not depend on it") in " ".join(screened.output.split())
+    strict = cli("screen", "--store", tmp_path / "honest", "--tau", 0.99, "--p", 0.99)
+    assert strict.exit_code == 0 and "no channel is relevant for any class at tau 0.99, p 0.99: lower --tau or --p" \
+        in " ".join(strict.output.split()), strict.output

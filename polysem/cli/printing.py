@@ -263,7 +263,7 @@ def render_visualization(result: Visualization | list[Visualization], fmt: str, 
           "activation over the largest other new unit's on the same image")
     if any(unit.startswith("c") and not v.failed and v.selectivity is None
            for one in per_seed for unit, v in one.units.items()):
-        _note(f"unbounded selectivity: {UNBOUNDED}")
+        _note(f"selectivity {UNBOUNDED}")
     for v in (v for r in per_seed for v in r.units.values() if v.failed):  # an entry per unit and seed
         seed_text = f"(seed {v.seed}) " if several else ""
         print(textwrap.fill(escape_controls(f"failed: {seed_text}{as_flags(v.reason or '')}"), NARROW,

@@ -22,6 +22,7 @@ from polysem.cli.app import (
     command,
 )
 from polysem.cli.printing import (
+    print_warning,
     render,
 )
 from polysem.errors import PolysemError
@@ -84,14 +85,20 @@ def layers(
     model: Annotated[str, typer.Option(help="torchvision model name or package.module:callable.")],
     weights: Annotated[str | None, typer.Option(help="imagenet, random[:SEED] or a state_dict path. [default: random for a torchvision name (the layers need no download), the callable's own]")] = None,
     size: Annotated[int, typer.Option(help="Side in pixels of the one square image run through the model to see how each Linear is applied (the model's input size).")] = 224,
+    channels: Annotated[int, typer.Option(help="Channels of that image (1 for a grayscale model).")] = 3,
     fmt: FormatOption = "table",
 ):
     """The conv and Linear layers of a model, with type, weight shape and stride, and whether `ingest --layer`
-    can take each (and why not)."""
+    can take each (and why not). A model that does not run on the one image leaves its Linears unchecked (takes
+    empty), with a warning naming its error."""
     _check_format(fmt)
     from polysem.ingest.models import model_layers
 
-    render(model_layers(model, weights, size=size), fmt)
+    table = model_layers(model, weights, size=size, channels=channels)
+    unchecked = [row["why_not"] for row in table.to_pylist() if row["takes"] is None]
+    if unchecked:
+        print_warning(f"{len(unchecked)} Linear layer(s) unchecked: {unchecked[0].removeprefix('unchecked: ')}")
+    render(table, fmt)
 
 
 @command()

@@ -194,8 +194,10 @@ def evaluation_numbers(store: Store, run_id: str, *, tau: float | None = None, d
         raise RunError(f"`batch_size` must be at least 1, got {batch_size}")
     n_val = store.reads.split_images(split=EVAL_SPLIT)
     if n_val == 0:
-        raise RunError(f"the store has no {EVAL_SPLIT} images to evaluate on; ingest them: "
-                       f"polysem ingest DATA_DIR --split {EVAL_SPLIT}")
+        several = len(store.meta(any_layer=True).get("layers") or {}) > 1
+        of_layer = f" of layer {run.layer}" if several and run.layer else ""
+        raise RunError(f"the store has no {EVAL_SPLIT} images{of_layer} to evaluate on; ingest them: "
+                       f"polysem ingest DATA_DIR --split {EVAL_SPLIT}" + (f" --layer {run.layer}" if of_layer else ""))
     k = len(run.concepts)
     params = selection_params(store, run, selection, data_dir=data_dir, device=device, batch_size=batch_size,
                               progress=progress)

@@ -32,7 +32,7 @@ def _got(value: Any) -> str:
     """What was given, short: its type and its value."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
         return f"int of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, whatever the repr (a Compose's or a module's has several)
     text = text if len(text) <= 60 else text[:57] + "..."
     return "None" if value is None else f"{type(value).__name__} {text}"
 
