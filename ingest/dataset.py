@@ -52,7 +52,8 @@ def list_split(data_dir: str | os.PathLike[str], split: str, classes: list[int] 
     check_split_name(split)
     data_dir = Path(data_dir).expanduser().absolute()
     if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} does not exist; pass the folder that holds the split folders")
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise DataError(f"data folder {data_dir} {what}; pass the folder that holds the split folders")
     root = data_dir / split
     if not root.is_dir():
         present = sorted(p.name for p in data_dir.iterdir() if p.is_dir())

@@ -152,7 +152,8 @@ def _imagenet_state_dict(name: str) -> dict:
 def _load_state_dict_file(model: nn.Module, path: str, model_spec: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ModelError(f"weights file {file} not found; pass an existing state_dict path")
+        what = "is not a regular file" if file.exists() else "not found"
+        raise ModelError(f"weights file {file} {what}; pass an existing state_dict path")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -3,6 +3,7 @@ page, `evaluate` with its plots and the WordNet scatter. The face: the CLI and n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -51,6 +52,12 @@ def write_report(store: Store | str | os.PathLike, out: str | os.PathLike = "pol
     store.require()
     target = store.check_outside(out, folder=True)
     assert target is not None  # None only for standard output, which a folder never is
+    for name, kind in (("img", "folder"), ("index.html", "file")):  # what the report replaces or writes into
+        entry = target / name
+        if entry.is_symlink() or (entry.exists() and not (entry.is_dir() if kind == "folder" else entry.is_file())):
+            raise PolysemError(f"`out` {target} holds {name}, which is {'a link' if entry.is_symlink() else 'no ' + kind}"
+                               f"; a report writes its {'images into' if kind == 'folder' else 'page as'} a plain "
+                               f"{kind} there: remove {entry} or choose another `out`")
     from polysem.method.figure_data import report_data
 
     data = report_data(store, data_dir, device, given=(tau, p, gamma))
@@ -197,9 +204,11 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
                                            data_dir=data_dir, progress=progress)
     plots_dir = folder
     # failures to write name the plot folder, not its hidden staging folder; the store's own are not in these blocks
+    made = [folder for folder in (plots_dir, *plots_dir.parents) if not folder.exists()]  # removed on a failure
     with atomic.writing(plots_dir, into_folder=True):
         plots_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
+    written: list[str] = []
     try:
         store, run = run_on_its_layer(store, run_id)
         params = evaluation.selection_params(store, run, selection, data_dir=data_dir, device=device,
@@ -209,11 +218,14 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
         with atomic.writing(plots_dir, into_folder=True):
             figures = plots.run_figures(figure_data, result.tau, staging, figure_format)
         evaluation.record_evaluation(store, result)
-        written = []
         with atomic.writing(plots_dir, into_folder=True):
             for path in (path for paths in figures.values() for path in paths):
                 os.replace(path, plots_dir / path.name)
                 written.append(str(plots_dir / path.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not written:  # nothing placed: the folders this call made go too (rmdir leaves a folder that is not empty)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return dataclasses.replace(result, plots=written)

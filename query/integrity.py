@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from polysem.errors import PolysemError
+from polysem.errors import PolysemError, StoreError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 from polysem.query.meta import IncompleteStore
@@ -46,6 +46,7 @@ class CheckReport:
 
 def check_store(store, repair: bool = False) -> CheckReport:
     store.require()
+    _check_layer_choice(store)
     report = CheckReport()
     root = store.path
     try:
@@ -79,6 +80,7 @@ def check_store(store, repair: bool = False) -> CheckReport:
             report.problems.append(f"{path} has {rows} rows but layer {name} has {out_channels} channels; ingest "
                                    "into a new `store`")
     report.problems += _layer_problems(store, meta.get("layers") or {})
+    report.problems += _row_problems(store, meta)
     if class_rows == 0:
         report.problems.append(f"{root / 'classes.parquet'} lists no class; ingest into a new `store`")
     for run in runs:
@@ -99,6 +101,43 @@ def check_store(store, repair: bool = False) -> CheckReport:
         with store.connect(write=True):
             pass  # records pending runs and sweeps leftovers
     return report
+
+
+def _check_layer_choice(store) -> None:
+    """A layer the store lacks is the caller's mistake, refused, not a problem of the store."""
+    if store.layer is None:
+        return
+    try:
+        layers = type(store)(store.path, store.trust_code).meta(any_layer=True).get("layers") or {}
+    except PolysemError:
+        return  # damage, or a half-made store: named by the check
+    if layers and store.layer not in layers:
+        raise StoreError(f"the store holds no layer {store.layer!r}; its layers: {', '.join(layers)} "
+                         "(choose one with `layer`)")
+
+
+def _row_problems(store, meta: dict) -> list[str]:
+    """Rows each split holds at each layer that ingest cannot have written (`misshapen_rows`): values of other
+    lengths than the layer's shape, a target that is no class, a path outside the split's recorded folder."""
+    problems = []
+    for name, shape in (meta.get("layers") or {}).items():
+        if not shape:
+            continue
+        kernel = shape.get("kernel_size") or [1, 1]
+        params = {"channels": shape.get("out_channels"), "input_len": shape.get("in_channels", 0) * kernel[0] * kernel[1]}
+        for split, root in sorted((meta.get("dataset_roots") or {}).items()):
+            folder = root if isinstance(root, str) and Path(root).is_absolute() else None  # else a Dataset's items
+            found = store.for_layer(name).reads.misshapen_rows(split=split, root=folder, **params) or {}
+            wrong = {"attribution": f"an attribution of other than {params['channels']} values (the layer's channels)",
+                     "input_sum": f"input sums of other than {params['input_len']} values (its input channels x "
+                                  "window)",
+                     "target": "a target that is no class of the store",
+                     "path": f"a path outside the split's folder {folder} (the first: {found.get('first_path')})"}
+            for what, text in wrong.items():
+                if found.get(what):
+                    problems.append(f"{found[what]} row(s) of split '{split}' at layer {name} have {text}; ingest "
+                                    "never writes that: a part was edited; ingest the split into a new `store`")
+    return problems
 
 
 def _layer_problems(store, layers: dict) -> list[str]:

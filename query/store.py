@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from polysem.constants import DEFAULT_STORE
-from polysem.errors import LayerChoice, StoreError
+from polysem.errors import ArgumentRange, LayerChoice, StoreError
 from polysem.query import layout
 from polysem.query.catalog import copy_catalog, open_for_writing, quiet, stamp
 from polysem.query.confine import check_tree
@@ -184,6 +184,9 @@ class Store:
     def __init__(self, path: str | os.PathLike | None = None,
                  trust_code: str | os.PathLike | list[str | os.PathLike] | None = None, layer: str | None = None):
         check_path("path", path, none=True)
+        if isinstance(path, str) and not path:
+            raise ArgumentRange("`store` must name a folder, got an empty path (it would mean the current folder); "
+                                "pass . for the current folder")
         check_text("layer", layer, none=True)
         if isinstance(trust_code, (list, tuple)):
             for folder in trust_code:

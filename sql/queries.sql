@@ -31,6 +31,22 @@ SELECT count(*) AS n FROM layer_samples WHERE split = $split;
 -- The number of stored images of one split whose attribution is not zero on every channel.
 SELECT count(*) AS n FROM layer_samples WHERE split = $split AND list_max(list_transform(attribution, lambda x: abs(x))) > 0;
 
+-- name: misshapen_rows^
+-- Rows of one split at the chosen layer that ingest cannot have written, counted by what is wrong: an attribution
+-- of other than $channels values, input sums of other than $input_len, a target no class has, a path outside the
+-- split's folder $root (NULL: a split of a Dataset, whose rows name items); first_path is the first such path.
+WITH rows AS (
+    SELECT attribution, input_sum, target, path,
+           $root IS NOT NULL AND NOT (starts_with(path, $root || '/') AND NOT contains(path || '/', '/../')) AS outside
+    FROM layer_samples WHERE split = $split
+)
+SELECT count(*) FILTER (WHERE len(attribution) IS DISTINCT FROM $channels) AS attribution,
+       count(*) FILTER (WHERE len(input_sum) IS DISTINCT FROM $input_len) AS input_sum,
+       count(*) FILTER (WHERE target NOT IN (SELECT class_id FROM classes)) AS target,
+       count(*) FILTER (WHERE outside) AS path,
+       min(path) FILTER (WHERE outside) AS first_path
+FROM rows;
+
 -- name: repeated_image^
 -- One image that a split holds more than once (a copied part), or none: image_id, path, n.
 SELECT image_id, any_value(path) AS path, count(*) AS n FROM layer_samples WHERE split = $split

@@ -1,6 +1,7 @@
 """Ingest through the CLI: what lands in the store, resume, and every bad input."""
 
 import json
+import os
 
 from polysem.query import Store
 
@@ -118,6 +119,8 @@ def test_info_and_classes_commands(cli, data_dir, store_path):
 
 def test_missing_data_dir(cli, tmp_path, store_path):
     assert_refused(ingest(cli, tmp_path / "nope", store_path, *TINY), "does not exist")
+    (tmp_path / "afile").write_text("")
+    assert_refused(ingest(cli, tmp_path / "afile", store_path, *TINY), f"data folder {tmp_path / 'afile'} is not a folder")
     assert not store_path.exists()
 
 
@@ -146,6 +149,9 @@ def test_model_import_fails(cli, data_dir, store_path):
 def test_weights_file_missing(cli, data_dir, store_path, tmp_path):
     args = ["--model", "tests.models:tiny_net", "--layer", "probe", "--weights", tmp_path / "w.pt"]
     assert_refused(ingest(cli, data_dir, store_path, *args), "w.pt not found")
+    os.mkfifo(tmp_path / "fifo")  # never opened: a read would wait for a writer
+    args[-1] = tmp_path / "fifo"
+    assert_refused(ingest(cli, data_dir, store_path, *args), f"weights file {tmp_path / 'fifo'} is not a regular file")
     assert not store_path.exists()
 
 

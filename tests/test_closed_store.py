@@ -469,3 +469,56 @@ def test_a_run_row_naming_another_file_never_costs_the_real_model(cli, fixture_s
     checked = cli("check", "--repair", "--store", store)
     assert checked.exit_code != 0 and "names the model file '/etc/passwd'" in checked.output, checked.output
     assert model.is_file()  # the sweep removes no model while a row names a file it cannot have written
+
+
+@pytest.mark.parametrize("outside", ["{tmp}/secret.png", "{root}/green/../../../secret.png", "green/000.png"],
+                         ids=["another folder", "a .. part", "relative"])
+def test_a_part_naming_an_image_outside_its_splits_folder_is_named_by_check_and_never_opened(
+        cli, fixture_store, tmp_path, outside):
+    """A store names the images it was made from; one sent to you could name any file, which the figures would then
+    read and draw into a report. Only files below the split's recorded folder are read."""
+    import pyarrow as pa
+
+    built = fixture_store("opponent-colour-run")
+    store, run_id = built.store, built.info["run_id"]
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((built.images / "val" / "green" / "000.png").read_bytes())  # an image, to be drawn if read
+    root = Store(store).meta()["dataset_roots"]["val"]
+    part = sorted((store / "samples" / "val").rglob("*.parquet"))[0]
+    table = pq.read_table(part)
+    edited = outside.format(tmp=tmp_path, root=root)
+    paths = [edited] * table.num_rows  # whichever image a figure reads
+    pq.write_table(table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), part)
+    before, read_before = snapshot(store), secret.stat().st_atime_ns
+    for command in (["report", "--out", tmp_path / "report"], ["evaluate", run_id, "--plots", tmp_path / "plots"]):
+        assert_refused(cli(*command, "--store", store, "--device", "cpu"), f"image {edited!r} of split 'val' lies "
+                       f"outside the split's folder {root}", "the store was edited")
+    assert snapshot(store) == before and not (tmp_path / "report").exists() and not (tmp_path / "plots").exists()
+    assert secret.stat().st_atime_ns == read_before
+    checked = cli("check", "--store", store)
+    assert checked.exit_code == 2
+    assert (f"problem: {len(paths)} row(s) of split 'val' at layer probe have a path outside the split's folder "
+            f"{root} (the first: {edited}); ingest never writes that") in " ".join(checked.output.split())
+
+
+def test_rows_of_other_lengths_or_an_unknown_class_are_named_by_check(cli, fixture_store):
+    """Values no ingest writes, which a read would take without a word (an ARV over a cut input sum)."""
+    import pyarrow as pa
+
+    store = fixture_store("tiny").store
+    shape = Store(store).meta()["layer_shape"]
+    channels, input_len = shape["out_channels"], shape["in_channels"] * 9  # tiny_net's probe: a 3 x 3 window
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    rows = pq.read_table(part).to_pylist()
+    assert len(rows) >= 3 and all(len(r["attribution"]) == channels and len(r["input_sum"]) == input_len for r in rows)
+    rows[0]["attribution"] = rows[0]["attribution"][:2]
+    rows[1]["input_sum"] = rows[1]["input_sum"][:1]
+    rows[2]["target"] = 99
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(part)), part)
+    checked = cli("check", "--store", store)
+    said = " ".join(checked.output.split())
+    assert checked.exit_code == 2
+    for text in (f"1 row(s) of split 'train' at layer probe have an attribution of other than {channels} values",
+                 f"1 row(s) of split 'train' at layer probe have input sums of other than {input_len} values",
+                 "1 row(s) of split 'train' at layer probe have a target that is no class of the store"):
+        assert text in said, said

@@ -112,6 +112,19 @@ def test_the_api_refuses_an_empty_output(colour_store, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_empty_store_path_is_refused_not_taken_for_the_current_folder(cli, data_dir, tmp_path, monkeypatch):
+    import polysem
+    from polysem.errors import ArgumentRange
+
+    monkeypatch.chdir(tmp_path)  # where an empty path would have made a store
+    before = sorted(tmp_path.rglob("*"))
+    for args in (["info"], ["ingest", data_dir, "--model", "tests.models:tiny_net", "--layer", "probe"]):
+        assert_refused(cli(*args, "--store", ""), "--store must name a folder, got an empty path", "pass . for")
+    with pytest.raises(ArgumentRange, match="`store` must name a folder"):
+        polysem.Store("")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_dev_stdout_points_to_dash(cli, colour_store):
     result = cli("sql", "SELECT 1", "--out", "/dev/stdout", "--format", "csv", "--store", colour_store)
     assert_refused(result, "/dev/stdout is a system path", "for standard output give -")
@@ -170,3 +183,24 @@ def test_parquet_is_never_written_to_a_terminal(colour_store):
     assert proc.stderr.decode().startswith("Error: parquet is binary and standard output is a terminal")
     proc, shown = run("csv")
     assert proc.returncode == 0 and b"class_id" in shown
+
+
+@pytest.mark.parametrize("entry", ["img link", "img file", "index.html link", "index.html folder"])
+def test_a_report_folder_whose_img_or_page_is_a_link_or_the_wrong_kind_is_refused(cli, colour_store, tmp_path, entry):
+    """The report replaces OUT/index.html and writes its images into OUT/img: a link there would take them
+    anywhere it points, the store included."""
+    out, aside = tmp_path / "report", tmp_path / "aside"
+    out.mkdir()
+    aside.mkdir()
+    name, kind = entry.split(" ")
+    if kind == "link":
+        (out / name).symlink_to(colour_store / "artifacts" if name == "img" else aside / "page.html")
+    elif kind == "file":
+        (out / name).write_text("mine")
+    else:
+        (out / name).mkdir()
+    before = snapshot(colour_store), snapshot(out), snapshot(aside)
+    what = "a link" if kind == "link" else ("no folder" if name == "img" else "no file")
+    assert_refused(cli("report", "--store", colour_store, "--out", out), f"--out {out} holds {name}, which is {what}",
+                   f"remove {out / name} or choose another --out")
+    assert (snapshot(colour_store), snapshot(out), snapshot(aside)) == before

@@ -162,6 +162,9 @@ def test_check_and_compact_take_every_layer(cli, stores, tmp_path):
     shutil.copytree(stores / "both", store)
     checked = cli("check", "--store", store)
     assert checked.exit_code == 0 and "ok:" in checked.output, checked.output
+    assert cli("check", "--store", store, "--layer", FC2).exit_code == 0
+    assert_refused(cli("check", "--store", store, "--layer", "block.fc9"),
+                   "the store holds no layer 'block.fc9'; its layers: block.fc1, block.fc2")
     assert cli("compact", "--store", store).exit_code == 0
     (store / f"layer_weights-{FC2}.parquet").write_bytes(b"")  # the second layer's weight, damaged
     assert cli("check", "--store", store).exit_code == 2

@@ -31,7 +31,7 @@ VALUES = {"split": "train", "class_id": 1, "limit": 5, "classes": [1, 2], "chann
           "key": "schema_version", "first": 0, "last": 2, "concepts": [[1], [2]], "relevant_classes": [[1], [2]],
           "min_cosines": [0.9, None], "taus": [0.03], "ps": [0.75], "gammas": [0.5], "selection": "authors",
           "image_ids": [1], "channel_sums": [1.0], "totals": [4.0], "database": "system",
-          "macros": True}
+          "macros": True, "channels": 3, "input_len": 9, "root": "/nowhere"}
 READS = sorted(name for name, block in load_statements().items() if block.file == READS_FILE)
 
 

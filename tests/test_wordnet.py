@@ -35,3 +35,25 @@ def test_without_nltk_data_builds_from_debian_then_nltk_data_is_used(tmp_path):
     assert module.startswith("nltk.corpus") and name == "tabby.n.01"
     assert answers == nltk_answers and answers[1] == "noun.animal"  # polysem's reader answers as nltk's own
     assert not unused.exists()
+
+
+def test_a_built_copy_is_made_again_from_another_or_a_changed_folder(tmp_path, monkeypatch):
+    """The copy under POLYSEM_CACHE serves the folder it was copied from: `wordnet_dir` naming another folder, or
+    the same folder changed, is copied anew (a damaged first folder does not stay in use)."""
+    from polysem.method.wordnet import DICT_FILES, load_wordnet
+
+    monkeypatch.setenv("POLYSEM_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "cache" / "nltk_data" / "corpora" / "wordnet" / "data.noun"
+    folders = {}
+    for name in ("first", "second"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for file in DICT_FILES:  # nltk builds a reader over empty dictionary files: it reads them when asked
+            (folders[name] / file).write_text("")
+        (folders[name] / "data.noun").write_text(f"  {name} folder\n")
+    for name in ("first", "second", "first"):
+        with load_wordnet(folders[name]):
+            assert copy.read_text() == f"  {name} folder\n"
+    (folders["first"] / "data.noun").write_text("  first folder, changed\n")
+    with load_wordnet(folders["first"]):
+        assert copy.read_text() == "  first folder, changed\n"

@@ -45,14 +45,14 @@ app.add_typer(plot_app, name="plot")
 
 # the options many commands share, each defined once
 StoreOption = Annotated[
-    Path,
+    str,  # the text as given: an empty one is refused (`Store`), which a Path would read as the current folder
     typer.Option("--store", envvar="POLYSEM_STORE", help="Store directory (or set POLYSEM_STORE).", show_default=True),
 ]
 DataOption = Annotated[Path | None, typer.Option("--data", help="DATA_DIR now holding the images, if they moved since ingest.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 TableJsonOption = Annotated[str, typer.Option("--format", help="Output format: table or json.")]
-DEFAULT_STORE = Path(constants.DEFAULT_STORE)
+DEFAULT_STORE = constants.DEFAULT_STORE
 TrustOption = Annotated[
     Path | None,
     typer.Option("--trust-code", help="Import the model and transform code the store names from this folder "
@@ -192,7 +192,7 @@ def objects_line(error: Exception, command_name: str) -> str | None:
             f"{error.given}) and then polysem.{command_name}(...)")
 
 
-def _store(path: Path, trust_code: Path | None = None, layer: str | None = None):
+def _store(path: str, trust_code: Path | None = None, layer: str | None = None):
     from polysem.query import Store
 
     return Store(path, trust_code=trust_code.absolute() if trust_code is not None else None, layer=layer)

@@ -13,7 +13,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -68,6 +68,13 @@ def check_data_dir(data_dir: str | os.PathLike, holds: str = "the store's splits
     return given
 
 
+def path_in_folder(path: str, folder: str) -> bool:
+    """True when `path` names a file below `folder` by its text alone: absolute, with no `..` part."""
+    candidate = PurePath(path)
+    return (candidate.is_absolute() and ".." not in candidate.parts and candidate != PurePath(folder)
+            and candidate.is_relative_to(folder))
+
+
 def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.PathLike | None) -> list[dict]:
     """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image. The rows of a split
     made from a Dataset name its items, not files (`record_images` reads them): they stay as they are."""
@@ -77,6 +84,11 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
             raise RunError(f"`data_dir` names image folders, but split '{split}' of this store comes from a Dataset "
                            f"({root}); omit `data_dir` (polysem.use gives the Dataset)")
         return rows
+    outside = next((r["path"] for r in rows if not path_in_folder(r["path"], root)), None)
+    if outside is not None:  # a store edited, or sent by someone: it names files of its split's folder only
+        raise RunError(f"image {outside!r} of split '{split}' lies outside the split's folder {root}, which the store "
+                       "records; polysem reads a store's images from that folder (or `data_dir`) only, and ingest "
+                       "never writes such a path: the store was edited; ingest the images into a new store")
     if data_dir is not None:
         old_root = Path(root)
         given = check_data_dir(data_dir, f"the {split} split (the store's images were read from {old_root})")

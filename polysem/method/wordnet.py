@@ -7,6 +7,7 @@ builds nltk's layout, once, from a WordNet 3.0 dictionary folder (Debian's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -35,6 +36,7 @@ DICT_FILES = [f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", 
 # The reader of a built copy, kept for the process: building it reads the index files (2 to 3 s). Keyed by the
 # copy's files, so a copy built again is read again.
 _READERS: dict[tuple, Any] = {}
+ORIGIN_FILE = "polysem-origin.json"  # in the built copy: the folder it was copied from
 
 
 def _file_stat(path: Path) -> tuple[int, int, int]:
@@ -72,13 +74,19 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
             "(or pass `wordnet_dir` with a WordNet 3.0 dict folder)"
         )
     target = cache_dir() / "nltk_data" / "corpora" / "wordnet"
-    if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]):
+    # the copy names its source and the source files' sizes and times: another folder, or one changed, is copied anew
+    origin = json.dumps({"source": str(source.resolve()),
+                         "files": {name: list(_file_stat(source / name)[1:]) for name in DICT_FILES}}, sort_keys=True)
+    marker = target / ORIGIN_FILE
+    if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]) or not marker.is_file() \
+            or marker.read_text() != origin:
         staging = target.with_name("wordnet.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for name in DICT_FILES:  # nltk refuses symlinks that leave its corpus root, so copy
             shutil.copyfile(source / name, staging / name)
         (staging / "lexnames").write_text(resources.files("polysem").joinpath("data/wordnet-lexnames").read_text())
+        (staging / ORIGIN_FILE).write_text(origin)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     import nltk
@@ -112,7 +120,9 @@ def english_reader(reader_class, root: str):
 
 def synset(wordnet, wnid: str):
     """The noun synset of a WordNet id like n01440764 (`n` + the 8-digit noun offset)."""
-    return wordnet.synset_from_pos_and_offset("n", int(wnid[1:]))
+    with warnings.catch_warnings():  # nltk warns, then returns None, for an offset it lacks: the caller names it
+        warnings.simplefilter("ignore", UserWarning)
+        return wordnet.synset_from_pos_and_offset("n", int(wnid[1:]))
 
 
 def similarity_points(store: Store, tau: float = TAU, p: float = P) -> list[tuple[float, float, int, int]]:
@@ -171,8 +181,9 @@ def compute_class_similarity(store: Store | str | os.PathLike, tau: float = TAU,
             try:
                 similarity = synset(wordnet, row["wnid1"]).path_similarity(synset(wordnet, row["wnid2"]))
             except Exception as error:  # nltk raises WordNetError or ValueError for unknown offsets
-                raise PolysemError(f"WordNet has no noun {row['wnid1']} or {row['wnid2']} ({error}); "
-                                   "check the classes' wnids") from error
+                source = f"the WordNet of {wordnet_dir}" if wordnet_dir is not None else "WordNet"
+                raise PolysemError(f"{source} has no noun {row['wnid1']} or {row['wnid2']} ({error}); check the "
+                                   "classes' wnids, and that the WordNet folder holds WordNet 3.0 whole") from error
             rows.append({"class1": row["class1"], "class2": row["class2"], "path_similarity": similarity})
     with store.transaction() as tx:
         record_class_similarity(tx, rows)
