@@ -4,6 +4,7 @@ This package is also the function `polysem.ingest(store, data, split, ...)`: cal
 module runs `polysem.ingest.run.ingest`, so the name means one thing however it was imported.
 """
 
+import inspect
 import sys
 import types
 
@@ -18,4 +19,7 @@ class _IngestModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _IngestModule
 ingest = _ingest
+# what help(), IPython's `?` and editors show for the module called as the function: its parameters and text
+__signature__ = inspect.signature(_ingest)
+__doc__ = f"{__doc__}\n{_ingest.__name__}{__signature__}\n\n{inspect.getdoc(_ingest)}\n"
 __all__ = ["IngestSummary", "ingest"]

@@ -75,4 +75,4 @@ class EmptyAnswer(UserWarning):
 
 
 class ThresholdWarning(UserWarning):
-    """A threshold far from the paper's operating point for this layer (`polysem.method.concepts.tau_reading`)."""
+    """A threshold far from the paper's setting for this layer (`polysem.method.concepts.tau_reading`)."""

@@ -421,3 +421,15 @@ def test_the_command_line_names_the_flag_and_the_range(cli, built, args, fragmen
     args = [built.info["run_id"] if a == "RUN" else built.images if a == "IMAGES" else a for a in args]
     assert_refused(cli(*args, "--store", built.store), *fragments)
     assert snapshot(built.store) == before
+
+
+def test_polysem_ingest_shows_the_functions_parameters_and_text():
+    """`polysem.ingest` is the package, called as the function: help(), IPython's `?` and editors read its
+    signature and docstring, which are the function's."""
+    import inspect
+
+    from polysem.ingest.run import ingest
+
+    assert inspect.signature(polysem.ingest) == inspect.signature(ingest)
+    assert {"model", "layer", "transform", "positions"} <= set(inspect.signature(polysem.ingest).parameters)
+    assert inspect.getdoc(ingest) in polysem.ingest.__doc__

@@ -92,7 +92,7 @@ class Selection(str, Enum):
 
 @command()
 def evaluate(
-    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="Run id from `polysem disentangle` or `polysem runs`.")],
     *,
     tau: RunTauOption = None,
     plots: Annotated[str | None, typer.Option(metavar="FOLDER", help="Write the density, panel, top-image and visualisation figures into this folder.")] = None,
@@ -119,7 +119,7 @@ def evaluate(
 
 @command()
 def verify(
-    run_id: Annotated[str, typer.Argument(help="Run id from `polysem disentangle` or `polysem runs`.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="Run id from `polysem disentangle` or `polysem runs`.")],
     *,
     tau: RunTauOption = None,
     p: Annotated[float | None, typer.Option("--p", help="Ineq. 2: fraction of a class's images for which the channel must be relevant. [default: the run's own]")] = None,
@@ -146,7 +146,7 @@ def verify(
 
 @command()
 def runs(
-    run_id: Annotated[str | None, typer.Argument(help="Show this run's full record instead of the list.")] = None,
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN_ID", help="Show this run's full record instead of the list.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json; csv and json hold every column.")] = "table",
     layer: LayerOption = None,
     store: StoreOption = DEFAULT_STORE,
@@ -176,7 +176,7 @@ class Method(str, Enum):
 
 @command()
 def visualize(
-    run_id: Annotated[str | None, typer.Argument(help="Run id from `polysem runs`; or give --channel instead.")] = None,
+    run_id: Annotated[str | None, typer.Argument(metavar="RUN_ID", help="Run id from `polysem runs`; or give --channel instead.")] = None,
     *,
     channel: Annotated[int | None, typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
     method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,

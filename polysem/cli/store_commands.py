@@ -32,7 +32,7 @@ from polysem.util.text import escape_controls
 
 @command()
 def ingest(
-    data_dir: Annotated[Path, typer.Argument(help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
+    data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR", help="Folder holding one ImageFolder tree per split (DATA_DIR/SPLIT/CLASS/IMAGE).")],
     *,
     split: Annotated[str, typer.Option(help="Split folder to ingest (train, val, ...).")] = "train",
     model: Annotated[str | None, typer.Option(help="torchvision model name or package.module:callable. [default: resnet50, or the store's]")] = None,
@@ -197,7 +197,7 @@ def classes(
 
 @command()
 def sql(
-    query: Annotated[str, typer.Argument(help="One SELECT statement; views and macros of the store are available.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="One SELECT statement; views and macros of the store are available.")],
     fmt: Annotated[str | None, typer.Option("--format", help="table, csv or json on the terminal; with --out: parquet, csv or json. [default: table, or the --out suffix's]")] = None,
     out: Annotated[str | None, typer.Option(metavar="FILE", help="Write the result to this file (--format, else its suffix: .parquet, .csv, .json); - for standard output (with --format).")] = None,
     layer: LayerOption = None,
@@ -223,7 +223,7 @@ def sql(
 
 @command()
 def export(
-    name_or_query: Annotated[str, typer.Argument(help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
+    name_or_query: Annotated[str, typer.Argument(metavar="NAME_OR_QUERY", help="A table or view name, a macro call like 'relevant_pairs(p := 0.8)', or a SELECT.")],
     out: Annotated[str, typer.Option(metavar="FILE", help="Output file; --format, else its suffix: .parquet, .csv or .json; - for standard output (with --format).")],
     fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or json. [default: the --out suffix's]")] = None,
     layer: LayerOption = None,

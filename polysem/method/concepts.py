@@ -141,7 +141,7 @@ class Screening(Result):
         table: the answer, one row per pair, channel or grid point.
         tau, p, gamma: the thresholds (the grid's own for a sweep).
         why_empty: for pairs or concepts with no row, why (the counts along the way and what to change).
-        tau_warning: when tau is far from the paper's operating point for a layer of this many channels
+        tau_warning: when tau is far from the paper's setting for a layer of this many channels
             (`tau_reading`), what that means and how to choose one; else None.
     """
 
@@ -158,7 +158,7 @@ def screen(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float =
            limit: int | None = None, correct_only: bool = False) -> pa.Table:
     """`polysem.screen`: the polysemantic pairs (or, `by_concept`, each polysemantic channel's concepts) as a
     table, as `polysem screen` prints them. An empty answer warns with why (`EmptyAnswer`, the CLI's words),
-    and a tau far from the paper's operating point for the layer warns too (`ThresholdWarning`): a notebook
+    and a tau far from the paper's setting for the layer warns too (`ThresholdWarning`): a notebook
     shows both under the cell.
 
     Args:
@@ -190,24 +190,32 @@ PAPER_CHANNELS = 2048  # ResNet-50's layer4.2.conv3, where the paper's tau of 0.
 TAU_FACTOR = 10  # tau more than this factor away from the paper's multiple of the mean share 1/C is warned of
 
 
-def tau_reading(tau: float, channels: int) -> str | None:
-    """Why `tau` is far from the paper's operating point for a layer of `channels` channels, or None.
+def tau_far(tau: float, channels: int) -> bool:
+    """True when tau x C is more than TAU_FACTOR from the paper's 0.03 x 2048, either way (docs/method.md,
+    section 2)."""
+    paper, mine = TAU * PAPER_CHANNELS, tau * channels
+    return not paper / TAU_FACTOR <= mine <= paper * TAU_FACTOR
+
+
+def tau_reading(tau: float, channels: int, counts: tuple[int, int] | None = None) -> str | None:
+    """Why `tau` is far from the paper's setting for a layer of `channels` channels, or None.
 
     Ineq. 2 compares a channel's share of an image's positive attribution with tau. The mean share is 1/C, so
     what tau means depends on C: the paper's 0.03 is about 61 times 1/2048 in ResNet-50's last layer, but below
-    1/6 in a 6-channel layer, where nearly every channel passes. Warned of beyond a factor of TAU_FACTOR either
-    way (docs/method.md, section 2)."""
-    paper = TAU * PAPER_CHANNELS
-    mine = tau * channels
-    if paper / TAU_FACTOR <= mine <= paper * TAU_FACTOR:
+    1/6 in a 6-channel layer. Warned of beyond a factor of TAU_FACTOR either way. Shares are not spread evenly
+    over the channels, so how many pass is the data's to say: `counts` (relevant (channel, class) pairs, all
+    pairs) at the screening's p, when given, is stated."""
+    if not tau_far(tau, channels):
         return None
-    effect = ("nearly every channel can pass it" if mine < paper else "few channels can pass it")
-    point = paper / channels
-    where = (f" (tau near {point:.3g} is the paper's operating point here)" if point <= 1 else
-             f" (no tau reaches the paper's operating point with {channels} channels)")
+    paper, mine = TAU * PAPER_CHANNELS, tau * channels
+    bar = ("no bar at all (every share of 0 or more passes)" if mine <= 0 else
+           f"a bar {paper / mine:.3g} times lower than the paper's" if mine < paper else
+           f"a bar {mine / paper:.3g} times higher than the paper's")
+    found = (f"; here {counts[0]} of the {counts[1]} (channel, class) pairs are relevant at it (Ineq. 2)"
+             if counts is not None else "")
     return (f"tau {tau} is {mine:.3g} times the mean share 1/C of this layer's {channels} channels, where the paper's "
-            f"tau {TAU} is {paper:.3g} times 1/{PAPER_CHANNELS}: {effect}{where}; `polysem screen --sweep` counts "
-            "the candidates over a grid of tau, p and gamma, to choose one")
+            f"tau {TAU} is {paper:.3g} times 1/{PAPER_CHANNELS}: {bar}{found}; `polysem screen --sweep` counts the "
+            "candidates over a grid of tau, p and gamma, to choose one")
 
 
 def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: float = GAMMA, by_concept: bool = False,
@@ -249,4 +257,10 @@ def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: floa
         table = screen.polysemantic_pairs(store, tau=tau, p=p, gamma=gamma, limit=limit, correct_only=correct_only)
     why = None if table.num_rows else screen.why_empty(store, tau=tau, p=p, gamma=gamma, correct_only=correct_only)
     channels = store.meta()["layer_shape"]["out_channels"]
-    return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why, tau_reading(tau, channels))
+    counts = None
+    if tau_far(tau, channels):  # say how many pairs the data lets through, not a guess from C alone
+        row = screen.sweep(store, taus=(float(tau),), ps=(float(p),), gammas=(float(gamma),),  # numpy's too
+                           correct_only=correct_only).to_pylist()[0]
+        counts = (row["relevant_pairs"], channels * store.reads.class_count())
+    return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why,
+                     tau_reading(tau, channels, counts))
