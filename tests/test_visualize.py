@@ -238,8 +238,10 @@ def _reddish(path) -> bool:
 
 @pytest.mark.parametrize("method", ["maco", "fourier"])
 def test_default_steps_at_the_models_size_find_each_concept(opponent_run, method):
+    """No size given: the store's images' side after its transform (8 pixels, as make_colour_images writes them)."""
     store, run_id = opponent_run
-    result = visualize(store, run_id, method=method, size=8, device="cpu", progress=False)
+    result = visualize(store, run_id, method=method, device="cpu", progress=False)
+    assert result.first().size == 8 and Image.open(result.units["c1"].image).size == (8, 8)
     assert _greenish(result.units["c1"].image) and _reddish(result.units["c2"].image)
     assert [u for u, v in result.units.items() if v.failed] == ["r"]  # r: no weights, nothing to show
     assert all(result.units[u].activation > 0 for u in ("original", "c1", "c2"))
@@ -307,3 +309,20 @@ def test_several_seeds_recorded_and_drawn_side_by_side(cli, opponent_run, tmp_pa
     for bad, text in (("0,0", "repeats"), ("a,1", "--seeds"), (",", "--seeds")):
         result = cli(*base, "--seeds", bad)
         assert result.exit_code == 2 and result.stderr.startswith("Error: ") and text in result.stderr, result.output
+
+
+def test_without_a_size_a_store_of_oblong_images_is_asked_for_one(cli, tmp_path):
+    from tests.helpers import make_image_folder, snapshot
+
+    data = make_image_folder(tmp_path / "data", "train", {"a": 2, "b": 2, "c": 2}, size=(12, 20))  # 20 wide, 12 high
+    store = tmp_path / "s"
+    made = cli("ingest", data, "--store", store, "--model", "tests.models:tiny_net", "--layer", "probe",
+               "--transform", "tests.models:to_tensor")
+    assert made.exit_code == 0, made.output
+    before = snapshot(store)
+    result = cli("visualize", "--channel", 0, "--steps", 1, "--device", "cpu", "--store", store)
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "Error: the store's images are 12 x 20 pixels after its transform; give --size (a side from 8 to 1024 the "
+        "model accepts)"], result.output
+    assert snapshot(store) == before
+    assert cli("visualize", "--channel", 0, "--steps", 1, "--size", 16, "--device", "cpu", "--store", store).exit_code == 0

@@ -181,7 +181,7 @@ def visualize(
     channel: Annotated[int | None, typer.Option(help="A channel of the stored model (instead of a RUN_ID).")] = None,
     method: Annotated[Method, typer.Option(help="maco (phase only, the store's own magnitude spectrum) or fourier (Lucid).")] = Method.maco,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 512,
-    size: Annotated[int, typer.Option(help="Side of the optimised images in pixels.")] = 224,
+    size: Annotated[int | None, typer.Option(help="Side of the optimised images in pixels. [default: the side of the store's images after its transform, the model's input]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same images on one device.")] = 0,
     seeds: Annotated[str | None, typer.Option(metavar="S,S,...", help="Several seeds in one call, e.g. 0,1,2 "
                                               "(instead of --seed): recorded per seed, drawn side by side.")] = None,

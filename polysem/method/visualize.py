@@ -49,7 +49,7 @@ from polysem.util.hooks import forward_to
 from polysem.util.readings import selectivity_reading
 from polysem.util.results import Result
 
-__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "RESTART_IMAGES", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "UnitImage", "Visualization", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "latest_visualizations", "maco_phase", "optimise", "optimise_units", "png_bytes", "recorrelate", "resize_images", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
+__all__ = ["ARTIFACTS", "COLOUR", "CPU", "MAX_SIZE", "MAX_STEPS", "METHODS", "RESTART_IMAGES", "SPECTRUM_IMAGES", "FourierImage", "MacoImage", "Target", "UnitImage", "Visualization", "amplitude_spectrum", "augment", "channel_target", "decorrelate", "input_display", "input_normalisation", "input_side", "latest_visualizations", "maco_phase", "optimise", "optimise_units", "png_bytes", "recorrelate", "resize_images", "resize_spectrum", "run_target", "store_images", "unit_activations", "visualize"]
 
 METHODS = ("maco", "fourier")
 SPECTRUM_IMAGES = 256
@@ -436,9 +436,20 @@ def store_images(store: Store, transform, n: int, data_dir=None) -> torch.Tensor
     return images
 
 
+def input_side(samples: torch.Tensor) -> int:
+    """The side of the store's images after its transform (the model's input), the default `size`; refused when
+    they are not square or out of range."""
+    height, width = samples.shape[-2:]
+    if height != width or not 8 <= height <= MAX_SIZE:
+        raise RunError(f"the store's images are {height} x {width} pixels after its transform; give `size` (a side "
+                       f"from 8 to {MAX_SIZE} the model accepts)")
+    return int(height)
+
+
 def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, channel: int | None = None,
-              method: str = "maco", steps: int = 512, size: int = 224, seed: int = 0, seeds: list[int] | None = None,
-              device: str = "auto", data_dir=None, progress: bool = True) -> Visualization | list[Visualization]:
+              method: str = "maco", steps: int = 512, size: int | None = None, seed: int = 0,
+              seeds: list[int] | None = None, device: str = "auto", data_dir=None,
+              progress: bool = True) -> Visualization | list[Visualization]:
     """Feature visualisations of a run's units (or of one channel of the stored model), recorded in the store.
 
     Args:
@@ -447,7 +458,8 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
         channel: a channel of the stored model (instead of `run_id`).
         method: "maco" (phase only, the store's own magnitude spectrum) or "fourier" (Lucid).
         steps: optimisation steps, 1 .. 100000.
-        size: the images' side in pixels, 8 .. 1024.
+        size: the images' side in pixels, 8 .. 1024; None: the side of the store's images after the store's
+            transform (the model's input: 224 for ImageNet's preprocessing).
         seed: the random seed (the same seed gives the same images on one device).
         seeds: several seeds in one call, recorded together (instead of `seed`).
         device: "auto", "cpu" or "cuda".
@@ -479,7 +491,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     if method not in METHODS:
         raise RunError(f"unknown `method` '{method}'; use one of {', '.join(METHODS)}")
     steps = check_int("steps", steps, 1, MAX_STEPS, hint=" optimisation steps")
-    size = check_int("size", size, 8, MAX_SIZE, hint=" pixels a side")
+    size = check_int("size", size, 8, MAX_SIZE, hint=" pixels a side", none=True)
     seed = check_int("seed", seed, 0, COUNT_MAX)
     if seeds is not None:
         if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)):
@@ -515,6 +527,7 @@ def visualize(store: Store | str | os.PathLike, run_id: str | None = None, *, ch
     model.to(torch_device)
     to_display, to_input = input_display(transform), input_normalisation(transform)
     samples = to_display(store_images(store, transform, SPECTRUM_IMAGES if method == "maco" else 1, data_dir))
+    size = size if size is not None else input_side(samples)
     magnitude = amplitude_spectrum(samples) if method == "maco" else None
     pool: list[torch.Tensor] = []  # the store images a dead unit restarts from, read when first needed
 
