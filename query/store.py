@@ -599,7 +599,8 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """What the store holds: its metadata (every layer in `layers`; `layer`: the one this object works on, else
-        the first), images per split (of that layer), classes, runs and size on disk."""
+        the first), images per split (of that layer; `layer_images`: {split: {layer: images}} when the store has
+        several), classes, runs and size on disk."""
         info = self.meta(any_layer=True)
         info["decode"] = recorded_decode(info)  # a store made before the key: pil
         info["code"] = {what: code_status(str(info[what]), what, info.get(f"{what}_import_root"), self.path,
@@ -608,6 +609,12 @@ class Store:
             row["split"]: {"images": row["n_images"], "unreadable": row["n_errors"], "classes": row["n_classes"]}
             for row in self.reads.split_summary().to_pylist()
         }
+        # with several layers, each one's images per split: a layer added later may lack a split the others hold
+        info["layer_images"] = {}
+        if len(info.get("layers") or {}) > 1:
+            stored = {(row["layer"], row["split"]): row["n"] for row in self.reads.layer_image_counts().to_pylist()}
+            info["layer_images"] = {split: {layer: stored.get((layer, split), 0) for layer in info["layers"]}
+                                    for split in info["splits"]}
         info["classes"] = self.reads.class_count()
         info["runs"] = self.reads.run_count()
         info["store"] = str(self.path)

@@ -114,6 +114,12 @@ def test_evaluate_names_the_layer_that_lacks_val_images(cli, images, stores, tmp
     polysem.ingest(store, images, "train", layer=FC2, **MODEL)
     run = polysem.disentangle(Store(store, layer=FC2), 0, concept1=["green"], concept2=["red"], rho=0.5, force=True,
                               progress=False)
+    shown = cli("info", "--store", store)
+    assert f"split      val: 9 images in 3 classes, 0 unreadable  ({images / 'val'}); by layer: {FC1} 9, {FC2} 0" \
+        in shown.output.splitlines(), shown.output
+    assert f"split      train: 15 images in 3 classes, 0 unreadable  ({images / 'train'})" in shown.output.splitlines()
+    assert json.loads(cli("info", "--store", store, "--format", "json").stdout)["layer_images"] == {
+        "train": {FC1: 15, FC2: 15}, "val": {FC1: 9, FC2: 0}}
     before = snapshot(store)
     assert_refused(cli("evaluate", run.run_id, "--store", store, "--device", "cpu"),
                    f"the store has no val images of layer {FC2} to evaluate on",

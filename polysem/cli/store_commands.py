@@ -150,8 +150,11 @@ def info(layer: LayerOption = None, store: StoreOption = DEFAULT_STORE, fmt: Tab
     ]
     for split, counts in details["splits"].items():
         root = details["dataset_roots"].get(split, "?")
+        by_layer = details["layer_images"].get(split, {})
+        layers = (f"; by layer: {', '.join(f'{name} {n}' for name, n in by_layer.items())}"
+                  if len(set(by_layer.values())) > 1 else "")  # only where the layers differ
         lines.append(f"split      {split}: {counts['images']} images in {counts['classes']} classes, "
-                     f"{counts['unreadable']} unreadable  ({root})")
+                     f"{counts['unreadable']} unreadable  ({root}){layers}")
     lines += [f"runs       {details['runs']}", f"size       {details['size_bytes'] / 1e6:.1f} MB on disk"
               + (f", {details['bytes_per_image']:,} bytes per stored image" if details["bytes_per_image"] else ""),
               f"created    {details['created_at']} by polysem {details['polysem_version']}"]
