@@ -267,7 +267,7 @@ def model_layers(model_spec: str, weights_spec: str | None = None, *, size: int 
             why_not = None
             if isinstance(module, nn.Linear) and failure is not None:
                 takes, why_not = None, (f"unchecked: the model did not run on one {channels} x {size} x {size} image "
-                                        f"({failure}); give its input's size and channels (--size, --channels)")
+                                        f"({failure}); give its input's `size` and `channels`")
             elif name in linear_inputs:
                 why_not = linear_position_problem(name, linear_inputs[name])
             elif isinstance(module, nn.Linear) and linear_inputs:  # the forward pass ran but never called it

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,30 @@ def _figure_format(out: Path, figure_format: str | None) -> str:
 
 
 def _publish(staging: Path, target: Path) -> Path:
-    """Move the staged images, then the page, into the report folder; returns the page's path."""
-    (target / "img").mkdir(exist_ok=True)
-    for image in (staging / "img").iterdir():
-        os.replace(image, target / "img" / image.name)
+    """Move the staged images, then the page, into the report folder; returns the page's path. The images go
+    into `img` as opened without following a link (one put there while the figures were drawn is refused), and
+    only when no entry they would replace is other than a file."""
+    img = target / "img"
+    img.mkdir(exist_ok=True)
+    try:
+        folder = os.open(img, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise PolysemError(f"`out` {target} holds img, which is a link or no folder ({error.strerror}); a report "
+                           f"writes its images into a plain folder there: remove {img} or choose another `out`") from None
+    try:
+        images = sorted((staging / "img").iterdir())
+        for image in images:
+            try:
+                there = os.stat(image.name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(there.st_mode):
+                raise PolysemError(f"`out` {target} holds {img / image.name}, which is no file; the report writes "
+                                   f"that image there: remove it or choose another `out`")
+        for image in images:
+            os.replace(image, image.name, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
     os.replace(staging / "index.html", target / "index.html")
     return target / "index.html"
 

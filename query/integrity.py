@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from polysem.errors import PolysemError, StoreError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
-from polysem.query.meta import IncompleteStore
+from polysem.query.meta import DATASET_TRANSFORM, IncompleteStore
 from polysem.query.recovery import BadPending, pending_records
 from polysem.query.split_lock import lock_split
 
@@ -118,15 +118,30 @@ def _check_layer_choice(store) -> None:
 
 def _row_problems(store, meta: dict) -> list[str]:
     """Rows each split holds at each layer that ingest cannot have written (`misshapen_rows`): values of other
-    lengths than the layer's shape, a target that is no class, a path outside the split's recorded folder."""
+    lengths than the layer's shape, a target that is no class, a path outside the split's recorded folder (the
+    rule the figures apply before they open an image, `layout.image_path_in_root`); and a split of image files
+    whose folder is none an ingest records."""
     problems = []
+    roots = meta.get("dataset_roots") or {}
+    items = meta.get("transform") == DATASET_TRANSFORM  # a store of Datasets: its rows name items, not files
+    counts = store.reads.layer_image_counts().to_pylist()
+    folders = {}
+    for split in sorted({row["split"] for row in counts} | set(roots)):
+        problem = None if items else layout.image_root_problem(roots.get(split))
+        if problem is not None and roots.get(split) is None:  # rows whose folder was never recorded
+            problems.append(f"split '{split}': {problem}; ingest the split again (polysem ingest DATA_DIR --split "
+                            f"{split}), which records it and keeps the rows stored")
+        elif problem is not None:
+            problems.append(f"split '{split}': {problem}; ingest never writes that: the catalog was edited; ingest "
+                            "the split into a new `store`")
+        folders[split] = None if items or problem is not None else roots[split]
     for name, shape in (meta.get("layers") or {}).items():
         if not shape:
             continue
         kernel = shape.get("kernel_size") or [1, 1]
         params = {"channels": shape.get("out_channels"), "input_len": shape.get("in_channels", 0) * kernel[0] * kernel[1]}
-        for split, root in sorted((meta.get("dataset_roots") or {}).items()):
-            folder = root if isinstance(root, str) and Path(root).is_absolute() else None  # else a Dataset's items
+        for split in sorted({row["split"] for row in counts if row["layer"] == name}):
+            folder = folders.get(split)
             found = store.for_layer(name).reads.misshapen_rows(split=split, root=folder, **params) or {}
             wrong = {"attribution": f"an attribution of other than {params['channels']} values (the layer's channels)",
                      "input_sum": f"input sums of other than {params['input_len']} values (its input channels x "

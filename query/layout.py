@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from polysem.util import atomic
 
-__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "layer_dir", "layer_files", "new_part_path", "only_creation_files", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_creation_files",
+__all__ = ["CATALOG", "CLASSES", "INGEST_ERRORS", "LAYER_PREFIX", "LAYER_WEIGHTS", "OPTIONAL_COLUMNS", "PART_TABLES", "SAMPLES", "SCHEMA_DIR", "image_path_in_root", "image_root_problem", "layer_dir", "layer_files", "new_part_path", "only_creation_files", "part_dir", "part_files", "part_glob", "schema_problem", "split_folders", "split_lock_path", "weights_file", "write_creation_files",
            "write_schema_files"]
 
 CATALOG = "catalog.duckdb"
@@ -228,3 +228,21 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     if pa.types.is_list(a) and pa.types.is_list(b):
         return _same_type(a.value_type, b.value_type)
     return a == b
+
+
+def image_root_problem(root: object) -> str | None:
+    """Why a split's recorded image folder is none an ingest records, or None: ingest records an absolute folder
+    without a trailing slash (pathlib's form), never the file system's root."""
+    if not isinstance(root, str) or not root:
+        return "the store records no folder for it"
+    if not os.path.isabs(root) or root.endswith("/"):
+        return f"its recorded folder {root!r} is not one an ingest records (an absolute folder, no trailing slash)"
+    return None
+
+
+def image_path_in_root(path: object, root: str) -> bool:
+    """True when a row's path names a file below its split's folder `root` (one `image_root_problem` accepts) by
+    its text alone: `root/...` with no empty, `.` or `..` part. The `misshapen_rows` read applies the same rule."""
+    if not isinstance(path, str) or not path.startswith(root + "/"):
+        return False
+    return not any(part in ("", ".", "..") for part in path[len(root) + 1:].split("/"))

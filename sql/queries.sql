@@ -31,18 +31,26 @@ SELECT count(*) AS n FROM layer_samples WHERE split = $split;
 -- The number of stored images of one split whose attribution is not zero on every channel.
 SELECT count(*) AS n FROM layer_samples WHERE split = $split AND list_max(list_transform(attribution, lambda x: abs(x))) > 0;
 
+-- name: relevant_pair_count^
+-- The (channel, class) pairs relevant at $tau and $p (Ineq. 2) in one split, and the classes with images there.
+SELECT (SELECT count(*) FROM relevant_pairs(tau := $tau, p := $p, split_name := $split,
+                                            correct_only := $correct_only)) AS relevant,
+       (SELECT count(DISTINCT target) FROM layer_samples WHERE split = $split) AS classes;
+
 -- name: misshapen_rows^
 -- Rows of one split at the chosen layer that ingest cannot have written, counted by what is wrong: an attribution
--- of other than $channels values, input sums of other than $input_len, a target no class has, a path outside the
--- split's folder $root (NULL: a split of a Dataset, whose rows name items); first_path is the first such path.
+-- of other than $channels values, input sums of other than $input_len, a target no class has (or none), a path
+-- that is not $root/... with no empty, '.' or '..' part (layout.image_path_in_root; $root NULL: not checked, a
+-- split of a Dataset, whose rows name items); first_path is the first such path.
 WITH rows AS (
     SELECT attribution, input_sum, target, path,
-           $root IS NOT NULL AND NOT (starts_with(path, $root || '/') AND NOT contains(path || '/', '/../')) AS outside
+           $root IS NOT NULL AND (path IS NULL OR NOT starts_with(path, $root || '/')
+               OR list_has_any(string_split(substr(path, length($root) + 2), '/'), ['', '.', '..'])) AS outside
     FROM layer_samples WHERE split = $split
 )
 SELECT count(*) FILTER (WHERE len(attribution) IS DISTINCT FROM $channels) AS attribution,
        count(*) FILTER (WHERE len(input_sum) IS DISTINCT FROM $input_len) AS input_sum,
-       count(*) FILTER (WHERE target NOT IN (SELECT class_id FROM classes)) AS target,
+       count(*) FILTER (WHERE target IS NULL OR target NOT IN (SELECT class_id FROM classes)) AS target,
        count(*) FILTER (WHERE outside) AS path,
        min(path) FILTER (WHERE outside) AS first_path
 FROM rows;

@@ -522,3 +522,53 @@ def test_rows_of_other_lengths_or_an_unknown_class_are_named_by_check(cli, fixtu
                  f"1 row(s) of split 'train' at layer probe have input sums of other than {input_len} values",
                  "1 row(s) of split 'train' at layer probe have a target that is no class of the store"):
         assert text in said, said
+
+
+@pytest.mark.parametrize("recorded", ["dataset:torch.utils.data.Dataset of 9 items", None, "relative/val",
+                                      "{root}/"], ids=["a Dataset's", "none", "relative", "a trailing slash"])
+def test_a_split_folder_no_ingest_records_is_named_by_check_and_refused_by_the_figures(cli, fixture_store, tmp_path,
+                                                                                       recorded):
+    """The rows' files are read only below a folder an ingest records; a catalog edited to record another kind
+    (a Dataset's root on a store of image files, whose rows would then be opened unchecked) is named, and `check`
+    and the figures agree."""
+    import duckdb
+
+    built = fixture_store("opponent-colour-run")
+    store, run_id = built.store, built.info["run_id"]
+    root = Store(store).meta()["dataset_roots"]["val"]
+    with duckdb.connect(str(store / "catalog.duckdb")) as catalog:
+        if recorded is None:
+            catalog.execute("DELETE FROM store_meta WHERE key = 'dataset_root:val'")
+        else:
+            catalog.execute("UPDATE store_meta SET value = ? WHERE key = 'dataset_root:val'",
+                            [json.dumps(recorded.format(root=root))])
+    before = snapshot(store)
+    for command in (["report", "--out", tmp_path / "report"], ["evaluate", run_id, "--plots", tmp_path / "plots"]):
+        assert_refused(cli(*command, "--store", store, "--device", "cpu"), "split 'val' of the store: ",
+                       "ingest the images into a new store")
+    checked = cli("check", "--store", store)
+    said = " ".join(checked.output.split())
+    assert checked.exit_code == 2 and "problem: split 'val': " in said, said
+    assert ("ingest the split again (polysem ingest DATA_DIR --split val), which records it" if recorded is None
+            else "the catalog was edited") in said
+    assert "a path outside" not in said  # the folder is named once, not each of its rows
+    assert snapshot(store) == before and not (tmp_path / "report").exists() and not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("column", ["path", "target"])
+def test_a_row_without_a_path_or_a_target_is_named_by_check(cli, fixture_store, column):
+    import pyarrow as pa
+
+    store = fixture_store("tiny").store
+    part = sorted((store / "samples" / "train").rglob("*.parquet"))[0]
+    table = pq.read_table(part)
+    index = table.schema.get_field_index(column)
+    values = table.column(column).to_pylist()
+    values[0] = None
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(values, table.schema.field(index).type)),
+                   part)
+    checked = cli("check", "--store", store)
+    said = " ".join(checked.output.split())
+    assert checked.exit_code == 2
+    assert ("1 row(s) of split 'train' at layer probe have " + ("a path outside the split's folder" if column == "path"
+            else "a target that is no class of the store")) in said, said

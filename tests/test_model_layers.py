@@ -49,7 +49,8 @@ def test_a_model_that_does_not_run_on_the_probe_leaves_its_linears_unchecked_and
     for name in ("mix", "head"):
         assert unchecked[name]["takes"] is None
         assert "did not run on one 3 x 8 x 8 image (RuntimeError:" in unchecked[name]["why_not"]
-        assert "1 channels" in unchecked[name]["why_not"] and "--channels" in unchecked[name]["why_not"]
+        assert "1 channels" in unchecked[name]["why_not"]
+        assert unchecked[name]["why_not"].endswith("give its input's `size` and `channels`")
     checked = {r["layer"]: r for r in model_layers("tests.models:gray_token_net", size=8, channels=1).to_pylist()}
     assert checked["mix"]["takes"] is True and checked["mix"]["why_not"] is None
     assert checked["head"]["takes"] is False and "no token or position axis" in checked["head"]["why_not"]
@@ -58,4 +59,5 @@ def test_a_model_that_does_not_run_on_the_probe_leaves_its_linears_unchecked_and
     assert [r["takes"] for r in json.loads(shown.stdout)] == [True, None, None]
     (warning,) = [line for line in shown.stderr.splitlines() if line.startswith("Warning:")]
     assert warning.startswith("Warning: 2 Linear layer(s) unchecked: the model did not run on one 3 x 8 x 8")
-    assert_refused(cli("layers", "--model", "tests.models:gray_token_net", "--channels", 0), "`channels` must be")
+    assert " ".join(shown.stderr.split()).endswith("give its input's --size and --channels")
+    assert_refused(cli("layers", "--model", "tests.models:gray_token_net", "--channels", 0), "--channels must be")

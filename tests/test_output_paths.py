@@ -204,3 +204,41 @@ def test_a_report_folder_whose_img_or_page_is_a_link_or_the_wrong_kind_is_refuse
     assert_refused(cli("report", "--store", colour_store, "--out", out), f"--out {out} holds {name}, which is {what}",
                    f"remove {out / name} or choose another --out")
     assert (snapshot(colour_store), snapshot(out), snapshot(aside)) == before
+
+
+def test_an_img_link_made_while_the_figures_are_drawn_is_refused(colour_store, tmp_path, monkeypatch):
+    """The report's folder is checked before drawing and `img` again as it is opened to move the images in: a link
+    put there meanwhile (another process) takes nothing anywhere."""
+    from polysem.errors import PolysemError
+    from polysem.figures import page
+    from polysem.reporting import write_report
+
+    out, elsewhere = tmp_path / "report", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    drawn = page.write_page
+
+    def draw_then_link(*args, **kwargs):
+        made = drawn(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        (out / "img").symlink_to(elsewhere)
+        return made
+
+    monkeypatch.setattr(page, "write_page", draw_then_link)
+    before = snapshot(colour_store)
+    with pytest.raises(PolysemError, match="holds img, which is a link or no folder"):
+        write_report(colour_store, out, device="cpu")
+    assert list(elsewhere.iterdir()) == [] and not (out / "index.html").exists()
+    assert snapshot(colour_store) == before
+
+
+def test_a_folder_named_like_a_figure_in_img_is_refused_before_any_image_moves(cli, fixture_store, tmp_path):
+    colour_store = fixture_store("opponent-colour-run").store  # a run: the report draws figures
+    out = tmp_path / "report"
+    assert cli("report", "--store", colour_store, "--out", out, "--device", "cpu").exit_code == 0
+    images = sorted((out / "img").iterdir())
+    (images[-1]).unlink()
+    images[-1].mkdir()  # where the report writes that figure again
+    before = snapshot(out)
+    assert_refused(cli("report", "--store", colour_store, "--out", out, "--device", "cpu"),
+                   f"holds {images[-1]}, which is no file", "remove it or choose another --out")
+    assert snapshot(out) == before and images[-1].is_dir()

@@ -42,7 +42,7 @@ def test_the_warning_states_how_many_pairs_the_data_lets_through_not_a_tau_to_ta
             mine = [r["attribution"] for r in rows if r["target"] == target]
             shares = [max(a[channel], 0) / s if (s := sum(max(x, 0) for x in a)) > 0 else 0 for a in mine]
             relevant += sum(share >= 0.03 for share in shares) >= 0.75 * len(mine)
-    total = channels * Store(colour_store).reads.class_count()
+    total = channels * len(classes)  # the classes with train images: an ingest of some classes counts those only
     assert f"here {relevant} of the {total} (channel, class) pairs are relevant at it (Ineq. 2)" in warning
     assert "operating point" not in warning and "tau near" not in warning
 
@@ -55,3 +55,14 @@ def test_screen_prints_the_warning_under_the_table_only(cli, colour_store):
     assert all(len(line) <= 100 for line in table.output.splitlines())
     as_json = cli("screen", "--format", "json", "--store", colour_store)
     assert "Warning" not in as_json.output and json.loads(as_json.output)
+
+
+def test_the_pairs_counted_are_those_of_the_classes_the_store_holds_images_of(cli, fixture_store, tmp_path):
+    images = fixture_store("colour").images
+    store = tmp_path / "two"
+    made = cli("ingest", images, "--store", store, "--model", "tests.models:colour_net", "--layer", "probe",
+               "--transform", "tests.models:to_tensor", "--classes", "0,1")
+    assert made.exit_code == 0, made.output
+    shown = cli("screen", "--store", store)
+    warning = " ".join(shown.output[shown.output.index("Warning: "):].split())
+    assert "of the 6 (channel, class) pairs" in warning  # 3 channels x the 2 classes ingested, of the store's 3

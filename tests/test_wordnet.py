@@ -57,3 +57,6 @@ def test_a_built_copy_is_made_again_from_another_or_a_changed_folder(tmp_path, m
     (folders["first"] / "data.noun").write_text("  first folder, changed\n")
     with load_wordnet(folders["first"]):
         assert copy.read_text() == "  first folder, changed\n"
+    built = copy.stat().st_ino
+    with load_wordnet(copy.parent):  # the built copy itself, named as the folder: used as it is
+        assert copy.stat().st_ino == built and copy.read_text() == "  first folder, changed\n"

@@ -99,6 +99,7 @@ FLAGS = {
     "batch_size": "--batch-size",
     "by_concept": "--concepts",
     "channel": "--channel",
+    "channels": "--channels",
     "classes": "--classes",
     "concept1": "--concept1",
     "concept2": "--concept2",

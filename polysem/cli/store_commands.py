@@ -97,7 +97,7 @@ def layers(
     table = model_layers(model, weights, size=size, channels=channels)
     unchecked = [row["why_not"] for row in table.to_pylist() if row["takes"] is None]
     if unchecked:
-        print_warning(f"{len(unchecked)} Linear layer(s) unchecked: {unchecked[0].removeprefix('unchecked: ')}")
+        print_warning(as_flags(f"{len(unchecked)} Linear layer(s) unchecked: {unchecked[0].removeprefix('unchecked: ')}"))
     render(table, fmt)
 
 

@@ -203,8 +203,8 @@ def tau_reading(tau: float, channels: int, counts: tuple[int, int] | None = None
     Ineq. 2 compares a channel's share of an image's positive attribution with tau. The mean share is 1/C, so
     what tau means depends on C: the paper's 0.03 is about 61 times 1/2048 in ResNet-50's last layer, but below
     1/6 in a 6-channel layer. Warned of beyond a factor of TAU_FACTOR either way. Shares are not spread evenly
-    over the channels, so how many pass is the data's to say: `counts` (relevant (channel, class) pairs, all
-    pairs) at the screening's p, when given, is stated."""
+    over the channels, so how many pass is the data's to say: `counts` (relevant (channel, class) pairs, the pairs
+    of the classes with images in the screened split) at the screening's p, when given, is stated."""
     if not tau_far(tau, channels):
         return None
     paper, mine = TAU * PAPER_CHANNELS, tau * channels
@@ -259,8 +259,8 @@ def screening(store: Store | str, *, tau: float = TAU, p: float = P, gamma: floa
     channels = store.meta()["layer_shape"]["out_channels"]
     counts = None
     if tau_far(tau, channels):  # say how many pairs the data lets through, not a guess from C alone
-        row = screen.sweep(store, taus=(float(tau),), ps=(float(p),), gammas=(float(gamma),),  # numpy's too
-                           correct_only=correct_only).to_pylist()[0]
-        counts = (row["relevant_pairs"], channels * store.reads.class_count())
+        row = store.reads.relevant_pair_count(tau=float(tau), p=float(p), split=SCREEN_SPLIT,  # numpy's too
+                                              correct_only=correct_only)
+        counts = (row["relevant"], channels * row["classes"])
     return Screening("concepts" if by_concept else "pairs", table, tau, p, gamma, why,
                      tau_reading(tau, channels, counts))

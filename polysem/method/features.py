@@ -13,7 +13,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader
 from polysem.errors import RunError
 from polysem.ingest.attribution import exact_math
 from polysem.ingest.objects import record_images, recorded_length
+from polysem.query import layout
+from polysem.query.meta import DATASET_TRANSFORM
 from polysem.query.store import Store
 from polysem.util import atomic
 from polysem.util.hooks import input_of
@@ -68,27 +70,25 @@ def check_data_dir(data_dir: str | os.PathLike, holds: str = "the store's splits
     return given
 
 
-def path_in_folder(path: str, folder: str) -> bool:
-    """True when `path` names a file below `folder` by its text alone: absolute, with no `..` part."""
-    candidate = PurePath(path)
-    return (candidate.is_absolute() and ".." not in candidate.parts and candidate != PurePath(folder)
-            and candidate.is_relative_to(folder))
-
-
 def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.PathLike | None) -> list[dict]:
     """Point stored paths at DATA_DIR/SPLIT when given; fail on the first missing image. The rows of a split
     made from a Dataset name its items, not files (`record_images` reads them): they stay as they are."""
-    root = store.meta()["dataset_roots"].get(split)
-    if recorded_length(root) is not None:
+    meta = store.meta()
+    root = meta["dataset_roots"].get(split)
+    if recorded_length(root) is not None and meta["transform"] == DATASET_TRANSFORM:  # rows name items, not files
         if data_dir is not None:
             raise RunError(f"`data_dir` names image folders, but split '{split}' of this store comes from a Dataset "
                            f"({root}); omit `data_dir` (polysem.use gives the Dataset)")
         return rows
-    outside = next((r["path"] for r in rows if not path_in_folder(r["path"], root)), None)
+    problem = layout.image_root_problem(root)
+    if problem is not None:
+        raise RunError(f"split '{split}' of the store: {problem}; polysem reads a store's images from the folder its "
+                       "ingest recorded only: the store was edited; ingest the images into a new store")
+    outside = next((r for r in rows if not layout.image_path_in_root(r["path"], root)), None)
     if outside is not None:  # a store edited, or sent by someone: it names files of its split's folder only
-        raise RunError(f"image {outside!r} of split '{split}' lies outside the split's folder {root}, which the store "
-                       "records; polysem reads a store's images from that folder (or `data_dir`) only, and ingest "
-                       "never writes such a path: the store was edited; ingest the images into a new store")
+        raise RunError(f"image {outside['path']!r} of split '{split}' lies outside the split's folder {root}, which the "
+                       "store records; polysem reads a store's images from that folder (or `data_dir`) only, and "
+                       "ingest never writes such a path: the store was edited; ingest the images into a new store")
     if data_dir is not None:
         old_root = Path(root)
         given = check_data_dir(data_dir, f"the {split} split (the store's images were read from {old_root})")
@@ -96,7 +96,7 @@ def remap_paths(store: Store, rows: list[dict], split: str, data_dir: str | os.P
         if not new_root.is_dir():
             raise RunError(f"data folder {given} has no {split} folder ({new_root} does not exist); pass `data_dir` "
                            f"with the folder that holds the {split} split (the store's images were read from {old_root})")
-        rows = [{**r, "path": str(new_root / Path(r["path"]).relative_to(old_root))} for r in rows]
+        rows = [{**r, "path": str(new_root / r["path"][len(root) + 1:])} for r in rows]  # below root (checked)
     for row in rows:
         if not Path(row["path"]).is_file():
             raise RunError(

@@ -7,6 +7,7 @@ builds nltk's layout, once, from a WordNet 3.0 dictionary folder (Debian's
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -49,6 +50,13 @@ def cache_dir() -> Path:
     return Path(base).expanduser()
 
 
+def _built_from(target: Path, origin: str) -> bool:
+    """True when the built copy at `target` is whole and was copied from the source `origin` describes."""
+    marker = target / ORIGIN_FILE
+    return (all((target / name).is_file() for name in DICT_FILES + ["lexnames"]) and marker.is_file()
+            and marker.read_text() == origin)
+
+
 @contextmanager
 def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
     """An nltk WordNet reader for the block: from `wordnet_dir` when given, else nltk's own, else
@@ -77,18 +85,21 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None):
     # the copy names its source and the source files' sizes and times: another folder, or one changed, is copied anew
     origin = json.dumps({"source": str(source.resolve()),
                          "files": {name: list(_file_stat(source / name)[1:]) for name in DICT_FILES}}, sort_keys=True)
-    marker = target / ORIGIN_FILE
-    if not all((target / name).is_file() for name in DICT_FILES + ["lexnames"]) or not marker.is_file() \
-            or marker.read_text() != origin:
-        staging = target.with_name("wordnet.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name in DICT_FILES:  # nltk refuses symlinks that leave its corpus root, so copy
-            shutil.copyfile(source / name, staging / name)
-        (staging / "lexnames").write_text(resources.files("polysem").joinpath("data/wordnet-lexnames").read_text())
-        (staging / ORIGIN_FILE).write_text(origin)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+    if source.resolve() != target.resolve():  # the built copy named as the source is used as it is
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_name("wordnet.lock"), "a") as lock:  # one process builds at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _built_from(target, origin):
+                staging = target.with_name(f"wordnet.partial-{os.getpid()}")
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir()
+                for name in DICT_FILES:  # nltk refuses symlinks that leave its corpus root, so copy
+                    shutil.copyfile(source / name, staging / name)
+                (staging / "lexnames").write_text(
+                    resources.files("polysem").joinpath("data/wordnet-lexnames").read_text())
+                (staging / ORIGIN_FILE).write_text(origin)
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
     import nltk
 
     saved = list(nltk.data.path)
