@@ -225,7 +225,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
                                            data_dir=data_dir, progress=progress)
     plots_dir = folder
     # failures to write name the plot folder, not its hidden staging folder; the store's own are not in these blocks
-    made = [folder for folder in (plots_dir, *plots_dir.parents) if not folder.exists()]  # removed on a failure
+    made = [missing for missing in (plots_dir, *plots_dir.parents) if not missing.exists()]  # removed on a failure
     with atomic.writing(plots_dir, into_folder=True):
         plots_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".polysem-plots-", dir=plots_dir))
@@ -246,7 +246,7 @@ def evaluate(store: Store | str | os.PathLike, run_id: str, *, tau: float | None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if not written:  # nothing placed: the folders this call made go too (rmdir leaves a folder that is not empty)
-            for folder in made:
+            for missing in made:
                 with contextlib.suppress(OSError):
-                    folder.rmdir()
+                    missing.rmdir()
     return dataclasses.replace(result, plots=written)
