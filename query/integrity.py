@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from polysem.errors import PolysemError, StoreError
+from polysem.errors import PolysemError
 from polysem.query import layout
 from polysem.query.diagnostics import damaged_file
 from polysem.query.meta import DATASET_TRANSFORM, IncompleteStore
@@ -108,12 +108,10 @@ def _check_layer_choice(store) -> None:
     if store.layer is None:
         return
     try:
-        layers = type(store)(store.path, store.trust_code).meta(any_layer=True).get("layers") or {}
+        type(store)(store.path, store.trust_code).meta(any_layer=True)
     except PolysemError:
         return  # damage, or a half-made store: named by the check
-    if layers and store.layer not in layers:
-        raise StoreError(f"the store holds no layer {store.layer!r}; its layers: {', '.join(layers)} "
-                         "(choose one with `layer`)")
+    store.meta(any_layer=True)  # the store's metadata reads: what fails now is the choice (`Store.meta`'s refusal)
 
 
 def _row_problems(store, meta: dict) -> list[str]:
